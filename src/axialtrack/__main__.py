@@ -1,0 +1,3 @@
+from axialtrack.cli import main
+
+raise SystemExit(main())
