@@ -1,0 +1,35 @@
+"""Pupil-function PSF model (scalar and vectorial) in torch, and the CRLB.
+
+- :class:`Optics`: optical parameters of the detection path.
+- :class:`PSFModel`: pixelated, batched, differentiable PSF of point emitters at a
+  depth in the sample, imaged with the objective at a nominal focus position.
+- :func:`crlb`: Cramer-Rao lower bound of 3D localization from one or two focal
+  planes under Poisson (and optional sCMOS read) noise.
+"""
+
+from __future__ import annotations
+
+from .crlb import (
+    CRLBResult,
+    PSFDerivatives,
+    crlb,
+    crlb_from_derivatives,
+    fisher_information,
+    psf_derivatives,
+)
+from .params import Optics
+from .psf import PSFModel
+from .zernike import noll_to_nm, zernike
+
+__all__ = [
+    "CRLBResult",
+    "Optics",
+    "PSFDerivatives",
+    "PSFModel",
+    "crlb",
+    "crlb_from_derivatives",
+    "fisher_information",
+    "noll_to_nm",
+    "psf_derivatives",
+    "zernike",
+]
