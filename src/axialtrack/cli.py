@@ -118,6 +118,16 @@ def _sim_camera(core: object) -> Any:
         return None
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    """Print the summary of a run store."""
+    from axialtrack.store import run_info
+
+    status = 0
+    for path in args.runs:
+        status = max(status, run_info(path, console=console))
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser for the ``axialtrack`` command."""
     from axialtrack import __version__
@@ -146,6 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage Z offsets (um) from the current focus to snap at",
     )
     demo.set_defaults(func=_cmd_demo)
+
+    info = sub.add_parser(
+        "info",
+        help="summarize a run store",
+        description="Summarize run stores: kind, frames, size, duration, "
+        "localizations, tracks, state (and what was recovered), provenance.",
+    )
+    info.add_argument("runs", nargs="+", metavar="RUN.zarr")
+    info.set_defaults(func=_cmd_info)
+
+    from axialtrack.acquire.cli_calibrate import add_parser as add_calibrate
+
+    add_calibrate(sub)
     return parser
 
 

@@ -1,0 +1,775 @@
+"""Calibration runs: bead Z-stacks over several fields of view into a run store.
+
+:func:`calibration_sequence` builds the :class:`useq.MDASequence` of a calibration
+run: a Z range of ``+-z_range_um`` around the focus at ``z_step_um``, repeated at
+several fields of view (stage positions that carry their Z, so the relative Z plan
+gives absolute piezo positions). :func:`run_calibration` runs it through
+``core.mda`` (hardware-sequenced Z where the focus device supports it), splits
+every frame into its two focal planes and streams it, with its true stage
+position, into a run store of kind ``"calibration"``
+(:class:`~axialtrack.store.RunWriter`).
+
+On the simulated rig the ground truth of the beads is recorded too, in the
+store's ``truth/`` group (simulation only; see :data:`TRUTH_COLUMNS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import useq
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from axialtrack.geometry import SplitterGeometry, split_frame
+from axialtrack.store import FrameMeta, RunWriter, StoreExistsError
+
+if TYPE_CHECKING:
+    from pymmcore_plus import CMMCorePlus
+    from rich.progress import Progress, TaskID
+
+__all__ = [
+    "TRUTH_COLUMNS",
+    "TRUTH_GROUP",
+    "CalibrationFrameHandler",
+    "CalibrationPlan",
+    "calibration_sequence",
+    "read_truth",
+    "run_calibration",
+]
+
+logger = logging.getLogger(__name__)
+
+TRUTH_GROUP = "truth"
+"""Name of the run-store group holding the simulation's bead ground truth."""
+
+TRUTH_COLUMNS: dict[str, str] = {
+    "field": "int64",
+    "id": "int64",
+    "x_um": "float64",
+    "y_um": "float64",
+    "depth_um": "float64",
+    "z_focus_um": "float64",
+    "photons": "float64",
+    "x_px0": "float64",
+    "y_px0": "float64",
+    "x_px1": "float64",
+    "y_px1": "float64",
+}
+"""Columns of the ``truth/`` group (one 1-D array each, one row per bead and field).
+
+``field`` is the field (position) index, ``id`` the emitter id, ``x_um, y_um`` its
+world position, ``depth_um`` its depth above the coverslip, ``z_focus_um`` the
+stage Z at which it is in focus in plane 0, ``photons`` per frame in plane 0, and
+``x_px0, y_px0`` / ``x_px1, y_px1`` its pixel position in plane 0 / plane 1.
+"""
+
+_META_KEY = "axialtrack"
+_FIELD_FILL = 1.2  # field spacing in fields of view (20 % gap between fields)
+
+
+# ---------------------------------------------------------------- the plan
+class CalibrationPlan(BaseModel):
+    """What a calibration run acquires.
+
+    Parameters
+    ----------
+    z_range_um
+        Half-range of the Z scan: from ``-z_range_um`` to ``+z_range_um`` around
+        each field's focus.
+    z_step_um
+        Z step.
+    fields
+        Number of fields of view (laid out on a grid around ``center_um``), or
+        explicit positions ``(x, y)`` or ``(x, y, z)`` in micrometres.
+    grid
+        ``(rows, columns)`` of the field grid when ``fields`` is a number (default:
+        the most nearly square grid holding them).
+    spacing_um
+        Distance between neighbouring fields (default: 1.2 fields of view, from
+        the core's camera size and pixel size).
+    center_um
+        ``(x, y, z)`` of the centre field; Z is the focus the scan is centred on
+        (default: the core's current position).
+    exposure_ms
+        Camera exposure (``None``: leave the camera's).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    z_range_um: float = Field(1.5, gt=0, le=100)
+    z_step_um: float = Field(0.05, gt=0, le=10)
+    fields: int | tuple[tuple[float, ...], ...] = 4
+    grid: tuple[int, int] | None = None
+    spacing_um: float | None = Field(None, gt=0)
+    center_um: tuple[float, float, float] | None = None
+    exposure_ms: float | None = Field(None, gt=0, le=100_000)
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _coerce_fields(cls, v: Any) -> Any:
+        if isinstance(v, (int, np.integer)):
+            if v < 1:
+                raise ValueError(f"fields must be >= 1; got {v}")
+            return int(v)
+        if isinstance(v, (str, bytes)):
+            raise ValueError("fields must be a number or a list of (x, y[, z]) tuples")
+        out = []
+        for p in v:
+            t = tuple(float(c) for c in p)
+            if len(t) not in (2, 3):
+                raise ValueError(
+                    f"each field position must be (x, y) or (x, y, z) in um; got {p!r}"
+                )
+            out.append(t)
+        if not out:
+            raise ValueError("fields must name at least one position")
+        return tuple(out)
+
+    @field_validator("grid")
+    @classmethod
+    def _check_grid(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (v[0] < 1 or v[1] < 1):
+            raise ValueError(f"grid must be (rows, columns) >= 1; got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> CalibrationPlan:
+        n = 2 * self.z_range_um / self.z_step_um
+        if n > 100_000:
+            raise ValueError(
+                f"a Z range of +-{self.z_range_um} um at {self.z_step_um} um steps "
+                f"is {n:.0f} frames per field; use a larger step"
+            )
+        if (
+            isinstance(self.fields, int)
+            and self.grid is not None
+            and self.grid[0] * self.grid[1] < self.fields
+        ):
+            raise ValueError(
+                f"grid {self.grid} holds {self.grid[0] * self.grid[1]} fields, "
+                f"fewer than fields={self.fields}"
+            )
+        return self
+
+    @property
+    def n_z(self) -> int:
+        """Z steps per field."""
+        return round(2 * self.z_range_um / self.z_step_um) + 1
+
+    def grid_shape(self) -> tuple[int, int]:
+        """``(rows, columns)`` of the field grid (numbered fields only)."""
+        if not isinstance(self.fields, int):
+            return (1, len(self.fields))
+        if self.grid is not None:
+            return self.grid
+        cols = math.ceil(math.sqrt(self.fields))
+        return (math.ceil(self.fields / cols), cols)
+
+
+def _fov_um(core: CMMCorePlus) -> tuple[float, float]:
+    """Field of view ``(width, height)`` of one plane, um."""
+    px = float(core.getPixelSizeUm())
+    if not px > 0:
+        raise ValueError(
+            "the core has no pixel size (no pixel-size preset is active); pass "
+            "spacing_um= to calibration_sequence"
+        )
+    w, h = int(core.getImageWidth()), int(core.getImageHeight())
+    # one plane of a dual-plane sensor: the wider side holds two planes
+    if w >= h:
+        w //= 2
+    else:
+        h //= 2
+    return w * px, h * px
+
+
+def calibration_sequence(
+    z_range_um: float = 1.5,
+    z_step_um: float = 0.05,
+    *,
+    fields: int | Sequence[Sequence[float]] = 4,
+    grid: tuple[int, int] | None = None,
+    spacing_um: float | None = None,
+    center_um: tuple[float, float, float] | None = None,
+    exposure_ms: float | None = None,
+    core: CMMCorePlus | None = None,
+) -> useq.MDASequence:
+    """The MDA sequence of a calibration run.
+
+    Each field is a stage position carrying its Z; the relative Z plan
+    (:class:`useq.ZRangeAround`) scans ``+-z_range_um`` around it, Z innermost, so
+    each field's Z-stack can run as one hardware-triggered sequence.
+
+    Parameters
+    ----------
+    z_range_um, z_step_um
+        The scan: ``-z_range_um .. +z_range_um`` around each field's Z, in steps.
+    fields
+        Number of fields (on a grid around the centre), or explicit positions
+        ``(x, y)`` / ``(x, y, z)`` (um; a missing Z is the centre's Z).
+    grid
+        ``(rows, columns)`` of the grid (numbered fields).
+    spacing_um
+        Distance between grid fields (default: 1.2 fields of view, which needs
+        ``core``).
+    center_um
+        ``(x, y, z)`` of the centre (default: the core's current position).
+    exposure_ms
+        Exposure time, stored in the sequence metadata and set by
+        :func:`run_calibration` (``None``: leave the camera's).
+    core
+        The core to read the current position and the field of view from.
+
+    Returns
+    -------
+    useq.MDASequence
+        With ``metadata["axialtrack"]`` holding the plan (``kind: "calibration"``).
+
+    Raises
+    ------
+    ValueError
+        Bad parameters, or a needed value (centre, spacing) that neither the
+        arguments nor ``core`` give.
+    """
+    plan = CalibrationPlan(
+        z_range_um=z_range_um,
+        z_step_um=z_step_um,
+        fields=fields,
+        grid=grid,
+        spacing_um=spacing_um,
+        center_um=center_um,
+        exposure_ms=exposure_ms,
+    )
+    center = plan.center_um
+    if center is None:
+        if core is None:
+            raise ValueError(
+                "calibration_sequence needs center_um=(x, y, z) or core= to read the "
+                "current stage position from"
+            )
+        x0, y0 = (0.0, 0.0)
+        if core.getXYStageDevice():
+            x0, y0 = (float(v) for v in core.getXYPosition())
+        center = (x0, y0, float(core.getZPosition()))
+
+    positions: list[useq.Position] = []
+    if isinstance(plan.fields, int):
+        spacing = plan.spacing_um
+        if spacing is None and plan.fields > 1:
+            if core is None:
+                raise ValueError(
+                    "calibration_sequence needs spacing_um= (or core= to derive it "
+                    "from the field of view) for more than one field"
+                )
+            spacing = _FIELD_FILL * max(_fov_um(core))
+        spacing = spacing or 0.0
+        rows, cols = plan.grid_shape()
+        k = 0
+        for r in range(rows):
+            order = range(cols) if r % 2 == 0 else range(cols - 1, -1, -1)  # snake
+            for c in order:
+                if k == plan.fields:
+                    break
+                x = center[0] + (c - (cols - 1) / 2.0) * spacing
+                y = center[1] + (r - (rows - 1) / 2.0) * spacing
+                positions.append(
+                    useq.Position(x=x, y=y, z=center[2], name=f"field{k:03d}")
+                )
+                k += 1
+    else:
+        for k, p in enumerate(plan.fields):
+            z = p[2] if len(p) == 3 else center[2]
+            positions.append(useq.Position(x=p[0], y=p[1], z=z, name=f"field{k:03d}"))
+
+    return useq.MDASequence(
+        stage_positions=positions,
+        z_plan=useq.ZRangeAround(range=2 * plan.z_range_um, step=plan.z_step_um),
+        axis_order="pz",
+        metadata={
+            _META_KEY: {
+                "kind": "calibration",
+                "plan": plan.model_dump(mode="json"),
+                "n_z": plan.n_z,
+                "n_fields": len(positions),
+            }
+        },
+    )
+
+
+# ----------------------------------------------------------- frame handling
+def _planes_view(raw: np.ndarray, geometry: SplitterGeometry) -> np.ndarray:
+    """The ``(2, H, W)`` planes of a raw frame, as a view where the layout allows.
+
+    Without mirroring both single-sensor layouts are a reshaped view of the
+    C-contiguous sensor frame, so the writer's copy into its pool is the only
+    copy; otherwise :func:`split_frame` copies once.
+    """
+    if geometry.mirror == "none" and raw.ndim == 2 and raw.flags.c_contiguous:
+        h, w = geometry.plane_shape(raw.shape)
+        if geometry.layout == "side-by-side":
+            return raw.reshape(h, 2, w).transpose(1, 0, 2)
+        if geometry.layout == "top-bottom":
+            return raw.reshape(2, h, w)
+    return split_frame(raw, geometry)
+
+
+def _meta_float(meta: dict[str, Any], key: str) -> float | None:
+    v = meta.get(key)
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+class CalibrationFrameHandler:
+    """Output handler for ``core.mda.events.frameReady``: frames into a run store.
+
+    Each frame is split into its two planes (a view where possible) and handed to
+    :meth:`RunWriter.append_frame`, which copies it into the writer's pool and
+    returns; encoding and writing happen on the writer's threads. The stage Z of
+    a frame is the true position the device reports in the frame metadata
+    (``SimStageZ_um``), else the event's Z.
+
+    Parameters
+    ----------
+    writer
+        The open run writer.
+    geometry
+        The splitter geometry.
+    progress, task
+        A rich progress bar and its task to advance per frame (optional).
+    on_error
+        Called (once) with the exception if a frame cannot be stored; the run
+        should then be cancelled.
+    """
+
+    def __init__(
+        self,
+        writer: RunWriter,
+        geometry: SplitterGeometry,
+        *,
+        progress: Progress | None = None,
+        task: TaskID | None = None,
+        on_error: Any = None,
+    ) -> None:
+        self.writer = writer
+        self.geometry = geometry
+        self.progress = progress
+        self.task = task
+        self.on_error = on_error
+        self.n_frames = 0
+        self.error: BaseException | None = None
+        self.hardware_triggered = 0
+        self.field_index: dict[tuple[int, int], int] = {}
+        self.field_stage: dict[int, tuple[float, float, float, float]] = {}
+        self.t_first: float | None = None
+        self.t_last: float | None = None
+        self._lock = threading.Lock()
+
+    def _field(self, event: useq.MDAEvent) -> int:
+        key = (int(event.index.get("p", 0)), int(event.index.get("g", 0)))
+        if key not in self.field_index:
+            self.field_index[key] = len(self.field_index)
+        return self.field_index[key]
+
+    def frameReady(
+        self, img: np.ndarray, event: useq.MDAEvent, meta: dict[str, Any]
+    ) -> None:
+        """Store one frame (connected to ``core.mda.events.frameReady``)."""
+        if self.error is not None:
+            return
+        try:
+            self._store(img, event, meta or {})
+        except Exception as exc:
+            self.error = exc
+            logger.error("calibration run: cannot store a frame: %s", exc)
+            if self.on_error is not None:
+                self.on_error(exc)
+
+    def _store(
+        self, img: np.ndarray, event: useq.MDAEvent, meta: dict[str, Any]
+    ) -> None:
+        cam = meta.get("camera_metadata") or {}
+        z = _meta_float(cam, "SimStageZ_um")
+        if z is None:
+            z = event.z_pos if event.z_pos is not None else math.nan
+        t = _meta_float(cam, "SimTime_s")
+        if t is None and (rt := _meta_float(meta, "runner_time_ms")) is not None:
+            t = rt / 1e3
+        number = cam.get("CameraFrameIndex", cam.get("ImageNumber", -1))
+        try:
+            image_number = int(number)
+        except (TypeError, ValueError):
+            image_number = -1
+        with self._lock:
+            field = self._field(event)
+            if field not in self.field_stage:
+                sx = _meta_float(cam, "SimStageX_um")
+                sy = _meta_float(cam, "SimStageY_um")
+                ex = event.x_pos if event.x_pos is not None else math.nan
+                ey = event.y_pos if event.y_pos is not None else math.nan
+                self.field_stage[field] = (
+                    t if t is not None else math.nan,
+                    sx if sx is not None else ex,
+                    sy if sy is not None else ey,
+                    float(z),
+                )
+            if meta.get("hardware_triggered"):
+                self.hardware_triggered += 1
+            self.writer.append_frame(
+                _planes_view(np.asarray(img), self.geometry),
+                FrameMeta(
+                    t_s=t,
+                    stage_z_um=float(z),
+                    stage_x_um=event.x_pos if event.x_pos is not None else math.nan,
+                    stage_y_um=event.y_pos if event.y_pos is not None else math.nan,
+                    image_number=image_number,
+                    position_index=field,
+                ),
+            )
+            self.n_frames += 1
+            now = time.perf_counter()
+            if self.t_first is None:
+                self.t_first = now
+            self.t_last = now
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task)
+
+
+# ------------------------------------------------------------------ the run
+def _n_events(sequence: useq.MDASequence) -> int:
+    return sum(1 for _ in sequence)
+
+
+def _sim_camera(core: CMMCorePlus) -> Any:
+    """The core's simulated camera device, or ``None`` on a real rig."""
+    try:
+        from axialtrack.devices import SimCamera, get_device
+
+        return get_device(core, core.getCameraDevice(), SimCamera)
+    except Exception:
+        return None
+
+
+def _rig_record(core: CMMCorePlus) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "camera": core.getCameraDevice(),
+        "focus": core.getFocusDevice(),
+        "xy_stage": core.getXYStageDevice(),
+        "pixel_size_um": float(core.getPixelSizeUm()),
+        "exposure_ms": float(core.getExposure()),
+    }
+    with_cfg = getattr(core, "systemConfigurationFile", None)
+    if callable(with_cfg):
+        try:
+            rec["config"] = str(with_cfg() or "")
+        except Exception:
+            rec["config"] = ""
+    return rec
+
+
+def _write_truth(
+    path: Path,
+    camera: Any,
+    field_stage: dict[int, tuple[float, float, float, float]],
+    exposure_s: float,
+) -> int:
+    """Write the ground truth of each acquired field into ``path/truth``."""
+    import zarr
+
+    renderer = camera.renderer()
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in TRUTH_COLUMNS}
+    for field in sorted(field_stage):
+        t, x, y, z = field_stage[field]
+        rows = renderer.truth(
+            0.0 if not math.isfinite(t) else t, (x, y, z), exposure_s=exposure_s
+        )
+        n = len(rows)
+        cols["field"].append(np.full(n, field, dtype=np.int64))
+        cols["id"].append(rows["id"].astype(np.int64))
+        cols["depth_um"].append(rows["z_um"].astype(np.float64))
+        for k in ("x_um", "y_um", "z_focus_um", "photons"):
+            cols[k].append(rows[k].astype(np.float64))
+        for k in ("x_px0", "y_px0", "x_px1", "y_px1"):
+            cols[k].append(rows[k].astype(np.float64))
+    root = zarr.open_group(str(path), mode="a")
+    group = root.require_group(TRUTH_GROUP)
+    n_rows = 0
+    for name, dtype in TRUTH_COLUMNS.items():
+        data = (
+            np.concatenate(cols[name]) if cols[name] else np.empty(0, dtype=dtype)
+        ).astype(dtype)
+        n_rows = len(data)
+        group.create_array(name, data=data, overwrite=True)
+    group.attrs.update(
+        {
+            "simulation_only": True,
+            "description": (
+                "Ground truth of the simulated beads per field of view: "
+                "field (position index), emitter id, world x_um/y_um, depth_um above "
+                "the coverslip, z_focus_um (stage Z in focus in plane 0), photons per "
+                "frame, and pixel positions x_px0/y_px0 (plane 0), x_px1/y_px1 "
+                "(plane 1)."
+            ),
+            "columns": list(TRUTH_COLUMNS),
+            "n_rows": n_rows,
+        }
+    )
+    return n_rows
+
+
+def read_truth(path: str | Path) -> list[np.ndarray] | None:
+    """The bead ground truth of a simulated calibration run, one array per field.
+
+    Parameters
+    ----------
+    path
+        A calibration run store.
+
+    Returns
+    -------
+    list of numpy.ndarray or None
+        Structured arrays with the :data:`TRUTH_COLUMNS` (``field`` dropped), one
+        per field; ``None`` when the store has no ``truth/`` group (real data).
+    """
+    from axialtrack.calibrate.io import read_truth as _read
+
+    return _read(path)
+
+
+def run_calibration(
+    core: CMMCorePlus,
+    out_path: str | Path,
+    sequence: useq.MDASequence | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    record_truth: bool = True,
+    hardware_sequencing: bool = True,
+    compression: str | None = None,
+) -> Path:
+    """Acquire a calibration run into a run store.
+
+    The sequence runs through ``core.mda`` on its own thread; every frame is split
+    into its two planes and streamed into a run store (kind ``"calibration"``)
+    with its true stage position. ``Ctrl-C`` (KeyboardInterrupt) cancels the
+    acquisition cleanly (``core.mda.cancel()``) and keeps what was acquired, as
+    does cancelling from elsewhere; the store is closed either way and its
+    ``acquisition`` attributes say how many frames were acquired and whether the
+    run was ``"complete"``, ``"cancelled"`` or ended with an ``"error"``.
+
+    Parameters
+    ----------
+    core
+        A loaded core (:func:`axialtrack.rig.load_rig`).
+    out_path
+        The run store to create (``<name>.zarr``).
+    sequence
+        The MDA sequence (default: :func:`calibration_sequence` with its defaults
+        around the core's current position).
+    overwrite
+        Replace an existing store at ``out_path``.
+    progress
+        Show a progress bar with ETA.
+    record_truth
+        On the simulated rig, write the beads' ground truth to ``truth/``.
+    hardware_sequencing
+        Let the MDA engine run each Z-stack as one triggered sequence where the
+        focus device supports it (``core.mda.engine.use_hardware_sequencing``).
+    compression
+        Frame compression of the store (``None``, ``"blosc-lz4"``, ...).
+
+    Returns
+    -------
+    pathlib.Path
+        The store path.
+
+    Raises
+    ------
+    StoreExistsError
+        ``out_path`` exists and ``overwrite`` is False.
+    RuntimeError
+        An MDA is already running, or the acquisition or storage failed (the
+        store then holds, and says, what was acquired before).
+    """
+    from axialtrack.rig import splitter_geometry
+
+    out = Path(out_path).expanduser().absolute()
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise StoreExistsError(
+            f"{out} already exists. Pass overwrite=True (--overwrite) to replace it, "
+            "or choose another output path."
+        )
+    if core.mda.is_running():
+        raise RuntimeError("an MDA is already running on this core; wait or cancel it")
+    if sequence is None:
+        sequence = calibration_sequence(core=core)
+    geometry = splitter_geometry(core)  # type: ignore[arg-type]
+    if geometry.layout == "two-cameras":
+        raise RuntimeError(
+            "run_calibration acquires single-sensor splitters (side-by-side, "
+            "top-bottom); for two cameras, record one stack per camera and import "
+            "them with axialtrack.calibrate.io.load_stack(..., layout='two-files')"
+        )
+    plan_meta = dict(sequence.metadata.get(_META_KEY, {}))
+    exposure_ms = (plan_meta.get("plan") or {}).get("exposure_ms")
+    if exposure_ms is not None:
+        core.setExposure(float(exposure_ms))
+    exposure_s = float(core.getExposure()) / 1e3
+
+    pixel_size_um = float(core.getPixelSizeUm())
+    if not pixel_size_um > 0:
+        raise RuntimeError(
+            "the core has no pixel size (no pixel-size preset is active); define "
+            "one in the hardware config (ConfigPixelSize / PixelSize_um)"
+        )
+    plane_shape = geometry.plane_shape(
+        (int(core.getImageHeight()), int(core.getImageWidth()))
+    )
+    n_total = _n_events(sequence)
+    writer = RunWriter(
+        out,
+        kind="calibration",
+        plane_shape=plane_shape,
+        pixel_size_um=pixel_size_um,
+        rig=_rig_record(core),
+        splitter=geometry,
+        compression=compression,  # type: ignore[arg-type]
+        overwrite=overwrite,
+    )
+
+    engine = core.mda.engine
+    old_hw = getattr(engine, "use_hardware_sequencing", None)
+    if engine is not None and old_hw is not None:
+        engine.use_hardware_sequencing = bool(hardware_sequencing)
+
+    cancelled = threading.Event()
+    mda_error: list[BaseException] = []
+
+    def _on_store_error(exc: BaseException) -> None:
+        core.mda.cancel()
+
+    def _on_cancel(*_: Any) -> None:
+        cancelled.set()
+
+    bar = _make_progress() if progress else None
+    task = bar.add_task("calibration", total=n_total) if bar is not None else None
+    handler = CalibrationFrameHandler(
+        writer, geometry, progress=bar, task=task, on_error=_on_store_error
+    )
+
+    def _run() -> None:
+        try:
+            core.mda.run(sequence)
+        except BaseException as exc:
+            mda_error.append(exc)
+
+    core.mda.events.frameReady.connect(handler.frameReady)
+    core.mda.events.sequenceCanceled.connect(_on_cancel)
+    t0 = time.perf_counter()
+    interrupted = False
+    try:
+        if bar is not None:
+            bar.start()
+        thread = threading.Thread(target=_run, name="calibration-mda", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            try:
+                thread.join(0.1)
+            except KeyboardInterrupt:
+                interrupted = True
+                cancelled.set()
+                core.mda.cancel()
+    finally:
+        if bar is not None:
+            bar.stop()
+        core.mda.events.frameReady.disconnect(handler.frameReady)
+        core.mda.events.sequenceCanceled.disconnect(_on_cancel)
+        if engine is not None and old_hw is not None:
+            engine.use_hardware_sequencing = old_hw
+    elapsed = time.perf_counter() - t0
+
+    n = handler.n_frames
+    if handler.error is not None:
+        status, reason = "error", f"storing a frame failed: {handler.error}"
+    elif mda_error:
+        status, reason = "error", f"the acquisition failed: {mda_error[0]}"
+    elif cancelled.is_set():
+        status = "cancelled"
+        reason = "interrupted (Ctrl-C)" if interrupted else "cancelled"
+    elif n < n_total:
+        status, reason = "incomplete", f"{n_total - n} frame(s) never arrived"
+    else:
+        status, reason = "complete", ""
+    span = (
+        (handler.t_last - handler.t_first)
+        if handler.t_first is not None and handler.t_last is not None
+        else 0.0
+    )
+    acq = {
+        "status": status,
+        "cancelled": status == "cancelled",
+        "reason": reason,
+        "n_frames": n,
+        "n_planned": n_total,
+        "n_fields": len(handler.field_index),
+        "n_z": plan_meta.get("n_z"),
+        "plan": plan_meta.get("plan"),
+        "sequence": sequence.model_dump(mode="json", exclude={"metadata"}),
+        "hardware_sequencing": bool(hardware_sequencing),
+        "hardware_triggered_frames": handler.hardware_triggered,
+        "exposure_ms": exposure_s * 1e3,
+        "elapsed_s": elapsed,
+        "frames_per_s": (n - 1) / span if n > 1 and span > 0 else None,
+    }
+    try:
+        writer.set_attrs(acquisition=acq)
+    finally:
+        writer.close()
+
+    camera = _sim_camera(core) if record_truth else None
+    if camera is not None and handler.field_stage:
+        _write_truth(out, camera, handler.field_stage, exposure_s)
+
+    if status == "error":
+        err = handler.error or mda_error[0]
+        raise RuntimeError(
+            f"calibration run {out}: {reason}. The store keeps the {n} frame(s) "
+            "acquired before."
+        ) from err
+    if interrupted:
+        logger.warning("calibration run %s interrupted after %d frame(s)", out, n)
+    return out
+
+
+def _make_progress() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        transient=False,
+    )

@@ -1,0 +1,219 @@
+"""The ``axialtrack calibrate`` subcommand: acquire (or import) and analyze."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+__all__ = ["add_parser", "cmd_calibrate"]
+
+console = Console()
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``calibrate`` subcommand on an ``add_subparsers()`` object."""
+    p = subparsers.add_parser(
+        "calibrate",
+        help="acquire a bead calibration run (or import stacks) and analyze it",
+        description="Acquire bead Z-stacks over several fields of view into a run "
+        "store (or import recorded stacks with --from), then analyze them when the "
+        "calibration analysis is installed.",
+    )
+    p.add_argument("--config", default=None, help="hardware config (default: sim rig)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output run store (<name>.zarr); with --from, where the QC goes "
+        "(default: into the imported run store)",
+    )
+    p.add_argument(
+        "--z-range", type=float, default=1.5, help="scan +-Z range around focus (um)"
+    )
+    p.add_argument("--z-step", type=float, default=None, help="Z step (um; 0.05)")
+    p.add_argument("--fields", type=int, default=4, help="number of fields of view")
+    p.add_argument(
+        "--spacing", type=float, default=None, help="distance between fields (um)"
+    )
+    p.add_argument("--exposure", type=float, default=None, help="exposure (ms)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out")
+    p.add_argument(
+        "--report", action="store_true", help="also write the calibration report"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("import (--from)")
+    g.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        help="calibrate from a recorded stack (run store, TIFF, .npy, zarr) "
+        "instead of acquiring",
+    )
+    g.add_argument(
+        "--layout",
+        default=None,
+        help="side-by-side, top-bottom, two-files, single-plane-pairs, dual-plane",
+    )
+    g.add_argument("--second", default=None, help="plane-1 file (two-files)")
+    g.add_argument("--plane-offset", type=float, default=None, help="delta (um)")
+    g.add_argument("--pixel-size", type=float, default=None, help="pixel size (um)")
+    g.add_argument("--z-start", type=float, default=0.0, help="Z of first frame (um)")
+    g.add_argument(
+        "--mirror", default="none", help="plane-1 flip: none, horizontal, vertical"
+    )
+    p.set_defaults(func=cmd_calibrate)
+    return p
+
+
+def _analysis() -> tuple[Any, Any, Any] | None:
+    """``analyze, write_qc, write_report`` (or ``None``) from the analysis module."""
+    try:
+        mod = importlib.import_module("axialtrack.calibrate")
+    except ImportError:
+        return None
+    analyze = getattr(mod, "analyze", None)
+    write_qc = getattr(mod, "write_qc", None)
+    if analyze is None or write_qc is None:
+        return None
+    return analyze, write_qc, getattr(mod, "write_report", None)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Handler of ``axialtrack calibrate``."""
+    from axialtrack.calibrate.io import StackImportError, load_stack
+
+    if args.out is None and args.source is None:
+        console.print("[red]--out is required[/red] (the run store to acquire into)")
+        return 2
+    out = Path(args.out).expanduser() if args.out is not None else None
+    if out is not None and out.exists() and not args.overwrite:
+        console.print(
+            f"[red]{out} already exists.[/red] Pass --overwrite to replace it, or "
+            "choose another --out."
+        )
+        return 2
+
+    if args.source is not None:
+        try:
+            stack = load_stack(
+                args.source,
+                layout=args.layout,
+                z_step_um=args.z_step,
+                plane_offset_um=args.plane_offset,
+                pixel_size_um=args.pixel_size,
+                z_start_um=args.z_start,
+                second_path=args.second,
+                mirror=args.mirror,
+            )
+        except (StackImportError, FileNotFoundError) as exc:
+            console.print(f"[red]Cannot import the stack:[/red] {exc}")
+            return 2
+        if out is not None:
+            qc_target = out
+        elif stack.meta.get("layout") == "run-store":
+            qc_target = Path(args.source).expanduser()
+        else:
+            console.print(
+                "[red]--out is required with --from an image file[/red] (where the "
+                "quality control is written)"
+            )
+            return 2
+        console.print(
+            f"Imported {stack.n_fields} field(s) x {stack.n_z} Z steps "
+            f"({stack.plane_shape[0]} x {stack.plane_shape[1]} px per plane, step "
+            f"{stack.z_step_um:.4f} um) from [green]{args.source}[/green]"
+        )
+    else:
+        from axialtrack.acquire.calibration import (
+            calibration_sequence,
+            run_calibration,
+        )
+        from axialtrack.rig import RigConfigError, load_rig
+
+        if out is None:  # checked above; narrows the type
+            return 2
+        try:
+            core = load_rig(args.config)
+        except RigConfigError as exc:
+            console.print(f"[red]{exc}[/red]")
+            return 2
+        seq = calibration_sequence(
+            args.z_range,
+            args.z_step if args.z_step is not None else 0.05,
+            fields=args.fields,
+            spacing_um=args.spacing,
+            exposure_ms=args.exposure,
+            core=core,
+        )
+        try:
+            store = run_calibration(
+                core,
+                out,
+                seq,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
+        finally:
+            core.unloadAllDevices()
+        from axialtrack.store import open_run
+
+        run = open_run(store)
+        acq = run.attrs.get("acquisition", {})
+        fps = acq.get("frames_per_s")
+        console.print(
+            f"Acquired {acq.get('n_frames')}/{acq.get('n_planned')} frames over "
+            f"{acq.get('n_fields')} field(s) into [green]{store}[/green] "
+            f"({acq.get('status')}; "
+            f"{acq.get('hardware_triggered_frames')} hardware-triggered"
+            + (f", {fps:.1f} frames/s)" if fps else ")")
+        )
+        if acq.get("status") == "cancelled":
+            console.print("[yellow]Cancelled: the frames acquired are kept.[/yellow]")
+            return 130
+        try:
+            stack = load_stack(store)
+        except StackImportError as exc:
+            console.print(f"[red]Cannot analyze the run:[/red] {exc}")
+            return 1
+        qc_target = store
+
+    funcs = _analysis()
+    if funcs is None:
+        console.print(
+            "The calibration analysis is not installed; the stack is recorded. "
+            "Analyze it later with 'axialtrack calibrate --from ...'."
+        )
+        return 0
+    analyze, write_qc, write_report = funcs
+    result = analyze(stack)
+    write_qc(result, qc_target)
+    console.print(f"Quality control written to [green]{qc_target}[/green]")
+    if args.report and write_report is None:
+        console.print("[yellow]No report writer is installed; --report skipped.[/]")
+    elif args.report:
+        report_dir = qc_target.parent / f"{qc_target.stem}-report"
+        write_report(result, stack, report_dir)
+        console.print(f"Report written to [green]{report_dir}[/green]")
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result: Any) -> None:
+    from rich.table import Table
+
+    qc = getattr(result, "qc", None)
+    if not isinstance(qc, dict):
+        console.print(repr(result))
+        return
+    table = Table(title="Calibration quality control")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    for key, value in qc.items():
+        if isinstance(value, float):
+            table.add_row(str(key), f"{value:.4g}")
+        elif isinstance(value, (int, str, bool)) or value is None:
+            table.add_row(str(key), str(value))
+    console.print(table)
