@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "calibrate",
         help="acquire a bead calibration run (or import stacks) and analyze it",
         description="Acquire bead Z-stacks over several fields of view into a run "
-        "store (or import recorded stacks with --from), then analyze them when the "
-        "calibration analysis is installed.",
+        "store (or import recorded stacks with --from), then analyze them: plane "
+        "registration, bead QC, reference Z and training examples.",
     )
     p.add_argument("--config", default=None, help="hardware config (default: sim rig)")
     p.add_argument(
@@ -66,19 +65,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_calibrate)
     return p
-
-
-def _analysis() -> tuple[Any, Any, Any] | None:
-    """``analyze, write_qc, write_report`` (or ``None``) from the analysis module."""
-    try:
-        mod = importlib.import_module("axialtrack.calibrate")
-    except ImportError:
-        return None
-    analyze = getattr(mod, "analyze", None)
-    write_qc = getattr(mod, "write_qc", None)
-    if analyze is None or write_qc is None:
-        return None
-    return analyze, write_qc, getattr(mod, "write_report", None)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -180,20 +166,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             return 1
         qc_target = store
 
-    funcs = _analysis()
-    if funcs is None:
+    from axialtrack.calibrate import CalibrationError, analyze, write_qc, write_report
+
+    try:
+        result = analyze(stack)
+    except CalibrationError as exc:
         console.print(
-            "The calibration analysis is not installed; the stack is recorded. "
-            "Analyze it later with 'axialtrack calibrate --from ...'."
+            f"[red]Calibration analysis failed:[/red] {exc}\n"
+            f"The recorded frames are kept in {stack.source or 'the input'}; nothing "
+            "was written as a calibration."
         )
-        return 0
-    analyze, write_qc, write_report = funcs
-    result = analyze(stack)
+        return 1
     write_qc(result, qc_target)
     console.print(f"Quality control written to [green]{qc_target}[/green]")
-    if args.report and write_report is None:
-        console.print("[yellow]No report writer is installed; --report skipped.[/]")
-    elif args.report:
+    if args.report:
         report_dir = qc_target.parent / f"{qc_target.stem}-report"
         write_report(result, stack, report_dir)
         console.print(f"Report written to [green]{report_dir}[/green]")
@@ -202,18 +188,45 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result: Any) -> None:
+    """Print the quality-control summary a microscopist checks after a run."""
     from rich.table import Table
 
-    qc = getattr(result, "qc", None)
-    if not isinstance(qc, dict):
-        console.print(repr(result))
-        return
+    qc = result.qc
     table = Table(title="Calibration quality control")
     table.add_column("item")
     table.add_column("value", justify="right")
-    for key, value in qc.items():
-        if isinstance(value, float):
-            table.add_row(str(key), f"{value:.4g}")
-        elif isinstance(value, (int, str, bool)) or value is None:
-            table.add_row(str(key), str(value))
+    table.add_row(
+        "fields x Z steps", f"{qc['n_fields']} x {qc['n_z']} ({qc['z_step_um']:.4f} um)"
+    )
+    table.add_row(
+        "beads accepted / detected", f"{qc['n_accepted']} / {qc['n_detected']}"
+    )
+    for field in qc["per_field"]:
+        table.add_row(
+            f"  field {field['field']}", f"{field['accepted']} / {field['detected']}"
+        )
+    for reason, n in qc["rejected"].items():
+        if n:
+            table.add_row(f"rejected: {reason}", str(n))
+    reg = qc["registration"]
+    table.add_row(
+        "plane registration residual",
+        f"{reg['residual_nm']:.1f} nm ({reg['n_matched']} beads, "
+        f"rotation {reg['rotation_deg']:.3f} deg)",
+    )
+    refz = qc["ref_z"]
+    table.add_row(
+        "reference Z method", f"{refz['method']} (asked: {refz['requested']})"
+    )
+    ex = qc["examples"]
+    splits = ", ".join(f"{k} {v}" for k, v in ex["split_beads"].items())
+    table.add_row("training examples", f"{ex['n']} (beads: {splits})")
+    truth = qc.get("truth")
+    if truth:
+        table.add_row(
+            "reference Z vs simulation truth",
+            f"RMS {truth['rms_mean_nm']:.1f} nm (mean), "
+            f"{truth['rms_msd_nm']:.1f} nm (msd)",
+        )
+    table.add_row("analysis time", f"{qc['timing_s']['total']:.2f} s")
     console.print(table)

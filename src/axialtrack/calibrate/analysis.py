@@ -1,0 +1,603 @@
+"""The calibration analysis: registration, bead QC, reference Z, training examples."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from axialtrack.geometry import apply_affine
+
+from .beads import crop_stack
+from .detection import FieldDetections, band_passed_projection, detect_field
+from .errors import CalibrationError
+from .examples import Examples, save_examples, split_by_bead
+from .refz import aperture_intensity, ref_z_mean, ref_z_msd
+from .registration import Registration, phase_correlation_shift, register_points
+from .stack import CalibrationStack
+
+__all__ = [
+    "AUTO_METHOD",
+    "REJECT_REASONS",
+    "CalibrationResult",
+    "analyze",
+    "read_beads",
+    "write_qc",
+]
+
+Method = Literal["mean", "msd", "auto"]
+
+#: Rejection reasons, in the order they are tested.
+REJECT_REASONS: tuple[str, ...] = (
+    "edge",
+    "fit_failed",
+    "saturated",
+    "neighbour",
+    "low_snr",
+    "out_of_range",
+)
+#: Method chosen by ``method="auto"``: the lower RMS error on the simulated rig.
+AUTO_METHOD = "msd"
+MIN_Z_STEPS = 11
+
+
+@dataclass
+class CalibrationResult:
+    """Everything the calibration analysis produces.
+
+    Attributes
+    ----------
+    registration
+        Plane-0 -> plane-1 affine with its residual.
+    beads
+        One row per detected plane-0 bead: ``field``, ``bead`` (unique id),
+        ``x_px0, y_px0, x_px1, y_px1`` (plane 1 = registered position),
+        ``peak_ratio``, ``status`` (``"accepted"`` or ``"rejected"``), ``reason``
+        (empty when accepted), ``z_mean_um, sigma_mean_um, z_msd_um, sigma_msd_um,
+        ref_z_um, sigma_ref_z_um``.
+    examples
+        Training examples of the accepted beads.
+    qc
+        JSON-serializable summary.
+    profiles
+        ``(N_accepted, Z, 2)`` on-axis brightness of the accepted beads.
+    crop_size
+        Crop size used.
+    method
+        Reference-Z method used for the examples.
+    """
+
+    registration: Registration
+    beads: pd.DataFrame
+    examples: Examples
+    qc: dict[str, Any]
+    profiles: np.ndarray
+    crop_size: int
+    method: str
+
+
+def _check_stack(stack: CalibrationStack, crop_size: int) -> None:
+    if crop_size < 5 or crop_size % 2 == 0:
+        raise CalibrationError(f"crop_size must be odd and >= 5; got {crop_size}")
+    if stack.n_z < MIN_Z_STEPS:
+        raise CalibrationError(
+            f"the calibration stack has {stack.n_z} Z step(s); at least "
+            f"{MIN_Z_STEPS} are needed (acquire a Z range of about +-1.5 um in "
+            "steps of 50 nm)"
+        )
+    for p in range(stack.n_fields):
+        d = np.diff(stack.stage_z_um[p])
+        if not (np.all(d > 0) or np.all(d < 0)):
+            raise CalibrationError(
+                f"stage Z of field {p} is not strictly monotonic; acquire the "
+                "Z-stack in one direction without repeated positions"
+            )
+    h, w = stack.plane_shape
+    if min(h, w) < 3 * crop_size:
+        raise CalibrationError(
+            f"planes of {h}x{w} px are too small for crops of {crop_size} px"
+        )
+
+
+def _saturation(stack: CalibrationStack) -> float:
+    meta = stack.meta or {}
+    if "saturation_adu" in meta:
+        return float(meta["saturation_adu"])
+    if "bit_depth" in meta:
+        return float(2 ** int(meta["bit_depth"]) - 1)
+    dt = np.asarray(stack.frames).dtype
+    if np.issubdtype(dt, np.integer):
+        return float(np.iinfo(dt).max)
+    return float("inf")
+
+
+def analyze(
+    stack: CalibrationStack,
+    *,
+    crop_size: int = 15,
+    method: Method = "auto",
+    dz_range_um: float = 1.0,
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    threshold_sigma: float = 8.0,
+    neighbour_margin_px: int = 2,
+    min_peak_ratio: float = 2.0,
+    stage_sigma_um: float = 0.005,
+    mean_window_um: float = 0.4,
+    mean_power: float = 2.0,
+    min_beads: int = 3,
+) -> CalibrationResult:
+    """Analyze a bead calibration stack.
+
+    Parameters
+    ----------
+    stack
+        The calibration stack (Z-stacks of one or more fields, both planes).
+    crop_size
+        Odd crop size of the training examples (px).
+    method
+        Reference Z: ``"mean"`` (brightness-weighted mean), ``"msd"`` (alignment
+        to a reference bead) or ``"auto"`` (the better one on the simulated rig,
+        :data:`AUTO_METHOD`).
+    dz_range_um
+        Frames with ``|dz| <= dz_range_um`` become examples.
+    split_fractions
+        Train/validation/test fractions of the beads.
+    seed
+        Seed of the split.
+    threshold_sigma
+        Detection threshold (robust sigmas of the band-passed max projection).
+    neighbour_margin_px
+        A bead is rejected when another detection lies within
+        ``crop_size // 2 + neighbour_margin_px`` px (Chebyshev distance).
+    min_peak_ratio
+        Minimum peak / mean of the best-focus crop (offset-subtracted).
+    stage_sigma_um
+        Stage position error per frame for the reference-Z uncertainty.
+    mean_window_um, mean_power
+        Window half-width around the profile maximum and power of the
+        brightness in the weighted mean (:func:`~.refz.ref_z_mean`).
+    min_beads
+        Fewer accepted beads than this is an error.
+
+    Raises
+    ------
+    CalibrationError
+        The stack cannot give a trustworthy calibration (too few Z steps, stage Z
+        not monotonic, no or too few usable beads, registration failed).
+    """
+    t_start = time.perf_counter()
+    if method not in ("mean", "msd", "auto"):
+        raise CalibrationError(f"unknown reference-Z method {method!r}")
+    _check_stack(stack, crop_size)
+    use = AUTO_METHOD if method == "auto" else method
+    h, w = stack.plane_shape
+    half = crop_size // 2
+    sat = _saturation(stack)
+    offset = float((stack.meta or {}).get("offset_adu", 0.0))
+
+    # 1. detection and localization per field
+    dets: list[FieldDetections] = []
+    for p in range(stack.n_fields):
+        dets.append(
+            detect_field(np.asarray(stack.frames[p]), threshold_sigma=threshold_sigma)
+        )
+    t_detect = time.perf_counter()
+    n_det = [len(d.peaks[0]) for d in dets]
+    if sum(n_det) == 0:
+        raise CalibrationError(
+            "no beads were detected in any field; check that the stack shows beads "
+            "(exposure, focus range, bead density) and the plane layout"
+        )
+
+    # 2. registration from all fields
+    bps = [band_passed_projection(d) for d in dets]
+    coarse = phase_correlation_shift([b[0] for b in bps], [b[1] for b in bps])
+    xy0 = [d.xy[0][np.isfinite(d.xy[0][:, 0])] for d in dets]
+    xy1 = [d.xy[1][np.isfinite(d.xy[1][:, 0])] for d in dets]
+    try:
+        reg = register_points(xy0, xy1, coarse, pixel_size_um=stack.pixel_size_um)
+    except ValueError as e:
+        raise CalibrationError(
+            f"plane registration failed: {e}; the fields hold too few beads seen "
+            "in both planes (check the splitter layout/mirror and bead density)"
+        ) from e
+    t_reg = time.perf_counter()
+
+    # 3. bead table and exclusion
+    rows: list[dict[str, Any]] = []
+    accepted_crops: list[np.ndarray] = []
+    accepted_bg: list[np.ndarray] = []
+    accepted_off: list[np.ndarray] = []
+    bead_id = 0
+    for p, d in enumerate(dets):
+        pk = d.peaks[0]
+        xy = d.xy[0].copy()
+        fit_ok = np.isfinite(xy[:, 0])
+        xy[~fit_ok] = pk[~fit_ok]
+        x1 = apply_affine(reg.affine, xy) if len(xy) else np.zeros((0, 2))
+        c0 = np.rint(xy).astype(np.int64)
+        c1 = np.rint(x1).astype(np.int64)
+
+        def inside(c: np.ndarray) -> np.ndarray:
+            return (
+                (c[:, 0] >= half)
+                & (c[:, 0] < w - half)
+                & (c[:, 1] >= half)
+                & (c[:, 1] < h - half)
+            )
+
+        edge = ~(inside(c0) & inside(c1))
+        # neighbours: all plane-0 detections plus plane-1 detections mapped back
+        others = [pk.astype(float)]
+        if len(d.peaks[1]):
+            a = reg.affine
+            inv = np.linalg.inv(a[:, :2])
+            others.append((d.peaks[1] - a[:, 2]) @ inv.T)
+        allpts = np.concatenate(others)
+        reach = half + neighbour_margin_px
+        neigh = np.zeros(len(pk), dtype=bool)
+        for i in range(len(pk)):
+            dist = np.abs(allpts - xy[i]).max(axis=1)
+            close = dist <= reach
+            # the bead itself appears once per plane within ~2 px
+            self_hits = dist <= 2.0
+            neigh[i] = close.sum() > self_hits.sum()
+        ok_idx = np.nonzero(~edge)[0]
+        saturated = np.zeros(len(pk), dtype=bool)
+        ratio = np.full(len(pk), np.nan)
+        crops = np.zeros((0, stack.n_z, 2, crop_size, crop_size), np.float32)
+        if len(ok_idx):
+            fr = np.asarray(stack.frames[p])
+            k0 = crop_stack(fr[:, 0], c0[ok_idx], crop_size)  # (n, Z, S, S)
+            k1 = crop_stack(fr[:, 1], c1[ok_idx], crop_size)
+            saturated[ok_idx] = (k0.max(axis=(1, 2, 3)) >= sat) | (
+                k1.max(axis=(1, 2, 3)) >= sat
+            )
+            crops = np.stack([k0, k1], axis=2).astype(np.float32)
+            best = d.best_frame[0][ok_idx]
+            at_best = crops[np.arange(len(ok_idx)), best, 0] - offset
+            ratio[ok_idx] = at_best.max(axis=(1, 2)) / np.maximum(
+                at_best.mean(axis=(1, 2)), 1e-9
+            )
+        n_z = stack.n_z
+        edge_frames = max(2, n_z // 20)
+        out_of_range = (d.best_frame[0] < edge_frames) | (
+            d.best_frame[0] >= n_z - edge_frames
+        )
+        reasons = {
+            "edge": edge,
+            "fit_failed": ~fit_ok,
+            "saturated": saturated,
+            "neighbour": neigh,
+            "low_snr": ~(ratio >= min_peak_ratio),
+            "out_of_range": out_of_range,
+        }
+        pos_in_crops = {int(j): n for n, j in enumerate(ok_idx)}
+        for i in range(len(pk)):
+            reason = next((r for r in REJECT_REASONS if reasons[r][i]), "")
+            rows.append(
+                {
+                    "field": p,
+                    "bead": bead_id,
+                    "x_px0": float(xy[i, 0]),
+                    "y_px0": float(xy[i, 1]),
+                    "x_px1": float(x1[i, 0]),
+                    "y_px1": float(x1[i, 1]),
+                    "peak_ratio": float(ratio[i]),
+                    "status": "rejected" if reason else "accepted",
+                    "reason": reason,
+                }
+            )
+            if not reason:
+                accepted_crops.append(crops[pos_in_crops[i]])
+                accepted_bg.append(d.background)
+                accepted_off.append(np.stack([xy[i] - c0[i], x1[i] - c1[i]]))
+            bead_id += 1
+    beads = pd.DataFrame(rows)
+    acc = np.nonzero((beads["status"] == "accepted").to_numpy())[0]
+    counts = beads["reason"].replace("", "accepted").value_counts().to_dict()
+    if len(acc) < min_beads:
+        raise CalibrationError(
+            f"only {len(acc)} bead(s) passed quality control (need {min_beads}); "
+            f"rejections: { {k: int(v) for k, v in counts.items()} }. Use more "
+            "fields, a sparser bead sample, a lower exposure (saturation) or a "
+            "Z range centred on the beads"
+        )
+    t_qc = time.perf_counter()
+
+    # 4. reference Z
+    crops_acc = np.stack(accepted_crops)  # (N, Z, 2, S, S)
+    bg_acc = np.stack(accepted_bg)  # (N, Z, 2)
+    off_acc = np.stack(accepted_off)  # (N, 2, 2)
+    meta = stack.meta or {}
+    camera = (
+        (
+            float(meta["offset_adu"]),
+            float(meta["gain_e_per_adu"]),
+            float(meta.get("read_noise_e", 0.0)),
+        )
+        if "offset_adu" in meta and "gain_e_per_adu" in meta
+        else None
+    )
+    fv = [
+        aperture_intensity(
+            crops_acc[i : i + 1], bg_acc[i], off_acc[i : i + 1], camera=camera
+        )
+        for i in range(len(acc))
+    ]
+    feats = np.concatenate([f for f, _ in fv])
+    var_b = (
+        None if camera is None else np.concatenate([v for _, v in fv if v is not None])
+    )
+    field_acc = beads["field"].to_numpy()[acc]
+    z_mean = np.empty(len(acc))
+    s_mean = np.empty(len(acc))
+    z_msd = np.empty(len(acc))
+    s_msd = np.empty(len(acc))
+    zplanes = np.empty((len(acc), 2))
+    ratio_acc = beads["peak_ratio"].to_numpy()[acc]
+    for p in np.unique(field_acc):
+        sel = np.nonzero(field_acc == p)[0]
+        zz = stack.stage_z_um[p]
+        order = np.argsort(zz)
+        f = feats[sel][:, order]
+        rm = ref_z_mean(
+            f,
+            zz[order],
+            stack.geometry.plane_offset_um,
+            window_um=mean_window_um,
+            power=mean_power,
+            stage_sigma_um=stage_sigma_um,
+            variance=None if var_b is None else var_b[sel][:, order],
+        )
+        z_mean[sel], s_mean[sel] = rm.z_um, rm.sigma_um
+        assert rm.z_plane_um is not None
+        zplanes[sel] = rm.z_plane_um
+        ref = int(np.argmax(ratio_acc[sel]))
+        rd = ref_z_msd(f, zz[order], rm, reference=ref, stage_sigma_um=stage_sigma_um)
+        z_msd[sel], s_msd[sel] = rd.z_um, rd.sigma_um
+    t_refz = time.perf_counter()
+    for col in ("z_mean_um", "sigma_mean_um", "z_msd_um", "sigma_msd_um"):
+        beads[col] = np.nan
+    beads.loc[acc, "z_mean_um"] = z_mean
+    beads.loc[acc, "sigma_mean_um"] = s_mean
+    beads.loc[acc, "z_msd_um"] = z_msd
+    beads.loc[acc, "sigma_msd_um"] = s_msd
+    ref_z = z_mean if use == "mean" else z_msd
+    beads["ref_z_um"] = beads["z_mean_um"] if use == "mean" else beads["z_msd_um"]
+    beads["sigma_ref_z_um"] = (
+        beads["sigma_mean_um"] if use == "mean" else beads["sigma_msd_um"]
+    )
+
+    # 5. examples
+    bead_ids = beads["bead"].to_numpy()[acc]
+    split_of = split_by_bead(bead_ids, split_fractions, seed)
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("c", "dz", "sz", "rz", "xy", "b", "f", "s")
+    }
+    x0 = beads["x_px0"].to_numpy()[acc]
+    y0 = beads["y_px0"].to_numpy()[acc]
+    for n in range(len(acc)):
+        p = int(field_acc[n])
+        zz = stack.stage_z_um[p]
+        dz = ref_z[n] - zz
+        sel = np.nonzero(np.abs(dz) <= dz_range_um)[0]
+        m = len(sel)
+        parts["c"].append(crops_acc[n, sel])
+        parts["dz"].append(dz[sel])
+        parts["sz"].append(zz[sel])
+        parts["rz"].append(np.full(m, ref_z[n]))
+        parts["xy"].append(
+            np.tile([2 * x0[n] / (w - 1) - 1, 2 * y0[n] / (h - 1) - 1], (m, 1))
+        )
+        parts["b"].append(np.full(m, bead_ids[n], np.int64))
+        parts["f"].append(np.full(m, p, np.int64))
+        parts["s"].append(np.full(m, split_of[int(bead_ids[n])], np.int8))
+    examples = Examples(
+        crops=np.concatenate(parts["c"]).astype(np.float32),
+        dz_um=np.concatenate(parts["dz"]),
+        stage_z_um=np.concatenate(parts["sz"]),
+        ref_z_um=np.concatenate(parts["rz"]),
+        xy_norm=np.concatenate(parts["xy"]),
+        bead=np.concatenate(parts["b"]),
+        field=np.concatenate(parts["f"]),
+        split=np.concatenate(parts["s"]),
+    )
+    beads["split"] = ""
+    names = {v: k for k, v in {"train": 0, "validation": 1, "test": 2}.items()}
+    beads.loc[acc, "split"] = [names[split_of[int(b)]] for b in bead_ids]
+    t_end = time.perf_counter()
+
+    per_field = []
+    for p in range(stack.n_fields):
+        fb = beads[beads["field"] == p]
+        per_field.append(
+            {
+                "field": p,
+                "detected": len(fb),
+                "accepted": int((fb["status"] == "accepted").sum()),
+                "rejected": {
+                    r: int((fb["reason"] == r).sum())
+                    for r in REJECT_REASONS
+                    if (fb["reason"] == r).any()
+                },
+            }
+        )
+    qc: dict[str, Any] = {
+        "n_fields": stack.n_fields,
+        "n_z": stack.n_z,
+        "z_step_um": stack.z_step_um,
+        "crop_size": crop_size,
+        "n_detected": len(beads),
+        "n_accepted": len(acc),
+        "rejected": {r: int((beads["reason"] == r).sum()) for r in REJECT_REASONS},
+        "per_field": per_field,
+        "registration": {
+            "affine": reg.affine.tolist(),
+            "residual_nm": reg.residual_nm,
+            "n_matched": reg.n_matched,
+            "rotation_deg": reg.rotation_deg,
+            "coarse_shift_px": list(reg.coarse_shift_px),
+            "direction": "plane0_to_plane1",
+        },
+        "ref_z": {
+            "method": use,
+            "requested": method,
+            "median_sigma_mean_nm": float(np.median(s_mean) * 1e3),
+            "median_sigma_msd_nm": float(np.median(s_msd) * 1e3),
+            "rms_mean_minus_msd_nm": float(
+                np.sqrt(np.mean((z_mean - z_msd) ** 2)) * 1e3
+            ),
+            "plane_disagreement_rms_nm": float(
+                np.sqrt(np.mean((zplanes[:, 0] - zplanes[:, 1]) ** 2)) * 1e3
+            ),
+        },
+        "examples": {
+            "n": len(examples),
+            "dz_range_um": dz_range_um,
+            "dz_convention": "dz_um = ref_z_um - stage_z_um",
+            "split_beads": {
+                k: int(sum(1 for v in split_of.values() if v == c))
+                for k, c in (("train", 0), ("validation", 1), ("test", 2))
+            },
+            "split_fractions": list(split_fractions),
+            "seed": seed,
+        },
+        "timing_s": {
+            "detect": t_detect - t_start,
+            "register": t_reg - t_detect,
+            "qc_crops": t_qc - t_reg,
+            "ref_z": t_refz - t_qc,
+            "examples": t_end - t_refz,
+            "total": t_end - t_start,
+        },
+        "source": stack.source,
+    }
+    if stack.truth is not None:
+        qc["truth"] = _truth_errors(stack, beads)
+    json.dumps(qc)  # must stay JSON-serializable
+    profiles = feats[..., 0]
+    return CalibrationResult(
+        registration=reg,
+        beads=beads,
+        examples=examples,
+        qc=qc,
+        profiles=profiles,
+        crop_size=crop_size,
+        method=use,
+    )
+
+
+def _truth_errors(stack: CalibrationStack, beads: pd.DataFrame) -> dict[str, Any]:
+    """RMS errors of both reference-Z methods against simulation truth."""
+    assert stack.truth is not None
+    err: dict[str, list[float]] = {"mean": [], "msd": []}
+    beads["z_true_um"] = np.nan
+    for p, tr in enumerate(stack.truth):
+        if tr is None or len(tr) == 0:
+            continue
+        sel = (beads["field"] == p) & (beads["status"] == "accepted")
+        if not sel.any():
+            continue
+        b = beads[sel]
+        tp = np.column_stack([tr["x_px0"], tr["y_px0"]])
+        for idx, row in b.iterrows():
+            d = np.hypot(tp[:, 0] - row["x_px0"], tp[:, 1] - row["y_px0"])
+            j = int(np.argmin(d))
+            if d[j] > 1.0:
+                continue
+            zt = float(tr["z_focus_um"][j])
+            beads.loc[idx, "z_true_um"] = zt
+            err["mean"].append(row["z_mean_um"] - zt)
+            err["msd"].append(row["z_msd_um"] - zt)
+
+    def rms(v: list[float]) -> float | None:
+        return float(np.sqrt(np.mean(np.square(v))) * 1e3) if v else None
+
+    def bias(v: list[float]) -> float | None:
+        return float(np.mean(v) * 1e3) if v else None
+
+    return {
+        "n_matched": len(err["mean"]),
+        "rms_mean_nm": rms(err["mean"]),
+        "rms_msd_nm": rms(err["msd"]),
+        "bias_mean_nm": bias(err["mean"]),
+        "bias_msd_nm": bias(err["msd"]),
+    }
+
+
+def write_qc(
+    result: CalibrationResult,
+    store: str | Path | zarr.Group,
+    *,
+    examples: bool = True,
+) -> None:
+    """Write the QC summary, registration, bead table (and examples) into a store.
+
+    The summary goes to the root attributes ``axialtrack_calibration`` (JSON);
+    the affine, the registration pairs and one array per bead-table column go
+    to the ``calibration/`` group (``calibration/registration/affine``,
+    ``calibration/registration/pairs``, ``calibration/beads/<column>``). With
+    ``examples`` the training examples go to ``calibration/examples/``
+    (:func:`~axialtrack.calibrate.save_examples`).
+    """
+    root = (
+        store
+        if isinstance(store, zarr.Group)
+        else zarr.open_group(str(store), mode="a")
+    )
+    root.attrs["axialtrack_calibration"] = json.loads(json.dumps(result.qc))
+    grp = root.require_group("calibration")
+    for name in ("registration", "beads"):
+        if name in grp:
+            del grp[name]
+    rg = grp.create_group("registration")
+    rg.create_array("affine", data=np.asarray(result.registration.affine, float))
+    pairs = np.asarray(result.registration.pairs, float)
+    rg.create_array("pairs", data=pairs, chunks=(max(1, len(pairs)), 5))
+    rg.attrs["residual_nm"] = result.registration.residual_nm
+    rg.attrs["n_matched"] = result.registration.n_matched
+    rg.attrs["direction"] = "plane0_to_plane1"
+    bg = grp.create_group("beads")
+    n = len(result.beads)
+    categories: dict[str, list[str]] = {}
+    for col in result.beads.columns:
+        v = result.beads[col].to_numpy()
+        if v.dtype == object:  # text columns as int8 codes + category list
+            cats = sorted({str(x) for x in v})
+            categories[col] = cats
+            arr = np.array([cats.index(str(x)) for x in v], dtype=np.int8)
+        else:
+            arr = np.asarray(v)
+        bg.create_array(col, data=arr, chunks=(max(1, n),))
+    bg.attrs["n_rows"] = n
+    bg.attrs["columns"] = [str(c) for c in result.beads.columns]
+    bg.attrs["categories"] = categories
+    if examples:
+        save_examples(root, result.examples)
+
+
+def read_beads(store: str | Path | zarr.Group) -> pd.DataFrame:
+    """Read back the bead table written by :func:`write_qc`."""
+    root = (
+        store
+        if isinstance(store, zarr.Group)
+        else zarr.open_group(str(store), mode="r")
+    )
+    bg = cast("zarr.Group", root["calibration/beads"])
+    attrs: dict[str, Any] = dict(bg.attrs.asdict())
+    cats: dict[str, list[str]] = dict(attrs.get("categories", {}))
+    out = {}
+    for col in list(attrs["columns"]):
+        v = np.asarray(cast("zarr.Array", bg[str(col)])[...])
+        if col in cats:
+            v = np.asarray(cats[col], dtype=object)[v.astype(np.int64)]
+        out[str(col)] = v
+    return pd.DataFrame(out)

@@ -1,0 +1,217 @@
+"""HTML quality report of a calibration analysis (matplotlib figures, embedded)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .analysis import CalibrationResult
+    from .stack import CalibrationStack
+
+__all__ = ["write_report"]
+
+_REASON_COLORS = {
+    "edge": "tab:gray",
+    "fit_failed": "tab:purple",
+    "saturated": "tab:red",
+    "neighbour": "tab:orange",
+    "low_snr": "tab:blue",
+    "out_of_range": "tab:brown",
+}
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _bead_maps(result: CalibrationResult, stack: CalibrationStack) -> Figure:
+    from matplotlib.figure import Figure
+
+    n = min(stack.n_fields, 4)
+    fig = Figure(figsize=(4.2 * n, 4.2))
+    beads = result.beads
+    for p in range(n):
+        ax = fig.add_subplot(1, n, p + 1)
+        mp = np.asarray(stack.frames[p][:, 0]).max(axis=0)
+        lo, hi = np.percentile(mp, [1, 99.8])
+        ax.imshow(mp, cmap="gray", vmin=lo, vmax=hi)
+        fb = beads[beads["field"] == p]
+        acc = fb[fb["status"] == "accepted"]
+        ax.scatter(
+            acc["x_px0"],
+            acc["y_px0"],
+            s=60,
+            facecolors="none",
+            edgecolors="lime",
+            label="accepted",
+        )
+        for reason, color in _REASON_COLORS.items():
+            rj = fb[fb["reason"] == reason]
+            if len(rj):
+                ax.scatter(
+                    rj["x_px0"], rj["y_px0"], s=60, marker="x", c=color, label=reason
+                )
+        ax.set_title(f"field {p}: {len(acc)}/{len(fb)} accepted")
+        ax.set_axis_off()
+        if p == 0:
+            ax.legend(loc="upper right", fontsize=7)
+    return fig
+
+
+def _profiles(result: CalibrationResult, stack: CalibrationStack) -> Figure:
+    from matplotlib.figure import Figure
+
+    beads = result.beads
+    acc = beads[beads["status"] == "accepted"].reset_index(drop=True)
+    pick = np.unique(np.linspace(0, len(acc) - 1, min(4, len(acc))).astype(int))
+    fig = Figure(figsize=(4 * len(pick), 3.2))
+    delta = stack.geometry.plane_offset_um
+    for k, i in enumerate(pick):
+        ax = fig.add_subplot(1, len(pick), k + 1)
+        z = stack.stage_z_um[int(acc.loc[i, "field"])]
+        prof = result.profiles[i]
+        order = np.argsort(z)
+        ax.plot(z[order], prof[order, 0], label="plane 0")
+        ax.plot(z[order], prof[order, 1], label="plane 1")
+        zr = float(acc.loc[i, "ref_z_um"])
+        ax.axvline(zr, color="tab:blue", ls="--", lw=0.8)
+        ax.axvline(zr - delta, color="tab:orange", ls="--", lw=0.8)
+        ax.set_xlabel("stage Z (um)")
+        ax.set_title(
+            f"bead {int(acc.loc[i, 'bead'])} (field {int(acc.loc[i, 'field'])})"
+        )
+        if k == 0:
+            ax.set_ylabel("on-axis brightness (counts)")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _residuals(result: CalibrationResult, stack: CalibrationStack) -> Figure:
+    from matplotlib.figure import Figure
+
+    reg = result.registration
+    res = reg.residual_vectors_px * stack.pixel_size_um * 1e3
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot(1, 1, 1)
+    h, w = stack.plane_shape
+    scale = 0.05 * max(h, w) / max(float(np.abs(res).max(initial=0.0)), 1e-9)
+    ax.quiver(
+        reg.pairs[:, 1],
+        reg.pairs[:, 2],
+        res[:, 0] * scale,
+        res[:, 1] * scale,
+        angles="xy",
+        scale_units="xy",
+        scale=1,
+        color="tab:red",
+    )
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_aspect("equal")
+    ax.set_title(
+        f"registration residuals, rms {reg.residual_nm:.1f} nm "
+        f"(n={reg.n_matched}; longest arrow "
+        f"{float(np.hypot(res[:, 0], res[:, 1]).max(initial=0.0)):.1f} nm)"
+    )
+    return fig
+
+
+def _truth_errors(result: CalibrationResult) -> Figure | None:
+    from matplotlib.figure import Figure
+
+    beads = result.beads
+    if "z_true_um" not in beads or not np.isfinite(beads["z_true_um"]).any():
+        return None
+    b = beads[np.isfinite(beads["z_true_um"])]
+    fig = Figure(figsize=(5.5, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for col, label in (("z_mean_um", "mean"), ("z_msd_um", "msd")):
+        err = (b[col] - b["z_true_um"]) * 1e3
+        rms = float(np.sqrt(np.mean(err**2)))
+        ax.scatter(b["z_true_um"], err, s=12, label=f"{label}: rms {rms:.1f} nm")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xlabel("true z_focus (um)")
+    ax.set_ylabel("ref Z - truth (nm)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def write_report(
+    result: CalibrationResult, stack: CalibrationStack, out_dir: str | Path
+) -> Path:
+    """Write ``report.html`` with embedded PNG figures.
+
+    Parameters
+    ----------
+    result
+        Output of :func:`~axialtrack.calibrate.analyze`.
+    stack
+        The analyzed stack (for images and stage Z).
+    out_dir
+        Directory to write into (created if needed).
+
+    Returns
+    -------
+    pathlib.Path
+        The path of ``report.html``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figs = [
+        ("Beads (plane 0 max projection)", _bead_maps(result, stack)),
+        (
+            "Brightness profiles vs stage Z (dashed: reference Z, and minus delta)",
+            _profiles(result, stack),
+        ),
+        ("Plane registration residuals", _residuals(result, stack)),
+    ]
+    te = _truth_errors(result)
+    if te is not None:
+        figs.append(("Reference Z error vs simulation truth", te))
+    qc = result.qc
+    counts = {"accepted": qc["n_accepted"], **qc["rejected"]}
+    table = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in counts.items()
+    )
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        "<title>axialtrack calibration report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 10px}"
+        "table{border-collapse:collapse}tr:nth-child(even){background:#eee}</style>",
+        "</head><body><h1>Calibration report</h1>",
+        f"<p>Source: {html.escape(str(stack.source))}; {qc['n_fields']} field(s) x "
+        f"{qc['n_z']} Z steps; reference-Z method: {html.escape(result.method)}; "
+        f"registration residual {qc['registration']['residual_nm']:.1f} nm "
+        f"({qc['registration']['n_matched']} pairs, rotation "
+        f"{qc['registration']['rotation_deg']:.3f} deg).</p>",
+        "<h2>Beads by status</h2><table>",
+        "<tr><th>status / reason</th><th>count</th></tr>",
+        table,
+        "</table>",
+    ]
+    for title, fig in figs:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.append(
+            f"<img alt='{html.escape(title)}' src='data:image/png;base64,{_png(fig)}'>"
+        )
+    parts.append("<h2>QC summary</h2><pre>")
+    parts.append(html.escape(json.dumps(qc, indent=1)))
+    parts.append("</pre></body></html>")
+    path = out / "report.html"
+    path.write_text("".join(parts), encoding="utf-8")
+    return path
