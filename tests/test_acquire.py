@@ -141,23 +141,27 @@ def test_failed_run_closes_store(small_core: UniMMCore, tmp_path: Path) -> None:
     assert not small_core.mda.is_running()
 
 
-def test_cli_acquires(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_acquires(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
     from axialtrack.acquire import cli_calibrate
 
     parser = argparse.ArgumentParser(prog="axialtrack")
     cli_calibrate.add_parser(parser.add_subparsers(dest="command"))
-    monkeypatch.setattr(cli_calibrate, "_analysis", lambda: None)
     out = tmp_path / "cli.zarr"
     argv = ["calibrate", "--out", str(out), "--fields", "1", "--z-range", "0.1"]
     argv += ["--z-step", "0.05", "--exposure", "5", "--no-progress"]
     args = parser.parse_args(argv)
-    assert args.func(args) == 0
+    # 5 Z steps are acquired and kept, but are too few to calibrate from
+    assert args.func(args) == 1
+    assert "at least 11" in capsys.readouterr().out
     run = open_run(out)
     assert run.n_frames == 5
+    assert run.state == "closed"
+    assert "axialtrack_calibration" not in zarr.open_group(out, mode="r").attrs
     assert args.func(args) == 2  # exists, no --overwrite
     args = parser.parse_args([*argv, "--overwrite"])
-    assert args.func(args) == 0
+    assert args.func(args) == 1
+    assert open_run(out).n_frames == 5
     none = parser.parse_args(["calibrate"])
     assert none.func(none) == 2

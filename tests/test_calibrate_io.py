@@ -190,15 +190,18 @@ def test_bad_inputs(tmp_path: Path) -> None:
         load_stack(a, layout="single-plane-pairs", z_step_um=STEP, pixel_size_um=0.1)
 
 
-def test_cli_from_tiff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_from_tiff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from calib_sim import make_stack
+
     from axialtrack.acquire import cli_calibrate
 
-    planes, _ = _planes(1)
+    # a recorded dual-plane bead stack (simulated) saved as a plain TIFF
+    stack = make_stack(n_fields=1, plane_shape=(128, 128), n_beads=12, z_step_um=0.1)
     path = tmp_path / "dual.tif"
-    tifffile.imwrite(path, planes[0])
+    tifffile.imwrite(path, stack.frames[0])
+    z_start = float(stack.stage_z_um[0, 0])
     parser = argparse.ArgumentParser(prog="axialtrack")
     cli_calibrate.add_parser(parser.add_subparsers(dest="command"))
-    monkeypatch.setattr(cli_calibrate, "_analysis", lambda: None)
     out = tmp_path / "qc.zarr"
     args = parser.parse_args(
         [
@@ -211,14 +214,19 @@ def test_cli_from_tiff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             str(out),
             "--z-step",
             "0.1",
+            "--z-start",
+            str(z_start),
             "--plane-offset",
-            "0.3",
+            str(stack.geometry.plane_offset_um),
             "--pixel-size",
-            "0.1",
+            str(stack.pixel_size_um),
         ]
     )
     assert args.func(args) == 0
-    out.mkdir()
+    qc = zarr.open_group(out, mode="r").attrs["axialtrack_calibration"]
+    assert qc["n_z"] == stack.n_z
+    assert qc["n_accepted"] >= 6
+    assert "beads accepted" in capsys.readouterr().out
     assert args.func(args) == 2  # refuses an existing output
     bad = parser.parse_args(
         ["calibrate", "--from", str(tmp_path / "x.tif"), "--out", str(tmp_path / "o")]
