@@ -1,0 +1,183 @@
+"""Chunk writers: how one encoded chunk becomes a file, and the frame sinks.
+
+Writes are atomic: the chunk file is written under a temporary name and renamed,
+so a reader (or a crash) sees a chunk either absent or complete, and a failed
+write (disk full) leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "ChunkFiles",
+    "FrameSink",
+    "atomic_write",
+    "make_sink",
+]
+
+Backend = Literal["direct", "zarr", "tensorstore"]
+BACKENDS: tuple[str, ...] = ("direct", "zarr", "tensorstore")
+
+_O_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+
+
+def atomic_write(path: str, data: Any) -> int:
+    """Write ``data`` (any buffer) to ``path`` via a temporary file and a rename."""
+    tmp = path + ".partial"
+    view = memoryview(data).cast("B")
+    size = len(view)
+    fd = os.open(tmp, _O_FLAGS, 0o666)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    try:
+        os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return size
+
+
+class ChunkFiles:
+    """Write whole chunks of one zarr v3 array as files, bypassing zarr's I/O.
+
+    The chunk key comes from the array's own metadata and ``encode`` must match
+    its codecs (see :func:`axialtrack.store.layout.chunk_encoder`), so any zarr v3
+    reader decodes the chunks. Safe to call from several threads for different
+    chunks.
+
+    Parameters
+    ----------
+    array
+        The zarr array (its metadata gives the chunk keys).
+    directory
+        The array's directory.
+    encode
+        Chunk array -> bytes of the chunk file.
+    """
+
+    def __init__(self, array: zarr.Array, directory: Path, encode: Callable) -> None:
+        self._key = array.metadata.encode_chunk_key
+        self._dir = os.fspath(directory)
+        self._encode = encode
+        self._made: set[str] = set()
+
+    def write(self, coords: tuple[int, ...], chunk: np.ndarray) -> int:
+        """Encode and write the chunk at grid position ``coords``; return its size."""
+        data = self._encode(chunk)
+        path = os.path.join(self._dir, self._key(coords))
+        parent = os.path.dirname(path)
+        if parent not in self._made:
+            self._mkdirs(parent)
+        return atomic_write(path, data)
+
+    def _mkdirs(self, parent: str) -> None:
+        # top-down from the deepest directory known to exist: one mkdir per level
+        todo = []
+        d = parent
+        while d not in self._made and d != self._dir and d != os.path.dirname(d):
+            todo.append(d)
+            d = os.path.dirname(d)
+        for d in reversed(todo):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(d)
+        if len(self._made) > 1024:
+            self._made.clear()
+        self._made.update(todo)
+
+
+class FrameSink:
+    """Writes whole frame chunks; called from several writer threads at once."""
+
+    name: str = ""
+
+    def write(self, index: int, frame: np.ndarray) -> int:
+        """Write frame ``index``; return the number of bytes stored."""
+        raise NotImplementedError
+
+    def resized(self, capacity: int) -> None:
+        """The array now holds ``capacity`` frames (its metadata was rewritten)."""
+
+    def close(self) -> None:
+        """Release resources."""
+
+
+class DirectSink(FrameSink):
+    """Encode with numcodecs and write each chunk file with one ``write`` call."""
+
+    name = "direct"
+
+    def __init__(self, array: zarr.Array, directory: Path, encode: Callable) -> None:
+        self._files = ChunkFiles(array, directory, encode)
+
+    def write(self, index: int, frame: np.ndarray) -> int:
+        return self._files.write((index, 0, 0, 0), frame)
+
+
+class ZarrSink(FrameSink):
+    """Write through zarr-python's public API (``array[t] = frame``)."""
+
+    name = "zarr"
+
+    def __init__(self, array: zarr.Array) -> None:
+        self._array = array
+        self._nbytes = int(np.prod(array.shape[1:])) * array.dtype.itemsize
+
+    def write(self, index: int, frame: np.ndarray) -> int:
+        self._array[index] = frame
+        return self._nbytes
+
+
+class TensorstoreSink(FrameSink):
+    """Write through tensorstore's zarr3 driver (reopened after every resize)."""
+
+    name = "tensorstore"
+
+    def __init__(self, directory: Path) -> None:
+        import tensorstore as ts
+
+        self._ts = ts
+        self._spec = {
+            "driver": "zarr3",
+            "kvstore": {"driver": "file", "path": os.fspath(directory)},
+        }
+        self._context = ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+        self._handle: Any = None
+
+    def resized(self, capacity: int) -> None:
+        self._handle = self._ts.open(
+            self._spec, open=True, context=self._context
+        ).result()
+
+    def write(self, index: int, frame: np.ndarray) -> int:
+        self._handle[index].write(frame).result()
+        return int(frame.nbytes)
+
+
+def make_sink(
+    backend: str, array: zarr.Array, directory: Path, encode: Callable
+) -> FrameSink:
+    """The frame sink of ``backend`` for ``array`` stored in ``directory``."""
+    if backend == "direct":
+        return DirectSink(array, directory, encode)
+    if backend == "zarr":
+        return ZarrSink(array)
+    if backend == "tensorstore":
+        return TensorstoreSink(directory)
+    raise ValueError(f"unknown frame backend {backend!r}; choose one of {BACKENDS}")

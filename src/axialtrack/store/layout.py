@@ -1,0 +1,241 @@
+"""Names, dtypes and metadata of the run store, format 1.
+
+::
+
+    <name>.zarr/
+      zarr.json        attributes["axialtrack"]: format, kind, created, rig, splitter,
+                       model, state, n_frames (committed), ...
+      frames/          OME-Zarr 0.5 image group; array "0" (t, c, y, x) uint16,
+                       one chunk per frame
+      frame_meta/      1-D arrays along t (FRAME_META_COLUMNS)
+      localizations/   1-D arrays, one per column; attributes n_rows, columns
+      tracks/          1-D arrays, one per column; attributes n_rows, columns
+
+The arrays along t and along rows may be longer than the committed counts while a
+run is being written (they grow in blocks); the counts say what is valid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "ATTRS_KEY",
+    "COMPRESSIONS",
+    "FORMAT_VERSION",
+    "FRAMES",
+    "FRAME_ARRAY",
+    "FRAME_META",
+    "FRAME_META_COLUMNS",
+    "FRAME_META_FILLS",
+    "LOCALIZATIONS",
+    "LOCALIZATION_COLUMNS",
+    "LOCALIZATION_DEFAULTS",
+    "TRACKS",
+    "Compression",
+    "chunk_encoder",
+    "fill_for",
+    "frame_codecs",
+    "ome_image_attrs",
+    "read_json",
+]
+
+FORMAT_VERSION = 1
+ATTRS_KEY = "axialtrack"
+
+FRAMES = "frames"
+FRAME_ARRAY = "0"
+FRAME_META = "frame_meta"
+LOCALIZATIONS = "localizations"
+TRACKS = "tracks"
+
+Kind = Literal["calibration", "live"]
+KINDS: tuple[str, ...] = ("calibration", "live")
+
+FRAME_META_COLUMNS: dict[str, np.dtype] = {
+    "t_s": np.dtype("float64"),
+    "stage_z_um": np.dtype("float64"),
+    "stage_x_um": np.dtype("float64"),
+    "stage_y_um": np.dtype("float64"),
+    "image_number": np.dtype("int64"),
+    "position_index": np.dtype("int64"),
+    "analyzed": np.dtype("bool"),
+}
+
+LOCALIZATION_COLUMNS: dict[str, np.dtype] = {
+    "frame": np.dtype("int64"),
+    "t_s": np.dtype("float64"),
+    "x_um": np.dtype("float64"),
+    "y_um": np.dtype("float64"),
+    "z_um": np.dtype("float64"),
+    "dz_um": np.dtype("float64"),
+    "sigma_z_um": np.dtype("float64"),
+    "photons": np.dtype("float64"),
+    "background": np.dtype("float64"),
+    "track_id": np.dtype("int64"),
+}
+
+#: Localization columns that may be left out of a batch, and their value then.
+LOCALIZATION_DEFAULTS: dict[str, float | int] = {"sigma_z_um": math.nan, "track_id": -1}
+
+FRAME_META_FILLS: dict[str, float | int | bool] = {
+    "t_s": math.nan,
+    "stage_z_um": math.nan,
+    "stage_x_um": math.nan,
+    "stage_y_um": math.nan,
+    "image_number": -1,
+    "position_index": 0,
+    "analyzed": False,
+}
+
+#: Chunk keys ``c.<t>.0.0.0``: one file per frame directly in the array's directory.
+#: (The ``/`` separator costs three directories per frame, which on ext4 halved
+#: the to-disk frame rate; see docs/store.md.)
+CHUNK_KEY_ENCODING: dict[str, str] = {"name": "default", "separator": "."}
+
+Compression = Literal["zstd", "blosc-lz4", "blosc-zstd"]
+COMPRESSIONS: tuple[str, ...] = ("zstd", "blosc-lz4", "blosc-zstd")
+_DEFAULT_LEVEL = {"zstd": 1, "blosc-lz4": 5, "blosc-zstd": 1}
+
+
+def fill_for(dtype: np.dtype) -> float | int | bool:
+    """The value of a table cell that was never written: NaN, -1 or False."""
+    if dtype.kind == "f":
+        return math.nan
+    if dtype.kind == "b":
+        return False
+    return -1 if dtype.kind == "i" else 0
+
+
+def compression_level(compression: str, level: int | None) -> int:
+    """The compression level used for ``compression`` when ``level`` is None."""
+    return _DEFAULT_LEVEL[compression] if level is None else int(level)
+
+
+def frame_codecs(
+    compression: str | None, level: int | None = None
+) -> tuple[Any, tuple[Any, ...]]:
+    """Zarr v3 ``(serializer, compressors)`` for the frame array."""
+    from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+
+    serializer = BytesCodec(endian="little")
+    if compression is None:
+        return serializer, ()
+    lvl = compression_level(compression, level)
+    if compression == "zstd":
+        return serializer, (ZstdCodec(level=lvl, checksum=False),)
+    cname: Literal["lz4", "zstd"] = "lz4" if compression == "blosc-lz4" else "zstd"
+    return serializer, (
+        BloscCodec(
+            cname=cname, clevel=lvl, shuffle="bitshuffle", typesize=2, blocksize=0
+        ),
+    )
+
+
+def chunk_encoder(
+    compression: str | None, level: int | None = None
+) -> Callable[[np.ndarray], Any]:
+    """Encode one chunk (a C-contiguous array) into the bytes of its zarr chunk file.
+
+    The result equals what the codecs of :func:`frame_codecs` (or, for
+    ``"zstd"``, the table arrays' codecs) produce: the raw little-endian bytes,
+    or those bytes through zstd or blosc (bit-shuffle, typesize = itemsize). The
+    returned callable releases the GIL while it compresses.
+    """
+
+    def raw(chunk: np.ndarray) -> np.ndarray:
+        if chunk.dtype.byteorder == ">":
+            chunk = chunk.astype(chunk.dtype.newbyteorder("<"))
+        return np.ascontiguousarray(chunk)
+
+    if compression is None:
+        return raw
+    from numcodecs import Blosc, Zstd
+
+    lvl = compression_level(compression, level)
+    if compression == "zstd":
+        zstd = Zstd(level=lvl, checksum=False)
+        return lambda chunk: zstd.encode(raw(chunk).reshape(-1).view(np.uint8))
+    cname = {"blosc-lz4": "lz4", "blosc-zstd": "zstd"}[compression]
+    coders: dict[int, Any] = {}
+
+    def blosc(chunk: np.ndarray) -> Any:
+        size = chunk.dtype.itemsize
+        if size not in coders:
+            coders[size] = Blosc(
+                cname=cname,
+                clevel=lvl,
+                shuffle=Blosc.BITSHUFFLE,
+                blocksize=0,
+                typesize=size,
+            )
+        return coders[size].encode(raw(chunk).reshape(-1).view(np.uint8))
+
+    return blosc
+
+
+def ome_image_attrs(
+    *, pixel_size_um: float, frame_interval_s: float | None, name: str = "frames"
+) -> dict[str, Any]:
+    """The OME-Zarr (NGFF 0.5) ``ome`` attribute of the ``frames`` group."""
+    dt = frame_interval_s if frame_interval_s and frame_interval_s > 0 else 1.0
+    window = {"min": 0, "max": 65535, "start": 0, "end": 65535}
+    return {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "name": name,
+                "axes": [
+                    {"name": "t", "type": "time", "unit": "second"},
+                    {"name": "c", "type": "channel"},
+                    {"name": "y", "type": "space", "unit": "micrometer"},
+                    {"name": "x", "type": "space", "unit": "micrometer"},
+                ],
+                "datasets": [
+                    {
+                        "path": FRAME_ARRAY,
+                        "coordinateTransformations": [
+                            {
+                                "type": "scale",
+                                "scale": [
+                                    float(dt),
+                                    1.0,
+                                    float(pixel_size_um),
+                                    float(pixel_size_um),
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+        "omero": {
+            "channels": [
+                {
+                    "label": "plane 0",
+                    "color": "00FF00",
+                    "active": True,
+                    "window": dict(window),
+                },
+                {
+                    "label": "plane 1",
+                    "color": "FF00FF",
+                    "active": True,
+                    "window": dict(window),
+                },
+            ],
+            "rdefs": {"model": "color"},
+        },
+    }
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file (a ``zarr.json``)."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -1,0 +1,1357 @@
+"""The run writer: streams frames, frame metadata and localizations into a store.
+
+Threads
+-------
+``append_frame`` (any thread, usually acquisition) validates the frame, copies it
+into a free buffer of a preallocated pool and queues it. The *frame thread* hands
+each queued frame to a small pool of I/O threads that encode it and write its chunk
+(atomically: temporary file, then rename), and commits: it writes the metadata rows
+of the frames that are on disk, then the committed frame count ``n_frames`` in the
+root attributes. The *table thread* collects localization batches and writes them
+in whole batches, then commits ``n_rows``. A reader that reads a count first and
+only that many frames or rows never sees anything half written.
+
+Memory is bounded: the frame pool holds ``queue_mb`` of frames. When it is full,
+``append_frame`` waits up to ``block_timeout_s`` for a buffer (``on_full="block"``)
+or fails at once (``on_full="raise"``); either way it raises
+:class:`~axialtrack.store.errors.WriterTooSlowError` rather than drop a frame.
+
+An error in a writer thread (disk full, read-only file system) is raised by the
+next ``append_frame``, ``append_localizations`` or ``close`` call as a
+:class:`~axialtrack.store.errors.StoreWriteError` that says how many frames and rows
+are safe.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import math
+import os
+import queue
+import shutil
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+from pydantic import BaseModel, ConfigDict, Field
+from zarr.storage import LocalStore
+
+from axialtrack.store._sinks import Backend, FrameSink, make_sink
+from axialtrack.store._tables import ColumnTable, round_up, shrink
+from axialtrack.store.errors import (
+    InvalidFrameError,
+    InvalidTableError,
+    StoreClosedError,
+    StoreError,
+    StoreExistsError,
+    StoreInUseError,
+    UnwritableStoreError,
+    WriterTooSlowError,
+    write_error,
+)
+from axialtrack.store.layout import (
+    ATTRS_KEY,
+    CHUNK_KEY_ENCODING,
+    COMPRESSIONS,
+    FORMAT_VERSION,
+    FRAME_ARRAY,
+    FRAME_META,
+    FRAME_META_COLUMNS,
+    FRAMES,
+    KINDS,
+    LOCALIZATION_COLUMNS,
+    LOCALIZATION_DEFAULTS,
+    LOCALIZATIONS,
+    TRACKS,
+    Compression,
+    Kind,
+    chunk_encoder,
+    frame_codecs,
+    ome_image_attrs,
+    read_json,
+)
+
+__all__ = ["FrameMeta", "RunWriter", "WriterOptions", "WriterStats"]
+
+_RESERVED_ATTRS = frozenset(
+    {"format", "kind", "created", "state", "n_frames", "updated", "closed", "writer"}
+)
+
+
+class WriterOptions(BaseModel):
+    """Tuning of a :class:`RunWriter`; the defaults suit a live camera.
+
+    Parameters
+    ----------
+    backend
+        How frame chunks are written: ``"direct"`` (encode with numcodecs, one
+        ``write`` per chunk file; fastest, the default), ``"zarr"`` (zarr-python's
+        ``array[t] = frame``) or ``"tensorstore"`` (needs the ``tensorstore``
+        package). All three produce the same store.
+    queue_mb
+        Memory of the frame pool: frames accepted but not yet on disk.
+    on_full
+        What ``append_frame`` does when every pool buffer is still queued:
+        ``"block"`` waits up to ``block_timeout_s`` for one, ``"raise"`` raises at
+        once. Both raise :class:`WriterTooSlowError` instead of dropping a frame.
+    block_timeout_s
+        Longest wait for a free buffer (or for room in the localization queue).
+    io_threads
+        Threads that encode and write frame chunks concurrently.
+    commit_interval_s
+        Longest time between commits while frames arrive: frames written to disk
+        become visible to readers (and survive a crash) within about this time.
+    compression_level
+        Level of the frame compressor (default: zstd 1, blosc-lz4 5, blosc-zstd 1).
+    time_block
+        Frames added to the frame array at each resize.
+    meta_chunk
+        Frames per chunk of the ``frame_meta`` arrays.
+    table_chunk
+        Rows per chunk of the localization and track arrays.
+    table_flush_interval_s
+        Longest time localization batches wait in memory before being written.
+    max_pending_rows
+        Localization rows that may wait in memory; beyond, ``append_localizations``
+        waits (or raises) like ``append_frame`` does.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Backend = "direct"
+    queue_mb: float = Field(256.0, gt=0)
+    on_full: Literal["block", "raise"] = "block"
+    block_timeout_s: float = Field(5.0, ge=0)
+    io_threads: int = Field(2, ge=1, le=32)
+    commit_interval_s: float = Field(0.1, gt=0)
+    compression_level: int | None = None
+    time_block: int = Field(256, ge=1)
+    meta_chunk: int = Field(4096, ge=1)
+    table_chunk: int = Field(16384, ge=1)
+    table_flush_interval_s: float = Field(0.25, gt=0)
+    max_pending_rows: int = Field(2_000_000, ge=1)
+
+
+@dataclass(frozen=True)
+class FrameMeta:
+    """Metadata of one dual-plane frame (one row of ``frame_meta``).
+
+    Parameters
+    ----------
+    t_s
+        Acquisition time (camera timestamp) in seconds. ``None`` records the
+        frame's arrival time, in seconds since the writer was opened.
+    stage_z_um, stage_x_um, stage_y_um
+        Stage positions when the frame was exposed (NaN if unknown).
+    image_number
+        The camera's image counter (-1 if unknown).
+    position_index
+        Index of the stage position (field) in a multi-position run.
+    analyzed
+        Whether the live pipeline analyzed this frame.
+    """
+
+    t_s: float | None = None
+    stage_z_um: float = math.nan
+    stage_x_um: float = math.nan
+    stage_y_um: float = math.nan
+    image_number: int = -1
+    position_index: int = 0
+    analyzed: bool = False
+
+
+_META_FIELDS = tuple(f.name for f in fields(FrameMeta))
+_META_DTYPE = np.dtype([(k, FRAME_META_COLUMNS[k]) for k in _META_FIELDS])
+
+
+@dataclass(frozen=True)
+class WriterStats:
+    """A snapshot of a :class:`RunWriter`'s progress.
+
+    Attributes
+    ----------
+    frames_appended
+        Frames accepted by ``append_frame``.
+    frames_written
+        Frames whose chunk is on disk.
+    frames_committed
+        Frames a reader sees (and a crash keeps).
+    queue_depth, queue_capacity
+        Frames accepted but not on disk, and the pool size.
+    bytes_written
+        Bytes of frame chunks written (after compression).
+    elapsed_s
+        Seconds since the writer was opened.
+    write_mb_s
+        Raw frame megabytes (1e6 bytes) written per second since opening.
+    write_ms_p50, write_ms_p99
+        Time to encode and write one frame chunk (recent frames).
+    latency_ms_p50, latency_ms_p99
+        Time from ``append_frame`` to the chunk being on disk (recent frames).
+    rows_appended, rows_committed
+        Localization rows accepted and committed.
+    """
+
+    frames_appended: int
+    frames_written: int
+    frames_committed: int
+    queue_depth: int
+    queue_capacity: int
+    bytes_written: int
+    elapsed_s: float
+    write_mb_s: float
+    write_ms_p50: float
+    write_ms_p99: float
+    latency_ms_p50: float
+    latency_ms_p99: float
+    rows_appended: int
+    rows_committed: int
+
+
+_STOP = object()
+_DONE = 1
+_FRAME = 2
+_ANALYZED = 3
+_TICK = 4
+_ROWS = 5
+
+_OPEN_WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
+
+
+def _close_open_writers() -> None:  # pragma: no cover - interpreter exit
+    for writer in list(_OPEN_WRITERS):
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+# Writers left open are closed (their queues written) when the interpreter exits.
+# This must run before thread pools refuse new work at exit (zarr and the I/O
+# threads need them), hence the hook ``concurrent.futures`` itself uses.
+_register_exit = getattr(threading, "_register_atexit", atexit.register)
+try:
+    _register_exit(_close_open_writers)
+except RuntimeError:  # pragma: no cover - registered while shutting down
+    atexit.register(_close_open_writers)
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _json_dict(value: Any, field: str) -> dict[str, Any]:
+    """A JSON-compatible dict from a dict or pydantic model; clear error if not."""
+    if value is None:
+        return {}
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{field} must be a dict (or a pydantic model), got {type(value).__name__}"
+        )
+    try:
+        out = json.loads(json.dumps(dict(value), allow_nan=True))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{field} must be JSON-serializable (str, numbers, lists, dicts): {exc}"
+        ) from None
+    return dict(out)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def writer_alive(attrs: Mapping[str, Any], path: Path) -> bool | None:
+    """Whether a run store at ``path`` (with these attrs) is still being written.
+
+    True if the writing process runs (in this process: if a :class:`RunWriter`
+    for ``path`` is open); ``None`` when it cannot be told (another host, or no
+    writer record).
+    """
+    w = attrs.get("writer") or {}
+    pid, host = w.get("pid"), w.get("host")
+    if not isinstance(pid, int) or host != socket.gethostname():
+        return None
+    if pid == os.getpid():
+        target = Path(path).expanduser().absolute()
+        return any(wr.path == target for wr in list(_OPEN_WRITERS))
+    return _pid_alive(pid)
+
+
+def _prepare_path(path: Path, overwrite: bool) -> None:
+    if not path.exists() and not path.is_symlink():
+        return
+    if not overwrite:
+        raise StoreExistsError(
+            f"{path} already exists. Pass overwrite=True to replace it, or choose "
+            "another output path."
+        )
+    if not path.is_dir():
+        raise StoreExistsError(
+            f"{path} exists and is a file, not a run store; refusing to replace it. "
+            "Remove it or choose another output path."
+        )
+    zj = path / "zarr.json"
+    if zj.is_file():
+        try:
+            attrs = read_json(zj).get("attributes", {}).get(ATTRS_KEY, {})
+        except (OSError, ValueError, AttributeError):
+            attrs = {}
+        if (
+            isinstance(attrs, dict)
+            and attrs.get("state") == "open"
+            and writer_alive(attrs, path)
+        ):
+            raise StoreInUseError(
+                f"{path} is being written by process "
+                f"{attrs['writer']['pid']}; stop that run before overwriting it."
+            )
+    elif any(path.iterdir()):
+        raise StoreExistsError(
+            f"{path} exists and is not a zarr store (no zarr.json); refusing to "
+            "delete it with overwrite=True. Choose another output path."
+        )
+    shutil.rmtree(path)
+
+
+def _check_location(path: Path) -> None:
+    """Fail early, and clearly, when ``path`` cannot be created."""
+    anc = path.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise UnwritableStoreError(
+            f"Cannot create run store {path}: {anc} is a file, not a directory. "
+            "Choose an output path inside a directory.",
+            path=path,
+            frames_safe=0,
+            rows_safe=0,
+        )
+    if not os.access(anc, os.W_OK):
+        raise UnwritableStoreError(
+            f"Cannot create run store {path}: {anc} is not writable (permissions "
+            "or a read-only mount). Choose a writable location.",
+            path=path,
+            frames_safe=0,
+            rows_safe=0,
+        )
+
+
+def _to_columns(table: Any, what: str) -> dict[str, np.ndarray]:
+    """Columns of a DataFrame, a mapping of arrays or a structured array."""
+    if isinstance(table, np.ndarray) and table.dtype.names:
+        return {k: np.asarray(table[k]) for k in table.dtype.names}
+    if hasattr(table, "columns") and hasattr(table, "to_numpy"):
+        return {str(k): np.asarray(table[k].to_numpy()) for k in table.columns}
+    if isinstance(table, Mapping):
+        return {str(k): np.asarray(v) for k, v in table.items()}
+    raise InvalidTableError(
+        f"{what}: expected a pandas DataFrame, a dict of 1-D arrays or a structured "
+        f"array, got {type(table).__name__}"
+    )
+
+
+def _check_dtype(name: str, col: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    if col.dtype.kind not in "biuf" or not np.can_cast(
+        col.dtype, dtype, casting="same_kind"
+    ):
+        raise InvalidTableError(
+            f"{what}: column {name!r} has dtype {col.dtype}, which cannot be stored "
+            f"as {dtype} without losing information; convert it to {dtype}."
+        )
+    return np.ascontiguousarray(col, dtype=dtype)
+
+
+class RunWriter:
+    """Create a run store and stream a run into it.
+
+    Parameters
+    ----------
+    path
+        The store directory to create, conventionally ``<name>.zarr``.
+    kind
+        ``"calibration"`` (bead Z-stacks) or ``"live"``.
+    plane_shape
+        ``(H, W)`` of one focal plane; frames are ``(2, H, W)`` uint16.
+    pixel_size_um
+        Pixel size in the sample, micrometres.
+    rig, splitter, model
+        Provenance (JSON-compatible dicts or pydantic models): the hardware
+        config, the splitter geometry, the model bundle used live.
+    compression
+        ``None`` (raw, fastest), ``"blosc-lz4"`` (fast, about 2x on camera
+        noise), ``"blosc-zstd"`` or ``"zstd"`` (smaller, more CPU).
+    overwrite
+        Replace an existing store at ``path``.
+    frame_interval_s
+        Nominal time between frames, for the OME-Zarr time scale. If ``None`` it
+        is measured from the frames' ``t_s`` at close.
+    localization_columns
+        Extra localization columns and their dtypes, beyond the standard ones. If
+        not given, extra columns in the first batch define them.
+    options
+        Threading, memory and commit tuning, see :class:`WriterOptions`.
+
+    Raises
+    ------
+    StoreExistsError
+        ``path`` exists and ``overwrite`` is False.
+    UnwritableStoreError, DiskFullError, StoreWriteError
+        The store cannot be created at ``path``.
+
+    Examples
+    --------
+    >>> with RunWriter("run.zarr", kind="live", plane_shape=(64, 64),
+    ...                pixel_size_um=0.1) as w:                     # doctest: +SKIP
+    ...     i = w.append_frame(frame, FrameMeta(t_s=0.0, stage_z_um=10.0))
+    ...     w.append_localizations(table)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        kind: Kind,
+        plane_shape: tuple[int, int],
+        pixel_size_um: float,
+        rig: Mapping[str, Any] | BaseModel | None = None,
+        splitter: Mapping[str, Any] | BaseModel | None = None,
+        model: Mapping[str, Any] | BaseModel | None = None,
+        compression: Compression | None = None,
+        overwrite: bool = False,
+        frame_interval_s: float | None = None,
+        localization_columns: Mapping[str, Any] | None = None,
+        options: WriterOptions | None = None,
+    ) -> None:
+        self.path = Path(path).expanduser().absolute()
+        opts = options or WriterOptions()
+        self.options = opts
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        try:
+            h, w = (int(v) for v in plane_shape)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"plane_shape must be (H, W) of one focal plane, got {plane_shape!r}"
+            ) from None
+        if h <= 0 or w <= 0:
+            raise ValueError(f"plane_shape must be positive, got {plane_shape!r}")
+        if not (pixel_size_um > 0 and math.isfinite(pixel_size_um)):
+            raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um!r}")
+        if compression is not None and compression not in COMPRESSIONS:
+            raise ValueError(
+                f"compression must be None or one of {COMPRESSIONS}, "
+                f"got {compression!r}"
+            )
+        if frame_interval_s is not None and not frame_interval_s > 0:
+            raise ValueError(f"frame_interval_s must be > 0, got {frame_interval_s!r}")
+        self.kind = kind
+        self.frame_shape: tuple[int, int, int] = (2, h, w)
+        self.pixel_size_um = float(pixel_size_um)
+        self.compression = compression
+        self._frame_interval_s = frame_interval_s
+        self._attrs: dict[str, Any] = {
+            "format": FORMAT_VERSION,
+            "kind": kind,
+            "created": _now_iso(),
+            "rig": _json_dict(rig, "rig"),
+            "splitter": _json_dict(splitter, "splitter"),
+            "model": _json_dict(model, "model"),
+            "state": "open",
+            "n_frames": 0,
+            "plane_shape": [h, w],
+            "pixel_size_um": self.pixel_size_um,
+            "frame_interval_s": frame_interval_s,
+            "compression": compression,
+            "writer": self._writer_record(),
+        }
+        extra_cols: dict[str, np.dtype] = {}
+        for name, dt in (localization_columns or {}).items():
+            dtype = np.dtype(dt)
+            if name in LOCALIZATION_COLUMNS or dtype.kind not in "biuf":
+                raise ValueError(
+                    f"localization_columns[{name!r}]: extra columns must be new "
+                    f"names with a numeric or bool dtype, got {dtype}"
+                )
+            extra_cols[name] = dtype
+
+        # state shared between threads
+        self._lock = threading.Lock()  # attrs, schema
+        self._append_lock = threading.Lock()  # frame order, closing
+        self._stats_lock = threading.Lock()
+        self._closed = False
+        self._failure: tuple[BaseException, str] | None = None
+        self._n_appended = 0
+        self._n_written = 0
+        self._committed_frames = 0
+        self._rows_appended = 0
+        self._committed_rows = 0
+        self._bytes_written = 0
+        self._write_times: deque[float] = deque(maxlen=4096)
+        self._latencies: deque[float] = deque(maxlen=4096)
+        self._t0 = time.perf_counter()
+        self._attrs_dirty = False
+        self._tracks: dict[str, np.ndarray] | None = None
+
+        _prepare_path(self.path, overwrite)
+        _check_location(self.path)
+        try:
+            self._create(extra_cols)
+        except OSError as exc:
+            raise write_error(
+                exc, path=self.path, frames_safe=0, rows_safe=0, doing="creating it"
+            ) from exc
+
+        frame_bytes = int(np.prod(self.frame_shape)) * 2
+        n_slots = max(2, int(opts.queue_mb * 1e6 // frame_bytes))
+        self._pool = np.empty((n_slots, *self.frame_shape), dtype="<u2")
+        # LIFO: the most recently written buffer is reused first, so a writer that
+        # keeps up touches (and page-faults) only a few buffers of the pool.
+        self._free: queue.LifoQueue[int] = queue.LifoQueue()
+        for i in reversed(range(n_slots)):
+            self._free.put(i)
+        self._n_slots = n_slots
+        self._frame_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._table_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._rows_cv = threading.Condition()
+        self._pending_rows = 0
+
+        self._io = ThreadPoolExecutor(opts.io_threads, thread_name_prefix="run-io")
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="run-commit")
+        self._frame_thread = threading.Thread(
+            target=self._frame_loop, name="run-frames", daemon=True
+        )
+        self._table_thread = threading.Thread(
+            target=self._table_loop, name="run-tables", daemon=True
+        )
+        self._frame_thread.start()
+        self._table_thread.start()
+        _OPEN_WRITERS.add(self)
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _writer_record() -> dict[str, Any]:
+        from axialtrack import __version__
+
+        return {
+            "software": f"axialtrack {__version__}",
+            "zarr": zarr.__version__,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
+
+    def _create(self, extra_cols: Mapping[str, np.dtype]) -> None:
+        opts = self.options
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        store = LocalStore(self.path)
+        root = zarr.open_group(store, mode="w-", zarr_format=3)
+        self._root = root
+        root.update_attributes({ATTRS_KEY: self._attrs})
+
+        frames = root.create_group(
+            FRAMES,
+            attributes={
+                "ome": ome_image_attrs(
+                    pixel_size_um=self.pixel_size_um,
+                    frame_interval_s=self._frame_interval_s,
+                )
+            },
+        )
+        serializer, compressors = frame_codecs(self.compression, opts.compression_level)
+        self._frames_arr = frames.create_array(
+            FRAME_ARRAY,
+            shape=(0, *self.frame_shape),
+            chunks=(1, *self.frame_shape),
+            dtype="uint16",
+            fill_value=0,
+            serializer=serializer,
+            compressors=compressors,
+            dimension_names=["t", "c", "y", "x"],
+            chunk_key_encoding=CHUNK_KEY_ENCODING,  # type: ignore[arg-type]
+            config={"write_empty_chunks": True},
+        )
+        self._frames_group = frames
+        self._capacity = 0
+
+        direct = opts.backend != "zarr"
+        meta_group = root.create_group(FRAME_META)
+        self._meta = ColumnTable(
+            meta_group,
+            chunk=opts.meta_chunk,
+            directory=self.path / FRAME_META if direct else None,
+        )
+        for name, dtype in FRAME_META_COLUMNS.items():
+            self._meta.add_column(name, dtype)
+
+        loc_group = root.create_group(LOCALIZATIONS)
+        self._locs = ColumnTable(
+            loc_group,
+            chunk=opts.table_chunk,
+            directory=self.path / LOCALIZATIONS if direct else None,
+        )
+        for name, dtype in {**LOCALIZATION_COLUMNS, **extra_cols}.items():
+            self._locs.add_column(name, dtype)
+        self._loc_schema: dict[str, np.dtype] = dict(self._locs.dtypes)
+        self._loc_schema_fixed = bool(extra_cols)
+        loc_group.update_attributes(self._table_attrs(self._locs))
+
+        tracks = root.create_group(TRACKS)
+        tracks.update_attributes({"n_rows": 0, "columns": [], "dtypes": []})
+        self._tracks_group = tracks
+
+        self._sink: FrameSink = make_sink(
+            opts.backend,
+            self._frames_arr,
+            self.path / FRAMES / FRAME_ARRAY,
+            chunk_encoder(self.compression, opts.compression_level),
+        )
+
+    @staticmethod
+    def _table_attrs(table: ColumnTable) -> dict[str, Any]:
+        return {
+            "n_rows": table.n,
+            "columns": table.columns,
+            "dtypes": [table.dtypes[c].str for c in table.columns],
+        }
+
+    # ------------------------------------------------------------- public API
+
+    @property
+    def frames_appended(self) -> int:
+        """Frames accepted by :meth:`append_frame`."""
+        return self._n_appended
+
+    @property
+    def frames_committed(self) -> int:
+        """Frames visible to readers (and kept by a crash)."""
+        return self._committed_frames
+
+    @property
+    def rows_committed(self) -> int:
+        """Localization rows visible to readers (and kept by a crash)."""
+        return self._committed_rows
+
+    @property
+    def queue_depth(self) -> int:
+        """Frames accepted but not yet on disk."""
+        return self._n_slots - self._free.qsize()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    @property
+    def stats(self) -> WriterStats:
+        """Progress and throughput, for the CLI, the GUI and the run's attributes."""
+        elapsed = time.perf_counter() - self._t0
+        with self._stats_lock:
+            wt = np.array(self._write_times, dtype=float) * 1e3
+            lat = np.array(self._latencies, dtype=float) * 1e3
+            bytes_written = self._bytes_written
+
+        def pct(a: np.ndarray, q: float) -> float:
+            return float(np.percentile(a, q)) if a.size else math.nan
+
+        raw = self._n_written * int(np.prod(self.frame_shape)) * 2
+        return WriterStats(
+            frames_appended=self._n_appended,
+            frames_written=self._n_written,
+            frames_committed=self._committed_frames,
+            queue_depth=self.queue_depth,
+            queue_capacity=self._n_slots,
+            bytes_written=bytes_written,
+            elapsed_s=elapsed,
+            write_mb_s=raw / 1e6 / elapsed if elapsed > 0 else 0.0,
+            write_ms_p50=pct(wt, 50),
+            write_ms_p99=pct(wt, 99),
+            latency_ms_p50=pct(lat, 50),
+            latency_ms_p99=pct(lat, 99),
+            rows_appended=self._rows_appended,
+            rows_committed=self._committed_rows,
+        )
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            exc, doing = self._failure
+            raise write_error(
+                exc,
+                path=self.path,
+                frames_safe=self._committed_frames,
+                rows_safe=self._committed_rows,
+                doing=doing,
+            ) from exc
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise StoreClosedError(
+                f"{what} after the run store {self.path} was closed; open a new "
+                "RunWriter to record another run."
+            )
+        self._raise_if_failed()
+
+    def append_frame(
+        self,
+        frame: np.ndarray,
+        meta: FrameMeta | Mapping[str, Any] | None = None,
+    ) -> int:
+        """Queue one dual-plane frame for writing; return its index along t.
+
+        The frame is copied, so the caller may reuse its buffer at once.
+
+        Parameters
+        ----------
+        frame
+            ``(2, H, W)`` uint16: plane 0, plane 1 (split and registered).
+        meta
+            A :class:`FrameMeta`, or a dict with some of its fields.
+
+        Raises
+        ------
+        InvalidFrameError
+            Wrong shape or dtype, or unknown metadata fields.
+        WriterTooSlowError
+            The frame pool stayed full (storage slower than the camera); this
+            frame was not stored.
+        StoreWriteError
+            A write failed earlier (disk full, ...); see its ``frames_safe``.
+        StoreClosedError
+            The writer is closed.
+        """
+        self._check_open("append_frame")
+        arr = np.asarray(frame)
+        if arr.shape != self.frame_shape:
+            raise InvalidFrameError(
+                f"append_frame on {self.path}: frame shape {arr.shape} does not "
+                f"match the run's (2, H, W) = {self.frame_shape}. Pass both focal "
+                "planes stacked, split and registered (axialtrack.geometry."
+                "split_frame)."
+            )
+        if arr.dtype.kind != "u" or arr.dtype.itemsize != 2:
+            raise InvalidFrameError(
+                f"append_frame on {self.path}: frame dtype {arr.dtype}; the store "
+                "holds raw uint16 camera counts. Pass the camera image without "
+                "converting it (frame.astype(np.uint16) if it was widened)."
+            )
+        row = self._meta_row(meta)
+        t_in = time.perf_counter()
+        if row[0] is None:
+            row = (t_in - self._t0, *row[1:])
+        opts = self.options
+        with self._append_lock:
+            self._check_open("append_frame")
+            try:
+                if opts.on_full == "raise":
+                    slot = self._free.get_nowait()
+                else:
+                    slot = self._free.get(timeout=opts.block_timeout_s)
+            except queue.Empty:
+                raise self._too_slow() from None
+            np.copyto(self._pool[slot], arr, casting="unsafe")
+            index = self._n_appended
+            self._n_appended += 1
+            self._frame_q.put((_FRAME, index, slot, row, t_in))
+        return index
+
+    def _too_slow(self) -> WriterTooSlowError:
+        st = self.stats
+        return WriterTooSlowError(
+            f"Run store {self.path}: storage cannot keep up. All {self._n_slots} "
+            f"frame buffers ({self.options.queue_mb:g} MB) are still waiting to be "
+            f"written (written so far at {st.write_mb_s:.0f} MB/s). Frame "
+            f"{self._n_appended} was NOT stored; {self._committed_frames} frames "
+            "are safely stored and the queued ones will be. Stop the run, or lower "
+            "the frame rate, enable compression or record to faster storage.",
+            path=self.path,
+            frames_safe=self._committed_frames,
+            rows_safe=self._committed_rows,
+        )
+
+    def _meta_row(self, meta: FrameMeta | Mapping[str, Any] | None) -> tuple:
+        if meta is None:
+            return astuple_meta(FrameMeta())
+        if isinstance(meta, FrameMeta):
+            return astuple_meta(meta)
+        if not isinstance(meta, Mapping):
+            raise InvalidFrameError(
+                f"append_frame on {self.path}: meta must be a FrameMeta or a dict, "
+                f"got {type(meta).__name__}"
+            )
+        unknown = set(meta) - set(_META_FIELDS)
+        if unknown:
+            raise InvalidFrameError(
+                f"append_frame on {self.path}: unknown frame metadata field(s) "
+                f"{sorted(unknown)}; known fields: {list(_META_FIELDS)}."
+            )
+        try:
+            return astuple_meta(FrameMeta(**meta))
+        except (TypeError, ValueError) as exc:
+            raise InvalidFrameError(
+                f"append_frame on {self.path}: bad frame metadata: {exc}"
+            ) from None
+
+    def set_analyzed(
+        self, frame_indices: Sequence[int] | np.ndarray, value: bool
+    ) -> None:
+        """Set the ``analyzed`` flag of frames already appended.
+
+        Parameters
+        ----------
+        frame_indices
+            Indices along t (as returned by :meth:`append_frame`).
+        value
+            The flag.
+        """
+        self._check_open("set_analyzed")
+        idx = np.atleast_1d(np.asarray(frame_indices)).astype(np.int64, copy=True)
+        if idx.size == 0:
+            return
+        if idx.min() < 0 or idx.max() >= self._n_appended:
+            raise IndexError(
+                f"set_analyzed on {self.path}: frame indices must be in "
+                f"[0, {self._n_appended}), got {idx.min()}..{idx.max()}"
+            )
+        self._frame_q.put((_ANALYZED, idx, bool(value)))
+
+    def set_attrs(self, **values: Any) -> None:
+        """Add or replace entries of the run's ``axialtrack`` attributes.
+
+        For provenance known only later (e.g. ``model=...``) or live metrics.
+        Written with the next commit.
+        """
+        self._check_open("set_attrs")
+        bad = _RESERVED_ATTRS & set(values)
+        if bad:
+            raise ValueError(f"set_attrs: {sorted(bad)} are managed by the writer")
+        new = {k: _json_dict({k: v}, k)[k] for k, v in values.items()}
+        with self._lock:
+            self._attrs.update(new)
+            self._attrs_dirty = True
+        self._frame_q.put((_TICK,))
+
+    def append_localizations(self, table: Any) -> int:
+        """Queue a batch of localizations; return the rows appended so far.
+
+        A batch becomes visible to readers whole, within about
+        ``table_flush_interval_s``.
+
+        Parameters
+        ----------
+        table
+            A pandas DataFrame, a dict of equal-length 1-D arrays or a structured
+            array with the localization columns: ``frame`` (int64), ``t_s``,
+            ``x_um``, ``y_um``, ``z_um``, ``dz_um``, ``photons``, ``background``
+            (float64), optionally ``sigma_z_um`` (NaN if missing) and
+            ``track_id`` (int64, -1 if missing), plus numeric extra columns.
+
+        Raises
+        ------
+        InvalidTableError
+            Missing columns, unequal lengths, or dtypes that do not fit.
+        """
+        self._check_open("append_localizations")
+        what = f"append_localizations on {self.path}"
+        cols = _to_columns(table, what)
+        lengths = {k: v.shape for k, v in cols.items()}
+        if any(len(s) != 1 for s in lengths.values()):
+            raise InvalidTableError(f"{what}: every column must be 1-D, got {lengths}")
+        ns = {s[0] for s in lengths.values()}
+        if len(ns) > 1:
+            raise InvalidTableError(f"{what}: columns differ in length: {lengths}")
+        k = ns.pop() if ns else 0
+        missing = [
+            c
+            for c in LOCALIZATION_COLUMNS
+            if c not in cols and c not in LOCALIZATION_DEFAULTS
+        ]
+        if missing:
+            raise InvalidTableError(
+                f"{what}: missing column(s) {missing}; the localization table needs "
+                f"{list(LOCALIZATION_COLUMNS)} (sigma_z_um and track_id optional)."
+            )
+        with self._lock:
+            extras = [c for c in cols if c not in self._loc_schema]
+            if extras:
+                if self._loc_schema_fixed:
+                    raise InvalidTableError(
+                        f"{what}: unknown column(s) {extras}. Extra columns must be "
+                        "in the first batch or declared with localization_columns=."
+                    )
+                for c in extras:
+                    if cols[c].dtype.kind not in "biuf":
+                        raise InvalidTableError(
+                            f"{what}: extra column {c!r} has dtype {cols[c].dtype}; "
+                            "only numeric and bool columns are stored."
+                        )
+                    self._loc_schema[c] = cols[c].dtype.newbyteorder("=")
+            self._loc_schema_fixed = True
+            schema = dict(self._loc_schema)
+        out: dict[str, np.ndarray] = {}
+        for name, dtype in schema.items():
+            if name in cols:
+                out[name] = _check_dtype(name, cols[name], dtype, what)
+            elif name in LOCALIZATION_DEFAULTS:
+                out[name] = np.full(k, LOCALIZATION_DEFAULTS[name], dtype=dtype)
+            else:
+                raise InvalidTableError(
+                    f"{what}: missing column {name!r} (it was in earlier batches)."
+                )
+        if k == 0:
+            return self._rows_appended
+        opts = self.options
+        with self._rows_cv:
+            if self._pending_rows + k > opts.max_pending_rows:
+                timeout = 0.0 if opts.on_full == "raise" else opts.block_timeout_s
+                ok = self._rows_cv.wait_for(
+                    lambda: (
+                        self._pending_rows + k <= opts.max_pending_rows
+                        or self._failure is not None
+                    ),
+                    timeout=timeout,
+                )
+                if not ok:
+                    raise WriterTooSlowError(
+                        f"Run store {self.path}: {self._pending_rows} localization "
+                        "rows are waiting to be written; this batch was NOT stored. "
+                        "Storage cannot keep up: stop the run or record to faster "
+                        "storage.",
+                        path=self.path,
+                        frames_safe=self._committed_frames,
+                        rows_safe=self._committed_rows,
+                    )
+            self._raise_if_failed()
+            self._pending_rows += k
+            self._rows_appended += k
+            n = self._rows_appended
+            self._table_q.put((_ROWS, out, k))
+        return n
+
+    def write_tracks(self, table: Any) -> None:
+        """Set the per-track summary table, written when the run closes.
+
+        Parameters
+        ----------
+        table
+            A DataFrame or dict of equal-length numeric 1-D arrays, one row per
+            track (e.g. ``track_id``, ``n_localizations``, ``t_start_s``, ...).
+            A later call replaces an earlier one.
+        """
+        self._check_open("write_tracks")
+        what = f"write_tracks on {self.path}"
+        cols = _to_columns(table, what)
+        lens = {v.shape for v in cols.values()}
+        if any(len(s) != 1 for s in lens) or len(lens) > 1:
+            raise InvalidTableError(
+                f"{what}: columns must be 1-D and of equal length, got "
+                f"{ {k: v.shape for k, v in cols.items()} }"
+            )
+        for k, v in cols.items():
+            if v.dtype.kind not in "biuf":
+                raise InvalidTableError(
+                    f"{what}: column {k!r} has dtype {v.dtype}; only numeric and "
+                    "bool columns are stored."
+                )
+        self._tracks = {
+            k: np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("="))
+            for k, v in cols.items()
+        }
+
+    def close(self) -> None:
+        """Write everything queued, the tracks, and mark the run closed.
+
+        Idempotent. Waits for the queues to drain.
+
+        Raises
+        ------
+        StoreWriteError
+            A write failed; the store keeps what was committed and stays
+            ``state: "open"`` (see :func:`axialtrack.store.recover`).
+        """
+        with self._append_lock:
+            if self._closed:
+                return
+            self._closed = True
+        _OPEN_WRITERS.discard(self)
+        self._frame_q.put(_STOP)
+        self._table_q.put(_STOP)
+        self._frame_thread.join()
+        self._table_thread.join()
+        self._io.shutdown(wait=True)
+        self._committer.shutdown(wait=True)
+        self._sink.close()
+        self._raise_if_failed()
+        try:
+            self._finalize()
+        except OSError as exc:
+            self._failure = (exc, "closing the run")
+            self._raise_if_failed()
+
+    def _finalize(self) -> None:
+        if self._tracks is not None:
+            cols = self._tracks
+            n = len(next(iter(cols.values()))) if cols else 0
+            table = ColumnTable(self._tracks_group, chunk=self.options.table_chunk)
+            for name, arr in cols.items():
+                table.add_column(name, arr.dtype)
+            table.append(cols, n)
+            table.truncate()
+            self._tracks_group.update_attributes(self._table_attrs(table))
+        n = self._committed_frames
+        # every frame written is committed: no chunk lies past n
+        shrink(self._frames_arr, (n, *self.frame_shape))
+        self._meta.truncate()
+        self._locs.truncate()
+        dt = self._frame_interval_s
+        if dt is None and n > 1 and self._t_first is not None:
+            span = self._t_last - self._t_first
+            dt = span / (n - 1) if span > 0 else None
+        if dt is not None:
+            self._frames_group.update_attributes(
+                {
+                    "ome": ome_image_attrs(
+                        pixel_size_um=self.pixel_size_um, frame_interval_s=dt
+                    )
+                }
+            )
+        st = self.stats
+        with self._lock:
+            self._attrs.update(
+                state="closed",
+                n_frames=n,
+                closed=_now_iso(),
+                updated=_now_iso(),
+                frame_interval_s=dt,
+                stats={
+                    k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                    for k, v in asdict(st).items()
+                },
+            )
+            attrs = dict(self._attrs)
+        self._root.update_attributes({ATTRS_KEY: attrs})
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.close()
+        except StoreError as close_exc:
+            if exc is None:
+                raise
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"and closing the run store failed: {close_exc}")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<RunWriter {self.path} {self.kind} {state}: "
+            f"{self._committed_frames}/{self._n_appended} frames committed>"
+        )
+
+    # ---------------------------------------------------------- frame thread
+
+    _t_first: float | None = None
+    _t_last: float = math.nan
+
+    def _fail(self, exc: BaseException, doing: str) -> None:
+        if self._failure is None:
+            self._failure = (exc, doing)
+        with self._rows_cv:
+            self._rows_cv.notify_all()
+
+    def _write_job(self, index: int, slot: int, t_in: float) -> None:
+        t0 = time.perf_counter()
+        try:
+            if self._failure is None:
+                nbytes = self._sink.write(index, self._pool[slot])
+                t1 = time.perf_counter()
+                with self._stats_lock:
+                    self._write_times.append(t1 - t0)
+                    self._latencies.append(t1 - t_in)
+                    self._bytes_written += nbytes
+                err: BaseException | None = None
+            else:
+                err = None
+                index = -1
+        except BaseException as exc:  # reported through the frame thread
+            err = exc
+        finally:
+            self._free.put(slot)
+        self._frame_q.put((_DONE, index, err))
+
+    def _frame_loop(self) -> None:
+        """Dispatch frames to the I/O threads; schedule commits on the committer.
+
+        Commits run on their own thread so that a slow metadata write (a file
+        system stall) never holds up frames on their way to the I/O threads.
+        Frame metadata rows stay here (``pending``, starting at frame
+        ``pending_base``) until the commit that writes them has succeeded.
+        """
+        interval = self.options.commit_interval_s
+        pending: list[tuple] = []
+        pending_base = 0
+        done: set[int] = set()
+        next_done = 0  # frames [0, next_done) are on disk
+        inflight = 0
+        stopping = False
+        last_commit = time.perf_counter()
+        deferred: list[tuple[np.ndarray, bool]] = []  # flags of rows past pending
+        commit_fut: Future[None] | None = None
+        commit_k = 0
+        grow_fut: Future[None] | None = None
+        block = self.options.time_block
+
+        def settle(wait: bool) -> bool:
+            """Account for the commit in flight; True if none is in flight now."""
+            nonlocal commit_fut, pending_base
+            if commit_fut is None:
+                return True
+            if not wait and not commit_fut.done():
+                return False
+            exc = commit_fut.exception()
+            commit_fut = None
+            if exc is not None:
+                self._fail(exc, "committing frames")
+                return True
+            del pending[:commit_k]
+            pending_base += commit_k
+            return True
+
+        def schedule() -> None:
+            nonlocal commit_fut, commit_k, deferred
+            k = next_done - pending_base
+            if k <= 0 and not deferred and not self._attrs_dirty:
+                return
+            commit_k = max(k, 0)
+            rows = pending[:commit_k]
+            updates, deferred = deferred, []
+            commit_fut = self._committer.submit(self._commit, next_done, rows, updates)
+            # wake this loop when the commit is done
+            commit_fut.add_done_callback(lambda _: self._frame_q.put((_TICK,)))
+
+        while True:
+            if commit_fut is not None:
+                settle(wait=False)
+            uncommitted = (
+                self._failure is None
+                and commit_fut is None
+                and (
+                    next_done > self._committed_frames
+                    or bool(deferred)
+                    or self._attrs_dirty
+                )
+            )
+            timeout = None  # a commit in flight wakes the loop when done
+            if uncommitted:
+                timeout = max(0.0, last_commit + interval - time.perf_counter())
+            try:
+                item = self._frame_q.get(timeout=timeout)
+            except queue.Empty:
+                item = (_TICK,)
+            if item is _STOP:
+                stopping = True
+            elif item[0] == _FRAME:
+                _, index, slot, row, t_in = item
+                if self._failure is not None:
+                    self._free.put(slot)
+                    continue
+                try:
+                    # grow ahead, on the committer thread, so that a slow
+                    # metadata write does not hold up frames
+                    if grow_fut is None and index >= self._capacity - block // 2:
+                        grow_fut = self._committer.submit(
+                            self._grow_frames, self._capacity + 1
+                        )
+                    if index >= self._capacity and grow_fut is not None:
+                        grow_fut.result()
+                    if grow_fut is not None and grow_fut.done():
+                        grow_fut.result()
+                        grow_fut = None
+                    if index >= self._capacity:
+                        self._grow_frames(index + 1)
+                except BaseException as exc:
+                    grow_fut = None
+                    self._fail(exc, f"growing the frame array to frame {index}")
+                    self._free.put(slot)
+                    continue
+                pending.append(row)
+                inflight += 1
+                self._io.submit(self._write_job, index, slot, t_in)
+            elif item[0] == _DONE:
+                inflight -= 1
+                _, index, err = item
+                if err is not None:
+                    self._fail(err, f"writing frame {index}")
+                elif index >= 0:
+                    done.add(index)
+                    self._n_written += 1
+                    while next_done in done:
+                        done.discard(next_done)
+                        next_done += 1
+            elif item[0] == _ANALYZED:
+                idx, value = item[1], item[2]
+                # rows of a commit in flight are written already: change them
+                # with the next commit, like older rows
+                first_free = pending_base + (commit_k if commit_fut else 0)
+                rel = idx - pending_base
+                mine = (idx >= first_free) & (rel < len(pending))
+                for r in rel[mine]:
+                    pending[r] = (*pending[r][:6], value)
+                if (~mine).any():
+                    deferred.append((idx[~mine], value))
+            now = time.perf_counter()
+            drained = stopping and inflight == 0 and self._frame_q.empty()
+            if drained:
+                # the last commit: after a failure too (best effort) for the
+                # frames fully written before it; a failed commit changes nothing
+                settle(wait=True)
+                failed = self._failure is not None
+                schedule()
+                if commit_fut is not None:
+                    if failed:
+                        with contextlib.suppress(BaseException):
+                            commit_fut.result()
+                        commit_fut = None
+                    else:
+                        settle(wait=True)
+                break
+            if (
+                self._failure is None
+                and now - last_commit >= interval
+                and settle(wait=False)
+            ):
+                schedule()
+                last_commit = now
+
+    def _grow_frames(self, need: int) -> None:
+        block = self.options.time_block
+        new = round_up(max(need, self._capacity + block), block)
+        self._frames_arr.resize((new, *self.frame_shape))
+        self._capacity = new
+        self._sink.resized(new)
+
+    def _commit(
+        self,
+        n: int,
+        rows: list[tuple],
+        updates: list[tuple[np.ndarray, bool]],
+    ) -> None:
+        """On the committer thread: write metadata rows, then ``n_frames = n``."""
+        meta = self._meta
+        for idx, value in updates:
+            meta.set_values("analyzed", idx, value)
+        k = len(rows)
+        if k:
+            table = np.array(rows, dtype=_META_DTYPE)
+            meta.append({name: table[name] for name in _META_FIELDS}, k)
+            t = table["t_s"]
+            if self._t_first is None:
+                self._t_first = float(t[0])
+            self._t_last = float(t[-1])
+        elif meta.dirty:
+            meta.append({}, 0)
+        with self._lock:
+            self._attrs["n_frames"] = n
+            self._attrs["updated"] = _now_iso()
+            self._attrs_dirty = False
+            attrs = dict(self._attrs)
+        self._root.update_attributes({ATTRS_KEY: attrs})
+        self._committed_frames = n
+
+    # ---------------------------------------------------------- table thread
+
+    def _table_loop(self) -> None:
+        interval = self.options.table_flush_interval_s
+        batches: list[tuple[dict[str, np.ndarray], int]] = []
+        n_batched = 0
+        last_flush = time.perf_counter()
+        stopping = False
+        while True:
+            timeout = None  # after a failure: wait for the stop
+            if batches and self._failure is None:
+                timeout = max(0.0, last_flush + interval - time.perf_counter())
+            try:
+                item = self._table_q.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                stopping = True
+            elif item is not None:
+                batches.append((item[1], item[2]))
+                n_batched += item[2]
+            now = time.perf_counter()
+            due = now - last_flush >= interval or n_batched >= self.options.table_chunk
+            if batches and (due or stopping) and self._failure is None:
+                try:
+                    self._flush_rows(batches, n_batched)
+                except BaseException as exc:
+                    self._fail(exc, "writing localizations")
+                with self._rows_cv:
+                    self._pending_rows -= n_batched
+                    self._rows_cv.notify_all()
+                batches, n_batched = [], 0
+                last_flush = now
+            elif batches and self._failure is not None and stopping:
+                # best effort, as for frames (a failed flush changes nothing)
+                with contextlib.suppress(BaseException):
+                    self._flush_rows(batches, n_batched)
+                with self._rows_cv:
+                    self._pending_rows -= n_batched
+                    self._rows_cv.notify_all()
+                batches, n_batched = [], 0
+            if stopping and self._table_q.empty():
+                break
+
+    def _flush_rows(
+        self, batches: list[tuple[dict[str, np.ndarray], int]], k: int
+    ) -> None:
+        locs = self._locs
+        for name in self._loc_schema:
+            if name not in locs.arrays:
+                locs.add_column(name, self._loc_schema[name])
+        cols = {
+            name: np.concatenate([b[name] for b, _ in batches]) for name in locs.columns
+        }
+        locs.append(cols, k)
+        locs.group.update_attributes(self._table_attrs(locs))
+        self._committed_rows = locs.n
+
+
+def astuple_meta(meta: FrameMeta) -> tuple:
+    """The fields of a :class:`FrameMeta` as a tuple in ``frame_meta`` order."""
+    return (
+        None if meta.t_s is None else float(meta.t_s),
+        float(meta.stage_z_um),
+        float(meta.stage_x_um),
+        float(meta.stage_y_um),
+        int(meta.image_number),
+        int(meta.position_index),
+        bool(meta.analyzed),
+    )
