@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -505,7 +505,7 @@ def recover(path: str | os.PathLike[str]) -> RecoveryReport:
                     )
                 }
             )
-        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
         report = RecoveryReport(
             p, True, n, n_rows, len(run.tracks), left.frame_chunks, len(left.temp_files)
         )

@@ -5,11 +5,13 @@ Threads
 ``append_frame`` (any thread, usually acquisition) validates the frame, copies it
 into a free buffer of a preallocated pool and queues it. The *frame thread* hands
 each queued frame to a small pool of I/O threads that encode it and write its chunk
-(atomically: temporary file, then rename), and commits: it writes the metadata rows
-of the frames that are on disk, then the committed frame count ``n_frames`` in the
-root attributes. The *table thread* collects localization batches and writes them
-in whole batches, then commits ``n_rows``. A reader that reads a count first and
-only that many frames or rows never sees anything half written.
+(atomically: temporary file, then rename), and every ``commit_interval_s`` asks the
+*committer thread* to commit: write the metadata rows of the frames that are on
+disk (contiguously), then the committed frame count ``n_frames`` in the root
+attributes. The committer also grows the arrays ahead of the frames. The *table
+thread* collects localization batches and writes them in whole batches, then
+commits ``n_rows``. A reader that reads a count first and only that many frames or
+rows never sees anything half written.
 
 Memory is bounded: the frame pool holds ``queue_mb`` of frames. When it is full,
 ``append_frame`` waits up to ``block_timeout_s`` for a buffer (``on_full="block"``)
@@ -39,7 +41,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -248,7 +250,7 @@ except RuntimeError:  # pragma: no cover - registered while shutting down
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _json_dict(value: Any, field: str) -> dict[str, Any]:
