@@ -150,7 +150,8 @@ def invert_affine(affine: np.ndarray) -> np.ndarray:
     return np.hstack([a_inv, (-a_inv @ affine[:, 2])[:, None]])
 
 
-def _unmirror(plane: np.ndarray, mirror: str) -> np.ndarray:
+def unmirror(plane: np.ndarray, mirror: str) -> np.ndarray:
+    """Undo (or apply: it is its own inverse) a plane-1 mirror on the last two axes."""
     if mirror == "horizontal":
         return plane[..., ::-1]
     if mirror == "vertical":
@@ -192,11 +193,11 @@ def split_frame(raw: np.ndarray, geometry: SplitterGeometry) -> np.ndarray:
         if lead:
             out = np.empty((*lead, 2, h, w), dtype=raw.dtype)
             out[..., 0, :, :] = p0
-            out[..., 1, :, :] = _unmirror(p1, geometry.mirror)
+            out[..., 1, :, :] = unmirror(p1, geometry.mirror)
             return out
     out = np.empty((2, h, w), dtype=raw.dtype)
     out[0] = p0
-    out[1] = _unmirror(p1, geometry.mirror)
+    out[1] = unmirror(p1, geometry.mirror)
     return out
 
 
@@ -207,7 +208,7 @@ def compose_frame(planes: np.ndarray, geometry: SplitterGeometry) -> np.ndarray:
         raise ValueError(f"planes must have shape (2, H, W); got {planes.shape}")
     h, w = planes.shape[1:]
     out = np.empty(geometry.sensor_shape((h, w)), dtype=planes.dtype)
-    p1 = _unmirror(planes[1], geometry.mirror)
+    p1 = unmirror(planes[1], geometry.mirror)
     if geometry.layout == "side-by-side":
         out[:, :w] = planes[0]
         out[:, w:] = p1

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from axialtrack.calibrate.stack import CalibrationStack
-from axialtrack.geometry import SplitterGeometry, split_frame
+from axialtrack.geometry import SplitterGeometry, split_frame, unmirror
 
 __all__ = [
     "IMPORT_LAYOUTS",
@@ -502,7 +502,7 @@ def load_stack(
             )
         if mirror != "none":
             frames = frames.copy()
-            frames[:, :, 1] = _unmirror_stack(frames[:, :, 1], geometry.mirror)
+            frames[:, :, 1] = unmirror(frames[:, :, 1], geometry.mirror)
     elif layout == "two-files":
         if second_path is None:
             raise _err(
@@ -520,7 +520,7 @@ def load_stack(
                 f"shape {a.shape} differs from {p2}'s {b.shape}",
                 "pass two stacks of the same fields, Z steps and frame size",
             )
-        frames = np.stack([a, _unmirror_stack(b, geometry.mirror)], axis=2)
+        frames = np.stack([a, unmirror(b, geometry.mirror)], axis=2)
         meta["second_path"] = str(p2)
     else:  # single-plane-pairs
         single = _as_fields(data, 2, p, "layout 'single-plane-pairs'")
@@ -554,14 +554,6 @@ def load_stack(
     z_all = _z_positions(n_z, p, info, z_step_um, z_range_um, z_start_um)
     z = np.broadcast_to(z_all, frames.shape[:2]).copy()
     return _finish(frames, z, float(px), geometry, p, meta)
-
-
-def _unmirror_stack(planes: np.ndarray, mirror: str) -> np.ndarray:
-    if mirror == "horizontal":
-        return planes[..., ::-1]
-    if mirror == "vertical":
-        return planes[..., ::-1, :]
-    return planes
 
 
 def _finish(

@@ -87,6 +87,14 @@ TRAJECTORY_DTYPE = np.dtype(
 )
 
 
+def _check_depth_range(cls: type, v: tuple[float, float]) -> tuple[float, float]:
+    """Validator of ``depth_um``: an ordered range above the coverslip."""
+    lo, hi = _check_range(v, "depth_um")
+    if lo < 0:
+        raise ValueError(f"depth_um must be >= 0 (above the coverslip); got {v}")
+    return lo, hi
+
+
 def _check_range(v: tuple[float, float], name: str) -> tuple[float, float]:
     lo, hi = float(v[0]), float(v[1])
     if lo > hi:
@@ -147,13 +155,7 @@ class Beads(BaseModel):
             raise ValueError(f"size_um must be non-negative; got {v}")
         return v
 
-    @field_validator("depth_um")
-    @classmethod
-    def _check_depth(cls, v: tuple[float, float]) -> tuple[float, float]:
-        lo, hi = _check_range(v, "depth_um")
-        if lo < 0:
-            raise ValueError(f"depth_um must be >= 0 (above the coverslip); got {v}")
-        return lo, hi
+    _check_depth = field_validator("depth_um")(_check_depth_range)
 
     @model_validator(mode="after")
     def _check_explicit(self) -> Beads:
@@ -328,13 +330,7 @@ class DiffusingParticles(BaseModel):
             raise ValueError(f"size_um must be positive; got {v}")
         return v
 
-    @field_validator("depth_um")
-    @classmethod
-    def _check_depth(cls, v: tuple[float, float]) -> tuple[float, float]:
-        lo, hi = _check_range(v, "depth_um")
-        if lo < 0:
-            raise ValueError(f"depth_um must be >= 0 (above the coverslip); got {v}")
-        return lo, hi
+    _check_depth = field_validator("depth_um")(_check_depth_range)
 
     @property
     def max_diffusion_um2_s(self) -> float:
