@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     from axialtrack.acquire.cli_calibrate import add_parser as add_calibrate
 
     add_calibrate(sub)
+
+    from axialtrack.model.cli import add_parsers as add_model
+
+    add_model(sub)
     return parser
 
 

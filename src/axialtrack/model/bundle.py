@@ -1,0 +1,410 @@
+"""The model bundle: ``<name>.axialmodel/`` with model.json, weights.pt, model.onnx."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .config import ModelConfig
+from .network import AxialNet
+
+if TYPE_CHECKING:
+    from .train import TrainResult
+
+__all__ = [
+    "BUNDLE_SUFFIX",
+    "FORMAT_VERSION",
+    "Bundle",
+    "BundleError",
+    "export_onnx",
+    "load_bundle",
+    "save_bundle",
+    "verify_onnx",
+]
+
+#: Version of the bundle format this code writes and reads.
+FORMAT_VERSION = 1
+BUNDLE_SUFFIX = ".axialmodel"
+ONNX_OPSET = 17
+#: Maximum |onnx - torch| accepted at save time.
+PARITY_TOL = 1e-4
+#: Relative tolerance of the rig checks in :func:`load_bundle`.
+RIG_RTOL = 0.01
+
+
+class BundleError(ValueError):
+    """A model bundle is missing, corrupted, of another format, or for another rig."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _example_inputs(cfg: ModelConfig, n: int, seed: int = 0) -> tuple[Any, ...]:
+    """Plausible inputs: a blob on a background, varied per example."""
+    g = torch.Generator().manual_seed(seed)
+    s = cfg.crop_size
+    yy, xx = torch.meshgrid(
+        torch.arange(s) - s // 2, torch.arange(s) - s // 2, indexing="ij"
+    )
+    w = 1.0 + 2.0 * torch.rand(n, 2, 1, 1, generator=g)
+    blob = (
+        torch.exp(-(xx**2 + yy**2) / (2 * w**2))
+        * 300
+        * torch.rand(n, 2, 1, 1, generator=g)
+    )
+    img = 100 + blob + 5 * torch.randn(n, 2, s, s, generator=g)
+    xy = 2 * torch.rand(n, 2, generator=g) - 1
+    return (img.float(), xy.float()) if cfg.field_branch else (img.float(),)
+
+
+def export_onnx(model: AxialNet, path: str | Path) -> Path:
+    """Export ``model`` to a single ONNX file (opset 17, dynamic batch).
+
+    Inputs ``image`` ``(batch, 2, S, S)`` (and ``xy`` ``(batch, 2)`` with the
+    field branch); output ``output`` ``(batch, K)``.
+    """
+    path = Path(path)
+    cfg = model.config
+    model = model.cpu().eval()
+    args = _example_inputs(cfg, 4)
+    names = cfg.input_names
+    dyn = {n: {0: "batch"} for n in [*names, "output"]}
+    torch.onnx.export(
+        model,
+        args,
+        str(path),
+        input_names=names,
+        output_names=["output"],
+        dynamic_axes=dyn,
+        opset_version=ONNX_OPSET,
+        dynamo=False,
+    )
+    return path
+
+
+def verify_onnx(
+    model: AxialNet, onnx_path: str | Path, *, n: int = 37, tol: float = PARITY_TOL
+) -> float:
+    """Max |onnxruntime - torch| on random inputs; raises :class:`BundleError` > tol."""
+    import onnxruntime as ort
+
+    cfg = model.config
+    args = _example_inputs(cfg, n, seed=1)
+    model = model.cpu().eval()
+    with torch.no_grad():
+        ref = model(*args).numpy()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(
+        str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+    feeds = {k: a.numpy() for k, a in zip(cfg.input_names, args, strict=True)}
+    got = sess.run(None, feeds)[0]
+    diff = float(np.max(np.abs(got - ref)))
+    if not diff <= tol:
+        raise BundleError(
+            f"ONNX export does not match torch: max abs difference {diff:.3g} > {tol}"
+        )
+    return diff
+
+
+@dataclass
+class Bundle:
+    """A loaded model bundle.
+
+    Attributes
+    ----------
+    path
+        The bundle directory.
+    meta
+        Contents of ``model.json``.
+    model
+        The network with its weights, CPU, eval mode.
+    """
+
+    path: Path
+    meta: dict[str, Any]
+    model: AxialNet
+
+    @property
+    def config(self) -> ModelConfig:
+        """The architecture."""
+        return self.model.config
+
+    @property
+    def crop_size(self) -> int:
+        """Crop size (px)."""
+        return int(self.meta["crop_size"])
+
+    @property
+    def pixel_size_um(self) -> float | None:
+        """Pixel size of the calibration rig (um)."""
+        v = self.meta.get("pixel_size_um")
+        return None if v is None else float(v)
+
+    @property
+    def plane_offset_um(self) -> float | None:
+        """Plane offset (delta) of the calibration rig (um)."""
+        v = self.meta.get("plane_offset_um")
+        return None if v is None else float(v)
+
+    @property
+    def onnx_path(self) -> Path:
+        """Path of ``model.onnx``."""
+        return self.path / "model.onnx"
+
+    @property
+    def output_names(self) -> list[str]:
+        """Output columns."""
+        return list(self.meta["outputs"])
+
+    def predict(
+        self,
+        images: np.ndarray,
+        xy: np.ndarray | None = None,
+        *,
+        batch_size: int = 1024,
+    ) -> np.ndarray:
+        """Outputs ``(N, K)`` for raw crop pairs ``(N, 2, S, S)`` (torch, CPU)."""
+        from .train import predict
+
+        return predict(self.model, images, xy, batch_size=batch_size)
+
+
+def save_bundle(
+    result: TrainResult | AxialNet,
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    pixel_size_um: float | None = None,
+    plane_offset_um: float | None = None,
+    layout: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a model bundle directory and verify its ONNX export.
+
+    Parameters
+    ----------
+    result
+        A :class:`~axialtrack.model.TrainResult` (rig values, metrics and
+        provenance are taken from it) or a bare :class:`AxialNet`.
+    path
+        Bundle directory; ``.axialmodel`` is appended when missing.
+    overwrite
+        Replace an existing bundle.
+    pixel_size_um, plane_offset_um, layout
+        Rig values; override those of ``result``.
+    extra
+        More JSON-serializable entries for ``model.json``.
+
+    Returns
+    -------
+    pathlib.Path
+        The bundle directory.
+    """
+    from axialtrack import __version__
+
+    from .train import TrainResult, examples_hash
+
+    path = Path(path).expanduser()
+    if path.suffix != BUNDLE_SUFFIX:
+        path = path.with_name(path.name + BUNDLE_SUFFIX)
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
+        shutil.rmtree(path)
+    model = result.model if isinstance(result, TrainResult) else result
+    model = model.cpu().eval()
+    cfg = model.config
+    meta: dict[str, Any] = {
+        "format": "axialtrack-model",
+        "format_version": FORMAT_VERSION,
+        "crop_size": cfg.crop_size,
+        "pixel_size_um": pixel_size_um,
+        "plane_offset_um": plane_offset_um,
+        "layout": layout,
+        "z_range_um": None,
+        "inputs": {
+            "image": ["batch", 2, cfg.crop_size, cfg.crop_size],
+            **({"xy": ["batch", 2]} if cfg.field_branch else {}),
+        },
+        "outputs": cfg.output_names,
+        "normalization": {
+            "kind": "joint-pair",
+            "inside_network": True,
+            "background": f"{cfg.background_percentile:g}th percentile of the "
+            "pooled pixels of both planes, per example",
+            "scale": "divided by the joint background-subtracted sum (positive "
+            "part), times the number of pixels",
+            "input": "raw counts, plane 0 then plane 1, crops centred on the "
+            "rounded plane-0 position (plane 1 at the registered position)",
+            "xy": "plane-0 position normalized to [-1, 1]: 2 x / (W - 1) - 1",
+        },
+        "dz_convention": "dz_um = ref_z_um - stage_z_um; z_um = stage_z_um + dz_um",
+        "config": cfg.model_dump(mode="json"),
+        "training": {},
+        "provenance": {
+            "created": _dt.datetime.now(_dt.UTC).isoformat(),
+            "software": f"axialtrack {__version__}",
+            "torch": torch.__version__,
+        },
+    }
+    if isinstance(result, TrainResult):
+        d = result.data
+        ex = d.examples
+        meta["pixel_size_um"] = (
+            pixel_size_um if pixel_size_um is not None else d.pixel_size_um
+        )
+        meta["plane_offset_um"] = (
+            plane_offset_um if plane_offset_um is not None else d.plane_offset_um
+        )
+        meta["layout"] = layout if layout is not None else d.layout
+        if len(ex):
+            meta["z_range_um"] = [float(ex.dz_um.min()), float(ex.dz_um.max())]
+        meta["training"] = {
+            "loss": result.loss,
+            "seed": result.seed,
+            "batch_size": result.batch_size,
+            "lr": result.lr,
+            **result.settings,
+            "metrics": result.metrics,
+            "history": result.history,
+        }
+        meta["provenance"].update(
+            {"calibration_run": d.source, "examples_sha256": examples_hash(ex)}
+        )
+    if extra:
+        meta.update(extra)
+    path.mkdir(parents=True)
+    try:
+        torch.save(model.state_dict(), path / "weights.pt")
+        export_onnx(model, path / "model.onnx")
+        meta["onnx_parity_max_abs"] = verify_onnx(model, path / "model.onnx")
+        meta["onnx_opset"] = ONNX_OPSET
+        meta["sha256"] = {
+            "weights.pt": _sha256(path / "weights.pt"),
+            "model.onnx": _sha256(path / "model.onnx"),
+        }
+        (path / "model.json").write_text(json.dumps(_jsonable(meta), indent=2))
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _check_rig(
+    name: str, label: str, bundle_value: Any, expected: float | None
+) -> None:
+    if expected is None:
+        return
+    if bundle_value is None:
+        raise BundleError(
+            f"the bundle does not record its {label}; cannot check it against the "
+            f"rig's {expected:g}"
+        )
+    b = float(bundle_value)
+    if abs(b - float(expected)) > RIG_RTOL * max(abs(float(expected)), 1e-12):
+        raise BundleError(
+            f"{label} mismatch: the model was trained for {name}={b:g} but the rig "
+            f"in use has {name}={float(expected):g}; recalibrate and train a model "
+            "for this rig"
+        )
+
+
+def load_bundle(
+    path: str | Path,
+    *,
+    expect_pixel_size_um: float | None = None,
+    expect_plane_offset_um: float | None = None,
+    expect_crop_size: int | None = None,
+) -> Bundle:
+    """Load and check a model bundle.
+
+    Parameters
+    ----------
+    path
+        The ``.axialmodel`` directory.
+    expect_pixel_size_um, expect_plane_offset_um, expect_crop_size
+        Values of the rig in use; a bundle for another pixel size or plane offset
+        (beyond 1 %) or another crop size is refused.
+
+    Raises
+    ------
+    BundleError
+        Missing files, unknown format version, a sha256 that does not match
+        ``model.json`` (corrupted or replaced weights or ONNX), or a rig mismatch.
+    """
+    path = Path(path).expanduser()
+    mj = path / "model.json"
+    if not mj.is_file():
+        raise BundleError(f"{path} is not a model bundle (no model.json)")
+    try:
+        meta = json.loads(mj.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{mj} is not valid JSON: {e}") from e
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: unsupported bundle format version {version!r} (this axialtrack "
+            f"reads version {FORMAT_VERSION})"
+        )
+    hashes = meta.get("sha256", {})
+    for name in ("weights.pt", "model.onnx"):
+        f = path / name
+        if not f.is_file():
+            raise BundleError(f"{path}: {name} is missing")
+        want = hashes.get(name)
+        got = _sha256(f)
+        if want != got:
+            raise BundleError(
+                f"{path}: {name} is corrupted or was modified (sha256 {got[:12]}... "
+                f"does not match the {str(want)[:12]}... recorded in model.json)"
+            )
+    _check_rig(
+        "pixel_size_um", "pixel size", meta.get("pixel_size_um"), expect_pixel_size_um
+    )
+    _check_rig(
+        "plane_offset_um",
+        "plane offset",
+        meta.get("plane_offset_um"),
+        expect_plane_offset_um,
+    )
+    if expect_crop_size is not None and int(meta["crop_size"]) != int(expect_crop_size):
+        raise BundleError(
+            f"crop size mismatch: the model was trained for crop_size="
+            f"{meta['crop_size']} but the pipeline uses crop_size={expect_crop_size}"
+        )
+    cfg = ModelConfig.model_validate(meta["config"])
+    model = AxialNet(cfg)
+    state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    return Bundle(path=path, meta=meta, model=model)

@@ -1,0 +1,184 @@
+"""The ``axialtrack train`` and ``axialtrack evaluate`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+__all__ = ["add_parsers", "cmd_evaluate", "cmd_train"]
+
+console = Console()
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``train`` and ``evaluate`` on an ``add_subparsers()`` object."""
+    p = subparsers.add_parser(
+        "train",
+        help="train the axial localization model from a calibration run",
+        description="Train the axial localization network on the training examples "
+        "of a calibration run store and write a model bundle (<name>.axialmodel: "
+        "model.json, weights.pt, model.onnx verified against torch).",
+    )
+    p.add_argument("calibration", metavar="CALIB.zarr", help="calibration run store")
+    p.add_argument("--out", required=True, help="bundle directory (.axialmodel)")
+    p.add_argument("--epochs", type=int, default=100, help="maximum epochs (100)")
+    p.add_argument("--batch-size", type=int, default=64, help="mini-batch (64)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--patience", type=int, default=15, help="early-stopping epochs")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default=None, help="torch device (default: auto)")
+    p.add_argument("--dense", type=int, default=128, help="dense layer width")
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout probability")
+    p.add_argument(
+        "--no-field", action="store_true", help="no field-position (x, y) branch"
+    )
+    p.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also predict sigma_z (trained with Gaussian NLL)",
+    )
+    p.add_argument(
+        "--subpixel", action="store_true", help="also predict sub-pixel dx, dy"
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.998,
+        help="decay of the moving average of the weights per step (0: off)",
+    )
+    p.add_argument("--no-augment", action="store_true", help="no augmentation")
+    p.add_argument("--overwrite", action="store_true", help="replace --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    e = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a model bundle on held-out calibration beads",
+        description="Bias and precision per dz bin, RMSE and the fraction within "
+        "+-50 nm on the test beads of a calibration run; on the simulated rig also "
+        "the CRLB per bin. Writes eval.json, bins.csv, predictions.csv and plots.",
+    )
+    e.add_argument("bundle", metavar="MODEL.axialmodel")
+    e.add_argument("calibration", metavar="CALIB.zarr")
+    e.add_argument("--out", default=None, help="output folder (plots, tables)")
+    e.add_argument(
+        "--split", default="test", help="test, validation, train or all (test)"
+    )
+    e.add_argument("--bin", type=float, default=0.1, help="dz bin width (um)")
+    e.add_argument("--no-crlb", action="store_true", help="skip the CRLB")
+    e.set_defaults(func=cmd_evaluate)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Handler of ``axialtrack train``."""
+    from .bundle import BUNDLE_SUFFIX
+    from .config import ModelConfig
+    from .train import load_calibration, train
+
+    out = Path(args.out).expanduser()
+    if out.suffix != BUNDLE_SUFFIX:
+        out = out.with_name(out.name + BUNDLE_SUFFIX)
+    if out.exists() and not args.overwrite:
+        console.print(
+            f"[red]{out} already exists.[/red] Pass --overwrite to replace it."
+        )
+        return 2
+    try:
+        data = load_calibration(args.calibration)
+    except (FileNotFoundError, KeyError) as exc:
+        console.print(f"[red]Cannot read the calibration:[/red] {exc}")
+        return 2
+    try:
+        config = ModelConfig(
+            crop_size=int(data.examples.crops.shape[-1]),
+            dense_width=args.dense,
+            dropout=args.dropout,
+            field_branch=not args.no_field,
+            uncertainty=args.uncertainty,
+            subpixel=args.subpixel,
+        )
+        result = train(
+            data,
+            config=config,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.no_progress,
+            patience=args.patience,
+            augmentation=not args.no_augment,
+            ema_decay=args.ema_decay if args.ema_decay > 0 else None,
+        )
+    except ValueError as exc:
+        console.print(f"[red]Training failed:[/red] {exc}")
+        return 2
+    path = result.save(out, overwrite=args.overwrite)
+    m = result.metrics
+    console.print(
+        f"Trained {m['epochs_run']} epochs in {m['train_time_s']:.1f} s "
+        f"(best epoch {m['best_epoch']}): validation RMSE {m['val_rmse_nm']:.1f} nm, "
+        f"test RMSE {m['test_rmse_nm']:.1f} nm"
+    )
+    if config.subpixel and not m["subpixel_targets"]:
+        console.print(
+            "[yellow]No sub-pixel targets in this calibration; dx, dy heads are "
+            "untrained.[/yellow]"
+        )
+    console.print(f"Model bundle: {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Handler of ``axialtrack evaluate``."""
+    from .bundle import BundleError
+    from .evaluate import evaluate
+
+    split = None if args.split == "all" else args.split
+    try:
+        res = evaluate(
+            args.bundle,
+            args.calibration,
+            split,
+            out=args.out,
+            bin_width_um=args.bin,
+            crlb=None if args.no_crlb else "auto",
+        )
+    except (BundleError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]Evaluation failed:[/red] {exc}")
+        return 2
+    s = res.summary
+    console.print(
+        f"{s['n']} examples of {s['n_beads']} beads (true dz from {s['reference']}): "
+        f"RMSE {s['rmse_nm']:.1f} nm, bias {s['bias_nm']:+.1f} nm, "
+        f"{100 * s['frac_within_50nm']:.1f} % within +-50 nm"
+    )
+    from rich.table import Table
+
+    table = Table("dz (um)", "n", "bias (nm)", "precision (nm)")
+    has_crlb = "crlb_nm" in res.bins
+    if has_crlb:
+        table.add_column("CRLB (nm)")
+        table.add_column("precision/CRLB")
+    for _, r in res.bins.iterrows():
+        cells = [
+            f"{r['dz_center_um']:+.2f}",
+            str(int(r["n"])),
+            f"{r['bias_nm']:+.1f}",
+            f"{r['precision_nm']:.1f}",
+        ]
+        if has_crlb:
+            cells += [f"{r['crlb_nm']:.1f}", f"{r['ratio']:.2f}"]
+        table.add_row(*cells)
+    console.print(table)
+    if has_crlb:
+        console.print(f"median precision/CRLB: {s['median_ratio']:.2f}")
+    if args.out:
+        console.print(f"Wrote {args.out}: {', '.join(f.name for f in res.files)}")
+    else:
+        console.print(json.dumps(s, default=str))
+    return 0

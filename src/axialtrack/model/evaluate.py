@@ -1,0 +1,357 @@
+"""Evaluation on held-out beads: bias, precision, RMSE, and the CRLB comparison."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from axialtrack.calibrate.examples import Examples
+
+from .bundle import Bundle, load_bundle
+from .network import AxialNet
+from .train import CalibrationData, load_calibration, predict
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["CRLBSpec", "EvalResult", "crlb_stage_um", "evaluate", "sim_crlb_spec"]
+
+Reference = Literal["auto", "labels", "truth"]
+
+
+@dataclass(frozen=True)
+class CRLBSpec:
+    """Imaging conditions for the Cramer-Rao bound of ``dz`` (simulated rig).
+
+    Attributes
+    ----------
+    plane_offset_um
+        Plane offset delta; ``None`` for a single plane.
+    photons
+        Detected photons (photoelectrons) per emitter in plane 0 per exposure.
+    background
+        Background photoelectrons per pixel per plane.
+    depth_um
+        Emitter depth above the coverslip.
+    read_noise_e
+        Camera read noise (photoelectrons RMS) or ``None``.
+    roi_size
+        Pixels over which the information is summed (the crop the network sees).
+    """
+
+    plane_offset_um: float | None = 0.5
+    photons: float = 2000.0
+    background: float = 10.0
+    depth_um: float = 0.05
+    read_noise_e: float | None = None
+    roi_size: int = 15
+
+
+def crlb_stage_um(spec: CRLBSpec, dz_um: Sequence[float] | np.ndarray) -> np.ndarray:
+    """CRLB of ``dz`` in stage units (um) at the given ``dz = ref_z - stage_z``.
+
+    The emitter sits at ``spec.depth_um``; plane 0's focus is
+    ``in_focus_offset(depth) - dz``. The bound on the depth is converted to the
+    stage frame with the slope of ``in_focus_offset`` at that depth.
+    """
+    from axialtrack.optics import PSFModel, crlb
+
+    model = PSFModel()
+    d = float(spec.depth_um)
+    dz = np.asarray(dz_um, dtype=float)
+    f0 = float(model.in_focus_offset(d))
+    h = 0.02
+    lo = max(d - h, 0.0)
+    slope = float(
+        (model.in_focus_offset(d + h) - model.in_focus_offset(lo)) / (d + h - lo)
+    )
+    offsets = (0.0,) if spec.plane_offset_um is None else (0.0, spec.plane_offset_um)
+    res = crlb(
+        model,
+        np.full(dz.shape, d),
+        focus_um=f0 - dz,
+        plane_offsets_um=offsets,
+        photons=spec.photons,
+        background=spec.background,
+        roi_size=spec.roi_size,
+        read_noise=spec.read_noise_e,
+    )
+    return np.asarray(res.sigma_z_um) * slope
+
+
+def sim_crlb_spec(
+    store: str | Path, data: CalibrationData | None = None
+) -> CRLBSpec | None:
+    """CRLB conditions of a simulated calibration run store (``truth/`` group).
+
+    Photons: median true bead photons times the simulated camera's quantum
+    efficiency; background: the median of the crops' border pixels through the
+    camera model (offset, gain); read noise of the camera model;
+    depth: median true depth.
+    ``None`` when the store has no truth.
+    """
+    import zarr
+
+    from axialtrack.sim import CameraModel
+
+    root = zarr.open_group(str(store), mode="r")
+    if "truth" not in root:
+        return None
+    truth: Any = root["truth"]
+    phot = np.asarray(truth["photons"][...], dtype=float)
+    depth = np.asarray(truth["depth_um"][...], dtype=float)
+    if phot.size == 0:
+        return None
+    cam = CameraModel()
+    d = data if data is not None else load_calibration(store)
+    crops = d.examples.crops
+    edge = np.concatenate(
+        [
+            crops[..., 0, :],
+            crops[..., -1, :],
+            crops[..., 1:-1, 0],
+            crops[..., 1:-1, -1],
+        ],
+        axis=-1,
+    )
+    bg_adu = float(np.median(edge))
+    bg_e = max((bg_adu - cam.offset_adu) * cam.gain_e_per_adu, 0.1)
+    return CRLBSpec(
+        plane_offset_um=d.plane_offset_um if d.plane_offset_um is not None else 0.5,
+        photons=float(np.median(phot)) * cam.qe,
+        background=bg_e,
+        depth_um=float(np.median(depth)),
+        read_noise_e=float(cam.read_noise_e),
+        roi_size=int(crops.shape[-1]),
+    )
+
+
+@dataclass
+class EvalResult:
+    """Outcome of :func:`evaluate`.
+
+    Attributes
+    ----------
+    summary
+        ``n, n_beads, rmse_nm, bias_nm, precision_nm`` (std of the errors),
+        ``frac_within_50nm``, ``reference`` (``"labels"`` or ``"truth"``) and,
+        with a CRLB, ``median_ratio`` (median over bins of precision / CRLB).
+    bins
+        Per ``dz`` bin: ``dz_lo_um, dz_hi_um, dz_center_um, n, bias_nm,
+        precision_nm, rmse_nm`` and, with a CRLB, ``crlb_nm, ratio``.
+    predictions
+        Per example: ``bead, field, stage_z_um, dz_true_um, dz_pred_um,
+        error_nm`` (and ``sigma_z_um`` with the uncertainty head).
+    files
+        Files written (``out``).
+    """
+
+    summary: dict[str, Any]
+    bins: pd.DataFrame
+    predictions: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable summary and bins."""
+        bins = self.bins.replace({np.nan: None}).to_dict(orient="records")
+        return {"summary": self.summary, "bins": bins}
+
+
+def _as_data(data: Examples | CalibrationData | str | Path) -> CalibrationData:
+    if isinstance(data, (str, Path)):
+        return load_calibration(data)
+    if isinstance(data, Examples):
+        return CalibrationData(examples=data)
+    return data
+
+
+def evaluate(
+    bundle: Bundle | AxialNet | str | Path,
+    data: Examples | CalibrationData | str | Path,
+    split: str | None = "test",
+    *,
+    out: str | Path | None = None,
+    bin_width_um: float = 0.1,
+    dz_max_um: float | None = None,
+    crlb: CRLBSpec | Literal["auto"] | None = "auto",
+    reference: Reference = "auto",
+) -> EvalResult:
+    """Evaluate a model on held-out beads.
+
+    Parameters
+    ----------
+    bundle
+        A bundle (or its path) or a bare network.
+    data
+        Examples, :class:`CalibrationData` or a calibration run store path.
+    split
+        Examples to use (``"test"``: beads never seen in training); ``None``: all.
+    out
+        Folder for ``eval.json``, ``bins.csv``, ``predictions.csv`` and the PNG
+        plots ``pred_vs_true.png``, ``error_hist.png``, ``precision.png``.
+    bin_width_um
+        Width of the ``dz`` bins.
+    dz_max_um
+        Only examples with ``|dz| <= dz_max_um`` (default all).
+    crlb
+        CRLB conditions for the precision comparison; ``"auto"`` derives them from
+        a simulated run store's ``truth/`` group (none otherwise).
+    reference
+        True ``dz``: the calibration labels, or the simulation truth
+        (``z_true_um`` of the bead table minus the stage Z). ``"auto"`` uses the
+        truth when available.
+    """
+    if isinstance(bundle, (str, Path)):
+        bundle = load_bundle(bundle)
+    model = bundle.model if isinstance(bundle, Bundle) else bundle
+    d = _as_data(data)
+    ex = d.examples if split is None else d.examples.subset(split)
+    if len(ex) == 0:
+        raise ValueError(f"no examples in split {split!r}")
+    dz_true = np.asarray(ex.dz_um, dtype=float)
+    ref = "labels"
+    beads = d.beads
+    if (
+        reference in ("auto", "truth")
+        and beads is not None
+        and "z_true_um" in beads.columns
+        and np.isin(ex.bead, beads["bead"].to_numpy()).all()
+    ):
+        zt = beads.set_index("bead").loc[ex.bead, "z_true_um"].to_numpy(float)
+        if np.all(np.isfinite(zt)):
+            dz_true = zt - np.asarray(ex.stage_z_um, dtype=float)
+            ref = "truth"
+    if reference == "truth" and ref != "truth":
+        raise ValueError("reference='truth' needs a bead table with z_true_um")
+    sel = np.ones(len(ex), bool)
+    if dz_max_um is not None:
+        sel = np.abs(dz_true) <= dz_max_um + 1e-9
+    out_pred = predict(model, ex.crops[sel], ex.xy_norm[sel])
+    dz_true = dz_true[sel]
+    pred = out_pred[:, 0].astype(float)
+    err_nm = (pred - dz_true) * 1000
+    preds = pd.DataFrame(
+        {
+            "bead": ex.bead[sel],
+            "field": ex.field[sel],
+            "stage_z_um": ex.stage_z_um[sel],
+            "dz_true_um": dz_true,
+            "dz_pred_um": pred,
+            "error_nm": err_nm,
+        }
+    )
+    names = model.output_names
+    for i, name in enumerate(names[1:], start=1):
+        preds[name] = out_pred[:, i]
+    lim = float(np.max(np.abs(dz_true))) if dz_max_um is None else dz_max_um
+    nb = max(1, int(np.ceil(2 * lim / bin_width_um - 1e-9)))
+    edges = np.linspace(-nb * bin_width_um / 2, nb * bin_width_um / 2, nb + 1)
+    idx = np.clip(np.digitize(dz_true, edges) - 1, 0, nb - 1)
+    rows = []
+    for b in range(nb):
+        e = err_nm[idx == b]
+        rows.append(
+            {
+                "dz_lo_um": edges[b],
+                "dz_hi_um": edges[b + 1],
+                "dz_center_um": (edges[b] + edges[b + 1]) / 2,
+                "n": int(e.size),
+                "bias_nm": float(e.mean()) if e.size else np.nan,
+                "precision_nm": float(e.std(ddof=1)) if e.size > 1 else np.nan,
+                "rmse_nm": float(np.sqrt(np.mean(e**2))) if e.size else np.nan,
+            }
+        )
+    bins = pd.DataFrame(rows)
+    spec: CRLBSpec | None = None
+    if crlb == "auto":
+        if isinstance(data, (str, Path)):
+            spec = sim_crlb_spec(data, d)
+    else:
+        spec = crlb
+    summary: dict[str, Any] = {
+        "n": int(err_nm.size),
+        "n_beads": int(np.unique(preds["bead"]).size),
+        "split": split,
+        "reference": ref,
+        "rmse_nm": float(np.sqrt(np.mean(err_nm**2))),
+        "bias_nm": float(np.mean(err_nm)),
+        "precision_nm": float(np.std(err_nm, ddof=1)) if err_nm.size > 1 else None,
+        "frac_within_50nm": float(np.mean(np.abs(err_nm) <= 50.0)),
+        "max_abs_bin_bias_nm": float(np.nanmax(np.abs(bins["bias_nm"]))),
+    }
+    if spec is not None:
+        bins["crlb_nm"] = crlb_stage_um(spec, bins["dz_center_um"].to_numpy()) * 1000
+        bins["ratio"] = bins["precision_nm"] / bins["crlb_nm"]
+        summary["median_ratio"] = float(np.nanmedian(bins["ratio"]))
+        summary["crlb"] = {
+            "plane_offset_um": spec.plane_offset_um,
+            "photons": spec.photons,
+            "background": spec.background,
+            "depth_um": spec.depth_um,
+            "read_noise_e": spec.read_noise_e,
+            "roi_size": spec.roi_size,
+        }
+    result = EvalResult(summary=summary, bins=bins, predictions=preds)
+    if out is not None:
+        result.files = _write(result, Path(out))
+    return result
+
+
+def _write(result: EvalResult, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "eval.json", out / "bins.csv", out / "predictions.csv"]
+    files[0].write_text(json.dumps(result.to_dict(), indent=2))
+    result.bins.to_csv(files[1], index=False)
+    result.predictions.to_csv(files[2], index=False)
+    p = result.predictions
+    s = result.summary
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(p["dz_true_um"], p["dz_pred_um"], ".", ms=3, alpha=0.6)
+    lim = float(np.max(np.abs(p[["dz_true_um", "dz_pred_um"]].to_numpy())))
+    ax.plot([-lim, lim], [-lim, lim], "k--", lw=1)
+    ax.set_xlabel(f"true dz (um, {s['reference']})")
+    ax.set_ylabel("predicted dz (um)")
+    ax.set_title(f"RMSE {s['rmse_nm']:.1f} nm, n={s['n']}")
+    fig.tight_layout()
+    files.append(out / "pred_vs_true.png")
+    fig.savefig(files[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(p["error_nm"], bins=50)
+    ax.axvline(-50, color="k", ls=":")
+    ax.axvline(50, color="k", ls=":")
+    ax.set_xlabel("error (nm)")
+    ax.set_ylabel("count")
+    ax.set_title(f"{100 * s['frac_within_50nm']:.1f} % within +-50 nm")
+    fig.tight_layout()
+    files.append(out / "error_hist.png")
+    fig.savefig(files[-1], dpi=120)
+    plt.close(fig)
+
+    b = result.bins
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(b["dz_center_um"], b["precision_nm"], "o-", label="precision (std)")
+    ax.plot(b["dz_center_um"], b["bias_nm"].abs(), "s--", label="|bias|")
+    if "crlb_nm" in b:
+        ax.plot(b["dz_center_um"], b["crlb_nm"], "k-", label="CRLB (stage units)")
+    ax.set_xlabel("dz (um)")
+    ax.set_ylabel("nm")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    files.append(out / "precision.png")
+    fig.savefig(files[-1], dpi=120)
+    plt.close(fig)
+    return files

@@ -1,0 +1,532 @@
+"""Training the axial localization network from calibration examples."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from axialtrack.calibrate.examples import Examples
+
+from .config import ModelConfig
+from .network import AxialNet
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import pandas as pd
+
+__all__ = [
+    "CalibrationData",
+    "TrainResult",
+    "examples_hash",
+    "load_calibration",
+    "predict",
+    "subpixel_targets",
+    "train",
+]
+
+Loss = Literal["mse", "nll"]
+#: Weight of the sub-pixel (dx, dy) loss relative to the dz loss.
+SUBPIXEL_WEIGHT = 0.1
+
+
+@dataclass
+class CalibrationData:
+    """Calibration examples with what a bundle needs to know about the rig.
+
+    Attributes
+    ----------
+    examples
+        The examples (all splits).
+    pixel_size_um, plane_offset_um
+        Rig values (``None`` when unknown).
+    layout
+        Splitter layout (``None`` when unknown).
+    source
+        Calibration run store path (``None`` for in-memory examples).
+    beads
+        Bead table (:func:`axialtrack.calibrate.read_beads`) when available.
+    """
+
+    examples: Examples
+    pixel_size_um: float | None = None
+    plane_offset_um: float | None = None
+    layout: str | None = None
+    source: str | None = None
+    beads: pd.DataFrame | None = None
+
+
+def load_calibration(store: str | Path) -> CalibrationData:
+    """Read examples, bead table and rig values from a calibration run store."""
+    import zarr
+
+    from axialtrack.calibrate import load_examples, read_beads
+
+    path = Path(store).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no calibration run store at {path}")
+    root = zarr.open_group(str(path), mode="r")
+    examples = load_examples(root)
+    attrs: dict[str, Any] = dict(root.attrs.asdict()).get("axialtrack", {}) or {}  # type: ignore[assignment]
+    rig: dict[str, Any] = attrs.get("rig", {}) or {}
+    splitter: dict[str, Any] = attrs.get("splitter", {}) or {}
+    pixel = rig.get("pixel_size_um", attrs.get("pixel_size_um"))
+    try:
+        beads = read_beads(root)
+    except KeyError:
+        beads = None
+    return CalibrationData(
+        examples=examples,
+        pixel_size_um=None if pixel is None else float(pixel),
+        plane_offset_um=(
+            None
+            if splitter.get("plane_offset_um") is None
+            else float(splitter["plane_offset_um"])
+        ),
+        layout=splitter.get("layout"),
+        source=str(path.resolve()),
+        beads=beads,
+    )
+
+
+def examples_hash(examples: Examples) -> str:
+    """sha256 of the examples' crops, labels, positions, beads and splits."""
+    h = hashlib.sha256()
+    for name in ("crops", "dz_um", "xy_norm", "bead", "split"):
+        arr = np.ascontiguousarray(getattr(examples, name))
+        h.update(name.encode())
+        h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def subpixel_targets(
+    examples: Examples, beads: pd.DataFrame | None
+) -> np.ndarray | None:
+    """Sub-pixel offsets ``(N, 2)`` (px) of each example's bead from its crop centre.
+
+    Crops are centred on the rounded plane-0 bead position, so the offset is
+    ``x_px0 - rint(x_px0)`` (and likewise for y), from the bead table's fitted
+    positions. ``None`` when the bead table is missing or lacks a bead.
+    """
+    if beads is None or not {"bead", "x_px0", "y_px0"} <= set(beads.columns):
+        return None
+    table = beads.set_index("bead")
+    ids = np.asarray(examples.bead)
+    if not np.isin(ids, table.index.to_numpy()).all():
+        return None
+    x = table.loc[ids, "x_px0"].to_numpy(float)
+    y = table.loc[ids, "y_px0"].to_numpy(float)
+    return np.stack([x - np.rint(x), y - np.rint(y)], axis=1)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`.
+
+    Attributes
+    ----------
+    model
+        The trained network (best validation epoch), on the CPU, in eval mode.
+    config
+        Its architecture.
+    history
+        One dict per epoch: ``epoch, train_loss, val_loss, val_rmse_nm, lr, time_s``.
+    best_epoch
+        Epoch whose weights were kept (1-based).
+    metrics
+        ``val_rmse_nm``, ``test_rmse_nm`` (held-out beads; NaN without test
+        examples), ``train_time_s``, ``epochs_run``, counts per split.
+    data
+        The calibration data it was trained on (rig values, provenance).
+    loss, seed, batch_size, lr
+        Training settings.
+    settings
+        Other settings: ``epochs`` (maximum), ``patience``, ``lr_patience``,
+        ``augmentation``, ``device``.
+    """
+
+    model: AxialNet
+    config: ModelConfig
+    history: list[dict[str, float]]
+    best_epoch: int
+    metrics: dict[str, Any]
+    data: CalibrationData
+    loss: str
+    seed: int
+    batch_size: int
+    lr: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the model bundle (:func:`axialtrack.model.save_bundle`)."""
+        from .bundle import save_bundle
+
+        return save_bundle(self, path, overwrite=overwrite)
+
+
+def predict(
+    model: AxialNet,
+    images: np.ndarray | torch.Tensor,
+    xy: np.ndarray | torch.Tensor | None = None,
+    *,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Run ``model`` in eval mode on ``(N, 2, S, S)`` crops; returns ``(N, K)``."""
+    model.eval()
+    dev = next(model.parameters()).device
+    img = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    n = img.shape[0]
+    pos = (
+        torch.zeros((n, 2))
+        if xy is None
+        else torch.as_tensor(np.asarray(xy, dtype=np.float32))
+    )
+    out = []
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            xb = pos[i : i + batch_size].to(dev) if model.field is not None else None
+            out.append(model(img[i : i + batch_size].to(dev), xb).cpu())
+    if not out:
+        return np.zeros((0, len(model.output_names)), np.float32)
+    return torch.cat(out).numpy()
+
+
+def _kth_smallest(flat: torch.Tensor, frac: float) -> torch.Tensor:
+    k = max(1, round(frac * flat.shape[1]))
+    return torch.topk(flat, k, dim=1, largest=False).values[:, -1:]
+
+
+def augment(
+    images: torch.Tensor, gen: torch.Generator, *, p: float = 0.5
+) -> torch.Tensor:
+    """Random brightness jitter, Poisson and Gaussian noise on raw crop pairs.
+
+    Each example is jittered independently; both planes of a pair always get the
+    same brightness factor, so the plane ratio (the Z signal) is kept.
+
+    Parameters
+    ----------
+    images
+        ``(B, 2, S, S)`` raw counts.
+    gen
+        Random generator (CPU).
+    p
+        Probability of each of the three augmentations per example.
+    """
+    b = images.shape[0]
+    dev = images.device
+    x = images.cpu()
+    flat = x.flatten(1)
+    bg = _kth_smallest(flat, 0.1).reshape(b, 1, 1, 1)
+    sig = x - bg
+
+    def coin() -> torch.Tensor:
+        return (torch.rand(b, 1, 1, 1, generator=gen) < p).float()
+
+    scale = 0.8 + 0.45 * torch.rand(b, 1, 1, 1, generator=gen)
+    sig = sig * (1 + coin() * (scale - 1))
+    # Poisson resampling of the signal at a random count scale c (extra shot noise)
+    c = 0.1 + 0.9 * torch.rand(b, 1, 1, 1, generator=gen)
+    pos = F.relu(sig)
+    resampled = torch.poisson(pos / c, generator=gen) * c + (sig - pos)
+    use = coin()
+    sig = use * resampled + (1 - use) * sig
+    # Gaussian noise scaled to the background spread of the example
+    edge = torch.cat(
+        [x[..., 0, :], x[..., -1, :], x[..., 1:-1, 0], x[..., 1:-1, -1]], dim=-1
+    ).flatten(1)
+    spread = edge.std(dim=1).reshape(b, 1, 1, 1)
+    amp = 0.5 * torch.rand(b, 1, 1, 1, generator=gen) * spread * coin()
+    noise = torch.randn(x.shape, generator=gen) * amp
+    return (bg + sig + noise).to(dev)
+
+
+def _loss(
+    out: torch.Tensor,
+    dz: torch.Tensor,
+    dxy: torch.Tensor,
+    has_dxy: torch.Tensor,
+    cfg: ModelConfig,
+    loss: str,
+) -> torch.Tensor:
+    if loss == "nll":
+        value = F.gaussian_nll_loss(out[:, 0], dz, out[:, 1] ** 2, full=False)
+    else:
+        value = F.mse_loss(out[:, 0], dz)
+    if cfg.subpixel:
+        i = 2 if cfg.uncertainty else 1
+        w = has_dxy.float()
+        err = ((out[:, i : i + 2] - dxy) ** 2).sum(dim=1)
+        value = value + SUBPIXEL_WEIGHT * (err * w).sum() / torch.clamp(w.sum(), 1)
+    return value
+
+
+@contextmanager
+def _deterministic() -> Iterator[None]:
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+def _tensors(ex: Examples, dxy: np.ndarray | None) -> tuple[torch.Tensor, ...]:
+    n = len(ex)
+    has = np.ones(n, bool) if dxy is not None else np.zeros(n, bool)
+    d = dxy if dxy is not None else np.zeros((n, 2))
+    return (
+        torch.from_numpy(np.ascontiguousarray(ex.crops, np.float32)),
+        torch.from_numpy(np.ascontiguousarray(ex.xy_norm, np.float32)),
+        torch.from_numpy(np.ascontiguousarray(ex.dz_um, np.float32)),
+        torch.from_numpy(np.ascontiguousarray(d, np.float32)),
+        torch.from_numpy(has),
+    )
+
+
+def _rmse_nm(model: AxialNet, ex: Examples) -> float:
+    if len(ex) == 0:
+        return float("nan")
+    pred = predict(model, ex.crops, ex.xy_norm)[:, 0]
+    return float(np.sqrt(np.mean((pred - ex.dz_um) ** 2)) * 1000)
+
+
+def train(
+    data: Examples | CalibrationData | str | Path,
+    *,
+    config: ModelConfig | None = None,
+    epochs: int = 100,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    loss: Loss | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    patience: int = 15,
+    lr_patience: int = 5,
+    augmentation: bool = True,
+    max_time_s: float | None = None,
+    ema_decay: float | None = 0.998,
+) -> TrainResult:
+    """Train the axial localization network on calibration examples.
+
+    Parameters
+    ----------
+    data
+        :class:`~axialtrack.calibrate.Examples`, :class:`CalibrationData` or the
+        path of a calibration run store.
+    config
+        Architecture; default :class:`ModelConfig` with the crop size of the
+        examples.
+    epochs
+        Maximum number of epochs.
+    batch_size, lr
+        Adam mini-batch size and learning rate.
+    loss
+        ``"mse"`` or ``"nll"`` (Gaussian negative log-likelihood; needs
+        ``config.uncertainty``). Default: ``"nll"`` with the uncertainty head,
+        else ``"mse"``.
+    seed
+        Seeds weights, shuffling, dropout and augmentation; the same seed gives the
+        same weights on the same device.
+    device
+        Torch device; default CUDA when available, else CPU.
+    progress
+        Show a progress bar with the losses.
+    patience
+        Early stopping: epochs without a lower validation loss.
+    lr_patience
+        ReduceLROnPlateau patience (factor 0.5).
+    augmentation
+        Brightness jitter, Poisson and Gaussian noise on training pairs.
+    max_time_s
+        Stop after the epoch that exceeds this wall time.
+    ema_decay
+        Keep an exponential moving average of the weights (and BatchNorm
+        statistics) with this decay per optimizer step; it is what is validated
+        and returned (``None``: the raw weights).
+
+    Returns
+    -------
+    TrainResult
+        The best-validation model and the history.
+    """
+    t0 = time.perf_counter()
+    if isinstance(data, (str, Path)):
+        data = load_calibration(data)
+    elif isinstance(data, Examples):
+        data = CalibrationData(examples=data)
+    ex = data.examples
+    crop = int(ex.crops.shape[-1])
+    cfg = config if config is not None else ModelConfig(crop_size=crop)
+    if cfg.crop_size != crop:
+        raise ValueError(
+            f"config.crop_size {cfg.crop_size} differs from the examples' {crop}"
+        )
+    loss_name: str = loss if loss is not None else ("nll" if cfg.uncertainty else "mse")
+    if loss_name not in ("mse", "nll"):
+        raise ValueError(f"loss must be 'mse' or 'nll'; got {loss_name!r}")
+    if loss_name == "nll" and not cfg.uncertainty:
+        raise ValueError("loss='nll' needs a model with the uncertainty head")
+    if loss_name == "mse" and cfg.uncertainty:
+        raise ValueError("the uncertainty head is trained with loss='nll'")
+    tr, va, te = (ex.subset(s) for s in ("train", "validation", "test"))
+    if len(tr) < 2:
+        raise ValueError("fewer than 2 training examples")
+    if len(va) == 0:
+        raise ValueError("no validation examples (split the beads first)")
+    dxy_all = subpixel_targets(ex, data.beads) if cfg.subpixel else None
+    dxy_tr = dxy_va = None
+    if dxy_all is not None:
+        dxy_tr = dxy_all[ex.split == 0]
+        dxy_va = dxy_all[ex.split == 1]
+    dev = torch.device(
+        device
+        if device is not None
+        else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    aug_gen = torch.Generator().manual_seed(seed + 1)
+    model = AxialNet(cfg).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=lr_patience
+    )
+    loader = DataLoader(
+        TensorDataset(*_tensors(tr, dxy_tr)),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=gen,
+        drop_last=len(tr) > batch_size,
+    )
+    val = [t.to(dev) for t in _tensors(va, dxy_va)]
+    ema: Any = None
+    if ema_decay is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True
+        )
+    evaluated: Any = model if ema is None else ema.module
+    history: list[dict[str, float]] = []
+    best = (math.inf, 0, copy.deepcopy(model.state_dict()))
+    bar: Any = None
+    task: Any = None
+    if progress:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        bar = Progress(
+            TextColumn("training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            transient=False,
+        )
+        bar.start()
+        task = bar.add_task("", total=epochs)
+    try:
+        with _deterministic():
+            for epoch in range(1, epochs + 1):
+                te0 = time.perf_counter()
+                model.train()
+                total, count = 0.0, 0
+                for img, xy, dz, dxy, has in loader:
+                    if augmentation:
+                        img = augment(img, aug_gen)
+                    img, xy, dz = img.to(dev), xy.to(dev), dz.to(dev)
+                    out = model(img, xy)
+                    value = _loss(out, dz, dxy.to(dev), has.to(dev), cfg, loss_name)
+                    opt.zero_grad()
+                    value.backward()
+                    opt.step()
+                    if ema is not None:
+                        ema.update_parameters(model)
+                    total += float(value.detach()) * len(dz)
+                    count += len(dz)
+                evaluated.eval()
+                with torch.no_grad():
+                    out = evaluated(val[0], val[1])
+                    vloss = float(_loss(out, val[2], val[3], val[4], cfg, loss_name))
+                    vrmse = float(torch.sqrt(F.mse_loss(out[:, 0], val[2]))) * 1000
+                sched.step(vloss)
+                history.append(
+                    {
+                        "epoch": epoch,
+                        "train_loss": total / max(count, 1),
+                        "val_loss": vloss,
+                        "val_rmse_nm": vrmse,
+                        "lr": float(opt.param_groups[0]["lr"]),
+                        "time_s": time.perf_counter() - te0,
+                    }
+                )
+                if vloss < best[0]:
+                    best = (vloss, epoch, copy.deepcopy(evaluated.state_dict()))
+                if bar is not None:
+                    bar.update(
+                        task,
+                        advance=1,
+                        description=f"loss {total / max(count, 1):.4g}  "
+                        f"val {vloss:.4g}  val RMSE {vrmse:.1f} nm",
+                    )
+                if epoch - best[1] >= patience:
+                    break
+                if max_time_s is not None and time.perf_counter() - t0 > max_time_s:
+                    break
+    finally:
+        if bar is not None:
+            bar.stop()
+    model.load_state_dict(best[2])
+    model = model.cpu().eval()
+    metrics: dict[str, Any] = {
+        "val_rmse_nm": _rmse_nm(model, va),
+        "test_rmse_nm": _rmse_nm(model, te),
+        "best_val_loss": best[0],
+        "best_epoch": best[1],
+        "epochs_run": len(history),
+        "train_time_s": time.perf_counter() - t0,
+        "n_train": len(tr),
+        "n_validation": len(va),
+        "n_test": len(te),
+        "subpixel_targets": dxy_all is not None,
+    }
+    return TrainResult(
+        model=model,
+        config=cfg,
+        history=history,
+        best_epoch=best[1],
+        metrics=metrics,
+        data=data,
+        loss=loss_name,
+        seed=seed,
+        batch_size=batch_size,
+        lr=lr,
+        settings={
+            "epochs": epochs,
+            "patience": patience,
+            "lr_patience": lr_patience,
+            "augmentation": augmentation,
+            "device": str(dev),
+            "ema_decay": ema_decay,
+        },
+    )
