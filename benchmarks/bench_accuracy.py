@@ -30,12 +30,10 @@ import numpy as np
 import torch
 
 from axialtrack.calibrate import analyze
+from axialtrack.calibrate.simulate import simulated_stack
 from axialtrack.geometry import SplitterGeometry
 from axialtrack.model import CalibrationData, CRLBSpec, ModelConfig, evaluate, train
 from axialtrack.sim import CameraModel
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from calib_sim import make_stack
 
 DZ_MAX_UM = 0.8
 NEAR_FOCUS_UM = 0.3
@@ -96,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             shift_px=(3.3, -2.1),
             rotation_deg=0.7,
         )
-        stack = make_stack(
+        stack = simulated_stack(
             n_fields=n_fields,
             geometry=geometry,
             z_half_range_um=1.2,

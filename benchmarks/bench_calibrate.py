@@ -22,13 +22,8 @@ import time
 import numpy as np
 
 from axialtrack.calibrate import CalibrationStack, analyze
-from axialtrack.geometry import (
-    SplitterGeometry,
-    apply_affine,
-    compose_frame,
-    split_frame,
-)
-from axialtrack.sim import BEAD, Background, Beads, CameraModel, Renderer, Sample
+from axialtrack.calibrate.simulate import simulated_stack
+from axialtrack.geometry import SplitterGeometry, apply_affine
 
 
 def generate(
@@ -40,57 +35,19 @@ def generate(
     geometry: SplitterGeometry,
     seed: int = 0,
 ) -> CalibrationStack:
-    """Render the calibration stack (expected image + camera noise)."""
-    camera = CameraModel()
-    frames = np.empty((n_fields, n_z, 2, plane, plane), dtype=np.uint16)
-    truths = []
-    zs = None
-    stage_xy = np.array([[200.0 * p, 0.0] for p in range(n_fields)])
-    r = None
-    for p in range(n_fields):
-        sx, sy = stage_xy[p]
-        sample = Sample(
-            beads=Beads(
-                n=n_beads,
-                center_um=(sx, sy),
-                size_um=(plane * 0.1083 * 1.02,) * 2,
-                depth_um=depth_um,
-                min_separation_um=1.0,
-                seed=seed * 1000 + p,
-            ),
-            background=Background(photons_per_px_s=1000.0),
-            seed=seed * 1000 + p,
-        )
-        r = Renderer(
-            sample, geometry=geometry, camera=camera, plane_shape=(plane, plane)
-        )
-        tr = r.truth(0.0, (sx, sy, sample.coverslip_z_um))
-        truths.append(tr[tr["kind"] == BEAD])
-        if zs is None:
-            zf = r.z_focus_um(np.array(depth_um))
-            zs = np.linspace(zf[0] - 1.5, zf[1] + 1.5, n_z)
-        for k, z in enumerate(zs):
-            rng = np.random.default_rng([seed, p, k])
-            img = r.expected((sx, sy, float(z)), 0.0, 0.01)
-            frames[p, k] = split_frame(
-                camera.apply(compose_frame(img, geometry), rng), geometry
-            )
-    assert zs is not None
-    assert r is not None
-    return CalibrationStack(
-        frames=frames,
-        stage_z_um=np.broadcast_to(zs, (n_fields, n_z)).copy(),
-        pixel_size_um=r.pixel_size_um,
+    """Render the calibration stack: +-1.5 um around focus in ``n_z`` steps."""
+    return simulated_stack(
+        n_fields=n_fields,
+        plane_shape=(plane, plane),
+        n_beads=n_beads,
         geometry=geometry,
-        stage_xy_um=stage_xy,
-        source="bench_calibrate",
-        truth=truths,
-        meta={
-            "offset_adu": camera.offset_adu,
-            "gain_e_per_adu": camera.gain_e_per_adu,
-            "read_noise_e": camera.read_noise_e,
-            "saturation_adu": 2**camera.bit_depth - 1,
-        },
+        z_half_range_um=1.5,
+        z_step_um=3.0 / (n_z - 1),
+        depth_um=depth_um,
+        min_separation_um=1.0,
+        seed=seed,
+        field_spacing_um=200.0,
+        fill=1.02,
     )
 
 
