@@ -23,8 +23,10 @@ def test_demo_writes_a_dual_plane_z_scan(tmp_path: Path) -> None:
     peak = data.reshape(4, 2, -1).max(axis=2).astype(float)
     ratio = peak[:, 1] / peak[:, 0]
     assert ratio[0] > 1.5
-    assert ratio[-1] < 1.0
-    assert np.all(np.diff(ratio) < 0)
+    # past the crossing both planes are defocused and the ratio plateaus, so only
+    # the approach to the crossing is strictly monotonic
+    assert np.all(np.diff(ratio[:3]) < 0)
+    assert np.all(ratio[2:] < 1.0)
 
 
 def test_console_script_help() -> None:
