@@ -260,6 +260,8 @@ def test_cli_train_evaluate(calib, tmp_path):
     assert args.func(args) == 0
     b = load_bundle(out, expect_plane_offset_um=0.5, expect_pixel_size_um=PIXEL)
     assert b.meta["provenance"]["calibration_run"] == str(store.resolve())
+    # the live pipeline crops plane 1 through the calibration's registration
+    np.testing.assert_allclose(b.registration_affine, result.registration.affine)
     assert args.func(args) == 2  # exists, no --overwrite
     ev = tmp_path / "eval"
     args = parser.parse_args(

@@ -162,6 +162,19 @@ class Bundle:
         return None if v is None else float(v)
 
     @property
+    def registration_affine(self) -> np.ndarray | None:
+        """Plane-0 -> plane-1 affine ``(2, 3)`` (px) of the calibration, if known."""
+        reg = self.meta.get("registration") or {}
+        a = reg.get("affine")
+        return None if a is None else np.asarray(a, dtype=float).reshape(2, 3)
+
+    @property
+    def plane_shape(self) -> tuple[int, int] | None:
+        """``(H, W)`` of one plane of the calibration rig (px), if known."""
+        v = self.meta.get("plane_shape")
+        return None if v is None else (int(v[0]), int(v[1]))
+
+    @property
     def onnx_path(self) -> Path:
         """Path of ``model.onnx``."""
         return self.path / "model.onnx"
@@ -254,6 +267,8 @@ def save_bundle(
             "xy": "plane-0 position normalized to [-1, 1]: 2 x / (W - 1) - 1",
         },
         "dz_convention": "dz_um = ref_z_um - stage_z_um; z_um = stage_z_um + dz_um",
+        "registration": None,
+        "plane_shape": None,
         "config": cfg.model_dump(mode="json"),
         "training": {},
         "provenance": {
@@ -274,6 +289,13 @@ def save_bundle(
         meta["layout"] = layout if layout is not None else d.layout
         if len(ex):
             meta["z_range_um"] = [float(ex.dz_um.min()), float(ex.dz_um.max())]
+        if d.registration_affine is not None:
+            meta["registration"] = {
+                "affine": np.asarray(d.registration_affine, float).tolist(),
+                "direction": "plane0_to_plane1",
+            }
+        if d.plane_shape is not None:
+            meta["plane_shape"] = [int(v) for v in d.plane_shape]
         meta["training"] = {
             "loss": result.loss,
             "seed": result.seed,

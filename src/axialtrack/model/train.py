@@ -57,6 +57,11 @@ class CalibrationData:
         Calibration run store path (``None`` for in-memory examples).
     beads
         Bead table (:func:`axialtrack.calibrate.read_beads`) when available.
+    registration_affine
+        Plane-0 -> plane-1 affine ``(2, 3)`` (px) from the calibration's bead
+        registration, when available.
+    plane_shape
+        ``(H, W)`` of one plane (px), when known.
     """
 
     examples: Examples
@@ -65,6 +70,8 @@ class CalibrationData:
     layout: str | None = None
     source: str | None = None
     beads: pd.DataFrame | None = None
+    registration_affine: np.ndarray | None = None
+    plane_shape: tuple[int, int] | None = None
 
 
 def load_calibration(store: str | Path) -> CalibrationData:
@@ -86,6 +93,13 @@ def load_calibration(store: str | Path) -> CalibrationData:
         beads = read_beads(root)
     except KeyError:
         beads = None
+    affine: np.ndarray | None = None
+    if "calibration/registration/affine" in root:
+        affine = np.asarray(root["calibration/registration/affine"][...], float)  # type: ignore[index]
+    plane_shape: tuple[int, int] | None = None
+    if "frames/0" in root:
+        shp = root["frames/0"].shape  # type: ignore[union-attr]
+        plane_shape = (int(shp[-2]), int(shp[-1]))
     return CalibrationData(
         examples=examples,
         pixel_size_um=None if pixel is None else float(pixel),
@@ -97,6 +111,8 @@ def load_calibration(store: str | Path) -> CalibrationData:
         layout=splitter.get("layout"),
         source=str(path.resolve()),
         beads=beads,
+        registration_affine=affine,
+        plane_shape=plane_shape,
     )
 
 
