@@ -1,0 +1,1 @@
+"""The live analysis pipeline: detection, crop pairs, Z inference, linking, runner."""

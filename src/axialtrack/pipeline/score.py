@@ -1,0 +1,215 @@
+"""Score localizations and tracks against a simulation's ground truth."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
+
+__all__ = ["TruthScore", "match_to_truth", "score_against_truth"]
+
+
+@dataclass(frozen=True)
+class TruthScore:
+    """How well localizations and tracks recover the simulated truth.
+
+    Attributes
+    ----------
+    n_truth, n_localizations, n_matched
+        Emitters in the analyzed frames (within ``z_range_um`` when given),
+        localizations, and one-to-one matches within ``max_dist_px``.
+    recall, precision
+        ``n_matched / n_truth`` and ``n_matched / n_localizations`` (only
+        localizations near an in-range emitter or unmatched count).
+    rmse_x_nm, rmse_y_nm, rmse_z_nm, rmse_3d_nm
+        Root-mean-square errors of the matched localizations.
+    bias_z_nm
+        Mean Z error.
+    n_links, link_accuracy
+        Links between consecutive localizations of a track whose both ends are
+        matched, and the fraction of them joining the same true emitter.
+    """
+
+    n_truth: int
+    n_localizations: int
+    n_matched: int
+    recall: float
+    precision: float
+    rmse_x_nm: float
+    rmse_y_nm: float
+    rmse_z_nm: float
+    rmse_3d_nm: float
+    bias_z_nm: float
+    n_links: int
+    link_accuracy: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The score as a JSON-compatible dict."""
+        return asdict(self)
+
+
+def _key(t: np.ndarray) -> np.ndarray:
+    # frames are joined on their exposure start time, to the microsecond
+    return np.rint(np.asarray(t, dtype=float) * 1e6).astype(np.int64)
+
+
+def match_to_truth(
+    locs: pd.DataFrame,
+    truth: pd.DataFrame,
+    *,
+    max_dist_px: float = 2.0,
+    on: str = "t_s",
+) -> pd.DataFrame:
+    """Match localizations to true emitters, one to one, frame by frame.
+
+    Parameters
+    ----------
+    locs
+        Localizations with ``x_px, y_px`` (plane 0), ``z_um`` and the join column.
+    truth
+        Truth rows (:data:`axialtrack.sim.TRUTH_DTYPE` as a DataFrame) with
+        ``id, x_px0, y_px0, x_um, y_um, z_focus_um`` and the join column.
+    max_dist_px
+        Largest plane-0 distance of a match.
+    on
+        Column identifying a frame in both tables: ``"t_s"`` (exposure start,
+        joined to the microsecond) or ``"frame"``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per match: the localization's index ``loc_index``, the emitter's
+        ``truth_id``, and the errors ``dx_px, dy_px, dz_um`` (localization minus
+        truth).
+    """
+    lk = _key(locs[on]) if on == "t_s" else locs[on].to_numpy(np.int64)
+    tk = _key(truth[on]) if on == "t_s" else truth[on].to_numpy(np.int64)
+    lxy = locs[["x_px", "y_px"]].to_numpy(float)
+    txy = truth[["x_px0", "y_px0"]].to_numpy(float)
+    lz = locs["z_um"].to_numpy(float)
+    tz = truth["z_focus_um"].to_numpy(float)
+    tid = truth["id"].to_numpy(np.int64)
+    loc_index = locs.index.to_numpy()
+    t_order = np.argsort(tk, kind="stable")
+    t_keys, t_start = np.unique(tk[t_order], return_index=True)
+    t_end = np.append(t_start[1:], len(t_order))
+    out: list[tuple[Any, int, float, float, float]] = []
+    for key in np.unique(lk):
+        j = np.searchsorted(t_keys, key)
+        if j >= len(t_keys) or t_keys[j] != key:
+            continue
+        ti = t_order[t_start[j] : t_end[j]]
+        li = np.nonzero(lk == key)[0]
+        tree = cKDTree(txy[ti])
+        pairs = tree.query_ball_point(lxy[li], r=max_dist_px)
+        rows, cols, cost = [], [], []
+        for a, hits in enumerate(pairs):
+            for b in hits:
+                rows.append(a)
+                cols.append(b)
+                cost.append(float(np.sum((lxy[li[a]] - txy[ti[b]]) ** 2)))
+        if not rows:
+            continue
+        big = 1e9
+        m = np.full((len(li), len(ti)), big)
+        m[rows, cols] = cost
+        ra, cb = linear_sum_assignment(m)
+        for a, b in zip(ra, cb, strict=True):
+            if m[a, b] >= big:
+                continue
+            la, tb = li[a], ti[b]
+            out.append(
+                (
+                    loc_index[la],
+                    int(tid[tb]),
+                    float(lxy[la, 0] - txy[tb, 0]),
+                    float(lxy[la, 1] - txy[tb, 1]),
+                    float(lz[la] - tz[tb]),
+                )
+            )
+    return pd.DataFrame(
+        out, columns=["loc_index", "truth_id", "dx_px", "dy_px", "dz_um"]
+    ).astype({"truth_id": np.int64})
+
+
+def score_against_truth(
+    locs: pd.DataFrame,
+    truth: pd.DataFrame,
+    *,
+    pixel_size_um: float,
+    max_dist_px: float = 2.0,
+    z_range_um: tuple[float, float] | None = None,
+    on: str = "t_s",
+) -> TruthScore:
+    """Recall, precision, XYZ errors and link accuracy against the truth.
+
+    Parameters
+    ----------
+    locs
+        The localization table (``x_px, y_px, z_um, track_id`` and ``on``).
+    truth
+        Truth rows of the frames that were analyzed.
+    pixel_size_um
+        Plane-0 pixel size (um), for the XY errors.
+    max_dist_px
+        Largest plane-0 distance of a match.
+    z_range_um
+        Only emitters whose in-focus stage Z lies in this range count (e.g. the
+        model's trained range around the stage position); localizations matched
+        to others are dropped.
+    on
+        Frame join column, see :func:`match_to_truth`.
+    """
+    truth = truth.reset_index(drop=True)
+    locs = locs.reset_index(drop=True)
+    m = match_to_truth(locs, truth, max_dist_px=max_dist_px, on=on)
+    n_truth = len(truth)
+    n_locs = len(locs)
+    if z_range_um is not None:
+        lo, hi = z_range_um
+        ok_truth = truth["z_focus_um"].between(lo, hi).to_numpy()
+        n_truth = int(ok_truth.sum())
+        true_z = locs.loc[m["loc_index"], "z_um"].to_numpy() - m["dz_um"].to_numpy()
+        keep = (true_z >= lo) & (true_z <= hi)
+        dropped = int((~keep).sum())
+        m = m[keep]
+        n_locs -= dropped
+    n = len(m)
+    px_nm = pixel_size_um * 1000.0
+
+    def rms(v: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(v**2))) if len(v) else float("nan")
+
+    ex = m["dx_px"].to_numpy() * px_nm
+    ey = m["dy_px"].to_numpy() * px_nm
+    ez = m["dz_um"].to_numpy() * 1000.0
+    # links: consecutive localizations of each track, both ends matched
+    truth_of = pd.Series(m["truth_id"].to_numpy(), index=m["loc_index"].to_numpy())
+    n_links = 0
+    good = 0
+    if "track_id" in locs and n:
+        tr = locs.loc[truth_of.index, ["frame", "track_id"]].copy()
+        tr["truth_id"] = truth_of.to_numpy()
+        tr = tr[tr["track_id"] >= 0].sort_values(["track_id", "frame"])
+        same_track = tr["track_id"].to_numpy()[1:] == tr["track_id"].to_numpy()[:-1]
+        same_truth = tr["truth_id"].to_numpy()[1:] == tr["truth_id"].to_numpy()[:-1]
+        n_links = int(same_track.sum())
+        good = int((same_track & same_truth).sum())
+    return TruthScore(
+        n_truth=n_truth,
+        n_localizations=n_locs,
+        n_matched=n,
+        recall=n / n_truth if n_truth else float("nan"),
+        precision=n / n_locs if n_locs else float("nan"),
+        rmse_x_nm=rms(ex),
+        rmse_y_nm=rms(ey),
+        rmse_z_nm=rms(ez),
+        rmse_3d_nm=rms(np.sqrt(ex**2 + ey**2 + ez**2)),
+        bias_z_nm=float(np.mean(ez)) if n else float("nan"),
+        n_links=n_links,
+        link_accuracy=good / n_links if n_links else float("nan"),
+    )

@@ -1,0 +1,78 @@
+"""Scoring localizations and tracks against simulated truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from axialtrack.pipeline.score import match_to_truth, score_against_truth
+
+PX = 0.1
+
+
+def _truth(n_frames: int = 20, n: int = 30, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(10, 190, (n, 2))
+    z = rng.uniform(49, 51, n)
+    rows = []
+    for f in range(n_frames):
+        xy = xy + rng.normal(0, 0.5, xy.shape)
+        for i in range(n):
+            rows.append((f, f * 0.01, i, xy[i, 0], xy[i, 1], z[i]))
+    return pd.DataFrame(
+        rows, columns=["frame", "t_s", "id", "x_px0", "y_px0", "z_focus_um"]
+    )
+
+
+def test_errors_recall_and_links_are_measured() -> None:
+    truth = _truth()
+    rng = np.random.default_rng(1)
+    locs = pd.DataFrame(
+        {
+            "frame": truth["frame"],
+            "t_s": truth["t_s"] + 1e-8,  # joined to the microsecond
+            "x_px": truth["x_px0"] + rng.normal(0, 0.2, len(truth)),
+            "y_px": truth["y_px0"] + rng.normal(0, 0.2, len(truth)),
+            "z_um": truth["z_focus_um"] + 0.05 + rng.normal(0, 0.03, len(truth)),
+            "track_id": truth["id"],
+        }
+    )
+    # drop 10 % of the detections, add 5 false ones
+    locs = locs.drop(index=locs.index[::10])
+    fake = locs.iloc[:5].copy()
+    fake["x_px"] += 50
+    fake["y_px"] += 50
+    fake["track_id"] = -1
+    locs = pd.concat([locs, fake], ignore_index=True)
+    # swap identities of two tracks from frame 10 on: one wrong link each
+    sel = locs["frame"] >= 10
+    a, b = locs["track_id"] == 3, locs["track_id"] == 4
+    locs.loc[sel & a, "track_id"] = 4
+    locs.loc[sel & b, "track_id"] = 3
+    s = score_against_truth(locs, truth, pixel_size_um=PX)
+    assert s.n_truth == len(truth)
+    assert s.recall == pytest.approx(0.9, abs=0.01)
+    assert s.precision == pytest.approx(s.n_matched / (s.n_matched + 5), abs=1e-9)
+    assert s.rmse_x_nm == pytest.approx(20, rel=0.1)
+    assert s.rmse_z_nm == pytest.approx(np.hypot(50, 30), rel=0.1)
+    assert s.bias_z_nm == pytest.approx(50, abs=5)
+    # exactly the two swapped links are wrong
+    assert round(s.n_links * (1 - s.link_accuracy)) == 2
+
+
+def test_z_range_and_frame_join() -> None:
+    truth = _truth(n_frames=3)
+    locs = truth.rename(
+        columns={"x_px0": "x_px", "y_px0": "y_px", "z_focus_um": "z_um"}
+    )
+    locs["track_id"] = -1
+    s = score_against_truth(locs, truth, pixel_size_um=PX, z_range_um=(49.0, 50.0))
+    inside = truth["z_focus_um"].between(49.0, 50.0).sum()
+    assert s.n_truth == inside == s.n_matched
+    assert s.rmse_3d_nm == 0
+    m = match_to_truth(locs, truth, on="frame")
+    assert len(m) == len(truth)
+    assert (
+        m["truth_id"].to_numpy() == truth.loc[m["loc_index"], "id"].to_numpy()
+    ).all()
