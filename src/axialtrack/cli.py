@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     from axialtrack.model.cli import add_parsers as add_model
 
     add_model(sub)
+
+    from axialtrack.engine.cli import add_parser as add_compile
+
+    add_compile(sub)
     return parser
 
 

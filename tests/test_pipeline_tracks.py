@@ -1,0 +1,446 @@
+"""Online 3D linking, diffusion estimates, per-track summary, napari and GEFF export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from axialtrack.pipeline import link as link_mod
+from axialtrack.pipeline.link import (
+    LinkConfig,
+    OnlineLinker,
+    drop_short_tracks,
+    link_table,
+)
+from axialtrack.pipeline.tracks import (
+    SUMMARY_COLUMNS,
+    estimate_diffusion,
+    estimate_diffusion_population,
+    read_geff,
+    summarize_tracks,
+    to_napari_tracks,
+    write_geff,
+)
+
+DT = 0.01
+
+
+def simulate(
+    n_particles: int = 100,
+    n_frames: int = 300,
+    *,
+    box_um: tuple[float, float, float] = (40.0, 40.0, 3.0),
+    walls: bool = True,
+    d_range: tuple[float, float] = (0.1, 1.0),
+    sigma_xy: float = 0.02,
+    sigma_z: float = 0.05,
+    mean_life: float = 200.0,
+    p_miss: float = 0.02,
+    n_sub: int = 5,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """3D Brownian motion with ground truth (``true_id``, ``true_D``).
+
+    ``n_particles`` at a time in a box (reflecting walls, or free diffusion), each
+    replaced by a new one at a random place after a geometric lifetime; positions
+    are averaged over ``n_sub`` sub-steps per frame (motion blur, exposure = frame
+    interval) and get Gaussian localization noise; a fraction ``p_miss`` of the
+    detections is dropped.
+    """
+    rng = np.random.default_rng(seed)
+    box = np.asarray(box_um, dtype=np.float64)
+    born = rng.random((n_particles, n_frames)) < 1.0 / mean_life
+    born[:, 0] = True
+    seg = np.cumsum(born, axis=1) - 1
+    n_seg = seg[:, -1] + 1
+    pid = seg + np.r_[0, np.cumsum(n_seg)[:-1]][:, None]
+    n_tot = int(n_seg.sum())
+    d = np.exp(rng.uniform(np.log(d_range[0]), np.log(d_range[1]), n_tot))
+    start = rng.random((n_tot, 3)) * box
+    pid_sub = np.repeat(pid, n_sub, axis=1)
+    steps = rng.standard_normal((n_particles, n_frames * n_sub, 3))
+    steps *= np.sqrt(2 * d[pid_sub] * DT / n_sub)[..., None]
+    born_sub = np.zeros(pid_sub.shape, dtype=bool)
+    born_sub[:, ::n_sub] = born
+    steps[born_sub] = 0.0
+    cum = np.cumsum(steps, axis=1)
+    idx = np.where(born_sub, np.arange(n_frames * n_sub)[None, :], 0)
+    idx = np.maximum.accumulate(idx, axis=1)
+    pos = start[pid_sub] + cum - np.take_along_axis(cum, idx[..., None], axis=1)
+    if walls:
+        pos = np.mod(pos, 2 * box)
+        pos = np.where(pos > box, 2 * box - pos, pos)
+    pos = pos.reshape(n_particles, n_frames, n_sub, 3).mean(axis=2)
+    pos += rng.standard_normal(pos.shape) * np.array([sigma_xy, sigma_xy, sigma_z])
+    p_i, f_i = np.nonzero(rng.random((n_particles, n_frames)) >= p_miss)
+    df = pd.DataFrame(
+        {
+            "frame": f_i.astype(np.int64),
+            "t_s": f_i * DT,
+            "x_um": pos[p_i, f_i, 0],
+            "y_um": pos[p_i, f_i, 1],
+            "z_um": pos[p_i, f_i, 2],
+            "dz_um": pos[p_i, f_i, 2] - 1.0,
+            "photons": rng.uniform(1000, 3000, len(p_i)),
+            "track_id": np.full(len(p_i), -1, dtype=np.int64),
+            "true_id": pid[p_i, f_i].astype(np.int64),
+            "true_D": d[pid[p_i, f_i]],
+        }
+    )
+    return df.sort_values(["frame", "x_um"], kind="stable").reset_index(drop=True)
+
+
+def link_precision(df: pd.DataFrame) -> tuple[float, int]:
+    """Fraction of links (consecutive rows of a track) joining the same particle."""
+    d = df[df["track_id"] >= 0].sort_values(["track_id", "frame"])
+    tid, tr = d["track_id"].to_numpy(), d["true_id"].to_numpy()
+    same = tid[1:] == tid[:-1]
+    return float((tr[1:] == tr[:-1])[same].mean()), int(same.sum())
+
+
+def link_recall(df: pd.DataFrame, memory: int) -> float:
+    """Fraction of true links (same particle, <= memory + 1 frames apart) made."""
+    t = df.sort_values(["true_id", "frame"])
+    ti, tf, tk = (t[c].to_numpy() for c in ("true_id", "frame", "track_id"))
+    ok = (ti[1:] == ti[:-1]) & (tf[1:] - tf[:-1] <= memory + 1)
+    made = (tk[1:] == tk[:-1]) & (tk[1:] >= 0)
+    return float(made[ok].mean())
+
+
+@pytest.fixture(scope="module")
+def sim_linked() -> pd.DataFrame:
+    return link_table(simulate(seed=1), LinkConfig(search_range_um=1.0, memory=3))
+
+
+# ------------------------------------------------------------------ linking
+
+
+def test_link_accuracy_on_simulated_diffusion(sim_linked: pd.DataFrame) -> None:
+    precision, n_links = link_precision(sim_linked)
+    assert n_links > 0.95 * 100 * 299
+    assert precision >= 0.95
+    assert precision >= 0.995  # what we measure: 99.9+ %
+    assert link_recall(sim_linked, memory=3) >= 0.995
+    n_true = sim_linked["true_id"].nunique()
+    assert abs(sim_linked["track_id"].nunique() - n_true) <= 0.05 * n_true
+    assert sim_linked["track_id"].dtype == np.int64
+    assert (sim_linked["track_id"] >= 0).all()
+
+
+def test_online_push_equals_link_table(sim_linked: pd.DataFrame) -> None:
+    df = sim_linked.drop(columns="track_id")
+    linker = OnlineLinker(LinkConfig(search_range_um=1.0, memory=3))
+    ids = []
+    for frame, g in df.groupby("frame", sort=True):
+        out = linker.push(int(frame), g[["x_um", "y_um", "z_um"]].to_numpy())
+        assert out.dtype == np.int64
+        assert out.shape == (len(g),)
+        ids.append(pd.Series(out, index=g.index))
+    online = pd.concat(ids).sort_index()
+    np.testing.assert_array_equal(online.to_numpy(), sim_linked["track_id"])
+    assert linker.n_tracks == sim_linked["track_id"].max() + 1
+
+
+def test_push_table_keeps_row_order_and_index() -> None:
+    df = simulate(20, 30, seed=3)
+    shuffled = df.sample(frac=1.0, random_state=0)
+    shuffled.index = shuffled.index + 1000
+    out = OnlineLinker().push_table(shuffled)
+    assert list(out.index) == list(shuffled.index)
+    assert "track_id" not in shuffled.columns or (shuffled["track_id"] == -1).all()
+    ref = link_table(df)
+    # rows of one frame in another order: new tracks are numbered in row order,
+    # but the tracks (the partition of the rows) are the same
+    a = out.sort_index()["track_id"].to_numpy()
+    b = ref["track_id"].to_numpy()
+    pairs = np.unique(np.stack([a, b], axis=1), axis=0)
+    assert len(pairs) == len(np.unique(a)) == len(np.unique(b))
+    # the next chunk continues the same tracks
+    linker = OnlineLinker()
+    a = linker.push_table(df[df["frame"] < 15])
+    b = linker.push_table(df[df["frame"] >= 15])
+    np.testing.assert_array_equal(
+        pd.concat([a, b])["track_id"].to_numpy(), ref["track_id"].to_numpy()
+    )
+
+
+def test_gap_closing_reconnects_across_missed_frames() -> None:
+    a = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]])
+    step = np.array([0.1, 0.0, 0.05])
+    linker = OnlineLinker(LinkConfig(search_range_um=1.0, memory=2))
+    np.testing.assert_array_equal(linker.push(0, a), [0, 1])
+    # particle 1 missed in frame 1, back in frame 2
+    np.testing.assert_array_equal(linker.push(1, a[:1] + step), [0])
+    np.testing.assert_array_equal(linker.push(2, a[::-1] + 2 * step), [1, 0])
+    # frame numbers count: frames 3..5 skipped entirely is a gap of 3 > memory 2
+    np.testing.assert_array_equal(linker.push(6, a + 3 * step), [2, 3])
+    assert linker.n_tracks == 4
+
+    no_memory = OnlineLinker(LinkConfig(search_range_um=1.0, memory=0))
+    no_memory.push(0, a)
+    no_memory.push(1, a[:1] + step)
+    np.testing.assert_array_equal(no_memory.push(2, a + 2 * step), [0, 2])
+
+
+def test_gap_closing_on_simulated_data(sim_linked: pd.DataFrame) -> None:
+    # true particles with a missed detection keep one id across the gap
+    t = sim_linked.sort_values(["true_id", "frame"])
+    ti, tf, tk = (t[c].to_numpy() for c in ("true_id", "frame", "track_id"))
+    gap = (ti[1:] == ti[:-1]) & (tf[1:] - tf[:-1] == 2)
+    assert gap.sum() > 100
+    assert (tk[1:] == tk[:-1])[gap].mean() >= 0.99
+
+
+def test_empty_frames_and_stable_ids() -> None:
+    linker = OnlineLinker(LinkConfig(memory=1))
+    empty = linker.push(0, np.empty((0, 3)))
+    assert empty.shape == (0,)
+    assert empty.dtype == np.int64
+    assert linker.n_tracks == 0
+    pts = np.array([[1.0, 1.0, 0.0], [5.0, 5.0, 1.0], [9.0, 1.0, 0.5]])
+    np.testing.assert_array_equal(linker.push(1, pts), [0, 1, 2])
+    assert linker.push(2, np.empty((0, 3))).shape == (0,)
+    # permuted order, same particles: ids follow the particles
+    np.testing.assert_array_equal(linker.push(3, pts[[2, 0, 1]] + 0.05), [2, 0, 1])
+    assert linker.push(4, []).shape == (0,)
+    assert linker.push(5, np.empty((0, 3))).shape == (0,)
+    # two empty frames > memory 1: tracks closed, new ids
+    np.testing.assert_array_equal(linker.push(6, pts), [3, 4, 5])
+    assert linker.n_tracks == 6
+    assert linker.last_frame == 6
+    with pytest.raises(ValueError, match="increasing"):
+        linker.push(6, pts)
+    with pytest.raises(ValueError, match="shape"):
+        linker.push(7, np.zeros((2, 2)))
+
+
+def test_global_assignment_beats_greedy() -> None:
+    # greedy would give B the localization at 0.6 and leave A unlinked
+    linker = OnlineLinker(LinkConfig(search_range_um=1.0, memory=0))
+    linker.push(0, np.array([[0.0, 0, 0], [1.0, 0, 0]]))
+    ids = linker.push(1, np.array([[0.6, 0, 0], [1.5, 0, 0]]))
+    np.testing.assert_array_equal(ids, [0, 1])
+
+
+def test_non_finite_rows_are_not_linked() -> None:
+    linker = OnlineLinker()
+    ids = linker.push(0, np.array([[0.0, 0, 0], [np.nan, 1, 1], [3.0, 3, 3]]))
+    np.testing.assert_array_equal(ids, [0, -1, 1])
+    ids = linker.push(1, np.array([[3.1, 3, 3], [0.1, np.inf, 0]]))
+    np.testing.assert_array_equal(ids, [1, -1])
+
+
+def test_z_scale_shrinks_axial_distances() -> None:
+    a = np.array([[0.0, 0.0, 0.0]])
+    b = np.array([[0.2, 0.0, 2.0]])
+    iso = OnlineLinker(LinkConfig(search_range_um=1.0))
+    iso.push(0, a)
+    assert iso.push(1, b)[0] == 1
+    aniso = OnlineLinker(LinkConfig(search_range_um=1.0, z_scale=3.0))
+    aniso.push(0, a)
+    assert aniso.push(1, b)[0] == 0
+
+
+def test_kdtree_candidates_match_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    df = simulate(250, 20, box_um=(20.0, 20.0, 3.0), seed=5)  # 250 x 250 > limit
+    assert link_mod._BRUTE_FORCE_PAIRS < 250 * 250
+    tree = link_table(df)
+    monkeypatch.setattr(link_mod, "_BRUTE_FORCE_PAIRS", 10**9)
+    brute = link_table(df)
+    np.testing.assert_array_equal(tree["track_id"], brute["track_id"])
+    assert link_precision(tree)[0] >= 0.99
+
+
+def test_min_track_length_and_drop_short() -> None:
+    df = simulate(30, 60, seed=2, mean_life=20.0)
+    full = link_table(df)
+    cut = link_table(df, LinkConfig(min_track_length=10))
+    counts = full.groupby("track_id").size()
+    short = counts.index[counts < 10]
+    assert len(short) > 0
+    assert (cut.loc[full["track_id"].isin(short), "track_id"] == -1).all()
+    kept = ~full["track_id"].isin(short)
+    np.testing.assert_array_equal(cut["track_id"][kept], full["track_id"][kept])
+    pd.testing.assert_frame_equal(drop_short_tracks(full, 10), cut)
+    with pytest.raises(ValueError, match="greater than 0"):
+        LinkConfig(search_range_um=0)
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        LinkConfig(memory=-1)
+
+
+# ---------------------------------------------------------------- diffusion
+
+
+def test_estimate_diffusion_single_track_noise_and_blur() -> None:
+    df = simulate(
+        1, 20000, walls=False, d_range=(0.2, 0.2), p_miss=0.0, mean_life=1e9, seed=7
+    )
+    est = estimate_diffusion(df, DT)
+    assert est.n_steps == 19999
+    assert est.D_um2_s == pytest.approx(0.2, rel=0.05)
+    assert abs(est.D_um2_s - 0.2) < 4 * est.D_se_um2_s
+    assert est.D_se_um2_s / est.D_um2_s < 0.03
+    assert est.D_xy_um2_s == pytest.approx(0.2, rel=0.05)
+    assert est.D_z_um2_s == pytest.approx(0.2, rel=0.1)
+    assert est.D_axes_um2_s[0] == pytest.approx(0.2, rel=0.08)
+    # localization error is recovered with R = 1/6 (exposure = frame interval)
+    assert est.loc_error_um[0] == pytest.approx(0.02, rel=0.2)
+    assert est.loc_error_um[2] == pytest.approx(0.05, rel=0.2)
+    # a naive MSD(1)/(2 dt) is biased by noise and blur; the estimator is not
+    d = np.diff(df[["x_um", "y_um", "z_um"]].to_numpy(), axis=0)
+    naive = float((d**2).mean() / (2 * DT))
+    assert abs(naive / 0.2 - 1) > 0.1
+    # array input gives the same; gaps are skipped, not bridged
+    arr = estimate_diffusion(df[["x_um", "y_um", "z_um"]].to_numpy(), DT)
+    assert arr.D_um2_s == pytest.approx(est.D_um2_s)
+    gappy = df.drop(index=df.index[::7])
+    est_g = estimate_diffusion(gappy, DT)
+    assert est_g.n_steps < est.n_steps
+    assert est_g.D_um2_s == pytest.approx(0.2, rel=0.06)
+    short = estimate_diffusion(df.iloc[:2], DT)
+    assert np.isnan(short.D_um2_s)
+    with pytest.raises(ValueError, match="exposure_s"):
+        estimate_diffusion(df, DT, exposure_s=2 * DT)
+
+
+@pytest.fixture(scope="module")
+def long_tracks() -> pd.DataFrame:
+    df = simulate(
+        100, 2000, box_um=(60.0, 60.0, 10.0), walls=False, mean_life=1e9, seed=11
+    )
+    return link_table(df, LinkConfig(search_range_um=1.0, memory=3))
+
+
+def test_diffusion_recovered_from_linked_tracks(long_tracks: pd.DataFrame) -> None:
+    assert link_precision(long_tracks)[0] >= 0.99
+    summary = summarize_tracks(long_tracks)  # frame interval from t_s
+    true_d = long_tracks.groupby("track_id")["true_D"].agg(lambda v: v.mode().iloc[0])
+    truth = true_d.loc[summary["track_id"]].to_numpy()
+    long = summary["n_localizations"].to_numpy() >= 1000
+    assert long.sum() >= 80
+    rel = summary["D_um2_s"].to_numpy()[long] / truth[long] - 1
+    # per track (about 1950 steps): relative SE 3-5 %, so nearly all within 10 %
+    assert np.mean(np.abs(rel) < 0.1) >= 0.9
+    assert abs(np.mean(rel)) < 0.02
+    zscore = (summary["D_um2_s"].to_numpy() - truth)[long] / summary[
+        "D_se_um2_s"
+    ].to_numpy()[long]
+    assert abs(zscore.mean()) < 0.4
+    assert 0.7 < zscore.std() < 1.4
+    # population: step-weighted mean of the true D
+    pop = estimate_diffusion_population(long_tracks, DT)
+    w = summary["n_localizations"].to_numpy()
+    target = float(np.average(truth, weights=w))
+    assert pop.D_um2_s == pytest.approx(target, rel=0.1)
+    assert pop.D_um2_s == pytest.approx(target, rel=0.03)
+    assert pop.D_xy_um2_s == pytest.approx(target, rel=0.03)
+    assert pop.D_z_um2_s == pytest.approx(target, rel=0.05)
+    assert 0 < pop.D_se_um2_s < 0.1 * target
+    assert pop.n_tracks == len(summary)
+    assert pop.loc_error_um[2] == pytest.approx(0.05, rel=0.1)
+    assert summary["loc_error_xy_um"].median() == pytest.approx(0.02, rel=0.15)
+
+
+def test_summarize_tracks_columns(sim_linked: pd.DataFrame) -> None:
+    locs = sim_linked.copy()
+    locs.loc[locs.index[:50], "track_id"] = -1
+    s = summarize_tracks(locs, frame_interval_s=DT, min_length=5)
+    for col, dtype in SUMMARY_COLUMNS.items():
+        assert s[col].dtype == dtype, col
+    required = [
+        "track_id", "n_localizations", "first_frame", "last_frame", "duration_s",
+        "x_um", "y_um", "z_um", "D_um2_s", "D_se_um2_s", "D_xy_um2_s", "D_z_um2_s",
+    ]  # fmt: skip
+    assert all(c in s.columns for c in required)
+    linked = locs[locs["track_id"] >= 0]
+    assert len(s) == linked["track_id"].nunique()
+    assert s["track_id"].is_monotonic_increasing
+    g = linked.groupby("track_id")
+    row = s.set_index("track_id")
+    np.testing.assert_array_equal(row["n_localizations"], g.size())
+    np.testing.assert_array_equal(row["first_frame"], g["frame"].min())
+    np.testing.assert_array_equal(row["last_frame"], g["frame"].max())
+    np.testing.assert_allclose(row["z_um"], g["z_um"].mean())
+    np.testing.assert_allclose(
+        row["duration_s"], (g["frame"].max() - g["frame"].min()) * DT
+    )
+    short = row["n_localizations"] < 5
+    assert short.any()
+    assert row.loc[short, "D_um2_s"].isna().all()
+    assert row.loc[~short, "D_um2_s"].notna().mean() > 0.99
+    # frame interval from t_s gives the same
+    s2 = summarize_tracks(locs, min_length=5)
+    np.testing.assert_allclose(s2["D_um2_s"], s["D_um2_s"], rtol=1e-9)
+
+
+def test_summarize_empty_and_unlinked() -> None:
+    empty = simulate(5, 5).iloc[:0]
+    s = summarize_tracks(empty, frame_interval_s=DT)
+    assert len(s) == 0
+    assert list(s.columns) == list(SUMMARY_COLUMNS)
+    unlinked = simulate(5, 5)
+    assert len(summarize_tracks(unlinked)) == 0
+
+
+# ------------------------------------------------------------------ exports
+
+
+def test_to_napari_tracks(sim_linked: pd.DataFrame) -> None:
+    locs = sim_linked.sample(frac=1.0, random_state=1)
+    locs.loc[locs.index[:10], "track_id"] = -1
+    data, props = to_napari_tracks(locs)
+    linked = locs[locs["track_id"] >= 0]
+    assert data.shape == (len(linked), 5)
+    assert data.dtype == np.float64
+    order = np.lexsort((data[:, 1], data[:, 0]))
+    np.testing.assert_array_equal(order, np.arange(len(data)))
+    ref = linked.sort_values(["track_id", "frame"])
+    np.testing.assert_array_equal(data[:, 0], ref["track_id"])
+    np.testing.assert_array_equal(data[:, 1], ref["frame"])
+    np.testing.assert_allclose(data[:, 2:], ref[["z_um", "y_um", "x_um"]])
+    assert {"t_s", "photons", "dz_um"} <= set(props)
+    for v in props.values():
+        assert len(v) == len(data)
+    np.testing.assert_allclose(props["photons"], ref["photons"])
+    empty, _ = to_napari_tracks(locs.iloc[:0])
+    assert empty.shape == (0, 5)
+
+
+def test_geff_round_trip(sim_linked: pd.DataFrame, tmp_path: Path) -> None:
+    locs = sim_linked[sim_linked["frame"] < 60].copy()
+    locs.loc[locs.index[:5], "track_id"] = -1
+    path = write_geff(locs, tmp_path / "tracks.geff")
+    assert path.exists()
+    nodes, edges = read_geff(path)
+    linked = locs[locs["track_id"] >= 0]
+    assert len(nodes) == len(linked)
+    assert len(edges) == len(linked) - linked["track_id"].nunique()
+    # node ids are row positions in the table; positions and times read back
+    rows = np.flatnonzero(locs["track_id"].to_numpy() >= 0)
+    assert set(nodes.index) == set(rows)
+    back = nodes.loc[rows]
+    for col in ("x_um", "y_um", "z_um", "t_s", "photons"):
+        np.testing.assert_array_equal(back[col].to_numpy(), locs[col].to_numpy()[rows])
+    np.testing.assert_array_equal(back["track_id"], locs["track_id"].to_numpy()[rows])
+    np.testing.assert_array_equal(back["frame"], locs["frame"].to_numpy()[rows])
+    # every edge joins consecutive localizations of one track
+    src, dst = nodes.loc[edges[:, 0]], nodes.loc[edges[:, 1]]
+    np.testing.assert_array_equal(src["track_id"].to_numpy(), dst["track_id"])
+    assert (dst["frame"].to_numpy() > src["frame"].to_numpy()).all()
+    assert (dst["frame"].to_numpy() - src["frame"].to_numpy()).max() <= 4
+
+    from geff import GeffMetadata
+
+    meta = GeffMetadata.read(str(path))
+    assert [a.name for a in meta.axes or []] == ["t", "z", "y", "x"]
+    assert [a.unit for a in meta.axes or []] == ["second"] + ["micrometer"] * 3
+    assert meta.directed
+
+    with pytest.raises(FileExistsError):
+        write_geff(locs, path)
+    write_geff(locs.iloc[:100], path, overwrite=True)
+    nodes2, _ = read_geff(path)
+    assert len(nodes2) == int((locs["track_id"].iloc[:100] >= 0).sum())
