@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_demo_writes_a_dual_plane_z_scan(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--dz", "-0.6", "-0.3", "0", "0.3"]) == 0
+    assert (
+        main(["demo", "--zscan", "--out", str(out), "--dz", "-0.6", "-0.3", "0", "0.3"])
+        == 0
+    )
     data = tifffile.imread(out / "dualplane_zscan.ome.tif")
     assert data.shape == (4, 2, 256, 256)
     assert data.dtype == np.uint16

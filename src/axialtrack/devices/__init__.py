@@ -13,6 +13,8 @@ Load them from a hardware config with ``#py`` lines, e.g.::
 - :class:`SimLightSource`: excitation light with a shutter and a power setting.
 - :class:`DualPlaneSplitter`: the dual-plane splitter description, used by real
   rigs too.
+- :class:`ReplayCamera`: streams a recorded run or movie at a set frame rate as if
+  live.
 
 Importing this package does not import the simulator (torch); the camera loads it
 when it renders its first frame.
@@ -31,6 +33,7 @@ from ._base import (
 )
 from .camera import SCENES, SimCamera
 from .light import SimLightSource
+from .replay import ReplayCamera, open_movie
 from .splitter import DualPlaneSplitter
 from .stages import SimXYStage, SimZPiezo
 
@@ -39,6 +42,7 @@ __all__ = [
     "AxialDevice",
     "Choices",
     "DualPlaneSplitter",
+    "ReplayCamera",
     "SimCamera",
     "SimLightSource",
     "SimXYStage",
@@ -48,4 +52,5 @@ __all__ = [
     "as_float",
     "as_int",
     "get_device",
+    "open_movie",
 ]

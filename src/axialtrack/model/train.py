@@ -320,6 +320,16 @@ def _rmse_nm(model: AxialNet, ex: Examples) -> float:
     return float(np.sqrt(np.mean((pred - ex.dz_um) ** 2)) * 1000)
 
 
+def _fold_affine_recalibration(model: AxialNet, va: Examples) -> dict[str, float]:
+    """Fit ``label ~ a * pred + c`` on ``va``; fold it into the head's dz row."""
+    pred = predict(model, va.crops, va.xy_norm)[:, 0].astype(float)
+    a, c = np.polyfit(pred, np.asarray(va.dz_um, float), 1)
+    with torch.no_grad():
+        model.head.weight[0] *= float(a)
+        model.head.bias[0] = float(a) * model.head.bias[0] + float(c)
+    return {"scale": float(a), "offset_um": float(c)}
+
+
 def train(
     data: Examples | CalibrationData | str | Path,
     *,
@@ -336,6 +346,8 @@ def train(
     augmentation: bool = True,
     max_time_s: float | None = None,
     ema_decay: float | None = 0.998,
+    lr_schedule: Literal["plateau", "cosine"] = "plateau",
+    recalibrate: bool = False,
 ) -> TrainResult:
     """Train the axial localization network on calibration examples.
 
@@ -374,6 +386,15 @@ def train(
         Keep an exponential moving average of the weights (and BatchNorm
         statistics) with this decay per optimizer step; it is what is validated
         and returned (``None``: the raw weights).
+    lr_schedule
+        ``"plateau"``: ReduceLROnPlateau on the validation loss (factor 0.5,
+        ``lr_patience``); ``"cosine"``: cosine decay from ``lr`` to ``lr / 100``
+        over ``epochs`` (``lr_patience`` unused; early stopping still applies).
+    recalibrate
+        After training, fit an affine map ``dz -> a * dz + c`` of the predicted
+        ``dz`` to the validation labels (least squares) and fold it into the
+        output layer's ``dz`` row, so every backend (torch, ONNX) applies it with
+        no change to the bundle format. ``a, c`` go to ``metrics["recalibration"]``.
 
     Returns
     -------
@@ -419,9 +440,19 @@ def train(
     aug_gen = torch.Generator().manual_seed(seed + 1)
     model = AxialNet(cfg).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, factor=0.5, patience=lr_patience
-    )
+    if lr_schedule not in ("plateau", "cosine"):
+        raise ValueError(
+            f"lr_schedule must be 'plateau' or 'cosine'; got {lr_schedule!r}"
+        )
+    sched: Any
+    if lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(epochs, 1), eta_min=lr / 100
+        )
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, factor=0.5, patience=lr_patience
+        )
     loader = DataLoader(
         TensorDataset(*_tensors(tr, dxy_tr)),
         batch_size=batch_size,
@@ -485,7 +516,10 @@ def train(
                     out = evaluated(val[0], val[1])
                     vloss = float(_loss(out, val[2], val[3], val[4], cfg, loss_name))
                     vrmse = float(torch.sqrt(F.mse_loss(out[:, 0], val[2]))) * 1000
-                sched.step(vloss)
+                if lr_schedule == "cosine":
+                    sched.step()
+                else:
+                    sched.step(vloss)
                 history.append(
                     {
                         "epoch": epoch,
@@ -514,6 +548,9 @@ def train(
             bar.stop()
     model.load_state_dict(best[2])
     model = model.cpu().eval()
+    recal: dict[str, float] | None = None
+    if recalibrate:
+        recal = _fold_affine_recalibration(model, va)
     metrics: dict[str, Any] = {
         "val_rmse_nm": _rmse_nm(model, va),
         "test_rmse_nm": _rmse_nm(model, te),
@@ -526,6 +563,8 @@ def train(
         "n_test": len(te),
         "subpixel_targets": dxy_all is not None,
     }
+    if recal is not None:
+        metrics["recalibration"] = recal
     return TrainResult(
         model=model,
         config=cfg,
@@ -544,5 +583,6 @@ def train(
             "augmentation": augmentation,
             "device": str(dev),
             "ema_decay": ema_decay,
+            "lr_schedule": lr_schedule,
         },
     )

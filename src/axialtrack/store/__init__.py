@@ -9,6 +9,7 @@ and pandas.
 
 from __future__ import annotations
 
+from axialtrack.store.amend import append_localizations_to_run
 from axialtrack.store.errors import (
     DiskFullError,
     InvalidFrameError,
@@ -62,6 +63,7 @@ __all__ = [
     "WriterOptions",
     "WriterStats",
     "WriterTooSlowError",
+    "append_localizations_to_run",
     "format_summary",
     "open_run",
     "read_attrs",

@@ -1,0 +1,199 @@
+"""The live analyzer: localize every frame, link into 3D tracks, summarize at the end.
+
+:class:`TrackingAnalyzer` is what the live runner, the MDA handler and
+``axialtrack localize`` call: frames in, localization rows with track ids out.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .link import LinkConfig, OnlineLinker
+from .localize import Localizer, LocalizerConfig
+from .tracks import summarize_tracks
+
+if TYPE_CHECKING:
+    from axialtrack.engine import Engine
+    from axialtrack.geometry import SplitterGeometry
+    from axialtrack.store import FrameMeta
+
+__all__ = ["TrackingAnalyzer", "make_analyzer"]
+
+logger = logging.getLogger(__name__)
+
+_SUMMARY_COLUMNS = ("frame", "t_s", "x_um", "y_um", "z_um", "track_id")
+
+
+class TrackingAnalyzer:
+    """Localize crop pairs through an engine and link them online.
+
+    Parameters
+    ----------
+    engine
+        The inference engine (:func:`axialtrack.engine.select_engine`).
+    plane_shape
+        ``(H, W)`` of one plane.
+    pixel_size_um
+        Pixel size in the sample (um).
+    affine
+        Plane-0 -> plane-1 affine ``(2, 3)`` (px); ``None`` takes the bundle's
+        registration.
+    localizer, link
+        Localization and linking settings.
+    frame_interval_s
+        Frame period, for the diffusion estimates of the track summary (``None``:
+        from the frames' times).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        plane_shape: tuple[int, int],
+        pixel_size_um: float,
+        affine: np.ndarray | None = None,
+        localizer: LocalizerConfig | None = None,
+        link: LinkConfig | None = None,
+        frame_interval_s: float | None = None,
+    ) -> None:
+        self.engine = engine
+        self.localizer = Localizer(
+            engine,
+            plane_shape=plane_shape,
+            pixel_size_um=pixel_size_um,
+            affine=affine,
+            config=localizer,
+        )
+        self.linker = OnlineLinker(link)
+        self.frame_interval_s = frame_interval_s
+        self._kept: list[pd.DataFrame] = []
+        self.n_localizations = 0
+
+    @property
+    def n_tracks(self) -> int:
+        """Track ids issued so far."""
+        return int(self.linker.n_tracks)
+
+    def analyze(
+        self,
+        planes: np.ndarray,
+        indices: np.ndarray | Sequence[int],
+        meta: Sequence[FrameMeta],
+    ) -> pd.DataFrame:
+        """Localization rows, with track ids, of frames ``indices``.
+
+        Parameters
+        ----------
+        planes
+            ``(F, 2, H, W)`` split frames.
+        indices
+            Their frame indices in the run (increasing).
+        meta
+            Their :class:`~axialtrack.store.FrameMeta` (camera time, stage Z).
+        """
+        planes = np.asarray(planes)
+        if planes.ndim == 3:
+            planes = planes[None]
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        t = np.array(
+            [np.nan if m.t_s is None else float(m.t_s) for m in meta], dtype=float
+        )
+        z = np.array([float(m.stage_z_um) for m in meta], dtype=float)
+        xy = np.array(
+            [(float(m.stage_x_um), float(m.stage_y_um)) for m in meta], dtype=float
+        ).reshape(-1, 2)
+        locs = self.localizer.localize(planes, idx, t, z, stage_xy_um=xy)
+        locs = self.linker.push_table(locs)
+        if len(locs):
+            self._kept.append(locs.loc[:, list(_SUMMARY_COLUMNS)])
+            self.n_localizations += len(locs)
+        return locs
+
+    def localizations(self) -> pd.DataFrame:
+        """Everything localized so far (the columns the track summary needs)."""
+        if not self._kept:
+            return pd.DataFrame({c: pd.Series(dtype=float) for c in _SUMMARY_COLUMNS})
+        return pd.concat(self._kept, ignore_index=True)
+
+    def finish(self) -> pd.DataFrame | None:
+        """The per-track summary of the run (``None`` when nothing was linked)."""
+        locs = self.localizations()
+        if not len(locs) or not (locs["track_id"] >= 0).any():
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return summarize_tracks(locs, frame_interval_s=self.frame_interval_s)
+
+
+def make_analyzer(
+    bundle_path: str | Path,
+    *,
+    plane_shape: tuple[int, int],
+    pixel_size_um: float,
+    geometry: SplitterGeometry | None = None,
+    frame_interval_s: float | None = None,
+    engine_prefer: str = "auto",
+    localizer: LocalizerConfig | None = None,
+    link: LinkConfig | None = None,
+    **engine_kwargs: Any,
+) -> TrackingAnalyzer:
+    """Load a bundle for the rig in use and build a :class:`TrackingAnalyzer`.
+
+    The bundle is refused (:class:`~axialtrack.model.BundleError`) when it was
+    trained for another pixel size or plane offset than the rig's. Plane 1 is
+    cropped through the bundle's calibration registration; a bundle without one
+    uses the splitter's nominal geometry.
+
+    Parameters
+    ----------
+    bundle_path
+        The ``.axialmodel`` directory.
+    plane_shape
+        ``(H, W)`` of one plane.
+    pixel_size_um
+        The rig's pixel size (um).
+    geometry
+        The rig's splitter geometry (plane offset, nominal plane-1 affine).
+    frame_interval_s
+        Frame period, for the track summary.
+    engine_prefer
+        Backend choice for :func:`axialtrack.engine.select_engine`.
+    localizer, link
+        Localization and linking settings.
+    **engine_kwargs
+        More arguments of :func:`~axialtrack.engine.select_engine`.
+    """
+    from axialtrack.engine import select_engine
+    from axialtrack.model import load_bundle
+
+    bundle = load_bundle(
+        bundle_path,
+        expect_pixel_size_um=pixel_size_um,
+        expect_plane_offset_um=None if geometry is None else geometry.plane_offset_um,
+    )
+    affine = bundle.registration_affine
+    if affine is None and geometry is not None:
+        affine = geometry.plane1_affine(plane_shape)
+        logger.warning(
+            "%s has no plane registration; cropping plane 1 through the splitter's "
+            "nominal geometry",
+            bundle.path,
+        )
+    engine = select_engine(bundle, prefer=engine_prefer, **engine_kwargs)
+    logger.info("inference engine: %s (%s)", engine.name, engine.reason)
+    return TrackingAnalyzer(
+        engine,
+        plane_shape=plane_shape,
+        pixel_size_um=pixel_size_um,
+        affine=affine,
+        localizer=localizer,
+        link=link,
+        frame_interval_s=frame_interval_s,
+    )

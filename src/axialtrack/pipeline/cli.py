@@ -1,0 +1,439 @@
+"""The ``axialtrack live`` and ``axialtrack localize`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["add_parsers", "cmd_live", "cmd_localize"]
+
+console = Console()
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``live`` and ``localize`` on an ``add_subparsers()`` object."""
+    p = subparsers.add_parser(
+        "live",
+        help="track particles live and record the run",
+        description="Acquire a live sequence, store every frame in a run store, "
+        "localize and link particles while the camera runs (frames the analysis "
+        "cannot keep up with are recorded and marked for `axialtrack localize`).",
+    )
+    p.add_argument("--config", default=None, help="hardware config (default: sim)")
+    p.add_argument("--model", default=None, help="model bundle (.axialmodel)")
+    p.add_argument("--duration", type=float, default=None, help="seconds to run")
+    p.add_argument("--frames", type=int, default=None, help="frames to acquire")
+    p.add_argument("--out", required=True, help="run store to write (.zarr)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out")
+    p.add_argument("--engine", default="auto", help="inference engine (auto)")
+    p.add_argument("--scene", default=None, help="simulated camera scene")
+    p.add_argument("--source", default=None, help="replay camera: recording to stream")
+    p.add_argument("--rate", type=float, default=None, help="replay frame rate (Hz)")
+    p.add_argument("--interval-ms", type=float, default=0.0, help="frame interval")
+    p.add_argument(
+        "--compression",
+        default=None,
+        choices=["zstd", "blosc-lz4", "blosc-zstd"],
+        help="frame compression (default none)",
+    )
+    p.add_argument("--no-status", action="store_true", help="no live status line")
+    p.set_defaults(func=cmd_live)
+
+    q = subparsers.add_parser(
+        "localize",
+        help="localize and link a recorded run (nothing skipped)",
+        description="Run the live pipeline offline over a recorded run: by "
+        "default the frames the live analysis skipped (analyzed = false) are "
+        "processed and added to the run; --all recomputes every frame and "
+        "replaces the table. A TIFF/zarr movie is processed into a new run "
+        "(--out) with the stated splitter --layout.",
+    )
+    q.add_argument("run", metavar="RUN.zarr", help="run store (or TIFF/zarr movie)")
+    q.add_argument("--model", required=True, help="model bundle (.axialmodel)")
+    q.add_argument("--all", action="store_true", help="recompute every frame")
+    q.add_argument("--engine", default="auto", help="inference engine (auto)")
+    q.add_argument("--batch", type=int, default=32, help="frames per batch (32)")
+    q.add_argument("--out", default=None, help="new run store (movie input)")
+    q.add_argument("--overwrite", action="store_true", help="replace --out")
+    q.add_argument(
+        "--layout",
+        default="side-by-side",
+        help="movie: splitter layout of sensor frames (side-by-side)",
+    )
+    q.add_argument("--plane-offset", type=float, default=0.5, help="movie: um")
+    q.add_argument("--mirror", default="none", help="movie: plane-1 mirror")
+    q.add_argument("--pixel-size", type=float, default=None, help="movie: um/px")
+    q.add_argument("--frame-interval", type=float, default=None, help="movie: s")
+    q.set_defaults(func=cmd_localize)
+
+
+def _make_analyzer(bundle: str, **kwargs: Any) -> Any:
+    from axialtrack.pipeline.analyzer import make_analyzer
+
+    return make_analyzer(bundle, **kwargs)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.2f}" if math.isfinite(v) else "-"
+    return str(v)
+
+
+def summary_table(metrics: Any, title: str = "Live run") -> Table:
+    """A rich table of :class:`~axialtrack.pipeline.runner.LiveMetrics`."""
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in metrics.as_dict().items():
+        if k == "warnings":
+            continue
+        t.add_row(k, _fmt(float("nan") if v is None else v))
+    return t
+
+
+# ------------------------------------------------------------------ live
+def cmd_live(args: argparse.Namespace) -> int:
+    """Handler of ``axialtrack live``."""
+    from rich.live import Live
+
+    from axialtrack.pipeline.runner import (
+        AnalysisError,
+        CameraStalledError,
+        CoreSource,
+        LiveRunner,
+        RunnerConfig,
+        open_live_writer,
+    )
+    from axialtrack.store import StoreError
+
+    out = Path(args.out).expanduser()
+    if (out.exists() or out.is_symlink()) and not args.overwrite:
+        console.print(
+            f"[red]{out} already exists.[/red] Pass --overwrite to replace it, or "
+            "choose another --out. Nothing was changed."
+        )
+        return 2
+    if args.duration is None and args.frames is None:
+        console.print("[red]Give --duration SECONDS or --frames N.[/red]")
+        return 2
+
+    from axialtrack.rig import RigConfigError, load_rig, splitter_geometry
+
+    try:
+        core = load_rig(args.config)
+    except RigConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    cam = core.getCameraDevice()
+    for prop, value in (
+        ("Scene", args.scene),
+        ("Source", args.source),
+        ("FrameRateHz", args.rate),
+    ):
+        if value is None:
+            continue
+        if not core.hasProperty(cam, prop):
+            console.print(f"[red]The camera {cam!r} has no {prop} property.[/red]")
+            return 2
+        core.setProperty(cam, prop, value)
+    geo = splitter_geometry(core)
+    sensor = (core.getImageHeight(), core.getImageWidth())
+    two = geo.layout == "two-cameras"
+    plane_shape = sensor if two else geo.plane_shape(sensor)
+    px = float(core.getPixelSizeUm())
+    period_s = max(core.getExposure(), args.interval_ms) / 1e3
+    analyzer = None
+    model_meta: dict[str, Any] = {}
+    if args.model:
+        analyzer = _make_analyzer(
+            args.model,
+            plane_shape=plane_shape,
+            pixel_size_um=px,
+            geometry=geo,
+            frame_interval_s=period_s,
+            engine_prefer=args.engine,
+        )
+        model_meta = {"bundle": str(Path(args.model).expanduser().absolute())}
+        if hasattr(analyzer, "provenance"):
+            model_meta.update(dict(analyzer.provenance))
+    try:
+        writer = open_live_writer(
+            out,
+            geometry=geo,
+            plane_shape=plane_shape,
+            pixel_size_um=px,
+            rig={"config": args.config or "sim-dualplane", "camera": cam},
+            model=model_meta,
+            overwrite=args.overwrite,
+            compression=args.compression,
+        )
+    except StoreError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    config = RunnerConfig(log_status=False)
+    source = CoreSource(core, interval_ms=args.interval_ms, two_cameras=two)
+    live = Live(
+        "starting...",
+        console=console,
+        refresh_per_second=4,
+        transient=True,
+        auto_refresh=False,
+    )
+
+    def on_status(m: Any) -> None:
+        if not args.no_status:
+            live.update(m.status_line(), refresh=True)
+
+    runner = LiveRunner(
+        source, analyzer, writer, geometry=geo, config=config, on_status=on_status
+    )
+    status = 0
+    metrics = None
+    try:
+        with live:
+            metrics = runner.run(duration_s=args.duration, n_frames=args.frames)
+    except (CameraStalledError, AnalysisError, StoreError) as exc:
+        console.print(f"[red]{type(exc).__name__}:[/red] {exc}")
+        status = 1
+    finally:
+        if core.isSequenceRunning():
+            core.stopSequenceAcquisition()
+    if metrics is None:
+        metrics = runner.metrics()
+    console.print(summary_table(metrics))
+    for w in metrics.warnings:
+        console.print(f"[yellow]{w}[/yellow]")
+    if metrics.stop_reason == "interrupted":
+        console.print("[yellow]Interrupted; everything acquired is stored.[/yellow]")
+    console.print(f"Run store: [green]{out}[/green]")
+    return status
+
+
+# -------------------------------------------------------------- localize
+def _empty_locs() -> dict[str, np.ndarray]:
+    from axialtrack.store import LOCALIZATION_COLUMNS
+
+    return {k: np.zeros(0, dtype=v) for k, v in LOCALIZATION_COLUMNS.items()}
+
+
+def _analyze_all(
+    analyzer: Any,
+    get_planes: Any,
+    indices: np.ndarray,
+    metas: list[Any],
+    batch: int,
+    on_batch: Any = None,
+) -> Any:
+    import pandas as pd
+
+    parts = []
+    for s in range(0, len(indices), batch):
+        idx = indices[s : s + batch]
+        planes = np.asarray(get_planes(idx))
+        table = analyzer.analyze(planes, idx, metas[s : s + batch])
+        if table is not None and len(table):
+            parts.append(table)
+        if on_batch is not None:
+            on_batch(len(idx), planes)
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    """Handler of ``axialtrack localize``."""
+    from rich.progress import Progress
+
+    from axialtrack.geometry import SplitterGeometry
+    from axialtrack.store import FrameMeta, StoreError, open_run
+    from axialtrack.store.amend import append_localizations_to_run
+
+    path = Path(args.run).expanduser()
+    if not path.exists():
+        console.print(f"[red]{path} does not exist.[/red]")
+        return 2
+    if not (path / "zarr.json").is_file() or args.out is not None:
+        return _localize_movie(args, path)
+    try:
+        run = open_run(path)
+    except StoreError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    if run.state != "closed":
+        console.print(
+            f"[red]{path} is not closed[/red] (being written, or its writer was "
+            "killed: run axialtrack.store.recover on it first)."
+        )
+        return 2
+    meta = run.frame_meta
+    todo = (
+        np.arange(run.n_frames)
+        if args.all
+        else np.flatnonzero(~meta["analyzed"].to_numpy())
+    )
+    if not todo.size:
+        console.print(f"Every frame of {path} is analyzed; nothing to do (--all).")
+        return 0
+    geo = SplitterGeometry(**(run.attrs.get("splitter") or {}))
+    h, w = run.attrs["plane_shape"]
+    analyzer = _make_analyzer(
+        args.model,
+        plane_shape=(int(h), int(w)),
+        pixel_size_um=run.pixel_size_um,
+        geometry=geo,
+        frame_interval_s=run.attrs.get("frame_interval_s"),
+        engine_prefer=args.engine,
+    )
+    metas = [
+        FrameMeta(
+            t_s=float(r.t_s),
+            stage_z_um=float(r.stage_z_um),
+            stage_x_um=float(r.stage_x_um),
+            stage_y_um=float(r.stage_y_um),
+            image_number=int(r.image_number),
+            position_index=int(r.position_index),
+        )
+        for r in meta.iloc[todo].itertuples()
+    ]
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("localizing", total=len(todo))
+        table = _analyze_all(
+            analyzer,
+            lambda idx: run.frames[idx],
+            todo,
+            metas,
+            max(1, args.batch),
+            lambda n, _p: progress.advance(task, n),
+        )
+    tracks = analyzer.finish()
+    if table is None:
+        table = _empty_locs()
+    elif not args.all and "track_id" in table and len(run.localizations):
+        # new tracks must not reuse the ids of the live tracks
+        offset = int(max(run.localizations["track_id"].max(), -1)) + 1
+        ids = table["track_id"].to_numpy()
+        table["track_id"] = np.where(ids >= 0, ids + offset, ids)
+        if tracks is not None and "track_id" in tracks:
+            import pandas as pd
+
+            tracks = tracks.copy()
+            tracks["track_id"] = tracks["track_id"] + offset
+            old = run.tracks
+            if len(old) and list(old.columns) == list(tracks.columns):
+                tracks = pd.concat([old, tracks], ignore_index=True)
+            elif len(old):
+                console.print(
+                    "[yellow]The new track summary has other columns than the "
+                    "run's; the run's track table is kept.[/yellow]"
+                )
+                tracks = None
+    append_localizations_to_run(
+        path, table, frames_analyzed=todo, tracks=tracks, replace=args.all
+    )
+    n = len(table["frame"])
+    console.print(
+        f"Localized {len(todo)} frame(s) of {path}: {n} localizations "
+        f"{'replaced the table' if args.all else 'added'}; every frame is now "
+        "analyzed."
+    )
+    if not args.all:
+        console.print(
+            "Tracks of these frames are linked among themselves only; run with "
+            "--all to relink the whole run."
+        )
+    return 0
+
+
+def _localize_movie(args: argparse.Namespace, path: Path) -> int:
+    from axialtrack.devices.replay import open_movie
+    from axialtrack.geometry import SplitterGeometry, split_frame
+    from axialtrack.store import FrameMeta, RunWriter, StoreError
+
+    if args.out is None:
+        console.print(
+            f"[red]{path} is not a run store.[/red] To process a TIFF/zarr movie "
+            "give --out NEW.zarr, --layout and --pixel-size."
+        )
+        return 2
+    if args.pixel_size is None:
+        console.print("[red]A movie needs --pixel-size (um per pixel).[/red]")
+        return 2
+    try:
+        geo = SplitterGeometry(
+            layout=args.layout, plane_offset_um=args.plane_offset, mirror=args.mirror
+        )
+        movie = open_movie(path)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+
+    def planes_of(i: int) -> np.ndarray:
+        f = movie.frame(i)
+        return f if movie.layout == "planes" else split_frame(f, geo)
+
+    first = planes_of(0)
+    plane_shape = (int(first.shape[1]), int(first.shape[2]))
+    dt = args.frame_interval
+    try:
+        writer = RunWriter(
+            args.out,
+            kind="live",
+            plane_shape=plane_shape,
+            pixel_size_um=args.pixel_size,
+            rig={"source": str(path)},
+            splitter=geo,
+            model={"bundle": str(args.model)},
+            overwrite=args.overwrite,
+            frame_interval_s=dt,
+        )
+    except StoreError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    analyzer = _make_analyzer(
+        args.model,
+        plane_shape=plane_shape,
+        pixel_size_um=args.pixel_size,
+        geometry=geo,
+        frame_interval_s=dt,
+        engine_prefer=args.engine,
+    )
+    n = len(movie)
+    idx_all = np.arange(n)
+    t = movie.t_s.copy()
+    if not np.isfinite(t).all():
+        t = idx_all * (dt or 1.0)
+    metas = [
+        FrameMeta(
+            t_s=float(t[i]),
+            stage_z_um=float(movie.stage_z_um[i]),
+            stage_x_um=float(movie.stage_x_um[i]),
+            stage_y_um=float(movie.stage_y_um[i]),
+            image_number=i,
+            analyzed=True,
+        )
+        for i in range(n)
+    ]
+    rows = 0
+    with writer:
+        batch = max(1, args.batch)
+        for s in range(0, n, batch):
+            idx = idx_all[s : s + batch]
+            planes = np.stack([planes_of(int(i)) for i in idx]).astype(np.uint16)
+            for i, p in zip(idx, planes, strict=True):
+                writer.append_frame(p, metas[int(i)])
+            table = analyzer.analyze(planes, idx, metas[s : s + batch])
+            if table is not None and len(table):
+                writer.append_localizations(table)
+                rows += len(table)
+        tracks = analyzer.finish()
+        if tracks is not None and len(tracks):
+            writer.write_tracks(tracks)
+    console.print(
+        f"Processed {n} frames of {path} into [green]{args.out}[/green]: "
+        f"{rows} localizations."
+    )
+    return 0

@@ -1,0 +1,568 @@
+"""Per-frame 3D localization: detect, refine XY, crop pairs, infer Z, photometry.
+
+:class:`Localizer` turns dual-plane frames into rows of the localization table
+(``frame, t_s, x_um, y_um, z_um, dz_um, sigma_z_um, photons, background,
+track_id`` plus ``x_px, y_px, saturated``).
+
+Coordinates
+-----------
+``x_px, y_px`` are plane-0 pixel coordinates (column, row; the first pixel's centre
+at ``(0, 0)``). ``x_um, y_um`` are sample (stage-frame) coordinates:
+
+    x_um = stage_x_um + (x_px - (W - 1) / 2) * pixel_size_um
+    y_um = stage_y_um + (y_px - (H - 1) / 2) * pixel_size_um
+
+i.e. the centre of plane 0 images the stage position, with the camera axes along
+the stage axes. Where the stage position is not given (or not finite) it counts as
+0, so ``x_um, y_um`` are relative to the centre of the field. This is the convention
+of the simulator (:meth:`axialtrack.sim.Renderer.world_to_pixels`), so simulated
+localizations compare directly with the ground truth. See
+:func:`pixels_to_sample_um` and :func:`sample_um_to_pixels`.
+
+``z_um = stage_z_um + dz_um``: the focus-stage position at which the particle is in
+focus in plane 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from axialtrack.geometry import apply_affine, invert_affine
+from axialtrack.store.layout import LOCALIZATION_COLUMNS
+
+from .config import LocalizerConfig
+from .crops import crop_centers, crop_pairs
+from .detect import Detections, detect
+
+__all__ = [
+    "TABLE_COLUMNS",
+    "Localizer",
+    "LocalizerConfig",
+    "empty_table",
+    "field_position",
+    "pixels_to_sample_um",
+    "refine_xy",
+    "sample_um_to_pixels",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Columns of :meth:`Localizer.localize` and their dtypes.
+TABLE_COLUMNS: dict[str, np.dtype] = {
+    **LOCALIZATION_COLUMNS,
+    "x_px": np.dtype("float64"),
+    "y_px": np.dtype("float64"),
+    "saturated": np.dtype("bool"),
+}
+
+
+class EngineLike(Protocol):
+    """What the localizer needs of an inference engine."""
+
+    @property
+    def crop_size(self) -> int: ...
+
+    @property
+    def needs_xy(self) -> bool: ...
+
+    @property
+    def bundle(self) -> Any: ...
+
+    def infer(self, pairs: np.ndarray, field_xy: np.ndarray | None) -> Any: ...
+
+
+# ---------------------------------------------------------------- coordinates
+def _stage_xy(stage_xy_um: Any, n: int) -> np.ndarray:
+    if stage_xy_um is None:
+        return np.zeros((n, 2))
+    s = np.asarray(stage_xy_um, dtype=float)
+    s = np.broadcast_to(s.reshape(-1, 2) if s.size != 2 else s.reshape(1, 2), (n, 2))
+    return np.where(np.isfinite(s), s, 0.0)
+
+
+def pixels_to_sample_um(
+    xy_px: np.ndarray,
+    plane_shape: tuple[int, int],
+    pixel_size_um: float,
+    stage_xy_um: np.ndarray | Sequence[float] | None = None,
+) -> np.ndarray:
+    """Sample coordinates ``(N, 2)`` (um) of plane-0 pixel positions ``(N, 2)``.
+
+    ``x_um = stage_x + (x_px - (W - 1) / 2) * pixel_size_um`` and likewise for y.
+    ``stage_xy_um`` is ``(2,)`` or ``(N, 2)``; ``None`` or non-finite values count
+    as 0 (coordinates relative to the field centre).
+    """
+    xy = np.asarray(xy_px, dtype=float).reshape(-1, 2)
+    h, w = plane_shape
+    centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    return _stage_xy(stage_xy_um, len(xy)) + (xy - centre) * float(pixel_size_um)
+
+
+def sample_um_to_pixels(
+    xy_um: np.ndarray,
+    plane_shape: tuple[int, int],
+    pixel_size_um: float,
+    stage_xy_um: np.ndarray | Sequence[float] | None = None,
+) -> np.ndarray:
+    """Inverse of :func:`pixels_to_sample_um`: plane-0 pixels ``(N, 2)``."""
+    xy = np.asarray(xy_um, dtype=float).reshape(-1, 2)
+    h, w = plane_shape
+    centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    return (xy - _stage_xy(stage_xy_um, len(xy))) / float(pixel_size_um) + centre
+
+
+def field_position(xy_px: np.ndarray, plane_shape: tuple[int, int]) -> np.ndarray:
+    """Normalized field position ``(N, 2)`` float32: ``2 x / (W - 1) - 1``, same y."""
+    xy = np.asarray(xy_px, dtype=float).reshape(-1, 2)
+    h, w = plane_shape
+    out = np.empty_like(xy)
+    out[:, 0] = 2.0 * xy[:, 0] / max(w - 1, 1) - 1.0
+    out[:, 1] = 2.0 * xy[:, 1] / max(h - 1, 1) - 1.0
+    return out.astype(np.float32)
+
+
+def empty_table() -> pd.DataFrame:
+    """A localization table with no rows and the right dtypes."""
+    return pd.DataFrame(
+        {k: pd.Series(np.zeros(0, dtype=dt)) for k, dt in TABLE_COLUMNS.items()}
+    )
+
+
+# ---------------------------------------------------------------- XY refinement
+def _windows(
+    planes: np.ndarray,
+    frame_index: np.ndarray,
+    plane: int,
+    centers: np.ndarray,
+    size: int,
+) -> np.ndarray:
+    """``size x size`` windows ``(N, k, k)`` of one plane (edge-clamped indices)."""
+    h, w = planes.shape[-2:]
+    half = size // 2
+    off = np.arange(-half, half + 1)
+    iy = np.clip(centers[:, 1, None] + off, 0, h - 1)[:, :, None]
+    ix = np.clip(centers[:, 0, None] + off, 0, w - 1)[:, None, :]
+    if planes.flags.c_contiguous:
+        base = ((frame_index * 2 + plane) * h)[:, None, None]
+        return np.take(planes.reshape(-1), (base + iy) * w + ix)
+    return planes[frame_index[:, None, None], plane, iy, ix]
+
+
+def _fit_windows(
+    img: np.ndarray, method: str, sigma_px: float, n_iter: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Offsets ``(N, 2)`` from the window centre, amplitude and validity."""
+    _n, k, _ = img.shape
+    half = k // 2
+    pos = np.arange(-half, half + 1, dtype=np.float32)
+    plus = np.maximum(img, 0.0)
+    tot = plus.sum(axis=(1, 2))
+    good = tot > 0
+    tot = np.where(good, tot, 1.0)
+    cx = (plus.sum(axis=1) @ pos) / tot
+    cy = (plus.sum(axis=2) @ pos) / tot
+    x, y = cx, cy
+    # the weight widens for spots wider than sigma_px (defocused): second moment
+    r2 = (plus.sum(axis=1) @ (pos**2) + plus.sum(axis=2) @ (pos**2)) / tot - (
+        cx**2 + cy**2
+    )
+    sig = np.clip(
+        np.sqrt(np.maximum(r2, 0.0) / 2.0), sigma_px, max(half / 1.5, sigma_px)
+    )
+    inv2s2 = (1.0 / (2.0 * sig**2)).astype(np.float32)[:, None]
+    if method == "fit":
+        for _ in range(int(n_iter)):
+            gx = np.exp(-((pos[None, :] - x[:, None]) ** 2) * inv2s2)  # (N, k)
+            gy = np.exp(-((pos[None, :] - y[:, None]) ** 2) * inv2s2)
+            col = np.einsum("nij,ni->nj", img, gy) * gx  # weighted column sums
+            row = np.einsum("nij,nj->ni", img, gx) * gy
+            den = col.sum(axis=1)
+            ok = den > 0
+            den = np.where(ok, den, 1.0)
+            x = np.where(ok, col @ pos / den, x)
+            y = np.where(ok, row @ pos / den, y)
+        lost = (
+            ~(np.isfinite(x) & np.isfinite(y)) | (np.abs(x) > half) | (np.abs(y) > half)
+        )
+        x = np.where(lost, cx, x)
+        y = np.where(lost, cy, y)
+    elif method != "centroid":
+        raise ValueError(f"unknown xy refinement method {method!r}")
+    # least-squares amplitude of a Gaussian of sigma_px at the estimate
+    gx = np.exp(-((pos[None, :] - x[:, None]) ** 2) * inv2s2)
+    gy = np.exp(-((pos[None, :] - y[:, None]) ** 2) * inv2s2)
+    num = np.einsum("nij,ni,nj->n", img, gy, gx)
+    amp = num / np.maximum((gx**2).sum(1) * (gy**2).sum(1), 1e-12)
+    xy = np.stack([np.where(good, x, 0.0), np.where(good, y, 0.0)], axis=1)
+    return xy.astype(float), amp.astype(float), good
+
+
+def refine_xy(
+    planes: np.ndarray,
+    frame_index: np.ndarray,
+    peaks_px: np.ndarray,
+    background_adu: np.ndarray,
+    *,
+    method: str = "fit",
+    size: int = 7,
+    sigma_px: float = 1.2,
+    n_iter: int = 3,
+    affine: np.ndarray | None = None,
+    background1_adu: np.ndarray | None = None,
+    offset_adu: float = 0.0,
+) -> np.ndarray:
+    """Sub-pixel plane-0 positions ``(N, 2)`` around integer peaks.
+
+    Parameters
+    ----------
+    planes
+        ``(F, 2, H, W)`` raw counts.
+    frame_index
+        ``(N,)`` frame of each peak.
+    peaks_px
+        ``(N, 2)`` peak pixels ``(x, y)`` in plane 0.
+    background_adu
+        ``(N,)`` plane-0 background per pixel (ADU, offset included).
+    method
+        ``"centroid"``: centroid of the positive background-subtracted counts in
+        the window. ``"fit"``: starting from the centroid, ``n_iter`` iterations of
+        the Gaussian-weighted centroid ``x = sum x_i I_i g_i / sum I_i g_i`` with
+        ``g`` a Gaussian of ``sigma_px`` at the current estimate (the Gaussian-mask
+        estimator; its fixed point is the centre of a symmetric spot, and it is
+        nearly as precise as a least-squares Gaussian fit at a fraction of the
+        cost). Estimates that leave the window fall back to the centroid.
+    size
+        Odd window side (px).
+    sigma_px
+        Width of the Gaussian weight.
+    n_iter
+        Iterations of ``"fit"``.
+    affine, background1_adu
+        With both given, plane 1 is fitted too (window at the registered
+        position, result mapped back to plane 0) and the two estimates are
+        averaged with weights ``A^2 / (A + 4 b)`` (``A``: fitted peak amplitude,
+        ``b``: background per pixel), the inverse of the approximate variance of
+        a Gaussian-spot position; so a particle in focus in plane 1 but not in
+        plane 0 is placed by plane 1.
+    offset_adu
+        Camera offset, for the weights.
+    """
+    peaks = np.rint(np.asarray(peaks_px, dtype=float).reshape(-1, 2)).astype(np.int64)
+    n = peaks.shape[0]
+    if n == 0:
+        return np.zeros((0, 2))
+    fi = np.asarray(frame_index, np.int64)
+    bg0 = np.asarray(background_adu, np.float32)[:, None, None]
+    if affine is None or background1_adu is None:
+        img = _windows(planes, fi, 0, peaks, size).astype(np.float32) - bg0
+        d0, _, _ = _fit_windows(img, method, sigma_px, n_iter)
+        return peaks + d0
+    # both planes in one vectorized fit
+    a = np.asarray(affine, dtype=float)
+    c1 = np.rint(apply_affine(a, peaks)).astype(np.int64)
+    bg1 = np.asarray(background1_adu, np.float32)[:, None, None]
+    img = np.concatenate(
+        [
+            _windows(planes, fi, 0, peaks, size).astype(np.float32) - bg0,
+            _windows(planes, fi, 1, c1, size).astype(np.float32) - bg1,
+        ]
+    )
+    d, amp, ok = _fit_windows(img, method, sigma_px, n_iter)
+    d0, d1, a0, a1, ok0, ok1 = d[:n], d[n:], amp[:n], amp[n:], ok[:n], ok[n:]
+    xy0 = peaks + d0
+    xy1 = apply_affine(invert_affine(a), c1 + d1)
+    b0 = np.maximum(np.asarray(background_adu, float) - offset_adu, 0.0)
+    b1 = np.maximum(np.asarray(background1_adu, float) - offset_adu, 0.0)
+    w0 = np.where(ok0 & (a0 > 0), a0**2 / np.maximum(a0 + 4.0 * b0, 1e-9), 0.0)
+    w1 = np.where(ok1 & (a1 > 0), a1**2 / np.maximum(a1 + 4.0 * b1, 1e-9), 0.0)
+    tot = w0 + w1
+    use = tot > 0
+    tot = np.where(use, tot, 1.0)
+    comb = (w0[:, None] * xy0 + w1[:, None] * xy1) / tot[:, None]
+    return np.where(use[:, None], comb, xy0)
+
+
+# -------------------------------------------------------------------- localizer
+class Localizer:
+    """Localize particles in 3D in dual-plane frames through an inference engine.
+
+    Parameters
+    ----------
+    engine
+        The inference engine (:func:`axialtrack.engine.select_engine`, or anything
+        with ``crop_size``, ``needs_xy``, ``bundle`` and ``infer``).
+    plane_shape
+        ``(H, W)`` of one plane (px).
+    pixel_size_um
+        Pixel size in the sample (um).
+    affine
+        Plane-0 -> plane-1 affine ``(2, 3)`` (px). ``None`` takes the bundle's
+        registration, or the identity (with a warning) when it has none.
+    config
+        Settings (default :class:`LocalizerConfig`).
+
+    Attributes
+    ----------
+    timings
+        Cumulative seconds per stage: ``detect``, ``xy``, ``crop``, ``infer``,
+        ``photometry``, and ``frames``/``localizations`` counts.
+    xy_method
+        The resolved XY method (``"fit"``, ``"network"`` or ``"centroid"``).
+    """
+
+    def __init__(
+        self,
+        engine: EngineLike,
+        *,
+        plane_shape: tuple[int, int],
+        pixel_size_um: float,
+        affine: np.ndarray | None = None,
+        config: LocalizerConfig | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config or LocalizerConfig()
+        self.plane_shape = (int(plane_shape[0]), int(plane_shape[1]))
+        self.pixel_size_um = float(pixel_size_um)
+        if not self.pixel_size_um > 0:
+            raise ValueError(f"pixel_size_um must be > 0; got {pixel_size_um}")
+        self.crop_size = int(engine.crop_size)
+        bundle = getattr(engine, "bundle", None)
+        if affine is None and bundle is not None:
+            affine = getattr(bundle, "registration_affine", None)
+        if affine is None:
+            warnings.warn(
+                "no plane registration given and the model bundle has none: "
+                "cropping plane 1 at the plane-0 positions (identity affine)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            affine = np.eye(2, 3)
+        self.affine = np.asarray(affine, dtype=float).reshape(2, 3)
+        outputs = list(getattr(bundle, "output_names", []) or [])
+        has_dxdy = "dx_px" in outputs and "dy_px" in outputs
+        method = self.config.xy_method
+        if method == "auto":
+            method = "network" if has_dxdy else "fit"
+        elif method == "network" and not has_dxdy:
+            raise ValueError(
+                "xy_method='network' needs a model with the sub-pixel (dx_px, dy_px) "
+                "outputs; this one has "
+                f"{outputs or 'unknown outputs'}. Use 'fit' or 'centroid'"
+            )
+        self.xy_method: str = method
+        self._check_rig(bundle)
+        self._warned_saturation = False
+        self.timings: dict[str, float] = dict.fromkeys(
+            ("detect", "xy", "crop", "infer", "photometry", "frames", "localizations"),
+            0.0,
+        )
+
+    def _check_rig(self, bundle: Any) -> None:
+        if bundle is None:
+            return
+        px = getattr(bundle, "pixel_size_um", None)
+        if px is not None and abs(px - self.pixel_size_um) > 0.01 * px:
+            warnings.warn(
+                f"the model was trained at pixel size {px:g} um but frames have "
+                f"{self.pixel_size_um:g} um: Z will be wrong; recalibrate",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        shape = getattr(bundle, "plane_shape", None)
+        if (
+            shape is not None
+            and tuple(shape) != self.plane_shape
+            and bool(getattr(self.engine, "needs_xy", False))
+        ):
+            logger.info(
+                "model calibrated on planes of %s px, frames are %s px: field "
+                "positions are normalized to the frames' plane",
+                tuple(shape),
+                self.plane_shape,
+            )
+
+    # ------------------------------------------------------------------ public
+    def detect(self, planes: np.ndarray) -> Detections:
+        """Detections of one ``(2, H, W)`` frame (crop margin applied)."""
+        d = detect(
+            planes,
+            self.config.detection,
+            self.config.camera,
+            self.affine,
+            margin_px=self.crop_size // 2,
+        )
+        m = self.config.max_per_frame
+        if m is not None and len(d) > m:
+            d = d.take(slice(0, m))
+        return d
+
+    def localize(
+        self,
+        planes: np.ndarray,
+        frames: Sequence[int] | np.ndarray,
+        t_s: Sequence[float] | np.ndarray,
+        stage_z_um: float | Sequence[float] | np.ndarray,
+        stage_xy_um: np.ndarray | None = None,
+    ) -> pd.DataFrame:
+        """Localization rows of ``F`` frames.
+
+        All crop pairs of all frames go through one ``engine.infer`` call.
+
+        Parameters
+        ----------
+        planes
+            ``(F, 2, H, W)`` (or ``(2, H, W)`` for one frame) raw counts.
+        frames
+            ``(F,)`` frame indices.
+        t_s
+            ``(F,)`` frame times (s).
+        stage_z_um
+            Focus-stage position per frame, ``(F,)`` or a scalar.
+        stage_xy_um
+            Stage position per frame, ``(F, 2)`` or ``(2,)`` (um); ``None`` or NaN:
+            coordinates relative to the field centre.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per localization, ordered by frame (brightest first within a
+            frame); columns :data:`TABLE_COLUMNS`, ``track_id`` -1.
+        """
+        cfg = self.config
+        cam = cfg.camera
+        arr = np.asarray(planes)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[1] != 2:
+            raise ValueError(
+                f"planes must have shape (F, 2, H, W) or (2, H, W); got {arr.shape}"
+            )
+        n_f = arr.shape[0]
+        h, w = arr.shape[-2:]
+        if (h, w) != self.plane_shape:
+            raise ValueError(
+                f"frames have planes of {(h, w)} px; the localizer was set up for "
+                f"{self.plane_shape}"
+            )
+        fr = np.asarray(frames, dtype=np.int64).reshape(-1)
+        ts = np.asarray(t_s, dtype=float).reshape(-1)
+        sz = np.broadcast_to(np.asarray(stage_z_um, dtype=float).reshape(-1), (n_f,))
+        if fr.shape[0] != n_f or ts.shape[0] != n_f:
+            raise ValueError(
+                f"{n_f} frame(s) but {fr.shape[0]} frame indices and {ts.shape[0]} "
+                "times"
+            )
+        sxy = _stage_xy(stage_xy_um, n_f)
+        tm = self.timings
+        tm["frames"] += n_f
+
+        # 1. detection, frame by frame
+        t0 = time.perf_counter()
+        dets = [self.detect(arr[f]) for f in range(n_f)]
+        counts = np.array([len(d) for d in dets], dtype=np.int64)
+        t1 = time.perf_counter()
+        tm["detect"] += t1 - t0
+        if counts.sum() == 0:
+            return empty_table()
+        fi = np.repeat(np.arange(n_f, dtype=np.int64), counts)
+        peaks = np.concatenate([d.xy_px for d in dets])
+        bg_ph = np.concatenate([d.background_photons for d in dets])
+        bg_adu = bg_ph / cam.photons_per_adu + cam.offset_adu
+        bg1_ph = np.concatenate([d.background1_photons for d in dets])
+        both = cfg.xy_planes == "both" and bool(np.all(np.isfinite(bg1_ph)))
+
+        # 2. sub-pixel XY before cropping (crops centre on the rounded position)
+        if self.xy_method in ("fit", "centroid"):
+            xy0 = refine_xy(
+                arr,
+                fi,
+                peaks,
+                bg_adu,
+                method=self.xy_method,
+                size=cfg.fit_size_px,
+                sigma_px=cfg.fit_sigma_px,
+                n_iter=cfg.fit_iterations,
+                affine=self.affine if both else None,
+                background1_adu=(
+                    bg1_ph / cam.photons_per_adu + cam.offset_adu if both else None
+                ),
+                offset_adu=cam.offset_adu,
+            )
+        else:
+            xy0 = peaks
+        t2 = time.perf_counter()
+        tm["xy"] += t2 - t1
+
+        # 3. crop pairs
+        pairs, inside = crop_pairs(
+            arr, xy0, self.affine, self.crop_size, frame_index=fi
+        )
+        if not inside.all():
+            pairs, xy0, fi = pairs[inside], xy0[inside], fi[inside]
+            bg_ph, bg_adu = bg_ph[inside], bg_adu[inside]
+        t3 = time.perf_counter()
+        tm["crop"] += t3 - t2
+        n = pairs.shape[0]
+        if n == 0:
+            return empty_table()
+
+        # 4. Z (and network XY)
+        field = field_position(xy0, self.plane_shape) if self.engine.needs_xy else None
+        res = self.engine.infer(pairs, field)
+        dz = np.asarray(res.dz_um, dtype=float).reshape(-1)
+        sig = np.asarray(res.sigma_z_um, dtype=float).reshape(-1)
+        if self.xy_method == "network":
+            c0, _ = crop_centers(xy0, self.affine)
+            d_xy = np.stack(
+                [np.asarray(res.dx_px, float), np.asarray(res.dy_px, float)], axis=1
+            )
+            xy0 = np.where(np.isfinite(d_xy), c0 + d_xy, xy0)
+        t4 = time.perf_counter()
+        tm["infer"] += t4 - t3
+
+        # 5. photometry on the plane-0 crop
+        s2 = self.crop_size**2
+        crop0 = pairs[:, 0].reshape(n, -1)
+        photons = (crop0.sum(axis=1, dtype=np.float64) - s2 * bg_adu) * (
+            cam.photons_per_adu
+        )
+        saturated = pairs.reshape(n, -1).max(axis=1) >= cfg.saturation_adu
+        if saturated.any() and not self._warned_saturation:
+            self._warned_saturation = True
+            msg = (
+                f"{int(saturated.sum())} localization(s) in frame(s) "
+                f"{sorted(set(fr[fi[saturated]].tolist()))[:5]} have saturated "
+                f"pixels (>= {cfg.saturation_adu} ADU); they are flagged "
+                "'saturated' and their Z and photons are unreliable. Lower the "
+                "exposure or the light (warned once)"
+            )
+            logger.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        xy_um = pixels_to_sample_um(xy0, self.plane_shape, self.pixel_size_um, sxy[fi])
+        t5 = time.perf_counter()
+        tm["photometry"] += t5 - t4
+        tm["localizations"] += n
+        return pd.DataFrame(
+            {
+                "frame": fr[fi],
+                "t_s": ts[fi],
+                "x_um": xy_um[:, 0],
+                "y_um": xy_um[:, 1],
+                "z_um": sz[fi] + dz,
+                "dz_um": dz,
+                "sigma_z_um": sig,
+                "photons": photons,
+                "background": bg_ph,
+                "track_id": np.full(n, -1, dtype=np.int64),
+                "x_px": xy0[:, 0].astype(float),
+                "y_px": xy0[:, 1].astype(float),
+                "saturated": saturated,
+            }
+        )

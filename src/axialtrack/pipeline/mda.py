@@ -1,0 +1,421 @@
+"""Live tracking of any ``useq`` sequence run through ``core.mda``.
+
+:class:`TrackingHandler` is a pymmcore-plus MDA output handler::
+
+    handler = TrackingHandler("run.zarr", analyzer, core=core)
+    core.mda.run(sequence, output=handler)  # or core.run_mda(..., output=...)
+    handler.metrics  # LiveMetrics of the run
+
+Each frame the MDA delivers is split into its two focal planes, written to a run
+store (every frame) and analyzed (as many as the analysis keeps up with; the rest
+are skipped and marked ``analyzed = false``): the same :class:`LiveRunner`
+threads as ``axialtrack live``, fed from the MDA's ``frameReady`` instead of the
+camera buffer. ``frameReady`` only queues the frame (no copy, no I/O), so it
+never holds up the acquisition, whether pymmcore-plus calls it from its relay
+thread (``output=handler``) or from the acquisition thread (:meth:`attach`, for
+sequences started elsewhere, e.g. pymmcore-widgets' MDA widget).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from axialtrack.geometry import SplitterGeometry
+from axialtrack.pipeline.runner import (
+    FrameAnalyzer,
+    LiveMetrics,
+    LiveRunner,
+    RunnerConfig,
+    SourceFrame,
+    open_live_writer,
+)
+from axialtrack.store import StoreExistsError, WriterOptions
+
+__all__ = ["TrackingHandler", "geometry_from_core"]
+
+logger = logging.getLogger(__name__)
+
+_TIME_KEYS = ("SimTime_s", "ReplayTime_s")
+_Z_KEYS = ("SimStageZ_um", "ReplayStageZ_um")
+_X_KEYS = ("SimStageX_um", "ReplayStageX_um")
+_Y_KEYS = ("SimStageY_um", "ReplayStageY_um")
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _first(md: Mapping[str, Any], keys: tuple[str, ...]) -> float:
+    for k in keys:
+        if k in md:
+            v = _num(md[k])
+            if math.isfinite(v):
+                return v
+    return math.nan
+
+
+_SPLITTER_PROPS = ("Layout", "PlaneOffsetUm", "Mirror", "ShiftXPx", "ShiftYPx")
+
+
+def geometry_from_core(core: Any) -> SplitterGeometry:
+    """The splitter geometry of the (one) DualPlaneSplitter device in ``core``.
+
+    Reads the device's properties through the core, like
+    :func:`axialtrack.rig.splitter_geometry`.
+    """
+    found = [
+        label
+        for label in core.getLoadedDevices()
+        if all(core.hasProperty(label, p) for p in _SPLITTER_PROPS)
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"{'no' if not found else 'several'} dual-plane splitter device(s) "
+            "loaded; pass geometry= to TrackingHandler"
+        )
+    label = found[0]
+
+    def num(prop: str) -> float:
+        return float(core.getProperty(label, prop))
+
+    return SplitterGeometry(
+        layout=str(core.getProperty(label, "Layout")),
+        mirror=str(core.getProperty(label, "Mirror")),
+        plane_offset_um=num("PlaneOffsetUm"),
+        shift_px=(num("ShiftXPx"), num("ShiftYPx")),
+        rotation_deg=num("RotationDeg"),
+        scale=num("Scale"),
+        transmission=num("Transmission"),
+    )
+
+
+class _QueueSource:
+    """A FrameSource fed by ``frameReady`` (unbounded; the runner drains it)."""
+
+    natural_end = True  # the sequence ending is the end of the run
+
+    def __init__(self) -> None:
+        self._q: queue.SimpleQueue[SourceFrame] = queue.SimpleQueue()
+        self._closed = False
+
+    def put(self, frame: SourceFrame) -> None:
+        self._q.put(frame)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def start(self, n_frames: int | None = None) -> None:
+        """Nothing to start: the MDA runs the camera."""
+
+    def stop(self) -> None:
+        """Nothing to stop here (the MDA owns the camera)."""
+
+    def next(self, timeout_s: float) -> SourceFrame | None:
+        try:
+            return self._q.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def finished(self) -> bool:
+        return self._closed and self._q.empty()
+
+    def depth(self) -> int:
+        return self._q.qsize()
+
+
+class TrackingHandler:
+    """MDA output handler: store every frame, track live, without blocking.
+
+    Parameters
+    ----------
+    out
+        Run store path. With ``{n}`` in it (e.g. ``"mda-{n:03d}.zarr"``) each
+        sequence gets its own store; otherwise sequences after the first get
+        ``-1``, ``-2``, ... before the suffix.
+    analyzer
+        The :class:`~axialtrack.pipeline.runner.FrameAnalyzer` (None: record
+        only).
+    core
+        The core running the MDA: gives the splitter geometry and pixel size if
+        not given, and is asked to cancel the MDA if the store fails.
+    geometry
+        Splitter geometry (default: from ``core``'s splitter device).
+    pixel_size_um
+        Default: the frame metadata's, else ``core.getPixelSizeUm()``.
+    overwrite
+        Replace existing stores. Without it an existing ``out`` is refused
+        here, before anything runs.
+    config, writer_options, compression, model, rig
+        Passed to the runner and the :class:`~axialtrack.store.RunWriter`.
+    on_status
+        Called with :class:`LiveMetrics` every ``config.status_interval_s``
+        (from the handler's supervisor thread).
+
+    Attributes
+    ----------
+    metrics
+        :class:`LiveMetrics` of the last finished sequence.
+    error
+        The exception that stopped the last sequence's run, if any.
+    path
+        The store of the current (or last) sequence.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike[str],
+        analyzer: FrameAnalyzer | None = None,
+        *,
+        core: Any = None,
+        geometry: SplitterGeometry | None = None,
+        pixel_size_um: float | None = None,
+        overwrite: bool = False,
+        config: RunnerConfig | None = None,
+        writer_options: WriterOptions | None = None,
+        compression: Any = None,
+        model: Mapping[str, Any] | None = None,
+        rig: Mapping[str, Any] | None = None,
+        on_status: Callable[[LiveMetrics], None] | None = None,
+    ) -> None:
+        self._out = os.fspath(out)
+        self.analyzer = analyzer
+        self.core = core
+        self.geometry = geometry
+        self.pixel_size_um = pixel_size_um
+        self.overwrite = overwrite
+        base = config or RunnerConfig()
+        # the MDA decides when frames come (intervals may be long): no stall check
+        self.config = base.model_copy(update={"stall_timeout_s": None})
+        self.writer_options = writer_options
+        self.compression = compression
+        self.model = dict(model or {})
+        self.rig = dict(rig or {})
+        self.on_status = on_status
+        self.metrics: LiveMetrics | None = None
+        self.error: BaseException | None = None
+        self.path: Path | None = None
+        self._count = 0
+        self._source: _QueueSource | None = None
+        self._runner: LiveRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._dropped = 0
+        self._attached: Any = None
+        first = self._path_for(0)
+        if first.exists() and not overwrite:
+            raise StoreExistsError(
+                f"{first} already exists. Pass overwrite=True to replace it, or "
+                "choose another output path."
+            )
+
+    # ---------------------------------------------------------- paths
+    def _path_for(self, n: int) -> Path:
+        if "{" in self._out:
+            return Path(self._out.format(n=n)).expanduser()
+        p = Path(self._out).expanduser()
+        if n == 0:
+            return p
+        return p.with_name(f"{p.stem}-{n}{p.suffix}")
+
+    # ------------------------------------------------------ connection
+    def attach(self, core: Any) -> None:
+        """Track every sequence ``core.mda`` runs (e.g. from the MDA widget).
+
+        Connects this handler to ``core.mda.events`` directly: ``frameReady``
+        then runs on the acquisition thread, where it only queues the frame.
+        """
+        if self._attached is not None:
+            self.detach()
+        ev = core.mda.events
+        ev.sequenceStarted.connect(self.sequenceStarted)
+        ev.frameReady.connect(self.frameReady)
+        ev.sequenceFinished.connect(self.sequenceFinished)
+        self._attached = core
+        if self.core is None:
+            self.core = core
+
+    def detach(self) -> None:
+        """Undo :meth:`attach`."""
+        core, self._attached = self._attached, None
+        if core is None:
+            return
+        ev = core.mda.events
+        for name in ("sequenceStarted", "frameReady", "sequenceFinished"):
+            with contextlib.suppress(Exception):  # not connected
+                getattr(ev, name).disconnect(getattr(self, name))
+
+    # -------------------------------------------------- MDA callbacks
+    def sequenceStarted(self, sequence: Any = None, meta: Any = None) -> None:
+        """Prepare a new run (the store is created with the first frame)."""
+        self.wait()
+        self.metrics = None
+        self.error = None
+        self._dropped = 0
+        self._source = _QueueSource()
+        self._runner = None
+        self._thread = None
+        self.path = self._path_for(self._count)
+        self._count += 1
+
+    def frameReady(
+        self, img: np.ndarray, event: Any = None, meta: Mapping[str, Any] | None = None
+    ) -> None:
+        """Queue the frame for the writer and the analysis; returns at once."""
+        t_host = time.perf_counter()
+        if self._source is None:  # frames without sequenceStarted (attach late)
+            self.sequenceStarted()
+        assert self._source is not None
+        if self._runner is None:
+            try:
+                self._start_runner(np.asarray(img), meta or {})
+            except BaseException as exc:
+                self.error = exc
+                logger.error("live tracking could not start: %s", exc)
+                self._cancel()
+                self._source = _QueueSource()
+                self._source.close()
+                self._runner = None
+                self._dropped += 1
+                return
+        if self._thread is not None and not self._thread.is_alive():
+            self._dropped += 1  # the run stopped (error logged once)
+            return
+        md = dict(meta or {})
+        cam: Mapping[str, Any] = md.get("camera_metadata") or {}
+        t_s = _first(cam, _TIME_KEYS)
+        if not math.isfinite(t_s):
+            t_s = _num(md.get("runner_time_ms")) / 1e3
+        pos = md.get("position") or {}
+        z = _first(cam, _Z_KEYS)
+        x = _first(cam, _X_KEYS)
+        y = _first(cam, _Y_KEYS)
+        if not math.isfinite(z):
+            z = _num(pos.get("z"))
+            if not math.isfinite(z) and event is not None:
+                z = _num(getattr(event, "z_pos", None))
+        if not math.isfinite(x):
+            x = _num(pos.get("x"))
+            if not math.isfinite(x) and event is not None:
+                x = _num(getattr(event, "x_pos", None))
+        if not math.isfinite(y):
+            y = _num(pos.get("y"))
+            if not math.isfinite(y) and event is not None:
+                y = _num(getattr(event, "y_pos", None))
+        num = _num(cam.get("ImageNumber"))
+        p_index = 0
+        if event is not None:
+            p_index = int(getattr(event, "index", {}).get("p", 0))
+        self._source.put(
+            SourceFrame(
+                raw=img,
+                t_s=t_s,
+                stage_z_um=z,
+                stage_x_um=x,
+                stage_y_um=y,
+                image_number=int(num) if math.isfinite(num) else -1,
+                position_index=p_index,
+                t_host=t_host,
+            )
+        )
+
+    def sequenceFinished(self, sequence: Any = None) -> None:
+        """Let the runner drain, write tracks and metrics, and close the store."""
+        if self._source is not None:
+            self._source.close()
+        self.wait()
+        if self._dropped and self.error is not None:
+            logger.error(
+                "%d frame(s) of this sequence arrived after the run had stopped "
+                "and were NOT stored (%s)",
+                self._dropped,
+                self.error,
+            )
+        self._source = None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the current run has closed its store."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # --------------------------------------------------------- running
+    def _start_runner(self, img: np.ndarray, meta: Mapping[str, Any]) -> None:
+        geo = self.geometry
+        if geo is None:
+            if self.core is None:
+                raise ValueError(
+                    "TrackingHandler needs geometry= or core= (to read the "
+                    "splitter device)"
+                )
+            geo = geometry_from_core(self.core)
+            self.geometry = geo
+        px = self.pixel_size_um
+        if px is None:
+            px = _num(meta.get("pixel_size_um"))
+            if not (px > 0) and self.core is not None:
+                px = float(self.core.getPixelSizeUm())
+            if not (px > 0):
+                raise ValueError(
+                    "no pixel size: define a pixel-size preset in the hardware "
+                    "config or pass pixel_size_um="
+                )
+        plane_shape = geo.plane_shape(img.shape)
+        assert self.path is not None
+        writer = open_live_writer(
+            self.path,
+            geometry=geo,
+            plane_shape=plane_shape,
+            pixel_size_um=px,
+            rig=self.rig,
+            model=self.model,
+            overwrite=self.overwrite,
+            compression=self.compression,
+            options=self.writer_options,
+        )
+        assert self._source is not None
+        runner = LiveRunner(
+            self._source,
+            self.analyzer,
+            writer,
+            geometry=geo,
+            config=self.config,
+            on_status=self.on_status,
+        )
+        self._runner = runner
+
+        def _run() -> None:
+            try:
+                self.metrics = runner.run()
+            except BaseException as exc:
+                self.error = exc
+                logger.error("live tracking of the MDA stopped: %s", exc)
+                self._cancel()
+
+        self._thread = threading.Thread(target=_run, name="mda-tracking", daemon=True)
+        self._thread.start()
+
+    def _cancel(self) -> None:
+        core = self.core
+        if core is not None:
+            try:
+                if core.mda.is_running():
+                    core.mda.cancel()
+            except Exception:  # pragma: no cover - best effort
+                logger.exception("could not cancel the MDA")
+
+    @property
+    def frames_queued(self) -> int:
+        """Frames received by ``frameReady`` not yet taken by the runner."""
+        return self._source.depth() if self._source is not None else 0

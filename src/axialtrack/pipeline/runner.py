@@ -1,0 +1,1127 @@
+"""The threaded live runner: camera -> frame ring -> writer and analysis.
+
+Threads
+-------
+*Acquisition* (``live-acquire``) takes each frame from the :class:`FrameSource`
+(the camera's circular buffer), splits it into a free slot of a preallocated ring
+of dual-plane frames and hands the slot to the writer thread and, if the analysis
+queue has room, to the analysis thread. It never waits for analysis: a frame that
+finds the analysis queue full is *skipped* (counted, and its ``analyzed`` flag
+stays false in the run store). It waits for a ring slot only while the writer
+thread holds them all, i.e. when storage cannot keep up, and then the writer
+stops the run with a clear error within its ``block_timeout_s``.
+
+*Writer feed* (``live-write``) hands every frame, in order, to
+:meth:`RunWriter.append_frame <axialtrack.store.RunWriter.append_frame>`, which
+copies it into the writer's own bounded pool; the writer's I/O threads put it on
+disk. Raw frames are never dropped: if the writer cannot take a frame
+(:class:`~axialtrack.store.WriterTooSlowError`, a full disk) the run stops and
+:meth:`LiveRunner.run` raises that error after closing the store, which keeps
+every frame it accepted.
+
+*Analysis* (``live-analyze``, one thread) gathers up to ``max_batch_frames``
+queued frames (waiting at most ``batch_deadline_s`` for a batch to fill), calls
+:meth:`FrameAnalyzer.analyze`, hands the localizations to the writer and marks
+the frames analyzed.
+
+The thread that calls :meth:`LiveRunner.run` supervises: it stops the run at the
+requested duration, reports :class:`LiveMetrics` to ``on_status`` every
+``status_interval_s`` and, at the end, writes the tracks, the final metrics
+(``live_metrics`` in the run's attributes) and closes the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from axialtrack.geometry import SplitterGeometry, unmirror
+from axialtrack.store import FrameMeta, RunWriter, StoreError, WriterOptions
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "AnalysisError",
+    "CameraStalledError",
+    "CoreSource",
+    "FrameAnalyzer",
+    "FrameSource",
+    "LiveMetrics",
+    "LiveRunner",
+    "RunnerConfig",
+    "SourceFrame",
+    "open_live_writer",
+    "split_into",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------- errors
+class CameraStalledError(RuntimeError):
+    """The camera stopped delivering frames while the run was going on."""
+
+
+class AnalysisError(RuntimeError):
+    """The frame analyzer raised; the run was stopped (raw frames are kept)."""
+
+
+# ------------------------------------------------------------- protocols
+class SourceFrame(NamedTuple):
+    """One raw camera frame and what is known about it.
+
+    Attributes
+    ----------
+    raw
+        The sensor frame: ``(H, 2W)`` side-by-side, ``(2H, W)`` top-bottom or
+        ``(2, H, W)`` for two cameras (see :func:`axialtrack.geometry.split_frame`).
+    t_s
+        Camera timestamp, seconds (stored as ``t_s`` of the frame).
+    stage_z_um, stage_x_um, stage_y_um
+        Stage positions during the exposure (NaN if unknown).
+    image_number
+        The camera's image counter (-1 if unknown).
+    position_index
+        Stage position (field) index in multi-position acquisitions.
+    t_host
+        ``time.perf_counter()`` time that corresponds to ``t_s`` (the frame
+        arriving in the camera buffer), for the end-to-end latency; NaN: the time
+        the runner received the frame is used.
+    """
+
+    raw: np.ndarray
+    t_s: float
+    stage_z_um: float = math.nan
+    stage_x_um: float = math.nan
+    stage_y_um: float = math.nan
+    image_number: int = -1
+    position_index: int = 0
+    t_host: float = math.nan
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """Where the runner takes raw frames from (a camera sequence, a queue, ...)."""
+
+    def start(self, n_frames: int | None = None) -> None:
+        """Start delivering frames (``n_frames`` of them, or until stopped)."""
+
+    def stop(self) -> None:
+        """Stop acquiring; frames already acquired may still be returned."""
+
+    def next(self, timeout_s: float) -> SourceFrame | tuple | None:
+        """The next frame, or None if none arrived within ``timeout_s``.
+
+        A plain tuple ``(raw, t_s, stage_z_um, stage_x_um, stage_y_um,
+        image_number)`` is accepted too.
+        """
+
+    def finished(self) -> bool:
+        """True when no more frames will come (stopped or done, buffer empty)."""
+
+
+class FrameAnalyzer(Protocol):
+    """The analysis the runner applies to batches of frames (one thread)."""
+
+    def analyze(
+        self, planes: np.ndarray, indices: np.ndarray, meta: Sequence[FrameMeta]
+    ) -> pd.DataFrame:
+        """Localizations of a batch of frames.
+
+        Parameters
+        ----------
+        planes
+            ``(F, 2, H, W)`` uint16 split (and un-mirrored) frames.
+        indices
+            ``(F,)`` int64 run frame indices, increasing, with gaps where frames
+            were skipped.
+        meta
+            The :class:`~axialtrack.store.FrameMeta` of each frame (``t_s`` is
+            the camera timestamp, ``stage_z_um`` the focus position, ...).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Localization rows (``frame``, ``t_s``, ``x_um``, ... ``track_id``) for
+            these frames; possibly empty.
+        """
+        ...
+
+    def finish(self) -> pd.DataFrame | None:
+        """At the end of the run: the per-track summary table (or None)."""
+        ...
+
+
+# ----------------------------------------------------------------- config
+class RunnerConfig(BaseModel):
+    """Tuning of a :class:`LiveRunner`.
+
+    Parameters
+    ----------
+    ring_frames
+        Dual-plane frames in the preallocated ring between the acquisition thread
+        and the writer/analysis threads. Must exceed ``analysis_queue_frames +
+        max_batch_frames`` so that analysis can never hold every slot.
+    max_batch_frames
+        Most frames handed to the analyzer at once.
+    batch_deadline_s
+        Longest wait, after the first queued frame, for a batch to fill.
+    analysis_queue_frames
+        Frames that may wait for analysis; beyond, new frames are skipped.
+    status_interval_s
+        Period of the ``on_status`` callback (and of the log line).
+    stall_timeout_s
+        No frame for this long while the camera should deliver: the run stops
+        with :class:`CameraStalledError` (every frame received is kept).
+        ``None`` disables the check (e.g. MDA runs with long intervals).
+    start_timeout_s
+        The same for the first frame (cameras may take a while to start).
+    poll_s
+        How long the acquisition thread waits for a frame before checking for
+        a stop request.
+    latency_window
+        Frames over which latency percentiles are computed (most recent).
+    log_status
+        Log the status line (``logging.INFO``) every ``status_interval_s``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ring_frames: int = Field(64, ge=4)
+    max_batch_frames: int = Field(8, ge=1)
+    batch_deadline_s: float = Field(0.02, ge=0)
+    analysis_queue_frames: int = Field(16, ge=1)
+    status_interval_s: float = Field(0.5, gt=0)
+    stall_timeout_s: float | None = Field(2.0, gt=0)
+    start_timeout_s: float = Field(30.0, gt=0)
+    poll_s: float = Field(0.05, gt=0)
+    latency_window: int = Field(4096, ge=16)
+    log_status: bool = True
+
+    @model_validator(mode="after")
+    def _check_ring(self) -> RunnerConfig:
+        need = self.analysis_queue_frames + self.max_batch_frames + 2
+        if self.ring_frames < need:
+            raise ValueError(
+                f"ring_frames={self.ring_frames} is too small: it must be at least "
+                f"analysis_queue_frames + max_batch_frames + 2 = {need}"
+            )
+        return self
+
+
+# ---------------------------------------------------------------- metrics
+@dataclass
+class LiveMetrics:
+    """A snapshot of a live run.
+
+    Attributes
+    ----------
+    frames_in
+        Frames received from the camera (all are given to the writer).
+    frames_analyzed
+        Frames the analyzer has processed.
+    frames_written
+        Frames on disk and committed (visible to readers).
+    frames_skipped
+        Frames the analysis skipped because it was behind (``analyzed = false``).
+    fps_in, fps_analyzed, fps_written
+        Rates over the last few seconds (in the final metrics: the run's mean
+        from the first frame to the last).
+    latency_ms_p50, latency_ms_p99
+        From the camera timestamp to the frame's localizations handed to the
+        writer (recent frames).
+    analysis_queue_depth, writer_queue_depth
+        Frames waiting for analysis, and frames the writer holds not yet on
+        disk (plus those waiting to be handed to it).
+    localizations
+        Localization rows handed to the writer.
+    tracks
+        Tracks so far (the analyzer's ``n_tracks`` if it has one, else the
+        distinct ``track_id >= 0``); -1 if unknown.
+    elapsed_s
+        Seconds since the run started.
+    camera_frames_lost
+        Gaps in the camera's image numbers: frames the camera buffer lost
+        before the runner could take them (should stay 0).
+    stop_reason
+        ``"running"``, ``"duration"``, ``"n_frames"``, ``"stopped"``,
+        ``"interrupted"``, ``"source-ended"`` (the camera stopped first),
+        ``"sequence-finished"`` (an MDA sequence ended) or ``"error"``.
+    writer_mb_s
+        Raw frame MB/s written since the store was opened.
+    """
+
+    frames_in: int = 0
+    frames_analyzed: int = 0
+    frames_written: int = 0
+    frames_skipped: int = 0
+    fps_in: float = 0.0
+    fps_analyzed: float = 0.0
+    fps_written: float = 0.0
+    latency_ms_p50: float = math.nan
+    latency_ms_p99: float = math.nan
+    analysis_queue_depth: int = 0
+    writer_queue_depth: int = 0
+    localizations: int = 0
+    tracks: int = -1
+    elapsed_s: float = 0.0
+    camera_frames_lost: int = 0
+    stop_reason: str = "running"
+    writer_mb_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-compatible dict (NaN becomes None)."""
+        out = asdict(self)
+        for k, v in out.items():
+            if isinstance(v, float):
+                out[k] = round(v, 4) if math.isfinite(v) else None
+        return out
+
+    def status_line(self) -> str:
+        """One line for a console: rates, latency, particles, tracks, skipped."""
+
+        def f(v: float, fmt: str = ".0f") -> str:
+            return format(v, fmt) if math.isfinite(v) else "-"
+
+        tracks = str(self.tracks) if self.tracks >= 0 else "-"
+        return (
+            f"{self.elapsed_s:6.1f} s | in {f(self.fps_in, '.1f')} fps, analyzed "
+            f"{f(self.fps_analyzed, '.1f')}, written {f(self.fps_written, '.1f')} | "
+            f"latency p50 {f(self.latency_ms_p50)} p99 {f(self.latency_ms_p99)} ms | "
+            f"{self.localizations} localizations, {tracks} tracks | skipped "
+            f"{self.frames_skipped} | queues a{self.analysis_queue_depth} "
+            f"w{self.writer_queue_depth}"
+        )
+
+
+# ---------------------------------------------------------------- helpers
+def split_into(raw: np.ndarray, geometry: SplitterGeometry, out: np.ndarray) -> None:
+    """Split a raw sensor frame into ``out`` (``(2, H, W)``) without allocating.
+
+    Same result as :func:`axialtrack.geometry.split_frame`.
+
+    Raises
+    ------
+    ValueError
+        The frame does not match the layout or ``out``'s plane shape.
+    """
+    raw = np.asarray(raw)
+    h, w = out.shape[-2:]
+    if geometry.layout == "two-cameras":
+        p0, p1 = raw[0], raw[1]
+        shape = raw.shape
+        want: tuple[int, ...] = (2, h, w)
+    else:
+        shape = raw.shape
+        want = geometry.sensor_shape((h, w))
+        if geometry.layout == "side-by-side":
+            p0, p1 = raw[:, :w], raw[:, w:]
+        else:
+            p0, p1 = raw[:h], raw[h:]
+    if tuple(shape) != tuple(want):
+        raise ValueError(
+            f"camera frame of shape {tuple(shape)} does not match the run: a "
+            f"{geometry.layout} sensor frame of two {h} x {w} planes is "
+            f"{tuple(want)}. Was the camera ROI or the splitter changed?"
+        )
+    out[0] = p0
+    out[1] = unmirror(p1, geometry.mirror)
+
+
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def open_live_writer(
+    out: str | os.PathLike[str],
+    *,
+    geometry: SplitterGeometry,
+    plane_shape: tuple[int, int],
+    pixel_size_um: float,
+    rig: Mapping[str, Any] | None = None,
+    model: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    frame_interval_s: float | None = None,
+    compression: Any = None,
+    options: WriterOptions | None = None,
+) -> RunWriter:
+    """Create the run store of a live run (``kind="live"``).
+
+    Raises
+    ------
+    axialtrack.store.StoreExistsError
+        ``out`` exists and ``overwrite`` is False (nothing is touched).
+    """
+    return RunWriter(
+        out,
+        kind="live",
+        plane_shape=plane_shape,
+        pixel_size_um=pixel_size_um,
+        rig=dict(rig or {}),
+        splitter=geometry,
+        model=dict(model or {}),
+        compression=compression,
+        overwrite=overwrite,
+        frame_interval_s=frame_interval_s,
+        options=options,
+    )
+
+
+# ----------------------------------------------------------- core source
+class CoreSource:
+    """A :class:`FrameSource` over a pymmcore-plus core's sequence acquisition.
+
+    :meth:`start` calls ``startSequenceAcquisition(n, interval_ms, False)`` (or
+    ``startContinuousSequenceAcquisition``), :meth:`next` pops frames with
+    ``popNextImageAndMD``.
+
+    The frame's ``t_s`` is the camera's own timestamp when its metadata has one
+    (``SimTime_s`` of the simulated camera, ``ReplayTime_s`` of the replay
+    camera; see ``time_keys``), else ``ElapsedTime-ms`` (the core's time since
+    the sequence started). Stage positions come from the metadata
+    (``SimStageZ_um``, ``ReplayStageZ_um``, ...) or else from the positions the
+    core reported when the sequence started (the stage does not move during a
+    live run).
+
+    Two cameras (the ``two-cameras`` splitter layout under Micro-Manager's
+    ``Multi Camera``): the core's buffer holds the images of both cameras; each
+    image's ``Camera`` tag names its physical camera. Images are paired in
+    arrival order per camera, plane 0 from ``camera_labels[0]``, into a
+    ``(2, H, W)`` raw frame.
+
+    Parameters
+    ----------
+    core
+        A loaded ``CMMCorePlus``/``UniMMCore``.
+    interval_ms
+        Frame interval passed to the sequence acquisition (0: as fast as the
+        exposure allows).
+    two_cameras
+        Pair images of two physical cameras (see above).
+    camera_labels
+        Physical camera labels of plane 0 and plane 1 (two cameras); default:
+        the core's camera channels 0 and 1.
+    time_keys, z_keys, x_keys, y_keys
+        Metadata tags tried, in order, for the timestamp (seconds) and the
+        stage positions (um).
+    """
+
+    def __init__(
+        self,
+        core: Any,
+        *,
+        interval_ms: float = 0.0,
+        two_cameras: bool = False,
+        camera_labels: tuple[str, str] | None = None,
+        time_keys: Sequence[str] = ("SimTime_s", "ReplayTime_s"),
+        z_keys: Sequence[str] = ("SimStageZ_um", "ReplayStageZ_um"),
+        x_keys: Sequence[str] = ("SimStageX_um", "ReplayStageX_um"),
+        y_keys: Sequence[str] = ("SimStageY_um", "ReplayStageY_um"),
+    ) -> None:
+        self.core = core
+        self.interval_ms = float(interval_ms)
+        self.two_cameras = bool(two_cameras)
+        self._labels = camera_labels
+        self._time_keys = tuple(time_keys)
+        self._z_keys = tuple(z_keys)
+        self._x_keys = tuple(x_keys)
+        self._y_keys = tuple(y_keys)
+        self._z0 = self._x0 = self._y0 = math.nan
+        self._t_start = math.nan
+        self._started = False
+        self._pending: dict[str, deque[tuple[np.ndarray, Mapping[str, Any]]]] = {}
+
+    def start(self, n_frames: int | None = None) -> None:
+        """Start the core's sequence acquisition."""
+        core = self.core
+        with contextlib.suppress(Exception):
+            if core.getFocusDevice():
+                self._z0 = float(core.getPosition())
+        with contextlib.suppress(Exception):
+            if core.getXYStageDevice():
+                self._x0, self._y0 = (float(v) for v in core.getXYPosition())
+        if self.two_cameras and self._labels is None:
+            try:
+                self._labels = (
+                    str(core.getCameraChannelName(0)),
+                    str(core.getCameraChannelName(1)),
+                )
+            except Exception as exc:
+                raise RuntimeError(
+                    "two-cameras: cannot tell the two physical cameras apart "
+                    f"({exc}); pass camera_labels=(plane0_camera, plane1_camera)"
+                ) from None
+        if core.isSequenceRunning():
+            core.stopSequenceAcquisition()
+        self._pending = {}
+        self._t_start = time.perf_counter()
+        if n_frames is not None:
+            n_images = int(n_frames) * (2 if self.two_cameras else 1)
+            core.startSequenceAcquisition(n_images, self.interval_ms, False)
+        else:
+            core.startContinuousSequenceAcquisition(self.interval_ms)
+        self._started = True
+
+    def stop(self) -> None:
+        """Stop the sequence acquisition (frames in the buffer stay poppable)."""
+        if self._started and self.core.isSequenceRunning():
+            self.core.stopSequenceAcquisition()
+
+    def finished(self) -> bool:
+        """The sequence is over and the buffer is empty."""
+        core = self.core
+        return (
+            self._started
+            and not core.isSequenceRunning()
+            and core.getRemainingImageCount() == 0
+        )
+
+    def _meta_value(self, md: Mapping[str, Any], keys: Sequence[str]) -> float:
+        for k in keys:
+            if k in md:
+                v = _as_float(md[k])
+                if math.isfinite(v):
+                    return v
+        return math.nan
+
+    def _pop(self) -> tuple[np.ndarray, Mapping[str, Any]]:
+        img, md = self.core.popNextImageAndMD()
+        return img, md
+
+    def next(self, timeout_s: float) -> SourceFrame | None:
+        """Pop the next frame (pairing two cameras' images if configured)."""
+        deadline = time.perf_counter() + timeout_s
+        core = self.core
+        while True:
+            if core.getRemainingImageCount() > 0:
+                img, md = self._pop()
+                if not self.two_cameras:
+                    return self._frame(img, md)
+                pair = self._pair(img, md)
+                if pair is not None:
+                    return pair
+                continue
+            if time.perf_counter() >= deadline:
+                return None
+            time.sleep(0.0005)
+
+    def _pair(self, img: np.ndarray, md: Mapping[str, Any]) -> SourceFrame | None:
+        assert self._labels is not None
+        cam = str(md.get("Camera", ""))
+        if cam not in self._labels:
+            raise RuntimeError(
+                f"two-cameras: an image came from camera {cam!r}, not one of "
+                f"{self._labels}; pass camera_labels= with the physical cameras"
+            )
+        self._pending.setdefault(cam, deque()).append((np.asarray(img), md))
+        q0 = self._pending.get(self._labels[0])
+        q1 = self._pending.get(self._labels[1])
+        if not q0 or not q1:
+            return None
+        img0, md0 = q0.popleft()
+        img1, _ = q1.popleft()
+        return self._frame(np.stack([img0, img1]), md0)
+
+    def _frame(self, img: np.ndarray, md: Mapping[str, Any]) -> SourceFrame:
+        elapsed_ms = _as_float(md.get("ElapsedTime-ms"))
+        t_s = self._meta_value(md, self._time_keys)
+        if not math.isfinite(t_s):
+            t_s = elapsed_ms / 1e3
+        t_host = (
+            self._t_start + elapsed_ms / 1e3 if math.isfinite(elapsed_ms) else math.nan
+        )
+        z = self._meta_value(md, self._z_keys)
+        x = self._meta_value(md, self._x_keys)
+        y = self._meta_value(md, self._y_keys)
+        num = _as_float(md.get("ImageNumber"))
+        return SourceFrame(
+            raw=img,
+            t_s=t_s,
+            stage_z_um=z if math.isfinite(z) else self._z0,
+            stage_x_um=x if math.isfinite(x) else self._x0,
+            stage_y_um=y if math.isfinite(y) else self._y0,
+            image_number=int(num) if math.isfinite(num) else -1,
+            t_host=t_host,
+        )
+
+
+# ----------------------------------------------------------------- runner
+_DONE = object()
+
+
+class _Ring:
+    """Preallocated dual-plane frames with reference counts."""
+
+    def __init__(self, n: int, frame_shape: tuple[int, int, int]) -> None:
+        self.frames = np.empty((n, *frame_shape), dtype=np.uint16)
+        self._refs = [0] * n
+        self._lock = threading.Lock()
+        self._free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for i in range(n):
+            self._free.put(i)
+        self.n = n
+
+    def acquire(self, timeout: float) -> int | None:
+        try:
+            return self._free.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def hold(self, slot: int, refs: int) -> None:
+        with self._lock:
+            self._refs[slot] = refs
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            self._refs[slot] -= 1
+            free = self._refs[slot] <= 0
+        if free:
+            self._free.put(slot)
+
+    def in_use(self) -> int:
+        return self.n - self._free.qsize()
+
+
+class LiveRunner:
+    """Run a live acquisition: every frame stored, as many as possible analyzed.
+
+    Parameters
+    ----------
+    source
+        Where the frames come from (:class:`CoreSource` for a camera).
+    analyzer
+        The frame analysis, or None to record only.
+    writer
+        An open :class:`~axialtrack.store.RunWriter`; the runner closes it.
+    geometry
+        How the planes lie on the sensor (splits each raw frame).
+    config
+        Threading and queue tuning.
+    on_status
+        Called with a :class:`LiveMetrics` every ``status_interval_s`` from the
+        thread that called :meth:`run` (never from the acquisition thread).
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        analyzer: FrameAnalyzer | None,
+        writer: RunWriter,
+        *,
+        geometry: SplitterGeometry,
+        config: RunnerConfig | None = None,
+        on_status: Callable[[LiveMetrics], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.analyzer = analyzer
+        self.writer = writer
+        self.geometry = geometry
+        self.config = config or RunnerConfig()
+        self.on_status = on_status
+        self._stop = threading.Event()
+        self._ran = False
+        cfg = self.config
+        self._ring = _Ring(cfg.ring_frames, writer.frame_shape)
+        self._write_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._ana_q: deque[tuple[int, int, FrameMeta, float]] = deque()
+        self._ana_cv = threading.Condition()
+        self._acq_done = False
+        self._failure: BaseException | None = None
+        self._fail_lock = threading.Lock()
+        self._stop_reason = "running"
+        self._warnings: list[str] = []
+        # counters
+        self._frames_in = 0
+        self._frames_handed = 0
+        self._frames_analyzed = 0
+        self._frames_skipped = 0
+        self._camera_lost = 0
+        self._rows = 0
+        self._track_ids: set[int] = set()
+        self._lat: deque[float] = deque(maxlen=cfg.latency_window)
+        self._lat_lock = threading.Lock()
+        self._pending_analyzed: list[np.ndarray] = []
+        self._t0 = math.nan
+        self._t_first = math.nan
+        self._t_last = math.nan
+        self._history: deque[tuple[float, int, int, int]] = deque(maxlen=64)
+
+    # ------------------------------------------------------------- public
+    def stop(self) -> None:
+        """Ask the run to stop; :meth:`run` returns once everything is stored."""
+        if self._stop_reason == "running":
+            self._stop_reason = "stopped"
+        self._stop.set()
+
+    def run(
+        self, *, duration_s: float | None = None, n_frames: int | None = None
+    ) -> LiveMetrics:
+        """Acquire, store and analyze until done; return the final metrics.
+
+        Stops after ``duration_s`` seconds or ``n_frames`` frames (whichever
+        first; neither: until :meth:`stop`, Ctrl-C or the source ends). At the
+        end it marks analyzed frames, writes the analyzer's tracks, stores the
+        metrics as ``live_metrics`` in the run's attributes and closes the
+        store. Ctrl-C stops the run cleanly (``stop_reason="interrupted"``).
+
+        Raises
+        ------
+        CameraStalledError
+            No frame for ``stall_timeout_s``; the store holds every frame
+            received and is closed.
+        AnalysisError
+            The analyzer raised; raw frames are kept.
+        axialtrack.store.StoreError
+            The store could not keep up or failed (its message says how many
+            frames are safely stored).
+        """
+        if self._ran:
+            raise RuntimeError("a LiveRunner runs once; create a new one")
+        self._ran = True
+        if duration_s is not None and duration_s <= 0:
+            raise ValueError(f"duration_s must be > 0, got {duration_s}")
+        if n_frames is not None and n_frames <= 0:
+            raise ValueError(f"n_frames must be > 0, got {n_frames}")
+        cfg = self.config
+        try:
+            self.source.start(n_frames)
+        except BaseException:
+            with contextlib.suppress(StoreError):
+                self.writer.close()
+            raise
+        self._t0 = time.perf_counter()
+        threads = [
+            threading.Thread(
+                target=self._acquire_loop,
+                args=(n_frames,),
+                name="live-acquire",
+                daemon=True,
+            ),
+            threading.Thread(target=self._write_loop, name="live-write", daemon=True),
+        ]
+        if self.analyzer is not None:
+            threads.append(
+                threading.Thread(
+                    target=self._analyze_loop, name="live-analyze", daemon=True
+                )
+            )
+        for t in threads:
+            t.start()
+        acq = threads[0]
+        end = None if duration_s is None else self._t0 + duration_s
+        try:
+            while acq.is_alive():
+                now = time.perf_counter()
+                wait = cfg.status_interval_s
+                if end is not None:
+                    if now >= end and not self._stop.is_set():
+                        if self._stop_reason == "running":
+                            self._stop_reason = "duration"
+                        self._stop.set()
+                    wait = min(wait, max(end - now, 0.001))
+                acq.join(wait)
+                self._report()
+        except KeyboardInterrupt:
+            if self._stop_reason == "running":
+                self._stop_reason = "interrupted"
+            self._stop.set()
+            acq.join()
+        finally:
+            self._stop.set()
+            acq.join()
+            self._write_q.put(_DONE)
+            with self._ana_cv:
+                self._acq_done = True
+                self._ana_cv.notify_all()
+            for t in threads[1:]:
+                t.join()
+        return self._finish()
+
+    def metrics(self) -> LiveMetrics:
+        """The current metrics (rates over the last few seconds)."""
+        now = time.perf_counter()
+        w = self.writer
+        written = w.frames_committed
+        hist = self._history
+        snap = (now, self._frames_in, self._frames_analyzed, written)
+        hist.append(snap)
+        while len(hist) > 2 and now - hist[0][0] > 3.0:
+            hist.popleft()
+        t_a, in_a, an_a, wr_a = hist[0]
+        dt = now - t_a
+        if dt <= 0 or len(hist) < 2:
+            elapsed = max(now - self._t0, 1e-9)
+            fps = (
+                self._frames_in / elapsed,
+                self._frames_analyzed / elapsed,
+                written / elapsed,
+            )
+        else:
+            fps = (
+                (self._frames_in - in_a) / dt,
+                (self._frames_analyzed - an_a) / dt,
+                (written - wr_a) / dt,
+            )
+        return self._snapshot(now, fps, written)
+
+    # ------------------------------------------------------------ helpers
+    def _snapshot(
+        self, now: float, fps: tuple[float, float, float], written: int
+    ) -> LiveMetrics:
+        with self._lat_lock:
+            lat = np.array(self._lat, dtype=float)
+        p50 = float(np.percentile(lat, 50)) * 1e3 if lat.size else math.nan
+        p99 = float(np.percentile(lat, 99)) * 1e3 if lat.size else math.nan
+        n_tracks = getattr(self.analyzer, "n_tracks", None)
+        if isinstance(n_tracks, (int, np.integer)):
+            tracks = int(n_tracks)
+        elif self.analyzer is None:
+            tracks = -1
+        else:
+            tracks = len(self._track_ids)
+        st = self.writer.stats
+        return LiveMetrics(
+            frames_in=self._frames_in,
+            frames_analyzed=self._frames_analyzed,
+            frames_written=written,
+            frames_skipped=self._frames_skipped,
+            fps_in=fps[0],
+            fps_analyzed=fps[1],
+            fps_written=fps[2],
+            latency_ms_p50=p50,
+            latency_ms_p99=p99,
+            analysis_queue_depth=len(self._ana_q),
+            writer_queue_depth=(self._frames_in - self._frames_handed) + st.queue_depth,
+            localizations=self._rows,
+            tracks=tracks,
+            elapsed_s=0.0 if math.isnan(self._t0) else now - self._t0,
+            camera_frames_lost=self._camera_lost,
+            stop_reason=self._stop_reason,
+            writer_mb_s=st.write_mb_s,
+            warnings=list(self._warnings),
+        )
+
+    def _report(self) -> None:
+        m = self.metrics()
+        if self.config.log_status:
+            logger.info("live: %s", m.status_line())
+        if self.on_status is not None:
+            try:
+                self.on_status(m)
+            except Exception:  # a display problem must not stop the run
+                logger.exception("on_status callback failed")
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._fail_lock:
+            if self._failure is None:
+                self._failure = exc
+                self._stop_reason = "error"
+        self._stop.set()
+
+    def _warn(self, msg: str) -> None:
+        logger.warning(msg)
+        self._warnings.append(msg)
+
+    # --------------------------------------------------- acquisition thread
+    def _acquire_loop(self, n_frames: int | None) -> None:
+        cfg = self.config
+        src = self.source
+        ring = self._ring
+        last = time.perf_counter()
+        stopping = False
+        last_number: int | None = None
+        analyze = self.analyzer is not None
+        drain_s = max(cfg.stall_timeout_s or 0.0, 5.0)
+        stop_at = math.inf
+        try:
+            while True:
+                if self._stop.is_set() and not stopping:
+                    stopping = True
+                    stop_at = time.perf_counter()
+                    src.stop()  # frames already in the camera buffer still come
+                if self._failure is not None:
+                    break
+                item = src.next(cfg.poll_s)
+                now = time.perf_counter()
+                if stopping and now - stop_at > drain_s:
+                    self._warn(
+                        f"The frame source kept delivering {drain_s:g} s after it "
+                        "was stopped; the frames not yet taken were left in it."
+                    )
+                    break
+                if item is None:
+                    if src.finished():
+                        if not stopping:
+                            self._source_ended(n_frames)
+                        break
+                    stall = cfg.stall_timeout_s
+                    if stall is not None and not self._frames_in:
+                        stall = max(stall, cfg.start_timeout_s)
+                    if not stopping and stall is not None and now - last > stall:
+                        src.stop()
+                        self._fail(
+                            CameraStalledError(
+                                f"The camera delivered no frame for {now - last:.1f} "
+                                f"s (stall timeout {stall:g} s) after "
+                                f"{self._frames_in} frames; the run was stopped. "
+                                f"All {self._frames_in} frames received are stored "
+                                f"in {self.writer.path}. Check the camera (cable, "
+                                "trigger, exposure) and start a new run."
+                            )
+                        )
+                        break
+                    continue
+                last = now
+                frame = item if isinstance(item, SourceFrame) else SourceFrame(*item)
+                slot = None
+                while slot is None:
+                    slot = ring.acquire(cfg.poll_s)
+                    if slot is None and self._failure is not None:
+                        return
+                try:
+                    split_into(frame.raw, self.geometry, ring.frames[slot])
+                except ValueError as exc:
+                    ring.hold(slot, 1)
+                    ring.release(slot)
+                    self._fail(exc)
+                    break
+                num = int(frame.image_number)
+                if last_number is not None and num >= 0 and num > last_number + 1:
+                    self._camera_lost += num - last_number - 1
+                if num >= 0:
+                    last_number = num
+                meta = FrameMeta(
+                    t_s=float(frame.t_s),
+                    stage_z_um=float(frame.stage_z_um),
+                    stage_x_um=float(frame.stage_x_um),
+                    stage_y_um=float(frame.stage_y_um),
+                    image_number=num,
+                    position_index=int(frame.position_index),
+                )
+                t_host = frame.t_host if math.isfinite(frame.t_host) else now
+                index = self._frames_in
+                if not index:
+                    self._t_first = now
+                self._t_last = now
+                give = analyze and len(self._ana_q) < cfg.analysis_queue_frames
+                ring.hold(slot, 2 if give else 1)
+                self._write_q.put((index, slot, meta))
+                if give:
+                    with self._ana_cv:
+                        self._ana_q.append((index, slot, meta, t_host))
+                        self._ana_cv.notify()
+                elif analyze:
+                    self._frames_skipped += 1
+                self._frames_in = index + 1
+                if n_frames is not None and self._frames_in >= n_frames:
+                    if self._stop_reason == "running":
+                        self._stop_reason = "n_frames"
+                    src.stop()
+                    break
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                src.stop()
+        if self._camera_lost:
+            self._warn(
+                f"{self._camera_lost} frame(s) were lost in the camera buffer before "
+                "the runner could take them (gaps in the image numbers); enlarge "
+                "the circular buffer or lower the frame rate."
+            )
+
+    def _source_ended(self, n_frames: int | None) -> None:
+        if getattr(self.source, "natural_end", False):
+            # e.g. an MDA sequence: its end is the end of the run
+            self._stop_reason = "sequence-finished"
+            return
+        self._stop_reason = "source-ended"
+        if n_frames is not None and self._frames_in < n_frames:
+            self._warn(
+                f"The camera stopped after {self._frames_in} of {n_frames} frames; "
+                f"all {self._frames_in} frames received are stored."
+            )
+        elif n_frames is None:
+            self._warn(
+                f"The camera sequence ended after {self._frames_in} frames, before "
+                "the run was stopped; all frames received are stored."
+            )
+
+    # ------------------------------------------------------ writer thread
+    def _write_loop(self) -> None:
+        ring = self._ring
+        w = self.writer
+        while True:
+            item = self._write_q.get()
+            if item is _DONE:
+                break
+            index, slot, meta = item
+            if self._failure is not None and isinstance(self._failure, StoreError):
+                ring.release(slot)
+                continue
+            try:
+                got = w.append_frame(ring.frames[slot], meta)
+                if got != index:  # pragma: no cover - the writer is ours alone
+                    raise RuntimeError(
+                        f"run store index {got} != runner index {index}: another "
+                        "thread appended frames to this writer"
+                    )
+                self._frames_handed = index + 1
+            except BaseException as exc:
+                self._fail(exc)
+            finally:
+                ring.release(slot)
+
+    # ---------------------------------------------------- analysis thread
+    def _take_batch(self) -> list[tuple[int, int, FrameMeta, float]]:
+        cfg = self.config
+        cv = self._ana_cv
+        q = self._ana_q
+        with cv:
+            while not q and not self._acq_done:
+                cv.wait(0.1)
+            if not q:
+                return []
+            deadline = time.perf_counter() + cfg.batch_deadline_s
+            while len(q) < cfg.max_batch_frames and not self._acq_done:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                cv.wait(left)
+            n = min(len(q), cfg.max_batch_frames)
+            return [q.popleft() for _ in range(n)]
+
+    def _analyze_loop(self) -> None:
+        assert self.analyzer is not None
+        ring = self._ring
+        w = self.writer
+        failed = False
+        while True:
+            batch = self._take_batch()
+            if not batch:
+                break
+            slots = [b[1] for b in batch]
+            if failed:
+                for s in slots:
+                    ring.release(s)
+                continue
+            try:
+                planes = ring.frames[slots]  # a copy: the slots are free at once
+            finally:
+                for s in slots:
+                    ring.release(s)
+            indices = np.array([b[0] for b in batch], dtype=np.int64)
+            metas = [b[2] for b in batch]
+            try:
+                table = self.analyzer.analyze(planes, indices, metas)
+                if table is not None and len(table):
+                    w.append_localizations(table)
+                    self._rows += len(table)
+                    if "track_id" in table:
+                        ids = np.unique(np.asarray(table["track_id"]))
+                        self._track_ids.update(int(i) for i in ids if i >= 0)
+            except StoreError as exc:
+                self._fail(exc)
+                failed = True
+                continue
+            except Exception as exc:
+                err = AnalysisError(
+                    f"The analyzer failed on frames {indices[0]}..{indices[-1]}: "
+                    f"{type(exc).__name__}: {exc}. The run was stopped; every raw "
+                    f"frame received is stored in {w.path} (run `axialtrack "
+                    "localize` on it once the problem is fixed)."
+                )
+                err.__cause__ = exc
+                self._fail(err)
+                failed = True
+                continue
+            t_done = time.perf_counter()
+            with self._lat_lock:
+                self._lat.extend(t_done - b[3] for b in batch)
+            self._frames_analyzed += len(batch)
+            self._pending_analyzed.append(indices)
+            self._flush_analyzed()
+
+    def _flush_analyzed(self) -> None:
+        """Mark analyzed the frames the writer has (the rest: next time)."""
+        if not self._pending_analyzed:
+            return
+        idx = np.concatenate(self._pending_analyzed)
+        n = self.writer.frames_appended
+        ready, rest = idx[idx < n], idx[idx >= n]
+        self._pending_analyzed = [rest] if rest.size else []
+        if ready.size:
+            try:
+                self.writer.set_analyzed(ready, True)
+            except StoreError as exc:
+                self._fail(exc)
+
+    # --------------------------------------------------------------- end
+    def _finish(self) -> LiveMetrics:
+        w = self.writer
+        failure = self._failure
+        tracks_df = None
+        if self.analyzer is not None and not isinstance(failure, AnalysisError):
+            try:
+                tracks_df = self.analyzer.finish()
+            except Exception as exc:
+                self._warn(f"The analyzer failed to summarize tracks: {exc}")
+        now = time.perf_counter()
+        elapsed = max(now - self._t0, 1e-9)
+        # mean rates from the first frame on (a camera may take a while to start)
+        span = self._t_last - self._t_first
+        rate_s = span * self._frames_in / (self._frames_in - 1) if span > 0 else elapsed
+        self._flush_analyzed()  # every frame handed over is appended by now
+        if tracks_df is not None and len(tracks_df):
+            try:
+                w.write_tracks(tracks_df)
+            except StoreError as exc:
+                self._warn(f"The track table was not stored: {exc}")
+        final = self._snapshot(now, (0.0, 0.0, 0.0), w.frames_committed)
+        # final numbers: every frame handed to the writer is on disk after close
+        final.frames_written = self._frames_handed
+        final.fps_in = final.frames_in / rate_s
+        final.fps_analyzed = final.frames_analyzed / rate_s
+        final.fps_written = final.frames_written / rate_s
+        final.writer_queue_depth = 0
+        final.analysis_queue_depth = 0
+        final.elapsed_s = elapsed
+        close_error: BaseException | None = None
+        with contextlib.suppress(StoreError):
+            w.set_attrs(live_metrics=final.as_dict(), runner=self.config.model_dump())
+        try:
+            w.close()
+        except BaseException as exc:
+            close_error = exc
+        final.frames_written = w.frames_committed
+        if self.config.log_status:
+            logger.info("live run finished (%s): %s", final.stop_reason, final)
+        if failure is not None:
+            if close_error is not None and hasattr(failure, "add_note"):
+                failure.add_note(f"and closing the run store failed: {close_error}")
+            raise failure
+        if close_error is not None:
+            raise close_error
+        if final.frames_written != final.frames_in:  # pragma: no cover - guard
+            raise RuntimeError(
+                f"{final.frames_in} frames received but {final.frames_written} "
+                f"stored in {w.path}"
+            )
+        return final

@@ -1,0 +1,495 @@
+"""Detection, crop pairs and 3D localization of the live pipeline."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.spatial import cKDTree
+
+from axialtrack.calibrate.beads import crop_stack
+from axialtrack.geometry import SplitterGeometry, apply_affine, split_frame
+from axialtrack.model import Bundle, load_bundle
+from axialtrack.pipeline.config import (
+    CameraCalibration,
+    DetectionConfig,
+    LocalizerConfig,
+)
+from axialtrack.pipeline.crops import crop_pairs
+from axialtrack.pipeline.detect import detect, smooth
+from axialtrack.pipeline.localize import (
+    TABLE_COLUMNS,
+    Localizer,
+    pixels_to_sample_um,
+    sample_um_to_pixels,
+)
+from axialtrack.sim import Background, Beads, CameraModel, Renderer, Sample
+
+PX = 0.10833333333333334  # pixel size of the default optics (um)
+
+
+class _Result(NamedTuple):
+    dz_um: np.ndarray
+    sigma_z_um: np.ndarray
+    dx_px: np.ndarray
+    dy_px: np.ndarray
+
+
+class BundleEngine:
+    """The engine interface over ``Bundle.predict`` (torch, CPU)."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.calls = 0
+
+    @property
+    def crop_size(self) -> int:
+        return self.bundle.crop_size
+
+    @property
+    def needs_xy(self) -> bool:
+        return bool(self.bundle.config.field_branch)
+
+    def infer(self, pairs: np.ndarray, field_xy: np.ndarray | None) -> _Result:
+        self.calls += 1
+        out = self.bundle.predict(np.asarray(pairs, np.float32), field_xy)
+        names = self.bundle.output_names
+        nan = np.full(len(pairs), np.nan, np.float32)
+
+        def col(c: str) -> np.ndarray:
+            return out[:, names.index(c)].astype(np.float32) if c in names else nan
+
+        return _Result(col("dz_um"), col("sigma_z_um"), col("dx_px"), col("dy_px"))
+
+
+class _FakeBundle:
+    crop_size = 15
+    registration_affine = None
+    pixel_size_um = PX
+    plane_shape = None
+
+    def __init__(self, outputs: list[str]) -> None:
+        self.output_names = outputs
+
+
+class FakeEngine:
+    """Returns fixed outputs; ``dx, dy`` when ``subpixel``."""
+
+    def __init__(self, *, subpixel: bool = False, dxy: float = 0.25) -> None:
+        outs = ["dz_um", "dx_px", "dy_px"] if subpixel else ["dz_um"]
+        self.bundle = _FakeBundle(outs)
+        self.crop_size = 15
+        self.needs_xy = True
+        self.subpixel = subpixel
+        self.dxy = dxy
+        self.seen: list[np.ndarray] = []
+
+    def infer(self, pairs: np.ndarray, field_xy: np.ndarray | None) -> _Result:
+        assert field_xy is not None
+        assert field_xy.shape == (len(pairs), 2)
+        self.seen.append(pairs)
+        n = len(pairs)
+        d = np.full(n, self.dxy if self.subpixel else np.nan, np.float32)
+        return _Result(np.full(n, 0.1, np.float32), np.full(n, np.nan), d, d)
+
+
+def _renderer(
+    beads: Beads, shape: tuple[int, int], seed: int = 0, **kw: object
+) -> Renderer:
+    sample = Sample(
+        beads=beads, background=Background(photons_per_px_s=1000.0), seed=seed
+    )
+    return Renderer(sample, plane_shape=shape, seed=seed, **kw)  # type: ignore[arg-type]
+
+
+def _frame(r: Renderer, stage: tuple[float, float, float], i: int) -> np.ndarray:
+    return split_frame(r.snap(stage, 0.01 * i, 0.01, i), r.geometry)
+
+
+def _match(
+    truth_xy: np.ndarray, found_xy: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each truth point: distance to the nearest found point and its index."""
+    if len(found_xy) == 0:
+        return np.full(len(truth_xy), np.inf), np.zeros(len(truth_xy), int)
+    return cKDTree(found_xy).query(truth_xy, distance_upper_bound=radius)
+
+
+# ------------------------------------------------------------------ config
+def test_camera_calibration_matches_sim_camera() -> None:
+    cam = CameraCalibration()
+    model = CameraModel()
+    assert CameraCalibration.from_camera_model(model) == cam
+    adu = np.array([100, 116, 1100], np.uint16)
+    np.testing.assert_allclose(cam.photons(adu), model.photons_from_adu(adu))
+    with pytest.raises(ValueError, match="odd"):
+        LocalizerConfig(fit_size_px=6)
+
+
+def test_smooth_matches_scipy() -> None:
+    from scipy import ndimage
+
+    img = np.random.default_rng(0).normal(100, 10, (64, 80)).astype(np.float32)
+    ref = ndimage.gaussian_filter(img, 1.2, mode="nearest", truncate=2.5)
+    np.testing.assert_allclose(smooth(img, 1.2), ref, rtol=0, atol=1e-3)
+
+
+# ---------------------------------------------------------------- detection
+@pytest.fixture(scope="module")
+def volume_frame() -> tuple[np.ndarray, np.ndarray, float]:
+    """A 256x256 frame of 40 beads at depths 0-1.2 um, stage 0.3 um above them."""
+    w = 256
+    beads = Beads.in_volume(
+        40, depth_um=(0.0, 1.2), size_um=(w * PX * 0.9,) * 2, min_separation_um=1.0
+    )
+    r = _renderer(beads, (w, w), seed=1)
+    cz = r.sample.coverslip_z_um
+    stage = (0.0, 0.0, cz + 0.3)
+    planes = _frame(r, stage, 0)
+    truth = r.truth(0.0, stage, exposure_s=0.01)
+    return planes, truth, stage[2]
+
+
+def test_detect_recall_precision(volume_frame: tuple) -> None:
+    planes, truth, stage_z = volume_frame
+    dz = truth["z_focus_um"] - stage_z
+    # in the model's range: within 1 um of plane 0 (plane 1 is 0.5 um deeper)
+    sel = np.abs(dz) <= 1.0
+    txy = np.stack([truth["x_px0"], truth["y_px0"]], 1)
+    det = detect(planes, DetectionConfig(), CameraCalibration())
+    dist, _ = _match(txy[sel], det.xy_px, 1.0)
+    recall = float(np.mean(dist <= 1.0))
+    d_back, _ = _match(det.xy_px, txy, 2.0)
+    false_pos = int(np.sum(~np.isfinite(d_back)))
+    assert sel.sum() >= 30
+    assert recall >= 0.95, recall
+    assert false_pos <= 1, false_pos
+    assert np.all(np.diff(det.peak_photons) <= 0)  # brightest first
+    np.testing.assert_allclose(np.median(det.background_photons), 10.0, rtol=0.2)
+    # plane 0 alone misses the particles that are in focus only in plane 1
+    det0 = detect(planes, DetectionConfig(source="plane0"), CameraCalibration())
+    d0, _ = _match(txy[sel], det0.xy_px, 1.0)
+    assert np.mean(d0 <= 1.0) <= recall
+    # margin
+    det_m = detect(planes, margin_px=20)
+    assert np.all((det_m.xy_px >= 20) & (det_m.xy_px < 256 - 20))
+
+
+def test_detect_empty_and_flat_frames() -> None:
+    r = _renderer(Beads(n=0), (128, 160), seed=4)
+    planes = _frame(r, (0.0, 0.0, 0.0), 0)
+    assert len(detect(planes)) == 0
+    flat = np.full((2, 64, 64), 100, np.uint16)
+    d = detect(flat)
+    assert len(d) == 0
+    assert d.xy_px.shape == (0, 2)
+
+
+def test_detect_registered_sum_uses_affine() -> None:
+    # plane 1 shifted by (5, -3) px: only the registered sum adds the two spots
+    h = w = 96
+    yy, xx = np.mgrid[0:h, 0:w]
+    spot = np.exp(-((xx - 40) ** 2 + (yy - 50) ** 2) / (2 * 1.5**2))
+    spot1 = np.exp(-((xx - 45) ** 2 + (yy - 47) ** 2) / (2 * 1.5**2))
+    planes = np.stack([100 + 60 * spot, 100 + 60 * spot1]).astype(np.uint16)
+    affine = np.array([[1.0, 0, 5.0], [0, 1.0, -3.0]])
+    cfg = DetectionConfig(threshold_photons=600.0)
+    d = detect(planes, cfg, affine=affine)
+    assert len(d) == 1
+    np.testing.assert_array_equal(d.xy_px[0], [40, 50])
+    # the same frame without the registration: two weaker peaks, below threshold
+    assert len(detect(planes, cfg)) == 0
+
+
+# -------------------------------------------------------------------- crops
+def test_crop_pairs_match_calibration_crops() -> None:
+    rng = np.random.default_rng(3)
+    h, w, s = 70, 90, 15
+    planes = rng.integers(0, 60000, (2, h, w)).astype(np.uint16)
+    affine = SplitterGeometry(
+        shift_px=(2.4, -1.6), rotation_deg=0.8, scale=1.01
+    ).plane1_affine((h, w))
+    xy = np.column_stack([rng.uniform(0, w - 1, 400), rng.uniform(0, h - 1, 400)])
+    xy[:4] = [[7.5, 7.5], [8.5, 20.0], [6.49, 30], [w - 8.5, h - 8.5]]  # rint ties
+    pairs, inside = crop_pairs(planes, xy, affine, s)
+    assert pairs.dtype == np.uint16
+    assert pairs.shape == (400, 2, s, s)
+    x1 = apply_affine(affine, xy)
+    half = s // 2
+    c0, c1 = np.rint(xy), np.rint(x1)
+    expect = np.all((c0 >= half) & (c0 < [w - half, h - half]), axis=1) & np.all(
+        (c1 >= half) & (c1 < [w - half, h - half]), axis=1
+    )
+    np.testing.assert_array_equal(inside, expect)
+    assert 50 < inside.sum() < 400
+    # the calibration's crops (analysis.py: crop_stack on rint(xy0), rint(A xy0))
+    ref0 = crop_stack(planes[0], xy[inside], s)
+    ref1 = crop_stack(planes[1], x1[inside], s)
+    np.testing.assert_array_equal(pairs[inside, 0], ref0)
+    np.testing.assert_array_equal(pairs[inside, 1], ref1)
+    # several frames with a frame index per point
+    stack = np.stack([planes, planes[:, ::-1, ::-1].copy(), planes + 1])
+    fi = rng.integers(0, 3, len(xy))
+    pf, inf = crop_pairs(stack, xy, affine, s, frame_index=fi)
+    np.testing.assert_array_equal(inf, inside)
+    for f in range(3):
+        sel = inside & (fi == f)
+        np.testing.assert_array_equal(pf[sel, 0], crop_stack(stack[f, 0], xy[sel], s))
+        np.testing.assert_array_equal(pf[sel, 1], crop_stack(stack[f, 1], x1[sel], s))
+    empty, ok = crop_pairs(planes, np.zeros((0, 2)), affine, s)
+    assert empty.shape == (0, 2, s, s)
+    assert ok.shape == (0,)
+    with pytest.raises(ValueError, match="frame_index"):
+        crop_pairs(stack, xy, affine, s)
+
+
+# -------------------------------------------------------------- coordinates
+def test_sample_coordinates_match_renderer_truth() -> None:
+    beads = Beads.on_coverslip(20, size_um=(10.0, 8.0), center_um=(12.0, -7.0))
+    r = _renderer(beads, (100, 120), seed=2)
+    stage = (11.0, -6.5, 0.0)
+    truth = r.truth(0.0, stage)
+    p0 = np.stack([truth["x_px0"], truth["y_px0"]], 1)
+    xy_um = pixels_to_sample_um(p0, r.plane_shape, r.pixel_size_um, stage[:2])
+    np.testing.assert_allclose(xy_um[:, 0], truth["x_um"], atol=1e-9)
+    np.testing.assert_allclose(xy_um[:, 1], truth["y_um"], atol=1e-9)
+    back = sample_um_to_pixels(xy_um, r.plane_shape, r.pixel_size_um, stage[:2])
+    np.testing.assert_allclose(back, p0, atol=1e-9)
+    # no (or unknown) stage position: relative to the field centre
+    rel = pixels_to_sample_um(p0, r.plane_shape, r.pixel_size_um, (np.nan, np.nan))
+    np.testing.assert_allclose(rel, xy_um - np.array(stage[:2]), atol=1e-9)
+    np.testing.assert_allclose(
+        pixels_to_sample_um([[59.5, 49.5]], (100, 120), 0.1), [[0.0, 0.0]]
+    )
+
+
+# ----------------------------------------------------------------- localizer
+@pytest.fixture(scope="module")
+def coverslip_stack() -> tuple[Renderer, np.ndarray, list, np.ndarray, tuple]:
+    """192x192 frames of 25 beads on the coverslip at stage offsets -0.4..0.8 um."""
+    w = 192
+    beads = Beads.on_coverslip(
+        25, size_um=(w * PX * 0.85,) * 2, min_separation_um=2.0, seed=5
+    )
+    r = _renderer(beads, (w, w), seed=7)
+    zf = float(r.z_focus_um(0.05))
+    dz = np.linspace(-0.4, 0.8, 7)
+    sxy = (3.0, -2.0)
+    frames, truths = [], []
+    for i, d in enumerate(dz):
+        stage = (sxy[0], sxy[1], zf - d)
+        frames.append(_frame(r, stage, i))
+        truths.append(r.truth(0.01 * i, stage, exposure_s=0.01))
+    return r, np.stack(frames), truths, zf - dz, sxy
+
+
+def _matched(
+    locs: pd.DataFrame, truths: list, radius_um: float = 0.3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Z errors, XY errors (um), photon ratios of matched rows; totals.
+
+    Only particles whose 15 x 15 crop fits in plane 0 count.
+    """
+    ez, exy, ph = [], [], []
+    n_truth = n_found = 0
+    for f, tr in enumerate(truths):
+        p0 = np.stack([tr["x_px0"], tr["y_px0"]], 1)
+        tr = tr[np.all((p0 >= 7.5) & (p0 <= 192 - 8.5), axis=1)]
+        d = locs[locs["frame"] == f]
+        txy = np.stack([tr["x_um"], tr["y_um"]], 1)
+        dist, idx = _match(d[["x_um", "y_um"]].to_numpy(), txy, radius_um)
+        ok = np.isfinite(dist)
+        ez.append(d["z_um"].to_numpy()[ok] - tr["z_focus_um"][idx[ok]])
+        exy.append(dist[ok])
+        ph.append(d["photons"].to_numpy()[ok] / tr["photons"][idx[ok]])
+        n_truth += len(tr)
+        n_found += len(np.unique(idx[ok]))
+    return (
+        np.concatenate(ez),
+        np.concatenate(exy),
+        np.concatenate(ph),
+        n_truth,
+        n_found,
+    )
+
+
+def test_xy_accuracy_against_truth(coverslip_stack: tuple) -> None:
+    r, planes, truths, stage_z, sxy = coverslip_stack
+    results = {}
+    for method in ("fit", "centroid"):
+        loc = Localizer(
+            FakeEngine(),
+            plane_shape=r.plane_shape,
+            pixel_size_um=r.pixel_size_um,
+            affine=r.affine,
+            config=LocalizerConfig(xy_method=method),
+        )
+        # in focus in plane 0 (dz 0) and in plane 1 (dz 0.4 .. 0.6)
+        sel = [2, 5, 6]
+        locs = loc.localize(
+            planes[sel], sel, np.zeros(3), stage_z[sel], stage_xy_um=np.array(sxy)
+        )
+        locs["frame"] = np.searchsorted(sel, locs["frame"])
+        _, exy, _, n_truth, n_found = _matched(locs, [truths[i] for i in sel])
+        assert n_found >= 0.95 * n_truth
+        results[method] = float(np.sqrt(np.mean(exy**2)))
+    # ~2000 photons per plane, 10 background photons per pixel: measured ~12 nm
+    assert results["fit"] < 0.020, results
+    assert results["fit"] < results["centroid"], results
+
+
+def test_z_accuracy_with_sim_bundle(sim_bundle: Path, coverslip_stack: tuple) -> None:
+    r, planes, truths, stage_z, sxy = coverslip_stack
+    engine = BundleEngine(load_bundle(sim_bundle))
+    loc = Localizer(engine, plane_shape=r.plane_shape, pixel_size_um=r.pixel_size_um)
+    np.testing.assert_allclose(loc.affine, engine.bundle.registration_affine)
+    assert loc.xy_method == "fit"
+    n = len(planes)
+    locs = loc.localize(
+        planes, np.arange(n), 0.01 * np.arange(n), stage_z, stage_xy_um=sxy
+    )
+    assert engine.calls == 1  # one inference call for all frames
+    assert list(locs.columns) == list(TABLE_COLUMNS)
+    for c, dt in TABLE_COLUMNS.items():
+        assert locs[c].dtype == dt, c
+    assert (locs["track_id"] == -1).all()
+    assert not locs["saturated"].any()
+    ez, exy, _ph, n_truth, n_found = _matched(locs, truths)
+    assert n_found >= 0.95 * n_truth
+    rmse_z = float(np.sqrt(np.mean(ez**2)))
+    # the bundle's held-out bead RMSE is ~56 nm (measured here: ~40 nm)
+    assert rmse_z < 0.120, rmse_z
+    np.testing.assert_allclose(
+        locs["z_um"], stage_z[locs["frame"].to_numpy()] + locs["dz_um"]
+    )
+    assert float(np.sqrt(np.mean(exy**2))) < 0.040
+    # photons: background-subtracted sum in the 15x15 plane-0 crop; at focus it
+    # holds ~75 % of the photons (the rest is in the PSF wings outside the crop)
+    at_focus = locs["frame"] == 2
+    ratio = locs.loc[at_focus, "photons"].median() / np.median(truths[2]["photons"])
+    assert 0.6 < ratio < 1.05, ratio
+    np.testing.assert_allclose(locs["background"].median(), 10.0, rtol=0.2)
+    assert loc.timings["frames"] == n
+    assert loc.timings["localizations"] == len(locs)
+    assert loc.timings["detect"] > 0
+    assert loc.timings["infer"] > 0
+
+
+def test_batched_frames_equal_one_by_one(coverslip_stack: tuple) -> None:
+    r, planes, _, stage_z, sxy = coverslip_stack
+    engine = FakeEngine()
+    loc = Localizer(
+        engine,
+        plane_shape=r.plane_shape,
+        pixel_size_um=r.pixel_size_um,
+        affine=r.affine,
+    )
+    n = len(planes)
+    frames = np.arange(10, 10 + n)
+    t = 0.5 + 0.01 * np.arange(n)
+    xy = np.tile(sxy, (n, 1))
+    xy[1] = np.nan
+    batched = loc.localize(planes, frames, t, stage_z, stage_xy_um=xy)
+    assert len(engine.seen) == 1
+    single = pd.concat(
+        [
+            loc.localize(planes[f], [frames[f]], [t[f]], stage_z[f], xy[f])
+            for f in range(n)
+        ],
+        ignore_index=True,
+    )
+    pd.testing.assert_frame_equal(batched, single)
+    assert sorted(set(batched["frame"])) == list(frames)
+    # a frame without a stage position: relative to the field centre
+    f1 = batched[batched["frame"] == 11]
+    np.testing.assert_allclose(
+        f1["x_um"], (f1["x_px"] - (r.plane_shape[1] - 1) / 2) * r.pixel_size_um
+    )
+
+
+def test_network_xy_and_max_per_frame(coverslip_stack: tuple) -> None:
+    r, planes, _, stage_z, _ = coverslip_stack
+    engine = FakeEngine(subpixel=True, dxy=0.25)
+    loc = Localizer(
+        engine,
+        plane_shape=r.plane_shape,
+        pixel_size_um=r.pixel_size_um,
+        affine=r.affine,
+        config=LocalizerConfig(max_per_frame=5),
+    )
+    assert loc.xy_method == "network"
+    locs = loc.localize(planes[2], [0], [0.0], stage_z[2])
+    assert len(locs) == 5
+    # x = crop centre + dx: the crop centre is the detection peak
+    np.testing.assert_allclose(locs["x_px"] % 1.0, 0.25)
+    np.testing.assert_allclose(locs["y_px"] % 1.0, 0.25)
+    np.testing.assert_allclose(locs["z_um"], stage_z[2] + 0.1, rtol=1e-6)
+    with pytest.raises(ValueError, match="sub-pixel"):
+        Localizer(
+            FakeEngine(),
+            plane_shape=r.plane_shape,
+            pixel_size_um=r.pixel_size_um,
+            affine=r.affine,
+            config=LocalizerConfig(xy_method="network"),
+        )
+
+
+def test_empty_frames_give_typed_empty_table() -> None:
+    engine = FakeEngine()
+    with pytest.warns(RuntimeWarning, match="identity"):
+        loc = Localizer(engine, plane_shape=(64, 64), pixel_size_um=PX)
+    planes = np.full((3, 2, 64, 64), 100, np.uint16)
+    locs = loc.localize(planes, [0, 1, 2], [0.0, 0.1, 0.2], 50.0)
+    assert len(locs) == 0
+    assert engine.seen == []
+    assert list(locs.columns) == list(TABLE_COLUMNS)
+    for c, dt in TABLE_COLUMNS.items():
+        assert locs[c].dtype == dt, c
+    with pytest.raises(ValueError, match="planes"):
+        loc.localize(np.zeros((2, 32, 32), np.uint16), [0], [0.0], 0.0)
+
+
+def test_saturated_frame_flagged_and_warned_once() -> None:
+    beads = Beads.at([(-2.0, 0.0, 0.05), (2.0, 1.0, 0.05)], [2e5, 1e8])
+    r = _renderer(beads, (96, 96), seed=3)
+    stage = (0.0, 0.0, float(r.z_focus_um(0.05)))
+    planes = _frame(r, stage, 0)
+    assert planes.max() == 65535
+    loc = Localizer(
+        FakeEngine(), plane_shape=(96, 96), pixel_size_um=PX, affine=r.affine
+    )
+    with pytest.warns(RuntimeWarning, match="saturated"):
+        locs = loc.localize(planes, [0], [0.0], stage[2])
+    assert len(locs) == 2
+    sat = locs.set_index(locs["x_um"].round(0))["saturated"]
+    assert bool(sat.loc[2.0])
+    assert not bool(sat.loc[-2.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = loc.localize(planes, [1], [0.01], stage[2])
+    assert again["saturated"].sum() == 1
+
+
+def test_localizer_runs_on_the_onnx_engine(
+    sim_bundle: Path, coverslip_stack: tuple
+) -> None:
+    engine_mod = pytest.importorskip("axialtrack.engine")
+    r, planes, _, stage_z, _ = coverslip_stack
+    bundle = load_bundle(sim_bundle)
+    sel = [1, 4]
+    ref = Localizer(
+        BundleEngine(bundle), plane_shape=r.plane_shape, pixel_size_um=r.pixel_size_um
+    ).localize(planes[sel], sel, [0.0, 0.0], stage_z[sel])
+    with engine_mod.select_engine(bundle, "onnxruntime") as engine:
+        got = Localizer(
+            engine, plane_shape=r.plane_shape, pixel_size_um=r.pixel_size_um
+        ).localize(planes[sel], sel, [0.0, 0.0], stage_z[sel])
+    assert len(got) == len(ref) > 0
+    np.testing.assert_allclose(got["dz_um"], ref["dz_um"], atol=1e-4)
+    pd.testing.assert_frame_equal(
+        got.drop(columns=["dz_um", "z_um"]), ref.drop(columns=["dz_um", "z_um"])
+    )

@@ -1,0 +1,476 @@
+"""The threaded live runner, the MDA handler and the run amendment."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from axialtrack.geometry import SplitterGeometry, compose_frame
+from axialtrack.pipeline.runner import (
+    AnalysisError,
+    CameraStalledError,
+    CoreSource,
+    LiveMetrics,
+    LiveRunner,
+    RunnerConfig,
+    SourceFrame,
+    open_live_writer,
+    split_into,
+)
+from axialtrack.store import FrameMeta, StoreExistsError, open_run
+
+PLANE = (64, 64)
+
+
+# ------------------------------------------------------------ fakes
+class PeakAnalyzer:
+    """Thresholded local maxima of plane 0 -> localization rows; toy linking."""
+
+    def __init__(self, pixel_size_um: float = 0.1, delay_s: float = 0.0) -> None:
+        self.px = pixel_size_um
+        self.delay_s = delay_s
+        self.calls: list[np.ndarray] = []
+        self.finished = False
+
+    def analyze(
+        self, planes: np.ndarray, indices: np.ndarray, meta: Sequence[FrameMeta]
+    ) -> pd.DataFrame:
+        assert planes.ndim == 4
+        assert planes.shape[1] == 2
+        assert planes.shape[0] == len(indices) == len(meta)
+        assert np.all(np.diff(indices) > 0)
+        self.calls.append(indices.copy())
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        rows = []
+        for frame, idx, m in zip(planes, indices, meta, strict=True):
+            p0 = frame[0].astype(np.float32)
+            thr = np.median(p0) + 5 * p0.std() if p0.std() > 0 else np.inf
+            ys, xs = np.nonzero(p0 > thr)
+            for k, (y, x) in enumerate(zip(ys[:5], xs[:5], strict=True)):
+                rows.append(
+                    {
+                        "frame": int(idx),
+                        "t_s": m.t_s,
+                        "x_um": x * self.px,
+                        "y_um": y * self.px,
+                        "z_um": m.stage_z_um,
+                        "dz_um": 0.0,
+                        "photons": float(p0[y, x]),
+                        "background": float(np.median(p0)),
+                        "track_id": k,
+                    }
+                )
+        cols = [
+            "frame",
+            "t_s",
+            "x_um",
+            "y_um",
+            "z_um",
+            "dz_um",
+            "photons",
+            "background",
+            "track_id",
+        ]
+        return pd.DataFrame(rows, columns=cols).astype(
+            {"frame": "int64", "track_id": "int64"}
+        )
+
+    def finish(self) -> pd.DataFrame:
+        self.finished = True
+        return pd.DataFrame(
+            {"track_id": np.arange(3, dtype=np.int64), "n_localizations": [1, 2, 3]}
+        )
+
+
+class ListSource:
+    """Frames from memory at a fixed rate; optionally stalls after ``stall_after``."""
+
+    def __init__(
+        self,
+        n: int,
+        geometry: SplitterGeometry,
+        rate_hz: float = 500.0,
+        stall_after: int | None = None,
+    ) -> None:
+        rng = np.random.default_rng(1)
+        self.planes = rng.integers(100, 200, size=(n, 2, *PLANE), dtype=np.uint16)
+        self.planes[:, :, 20, 30] = 5000  # one bright spot per frame
+        self.geometry = geometry
+        self.n = n
+        self.period = 1.0 / rate_hz
+        self.stall_after = stall_after
+        self.k = 0
+        self.started = self.stopped = False
+        self.t0 = 0.0
+
+    def start(self, n_frames: int | None = None) -> None:
+        self.started = True
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def finished(self) -> bool:
+        return self.k >= self.n or (self.stopped and self.stall_after is None)
+
+    def next(self, timeout_s: float) -> SourceFrame | None:
+        if (
+            self.stopped
+            or self.k >= self.n
+            or (self.stall_after is not None and self.k >= self.stall_after)
+        ):
+            time.sleep(timeout_s)
+            return None
+        due = self.t0 + self.k * self.period
+        wait = due - time.perf_counter()
+        if wait > timeout_s:
+            time.sleep(timeout_s)
+            return None
+        if wait > 0:
+            time.sleep(wait)
+        k = self.k
+        self.k += 1
+        raw = compose_frame(self.planes[k], self.geometry)
+        return SourceFrame(raw, k * self.period, 50.0 + 0.01 * k, 0.0, 0.0, k)
+
+
+def _writer(path: Path, geometry: SplitterGeometry, **kw):
+    return open_live_writer(
+        path, geometry=geometry, plane_shape=PLANE, pixel_size_um=0.1, **kw
+    )
+
+
+# ------------------------------------------------------------ unit tests
+@pytest.mark.parametrize(
+    "geo",
+    [
+        SplitterGeometry(),
+        SplitterGeometry(layout="top-bottom", mirror="vertical"),
+        SplitterGeometry(layout="two-cameras", mirror="horizontal"),
+    ],
+)
+def test_split_into_matches_split_frame(geo: SplitterGeometry) -> None:
+    from axialtrack.geometry import split_frame
+
+    planes = np.random.default_rng(0).integers(0, 999, (2, 8, 6), dtype=np.uint16)
+    raw = compose_frame(planes, geo)
+    out = np.empty_like(planes)
+    split_into(raw, geo, out)
+    np.testing.assert_array_equal(out, split_frame(raw, geo))
+    np.testing.assert_array_equal(out, planes)
+    with pytest.raises(ValueError, match="does not match the run"):
+        split_into(np.zeros((3, 3), np.uint16), geo, out)
+
+
+def test_config_checks_ring_size() -> None:
+    with pytest.raises(ValueError, match="ring_frames"):
+        RunnerConfig(ring_frames=8, analysis_queue_frames=16)
+
+
+# ------------------------------------------------------------ runner
+def test_runner_all_frames_written_and_analyzed(tmp_path: Path) -> None:
+    geo = SplitterGeometry()
+    src = ListSource(60, geo, rate_hz=150)
+    ana = PeakAnalyzer()
+    statuses: list[LiveMetrics] = []
+    w = _writer(tmp_path / "run.zarr", geo)
+    # a queue as long as the run: nothing is skipped even on a busy machine
+    cfg = RunnerConfig(status_interval_s=0.05, analysis_queue_frames=64, ring_frames=80)
+    runner = LiveRunner(
+        src,
+        ana,
+        w,
+        geometry=geo,
+        config=cfg,
+        on_status=statuses.append,
+    )
+    m = runner.run()
+    assert m.stop_reason == "source-ended"
+    assert m.frames_in == m.frames_written == 60
+    assert m.frames_analyzed + m.frames_skipped == 60
+    assert m.frames_skipped == 0
+    assert m.localizations == 60
+    assert math.isfinite(m.latency_ms_p50)
+    assert statuses
+    assert all(isinstance(s, LiveMetrics) for s in statuses)
+    assert ana.finished
+
+    run = open_run(tmp_path / "run.zarr")
+    assert run.state == "closed"
+    assert run.n_frames == 60
+    np.testing.assert_array_equal(run.frames[:], src.planes)
+    meta = run.frame_meta
+    assert np.all(np.diff(meta["t_s"].to_numpy()) > 0)
+    assert meta["analyzed"].all()
+    np.testing.assert_allclose(meta["stage_z_um"], 50.0 + 0.01 * np.arange(60))
+    locs = run.localizations
+    assert sorted(locs["frame"]) == list(range(60))
+    assert len(run.tracks) == 3
+    lm = run.attrs["live_metrics"]
+    assert lm["frames_in"] == 60
+    assert lm["frames_written"] == 60
+
+
+def test_slow_analysis_skips_and_marks(tmp_path: Path) -> None:
+    geo = SplitterGeometry()
+    src = ListSource(80, geo, rate_hz=400)
+    ana = PeakAnalyzer(delay_s=0.03)
+    w = _writer(tmp_path / "run.zarr", geo)
+    cfg = RunnerConfig(analysis_queue_frames=4, max_batch_frames=2, ring_frames=16)
+    m = LiveRunner(src, ana, w, geometry=geo, config=cfg).run()
+    assert m.frames_in == m.frames_written == 80
+    assert m.frames_skipped > 0
+    assert m.frames_analyzed + m.frames_skipped == 80
+    run = open_run(tmp_path / "run.zarr")
+    assert run.n_frames == 80  # every raw frame stored
+    np.testing.assert_array_equal(run.frames[:], src.planes)
+    analyzed = run.frame_meta["analyzed"].to_numpy()
+    done = np.concatenate(ana.calls)
+    expect = np.zeros(80, bool)
+    expect[done] = True
+    np.testing.assert_array_equal(analyzed, expect)
+    assert int((~analyzed).sum()) == m.frames_skipped
+    assert set(run.localizations["frame"]) == set(done.tolist())
+    assert run.attrs["live_metrics"]["frames_skipped"] == m.frames_skipped
+
+
+def test_camera_stall_raises_and_keeps_frames(tmp_path: Path) -> None:
+    geo = SplitterGeometry()
+    src = ListSource(50, geo, stall_after=12)
+    w = _writer(tmp_path / "run.zarr", geo)
+    cfg = RunnerConfig(stall_timeout_s=0.3)
+    runner = LiveRunner(src, PeakAnalyzer(), w, geometry=geo, config=cfg)
+    with pytest.raises(CameraStalledError, match="12 frames received are stored"):
+        runner.run(duration_s=10)
+    run = open_run(tmp_path / "run.zarr")
+    assert run.state == "closed"
+    assert run.n_frames == 12
+    np.testing.assert_array_equal(run.frames[:], src.planes[:12])
+
+
+def test_analyzer_error_stops_run_keeps_frames(tmp_path: Path) -> None:
+    class Broken(PeakAnalyzer):
+        def analyze(self, planes, indices, meta):  # type: ignore[override]
+            if indices[-1] >= 5:
+                raise ZeroDivisionError("boom")
+            return super().analyze(planes, indices, meta)
+
+    geo = SplitterGeometry()
+    src = ListSource(200, geo, rate_hz=200)
+    w = _writer(tmp_path / "run.zarr", geo)
+    with pytest.raises(AnalysisError, match="boom"):
+        LiveRunner(src, Broken(), w, geometry=geo).run()
+    run = open_run(tmp_path / "run.zarr")
+    assert run.state == "closed"
+    assert 5 <= run.n_frames < 200
+    np.testing.assert_array_equal(run.frames[:], src.planes[: run.n_frames])
+
+
+def test_existing_output_refused(tmp_path: Path) -> None:
+    geo = SplitterGeometry()
+    out = tmp_path / "run.zarr"
+    _writer(out, geo).close()
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(StoreExistsError, match="already exists"):
+        _writer(out, geo)
+    assert sorted(p.name for p in out.rglob("*")) == before
+    _writer(out, geo, overwrite=True).close()
+
+
+def test_store_readable_while_running_and_stop(tmp_path: Path) -> None:
+    geo = SplitterGeometry()
+    src = ListSource(1000, geo, rate_hz=200)
+    w = _writer(tmp_path / "run.zarr", geo)
+    runner = LiveRunner(src, PeakAnalyzer(), w, geometry=geo)
+    seen: list[int] = []
+
+    def watch() -> None:
+        time.sleep(0.6)
+        run = open_run(tmp_path / "run.zarr")
+        seen.append(run.n_frames)
+        assert run.state == "open"
+        if run.n_frames:
+            np.testing.assert_array_equal(
+                run.frames[: run.n_frames], src.planes[: run.n_frames]
+            )
+        runner.stop()
+
+    t = threading.Thread(target=watch)
+    t.start()
+    m = runner.run()
+    t.join()
+    assert seen
+    assert seen[0] > 0
+    assert m.stop_reason == "stopped"
+    run = open_run(tmp_path / "run.zarr")
+    assert run.n_frames == m.frames_in == m.frames_written >= seen[0]
+
+
+def test_runner_on_sim_rig(core, tmp_path: Path) -> None:
+    from axialtrack.rig import splitter_geometry
+
+    core.setProperty("Camera", "PlaneWidth", 128)
+    core.setProperty("Camera", "PlaneHeight", 128)
+    core.setProperty("Camera", "Scene", "diffusing")
+    geo = splitter_geometry(core)
+    w = open_live_writer(
+        tmp_path / "live.zarr",
+        geometry=geo,
+        plane_shape=(128, 128),
+        pixel_size_um=core.getPixelSizeUm(),
+    )
+    ana = PeakAnalyzer(core.getPixelSizeUm())
+    m = LiveRunner(CoreSource(core), ana, w, geometry=geo).run(n_frames=25)
+    assert m.stop_reason == "n_frames"
+    assert m.frames_in == m.frames_written == 25
+    assert m.camera_frames_lost == 0
+    run = open_run(tmp_path / "live.zarr")
+    assert run.n_frames == 25
+    meta = run.frame_meta
+    assert np.all(np.diff(meta["t_s"].to_numpy()) > 0)
+    assert np.isfinite(meta["stage_z_um"]).all()
+    assert (meta["image_number"].to_numpy() == np.arange(25)).all()
+    assert run.frame_meta["analyzed"].sum() == m.frames_analyzed
+    assert m.frames_analyzed + m.frames_skipped == 25
+    assert len(run.localizations) > 0
+    assert set(run.localizations["frame"]) <= set(range(25))
+
+
+def test_core_source_pairs_two_cameras() -> None:
+    class FakeCore:
+        def __init__(self) -> None:
+            self.buf: list[tuple[np.ndarray, dict]] = []
+            for k in range(3):
+                for cam, val in (("CamB", 2), ("CamA", 1)):
+                    md = {"Camera": cam, "ElapsedTime-ms": str(10 * k)}
+                    md["ImageNumber"] = str(k)
+                    self.buf.append((np.full((4, 5), val + 10 * k, np.uint16), md))
+            self.running = False
+
+        def getFocusDevice(self) -> str:
+            return ""
+
+        def getXYStageDevice(self) -> str:
+            return ""
+
+        def isSequenceRunning(self) -> bool:
+            return self.running
+
+        def stopSequenceAcquisition(self) -> None:
+            self.running = False
+
+        def startContinuousSequenceAcquisition(self, interval: float) -> None:
+            self.running = True
+
+        def getRemainingImageCount(self) -> int:
+            return len(self.buf)
+
+        def popNextImageAndMD(self):
+            return self.buf.pop(0)
+
+    src = CoreSource(FakeCore(), two_cameras=True, camera_labels=("CamA", "CamB"))
+    src.start()
+    frames = [src.next(0.01) for _ in range(3)]
+    src.stop()
+    assert src.finished()
+    for k, f in enumerate(frames):
+        assert f is not None
+        assert f.raw.shape == (2, 4, 5)
+        assert (f.raw[0] == 1 + 10 * k).all()  # plane 0 from CamA
+        assert (f.raw[1] == 2 + 10 * k).all()
+        assert f.t_s == pytest.approx(0.01 * k)
+
+
+# ------------------------------------------------------------ MDA
+def test_mda_handler_tracks_useq_sequence(core, tmp_path: Path) -> None:
+    import useq
+
+    from axialtrack.pipeline.mda import TrackingHandler
+
+    core.setProperty("Camera", "PlaneWidth", 128)
+    core.setProperty("Camera", "PlaneHeight", 128)
+    core.setProperty("Camera", "Scene", "diffusing")
+    ana = PeakAnalyzer(core.getPixelSizeUm())
+    handler = TrackingHandler(tmp_path / "mda.zarr", ana, core=core)
+    seq = useq.MDASequence(time_plan={"interval": 0, "loops": 30})
+    core.mda.run(seq, output=handler)
+    handler.wait()
+    assert handler.error is None
+    m = handler.metrics
+    assert m is not None
+    assert m.frames_in == m.frames_written == 30
+    assert m.frames_analyzed > 0
+    assert m.stop_reason == "sequence-finished"
+    run = open_run(tmp_path / "mda.zarr")
+    assert run.state == "closed"
+    assert run.n_frames == 30
+    assert np.all(np.diff(run.frame_meta["t_s"].to_numpy()) > 0)
+    assert run.frame_meta["analyzed"].sum() == m.frames_analyzed
+    assert len(run.localizations) > 0
+    # an existing output is refused before the MDA runs
+    with pytest.raises(StoreExistsError):
+        TrackingHandler(tmp_path / "mda.zarr", ana, core=core)
+    # attached to the core's MDA events (as for pymmcore-widgets' MDA widget)
+    h2 = TrackingHandler(str(tmp_path / "s-{n:02d}.zarr"), None, core=core)
+    h2.attach(core)
+    try:
+        for _ in range(2):
+            core.mda.run(useq.MDASequence(time_plan={"interval": 0, "loops": 5}))
+            h2.wait()
+    finally:
+        h2.detach()
+    for name in ("s-00.zarr", "s-01.zarr"):
+        assert open_run(tmp_path / name).n_frames == 5
+
+
+# ------------------------------------------------------------ amend
+def test_amend_fills_skipped_frames(tmp_path: Path) -> None:
+    from axialtrack.store.amend import append_localizations_to_run
+
+    geo = SplitterGeometry()
+    src = ListSource(40, geo, rate_hz=400)
+    ana = PeakAnalyzer(delay_s=0.03)
+    w = _writer(tmp_path / "run.zarr", geo)
+    cfg = RunnerConfig(analysis_queue_frames=2, max_batch_frames=1, ring_frames=8)
+    m = LiveRunner(src, ana, w, geometry=geo, config=cfg).run()
+    assert m.frames_skipped > 0
+    run = open_run(tmp_path / "run.zarr")
+    todo = np.flatnonzero(~run.frame_meta["analyzed"].to_numpy())
+    n_before = len(run.localizations)
+    offline = PeakAnalyzer()
+    metas = [FrameMeta(t_s=float(t)) for t in run.frame_meta["t_s"].to_numpy()[todo]]
+    table = offline.analyze(run.frames[todo], todo, metas)
+    append_localizations_to_run(
+        tmp_path / "run.zarr", table, frames_analyzed=todo, tracks=None
+    )
+    run = open_run(tmp_path / "run.zarr")
+    assert run.frame_meta["analyzed"].all()
+    locs = run.localizations
+    assert len(locs) == n_before + len(table)
+    assert sorted(locs["frame"]) == list(range(40))
+    assert run.attrs["amended"][-1]["rows"] == len(table)
+    # replace everything, with tracks
+    all_idx = np.arange(40)
+    metas = [FrameMeta(t_s=float(t)) for t in run.frame_meta["t_s"]]
+    full = offline.analyze(run.frames[:], all_idx, metas)
+    tracks = pd.DataFrame({"track_id": np.arange(2), "n_localizations": [20, 20]})
+    append_localizations_to_run(
+        tmp_path / "run.zarr",
+        full,
+        frames_analyzed=all_idx,
+        tracks=tracks,
+        replace=True,
+    )
+    run = open_run(tmp_path / "run.zarr")
+    assert len(run.localizations) == len(full)
+    assert list(run.localizations["frame"]) == list(range(40))
+    assert list(run.tracks["n_localizations"]) == [20, 20]
+    assert not list(tmp_path.glob("run.zarr/*.old-*"))

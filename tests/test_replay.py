@@ -1,0 +1,207 @@
+"""The replay camera, and the live/localize commands on replayed data."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from axialtrack.devices.replay import ReplayCamera, open_movie
+from axialtrack.geometry import split_frame
+from axialtrack.pipeline.runner import CoreSource, LiveRunner, open_live_writer
+from axialtrack.rig import load_rig, splitter_geometry
+from axialtrack.store import FrameMeta, RunWriter, open_run
+
+PLANE = (32, 48)
+N = 12
+
+
+@pytest.fixture
+def recording(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(3)
+    planes = rng.integers(100, 300, size=(N, 2, *PLANE), dtype=np.uint16)
+    planes[:, :, 10, 12] = 6000
+    path = tmp_path / "rec.zarr"
+    with RunWriter(path, kind="live", plane_shape=PLANE, pixel_size_um=0.1) as w:
+        for i in range(N):
+            w.append_frame(planes[i], FrameMeta(t_s=0.1 * i, stage_z_um=40.0 + i))
+    return path, planes
+
+
+@pytest.fixture
+def replay_core() -> Iterator[object]:
+    c = load_rig("replay-dualplane")
+    yield c
+    if c.isSequenceRunning():
+        c.stopSequenceAcquisition()
+    c.unloadAllDevices()
+
+
+def test_config_loads(replay_core) -> None:
+    core = replay_core
+    assert core.getCameraDevice() == "Camera"
+    assert core.getFocusDevice() == "Z"
+    assert core.getPixelSizeUm() == pytest.approx(0.108333)
+    with pytest.raises(RuntimeError, match="no Source"):
+        core.snapImage()
+
+
+def test_replay_run_store_as_live(replay_core, recording, tmp_path: Path) -> None:
+    core = replay_core
+    path, planes = recording
+    core.setProperty("Camera", "Source", str(path))
+    core.setProperty("Camera", "FrameRateHz", 400)
+    assert int(core.getProperty("Camera", "Frames")) == N
+    geo = splitter_geometry(core)
+    assert (core.getImageHeight(), core.getImageWidth()) == geo.sensor_shape(PLANE)
+    core.snapImage()
+    np.testing.assert_array_equal(split_frame(core.getImage(), geo), planes[0])
+
+    w = open_live_writer(
+        tmp_path / "live.zarr",
+        geometry=geo,
+        plane_shape=PLANE,
+        pixel_size_um=core.getPixelSizeUm(),
+    )
+    from axialtrack.devices import get_device
+
+    get_device(core, "Camera", ReplayCamera).rewind()
+    m = LiveRunner(CoreSource(core), None, w, geometry=geo).run(n_frames=2 * N + 3)
+    assert m.frames_in == m.frames_written == 2 * N + 3  # looped
+    run = open_run(tmp_path / "live.zarr")
+    got = run.frames[:]
+    np.testing.assert_array_equal(got[:N], planes)
+    np.testing.assert_array_equal(got[N : 2 * N], planes)
+    meta = run.frame_meta
+    assert np.all(np.diff(meta["t_s"].to_numpy()) > 0)
+    np.testing.assert_allclose(meta["t_s"].diff().dropna(), 1 / 400, rtol=1e-3)
+    np.testing.assert_allclose(meta["stage_z_um"][:N], 40.0 + np.arange(N))
+
+
+def test_replay_no_loop_ends_with_warning(replay_core, recording, tmp_path) -> None:
+    core = replay_core
+    path, _ = recording
+    core.setProperty("Camera", "Source", str(path))
+    core.setProperty("Camera", "Loop", 0)
+    core.setProperty("Camera", "FrameRateHz", 0)
+    geo = splitter_geometry(core)
+    w = open_live_writer(
+        tmp_path / "live.zarr", geometry=geo, plane_shape=PLANE, pixel_size_um=0.1
+    )
+    m = LiveRunner(CoreSource(core), None, w, geometry=geo).run(n_frames=100)
+    assert m.stop_reason == "source-ended"
+    assert m.frames_in == m.frames_written == N
+    assert any(f"after {N} of 100 frames" in s for s in m.warnings)
+    assert open_run(tmp_path / "live.zarr").n_frames == N
+
+
+def test_tiff_and_zarr_movies(tmp_path: Path, recording) -> None:
+    _, planes = recording
+    geo = splitter_geometry(load_rig("replay-dualplane"))
+    sensor = np.stack([np.hstack([p[0], p[1]]) for p in planes])
+    tifffile.imwrite(tmp_path / "sensor.tif", sensor)
+    tifffile.imwrite(tmp_path / "planes.ome.tif", planes, metadata={"axes": "TCYX"})
+    m = open_movie(tmp_path / "sensor.tif")
+    assert m.layout == "sensor"
+    assert len(m) == N
+    np.testing.assert_array_equal(split_frame(m.frame(3), geo), planes[3])
+    m = open_movie(tmp_path / "planes.ome.tif")
+    assert m.layout == "planes"
+    np.testing.assert_array_equal(m.frame(5), planes[5])
+    import zarr
+
+    zarr.create_array(tmp_path / "movie.zarr", data=sensor)
+    m = open_movie(tmp_path / "movie.zarr", "sensor")
+    np.testing.assert_array_equal(m.frame(2), sensor[2])
+    with pytest.raises(ValueError, match="not 'planes'"):
+        open_movie(tmp_path / "sensor.tif", "planes")
+    with pytest.raises(FileNotFoundError):
+        open_movie(tmp_path / "missing.tif")
+
+
+# ------------------------------------------------------------------ CLI
+@pytest.fixture
+def fake_analyzer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replace the model-based analyzer with the toy one of the runner tests."""
+    from test_pipeline_runner import PeakAnalyzer
+
+    import axialtrack.pipeline.cli as cli
+
+    monkeypatch.setattr(
+        cli,
+        "_make_analyzer",
+        lambda bundle, **kw: PeakAnalyzer(kw.get("pixel_size_um", 0.1)),
+    )
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    from axialtrack.pipeline.cli import add_parsers
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+    return parser.parse_args(argv)
+
+
+def test_cli_live_on_replay_and_refuses_existing(
+    recording, tmp_path: Path, fake_analyzer
+) -> None:
+    path, _ = recording
+    out = tmp_path / "live.zarr"
+    argv = [
+        "live",
+        "--config",
+        "replay-dualplane",
+        "--source",
+        str(path),
+        "--rate",
+        "200",
+        "--model",
+        "fake.axialmodel",
+        "--frames",
+        "30",
+        "--out",
+        str(out),
+        "--no-status",
+    ]
+    args = _parse(argv)
+    assert args.func(args) == 0
+    run = open_run(out)
+    assert run.n_frames == 30
+    assert run.attrs["live_metrics"]["frames_in"] == 30
+    assert len(run.localizations) > 0
+    mtime = (out / "zarr.json").stat().st_mtime_ns
+    args = _parse(argv)
+    assert args.func(args) == 2  # refused
+    assert (out / "zarr.json").stat().st_mtime_ns == mtime
+    assert open_run(out).n_frames == 30
+    args = _parse([*argv, "--overwrite"])
+    assert args.func(args) == 0
+
+
+def test_cli_localize_fills_skipped(recording, tmp_path: Path, fake_analyzer) -> None:
+    path, planes = recording  # written without analysis: every frame skipped
+    assert not open_run(path).frame_meta["analyzed"].any()
+    args = _parse(["localize", str(path), "--model", "fake.axialmodel"])
+    assert args.func(args) == 0
+    run = open_run(path)
+    assert run.frame_meta["analyzed"].all()
+    assert sorted(set(run.localizations["frame"])) == list(range(N))
+    n = len(run.localizations)
+    args = _parse(["localize", str(path), "--model", "m", "--all"])
+    assert args.func(args) == 0
+    assert len(open_run(path).localizations) == n
+    # a TIFF movie of sensor frames into a new run
+    sensor = np.stack([np.hstack([p[0], p[1]]) for p in planes])
+    tifffile.imwrite(tmp_path / "movie.tif", sensor)
+    out = tmp_path / "movie.zarr"
+    argv = ["localize", str(tmp_path / "movie.tif"), "--model", "m", "--out"]
+    args = _parse([*argv, str(out), "--pixel-size", "0.1", "--frame-interval", "0.01"])
+    assert args.func(args) == 0
+    run = open_run(out)
+    np.testing.assert_array_equal(run.frames[:], planes)
+    assert run.frame_meta["analyzed"].all()
+    assert len(run.localizations) == n
