@@ -10,7 +10,7 @@ simulation truth) the benchmark reports, per 100 nm dz bin over
 ``|dz| <= 0.8 um``: bias, precision (std) and the CRLB of the crop the network
 sees (15 x 15 px, detected photons = photons x QE, camera read noise), in stage
 units, and precision / CRLB. The calibration's test split has only ~15 beads
-(per-bin bias standard error ~5 nm), so each model is also evaluated on an
+(per-bin bias standard error 2.5-9 nm), so each model is also evaluated on an
 independent simulated calibration (``--test-fields``, default 8 fields, ~190
 beads, none seen in training; bias standard error ~1-2 nm per bin). Training:
 cosine learning rate over the epochs, weight average, then an affine
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             test_data.examples.split[:] = 2  # every bead held out
         cal_examples = data.examples
-        common = {
+        common: dict[str, Any] = {
             "photons": photons * cam.qe,
             "background": background * cam.qe,
             "read_noise_e": float(cam.read_noise_e),

@@ -97,6 +97,10 @@ class SimCamera(AxialDevice, CameraDevice):
         Background photons per pixel per second in plane 0.
     DiffusionUm2PerS
         Diffusion coefficient of the diffusing particles, um^2/s.
+    ParticleDensity
+        Diffusing particles per um^3.
+    ParticleDepthUm
+        The diffusing particles fill depths 0 to this above the coverslip (um).
     PlaneWidth, PlaneHeight
         Size of one plane in pixels (the sensor frame holds both planes).
     Plane
@@ -124,6 +128,8 @@ class SimCamera(AxialDevice, CameraDevice):
         self._photons = 2e5
         self._background = 1000.0
         self._diffusion = 0.5
+        self._particle_density = _PARTICLE_DENSITY_UM3
+        self._particle_depth = _PARTICLE_DEPTH_UM[1]
         self._plane_w = 256
         self._plane_h = 256
         self._plane = "both"
@@ -251,6 +257,26 @@ class SimCamera(AxialDevice, CameraDevice):
     def _set_diffusion(self, value: Any) -> None:
         self._diffusion = as_float(value, "DiffusionUm2PerS")
         self._emit_property("DiffusionUm2PerS", self._diffusion)
+
+    @pymm_property(name="ParticleDensity", limits=(0.0, 1.0))
+    def particle_density(self) -> float:
+        """Diffusing particles per um^3."""
+        return self._particle_density
+
+    @particle_density.setter
+    def _set_particle_density(self, value: Any) -> None:
+        self._particle_density = as_float(value, "ParticleDensity")
+        self._emit_property("ParticleDensity", self._particle_density)
+
+    @pymm_property(name="ParticleDepthUm", limits=(0.1, 50.0))
+    def particle_depth_um(self) -> float:
+        """Depth range (from the coverslip) of the diffusing particles, um."""
+        return self._particle_depth
+
+    @particle_depth_um.setter
+    def _set_particle_depth(self, value: Any) -> None:
+        self._particle_depth = as_float(value, "ParticleDepthUm")
+        self._emit_property("ParticleDepthUm", self._particle_depth)
 
     @pymm_property(name="PlaneWidth", limits=(16, 4096))
     def plane_width(self) -> int:
@@ -420,13 +446,13 @@ class SimCamera(AxialDevice, CameraDevice):
                 )
             )
         if self._scene in ("diffusing", "beads+diffusing"):
-            depth = _PARTICLE_DEPTH_UM[1] - _PARTICLE_DEPTH_UM[0]
+            depth = self._particle_depth
             particles.append(
                 DiffusingParticles(
-                    n=round(_PARTICLE_DENSITY_UM3 * field[0] * field[1] * depth),
+                    n=round(self._particle_density * field[0] * field[1] * depth),
                     diffusion_um2_s=self._diffusion,
                     size_um=field,
-                    depth_um=_PARTICLE_DEPTH_UM,
+                    depth_um=(0.0, depth),
                     photons_per_s=self._photons,
                 )
             )
@@ -451,6 +477,8 @@ class SimCamera(AxialDevice, CameraDevice):
                 self._photons,
                 self._background,
                 self._diffusion,
+                self._particle_density,
+                self._particle_depth,
             )
             if self._sample is None or sample_key != self._sample_key:
                 self._sample = self._build_sample()

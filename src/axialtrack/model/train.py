@@ -320,14 +320,20 @@ def _rmse_nm(model: AxialNet, ex: Examples) -> float:
     return float(np.sqrt(np.mean((pred - ex.dz_um) ** 2)) * 1000)
 
 
-def _fold_affine_recalibration(model: AxialNet, va: Examples) -> dict[str, float]:
-    """Fit ``label ~ a * pred + c`` on ``va``; fold it into the head's dz row."""
+def _fold_affine_recalibration(model: AxialNet, va: Examples) -> dict[str, Any]:
+    """Fit ``label ~ a * pred + c`` on ``va``; fold it into the head's dz row.
+
+    Applied only when ``0.5 <= a <= 2`` (a model that tracks dz at all);
+    otherwise the model is left as is and ``applied`` is ``False``.
+    """
     pred = predict(model, va.crops, va.xy_norm)[:, 0].astype(float)
-    a, c = np.polyfit(pred, np.asarray(va.dz_um, float), 1)
-    with torch.no_grad():
-        model.head.weight[0] *= float(a)
-        model.head.bias[0] = float(a) * model.head.bias[0] + float(c)
-    return {"scale": float(a), "offset_um": float(c)}
+    a, c = (float(v) for v in np.polyfit(pred, np.asarray(va.dz_um, float), 1))
+    applied = bool(np.isfinite(a) and np.isfinite(c) and 0.5 <= a <= 2.0)
+    if applied:
+        with torch.no_grad():
+            model.head.weight[0] *= a
+            model.head.bias[0] = a * model.head.bias[0] + c
+    return {"scale": a, "offset_um": c, "applied": applied}
 
 
 def train(
@@ -394,7 +400,8 @@ def train(
         After training, fit an affine map ``dz -> a * dz + c`` of the predicted
         ``dz`` to the validation labels (least squares) and fold it into the
         output layer's ``dz`` row, so every backend (torch, ONNX) applies it with
-        no change to the bundle format. ``a, c`` go to ``metrics["recalibration"]``.
+        no change to the bundle format. ``a, c`` go to ``metrics["recalibration"]``
+        (not applied unless ``0.5 <= a <= 2``).
 
     Returns
     -------
@@ -548,7 +555,7 @@ def train(
             bar.stop()
     model.load_state_dict(best[2])
     model = model.cpu().eval()
-    recal: dict[str, float] | None = None
+    recal: dict[str, Any] | None = None
     if recalibrate:
         recal = _fold_affine_recalibration(model, va)
     metrics: dict[str, Any] = {
