@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -142,3 +143,23 @@ def test_a_bundle_for_another_rig_is_refused(sim_bundle: Path, tmp_path) -> None
     rc = main(["live", "--model", str(bad), "--frames", "5", "--out", str(out)])
     assert rc == 2
     assert not out.exists()
+
+
+def test_quick_demo_tells_the_whole_story(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "demo.json").read_text())
+    m = report["live_metrics"]
+    assert m["frames_in"] == m["frames_written"] > 0
+    assert m["frames_analyzed"] > 0
+    run = open_run(out / "live.zarr")
+    assert len(run.frames) == m["frames_written"]
+    assert len(run.localizations) == m["localizations"] > 0
+    s = report["score"]
+    # XY and linking do not depend on how well the short training went
+    assert s["recall"] > 0.5
+    assert s["rmse_x_nm"] < 50
+    assert s["link_accuracy"] > 0.9
+    assert report["training"]["test_rmse_nm"] > 0
+    # a second demo into the same folder is refused unless --overwrite
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 2

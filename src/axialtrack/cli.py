@@ -25,7 +25,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     cfg = DemoConfig()
     if args.quick:
         cfg = DemoConfig(
-            plane_size=128, fields=2, epochs=15, max_train_s=30, duration_s=3
+            plane_size=128, fields=2, epochs=25, max_train_s=40, duration_s=3
         )
     if args.duration is not None:
         cfg = cfg.model_copy(update={"duration_s": args.duration})
