@@ -110,6 +110,9 @@ class _Buffers(threading.local):
 
 _BUF = _Buffers()
 
+# strips (channels) of the onnxruntime smoothing graph, see _ort_smoother
+_STRIPS = 8
+
 
 # ------------------------------------------------------------------ smoothing
 @lru_cache(maxsize=16)
@@ -121,33 +124,137 @@ def _kernel(sigma_px: float) -> np.ndarray:
     return k.astype(np.float32)
 
 
+def _strips(h: int) -> tuple[int, int]:
+    """``(n, rows)``: the image is smoothed as ``n`` strips of ``rows`` rows."""
+    n = max(1, min(_STRIPS, h))
+    return n, -(-h // n)
+
+
+@lru_cache(maxsize=8)
+def _ort_smoother(kernel_key: bytes, strips: int, rows: int, width: int) -> Any:
+    """onnxruntime session of the separable smoothing, or ``None`` if unavailable.
+
+    The graph is two depthwise convolutions (``group = strips``) of a
+    ``(1, strips, rows + 2 r, width + 2 r)`` float32 input, the edge-padded image
+    cut into overlapping strips of rows, one strip per channel; its output
+    ``(1, strips, rows, width)`` is the smoothed image, row-major. Depthwise
+    convolutions take onnxruntime's vectorized path (blocked channels); one
+    single-channel convolution would go through im2col and be slower than numpy.
+    """
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:  # pragma: no cover - both are dependencies
+        return None
+    half = np.frombuffer(kernel_key, dtype=np.float32)
+    r = half.size - 1
+    k = np.concatenate([half[:0:-1], half])
+    kv = np.tile(k.reshape(1, 1, -1, 1), (strips, 1, 1, 1))
+    kh = np.tile(k.reshape(1, 1, 1, -1), (strips, 1, 1, 1))
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "kv"], ["m"], group=strips),
+            helper.make_node("Conv", ["m", "kh"], ["y"], group=strips),
+        ],
+        "smooth",
+        [
+            helper.make_tensor_value_info(
+                "x", TensorProto.FLOAT, [1, strips, rows + 2 * r, width + 2 * r]
+            )
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, strips, rows, width])],
+        initializer=[numpy_helper.from_array(kv, "kv"), numpy_helper.from_array(kh, "kh")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            model.SerializeToString(), so, providers=["CPUExecutionProvider"]
+        )
+    except Exception:  # pragma: no cover - fall back to numpy
+        return None
+
+
+def _padded(h: int, w: int, r: int) -> np.ndarray:
+    """Scratch image with ``r`` edge pixels around an ``(h, w)`` image.
+
+    It has ``n rows + 2 r`` rows (see :func:`_strips`): the image goes in
+    ``[r : r + h, r : r + w]``, then :func:`_fill_edges` replicates its edges.
+    """
+    n, rows = _strips(h)
+    return _BUF.get("smooth_pad", (n * rows + 2 * r, w + 2 * r), np.float32)
+
+
+def _fill_edges(pad: np.ndarray, h: int, w: int, r: int) -> None:
+    """Replicate the edge pixels of the image in ``pad`` (see :func:`_padded`)."""
+    pad[:r, r : r + w] = pad[r, r : r + w]
+    pad[r + h :, r : r + w] = pad[r + h - 1, r : r + w]
+    pad[:, :r] = pad[:, r : r + 1]
+    pad[:, r + w :] = pad[:, r + w - 1 : r + w]
+
+
+def _smooth_numpy(
+    pad: np.ndarray, h: int, w: int, k: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """Separable smoothing of the padded image with shifted slices (fallback)."""
+    r = k.shape[0] - 1
+    mid = _BUF.get("smooth_mid", (h, w + 2 * r), np.float32)
+    tmp = _BUF.get("smooth_tmp", (h, w + 2 * r), np.float32)
+    np.multiply(pad[r : r + h], k[0], out=mid)
+    for i in range(1, r + 1):
+        np.add(pad[r - i : r - i + h], pad[r + i : r + i + h], out=tmp)
+        tmp *= k[i]
+        mid += tmp
+    t2 = tmp[:, :w]
+    np.multiply(mid[:, r : r + w], k[0], out=out)
+    for i in range(1, r + 1):
+        np.add(mid[:, r - i : r - i + w], mid[:, r + i : r + i + w], out=t2)
+        t2 *= k[i]
+        out += t2
+    return out
+
+
+def _smooth_padded(
+    pad: np.ndarray, h: int, w: int, k: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """Smooth the image held in ``pad`` (edges filled) into float32 ``out``."""
+    r = k.shape[0] - 1
+    n, rows = _strips(h)
+    sess = _ort_smoother(k.tobytes(), n, rows, w)
+    if sess is None:
+        return _smooth_numpy(pad, h, w, k, out)
+    x = _BUF.get("smooth_x", (1, n, rows + 2 * r, w + 2 * r), np.float32)
+    s0, s1 = pad.strides
+    np.copyto(
+        x[0],
+        np.lib.stride_tricks.as_strided(
+            pad, (n, rows + 2 * r, w + 2 * r), (rows * s0, s0, s1), writeable=False
+        ),
+    )
+    direct = n * rows == h and out.flags.c_contiguous
+    y = out if direct else _BUF.get("smooth_y", (n * rows, w), np.float32)
+    io = sess.io_binding()
+    io.bind_cpu_input("x", x)
+    io.bind_output("y", "cpu", 0, np.float32, (1, n, rows, w), y.ctypes.data)
+    sess.run_with_iobinding(io)
+    if not direct:
+        out[...] = y[:h]
+    return out
+
+
 def _smooth_into(img: np.ndarray, k: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Separable smoothing of float32 ``img`` into ``out`` (edges replicated)."""
     r = k.shape[0] - 1
     h, w = img.shape
-    tmp = _BUF.get("smooth_tmp", (h, w), np.float32)
-    mid = _BUF.get("smooth_mid", (h, w), np.float32)
-    # rows
-    p = _BUF.get("smooth_pad_rows", (h + 2 * r, w), np.float32)
-    p[r : r + h] = img
-    p[:r] = img[:1]
-    p[r + h :] = img[-1:]
-    np.multiply(img, k[0], out=mid)
-    for i in range(1, r + 1):
-        np.add(p[r - i : r - i + h], p[r + i : r + i + h], out=tmp)
-        tmp *= k[i]
-        mid += tmp
-    # columns
-    q = _BUF.get("smooth_pad_cols", (h, w + 2 * r), np.float32)
-    q[:, r : r + w] = mid
-    q[:, :r] = mid[:, :1]
-    q[:, r + w :] = mid[:, -1:]
-    np.multiply(mid, k[0], out=out)
-    for i in range(1, r + 1):
-        np.add(q[:, r - i : r - i + w], q[:, r + i : r + i + w], out=tmp)
-        tmp *= k[i]
-        out += tmp
-    return out
+    pad = _padded(h, w, r)
+    pad[r : r + h, r : r + w] = img
+    _fill_edges(pad, h, w, r)
+    return _smooth_padded(pad, h, w, k, out)
 
 
 def smooth(
@@ -173,17 +280,33 @@ def smooth(
 
 
 # ----------------------------------------------------------------- background
-def _block_view(image: np.ndarray, block: int) -> np.ndarray:
-    """Pixels of each block, ``(nby, nbx, n)`` float32 (every 2nd for blocks >= 8)."""
-    h, w = image.shape
+def _block_view(images: np.ndarray, block: int) -> np.ndarray:
+    """Pixels of each block, ``(K, nby, nbx, n)`` float32 of a ``(K, H, W)`` stack.
+
+    Every 2nd pixel (every ``block // 8``-th) for blocks >= 8.
+    """
+    k, h, w = images.shape
     nby, nbx = max(1, -(-h // block)), max(1, -(-w // block))
     ph, pw = nby * block - h, nbx * block - w
-    img = image
+    img = images
     if ph or pw:
-        img = np.pad(image, ((0, ph), (0, pw)), mode="symmetric")
+        img = np.pad(images, ((0, 0), (0, ph), (0, pw)), mode="symmetric")
     step = max(1, block // 8)  # at most 8 x 8 = 64 samples per block
-    v = img.reshape(nby, block, nbx, block)[:, ::step, :, ::step]
-    return v.transpose(0, 2, 1, 3).reshape(nby, nbx, -1).astype(np.float32)
+    v = img.reshape(k, nby, block, nbx, block)[:, :, ::step, :, ::step]
+    return v.transpose(0, 1, 3, 2, 4).reshape(k, nby, nbx, -1).astype(np.float32)
+
+
+def _background_maps(images: np.ndarray, block_px: int) -> np.ndarray:
+    """:func:`background_map` of each image of a ``(K, H, W)`` stack at once."""
+    v = _block_view(np.asarray(images), int(block_px))
+    n = v.shape[-1]
+    med = np.partition(v, n // 2, axis=-1)[..., n // 2 : n // 2 + 1]
+    dev = np.abs(v - med)
+    mad = np.partition(dev, n // 2, axis=-1)[..., n // 2 : n // 2 + 1]
+    keep = dev <= 3.0 * 1.4826 * mad + 1e-6
+    return (np.where(keep, v, 0).sum(-1) / np.maximum(keep.sum(-1), 1)).astype(
+        np.float32
+    )
 
 
 def background_map(image: np.ndarray, block_px: int) -> np.ndarray:
@@ -196,15 +319,10 @@ def background_map(image: np.ndarray, block_px: int) -> np.ndarray:
     float32; block ``(i, j)`` is centred on pixel
     ``((j + 0.5) block - 0.5, (i + 0.5) block - 0.5)``.
     """
-    v = _block_view(np.asarray(image), int(block_px))
-    n = v.shape[-1]
-    med = np.partition(v, n // 2, axis=-1)[..., n // 2 : n // 2 + 1]
-    dev = np.abs(v - med)
-    mad = np.partition(dev, n // 2, axis=-1)[..., n // 2 : n // 2 + 1]
-    keep = dev <= 3.0 * 1.4826 * mad + 1e-6
-    return (np.where(keep, v, 0).sum(-1) / np.maximum(keep.sum(-1), 1)).astype(
-        np.float32
-    )
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-D; got shape {image.shape}")
+    return _background_maps(image[None], block_px)[0]
 
 
 def _axis_weights(
@@ -398,17 +516,21 @@ def detect(
         raise ValueError(f"planes must have shape (2, H, W); got {planes.shape}")
     h, w = planes.shape[1:]
     block = int(config.background_block_px)
-    img = detection_image(
-        planes, config, affine, out=_BUF.get("det", (h, w), np.float32)
-    )
+    k = _kernel(float(config.sigma_px))
+    r = k.shape[0] - 1
+    # the detection image goes straight into the edge-padded smoothing input
+    pad = _padded(h, w, r)
+    detection_image(planes, config, affine, out=pad[r : r + h, r : r + w])
+    _fill_edges(pad, h, w, r)
     # background of each plane; that of the sum is their sum (the registration
     # moves plane 1 by far less than a block)
-    grid0 = background_map(planes[0], block)
-    grid1 = None if config.source == "plane0" else background_map(planes[1], block)
-    grid = grid0 if grid1 is None else grid0 + grid1
-    sm = _smooth_into(
-        img, _kernel(float(config.sigma_px)), _BUF.get("sm", (h, w), np.float32)
-    )
+    if config.source == "plane0":
+        grid0, grid1 = background_map(planes[0], block), None
+        grid = grid0
+    else:
+        grid0, grid1 = _background_maps(planes, block)
+        grid = grid0 + grid1
+    sm = _smooth_padded(pad, h, w, k, _BUF.get("sm", (h, w), np.float32))
     # matched-filter photons = 4 pi sigma^2 * smoothed ADU above background * ph/ADU
     to_photons = 4.0 * math.pi * config.sigma_px**2 * camera.photons_per_adu
     thr = config.threshold_photons / to_photons
@@ -432,16 +554,19 @@ def detect(
     rows, cols = np.divmod(idx, view.shape[1])
     rows += m
     cols += m
-    # maxima of the smoothed image (the smooth background does not move them),
-    # then the exact threshold above the local background
-    is_max = _local_maxima(sm, rows, cols, int(config.min_distance_px))
-    rows, cols = rows[is_max], cols[is_max]
+    # the exact threshold above the local background, then the maxima of the
+    # smoothed image (the smooth background does not move them); the two tests
+    # are independent per pixel, and the first leaves fewer for the second
     xy = np.stack([cols, rows], axis=1).astype(float)
     peak = sm[rows, cols] - sample_background(grid, xy, block)
-    above = peak > thr
-    if not above.any():
+    above = np.flatnonzero(peak > thr)
+    if above.size == 0:
         return Detections.empty()
-    xy, peak = xy[above], peak[above] * to_photons
+    rows, cols = rows[above], cols[above]
+    is_max = _local_maxima(sm, rows, cols, int(config.min_distance_px))
+    if not is_max.any():
+        return Detections.empty()
+    xy, peak = xy[above[is_max]], peak[above[is_max]] * to_photons
     order = np.argsort(-peak, kind="stable")
     xy, peak = xy[order], peak[order]
     bg0 = camera.photons(sample_background(grid0, xy, block))
