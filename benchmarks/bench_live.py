@@ -255,6 +255,7 @@ def live_run(
     n_frames: int,
     out_dir: Path,
     engine: str,
+    runner_kw: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """One replay -> runner -> writer + analyzer run; metrics and the run path."""
     from axialtrack.pipeline import make_analyzer
@@ -307,7 +308,7 @@ def live_run(
         analyzer,
         writer,
         geometry=geo,
-        config=RunnerConfig(log_status=False),
+        config=RunnerConfig(log_status=False, **(runner_kw or {})),
     )
     load0 = os.getloadavg()[0]
     c0 = time.process_time()
@@ -574,6 +575,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="200 frames, rates 100 0")
     ap.add_argument("--keep", action="store_true", help="keep the live run stores")
+    ap.add_argument(
+        "--queue", type=int, default=None, help="runner analysis_queue_frames"
+    )
+    ap.add_argument("--batch", type=int, default=None, help="runner max_batch_frames")
     args = ap.parse_args(argv)
     tgt = TARGETS[args.device]
     args.size = args.size or tgt["size"]
@@ -595,7 +600,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for rate in rates:
             log(f"live run at {rate:g} frames/s" if rate else "live run unpaced")
-            res, path = live_run(movie, bundle, rate, args.frames, out_dir, engine)
+            runner_kw = {
+                k: v
+                for k, v in (
+                    ("analysis_queue_frames", args.queue),
+                    ("max_batch_frames", args.batch),
+                )
+                if v is not None
+            }
+            res, path = live_run(
+                movie, bundle, rate, args.frames, out_dir, engine, runner_kw
+            )
             res["accuracy"] = run_accuracy(path, truth, z_range, args.min_track_length)
             log(
                 f"  in {res['fps_in']} analyzed {res['fps_analyzed']} fps, skipped "
