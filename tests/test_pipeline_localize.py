@@ -358,6 +358,13 @@ def test_z_accuracy_with_sim_bundle(sim_bundle: Path, coverslip_stack: tuple) ->
         assert locs[c].dtype == dt, c
     assert (locs["track_id"] == -1).all()
     assert not locs["saturated"].any()
+    # neighbour distance: the nearest other localization of the same frame
+    for _, g in locs.groupby("frame"):
+        xy = g[["x_px", "y_px"]].to_numpy()
+        d = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
+        np.fill_diagonal(d, np.inf)
+        # detections are refined after the neighbour search: within a pixel
+        np.testing.assert_allclose(g["neighbour_px"], d.min(axis=1), atol=1.0)
     ez, exy, _ph, n_truth, n_found = _matched(locs, truths)
     assert n_found >= 0.95 * n_truth
     rmse_z = float(np.sqrt(np.mean(ez**2)))

@@ -2,7 +2,7 @@
 
 :class:`Localizer` turns dual-plane frames into rows of the localization table
 (``frame, t_s, x_um, y_um, z_um, dz_um, sigma_z_um, photons, background,
-track_id`` plus ``x_px, y_px, saturated``).
+track_id`` plus ``x_px, y_px, saturated, neighbour_px``).
 
 Coordinates
 -----------
@@ -60,6 +60,7 @@ TABLE_COLUMNS: dict[str, np.dtype] = {
     "x_px": np.dtype("float64"),
     "y_px": np.dtype("float64"),
     "saturated": np.dtype("bool"),
+    "neighbour_px": np.dtype("float64"),
 }
 
 
@@ -126,6 +127,16 @@ def field_position(xy_px: np.ndarray, plane_shape: tuple[int, int]) -> np.ndarra
     out[:, 0] = 2.0 * xy[:, 0] / max(w - 1, 1) - 1.0
     out[:, 1] = 2.0 * xy[:, 1] / max(h - 1, 1) - 1.0
     return out.astype(np.float32)
+
+
+def _nearest_other(xy: np.ndarray) -> np.ndarray:
+    """Distance (px) from each detection to the nearest other one (inf if alone)."""
+    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+    if len(xy) < 2:
+        return np.full(len(xy), np.inf)
+    d2 = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(axis=2)
+    np.fill_diagonal(d2, np.inf)
+    return np.sqrt(d2.min(axis=1))
 
 
 def empty_table() -> pd.DataFrame:
@@ -476,6 +487,7 @@ class Localizer:
         bg_ph = np.concatenate([d.background_photons for d in dets])
         bg_adu = bg_ph / cam.photons_per_adu + cam.offset_adu
         bg1_ph = np.concatenate([d.background1_photons for d in dets])
+        nn_px = np.concatenate([_nearest_other(d.xy_px) for d in dets])
         both = cfg.xy_planes == "both" and bool(np.all(np.isfinite(bg1_ph)))
 
         # 2. sub-pixel XY before cropping (crops centre on the rounded position)
@@ -507,6 +519,7 @@ class Localizer:
         if not inside.all():
             pairs, xy0, fi = pairs[inside], xy0[inside], fi[inside]
             bg_ph, bg_adu = bg_ph[inside], bg_adu[inside]
+            nn_px = nn_px[inside]
         t3 = time.perf_counter()
         tm["crop"] += t3 - t2
         n = pairs.shape[0]
@@ -564,5 +577,6 @@ class Localizer:
                 "x_px": xy0[:, 0].astype(float),
                 "y_px": xy0[:, 1].astype(float),
                 "saturated": saturated,
+                "neighbour_px": nn_px,
             }
         )
