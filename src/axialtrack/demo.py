@@ -21,6 +21,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
+from axialtrack._json import jsonable
+
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
 logger = logging.getLogger(__name__)
@@ -242,7 +244,7 @@ def run_demo(
         if core.isSequenceRunning():
             core.stopSequenceAcquisition()
         core.unloadAllDevices()
-    (out / "demo.json").write_text(json.dumps(_jsonable(res.as_dict()), indent=2))
+    (out / "demo.json").write_text(json.dumps(jsonable(res.as_dict()), indent=2))
     return res
 
 
@@ -387,16 +389,3 @@ def _print_live(con: Console, res: DemoResult, tracks: pd.DataFrame) -> None:
         f"{res.training.get('test_rmse_nm', float('nan')):.1f} nm",
     )
     con.print(table)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if np.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj

@@ -17,7 +17,7 @@ pixel at ``(0, 0)``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -219,3 +219,26 @@ def compose_frame(planes: np.ndarray, geometry: SplitterGeometry) -> np.ndarray:
         out[0] = planes[0]
         out[1] = p1
     return out
+
+
+def read_splitter_geometry(core: Any, label: str) -> SplitterGeometry:
+    """The :class:`SplitterGeometry` of splitter ``label``, read through ``core``.
+
+    ``core`` is any object with Micro-Manager's ``getProperty(label, name)`` (a
+    pymmcore-plus core); the device's properties are ``Layout``, ``Mirror``,
+    ``PlaneOffsetUm``, ``ShiftXPx``, ``ShiftYPx``, ``RotationDeg``, ``Scale`` and
+    ``Transmission``.
+    """
+
+    def num(prop: str) -> float:
+        return float(core.getProperty(label, prop))
+
+    return SplitterGeometry(
+        layout=str(core.getProperty(label, "Layout")),
+        mirror=str(core.getProperty(label, "Mirror")),
+        plane_offset_um=num("PlaneOffsetUm"),
+        shift_px=(num("ShiftXPx"), num("ShiftYPx")),
+        rotation_deg=num("RotationDeg"),
+        scale=num("Scale"),
+        transmission=num("Transmission"),
+    )

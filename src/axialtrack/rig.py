@@ -28,7 +28,7 @@ from pymmcore_plus.core import DeviceInitializationState
 from pymmcore_plus.experimental.unicore import Device, UniMMCore
 
 from axialtrack.devices import AxialDevice
-from axialtrack.geometry import SplitterGeometry
+from axialtrack.geometry import SplitterGeometry, read_splitter_geometry
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -963,16 +963,4 @@ def splitter_geometry(core: UniMMCore, label: str | None = None) -> SplitterGeom
         Splitter device label; found automatically if omitted.
     """
     label = label or splitter_label(core)
-
-    def num(prop: str) -> float:
-        return float(core.getProperty(label, prop))
-
-    return SplitterGeometry(
-        layout=str(core.getProperty(label, "Layout")),
-        mirror=str(core.getProperty(label, "Mirror")),
-        plane_offset_um=num("PlaneOffsetUm"),
-        shift_px=(num("ShiftXPx"), num("ShiftYPx")),
-        rotation_deg=num("RotationDeg"),
-        scale=num("Scale"),
-        transmission=num("Transmission"),
-    )
+    return read_splitter_geometry(core, label)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from axialtrack._json import jsonable
+
 from .config import ModelConfig
 from .network import AxialNet
 
@@ -320,26 +322,11 @@ def save_bundle(
             "weights.pt": _sha256(path / "weights.pt"),
             "model.onnx": _sha256(path / "model.onnx"),
         }
-        (path / "model.json").write_text(json.dumps(_jsonable(meta), indent=2))
+        (path / "model.json").write_text(json.dumps(jsonable(meta), indent=2))
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
     return path
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if np.isfinite(v) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
 
 
 def _check_rig(

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from axialtrack.geometry import SplitterGeometry
+from axialtrack.geometry import SplitterGeometry, read_splitter_geometry
 from axialtrack.pipeline.runner import (
     FrameAnalyzer,
     LiveMetrics,
@@ -88,19 +88,7 @@ def geometry_from_core(core: Any) -> SplitterGeometry:
             "loaded; pass geometry= to TrackingHandler"
         )
     label = found[0]
-
-    def num(prop: str) -> float:
-        return float(core.getProperty(label, prop))
-
-    return SplitterGeometry(
-        layout=str(core.getProperty(label, "Layout")),
-        mirror=str(core.getProperty(label, "Mirror")),
-        plane_offset_um=num("PlaneOffsetUm"),
-        shift_px=(num("ShiftXPx"), num("ShiftYPx")),
-        rotation_deg=num("RotationDeg"),
-        scale=num("Scale"),
-        transmission=num("Transmission"),
-    )
+    return read_splitter_geometry(core, label)
 
 
 class _QueueSource:
