@@ -17,15 +17,18 @@
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from pymmcore_plus.experimental.unicore import Device
+from pymmcore_plus.core import Keyword
+from pymmcore_plus.experimental.unicore import CameraDevice, Device
 
 __all__ = [
     "AxialDevice",
     "Choices",
+    "PacedCamera",
     "as_bool",
     "as_choice",
     "as_float",
@@ -300,3 +303,53 @@ def get_device(core: Any, label: str, kind: type[D] | None = None) -> Any:
             f"device {label!r} is a {type(dev).__name__}, not a {kind.__name__}"
         )
     return dev
+
+
+class PacedCamera(AxialDevice, CameraDevice):
+    """Base of the Python cameras that pace their own frames in real time.
+
+    Holds what the simulated and the replay camera share: exposure and
+    ``Interval-ms`` state and limits, binning 1 only, the measured
+    ``ActualInterval-ms`` and a clock (seconds since :meth:`initialize`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._exposure_ms = 10.0
+        self._interval_ms = 0.0
+        self._actual_interval_ms = 0.0
+        self._t0 = time.perf_counter()
+        self._last_end_s = 0.0
+        self.set_property_limits(Keyword.Exposure, (0.001, 100_000.0))
+        self.set_property_limits(Keyword.Interval_ms, (0.0, 3_600_000.0))
+        self.set_property_allowed_values(
+            Keyword.Binning, Choices((1,), lambda v: as_int(v, "Binning"))
+        )
+
+    def get_binning(self) -> int:
+        """Binning factor (always 1)."""
+        return 1
+
+    def set_binning(self, value: Any) -> None:
+        """Accept binning 1 only."""
+        if as_int(value, "Binning") != 1:
+            raise ValueError(f"{type(self).__name__} supports binning 1 only")
+
+    def get_interval_ms(self) -> float:
+        """Minimum frame period of sequence acquisitions, ms."""
+        return self._interval_ms
+
+    def set_interval_ms(self, value: Any) -> None:
+        """Set the minimum frame period of sequence acquisitions, ms."""
+        v = as_float(value, "Interval-ms")
+        if v < 0:
+            raise ValueError(f"Interval-ms must be >= 0; got {v}")
+        self._interval_ms = v
+
+    def get_actual_interval_ms(self) -> float:
+        """Mean frame period of the last sequence acquisition, ms."""
+        return self._actual_interval_ms
+
+    def now_s(self) -> float:
+        """The camera clock: seconds since the camera was initialized."""
+        return time.perf_counter() - self._t0

@@ -35,11 +35,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pymmcore_plus.core import Keyword
-from pymmcore_plus.experimental.unicore import CameraDevice, pymm_property
+from pymmcore_plus.experimental.unicore import pymm_property
 
 from axialtrack.geometry import SplitterGeometry, compose_frame
 
-from ._base import AxialDevice, Choices, as_bool, as_choice, as_float, as_int, find_peer
+from ._base import (
+    Choices,
+    PacedCamera,
+    as_bool,
+    as_choice,
+    as_float,
+    as_int,
+    find_peer,
+)
 from .light import SimLightSource
 from .splitter import DualPlaneSplitter
 from .stages import SimXYStage, SimZPiezo
@@ -70,7 +78,7 @@ _PARTICLE_DEPTH_UM = (0.0, 3.0)
 _VOLUME_DEPTH_UM = (0.0, 3.0)
 
 
-class SimCamera(AxialDevice, CameraDevice):
+class SimCamera(PacedCamera):
     """Simulated camera showing a virtual sample through a dual-plane splitter.
 
     Properties
@@ -120,9 +128,6 @@ class SimCamera(AxialDevice, CameraDevice):
 
     def __init__(self) -> None:
         super().__init__()
-        self._exposure_ms = 10.0
-        self._interval_ms = 0.0
-        self._actual_interval_ms = 0.0
         self._scene = "beads"
         self._seed = 0
         self._photons = 2e5
@@ -146,14 +151,7 @@ class SimCamera(AxialDevice, CameraDevice):
         self._renderer: Renderer | None = None
         self._renderer_key: tuple[Any, ...] | None = None
         self._render_lock = threading.RLock()
-        self._t0 = time.perf_counter()
-        self._last_end_s = 0.0
         self._frame_counter = 0
-        self.set_property_limits(Keyword.Exposure, (0.001, 100_000.0))
-        self.set_property_limits(Keyword.Interval_ms, (0.0, 3_600_000.0))
-        self.set_property_allowed_values(
-            Keyword.Binning, Choices((1,), lambda v: as_int(v, "Binning"))
-        )
 
     def initialize(self) -> None:
         """Start the simulation clock."""
@@ -174,30 +172,6 @@ class SimCamera(AxialDevice, CameraDevice):
         self._exposure_ms = value
         if changed and (proxy := self._core_proxy_) is not None:
             proxy.events.exposureChanged.emit(self._label_, value)
-
-    def get_binning(self) -> int:
-        """Binning factor (always 1)."""
-        return 1
-
-    def set_binning(self, value: Any) -> None:
-        """Accept binning 1 only."""
-        if as_int(value, "Binning") != 1:
-            raise ValueError("SimCamera supports binning 1 only")
-
-    def get_interval_ms(self) -> float:
-        """Minimum frame period of sequence acquisitions, ms."""
-        return self._interval_ms
-
-    def set_interval_ms(self, value: Any) -> None:
-        """Set the minimum frame period of sequence acquisitions, ms."""
-        v = as_float(value, "Interval-ms")
-        if v < 0:
-            raise ValueError(f"Interval-ms must be >= 0; got {v}")
-        self._interval_ms = v
-
-    def get_actual_interval_ms(self) -> float:
-        """Mean frame period of the last sequence acquisition, ms."""
-        return self._actual_interval_ms
 
     def get_camera_name(self) -> str:
         """Camera model name."""
@@ -497,10 +471,6 @@ class SimCamera(AxialDevice, CameraDevice):
                 )
                 self._renderer_key = key
             return self._renderer
-
-    def now_s(self) -> float:
-        """The simulation clock: seconds since the camera was initialized."""
-        return time.perf_counter() - self._t0
 
     def _frame(self, t_s: float, exposure_s: float) -> tuple[np.ndarray, dict]:
         """Render one frame whose exposure starts at ``t_s``."""

@@ -32,11 +32,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pymmcore_plus.core import Keyword
-from pymmcore_plus.experimental.unicore import CameraDevice, pymm_property
+from pymmcore_plus.experimental.unicore import pymm_property
 
 from axialtrack.geometry import SplitterGeometry, unmirror
 
-from ._base import AxialDevice, Choices, as_bool, as_choice, as_float, as_int, find_peer
+from ._base import (
+    Choices,
+    PacedCamera,
+    as_bool,
+    as_choice,
+    as_float,
+    find_peer,
+)
 from .splitter import DualPlaneSplitter
 
 if TYPE_CHECKING:
@@ -197,7 +204,7 @@ def open_movie(path: str | os.PathLike[str], layout: str = "auto") -> Movie:
     )
 
 
-class ReplayCamera(AxialDevice, CameraDevice):
+class ReplayCamera(PacedCamera):
     """A camera that replays a recorded run or movie in real time.
 
     Properties
@@ -225,9 +232,6 @@ class ReplayCamera(AxialDevice, CameraDevice):
 
     def __init__(self) -> None:
         super().__init__()
-        self._exposure_ms = 10.0
-        self._interval_ms = 0.0
-        self._actual_interval_ms = 0.0
         self._source = ""
         self._layout = "auto"
         self._rate = 100.0
@@ -237,13 +241,6 @@ class ReplayCamera(AxialDevice, CameraDevice):
         self._movie: Movie | None = None
         self._cursor = 0
         self._lock_movie = threading.RLock()
-        self._t0 = time.perf_counter()
-        self._last_end_s = 0.0
-        self.set_property_limits(Keyword.Exposure, (0.001, 100_000.0))
-        self.set_property_limits(Keyword.Interval_ms, (0.0, 3_600_000.0))
-        self.set_property_allowed_values(
-            Keyword.Binning, Choices((1,), lambda v: as_int(v, "Binning"))
-        )
 
     def initialize(self) -> None:
         """Start the replay clock."""
@@ -258,30 +255,6 @@ class ReplayCamera(AxialDevice, CameraDevice):
     def set_exposure(self, exposure: float) -> None:
         """Set the nominal exposure time in ms."""
         self._exposure_ms = as_float(exposure, "Exposure")
-
-    def get_binning(self) -> int:
-        """Binning factor (always 1)."""
-        return 1
-
-    def set_binning(self, value: Any) -> None:
-        """Accept binning 1 only."""
-        if as_int(value, "Binning") != 1:
-            raise ValueError("ReplayCamera supports binning 1 only")
-
-    def get_interval_ms(self) -> float:
-        """Minimum frame period of sequences, ms."""
-        return self._interval_ms
-
-    def set_interval_ms(self, value: Any) -> None:
-        """Set the minimum frame period of sequences, ms."""
-        v = as_float(value, "Interval-ms")
-        if v < 0:
-            raise ValueError(f"Interval-ms must be >= 0; got {v}")
-        self._interval_ms = v
-
-    def get_actual_interval_ms(self) -> float:
-        """Mean frame period of the last sequence, ms."""
-        return self._actual_interval_ms
 
     def get_camera_name(self) -> str:
         """Camera model name."""
@@ -406,10 +379,6 @@ class ReplayCamera(AxialDevice, CameraDevice):
     def dtype(self) -> DTypeLike:
         """Pixel type: 16-bit unsigned."""
         return np.uint16
-
-    def now_s(self) -> float:
-        """The replay clock: seconds since the camera was initialized."""
-        return time.perf_counter() - self._t0
 
     def _next_frame(
         self, out_t: float
