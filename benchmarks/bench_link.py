@@ -44,58 +44,7 @@ from axialtrack.pipeline.tracks import (
     estimate_diffusion_population,
     summarize_tracks,
 )
-
-
-def simulate(
-    n_particles: int,
-    n_frames: int,
-    box_um: tuple[float, float, float],
-    seed: int,
-    dt: float = 0.01,
-    sigma_xy: float = 0.02,
-    sigma_z: float = 0.05,
-    mean_life: float = 200.0,
-    p_miss: float = 0.02,
-    n_sub: int = 5,
-) -> pd.DataFrame:
-    """Localizations of diffusing particles with ground-truth ids (``true_id``)."""
-    rng = np.random.default_rng(seed)
-    box = np.asarray(box_um, dtype=np.float64)
-    born = rng.random((n_particles, n_frames)) < 1.0 / mean_life
-    born[:, 0] = True
-    seg = np.cumsum(born, axis=1) - 1
-    n_seg = seg[:, -1] + 1
-    pid = seg + np.r_[0, np.cumsum(n_seg)[:-1]][:, None]
-    n_tot = int(n_seg.sum())
-    d = np.exp(rng.uniform(np.log(0.1), np.log(1.0), n_tot))
-    start = rng.random((n_tot, 3)) * box
-    pid_sub = np.repeat(pid, n_sub, axis=1)
-    steps = rng.standard_normal((n_particles, n_frames * n_sub, 3))
-    steps *= np.sqrt(2 * d[pid_sub] * dt / n_sub)[..., None]
-    born_sub = np.zeros(pid_sub.shape, dtype=bool)
-    born_sub[:, ::n_sub] = born
-    steps[born_sub] = 0.0
-    cum = np.cumsum(steps, axis=1)
-    idx = np.where(born_sub, np.arange(n_frames * n_sub)[None, :], 0)
-    idx = np.maximum.accumulate(idx, axis=1)
-    pos = start[pid_sub] + cum - np.take_along_axis(cum, idx[..., None], axis=1)
-    pos = np.mod(pos, 2 * box)
-    pos = np.where(pos > box, 2 * box - pos, pos)
-    pos = pos.reshape(n_particles, n_frames, n_sub, 3).mean(axis=2)
-    pos += rng.standard_normal(pos.shape) * np.array([sigma_xy, sigma_xy, sigma_z])
-    p_i, f_i = np.nonzero(rng.random((n_particles, n_frames)) >= p_miss)
-    df = pd.DataFrame(
-        {
-            "frame": f_i.astype(np.int64),
-            "t_s": f_i * dt,
-            "x_um": pos[p_i, f_i, 0],
-            "y_um": pos[p_i, f_i, 1],
-            "z_um": pos[p_i, f_i, 2],
-            "true_id": pid[p_i, f_i].astype(np.int64),
-            "true_D": d[pid[p_i, f_i]],
-        }
-    )
-    return df.sort_values(["frame", "x_um"], kind="stable").reset_index(drop=True)
+from axialtrack.sim.brownian import brownian_localizations
 
 
 def accuracy(df: pd.DataFrame, track_col: str, memory: int) -> dict[str, float]:
@@ -132,7 +81,9 @@ def _ms(t: list[float]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    df = simulate(args.particles, args.frames, tuple(args.box), args.seed)
+    df = brownian_localizations(
+        args.particles, args.frames, box_um=tuple(args.box), seed=args.seed
+    )
     memory = 3
     fr = df["frame"].to_numpy()
     xyz = df[["x_um", "y_um", "z_um"]].to_numpy()
