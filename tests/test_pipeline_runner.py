@@ -90,6 +90,35 @@ class PeakAnalyzer:
         )
 
 
+class StagedPeakAnalyzer(PeakAnalyzer):
+    """:class:`PeakAnalyzer` split into ``prepare`` / ``complete`` stages.
+
+    Records which thread ran each stage, and the order of ``complete`` calls.
+    """
+
+    def __init__(self, fail_prepare_at: int | None = None) -> None:
+        super().__init__()
+        self.fail_prepare_at = fail_prepare_at
+        self.threads: dict[str, set[str]] = {"prepare": set(), "complete": set()}
+        self.warmed = False
+
+    def warmup(self) -> None:
+        self.warmed = True
+
+    def prepare(self, planes, indices, meta):  # type: ignore[no-untyped-def]
+        self.threads["prepare"].add(threading.current_thread().name)
+        if self.fail_prepare_at is not None and indices[-1] >= self.fail_prepare_at:
+            raise ZeroDivisionError("prepare boom")
+        return planes.copy(), indices.copy(), list(meta)
+
+    def complete(self, prepared):  # type: ignore[no-untyped-def]
+        self.threads["complete"].add(threading.current_thread().name)
+        return PeakAnalyzer.analyze(self, *prepared)
+
+    def analyze(self, planes, indices, meta):  # type: ignore[no-untyped-def]
+        return self.complete(self.prepare(planes, indices, meta))
+
+
 class ListSource:
     """Frames from memory at a fixed rate; optionally stalls after ``stall_after``."""
 
@@ -240,6 +269,53 @@ def test_slow_analysis_skips_and_marks(tmp_path: Path) -> None:
     assert int((~analyzed).sum()) == m.frames_skipped
     assert set(run.localizations["frame"]) == set(done.tolist())
     assert run.attrs["live_metrics"]["frames_skipped"] == m.frames_skipped
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_staged_analyzer_two_threads_same_rows(tmp_path: Path, pipelined: bool) -> None:
+    geo = SplitterGeometry()
+    src = ListSource(60, geo, rate_hz=300)
+    ana = StagedPeakAnalyzer()
+    w = _writer(tmp_path / "run.zarr", geo)
+    cfg = RunnerConfig(analysis_queue_frames=64, ring_frames=80, pipelined=pipelined)
+    m = LiveRunner(src, ana, w, geometry=geo, config=cfg).run()
+    assert ana.warmed
+    assert m.frames_in == m.frames_written == m.frames_analyzed == 60
+    if pipelined:
+        assert ana.threads == {"prepare": {"live-detect"}, "complete": {"live-analyze"}}
+    else:
+        assert ana.threads == {
+            "prepare": {"live-analyze"},
+            "complete": {"live-analyze"},
+        }
+    done = np.concatenate(ana.calls)
+    np.testing.assert_array_equal(done, np.arange(60))  # completed in frame order
+    run = open_run(tmp_path / "run.zarr")
+    assert run.frame_meta["analyzed"].all()
+    offline = PeakAnalyzer().analyze(
+        src.planes, np.arange(60), [FrameMeta(t_s=0.0, stage_z_um=0.0)] * 60
+    )
+    locs = run.localizations.sort_values(["frame", "x_um", "y_um"])
+    np.testing.assert_allclose(
+        locs[["x_um", "y_um", "photons"]].to_numpy(),
+        offline.sort_values(["frame", "x_um", "y_um"])[
+            ["x_um", "y_um", "photons"]
+        ].to_numpy(),
+    )
+
+
+def test_staged_prepare_error_stops_run_keeps_frames(tmp_path: Path) -> None:
+    geo = SplitterGeometry()
+    src = ListSource(200, geo, rate_hz=200)
+    w = _writer(tmp_path / "run.zarr", geo)
+    with pytest.raises(AnalysisError, match="prepare boom"):
+        LiveRunner(src, StagedPeakAnalyzer(fail_prepare_at=5), w, geometry=geo).run()
+    run = open_run(tmp_path / "run.zarr")
+    assert run.state == "closed"
+    assert 5 <= run.n_frames < 200
+    np.testing.assert_array_equal(run.frames[:], src.planes[: run.n_frames])
+    analyzed = run.frame_meta["analyzed"].to_numpy()
+    assert not analyzed[5:].any()
 
 
 def test_camera_stall_raises_and_keeps_frames(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .link import LinkConfig, OnlineLinker
-from .localize import Localizer, LocalizerConfig
+from .localize import Localizer, LocalizerConfig, PreparedBatch
 from .tracks import summarize_tracks
 
 if TYPE_CHECKING:
@@ -89,6 +89,8 @@ class TrackingAnalyzer:
     ) -> pd.DataFrame:
         """Localization rows, with track ids, of frames ``indices``.
 
+        The same as ``complete(prepare(planes, indices, meta))``.
+
         Parameters
         ----------
         planes
@@ -97,6 +99,19 @@ class TrackingAnalyzer:
             Their frame indices in the run (increasing).
         meta
             Their :class:`~axialtrack.store.FrameMeta` (camera time, stage Z).
+        """
+        return self.complete(self.prepare(planes, indices, meta))
+
+    def prepare(
+        self,
+        planes: np.ndarray,
+        indices: np.ndarray | Sequence[int],
+        meta: Sequence[FrameMeta],
+    ) -> PreparedBatch:
+        """First stage: detection, sub-pixel XY and crop pairs (no engine call).
+
+        The live runner runs it in its own thread, one batch ahead of
+        :meth:`complete`, so detection and inference overlap.
         """
         planes = np.asarray(planes)
         if planes.ndim == 3:
@@ -109,12 +124,31 @@ class TrackingAnalyzer:
         xy = np.array(
             [(float(m.stage_x_um), float(m.stage_y_um)) for m in meta], dtype=float
         ).reshape(-1, 2)
-        locs = self.localizer.localize(planes, idx, t, z, stage_xy_um=xy)
-        locs = self.linker.push_table(locs)
+        return self.localizer.prepare(planes, idx, t, z, stage_xy_um=xy)
+
+    def complete(self, batch: PreparedBatch) -> pd.DataFrame:
+        """Second stage: Z inference, photometry and linking, in frame order."""
+        locs = self.linker.push_table(self.localizer.finish(batch))
         if len(locs):
             self._kept.append(locs.loc[:, list(_SUMMARY_COLUMNS)])
             self.n_localizations += len(locs)
         return locs
+
+    def warmup(self, max_pairs: int = 64) -> None:
+        """Build what the first frames would otherwise build (detection graph,
+        engine buffers), so the first batches of a live run are not late.
+
+        Touches no state: the linker and the counters are unchanged.
+        """
+        h, w = self.localizer.plane_shape
+        cam = self.localizer.config.camera
+        blank = np.full((2, h, w), round(cam.offset_adu), dtype=np.uint16)
+        self.localizer.detect(blank)
+        s = int(self.engine.crop_size)
+        for n in sorted({1, max(1, int(max_pairs))}):
+            pairs = np.full((n, 2, s, s), round(cam.offset_adu) + 10, np.uint16)
+            pairs[:, :, s // 2, s // 2] += 500
+            self.engine.infer(pairs, np.zeros((n, 2), np.float32))
 
     def localizations(self) -> pd.DataFrame:
         """Everything localized so far (the columns the track summary needs)."""

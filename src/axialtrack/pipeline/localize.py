@@ -29,6 +29,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -45,6 +46,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "Localizer",
     "LocalizerConfig",
+    "PreparedBatch",
     "empty_table",
     "field_position",
     "pixels_to_sample_um",
@@ -300,6 +302,48 @@ def refine_xy(
     return np.where(use[:, None], comb, xy0)
 
 
+@dataclass
+class PreparedBatch:
+    """A batch of frames detected, refined and cropped, waiting for inference.
+
+    Made by :meth:`Localizer.prepare`, consumed by :meth:`Localizer.finish`.
+    Per-frame arrays have ``F`` rows; per-localization arrays ``N``.
+    """
+
+    frames: np.ndarray
+    t_s: np.ndarray
+    stage_z_um: np.ndarray
+    stage_xy_um: np.ndarray
+    frame_of: np.ndarray
+    xy_px: np.ndarray
+    pairs: np.ndarray
+    background_photons: np.ndarray
+    background_adu: np.ndarray
+    neighbour_px: np.ndarray
+
+    @classmethod
+    def empty(
+        cls, frames: np.ndarray, t_s: np.ndarray, stage_z_um: np.ndarray
+    ) -> PreparedBatch:
+        """A batch with no localization."""
+        z = np.zeros(0)
+        return cls(
+            frames=frames,
+            t_s=t_s,
+            stage_z_um=stage_z_um,
+            stage_xy_um=np.zeros((len(frames), 2)),
+            frame_of=np.zeros(0, np.int64),
+            xy_px=np.zeros((0, 2)),
+            pairs=np.zeros((0, 2, 1, 1), np.uint16),
+            background_photons=z,
+            background_adu=z,
+            neighbour_px=z,
+        )
+
+    def __len__(self) -> int:
+        return int(self.pairs.shape[0])
+
+
 # -------------------------------------------------------------------- localizer
 class Localizer:
     """Localize particles in 3D in dual-plane frames through an inference engine.
@@ -424,7 +468,8 @@ class Localizer:
     ) -> pd.DataFrame:
         """Localization rows of ``F`` frames.
 
-        All crop pairs of all frames go through one ``engine.infer`` call.
+        All crop pairs of all frames go through one ``engine.infer`` call; this
+        is :meth:`finish` of :meth:`prepare`.
 
         Parameters
         ----------
@@ -445,6 +490,41 @@ class Localizer:
         pandas.DataFrame
             One row per localization, ordered by frame (brightest first within a
             frame); columns :data:`TABLE_COLUMNS`, ``track_id`` -1.
+        """
+        return self.finish(self.prepare(planes, frames, t_s, stage_z_um, stage_xy_um))
+
+    def prepare(
+        self,
+        planes: np.ndarray,
+        frames: Sequence[int] | np.ndarray,
+        t_s: Sequence[float] | np.ndarray,
+        stage_z_um: float | Sequence[float] | np.ndarray,
+        stage_xy_um: np.ndarray | None = None,
+    ) -> PreparedBatch:
+        """The part of :meth:`localize` before inference: detect, refine XY, crop.
+
+        Pure CPU work that never touches the engine, so a pipeline can run it
+        for the next batch while the engine infers the current one;
+        :meth:`finish` completes it.
+
+        Parameters
+        ----------
+        planes
+            ``(F, 2, H, W)`` (or ``(2, H, W)`` for one frame) raw counts.
+        frames
+            ``(F,)`` frame indices.
+        t_s
+            ``(F,)`` frame times (s).
+        stage_z_um
+            Focus-stage position per frame, ``(F,)`` or a scalar.
+        stage_xy_um
+            Stage position per frame, ``(F, 2)`` or ``(2,)`` (um); ``None`` or NaN:
+            coordinates relative to the field centre.
+
+        Returns
+        -------
+        PreparedBatch
+            The crop pairs and what the table needs besides Z.
         """
         cfg = self.config
         cam = cfg.camera
@@ -481,7 +561,7 @@ class Localizer:
         t1 = time.perf_counter()
         tm["detect"] += t1 - t0
         if counts.sum() == 0:
-            return empty_table()
+            return PreparedBatch.empty(fr, ts, sz)
         fi = np.repeat(np.arange(n_f, dtype=np.int64), counts)
         peaks = np.concatenate([d.xy_px for d in dets])
         bg_ph = np.concatenate([d.background_photons for d in dets])
@@ -522,9 +602,35 @@ class Localizer:
             nn_px = nn_px[inside]
         t3 = time.perf_counter()
         tm["crop"] += t3 - t2
+        return PreparedBatch(
+            frames=fr,
+            t_s=ts,
+            stage_z_um=sz,
+            stage_xy_um=sxy,
+            frame_of=fi,
+            xy_px=xy0,
+            pairs=pairs,
+            background_photons=bg_ph,
+            background_adu=bg_adu,
+            neighbour_px=nn_px,
+        )
+
+    def finish(self, batch: PreparedBatch) -> pd.DataFrame:
+        """Infer Z for a :meth:`prepare`-d batch and build its table rows."""
+        cfg = self.config
+        cam = cfg.camera
+        tm = self.timings
+        pairs, xy0, fi = batch.pairs, batch.xy_px, batch.frame_of
+        fr, ts, sz, sxy = batch.frames, batch.t_s, batch.stage_z_um, batch.stage_xy_um
+        bg_ph, bg_adu, nn_px = (
+            batch.background_photons,
+            batch.background_adu,
+            batch.neighbour_px,
+        )
         n = pairs.shape[0]
         if n == 0:
             return empty_table()
+        t3 = time.perf_counter()
 
         # 4. Z (and network XY)
         field = field_position(xy0, self.plane_shape) if self.engine.needs_xy else None

@@ -19,10 +19,14 @@ disk. Raw frames are never dropped: if the writer cannot take a frame
 :meth:`LiveRunner.run` raises that error after closing the store, which keeps
 every frame it accepted.
 
-*Analysis* (``live-analyze``, one thread) gathers up to ``max_batch_frames``
-queued frames (waiting at most ``batch_deadline_s`` for a batch to fill), calls
-:meth:`FrameAnalyzer.analyze`, hands the localizations to the writer and marks
-the frames analyzed.
+*Analysis* gathers up to ``max_batch_frames`` queued frames (waiting at most
+``batch_deadline_s`` for a batch to fill), calls :meth:`FrameAnalyzer.analyze`,
+hands the localizations to the writer and marks the frames analyzed. With a
+:class:`StagedAnalyzer` it is two threads one batch apart: ``live-detect`` runs
+``prepare`` (detection, crop pairs) on batch *k + 1* while ``live-analyze`` runs
+``complete`` (inference, linking, writing) on batch *k*; both stages spend most
+of their time in code that releases the GIL, so on two cores they overlap. The
+analyzer's ``warmup()``, if it has one, runs before the camera starts.
 
 The thread that calls :meth:`LiveRunner.run` supervises: it stops the run at the
 requested duration, reports :class:`LiveMetrics` to ``on_status`` every
@@ -63,6 +67,7 @@ __all__ = [
     "LiveRunner",
     "RunnerConfig",
     "SourceFrame",
+    "StagedAnalyzer",
     "open_live_writer",
     "split_into",
 ]
@@ -165,6 +170,37 @@ class FrameAnalyzer(Protocol):
         ...
 
 
+@runtime_checkable
+class StagedAnalyzer(Protocol):
+    """A :class:`FrameAnalyzer` split in two stages the runner can overlap.
+
+    ``analyze(planes, indices, meta)`` must equal
+    ``complete(prepare(planes, indices, meta))``. ``prepare`` (detection, crops)
+    runs in the ``live-detect`` thread and must not touch what ``complete``
+    (inference, linking; ``live-analyze`` thread, in frame order) changes.
+    """
+
+    def analyze(
+        self, planes: np.ndarray, indices: np.ndarray, meta: Sequence[FrameMeta]
+    ) -> pd.DataFrame:
+        """Both stages at once."""
+        ...
+
+    def prepare(
+        self, planes: np.ndarray, indices: np.ndarray, meta: Sequence[FrameMeta]
+    ) -> Any:
+        """First stage of a batch; its result goes to :meth:`complete`."""
+        ...
+
+    def complete(self, prepared: Any) -> pd.DataFrame:
+        """Second stage: the localization rows of the batch."""
+        ...
+
+    def finish(self) -> pd.DataFrame | None:
+        """At the end of the run: the per-track summary table (or None)."""
+        ...
+
+
 # ----------------------------------------------------------------- config
 class RunnerConfig(BaseModel):
     """Tuning of a :class:`LiveRunner`.
@@ -196,6 +232,11 @@ class RunnerConfig(BaseModel):
         Frames over which latency percentiles are computed (most recent).
     log_status
         Log the status line (``logging.INFO``) every ``status_interval_s``.
+    pipelined
+        With an analyzer that has ``prepare`` and ``complete`` stages (a
+        :class:`StagedAnalyzer`, e.g. :class:`~axialtrack.pipeline.TrackingAnalyzer`),
+        run them in two threads one batch apart, so the detection of a batch
+        overlaps the inference of the previous one (both release the GIL).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -210,6 +251,7 @@ class RunnerConfig(BaseModel):
     poll_s: float = Field(0.05, gt=0)
     latency_window: int = Field(4096, ge=16)
     log_status: bool = True
+    pipelined: bool = True
 
     @model_validator(mode="after")
     def _check_ring(self) -> RunnerConfig:
@@ -662,6 +704,15 @@ class LiveRunner:
         self._t_first = math.nan
         self._t_last = math.nan
         self._history: deque[tuple[float, int, int, int]] = deque(maxlen=64)
+        self._staged = (
+            cfg.pipelined
+            and analyzer is not None
+            and callable(getattr(analyzer, "prepare", None))
+            and callable(getattr(analyzer, "complete", None))
+        )
+        # prepared batches between the two analysis stages (one in flight)
+        self._stage_q: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._analysis_stopped = False
 
     # ------------------------------------------------------------- public
     def stop(self) -> None:
@@ -700,6 +751,14 @@ class LiveRunner:
         if n_frames is not None and n_frames <= 0:
             raise ValueError(f"n_frames must be > 0, got {n_frames}")
         cfg = self.config
+        warmup = getattr(self.analyzer, "warmup", None)
+        if callable(warmup):
+            try:
+                warmup()  # build graphs and buffers before the first frame
+            except BaseException:
+                with contextlib.suppress(StoreError):
+                    self.writer.close()
+                raise
         try:
             self.source.start(n_frames)
         except BaseException:
@@ -717,6 +776,12 @@ class LiveRunner:
             threading.Thread(target=self._write_loop, name="live-write", daemon=True),
         ]
         if self.analyzer is not None:
+            if self._staged:
+                threads.append(
+                    threading.Thread(
+                        target=self._prepare_loop, name="live-detect", daemon=True
+                    )
+                )
             threads.append(
                 threading.Thread(
                     target=self._analyze_loop, name="live-analyze", daemon=True
@@ -1008,54 +1073,96 @@ class LiveRunner:
             n = min(len(q), cfg.max_batch_frames)
             return [q.popleft() for _ in range(n)]
 
-    def _analyze_loop(self) -> None:
-        assert self.analyzer is not None
+    def _take_planes(
+        self,
+    ) -> tuple[np.ndarray, np.ndarray, list[FrameMeta], list[float]] | None:
+        """The next batch copied out of the ring (slots freed); None at the end."""
         ring = self._ring
-        w = self.writer
-        failed = False
         while True:
             batch = self._take_batch()
             if not batch:
-                break
+                return None
             slots = [b[1] for b in batch]
-            if failed:
-                for s in slots:
-                    ring.release(s)
-                continue
             try:
                 planes = ring.frames[slots]  # a copy: the slots are free at once
             finally:
                 for s in slots:
                     ring.release(s)
+            if self._analysis_stopped:
+                continue  # drain the queue; nothing more is analyzed
             indices = np.array([b[0] for b in batch], dtype=np.int64)
-            metas = [b[2] for b in batch]
+            return planes, indices, [b[2] for b in batch], [b[3] for b in batch]
+
+    def _analysis_failed(self, indices: np.ndarray, exc: Exception) -> None:
+        self._analysis_stopped = True
+        if isinstance(exc, StoreError):
+            self._fail(exc)
+            return
+        err = AnalysisError(
+            f"The analyzer failed on frames {indices[0]}..{indices[-1]}: "
+            f"{type(exc).__name__}: {exc}. The run was stopped; every raw "
+            f"frame received is stored in {self.writer.path} (run `axialtrack "
+            "localize` on it once the problem is fixed)."
+        )
+        err.__cause__ = exc
+        self._fail(err)
+
+    def _prepare_loop(self) -> None:
+        """First analysis stage (staged analyzers): detection, one batch ahead."""
+        analyzer: Any = self.analyzer
+        try:
+            while True:
+                got = self._take_planes()
+                if got is None:
+                    break
+                planes, indices, metas, t_host = got
+                try:
+                    prepared = analyzer.prepare(planes, indices, metas)
+                except Exception as exc:
+                    self._analysis_failed(indices, exc)
+                    continue
+                self._stage_q.put((indices, t_host, prepared))
+        finally:
+            self._stage_q.put(_DONE)
+
+    def _next_for_analysis(self) -> tuple[np.ndarray, list[float], Any] | None:
+        if self._staged:
+            item = self._stage_q.get()
+            return None if item is _DONE else item
+        got = self._take_planes()
+        if got is None:
+            return None
+        planes, indices, metas, t_host = got
+        return indices, t_host, (planes, metas)
+
+    def _analyze_loop(self) -> None:
+        analyzer: Any = self.analyzer
+        w = self.writer
+        while True:
+            item = self._next_for_analysis()
+            if item is None:
+                break
+            indices, t_host, work = item
+            if self._analysis_stopped:
+                continue
             try:
-                table = self.analyzer.analyze(planes, indices, metas)
+                if self._staged:
+                    table = analyzer.complete(work)
+                else:
+                    table = analyzer.analyze(work[0], indices, work[1])
                 if table is not None and len(table):
                     w.append_localizations(table)
                     self._rows += len(table)
                     if "track_id" in table:
                         ids = np.unique(np.asarray(table["track_id"]))
                         self._track_ids.update(int(i) for i in ids if i >= 0)
-            except StoreError as exc:
-                self._fail(exc)
-                failed = True
-                continue
             except Exception as exc:
-                err = AnalysisError(
-                    f"The analyzer failed on frames {indices[0]}..{indices[-1]}: "
-                    f"{type(exc).__name__}: {exc}. The run was stopped; every raw "
-                    f"frame received is stored in {w.path} (run `axialtrack "
-                    "localize` on it once the problem is fixed)."
-                )
-                err.__cause__ = exc
-                self._fail(err)
-                failed = True
+                self._analysis_failed(indices, exc)
                 continue
             t_done = time.perf_counter()
             with self._lat_lock:
-                self._lat.extend(t_done - b[3] for b in batch)
-            self._frames_analyzed += len(batch)
+                self._lat.extend(t_done - t for t in t_host)
+            self._frames_analyzed += len(indices)
             self._pending_analyzed.append(indices)
             self._flush_analyzed()
 
