@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from axialtrack.engine import BACKENDS, available_backends, select_engine
+from axialtrack.engine.base import CPU_BUCKETS
 from axialtrack.model import AxialNet, ModelConfig, load_bundle, save_bundle
 
 BATCHES = (1, 16, 64, 256, 1024)
@@ -83,6 +84,18 @@ def main() -> None:
         "--batches",
         default=",".join(map(str, BATCHES)),
         help="comma-separated batch sizes",
+    )
+    ap.add_argument(
+        "--chunks",
+        default="16,32,64,128,256,1024",
+        help="onnxruntime: largest buckets (chunk sizes) to compare on one batch "
+        "of --chunk-batch pairs ('' to skip)",
+    )
+    ap.add_argument(
+        "--chunk-batch",
+        type=int,
+        default=800,
+        help="pairs per infer call in the chunk comparison (8 frames x 100)",
     )
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -160,6 +173,27 @@ def main() -> None:
                     "batches": rows,
                 }
             torch.set_num_threads(default_threads)
+
+        # onnxruntime: the same large batch in chunks of different sizes (CPU
+        # caches): the default CPU_BUCKETS take the best of these
+        chunking: dict[str, Any] = {}
+        chunks = [int(c) for c in args.chunks.split(",") if c.strip()]
+        if chunks and avail["onnxruntime"] is None and args.device != "cuda":
+            n = int(args.chunk_batch)
+            x, xy = _inputs(n, s, seed=1)
+            for c in chunks:
+                with select_engine(
+                    bundle, "onnxruntime", threads=args.threads, buckets=(1, c)
+                ) as eng:
+                    eng.warmup()
+                    chunking[str(c)] = _time(
+                        lambda eng=eng: eng.infer(x, xy), n, budget, min_iter
+                    )
+            results["onnxruntime-chunks"] = {
+                "batch": n,
+                "default_largest_bucket": CPU_BUCKETS[-1],
+                "chunk": chunking,
+            }
 
     info = {
         "benchmark": "engines",

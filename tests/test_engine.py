@@ -20,7 +20,7 @@ from axialtrack.engine import (
     available_backends,
     select_engine,
 )
-from axialtrack.engine.base import plan_chunks
+from axialtrack.engine.base import CPU_BUCKETS, plan_chunks
 from axialtrack.engine.cache import (
     CACHE_ENV,
     EngineKey,
@@ -126,7 +126,8 @@ def test_auto_picks_first_available(field_bundle: Path) -> None:
         assert eng.name == first
         assert eng.reason.startswith(f"auto: {first}")
         assert eng.precision == "fp32"
-        assert eng.buckets == DEFAULT_BUCKETS
+        cpu = eng.name == "onnxruntime"
+        assert eng.buckets == (CPU_BUCKETS if cpu else DEFAULT_BUCKETS)
         assert eng.crop_size == 15
         assert eng.needs_xy
 

@@ -26,6 +26,10 @@ __all__ = [
 BACKENDS: tuple[str, ...] = ("tensorrt", "torch-cuda", "onnxruntime", "torch-cpu")
 #: Default batch buckets (fixed shapes for engine profiles and CUDA graphs).
 DEFAULT_BUCKETS: tuple[int, ...] = (1, 16, 64, 256, 1024)
+#: Batch buckets of the CPU backends: chunks of at most 64 pairs stay in the
+#: core's caches; onnxruntime ran 36k pairs/s in chunks of 64 against 28k in
+#: chunks of 1024 (one thread; ``benchmarks/bench_engines.py``, onnxruntime-chunks).
+CPU_BUCKETS: tuple[int, ...] = (1, 16, 64)
 #: Output columns of :class:`InferResult`, in order.
 RESULT_COLUMNS: tuple[str, ...] = ("dz_um", "sigma_z_um", "dx_px", "dy_px")
 

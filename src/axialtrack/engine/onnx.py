@@ -10,7 +10,7 @@ import numpy as np
 
 from axialtrack.model import Bundle
 
-from .base import Engine, EngineError
+from .base import CPU_BUCKETS, Engine, EngineError
 
 __all__ = ["OnnxRuntimeEngine", "default_threads"]
 
@@ -37,7 +37,9 @@ class OnnxRuntimeEngine(Engine):
         Intra-op threads (default :func:`default_threads`).
     buckets
         Batch buckets; chunks of at most the largest run as one call. The exact
-        batch runs (dynamic shapes are free on the CPU), so no padding.
+        batch runs (dynamic shapes are free on the CPU), so no padding. Default
+        :data:`~axialtrack.engine.base.CPU_BUCKETS`: large chunks fall out of
+        the caches and run slower per pair.
     optimization
         ONNX Runtime graph optimization level: ``"all"`` (default: constant
         folding, Conv fusions and layout transforms), ``"extended"``, ``"basic"``
@@ -66,7 +68,12 @@ class OnnxRuntimeEngine(Engine):
                 "onnxruntime runs this model in fp32 only; use precision='fp32' "
                 "(fp16 is for the GPU backends)"
             )
-        super().__init__(bundle, precision=precision, buckets=buckets, reason=reason)
+        super().__init__(
+            bundle,
+            precision=precision,
+            buckets=CPU_BUCKETS if buckets is None else buckets,
+            reason=reason,
+        )
         import onnxruntime as ort
 
         levels = {
