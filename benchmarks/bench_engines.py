@@ -35,6 +35,7 @@ import torch
 
 from axialtrack.engine import BACKENDS, available_backends, select_engine
 from axialtrack.engine.base import CPU_BUCKETS
+from axialtrack.engine.onnx import OnnxRuntimeEngine
 from axialtrack.model import AxialNet, ModelConfig, load_bundle, save_bundle
 
 BATCHES = (1, 16, 64, 256, 1024)
@@ -189,6 +190,14 @@ def main() -> None:
                     chunking[str(c)] = _time(
                         lambda eng=eng: eng.infer(x, xy), n, budget, min_iter
                     )
+            # the background percentile inside the graph (TopK), as exported
+            with OnnxRuntimeEngine(
+                bundle, threads=args.threads, split_background=False
+            ) as eng:
+                eng.warmup()
+                chunking["default, TopK in the graph"] = _time(
+                    lambda eng=eng: eng.infer(x, xy), n, budget, min_iter
+                )
             results["onnxruntime-chunks"] = {
                 "batch": n,
                 "default_largest_bucket": CPU_BUCKETS[-1],

@@ -259,6 +259,57 @@ def test_half_onnx_runs_on_onnxruntime(full_bundle: Path, tmp_path: Path) -> Non
     assert np.abs(got - ref).max() > 0  # really ran in reduced precision
 
 
+@pytest.mark.parametrize("which", ["field", "full", "single"])
+def test_onnxruntime_background_split_is_exact(
+    which: str, field_bundle: Path, full_bundle: Path, tmp_path: Path
+) -> None:
+    """The graph without TopK (background from numpy) gives the same outputs."""
+    _need("onnxruntime")
+    from axialtrack.engine.onnx import OnnxRuntimeEngine
+
+    path = {"field": field_bundle, "full": full_bundle}.get(which)
+    if path is None:  # plane 0 only: the percentile over one plane
+        path = _bundle(tmp_path, "single", channels=1)
+    b = load_bundle(path)
+    pairs, xy = _pairs(300, seed=7)
+    pairs[:3] = 65535  # flat saturated pairs: ties at the percentile
+    xy_in = xy if b.config.field_branch else None
+    split = OnnxRuntimeEngine(b, threads=1)
+    plain = OnnxRuntimeEngine(b, threads=1, split_background=False)
+    assert split.background_split
+    assert not plain.background_split
+    got = _as_matrix(split.infer(pairs, xy_in), b.output_names)
+    ref = _as_matrix(plain.infer(pairs, xy_in), b.output_names)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+    torch_ref = _reference(path, pairs, xy_in)
+    np.testing.assert_allclose(got, torch_ref, rtol=0, atol=FP32_TOL_UM)
+
+
+def test_background_split_leaves_other_graphs(tmp_path: Path) -> None:
+    """A graph without the normalization's TopK pattern is not rewritten."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from axialtrack.engine._ort_graph import kth_smallest, split_background
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["b", 2, 3, 3])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", 18])
+    g = helper.make_graph(
+        [helper.make_node("Flatten", ["image"], ["out"], axis=1)], "g", [x], [y]
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert split_background(m.SerializeToString(), 2) is None
+    img = np.arange(2 * 2 * 3 * 3, dtype=np.float32).reshape(2, 2, 3, 3)[:, ::-1]
+    np.testing.assert_array_equal(
+        kth_smallest(img, 1, 2)[:, 0], img.min(axis=(1, 2, 3))
+    )
+    np.testing.assert_array_equal(
+        kth_smallest(img, 18, 2)[:, 0], img.max(axis=(1, 2, 3))
+    )
+    np.testing.assert_array_equal(kth_smallest(img, 3, 1)[:, 0], [11.0, 29.0])
+    assert kth_smallest(img[:0], 2, 2).shape == (0, 1)
+
+
 # -- batching and inputs ----------------------------------------------------------
 
 

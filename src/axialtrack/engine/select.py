@@ -123,7 +123,8 @@ def select_engine(
         Intra-op threads of the CPU backends (default: 1 on machines with up to
         4 cores).
     buckets
-        Batch buckets (default :data:`~axialtrack.engine.DEFAULT_BUCKETS`).
+        Batch buckets (default :data:`~axialtrack.engine.DEFAULT_BUCKETS`;
+        :data:`~axialtrack.engine.base.CPU_BUCKETS` for onnxruntime).
     cache_dir
         Compiled-engine cache directory (TensorRT).
 
