@@ -73,7 +73,7 @@ class TrackingAnalyzer:
         )
         self.linker = OnlineLinker(link)
         self.frame_interval_s = frame_interval_s
-        self._kept: list[pd.DataFrame] = []
+        self._kept: list[dict[str, np.ndarray]] = []
         self.n_localizations = 0
 
     @property
@@ -128,9 +128,14 @@ class TrackingAnalyzer:
 
     def complete(self, batch: PreparedBatch) -> pd.DataFrame:
         """Second stage: Z inference, photometry and linking, in frame order."""
-        locs = self.linker.push_table(self.localizer.finish(batch))
+        locs = self.localizer.finish(batch)
         if len(locs):
-            self._kept.append(locs.loc[:, list(_SUMMARY_COLUMNS)])
+            cols = {c: locs[c].to_numpy().copy() for c in _SUMMARY_COLUMNS[:-1]}
+            xyz = np.stack([cols["x_um"], cols["y_um"], cols["z_um"]], axis=1)
+            ids = self.linker.push_rows(cols["frame"], xyz)
+            locs["track_id"] = ids
+            cols["track_id"] = ids
+            self._kept.append(cols)
             self.n_localizations += len(locs)
         return locs
 
@@ -154,7 +159,9 @@ class TrackingAnalyzer:
         """Everything localized so far (the columns the track summary needs)."""
         if not self._kept:
             return pd.DataFrame({c: pd.Series(dtype=float) for c in _SUMMARY_COLUMNS})
-        return pd.concat(self._kept, ignore_index=True)
+        return pd.DataFrame(
+            {c: np.concatenate([k[c] for k in self._kept]) for c in _SUMMARY_COLUMNS}
+        )
 
     def finish(self) -> pd.DataFrame | None:
         """The per-track summary of the run (``None`` when nothing was linked)."""

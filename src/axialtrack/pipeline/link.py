@@ -252,6 +252,26 @@ class OnlineLinker:
         c_out.append(uc[b[sel]])
         return np.concatenate(r_out), np.concatenate(c_out)
 
+    def push_rows(self, frames: np.ndarray, xyz_um: np.ndarray) -> np.ndarray:
+        """Track ids of localization rows of one or more frames (frame order).
+
+        ``frames`` ``(N,)`` and ``xyz_um`` ``(N, 3)``; rows may come in any order
+        within the frames; all frames must be later than the last one pushed.
+        """
+        frames = np.asarray(frames).astype(np.int64, copy=False).reshape(-1)
+        n = frames.shape[0]
+        ids = np.full(n, -1, dtype=np.int64)
+        if not n:
+            return ids
+        order = np.argsort(frames, kind="stable")
+        f_sorted = frames[order]
+        starts = np.flatnonzero(np.r_[True, f_sorted[1:] != f_sorted[:-1]])
+        ends = np.r_[starts[1:], n]
+        for s, e in zip(starts, ends, strict=True):
+            idx = order[s:e]
+            ids[idx] = self.push(int(f_sorted[s]), xyz_um[idx])
+        return ids
+
     def push_table(self, table: pd.DataFrame) -> pd.DataFrame:
         """Link the localizations of one or more frames, in frame order.
 
@@ -268,18 +288,12 @@ class OnlineLinker:
             (int64) filled.
         """
         out = table.copy()
-        n = len(out)
-        ids = np.full(n, -1, dtype=np.int64)
-        if n:
-            frames = out["frame"].to_numpy().astype(np.int64)
+        if len(out):
+            frames = out["frame"].to_numpy()
             xyz = out[list(_POS_COLUMNS)].to_numpy(dtype=np.float64)
-            order = np.argsort(frames, kind="stable")
-            f_sorted = frames[order]
-            starts = np.flatnonzero(np.r_[True, f_sorted[1:] != f_sorted[:-1]])
-            ends = np.r_[starts[1:], n]
-            for s, e in zip(starts, ends, strict=True):
-                idx = order[s:e]
-                ids[idx] = self.push(int(f_sorted[s]), xyz[idx])
+            ids = self.push_rows(frames, xyz)
+        else:
+            ids = np.zeros(0, dtype=np.int64)
         out["track_id"] = ids
         return out
 

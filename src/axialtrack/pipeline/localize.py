@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+from scipy.spatial import cKDTree
 
 from axialtrack.geometry import apply_affine, invert_affine
 from axialtrack.store.layout import LOCALIZATION_COLUMNS
@@ -136,9 +137,7 @@ def _nearest_other(xy: np.ndarray) -> np.ndarray:
     xy = np.asarray(xy, dtype=float).reshape(-1, 2)
     if len(xy) < 2:
         return np.full(len(xy), np.inf)
-    d2 = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(axis=2)
-    np.fill_diagonal(d2, np.inf)
-    return np.sqrt(d2.min(axis=1))
+    return cKDTree(xy).query(xy, k=2)[0][:, 1]
 
 
 def empty_table() -> pd.DataFrame:
