@@ -19,7 +19,14 @@ from .train import CalibrationData, load_calibration, predict
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["CRLBSpec", "EvalResult", "crlb_stage_um", "evaluate", "sim_crlb_spec"]
+__all__ = [
+    "CRLBSpec",
+    "EvalResult",
+    "crlb_stage_um",
+    "evaluate",
+    "matched_crlb_nm",
+    "sim_crlb_spec",
+]
 
 Reference = Literal["auto", "labels", "truth"]
 
@@ -52,14 +59,23 @@ class CRLBSpec:
     roi_size: int = 15
 
 
-def crlb_stage_um(spec: CRLBSpec, dz_um: Sequence[float] | np.ndarray) -> np.ndarray:
+def crlb_stage_um(
+    spec: CRLBSpec,
+    dz_um: Sequence[float] | np.ndarray,
+    photons: Sequence[float] | np.ndarray | None = None,
+) -> np.ndarray:
     """CRLB of ``dz`` in stage units (um) at the given ``dz = ref_z - stage_z``.
 
     The emitter sits at ``spec.depth_um``; plane 0's focus is
     ``in_focus_offset(depth) - dz``. The bound on the depth is converted to the
     stage frame with the slope of ``in_focus_offset`` at that depth.
+
+    With ``photons`` (``(P,)`` detected photons in plane 0, replacing
+    ``spec.photons``) the result is ``(P, len(dz_um))``: the PSF derivatives are
+    computed once and the Fisher information for each brightness.
     """
-    from axialtrack.optics import PSFModel, crlb
+    from axialtrack.optics import PSFModel
+    from axialtrack.optics.crlb import crlb_from_derivatives, psf_derivatives
 
     model = PSFModel()
     d = float(spec.depth_um)
@@ -71,17 +87,64 @@ def crlb_stage_um(spec: CRLBSpec, dz_um: Sequence[float] | np.ndarray) -> np.nda
         (model.in_focus_offset(d + h) - model.in_focus_offset(lo)) / (d + h - lo)
     )
     offsets = (0.0,) if spec.plane_offset_um is None else (0.0, spec.plane_offset_um)
-    res = crlb(
+    derivs = psf_derivatives(
         model,
         np.full(dz.shape, d),
         focus_um=f0 - dz,
         plane_offsets_um=offsets,
-        photons=spec.photons,
-        background=spec.background,
         roi_size=spec.roi_size,
-        read_noise=spec.read_noise_e,
     )
-    return np.asarray(res.sigma_z_um) * slope
+
+    def one(n: float) -> np.ndarray:
+        res = crlb_from_derivatives(
+            derivs,
+            photons=float(n),
+            background=spec.background,
+            read_noise=spec.read_noise_e,
+        )
+        return np.asarray(res.sigma_z_um).reshape(dz.shape) * slope
+
+    if photons is None:
+        return one(spec.photons)
+    return np.stack([one(n) for n in np.asarray(photons, float).ravel()])
+
+
+def matched_crlb_nm(
+    spec: CRLBSpec,
+    dz_true_um: np.ndarray,
+    photons: np.ndarray,
+    bin_index: np.ndarray,
+    n_bins: int,
+    *,
+    grid_step_um: float = 0.005,
+) -> np.ndarray:
+    """Per-bin CRLB matched to the evaluated examples (nm, stage units).
+
+    The pooled variance of the errors of an efficient unbiased estimator over a
+    bin's examples is the mean of their CRLB variances, each at the example's own
+    true ``dz`` and its bead's detected photons. This returns the square root of
+    that mean per bin (NaN for empty bins): the bound to hold the pooled precision
+    against when the beads' brightness varies (lognormal in the simulation) and
+    ``dz`` varies within a bin. The CRLB is computed on a ``dz`` grid of
+    ``grid_step_um`` once per distinct photon count and interpolated linearly.
+    """
+    dz = np.asarray(dz_true_um, float)
+    ph = np.asarray(photons, float)
+    lo = float(dz.min()) - grid_step_um
+    hi = float(dz.max()) + grid_step_um
+    grid = np.arange(lo, hi + grid_step_um / 2, grid_step_um)
+    levels, inverse = np.unique(ph, return_inverse=True)
+    table = crlb_stage_um(spec, grid, levels)
+    var = np.empty(dz.size)
+    for k in range(levels.size):
+        sel = inverse == k
+        var[sel] = np.interp(dz[sel], grid, table[k]) ** 2
+    out = np.full(n_bins, np.nan)
+    for b in range(n_bins):
+        sel = bin_index == b
+        if sel.any():
+            out[b] = np.sqrt(var[sel].mean())
+    return out * 1000
 
 
 def sim_crlb_spec(
@@ -140,10 +203,13 @@ class EvalResult:
     summary
         ``n, n_beads, rmse_nm, bias_nm, precision_nm`` (std of the errors),
         ``frac_within_50nm``, ``reference`` (``"labels"`` or ``"truth"``) and,
-        with a CRLB, ``median_ratio`` (median over bins of precision / CRLB).
+        with a CRLB, ``median_ratio`` (median over bins of precision / CRLB),
+        ``crlb_matched`` and, when matched, ``median_ratio_center`` (the same
+        against the bin-centre, median-brightness bound).
     bins
         Per ``dz`` bin: ``dz_lo_um, dz_hi_um, dz_center_um, n, bias_nm,
-        precision_nm, rmse_nm`` and, with a CRLB, ``crlb_nm, ratio``.
+        precision_nm, rmse_nm`` and, with a CRLB, ``crlb_nm, ratio`` (and
+        ``crlb_center_nm`` when the bound is matched to the beads' brightness).
     predictions
         Per example: ``bead, field, stage_z_um, dz_true_um, dz_pred_um,
         error_nm`` (and ``sigma_z_um`` with the uncertainty head).
@@ -180,6 +246,7 @@ def evaluate(
     dz_max_um: float | None = None,
     crlb: CRLBSpec | Literal["auto"] | None = "auto",
     reference: Reference = "auto",
+    bead_photons: pd.Series | dict[int, float] | None = None,
 ) -> EvalResult:
     """Evaluate a model on held-out beads.
 
@@ -205,6 +272,15 @@ def evaluate(
         True ``dz``: the calibration labels, or the simulation truth
         (``z_true_um`` of the bead table minus the stage Z). ``"auto"`` uses the
         truth when available.
+    bead_photons
+        Detected photons in plane 0 of each bead (bead id -> photons, the units of
+        :attr:`CRLBSpec.photons`), e.g. the simulation truth. With a CRLB, each
+        bin's ``crlb_nm`` is then the bound matched to its examples
+        (:func:`matched_crlb_nm`: RMS over the examples of the CRLB at their own
+        true ``dz`` and brightness) instead of the bound at the bin centre and
+        ``spec.photons``, which is kept as ``crlb_center_nm``. Precision is pooled
+        over beads of different brightness, so this is the bound it is comparable
+        with.
     """
     if isinstance(bundle, (str, Path)):
         bundle = load_bundle(bundle)
@@ -285,9 +361,25 @@ def evaluate(
         "max_abs_bin_bias_nm": float(np.nanmax(np.abs(bins["bias_nm"]))),
     }
     if spec is not None:
-        bins["crlb_nm"] = crlb_stage_um(spec, bins["dz_center_um"].to_numpy()) * 1000
+        center = crlb_stage_um(spec, bins["dz_center_um"].to_numpy()) * 1000
+        if bead_photons is None:
+            bins["crlb_nm"] = center
+        else:
+            lookup = pd.Series(bead_photons, dtype=float)
+            ids = np.asarray(ex.bead[sel])
+            if not np.isin(ids, lookup.index.to_numpy()).all():
+                raise ValueError("bead_photons lacks some of the evaluated beads")
+            phot = lookup.loc[ids].to_numpy(float)
+            if not np.all(np.isfinite(phot) & (phot > 0)):
+                raise ValueError("bead_photons must be finite and positive")
+            bins["crlb_center_nm"] = center
+            bins["crlb_nm"] = matched_crlb_nm(spec, dz_true, phot, idx, nb)
+            summary["median_ratio_center"] = float(
+                np.nanmedian(bins["precision_nm"] / center)
+            )
         bins["ratio"] = bins["precision_nm"] / bins["crlb_nm"]
         summary["median_ratio"] = float(np.nanmedian(bins["ratio"]))
+        summary["crlb_matched"] = bead_photons is not None
         summary["crlb"] = {
             "plane_offset_um": spec.plane_offset_um,
             "photons": spec.photons,

@@ -320,20 +320,30 @@ def _rmse_nm(model: AxialNet, ex: Examples) -> float:
     return float(np.sqrt(np.mean((pred - ex.dz_um) ** 2)) * 1000)
 
 
-def _fold_affine_recalibration(model: AxialNet, va: Examples) -> dict[str, Any]:
+def _fold_affine_recalibration(
+    model: AxialNet, va: Examples, dz_max_um: float | None = None
+) -> dict[str, Any]:
     """Fit ``label ~ a * pred + c`` on ``va``; fold it into the head's dz row.
 
-    Applied only when ``0.5 <= a <= 2`` (a model that tracks dz at all);
-    otherwise the model is left as is and ``applied`` is ``False``.
+    With ``dz_max_um`` only examples with ``|label| <= dz_max_um`` enter the fit.
+    Applied only when ``0.5 <= a <= 2`` (a model that tracks dz at all) and at
+    least 2 examples are fitted; otherwise the model is left as is and
+    ``applied`` is ``False``.
     """
-    pred = predict(model, va.crops, va.xy_norm)[:, 0].astype(float)
-    a, c = (float(v) for v in np.polyfit(pred, np.asarray(va.dz_um, float), 1))
+    label = np.asarray(va.dz_um, float)
+    keep = np.ones(label.size, bool)
+    if dz_max_um is not None:
+        keep = np.abs(label) <= dz_max_um + 1e-9
+    if keep.sum() < 2:
+        return {"scale": 1.0, "offset_um": 0.0, "applied": False, "n": int(keep.sum())}
+    pred = predict(model, va.crops[keep], va.xy_norm[keep])[:, 0].astype(float)
+    a, c = (float(v) for v in np.polyfit(pred, label[keep], 1))
     applied = bool(np.isfinite(a) and np.isfinite(c) and 0.5 <= a <= 2.0)
     if applied:
         with torch.no_grad():
             model.head.weight[0] *= a
             model.head.bias[0] = a * model.head.bias[0] + c
-    return {"scale": a, "offset_um": c, "applied": applied}
+    return {"scale": a, "offset_um": c, "applied": applied, "n": int(keep.sum())}
 
 
 def train(
@@ -354,6 +364,7 @@ def train(
     ema_decay: float | None = 0.998,
     lr_schedule: Literal["plateau", "cosine"] = "plateau",
     recalibrate: bool = False,
+    recalibrate_dz_max_um: float | None = None,
 ) -> TrainResult:
     """Train the axial localization network on calibration examples.
 
@@ -402,6 +413,10 @@ def train(
         output layer's ``dz`` row, so every backend (torch, ONNX) applies it with
         no change to the bundle format. ``a, c`` go to ``metrics["recalibration"]``
         (not applied unless ``0.5 <= a <= 2``).
+    recalibrate_dz_max_um
+        Fit the recalibration only on validation examples with
+        ``|dz| <= recalibrate_dz_max_um`` (the range the model is judged on);
+        ``None``: all of them.
 
     Returns
     -------
@@ -557,7 +572,7 @@ def train(
     model = model.cpu().eval()
     recal: dict[str, Any] | None = None
     if recalibrate:
-        recal = _fold_affine_recalibration(model, va)
+        recal = _fold_affine_recalibration(model, va, recalibrate_dz_max_um)
     metrics: dict[str, Any] = {
         "val_rmse_nm": _rmse_nm(model, va),
         "test_rmse_nm": _rmse_nm(model, te),
