@@ -287,7 +287,6 @@ def test_onnxruntime_background_split_is_exact(
 
 def test_background_split_leaves_other_graphs(tmp_path: Path) -> None:
     """A graph without the normalization's TopK pattern is not rewritten."""
-    import onnx
     from onnx import TensorProto, helper
 
     from axialtrack.engine._ort_graph import kth_smallest, split_background

@@ -121,6 +121,54 @@ def test_gap_closing_reconnects_across_missed_frames() -> None:
     np.testing.assert_array_equal(no_memory.push(2, a + 2 * step), [0, 2])
 
 
+def test_skipped_frames_do_not_count_against_memory() -> None:
+    a = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0]])
+    step = np.array([0.1, 0.0, 0.05])
+    linker = OnlineLinker(LinkConfig(search_range_um=1.0, memory=1))
+    linker.push(0, a)
+    # frames 1-4 skipped by the runner: the tracks go on
+    np.testing.assert_array_equal(linker.push(5, a + step, skipped=4), [0, 1])
+    # particle 1 missed in frame 6 (analyzed), skipped 7, back in 8: a gap of one
+    linker.push(6, a[:1] + 2 * step)
+    np.testing.assert_array_equal(linker.push(8, a + 3 * step, skipped=1), [0, 1])
+    # without the skip declaration the same gap is two frames > memory 1
+    plain = OnlineLinker(LinkConfig(search_range_um=1.0, memory=1))
+    plain.push(0, a)
+    np.testing.assert_array_equal(plain.push(5, a + step), [2, 3])
+    with pytest.raises(ValueError, match="skipped=5"):
+        linker.push(10, a, skipped=5)
+
+
+def test_push_rows_with_analyzed_frames() -> None:
+    """Batches with skipped frames between them: every analyzed frame counts."""
+    df = simulate(seed=4)
+    frames = np.sort(df["frame"].unique())
+    # the runner analyzed frames in batches of 4 and skipped 6 after each
+    analyzed = frames[(frames % 10) < 4]
+    sub = df[df["frame"].isin(analyzed)].reset_index(drop=True)
+    xyz = sub[["x_um", "y_um", "z_um"]].to_numpy()
+    cfg = LinkConfig(search_range_um=1.5, memory=1)
+    aware, naive = OnlineLinker(cfg), OnlineLinker(cfg)
+    ids_aware = np.empty(len(sub), np.int64)
+    ids_naive = np.empty(len(sub), np.int64)
+    for start in range(0, len(analyzed), 4):
+        batch = analyzed[start : start + 4]
+        rows = np.flatnonzero(sub["frame"].isin(batch).to_numpy())
+        f = sub["frame"].to_numpy()[rows]
+        ids_aware[rows] = aware.push_rows(f, xyz[rows], analyzed=batch)
+        ids_naive[rows] = naive.push_rows(f, xyz[rows])
+    sub_a = sub.assign(track_id=ids_aware)
+    sub_n = sub.assign(track_id=ids_naive)
+    # the skip-aware linker keeps one id per particle across the skipped frames
+    per_particle_a = sub_a.groupby("true_id")["track_id"].nunique().median()
+    per_particle_n = sub_n.groupby("true_id")["track_id"].nunique().median()
+    assert per_particle_a <= 2
+    assert per_particle_n >= 5 * per_particle_a
+    assert link_precision(sub_a)[0] >= 0.97
+    with pytest.raises(ValueError, match="not in `analyzed`"):
+        OnlineLinker(cfg).push_rows(np.array([3]), np.zeros((1, 3)), analyzed=[4])
+
+
 def test_gap_closing_on_simulated_data(sim_linked: pd.DataFrame) -> None:
     # true particles with a missed detection keep one id across the gap
     t = sim_linked.sort_values(["true_id", "frame"])

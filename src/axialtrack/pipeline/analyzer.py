@@ -129,10 +129,12 @@ class TrackingAnalyzer:
     def complete(self, batch: PreparedBatch) -> pd.DataFrame:
         """Second stage: Z inference, photometry and linking, in frame order."""
         locs = self.localizer.finish(batch)
+        cols = {c: locs[c].to_numpy().copy() for c in _SUMMARY_COLUMNS[:-1]}
+        xyz = np.stack([cols["x_um"], cols["y_um"], cols["z_um"]], axis=1)
+        # every analyzed frame is pushed, with rows or not: the frames between
+        # them were skipped and do not count against the linker's memory
+        ids = self.linker.push_rows(cols["frame"], xyz, analyzed=batch.frames)
         if len(locs):
-            cols = {c: locs[c].to_numpy().copy() for c in _SUMMARY_COLUMNS[:-1]}
-            xyz = np.stack([cols["x_um"], cols["y_um"], cols["z_um"]], axis=1)
-            ids = self.linker.push_rows(cols["frame"], xyz)
             locs["track_id"] = ids
             cols["track_id"] = ids
             self._kept.append(cols)

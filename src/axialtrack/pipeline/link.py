@@ -62,7 +62,8 @@ class LinkConfig(BaseModel):
     memory : int
         Number of consecutive frames a particle may be missing and keep its id: a
         track last seen in frame ``f`` can continue in frames up to
-        ``f + memory + 1``.
+        ``f + memory + 1``. Frames declared skipped (not analyzed, see
+        :meth:`OnlineLinker.push`) do not count.
     z_scale : float
         Distances use ``z / z_scale``: with ``z_scale > 1`` an axial displacement
         counts less than a lateral one of the same size (use it when the axial
@@ -114,6 +115,7 @@ class OnlineLinker:
         self._last = np.empty(0, dtype=np.int64)  # frame each open track was seen
         self._next_id = 0
         self._frame: int | None = None
+        self._offset = 0  # frames declared skipped so far
 
     @property
     def n_tracks(self) -> int:
@@ -130,7 +132,7 @@ class OnlineLinker:
         """The frame of the latest push, or None before the first."""
         return self._frame
 
-    def push(self, frame: int, xyz_um: np.ndarray) -> np.ndarray:
+    def push(self, frame: int, xyz_um: np.ndarray, skipped: int = 0) -> np.ndarray:
         """Link the localizations of one frame to the open tracks.
 
         Parameters
@@ -140,6 +142,10 @@ class OnlineLinker:
         xyz_um : np.ndarray
             ``(N, 3)`` positions ``(x, y, z)`` in micrometres; ``N`` may be 0. Rows
             with a non-finite coordinate are not linked (id ``-1``).
+        skipped : int
+            How many of the frames just before ``frame`` were not analyzed (the
+            live runner skipped them): they do not count against ``memory``, so
+            tracks continue across them.
 
         Returns
         -------
@@ -152,7 +158,17 @@ class OnlineLinker:
                 f"frames must be pushed in increasing order: got {frame} after "
                 f"{self._frame}"
             )
+        skipped = int(skipped)
+        if skipped < 0 or (
+            self._frame is not None and skipped > frame - self._frame - 1
+        ):
+            raise ValueError(
+                f"skipped={skipped} frames before frame {frame} but the previous "
+                f"push was frame {self._frame}"
+            )
         self._frame = frame
+        self._offset += skipped
+        frame -= self._offset  # frames counted without the skipped ones
         xyz = np.asarray(xyz_um, dtype=np.float64)
         if xyz.ndim != 2 or xyz.shape[1] != 3:
             if xyz.size == 0:
@@ -252,24 +268,48 @@ class OnlineLinker:
         c_out.append(uc[b[sel]])
         return np.concatenate(r_out), np.concatenate(c_out)
 
-    def push_rows(self, frames: np.ndarray, xyz_um: np.ndarray) -> np.ndarray:
+    def push_rows(
+        self,
+        frames: np.ndarray,
+        xyz_um: np.ndarray,
+        analyzed: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Track ids of localization rows of one or more frames (frame order).
 
         ``frames`` ``(N,)`` and ``xyz_um`` ``(N, 3)``; rows may come in any order
         within the frames; all frames must be later than the last one pushed.
+
+        ``analyzed``: every frame analyzed in this batch, with or without rows
+        (increasing). Frames missing from it between analyzed frames, and
+        between the previous push and the first of them, were skipped and do
+        not count against ``memory``. ``None``: only the frames with rows are
+        pushed and every gap counts.
         """
         frames = np.asarray(frames).astype(np.int64, copy=False).reshape(-1)
         n = frames.shape[0]
         ids = np.full(n, -1, dtype=np.int64)
-        if not n:
-            return ids
         order = np.argsort(frames, kind="stable")
         f_sorted = frames[order]
-        starts = np.flatnonzero(np.r_[True, f_sorted[1:] != f_sorted[:-1]])
-        ends = np.r_[starts[1:], n]
-        for s, e in zip(starts, ends, strict=True):
-            idx = order[s:e]
-            ids[idx] = self.push(int(f_sorted[s]), xyz_um[idx])
+        groups: dict[int, np.ndarray] = {}
+        if n:
+            starts = np.flatnonzero(np.r_[True, f_sorted[1:] != f_sorted[:-1]])
+            ends = np.r_[starts[1:], n]
+            for s, e in zip(starts, ends, strict=True):
+                groups[int(f_sorted[s])] = order[s:e]
+        if analyzed is None:
+            for f, idx in groups.items():
+                ids[idx] = self.push(f, xyz_um[idx])
+            return ids
+        todo = np.asarray(analyzed, dtype=np.int64).reshape(-1)
+        if not set(groups) <= set(todo.tolist()):
+            raise ValueError("rows of frames that are not in `analyzed`")
+        empty = np.zeros((0, 3))
+        for f in todo.tolist():
+            skipped = 0 if self._frame is None else f - self._frame - 1
+            rows = groups.get(f)
+            got = self.push(f, empty if rows is None else xyz_um[rows], skipped=skipped)
+            if rows is not None:
+                ids[rows] = got
         return ids
 
     def push_table(self, table: pd.DataFrame) -> pd.DataFrame:
