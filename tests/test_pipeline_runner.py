@@ -508,6 +508,49 @@ def test_mda_handler_tracks_useq_sequence(core, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------ amend
+def test_mda_handler_tracks_one_channel(core, tmp_path: Path, caplog) -> None:
+    import useq
+
+    from axialtrack.pipeline.mda import TrackingHandler
+
+    core.setProperty("Camera", "PlaneWidth", 64)
+    core.setProperty("Camera", "PlaneHeight", 64)
+    core.defineConfig("Channel", "Track", "Camera", "Scene", "diffusing")
+    core.defineConfig("Channel", "Beads", "Camera", "Scene", "beads")
+    core.setChannelGroup("Channel")
+    seq = useq.MDASequence(
+        channels=["Track", "Beads"], time_plan={"interval": 0, "loops": 8}
+    )
+    # chosen channel: only its frames are stored and tracked
+    handler = TrackingHandler(tmp_path / "b.zarr", PeakAnalyzer(), core=core)
+    handler.channel = "Beads"
+    core.mda.run(seq, output=handler)
+    handler.wait()
+    assert handler.error is None
+    assert handler.tracked_channel == "Beads"
+    assert handler.frames_other_channels == 8
+    run = open_run(tmp_path / "b.zarr")
+    assert run.n_frames == 8
+    assert run.attrs["rig"]["channel"] == "Beads"
+    # default: the first channel, with a warning naming the others
+    with caplog.at_level("WARNING", logger="axialtrack.pipeline.mda"):
+        h2 = TrackingHandler(tmp_path / "t.zarr", PeakAnalyzer(), core=core)
+        core.mda.run(seq, output=h2)
+        h2.wait()
+    assert h2.tracked_channel == "Track"
+    assert h2.metrics is not None
+    assert h2.metrics.frames_in == 8
+    assert "'Track', 'Beads'" in caplog.text
+    # a channel the sequence lacks: a clear error, nothing stored
+    h3 = TrackingHandler(tmp_path / "x.zarr", PeakAnalyzer(), core=core, channel="GFP")
+    core.mda.run(seq, output=h3)
+    h3.wait()
+    assert isinstance(h3.error, ValueError)
+    assert "'GFP' is not in the sequence's channels" in str(h3.error)
+    assert h3.frames_other_channels == 16
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_amend_fills_skipped_frames(tmp_path: Path) -> None:
     from axialtrack.store.amend import append_localizations_to_run
 

@@ -152,6 +152,13 @@ class TrackingHandler:
     on_status
         Called with :class:`LiveMetrics` every ``config.status_interval_s``
         (from the handler's supervisor thread).
+    channel
+        The channel (preset of the sequence's channel group) whose frames are
+        stored and tracked. A run store holds one channel: frames of the other
+        channels are left out and counted in :attr:`frames_other_channels`;
+        record them with a second output, e.g. ``core.mda.run(seq,
+        output=[handler, "all.ome.zarr"])``. ``None``: the sequence's first
+        channel (with a warning when it has several).
 
     Attributes
     ----------
@@ -161,6 +168,12 @@ class TrackingHandler:
         The exception that stopped the last sequence's run, if any.
     path
         The store of the current (or last) sequence.
+    tracked_channel
+        The channel tracked in the current (or last) sequence (None: the
+        sequence has no channels).
+    frames_other_channels
+        Frames of the current (or last) sequence from other channels, not
+        stored by this handler.
     """
 
     def __init__(
@@ -178,8 +191,13 @@ class TrackingHandler:
         model: Mapping[str, Any] | None = None,
         rig: Mapping[str, Any] | None = None,
         on_status: Callable[[LiveMetrics], None] | None = None,
+        channel: str | None = None,
     ) -> None:
         self._out = os.fspath(out)
+        self.channel = channel
+        self.tracked_channel: str | None = channel
+        self.frames_other_channels = 0
+        self._no_channel_error: str | None = None
         self.analyzer = analyzer
         self.core = core
         self.geometry = geometry
@@ -257,6 +275,32 @@ class TrackingHandler:
         self._thread = None
         self.path = self._path_for(self._count)
         self._count += 1
+        self.frames_other_channels = 0
+        self._no_channel_error = None
+        names = [
+            str(getattr(c, "config", c))
+            for c in (getattr(sequence, "channels", None) or ())
+        ]
+        self.tracked_channel = self.channel
+        if self.channel is None and names:
+            self.tracked_channel = names[0]
+            if len(set(names)) > 1:
+                logger.warning(
+                    "the sequence has channels %s; %s stores and tracks only %r "
+                    "(pass channel= to choose; record the others with a second "
+                    "output handler)",
+                    ", ".join(repr(n) for n in names),
+                    self.path,
+                    names[0],
+                )
+        elif self.channel is not None and names and self.channel not in names:
+            self._no_channel_error = (
+                f"channel {self.channel!r} is not in the sequence's channels "
+                f"({', '.join(repr(n) for n in names)}); nothing is stored in "
+                f"{self.path}. Pass one of them as channel="
+            )
+            self.error = ValueError(self._no_channel_error)
+            logger.error(self._no_channel_error)
 
     def frameReady(
         self, img: np.ndarray, event: Any = None, meta: Mapping[str, Any] | None = None
@@ -266,6 +310,14 @@ class TrackingHandler:
         if self._source is None:  # frames without sequenceStarted (attach late)
             self.sequenceStarted()
         assert self._source is not None
+        ch = getattr(getattr(event, "channel", None), "config", None)
+        if self._no_channel_error is not None or (
+            ch is not None
+            and self.tracked_channel is not None
+            and str(ch) != self.tracked_channel
+        ):
+            self.frames_other_channels += 1
+            return
         if self._runner is None:
             try:
                 self._start_runner(np.asarray(img), meta or {})
@@ -366,7 +418,11 @@ class TrackingHandler:
             geometry=geo,
             plane_shape=plane_shape,
             pixel_size_um=px,
-            rig=self.rig,
+            rig=(
+                self.rig
+                if self.tracked_channel is None
+                else {**self.rig, "channel": self.tracked_channel}
+            ),
             model=self.model,
             overwrite=self.overwrite,
             compression=self.compression,
