@@ -71,17 +71,21 @@ class _FakeBundle:
     registration_affine = None
     pixel_size_um = PX
     plane_shape = None
+    z_range_um = (-1.0, 1.2)
 
     def __init__(self, outputs: list[str]) -> None:
         self.output_names = outputs
 
 
 class FakeEngine:
-    """Returns fixed outputs; ``dx, dy`` when ``subpixel``."""
+    """Returns fixed outputs (``dz``, ``dx, dy`` when ``subpixel``)."""
 
-    def __init__(self, *, subpixel: bool = False, dxy: float = 0.25) -> None:
+    def __init__(
+        self, *, subpixel: bool = False, dxy: float = 0.25, dz: float = 0.1
+    ) -> None:
         outs = ["dz_um", "dx_px", "dy_px"] if subpixel else ["dz_um"]
         self.bundle = _FakeBundle(outs)
+        self.dz = dz
         self.crop_size = 15
         self.needs_xy = True
         self.subpixel = subpixel
@@ -94,7 +98,7 @@ class FakeEngine:
         self.seen.append(pairs)
         n = len(pairs)
         d = np.full(n, self.dxy if self.subpixel else np.nan, np.float32)
-        return _Result(np.full(n, 0.1, np.float32), np.full(n, np.nan), d, d)
+        return _Result(np.full(n, self.dz, np.float32), np.full(n, np.nan), d, d)
 
 
 def _renderer(
@@ -443,6 +447,35 @@ def test_network_xy_and_max_per_frame(coverslip_stack: tuple) -> None:
             affine=r.affine,
             config=LocalizerConfig(xy_method="network"),
         )
+
+
+@pytest.mark.parametrize(
+    ("dz", "margin", "expect"),
+    [
+        (0.1, 0.0, True),
+        (1.19, 0.0, True),
+        (1.25, 0.0, False),
+        (-1.05, 0.0, False),
+        (1.1, 0.15, False),
+        (-0.8, 0.15, True),
+    ],
+)
+def test_in_range_flag_from_the_bundle_range(
+    coverslip_stack: tuple, dz: float, margin: float, expect: bool
+) -> None:
+    r, planes, _, stage_z, _ = coverslip_stack
+    loc = Localizer(
+        FakeEngine(dz=dz),
+        plane_shape=r.plane_shape,
+        pixel_size_um=r.pixel_size_um,
+        affine=r.affine,
+        config=LocalizerConfig(range_margin_um=margin),
+    )
+    assert loc.z_range_um == (-1.0, 1.2)
+    locs = loc.localize(planes[2], [0], [0.0], stage_z[2])
+    assert len(locs) > 3
+    assert locs["in_range"].dtype == bool
+    assert (locs["in_range"] == expect).all()
 
 
 def test_empty_frames_give_typed_empty_table() -> None:

@@ -177,6 +177,12 @@ class Bundle:
         return None if v is None else (int(v[0]), int(v[1]))
 
     @property
+    def z_range_um(self) -> tuple[float, float] | None:
+        """``(min, max)`` of the training labels ``dz_um``: the calibrated range."""
+        v = self.meta.get("z_range_um")
+        return None if v is None else (float(v[0]), float(v[1]))
+
+    @property
     def onnx_path(self) -> Path:
         """Path of ``model.onnx``."""
         return self.path / "model.onnx"

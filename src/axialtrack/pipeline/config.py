@@ -143,6 +143,12 @@ class LocalizerConfig(BaseModel):
     saturation_adu
         Counts at or above which a pixel is saturated; a localization whose crop
         pair holds one is flagged ``saturated``.
+    range_margin_um
+        A localization is flagged ``in_range`` when its ``dz_um`` lies inside the
+        model's calibrated range (the bundle's ``z_range_um``, the span of its
+        training labels) shrunk by this margin at both ends. Outside it the
+        network extrapolates: a particle beyond the range reads as if at its edge,
+        so its Z is wrong by an unknown amount.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -156,6 +162,7 @@ class LocalizerConfig(BaseModel):
     fit_iterations: int = Field(3, ge=1, le=100)
     max_per_frame: int | None = Field(None, ge=1)
     saturation_adu: int = Field(65535, ge=1)
+    range_margin_um: float = Field(0.0, ge=0.0)
 
     @field_validator("fit_size_px")
     @classmethod

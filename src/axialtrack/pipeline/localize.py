@@ -2,7 +2,7 @@
 
 :class:`Localizer` turns dual-plane frames into rows of the localization table
 (``frame, t_s, x_um, y_um, z_um, dz_um, sigma_z_um, photons, background,
-track_id`` plus ``x_px, y_px, saturated, neighbour_px``).
+track_id`` plus ``x_px, y_px, saturated, neighbour_px, in_range``).
 
 Coordinates
 -----------
@@ -64,6 +64,7 @@ TABLE_COLUMNS: dict[str, np.dtype] = {
     "y_px": np.dtype("float64"),
     "saturated": np.dtype("bool"),
     "neighbour_px": np.dtype("float64"),
+    "in_range": np.dtype("bool"),
 }
 
 
@@ -412,6 +413,10 @@ class Localizer:
             )
         self.xy_method: str = method
         self._check_rig(bundle)
+        zr = getattr(bundle, "z_range_um", None)
+        self.z_range_um: tuple[float, float] | None = (
+            None if zr is None else (float(zr[0]), float(zr[1]))
+        )
         self._warned_saturation = False
         self.timings: dict[str, float] = dict.fromkeys(
             ("detect", "xy", "crop", "infer", "photometry", "frames", "localizations"),
@@ -663,6 +668,11 @@ class Localizer:
             )
             logger.warning(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        if self.z_range_um is None:
+            in_range = np.isfinite(dz)
+        else:
+            m = cfg.range_margin_um
+            in_range = (dz >= self.z_range_um[0] + m) & (dz <= self.z_range_um[1] - m)
         xy_um = pixels_to_sample_um(xy0, self.plane_shape, self.pixel_size_um, sxy[fi])
         t5 = time.perf_counter()
         tm["photometry"] += t5 - t4
@@ -683,5 +693,6 @@ class Localizer:
                 "y_px": xy0[:, 1].astype(float),
                 "saturated": saturated,
                 "neighbour_px": nn_px,
+                "in_range": in_range,
             }
         )
