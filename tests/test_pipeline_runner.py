@@ -318,6 +318,39 @@ def test_staged_prepare_error_stops_run_keeps_frames(tmp_path: Path) -> None:
     assert not analyzed[5:].any()
 
 
+def test_staged_complete_dying_does_not_hang_the_run(tmp_path: Path) -> None:
+    """Even an exception the runner does not catch leaves no thread blocked."""
+
+    class Fatal(BaseException):
+        pass
+
+    class Dying(StagedPeakAnalyzer):
+        def complete(self, prepared):  # type: ignore[no-untyped-def]
+            if prepared[1][0] >= 3:
+                raise Fatal("analysis thread dies")
+            return super().complete(prepared)
+
+    geo = SplitterGeometry()
+    src = ListSource(120, geo, rate_hz=400)
+    w = _writer(tmp_path / "run.zarr", geo)
+    cfg = RunnerConfig(analysis_queue_frames=4, max_batch_frames=1, ring_frames=16)
+    runner = LiveRunner(src, Dying(), w, geometry=geo, config=cfg)
+    result: list[LiveMetrics] = []
+    old_hook = threading.excepthook
+    threading.excepthook = lambda args: None  # the dying thread's traceback
+    try:
+        t = threading.Thread(target=lambda: result.append(runner.run()), daemon=True)
+        t.start()
+        t.join(60)
+    finally:
+        threading.excepthook = old_hook
+    assert not t.is_alive(), "the run hung"
+    m = result[0]
+    assert m.frames_in == m.frames_written == 120
+    run = open_run(tmp_path / "run.zarr")
+    assert run.n_frames == 120
+
+
 def test_camera_stall_raises_and_keeps_frames(tmp_path: Path) -> None:
     geo = SplitterGeometry()
     src = ListSource(50, geo, stall_after=12)

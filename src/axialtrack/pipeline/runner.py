@@ -720,6 +720,7 @@ class LiveRunner:
         # prepared batches between the two analysis stages (one in flight)
         self._stage_q: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._analysis_stopped = False
+        self._stage_drained = False
 
     # ------------------------------------------------------------- public
     def stop(self) -> None:
@@ -1135,7 +1136,10 @@ class LiveRunner:
     def _next_for_analysis(self) -> tuple[np.ndarray, list[float], Any] | None:
         if self._staged:
             item = self._stage_q.get()
-            return None if item is _DONE else item
+            if item is _DONE:
+                self._stage_drained = True
+                return None
+            return item
         got = self._take_planes()
         if got is None:
             return None
@@ -1143,6 +1147,16 @@ class LiveRunner:
         return indices, t_host, (planes, metas)
 
     def _analyze_loop(self) -> None:
+        try:
+            self._analyze_batches()
+        finally:
+            # whatever happened here, never leave the detect thread blocked on
+            # the full hand-off queue (run() joins it)
+            while self._staged and not self._stage_drained:
+                if self._stage_q.get() is _DONE:
+                    self._stage_drained = True
+
+    def _analyze_batches(self) -> None:
         analyzer: Any = self.analyzer
         w = self.writer
         while True:
