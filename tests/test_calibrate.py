@@ -72,6 +72,26 @@ def test_reference_z_accuracy(result) -> None:  # type: ignore[no-untyped-def]
     assert np.all(np.isfinite(b["z_msd_um"]))
 
 
+def test_auto_method_surface_vs_volume(result) -> None:  # type: ignore[no-untyped-def]
+    """Beads on the glass: 'msd'; beads at 0.05-1.2 um depth: 'mean' (msd fails)."""
+    from axialtrack.calibrate.simulate import simulated_stack
+
+    assert result.method == "msd"
+    assert result.qc["ref_z"]["focus_spread_um"] < 0.25
+    vol = analyze(
+        simulated_stack(n_fields=2, z_half_range_um=1.2, seed=3, depth_um=(0.05, 1.2))
+    )
+    ref = vol.qc["ref_z"]
+    assert ref["requested"] == "auto"
+    assert ref["method"] == "mean"
+    assert ref["focus_spread_um"] > 0.5
+    assert "volume sample" in ref["auto_reason"]
+    truth = vol.qc["truth"]
+    assert truth["rms_mean_nm"] < 25.0
+    # what 'msd' would have given on this stack (why auto avoids it)
+    assert truth["rms_msd_nm"] > 4 * truth["rms_mean_nm"]
+
+
 def test_examples_split_by_bead(result) -> None:  # type: ignore[no-untyped-def]
     ex = result.examples
     assert len(ex) > 0
