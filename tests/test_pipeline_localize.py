@@ -533,3 +533,44 @@ def test_localizer_runs_on_the_onnx_engine(
     pd.testing.assert_frame_equal(
         got.drop(columns=["dz_um", "z_um"]), ref.drop(columns=["dz_um", "z_um"])
     )
+
+
+class _SomeOutOfRange(FakeEngine):
+    """Every third pair reads dz far outside the calibrated range."""
+
+    def infer(self, pairs: np.ndarray, field_xy: np.ndarray | None) -> _Result:
+        r = super().infer(pairs, field_xy)
+        dz = np.asarray(r.dz_um).copy()
+        dz[::3] = 5.0
+        return r._replace(dz_um=dz)
+
+
+@pytest.mark.parametrize("in_range_only", [True, False])
+def test_analyzer_leaves_out_of_range_rows_unlinked(
+    coverslip_stack: tuple, in_range_only: bool
+) -> None:
+    from axialtrack.pipeline import TrackingAnalyzer
+    from axialtrack.store import FrameMeta
+
+    r, planes, _, stage_z, _ = coverslip_stack
+    ana = TrackingAnalyzer(
+        _SomeOutOfRange(),
+        plane_shape=r.plane_shape,
+        pixel_size_um=r.pixel_size_um,
+        affine=r.affine,
+        link_in_range_only=in_range_only,
+    )
+    frames = np.stack([planes[2]] * 3)  # the same static beads three times
+    meta = [FrameMeta(t_s=0.01 * i, stage_z_um=stage_z[2]) for i in range(3)]
+    locs = ana.analyze(frames, np.arange(3), meta)
+    out = ~locs["in_range"].to_numpy()
+    assert 0 < out.sum() < len(locs)
+    ids = locs["track_id"].to_numpy()
+    if in_range_only:
+        assert (ids[out] == -1).all()
+        assert (ids[~out] >= 0).all()
+    else:
+        assert (ids >= 0).all()
+    summary = ana.finish()
+    assert summary is not None
+    assert len(summary) == len(np.unique(ids[ids >= 0]))

@@ -50,6 +50,12 @@ class TrackingAnalyzer:
     frame_interval_s
         Frame period, for the diffusion estimates of the track summary (``None``:
         from the frames' times).
+    link_in_range_only
+        Localizations whose ``dz`` lies outside the model's calibrated range
+        (``in_range`` false) keep ``track_id = -1``: their Z is unknown (the
+        network extrapolates; on the live benchmark such predictions reached
+        20 um), and in a track they would wreck the axial diffusion estimate.
+        A track continues across them within the linker's ``memory``.
     """
 
     def __init__(
@@ -62,8 +68,10 @@ class TrackingAnalyzer:
         localizer: LocalizerConfig | None = None,
         link: LinkConfig | None = None,
         frame_interval_s: float | None = None,
+        link_in_range_only: bool = True,
     ) -> None:
         self.engine = engine
+        self.link_in_range_only = bool(link_in_range_only)
         self.localizer = Localizer(
             engine,
             plane_shape=plane_shape,
@@ -131,6 +139,9 @@ class TrackingAnalyzer:
         locs = self.localizer.finish(batch)
         cols = {c: locs[c].to_numpy().copy() for c in _SUMMARY_COLUMNS[:-1]}
         xyz = np.stack([cols["x_um"], cols["y_um"], cols["z_um"]], axis=1)
+        if "in_range" in locs and self.link_in_range_only:
+            # Z outside the model's calibrated range is unknown: not linked
+            xyz[~locs["in_range"].to_numpy(bool)] = np.nan
         # every analyzed frame is pushed, with rows or not: the frames between
         # them were skipped and do not count against the linker's memory
         ids = self.linker.push_rows(cols["frame"], xyz, analyzed=batch.frames)
