@@ -361,14 +361,18 @@ def live_run(
 
 # ---------------------------------------------------------------- accuracy
 def run_accuracy(
-    run_path: Path, truth: pd.DataFrame, z_range: tuple[float, float], min_len: int
+    run_path: Path,
+    truth: pd.DataFrame,
+    z_range: tuple[float, float],
+    min_len: int,
+    axial_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Score a stored live run (its analyzed frames) against the truth."""
     from axialtrack.store import open_run
 
     run = open_run(run_path)
     analyzed = np.nonzero(run.frame_meta["analyzed"].to_numpy())[0]
-    return accuracy(run.localizations, analyzed, truth, z_range, min_len)
+    return accuracy(run.localizations, analyzed, truth, z_range, min_len, axial_scale)
 
 
 def accuracy(
@@ -377,8 +381,13 @@ def accuracy(
     truth: pd.DataFrame,
     z_range: tuple[float, float],
     min_len: int,
+    axial_scale: float = 1.0,
 ) -> dict[str, Any]:
-    """Localization / link scores and diffusion coefficients against the truth."""
+    """Localization / link scores and diffusion coefficients against the truth.
+
+    ``axial_scale``: sample depth per um of ``z_um`` (focal shift), so the axial
+    diffusion is in the sample's units, like the truth's D.
+    """
     from axialtrack.pipeline.score import match_to_truth, score_against_truth
     from axialtrack.pipeline.tracks import summarize_tracks
 
@@ -444,7 +453,12 @@ def accuracy(
     grp["D_true"] = d_true.loc[grp["truth_id"]].to_numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        summ = summarize_tracks(locs, frame_interval_s=FRAME_S, min_length=min_len)
+        summ = summarize_tracks(
+            locs,
+            frame_interval_s=FRAME_S,
+            min_length=min_len,
+            axial_scale=axial_scale,
+        )
     s = summ.merge(grp, on="track_id")
     s = s[np.isfinite(s["D_um2_s"]) & (s["n_localizations"] >= min_len)]
     res: dict[str, Any] = {"min_track_length": min_len, "n_tracks": len(s)}
@@ -638,6 +652,10 @@ def main(argv: list[str] | None = None) -> int:
     bead_rmse = bundle_test_rmse_nm(bundle)
     movie, truth, movie_info = render_movie(args)
     z_range = tuple(movie_info["z_focus_range_um"])
+    from axialtrack.optics import axial_scale
+
+    # focal shift over the particles' depths: D_z in the sample's units
+    ax_scale = axial_scale(tuple(movie_info["depth_um"]))
 
     out_dir = Path(tempfile.mkdtemp(prefix="bench_live_", dir="/tmp"))
     runs: list[dict[str, Any]] = []
@@ -655,7 +673,9 @@ def main(argv: list[str] | None = None) -> int:
             res, path = live_run(
                 movie, bundle, rate, args.frames, out_dir, engine, runner_kw
             )
-            res["accuracy"] = run_accuracy(path, truth, z_range, args.min_track_length)
+            res["accuracy"] = run_accuracy(
+                path, truth, z_range, args.min_track_length, ax_scale
+            )
             log(
                 f"  in {res['fps_in']} analyzed {res['fps_analyzed']} fps, skipped "
                 f"{res['frames_skipped']}, p99 {res['latency_ms_p99']} ms, dropped "
@@ -669,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     log("offline pass: every frame through the same analyzer")
     off, off_locs, off_frames = offline_pass(movie, bundle, engine)
     off["accuracy"] = accuracy(
-        off_locs, off_frames, truth, z_range, args.min_track_length
+        off_locs, off_frames, truth, z_range, args.min_track_length, ax_scale
     )
     log(f"  offline {off['fps']} fps, links {off['accuracy']['link_accuracy']}")
 
@@ -754,6 +774,7 @@ def main(argv: list[str] | None = None) -> int:
             else f"simulated beads {depth[0]:.2f}-{depth[1]:.2f} um deep"
         ),
         "bundle_test_rmse_nm": round(bead_rmse, 1),
+        "axial_scale": round(ax_scale, 4),
         "runs": runs,
         "offline_all_frames": off,
         "trackpy": tp,

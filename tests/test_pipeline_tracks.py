@@ -290,6 +290,27 @@ def test_estimate_diffusion_single_track_noise_and_blur() -> None:
         estimate_diffusion(df, DT, exposure_s=2 * DT)
 
 
+def test_axial_scale_converts_stage_z_to_sample_depth() -> None:
+    """z_um in stage units (focal shift 0.73): axial_scale recovers the sample D."""
+    from axialtrack.optics import axial_scale
+
+    scale = axial_scale((0.05, 1.2))
+    assert 0.68 < scale < 0.78
+    df = simulate(
+        1, 20000, walls=False, d_range=(0.3, 0.3), p_miss=0.0, mean_life=1e9, seed=8
+    )
+    df = df.assign(track_id=0)
+    stage = df.assign(z_um=df["z_um"] / scale)  # what the pipeline reports
+    raw = summarize_tracks(stage, frame_interval_s=DT)
+    conv = summarize_tracks(stage, frame_interval_s=DT, axial_scale=scale)
+    assert conv["D_z_um2_s"].iloc[0] == pytest.approx(0.3, rel=0.1)
+    assert raw["D_z_um2_s"].iloc[0] == pytest.approx(0.3 / scale**2, rel=0.1)
+    assert conv["D_xy_um2_s"].iloc[0] == pytest.approx(raw["D_xy_um2_s"].iloc[0])
+    assert conv["z_um"].iloc[0] == pytest.approx(raw["z_um"].iloc[0])  # stage frame
+    with pytest.raises(ValueError, match="axial_scale"):
+        summarize_tracks(stage, frame_interval_s=DT, axial_scale=0.0)
+
+
 @pytest.fixture(scope="module")
 def long_tracks() -> pd.DataFrame:
     df = simulate(

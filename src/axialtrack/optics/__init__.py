@@ -3,6 +3,7 @@
 - :class:`Optics`: optical parameters of the detection path.
 - :class:`PSFModel`: pixelated, batched, differentiable PSF of point emitters at a
   depth in the sample, imaged with the objective at a nominal focus position.
+- :func:`axial_scale`: the focal shift (sample depth per um of stage travel).
 - :func:`crlb`: Cramer-Rao lower bound of 3D localization from one or two focal
   planes under Poisson (and optional sCMOS read) noise.
 """
@@ -17,6 +18,7 @@ from .crlb import (
     fisher_information,
     psf_derivatives,
 )
+from .focal_shift import axial_scale
 from .params import Optics
 from .psf import PSFModel
 from .zernike import noll_to_nm, zernike
@@ -26,6 +28,7 @@ __all__ = [
     "Optics",
     "PSFDerivatives",
     "PSFModel",
+    "axial_scale",
     "crlb",
     "crlb_from_derivatives",
     "fisher_information",

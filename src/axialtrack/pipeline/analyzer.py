@@ -50,6 +50,9 @@ class TrackingAnalyzer:
     frame_interval_s
         Frame period, for the diffusion estimates of the track summary (``None``:
         from the frames' times).
+    axial_scale
+        Sample depth per unit of ``z_um`` (the focal shift) for the diffusion
+        estimates of the track summary (:func:`~.tracks.summarize_tracks`).
     link_in_range_only
         Localizations whose ``dz`` lies outside the model's calibrated range
         (``in_range`` false) keep ``track_id = -1``: their Z is unknown (the
@@ -69,8 +72,10 @@ class TrackingAnalyzer:
         link: LinkConfig | None = None,
         frame_interval_s: float | None = None,
         link_in_range_only: bool = True,
+        axial_scale: float = 1.0,
     ) -> None:
         self.engine = engine
+        self.axial_scale = float(axial_scale)
         self.link_in_range_only = bool(link_in_range_only)
         self.localizer = Localizer(
             engine,
@@ -183,7 +188,11 @@ class TrackingAnalyzer:
             return None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            return summarize_tracks(locs, frame_interval_s=self.frame_interval_s)
+            return summarize_tracks(
+                locs,
+                frame_interval_s=self.frame_interval_s,
+                axial_scale=self.axial_scale,
+            )
 
 
 def make_analyzer(
@@ -196,6 +205,7 @@ def make_analyzer(
     engine_prefer: str = "auto",
     localizer: LocalizerConfig | None = None,
     link: LinkConfig | None = None,
+    axial_scale: float = 1.0,
     **engine_kwargs: Any,
 ) -> TrackingAnalyzer:
     """Load a bundle for the rig in use and build a :class:`TrackingAnalyzer`.
@@ -221,6 +231,8 @@ def make_analyzer(
         Backend choice for :func:`axialtrack.engine.select_engine`.
     localizer, link
         Localization and linking settings.
+    axial_scale
+        Sample depth per unit of ``z_um`` for the track summary's diffusion.
     **engine_kwargs
         More arguments of :func:`~axialtrack.engine.select_engine`.
     """
@@ -250,4 +262,5 @@ def make_analyzer(
         localizer=localizer,
         link=link,
         frame_interval_s=frame_interval_s,
+        axial_scale=axial_scale,
     )

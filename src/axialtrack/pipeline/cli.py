@@ -43,6 +43,13 @@ def add_parsers(subparsers: Any) -> None:
         choices=["zstd", "blosc-lz4", "blosc-zstd"],
         help="frame compression (default none)",
     )
+    p.add_argument(
+        "--axial-scale",
+        type=float,
+        default=1.0,
+        help="sample depth per um of focus travel (focal shift, e.g. 0.73 for an "
+        "NA 1.45 oil objective into water) for the tracks' axial diffusion (1)",
+    )
     p.add_argument("--no-status", action="store_true", help="no live status line")
     p.set_defaults(func=cmd_live)
 
@@ -71,6 +78,13 @@ def add_parsers(subparsers: Any) -> None:
     q.add_argument("--mirror", default="none", help="movie: plane-1 mirror")
     q.add_argument("--pixel-size", type=float, default=None, help="movie: um/px")
     q.add_argument("--frame-interval", type=float, default=None, help="movie: s")
+    q.add_argument(
+        "--axial-scale",
+        type=float,
+        default=1.0,
+        help="sample depth per um of focus travel (focal shift, e.g. 0.73 for an "
+        "NA 1.45 oil objective into water) for the tracks' axial diffusion (1)",
+    )
     q.set_defaults(func=cmd_localize)
 
 
@@ -171,6 +185,7 @@ def cmd_live(args: argparse.Namespace) -> int:
             geometry=geo,
             frame_interval_s=period_s,
             engine_prefer=args.engine,
+            axial_scale=args.axial_scale,
         )
         if analyzer is None:
             core.unloadAllDevices()
@@ -303,6 +318,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         geometry=geo,
         frame_interval_s=run.attrs.get("frame_interval_s"),
         engine_prefer=args.engine,
+        axial_scale=args.axial_scale,
     )
     if analyzer is None:
         return 2
@@ -418,6 +434,7 @@ def _localize_movie(args: argparse.Namespace, path: Path) -> int:
         geometry=geo,
         frame_interval_s=dt,
         engine_prefer=args.engine,
+        axial_scale=args.axial_scale,
     )
     if analyzer is None:
         writer.close()

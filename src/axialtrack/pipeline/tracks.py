@@ -33,6 +33,7 @@ particles have different D.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,6 +349,7 @@ def summarize_tracks(
     frame_interval_s: float | None = None,
     min_length: int = 5,
     exposure_s: float | None = None,
+    axial_scale: float = 1.0,
 ) -> pd.DataFrame:
     """One summary row per track.
 
@@ -363,6 +365,14 @@ def summarize_tracks(
         Tracks with fewer localizations get NaN diffusion columns.
     exposure_s : float, optional
         Exposure time (motion blur), see :func:`estimate_diffusion`.
+    axial_scale : float
+        Sample depth per unit of ``z_um``. ``z_um`` is a focus-stage position;
+        with an oil objective imaging into water, a particle that moves 1 um in
+        depth moves its in-focus stage position by ``1 / axial_scale`` um (the
+        focal shift; about 0.7-0.8 at NA 1.4-1.5, see
+        :func:`axialtrack.optics.axial_scale`). The diffusion columns and
+        ``loc_error_z_um`` use ``z_um * axial_scale`` (sample units); the mean
+        ``z_um`` stays in the stage frame. 1: no conversion.
 
     Returns
     -------
@@ -377,6 +387,8 @@ def summarize_tracks(
         dt = _frame_interval_from_t(locs) if len(locs) else float("nan")
     else:
         dt = float(frame_interval_s)
+    if not (axial_scale > 0 and math.isfinite(axial_scale)):
+        raise ValueError(f"axial_scale must be finite and > 0; got {axial_scale}")
     uniq, key, f, xyz, order = _sorted_tracks(locs)
     g = len(uniq)
     if g == 0:
@@ -398,7 +410,8 @@ def summarize_tracks(
     d3, se3, dxy, dz, lxy, lz = nan, nan, nan, nan, nan, nan
     if np.isfinite(dt) and dt > 0:
         r = _blur_r(dt, exposure_s)
-        s2, n1, s11, n2 = _step_sums(key, f, xyz, g)
+        sample = xyz if axial_scale == 1.0 else xyz * np.array([1.0, 1.0, axial_scale])
+        s2, n1, s11, n2 = _step_sums(key, f, sample, g)
         d, var, sig2 = _cve(s2, n1, s11, n2, dt, r)
         d3, se3, dxy, _, dz, _ = _combine(d, var)
         with np.errstate(invalid="ignore"):
