@@ -82,6 +82,21 @@ def test_replay_run_store_as_live(replay_core, recording, tmp_path: Path) -> Non
     np.testing.assert_allclose(meta["stage_z_um"][:N], 40.0 + np.arange(N))
 
 
+def test_preload_reads_before_the_sequence(replay_core, recording) -> None:
+    from axialtrack.devices import get_device
+
+    core = replay_core
+    path, planes = recording
+    cam = get_device(core, "Camera", ReplayCamera)
+    core.setProperty("Camera", "Source", str(path))
+    assert not isinstance(cam._movie.frames, np.ndarray)  # lazy until asked
+    core.setProperty("Camera", "Preload", 1)
+    assert isinstance(cam._movie.frames, np.ndarray)  # read now, not at start
+    np.testing.assert_array_equal(cam._movie.frames, planes)
+    core.setProperty("Camera", "Source", str(path))  # a new source: read at once
+    assert isinstance(cam._movie.frames, np.ndarray)
+
+
 def test_replay_no_loop_ends_with_warning(replay_core, recording, tmp_path) -> None:
     core = replay_core
     path, _ = recording

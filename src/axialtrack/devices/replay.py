@@ -222,7 +222,8 @@ class ReplayCamera(PacedCamera):
     Loop
         1: start over at the end of the movie; 0: a sequence ends with it.
     Preload
-        1: read the whole movie into memory when a sequence starts.
+        1: read the whole movie into memory now (when set, or when the Source
+        or Layout changes), so reading does not compete with a run.
     Splitter
         Label of the DualPlaneSplitter whose geometry composes planes into
         sensor frames ("" for the recorded or default geometry).
@@ -270,6 +271,8 @@ class ReplayCamera(PacedCamera):
     def _set_source(self, value: Any) -> None:
         path = str(value).strip()
         movie = open_movie(path, self._layout) if path else None
+        if movie is not None and self._preload:
+            movie.preload()
         with self._lock_movie:
             self._source = path
             self._movie = movie
@@ -287,6 +290,8 @@ class ReplayCamera(PacedCamera):
         with self._lock_movie:
             if self._source:
                 self._movie = open_movie(self._source, self._layout)
+                if self._preload:
+                    self._movie.preload()
                 self._cursor = 0
         self._emit_property("Layout", self._layout)
 
@@ -315,12 +320,19 @@ class ReplayCamera(PacedCamera):
 
     @pymm_property(name="Preload", allowed_values=Choices.boolean())
     def preload(self) -> int:
-        """1: hold the whole movie in memory during sequences."""
+        """1: hold the whole movie in memory (read when set, not when a sequence
+        starts, so the reading does not compete with the run)."""
         return int(self._preload)
 
     @preload.setter
     def _set_preload(self, value: Any) -> None:
         self._preload = as_bool(value, "Preload")
+        with self._lock_movie:
+            movie = self._movie
+            loaded = movie is None or isinstance(movie.frames, np.ndarray)
+            if self._preload and not loaded:
+                assert movie is not None
+                movie.preload()
         self._emit_property("Preload", int(self._preload))
 
     @pymm_property(name="Splitter", property_type=str)
