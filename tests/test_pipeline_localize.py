@@ -346,6 +346,49 @@ def test_xy_accuracy_against_truth(coverslip_stack: tuple) -> None:
     assert results["fit"] < results["centroid"], results
 
 
+def test_defocused_particles_refitted_on_the_crop() -> None:
+    """Out of focus in both planes (dz -0.7 um): the crop-wide refit places them
+    better than the first 7 px window."""
+    w = 160
+    beads = Beads.on_coverslip(
+        16, size_um=(w * PX * 0.8,) * 2, min_separation_um=2.5, seed=9
+    )
+    r = _renderer(beads, (w, w), seed=4)
+    stage = (0.0, 0.0, float(r.z_focus_um(0.05)) + 0.7)  # dz = -0.7 um
+    frames = np.stack([_frame(r, stage, i) for i in range(6)])
+    truths = [r.truth(0.01 * i, stage, exposure_s=0.01) for i in range(6)]
+    rms = {}
+    for refit in (None, 0.35):
+        loc = Localizer(
+            FakeEngine(dz=-0.7),
+            plane_shape=(w, w),
+            pixel_size_um=PX,
+            affine=r.affine,
+            config=LocalizerConfig(defocus_refit_um=refit),
+        )
+        loc.plane_offset_um = 0.5
+        locs = loc.localize(frames, np.arange(6), np.zeros(6), stage[2])
+        _, exy, _, n_truth, n_found = _matched(locs, truths, radius_um=0.4)
+        assert n_found >= 0.6 * n_truth  # the faintest defocused beads are missed
+        rms[refit] = float(np.sqrt(np.mean(exy**2)))
+    # measured: 260 nm -> 114 nm
+    assert rms[0.35] < 0.6 * rms[None], rms
+    # and a particle in focus is left alone (dz 0: no refit)
+    loc = Localizer(
+        FakeEngine(dz=0.0), plane_shape=(w, w), pixel_size_um=PX, affine=r.affine
+    )
+    loc.plane_offset_um = 0.5
+    a = loc.localize(frames[:1], [0], [0.0], stage[2])
+    b = Localizer(
+        FakeEngine(dz=0.0),
+        plane_shape=(w, w),
+        pixel_size_um=PX,
+        affine=r.affine,
+        config=LocalizerConfig(defocus_refit_um=None),
+    ).localize(frames[:1], [0], [0.0], stage[2])
+    np.testing.assert_array_equal(a["x_px"], b["x_px"])
+
+
 def test_z_accuracy_with_sim_bundle(sim_bundle: Path, coverslip_stack: tuple) -> None:
     r, planes, truths, stage_z, sxy = coverslip_stack
     engine = BundleEngine(load_bundle(sim_bundle))
@@ -367,8 +410,9 @@ def test_z_accuracy_with_sim_bundle(sim_bundle: Path, coverslip_stack: tuple) ->
         xy = g[["x_px", "y_px"]].to_numpy()
         d = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
         np.fill_diagonal(d, np.inf)
-        # detections are refined after the neighbour search: within a pixel
-        np.testing.assert_allclose(g["neighbour_px"], d.min(axis=1), atol=1.0)
+        # positions are refined after the neighbour search (defocused ones twice,
+        # on their whole crop): within a pixel and a half
+        np.testing.assert_allclose(g["neighbour_px"], d.min(axis=1), atol=1.5)
     ez, exy, _ph, n_truth, n_found = _matched(locs, truths)
     assert n_found >= 0.95 * n_truth
     rmse_z = float(np.sqrt(np.mean(ez**2)))

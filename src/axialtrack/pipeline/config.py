@@ -143,6 +143,13 @@ class LocalizerConfig(BaseModel):
     saturation_adu
         Counts at or above which a pixel is saturated; a localization whose crop
         pair holds one is flagged ``saturated``.
+    defocus_refit_um
+        After inference, particles farther than this from the focus of both
+        planes (``|dz|`` and ``|dz - plane offset|``) get their XY refitted on
+        ``defocus_fit_size_px`` windows of their crop pairs, where the fit's
+        weight can widen to the defocused spot; ``None``: no refit.
+    defocus_fit_size_px
+        Window of that refit (odd, at most the crop size).
     range_margin_um
         A localization is flagged ``in_range`` when its ``dz_um`` lies inside the
         model's calibrated range (the bundle's ``z_range_um``, the span of its
@@ -163,10 +170,12 @@ class LocalizerConfig(BaseModel):
     max_per_frame: int | None = Field(None, ge=1)
     saturation_adu: int = Field(65535, ge=1)
     range_margin_um: float = Field(0.0, ge=0.0)
+    defocus_refit_um: float | None = Field(0.35, ge=0.0)
+    defocus_fit_size_px: int = Field(15, ge=3, le=63)
 
-    @field_validator("fit_size_px")
+    @field_validator("fit_size_px", "defocus_fit_size_px")
     @classmethod
     def _odd_fit_size(cls, v: int) -> int:
         if v % 2 == 0:
-            raise ValueError(f"fit_size_px must be odd; got {v}")
+            raise ValueError(f"fit window sizes must be odd; got {v}")
         return v

@@ -288,11 +288,34 @@ def refine_xy(
         ]
     )
     d, amp, ok = _fit_windows(img, method, sigma_px, n_iter)
-    d0, d1, a0, a1, ok0, ok1 = d[:n], d[n:], amp[:n], amp[n:], ok[:n], ok[n:]
-    xy0 = peaks + d0
-    xy1 = apply_affine(invert_affine(a), c1 + d1)
-    b0 = np.maximum(np.asarray(background_adu, float) - offset_adu, 0.0)
-    b1 = np.maximum(np.asarray(background1_adu, float) - offset_adu, 0.0)
+    return _combine_planes(
+        peaks + d[:n],
+        apply_affine(invert_affine(a), c1 + d[n:]),
+        amp[:n],
+        amp[n:],
+        ok[:n],
+        ok[n:],
+        np.maximum(np.asarray(background_adu, float) - offset_adu, 0.0),
+        np.maximum(np.asarray(background1_adu, float) - offset_adu, 0.0),
+    )
+
+
+def _window_method(method: str) -> str:
+    """The window-fit method of an XY method (``"fit"`` or ``"centroid"``)."""
+    return "centroid" if method == "centroid" else "fit"
+
+
+def _combine_planes(
+    xy0: np.ndarray,
+    xy1: np.ndarray,
+    a0: np.ndarray,
+    a1: np.ndarray,
+    ok0: np.ndarray,
+    ok1: np.ndarray,
+    b0: np.ndarray,
+    b1: np.ndarray,
+) -> np.ndarray:
+    """Plane-0 and plane-1 estimates averaged with weights ``A^2 / (A + 4 b)``."""
     w0 = np.where(ok0 & (a0 > 0), a0**2 / np.maximum(a0 + 4.0 * b0, 1e-9), 0.0)
     w1 = np.where(ok1 & (a1 > 0), a1**2 / np.maximum(a1 + 4.0 * b1, 1e-9), 0.0)
     tot = w0 + w1
@@ -320,6 +343,7 @@ class PreparedBatch:
     background_photons: np.ndarray
     background_adu: np.ndarray
     neighbour_px: np.ndarray
+    background1_adu: np.ndarray | None = None
 
     @classmethod
     def empty(
@@ -413,6 +437,8 @@ class Localizer:
             )
         self.xy_method: str = method
         self._check_rig(bundle)
+        po = getattr(bundle, "plane_offset_um", None)
+        self.plane_offset_um: float | None = None if po is None else float(po)
         zr = getattr(bundle, "z_range_um", None)
         self.z_range_um: tuple[float, float] | None = (
             None if zr is None else (float(zr[0]), float(zr[1]))
@@ -600,10 +626,13 @@ class Localizer:
         pairs, inside = crop_pairs(
             arr, xy0, self.affine, self.crop_size, frame_index=fi
         )
+        bg1_adu = bg1_ph / cam.photons_per_adu + cam.offset_adu if both else None
         if not inside.all():
             pairs, xy0, fi = pairs[inside], xy0[inside], fi[inside]
             bg_ph, bg_adu = bg_ph[inside], bg_adu[inside]
             nn_px = nn_px[inside]
+            if bg1_adu is not None:
+                bg1_adu = bg1_adu[inside]
         t3 = time.perf_counter()
         tm["crop"] += t3 - t2
         return PreparedBatch(
@@ -617,7 +646,62 @@ class Localizer:
             background_photons=bg_ph,
             background_adu=bg_adu,
             neighbour_px=nn_px,
+            background1_adu=bg1_adu,
         )
+
+    def _refit_defocused(
+        self, batch: PreparedBatch, xy0: np.ndarray, dz: np.ndarray
+    ) -> np.ndarray:
+        """Refit XY on the whole crop for particles out of focus in both planes.
+
+        The first XY fit uses a small window (``fit_size_px``) that clips a
+        defocused PSF; with Z known, particles farther than ``defocus_refit_um``
+        from the focus of both planes are refitted on ``defocus_fit_size_px``
+        windows of their crop pairs (where the Gaussian weight can widen to the
+        spot's width), both planes combined as in :func:`refine_xy`.
+        """
+        cfg = self.config
+        off = self.plane_offset_um
+        t = float(cfg.defocus_refit_um or 0.0)
+        far = np.abs(dz) > t
+        if off is not None:
+            far &= np.abs(dz - off) > t
+        far &= np.isfinite(dz)
+        idx = np.flatnonzero(far)
+        if idx.size == 0:
+            return xy0
+        size = min(int(cfg.defocus_fit_size_px), self.crop_size)
+        lo = self.crop_size // 2 - size // 2
+        win = batch.pairs[idx, :, lo : lo + size, lo : lo + size].astype(np.float32)
+        c0, c1 = crop_centers(xy0[idx], self.affine)
+        bg0 = batch.background_adu[idx].astype(np.float32)[:, None, None]
+        n = idx.size
+        if batch.background1_adu is None:
+            d0, _, _ = _fit_windows(
+                win[:, 0] - bg0, _window_method(self.xy_method), cfg.fit_sigma_px, 5
+            )
+            new = c0 + d0
+        else:
+            bg1 = batch.background1_adu[idx].astype(np.float32)[:, None, None]
+            img = np.concatenate([win[:, 0] - bg0, win[:, 1] - bg1])
+            d, amp, ok = _fit_windows(
+                img, _window_method(self.xy_method), cfg.fit_sigma_px, 5
+            )
+            b0 = np.maximum(batch.background_adu[idx] - cfg.camera.offset_adu, 0.0)
+            b1 = np.maximum(batch.background1_adu[idx] - cfg.camera.offset_adu, 0.0)
+            new = _combine_planes(
+                c0 + d[:n],
+                apply_affine(invert_affine(self.affine), c1 + d[n:]),
+                amp[:n],
+                amp[n:],
+                ok[:n],
+                ok[n:],
+                b0,
+                b1,
+            )
+        out = xy0.astype(float).copy()
+        out[idx] = new
+        return out
 
     def finish(self, batch: PreparedBatch) -> pd.DataFrame:
         """Infer Z for a :meth:`prepare`-d batch and build its table rows."""
@@ -649,6 +733,11 @@ class Localizer:
             xy0 = np.where(np.isfinite(d_xy), c0 + d_xy, xy0)
         t4 = time.perf_counter()
         tm["infer"] += t4 - t3
+        if self.xy_method in ("fit", "centroid") and cfg.defocus_refit_um is not None:
+            xy0 = self._refit_defocused(batch, xy0, dz)
+        t4b = time.perf_counter()
+        tm["xy"] += t4b - t4
+        t4 = t4b
 
         # 5. photometry on the plane-0 crop
         s2 = self.crop_size**2
