@@ -97,17 +97,24 @@ def log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------ bundle
-def get_bundle(path: str | None, depth_um: tuple[float, float] = (0.05, 0.05)) -> Path:
+def get_bundle(
+    path: str | None,
+    depth_um: tuple[float, float] = (0.05, 0.05),
+    neighbours: float = 0.0,
+) -> Path:
     """The given bundle, or a small one trained on the simulated rig (cached).
 
     ``depth_um``: depths of the calibration beads above the coverslip; the
     default is beads on the coverslip, ``(lo, hi)`` beads in a gel at those
     depths (the calibration for particles in water at those depths).
+    ``neighbours``: probability of the training's neighbour augmentation.
     """
     if path:
         return Path(path).expanduser()
     lo, hi = (round(float(d), 3) for d in depth_um)
     name = "sim_bundle_seed0" + ("" if lo == hi == 0.05 else f"_depth{lo:g}-{hi:g}")
+    if neighbours > 0:
+        name += f"_nb{neighbours:g}"
     out = CACHE / f"{name}.axialmodel"
     if (out / "model.json").is_file():
         return out
@@ -117,7 +124,7 @@ def get_bundle(path: str | None, depth_um: tuple[float, float] = (0.05, 0.05)) -
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"tmp{os.getpid()}-{out.name}")
-    saved = Path(train_sim_bundle(tmp, depth_um=(lo, hi)))
+    saved = Path(train_sim_bundle(tmp, depth_um=(lo, hi), neighbours=neighbours))
     shutil.rmtree(out, ignore_errors=True)
     saved.rename(out)
     return out
@@ -582,6 +589,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", default=None, help="model bundle (default: train one)")
     ap.add_argument(
+        "--neighbours",
+        type=float,
+        default=0.5,
+        help="the bundle trained here: probability of the neighbour augmentation "
+        "(0.5; 0 for none)",
+    )
+    ap.add_argument(
         "--calibration",
         choices=("depth", "coverslip"),
         default="depth",
@@ -648,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.calibration == "depth"
         else (0.05, 0.05)
     )
-    bundle = get_bundle(args.bundle, depth)
+    bundle = get_bundle(args.bundle, depth, args.neighbours)
     bead_rmse = bundle_test_rmse_nm(bundle)
     movie, truth, movie_info = render_movie(args)
     z_range = tuple(movie_info["z_focus_range_um"])
@@ -771,7 +785,8 @@ def main(argv: list[str] | None = None) -> int:
         "calibration": (
             "given (--bundle)"
             if args.bundle
-            else f"simulated beads {depth[0]:.2f}-{depth[1]:.2f} um deep"
+            else f"simulated beads {depth[0]:.2f}-{depth[1]:.2f} um deep, "
+            f"neighbour augmentation {args.neighbours:g}"
         ),
         "bundle_test_rmse_nm": round(bead_rmse, 1),
         "axial_scale": round(ax_scale, 4),

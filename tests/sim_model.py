@@ -13,7 +13,11 @@ SIM_BUNDLE_RMSE_NM = 100.0
 
 
 def train_sim_bundle(
-    path: Path, *, seed: int = 0, depth_um: tuple[float, float] = (0.05, 0.05)
+    path: Path,
+    *,
+    seed: int = 0,
+    depth_um: tuple[float, float] = (0.05, 0.05),
+    neighbours: float = 0.0,
 ) -> Path:
     """Calibrate the simulated rig (beads on the coverslip), train, save a bundle.
 
@@ -43,6 +47,7 @@ def train_sim_bundle(
         seed=seed,
         progress=False,
         ema_decay=0.95,
+        neighbours=neighbours,
     )
     if not res.metrics["test_rmse_nm"] < SIM_BUNDLE_RMSE_NM:
         raise RuntimeError(f"sim bundle training failed: {res.metrics}")

@@ -54,3 +54,32 @@ def test_probability_zero_and_determinism() -> None:
     assert 6 <= n <= 26
     with pytest.raises(ValueError, match="p must be"):
         add_neighbours(x, torch.Generator(), p=1.5)
+
+
+def test_training_with_neighbours_wired_and_recorded() -> None:
+    from axialtrack.calibrate import analyze
+    from axialtrack.calibrate.simulate import simulated_stack
+    from axialtrack.model import CalibrationData, train
+
+    stack = simulated_stack(n_fields=1, z_half_range_um=1.0, seed=2)
+    result = analyze(stack)
+    data = CalibrationData(examples=result.examples, beads=result.beads)
+
+    def run(p: float):  # type: ignore[no-untyped-def]
+        return train(
+            data,
+            neighbours=p,
+            epochs=1,
+            batch_size=32,
+            seed=3,
+            progress=False,
+            ema_decay=None,
+        )
+
+    plain, crowded, again = run(0.0), run(1.0), run(1.0)
+    w = [r.model.head.weight.detach() for r in (plain, crowded, again)]
+    assert not torch.equal(w[0], w[1])  # the augmentation reached the batches
+    torch.testing.assert_close(w[1], w[2])  # and is seeded
+    assert crowded.settings["neighbours"] == 1.0
+    with pytest.raises(ValueError, match="neighbours"):
+        run(1.5)

@@ -50,6 +50,32 @@ def add_parsers(subparsers: Any) -> None:
         default=0.998,
         help="decay of the moving average of the weights per step (0: off)",
     )
+    p.add_argument(
+        "--lr-schedule",
+        choices=["plateau", "cosine"],
+        default="plateau",
+        help="plateau: halve on a validation plateau; cosine: decay to lr/100 over "
+        "--epochs (pass --patience EPOCHS to run it to the end)",
+    )
+    p.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="fold an affine dz correction fitted on the validation beads into "
+        "the output layer",
+    )
+    p.add_argument(
+        "--recalibrate-dz-max",
+        type=float,
+        default=None,
+        help="fit the recalibration on validation examples with |dz| <= this (um)",
+    )
+    p.add_argument(
+        "--neighbours",
+        type=float,
+        default=0.0,
+        help="probability of adding a neighbouring particle to a training pair "
+        "(crowded live samples; 0.5 on the live benchmark); default 0",
+    )
     p.add_argument("--no-augment", action="store_true", help="no augmentation")
     p.add_argument("--overwrite", action="store_true", help="replace --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -113,6 +139,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             patience=args.patience,
             augmentation=not args.no_augment,
             ema_decay=args.ema_decay if args.ema_decay > 0 else None,
+            lr_schedule=args.lr_schedule,
+            recalibrate=args.recalibrate,
+            recalibrate_dz_max_um=args.recalibrate_dz_max,
+            neighbours=args.neighbours,
         )
     except ValueError as exc:
         console.print(f"[red]Training failed:[/red] {exc}")

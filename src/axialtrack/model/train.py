@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from axialtrack.calibrate.examples import Examples
 
 from .config import ModelConfig
+from .neighbours import add_neighbours
 from .network import AxialNet
 
 if TYPE_CHECKING:
@@ -365,6 +366,7 @@ def train(
     lr_schedule: Literal["plateau", "cosine"] = "plateau",
     recalibrate: bool = False,
     recalibrate_dz_max_um: float | None = None,
+    neighbours: float = 0.0,
 ) -> TrainResult:
     """Train the axial localization network on calibration examples.
 
@@ -417,6 +419,13 @@ def train(
         Fit the recalibration only on validation examples with
         ``|dz| <= recalibrate_dz_max_um`` (the range the model is judged on);
         ``None``: all of them.
+    neighbours
+        Probability that a training pair gets a second particle 5-14 px from
+        its centre (:func:`~axialtrack.model.neighbours.add_neighbours`), so the
+        network reads the centred particle with a neighbour in its crop, as in
+        crowded live samples. 0: off. On the live benchmark (about 100
+        particles per 512 x 512 field) 0.5 removed the out-of-range Z
+        predictions of crowded crops at a cost of a few nm of bead RMSE.
 
     Returns
     -------
@@ -435,6 +444,8 @@ def train(
         raise ValueError(
             f"config.crop_size {cfg.crop_size} differs from the examples' {crop}"
         )
+    if not 0.0 <= neighbours <= 1.0:
+        raise ValueError(f"neighbours is a probability in [0, 1]; got {neighbours}")
     loss_name: str = loss if loss is not None else ("nll" if cfg.uncertainty else "mse")
     if loss_name not in ("mse", "nll"):
         raise ValueError(f"loss must be 'mse' or 'nll'; got {loss_name!r}")
@@ -523,6 +534,8 @@ def train(
                 for img, xy, dz, dxy, has in loader:
                     if augmentation:
                         img = augment(img, aug_gen)
+                    if neighbours > 0:
+                        img = add_neighbours(img, aug_gen, p=neighbours)
                     img, xy, dz = img.to(dev), xy.to(dev), dz.to(dev)
                     out = model(img, xy)
                     value = _loss(out, dz, dxy.to(dev), has.to(dev), cfg, loss_name)
@@ -606,5 +619,8 @@ def train(
             "device": str(dev),
             "ema_decay": ema_decay,
             "lr_schedule": lr_schedule,
+            "recalibrate": recalibrate,
+            "recalibrate_dz_max_um": recalibrate_dz_max_um,
+            "neighbours": neighbours,
         },
     )
