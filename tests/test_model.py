@@ -255,10 +255,30 @@ def test_cli_train_evaluate(calib, tmp_path):
     add_parsers(parser.add_subparsers())
     out = tmp_path / "m.axialmodel"
     args = parser.parse_args(
-        ["train", str(store), "--out", str(out), "--epochs", "2", "--no-progress"]
+        [
+            "train",
+            str(store),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--no-progress",
+            "--lr-schedule",
+            "cosine",
+            "--recalibrate",
+            "--recalibrate-dz-max",
+            "0.5",
+        ]
     )
     assert args.func(args) == 0
     b = load_bundle(out, expect_plane_offset_um=0.5, expect_pixel_size_um=PIXEL)
+    t = b.meta["training"]
+    assert t["lr_schedule"] == "cosine"
+    assert t["recalibrate_dz_max_um"] == 0.5
+    # the fit used only the validation examples with |dz| <= 0.5 um
+    va = result.examples.subset("validation")
+    n_fit = int((np.abs(va.dz_um) <= 0.5 + 1e-9).sum())
+    assert 0 < t["metrics"]["recalibration"]["n"] == n_fit < len(va)
     assert b.meta["provenance"]["calibration_run"] == str(store.resolve())
     # the live pipeline crops plane 1 through the calibration's registration
     np.testing.assert_allclose(b.registration_affine, result.registration.affine)
