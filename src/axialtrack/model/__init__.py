@@ -23,7 +23,7 @@ from .bundle import (
 )
 from .config import ModelConfig
 from .evaluate import CRLBSpec, EvalResult, crlb_stage_um, evaluate, sim_crlb_spec
-from .network import AxialNet, PairNormalization
+from .network import AxialEnsemble, AxialNet, Network, PairNormalization
 from .train import (
     CalibrationData,
     TrainResult,
@@ -33,11 +33,13 @@ from .train import (
     predict,
     subpixel_targets,
     train,
+    train_ensemble,
 )
 
 __all__ = [
     "BUNDLE_SUFFIX",
     "FORMAT_VERSION",
+    "AxialEnsemble",
     "AxialNet",
     "Bundle",
     "BundleError",
@@ -45,6 +47,7 @@ __all__ = [
     "CalibrationData",
     "EvalResult",
     "ModelConfig",
+    "Network",
     "PairNormalization",
     "TrainResult",
     "augment",
@@ -59,5 +62,6 @@ __all__ = [
     "sim_crlb_spec",
     "subpixel_targets",
     "train",
+    "train_ensemble",
     "verify_onnx",
 ]

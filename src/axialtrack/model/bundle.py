@@ -16,7 +16,7 @@ import torch
 from axialtrack._json import jsonable
 
 from .config import ModelConfig
-from .network import AxialNet
+from .network import AxialEnsemble, AxialNet, Network
 
 if TYPE_CHECKING:
     from .train import TrainResult
@@ -72,7 +72,7 @@ def _example_inputs(cfg: ModelConfig, n: int, seed: int = 0) -> tuple[Any, ...]:
     return (img.float(), xy.float()) if cfg.field_branch else (img.float(),)
 
 
-def export_onnx(model: AxialNet, path: str | Path) -> Path:
+def export_onnx(model: Network, path: str | Path) -> Path:
     """Export ``model`` to a single ONNX file (opset 17, dynamic batch).
 
     Inputs ``image`` ``(batch, 2, S, S)`` (and ``xy`` ``(batch, 2)`` with the
@@ -98,7 +98,7 @@ def export_onnx(model: AxialNet, path: str | Path) -> Path:
 
 
 def verify_onnx(
-    model: AxialNet, onnx_path: str | Path, *, n: int = 37, tol: float = PARITY_TOL
+    model: Network, onnx_path: str | Path, *, n: int = 37, tol: float = PARITY_TOL
 ) -> float:
     """Max |onnxruntime - torch| on random inputs; raises :class:`BundleError` > tol."""
     import onnxruntime as ort
@@ -139,7 +139,7 @@ class Bundle:
 
     path: Path
     meta: dict[str, Any]
-    model: AxialNet
+    model: Network
 
     @property
     def config(self) -> ModelConfig:
@@ -206,7 +206,7 @@ class Bundle:
 
 
 def save_bundle(
-    result: TrainResult | AxialNet,
+    result: TrainResult | Network,
     path: str | Path,
     *,
     overwrite: bool = False,
@@ -221,7 +221,9 @@ def save_bundle(
     ----------
     result
         A :class:`~axialtrack.model.TrainResult` (rig values, metrics and
-        provenance are taken from it) or a bare :class:`AxialNet`.
+        provenance are taken from it) or a bare :class:`AxialNet` or
+        :class:`AxialEnsemble` (recorded as ``ensemble_members`` in
+        ``model.json``; ``weights.pt`` holds every member).
     path
         Bundle directory; ``.axialmodel`` is appended when missing.
     overwrite
@@ -258,6 +260,9 @@ def save_bundle(
         "plane_offset_um": plane_offset_um,
         "layout": layout,
         "z_range_um": None,
+        "ensemble_members": (
+            len(model.members) if isinstance(model, AxialEnsemble) else None
+        ),
         "inputs": {
             "image": ["batch", 2, cfg.crop_size, cfg.crop_size],
             **({"xy": ["batch", 2]} if cfg.field_branch else {}),
@@ -418,7 +423,10 @@ def load_bundle(
             f"{meta['crop_size']} but the pipeline uses crop_size={expect_crop_size}"
         )
     cfg = ModelConfig.model_validate(meta["config"])
-    model = AxialNet(cfg)
+    k = meta.get("ensemble_members")
+    model: Network = (
+        AxialNet(cfg) if not k else AxialEnsemble([AxialNet(cfg) for _ in range(k)])
+    )
     state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()

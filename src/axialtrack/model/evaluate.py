@@ -13,7 +13,7 @@ import pandas as pd
 from axialtrack.calibrate.examples import Examples
 
 from .bundle import Bundle, load_bundle
-from .network import AxialNet
+from .network import Network
 from .train import CalibrationData, load_calibration, predict
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ def _as_data(data: Examples | CalibrationData | str | Path) -> CalibrationData:
 
 
 def evaluate(
-    bundle: Bundle | AxialNet | str | Path,
+    bundle: Bundle | Network | str | Path,
     data: Examples | CalibrationData | str | Path,
     split: str | None = "test",
     *,

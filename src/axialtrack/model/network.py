@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from .config import ModelConfig
 
-__all__ = ["AxialNet", "PairNormalization"]
+__all__ = ["AxialEnsemble", "AxialNet", "Network", "PairNormalization"]
 
 #: Smallest predicted sigma_z (um).
 MIN_SIGMA_UM = 1e-3
@@ -115,7 +115,13 @@ class AxialNet(nn.Module):
         self, image: torch.Tensor, xy: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Predict ``(B, K)`` outputs from ``image`` (and ``xy``)."""
-        feat = self.features(self.normalize(image))
+        return self.forward_normalized(self.normalize(image), xy)
+
+    def forward_normalized(
+        self, normalized: torch.Tensor, xy: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """:meth:`forward` of an already normalized pair (``self.normalize``)."""
+        feat = self.features(normalized)
         if self.field is not None:
             if xy is None:
                 raise ValueError("this model has a field branch: pass xy (B, 2)")
@@ -125,3 +131,49 @@ class AxialNet(nn.Module):
             sigma = F.softplus(out[:, 1:2]) + MIN_SIGMA_UM
             out = torch.cat([out[:, :1], sigma, out[:, 2:]], dim=1)
         return out
+
+
+class AxialEnsemble(nn.Module):
+    """The mean output of several :class:`AxialNet` of one architecture.
+
+    Networks trained from different seeds make partly independent errors; their
+    mean is more precise than any of them (on the simulated rig, three seeds
+    took the median precision/CRLB from 1.32 to 1.25). The input normalization,
+    which has no weights, runs once. Inference costs as many network passes as
+    there are members. It exports to one ONNX graph like a single network.
+
+    Parameters
+    ----------
+    members
+        Networks with the same :class:`ModelConfig`.
+    """
+
+    def __init__(self, members: list[AxialNet]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one network")
+        cfg = members[0].config
+        if any(m.config != cfg for m in members[1:]):
+            raise ValueError("the networks of an ensemble must share one ModelConfig")
+        self.config = cfg
+        self.normalize = PairNormalization(
+            cfg.crop_size, cfg.channels, cfg.background_percentile
+        )
+        self.members = nn.ModuleList(members)
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the output columns."""
+        return self.config.output_names
+
+    def forward(
+        self, image: torch.Tensor, xy: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean over the members of their ``(B, K)`` outputs."""
+        normalized = self.normalize(image)
+        outs = [m.forward_normalized(normalized, xy) for m in self.members]  # type: ignore[operator]
+        return torch.stack(outs).mean(dim=0)
+
+
+#: A trained model: one network or an ensemble of them (same call signature).
+Network = AxialNet | AxialEnsemble

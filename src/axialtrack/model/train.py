@@ -20,7 +20,7 @@ from axialtrack.calibrate.examples import Examples
 
 from .config import ModelConfig
 from .neighbours import add_neighbours
-from .network import AxialNet
+from .network import AxialEnsemble, AxialNet, Network
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -35,6 +35,7 @@ __all__ = [
     "predict",
     "subpixel_targets",
     "train",
+    "train_ensemble",
 ]
 
 Loss = Literal["mse", "nll"]
@@ -174,7 +175,7 @@ class TrainResult:
         ``augmentation``, ``device``.
     """
 
-    model: AxialNet
+    model: Network
     config: ModelConfig
     history: list[dict[str, float]]
     best_epoch: int
@@ -194,7 +195,7 @@ class TrainResult:
 
 
 def predict(
-    model: AxialNet,
+    model: Network,
     images: np.ndarray | torch.Tensor,
     xy: np.ndarray | torch.Tensor | None = None,
     *,
@@ -213,7 +214,7 @@ def predict(
     out = []
     with torch.no_grad():
         for i in range(0, n, batch_size):
-            xb = pos[i : i + batch_size].to(dev) if model.field is not None else None
+            xb = pos[i : i + batch_size].to(dev) if model.config.field_branch else None
             out.append(model(img[i : i + batch_size].to(dev), xb).cpu())
     if not out:
         return np.zeros((0, len(model.output_names)), np.float32)
@@ -314,7 +315,7 @@ def _tensors(ex: Examples, dxy: np.ndarray | None) -> tuple[torch.Tensor, ...]:
     )
 
 
-def _rmse_nm(model: AxialNet, ex: Examples) -> float:
+def _rmse_nm(model: Network, ex: Examples) -> float:
     if len(ex) == 0:
         return float("nan")
     pred = predict(model, ex.crops, ex.xy_norm)[:, 0]
@@ -623,4 +624,82 @@ def train(
             "recalibrate_dz_max_um": recalibrate_dz_max_um,
             "neighbours": neighbours,
         },
+    )
+
+
+def train_ensemble(
+    data: Examples | CalibrationData | str | Path,
+    *,
+    members: int = 3,
+    seed: int = 0,
+    progress: bool = True,
+    **kwargs: Any,
+) -> TrainResult:
+    """Train ``members`` networks (seeds ``seed, seed + 1, ...``) and average them.
+
+    The result's model is an :class:`~axialtrack.model.network.AxialEnsemble`
+    (one bundle, one ONNX graph); inference costs ``members`` network passes.
+    On the simulated rig (delta 500 nm, 8 calibration fields) three seeds took
+    the median precision/CRLB on 192 independent beads from 1.32 (one network)
+    to 1.25. Use it where precision matters more than inference time.
+
+    Parameters
+    ----------
+    data
+        As for :func:`train`.
+    members
+        Number of networks.
+    seed
+        Seed of the first network.
+    progress
+        Progress bars.
+    **kwargs
+        Passed to :func:`train` for every member.
+    """
+    if members < 1:
+        raise ValueError(f"members must be >= 1; got {members}")
+    t0 = time.perf_counter()
+    runs = [
+        train(data, seed=seed + i, progress=progress, **kwargs) for i in range(members)
+    ]
+    first = runs[0]
+    model = AxialEnsemble([r.model.cpu() for r in runs])  # type: ignore[misc]
+    model.eval()
+    ex = first.data.examples
+    va, te = ex.subset("validation"), ex.subset("test")
+    metrics = dict(first.metrics)
+    metrics.update(
+        {
+            "val_rmse_nm": _rmse_nm(model, va),
+            "test_rmse_nm": _rmse_nm(model, te),
+            "train_time_s": time.perf_counter() - t0,
+            "members": [
+                {
+                    "seed": r.seed,
+                    "val_rmse_nm": r.metrics["val_rmse_nm"],
+                    "test_rmse_nm": r.metrics["test_rmse_nm"],
+                    "epochs_run": r.metrics["epochs_run"],
+                    **(
+                        {"recalibration": r.metrics["recalibration"]}
+                        if "recalibration" in r.metrics
+                        else {}
+                    ),
+                }
+                for r in runs
+            ],
+        }
+    )
+    metrics.pop("recalibration", None)
+    return TrainResult(
+        model=model,
+        config=first.config,
+        history=first.history,
+        best_epoch=first.best_epoch,
+        metrics=metrics,
+        data=first.data,
+        loss=first.loss,
+        seed=seed,
+        batch_size=first.batch_size,
+        lr=first.lr,
+        settings={**first.settings, "ensemble_members": members},
     )
