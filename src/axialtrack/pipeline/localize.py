@@ -535,21 +535,7 @@ class Localizer:
 
         Pure CPU work that never touches the engine, so a pipeline can run it
         for the next batch while the engine infers the current one;
-        :meth:`finish` completes it.
-
-        Parameters
-        ----------
-        planes
-            ``(F, 2, H, W)`` (or ``(2, H, W)`` for one frame) raw counts.
-        frames
-            ``(F,)`` frame indices.
-        t_s
-            ``(F,)`` frame times (s).
-        stage_z_um
-            Focus-stage position per frame, ``(F,)`` or a scalar.
-        stage_xy_um
-            Stage position per frame, ``(F, 2)`` or ``(2,)`` (um); ``None`` or NaN:
-            coordinates relative to the field centre.
+        :meth:`finish` completes it. The parameters are those of :meth:`localize`.
 
         Returns
         -------
