@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import _thread
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,23 +90,21 @@ def test_run_calibration(small_core: UniMMCore, tmp_path: Path) -> None:
 def test_cancel_keeps_frames(small_core: UniMMCore, tmp_path: Path) -> None:
     seq = calibration_sequence(0.5, 0.05, fields=3, core=small_core, exposure_ms=20)
     out = tmp_path / "cancel.zarr"
-    seen = threading.Event()
+    n_seen = [0]
 
-    def count(*_: object) -> None:
-        seen.set()
+    def pace_and_interrupt(*_: object) -> None:
+        # runs on the acquisition thread: pace the small, fast frames so the
+        # sequence cannot finish before Ctrl-C lands, then press it at frame 5
+        n_seen[0] += 1
+        time.sleep(0.02)
+        if n_seen[0] == 5:
+            _thread.interrupt_main()
 
-    small_core.mda.events.frameReady.connect(count)
-
-    def interrupt() -> None:
-        seen.wait(30)
-        time.sleep(0.2)
-        _thread.interrupt_main()
-
-    t = threading.Thread(target=interrupt, daemon=True)
-    t.start()
-    run_calibration(small_core, out, seq, progress=False)
-    t.join()
-    small_core.mda.events.frameReady.disconnect(count)
+    small_core.mda.events.frameReady.connect(pace_and_interrupt)
+    try:
+        run_calibration(small_core, out, seq, progress=False)
+    finally:
+        small_core.mda.events.frameReady.disconnect(pace_and_interrupt)
     run = open_run(out)
     acq = run.attrs["acquisition"]
     assert run.state == "closed"
