@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,11 +101,15 @@ def test_cancel_keeps_frames(small_core: UniMMCore, tmp_path: Path) -> None:
         if n_seen[0] == 5:
             _thread.interrupt_main()
 
+    # Ctrl-C needs Python's SIGINT handler; a process started in the background
+    # inherits SIGINT ignored, and interrupt_main() then does nothing
+    old_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     small_core.mda.events.frameReady.connect(pace_and_interrupt)
     try:
         run_calibration(small_core, out, seq, progress=False)
     finally:
         small_core.mda.events.frameReady.disconnect(pace_and_interrupt)
+        signal.signal(signal.SIGINT, old_handler)
     run = open_run(out)
     acq = run.attrs["acquisition"]
     assert run.state == "closed"
