@@ -17,7 +17,13 @@ import math
 
 import torch
 
-__all__ = ["add_neighbours"]
+__all__ = ["add_neighbours", "kth_smallest"]
+
+
+def kth_smallest(flat: torch.Tensor, frac: float) -> torch.Tensor:
+    """``(B, 1)``: the ``frac`` quantile (k-th smallest) of each row of ``flat``."""
+    k = max(1, round(frac * flat.shape[1]))
+    return torch.topk(flat, k, dim=1, largest=False).values[:, -1:]
 
 
 def add_neighbours(
@@ -64,9 +70,7 @@ def add_neighbours(
     x = images.detach().cpu().float()
     if b < 2 or p == 0.0:
         return x.to(images.device)
-    flat = x.flatten(1)
-    k = max(1, round(background_fraction * flat.shape[1]))
-    bg = torch.topk(flat, k, dim=1, largest=False).values[:, -1:]
+    bg = kth_smallest(x.flatten(1), background_fraction)
     sig = torch.relu(x - bg.reshape(b, 1, 1, 1))
     # another example for each (never itself)
     other = (torch.arange(b) + torch.randint(1, b, (b,), generator=gen)) % b

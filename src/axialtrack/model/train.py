@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from axialtrack.calibrate.examples import Examples
 
 from .config import ModelConfig
-from .neighbours import add_neighbours
+from .neighbours import add_neighbours, kth_smallest
 from .network import AxialEnsemble, AxialNet, Network
 
 if TYPE_CHECKING:
@@ -221,11 +221,6 @@ def predict(
     return torch.cat(out).numpy()
 
 
-def _kth_smallest(flat: torch.Tensor, frac: float) -> torch.Tensor:
-    k = max(1, round(frac * flat.shape[1]))
-    return torch.topk(flat, k, dim=1, largest=False).values[:, -1:]
-
-
 def augment(
     images: torch.Tensor, gen: torch.Generator, *, p: float = 0.5
 ) -> torch.Tensor:
@@ -247,7 +242,7 @@ def augment(
     dev = images.device
     x = images.cpu()
     flat = x.flatten(1)
-    bg = _kth_smallest(flat, 0.1).reshape(b, 1, 1, 1)
+    bg = kth_smallest(flat, 0.1).reshape(b, 1, 1, 1)
     sig = x - bg
 
     def coin() -> torch.Tensor:
