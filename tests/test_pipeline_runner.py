@@ -271,6 +271,33 @@ def test_slow_analysis_skips_and_marks(tmp_path: Path) -> None:
     assert run.attrs["live_metrics"]["frames_skipped"] == m.frames_skipped
 
 
+def test_batch_deadline_counts_from_oldest_frame(tmp_path: Path) -> None:
+    """A backlog is taken at once; a lone fresh frame waits for the batch to fill."""
+    geo = SplitterGeometry()
+    cfg = RunnerConfig(batch_deadline_s=0.3, max_batch_frames=8)
+    w = _writer(tmp_path / "run.zarr", geo)
+    runner = LiveRunner(ListSource(1, geo), PeakAnalyzer(), w, geometry=geo, config=cfg)
+    meta = FrameMeta()
+    try:
+        # three frames that arrived 1 s ago (queued while a batch was analyzed)
+        old = time.perf_counter() - 1.0
+        runner._ana_q.extend((i, i, meta, old) for i in range(3))
+        t0 = time.perf_counter()
+        batch = runner._take_batch()
+        waited = time.perf_counter() - t0
+        assert [b[0] for b in batch] == [0, 1, 2]
+        assert waited < 0.1  # not another 0.3 s on top of their wait
+        # one frame that just arrived: the batch may fill for up to 0.3 s
+        runner._ana_q.append((3, 3, meta, time.perf_counter()))
+        t0 = time.perf_counter()
+        batch = runner._take_batch()
+        waited = time.perf_counter() - t0
+        assert [b[0] for b in batch] == [3]
+        assert 0.25 < waited < 1.0
+    finally:
+        w.close()
+
+
 @pytest.mark.parametrize("pipelined", [True, False])
 def test_staged_analyzer_two_threads_same_rows(tmp_path: Path, pipelined: bool) -> None:
     geo = SplitterGeometry()

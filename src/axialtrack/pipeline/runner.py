@@ -214,7 +214,8 @@ class RunnerConfig(BaseModel):
     max_batch_frames
         Most frames handed to the analyzer at once.
     batch_deadline_s
-        Longest wait, after the first queued frame, for a batch to fill.
+        Longest wait for a batch to fill, counted from the arrival of its oldest
+        frame (a backlog is taken at once).
     analysis_queue_frames
         Frames that may wait for analysis; beyond, new frames are skipped.
     status_interval_s
@@ -1072,7 +1073,11 @@ class LiveRunner:
                 cv.wait(0.1)
             if not q:
                 return []
-            deadline = time.perf_counter() + cfg.batch_deadline_s
+            # the oldest queued frame waits at most batch_deadline_s (from its
+            # arrival, not from now: frames queued while the previous batch was
+            # analyzed are taken at once)
+            now = time.perf_counter()
+            deadline = min(q[0][3], now) + cfg.batch_deadline_s
             while len(q) < cfg.max_batch_frames and not self._acq_done:
                 left = deadline - time.perf_counter()
                 if left <= 0:
