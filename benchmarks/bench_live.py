@@ -262,6 +262,32 @@ def render_movie(args: argparse.Namespace) -> tuple[Path, pd.DataFrame, dict[str
 
 
 # -------------------------------------------------------------- live runs
+def _proc_stat() -> tuple[float, list[int]] | None:
+    """Time and the aggregate CPU counters of ``/proc/stat`` (Linux), else None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    return time.perf_counter(), [int(v) for v in fields]
+
+
+def _cores_between(
+    a: tuple[float, list[int]] | None, b: tuple[float, list[int]] | None
+) -> dict[str, float] | None:
+    """Cores busy per category between two :func:`_proc_stat` snapshots."""
+    if a is None or b is None or b[0] <= a[0]:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    dt = b[0] - a[0]
+    return {
+        n: round((b[1][i] - a[1][i]) / tick / dt, 2)
+        for i, n in enumerate(names)
+        if i < min(len(a[1]), len(b[1]))
+    }
+
+
 def live_run(
     movie: Path,
     bundle: Path,
@@ -325,9 +351,11 @@ def live_run(
         config=RunnerConfig(log_status=False, **(runner_kw or {})),
     )
     load0 = os.getloadavg()[0]
+    stat0 = _proc_stat()
     c0 = time.process_time()
     m = runner.run(n_frames=n_frames)
     cpu_s = time.process_time() - c0
+    stat1 = _proc_stat()
     md = m.as_dict()
     timings = {k: float(v) for k, v in analyzer.localizer.timings.items()}
     n_an = max(int(md["frames_analyzed"]), 1)
@@ -352,6 +380,10 @@ def live_run(
         "writer_mb_s": round(md["writer_mb_s"], 1),
         "warnings": md["warnings"],
         "process_cpu_s": round(cpu_s, 2),
+        "process_cpu_ms_per_frame": round(1e3 * cpu_s / max(md["frames_in"], 1), 2),
+        # the whole machine during the run, in cores: ``steal`` is CPU time the
+        # hypervisor gave to other guests, ``idle`` what nobody used
+        "machine_cores": _cores_between(stat0, stat1),
         "load_average_1min_before": round(load0, 2),
         "analyzer_ms_per_analyzed_frame": {
             k: round(1e3 * v / n_an, 3)
