@@ -24,7 +24,10 @@ Protocol (issue targets in ``TARGETS``):
    :func:`score_against_truth` (recall, RMSE x/y/z/3D, link accuracy) and the
    diffusion coefficients of the tracks (:func:`summarize_tracks`, CVE) against
    the true D of the particle each track follows (majority of its matched
-   localizations); the bundle's held-out bead RMSE for the 1.5x criterion.
+   localizations), and against the same estimator on that particle's true
+   positions at the track's frames (the walls in depth lower D_z even there);
+   the bundle's held-out bead RMSE for the 1.5x criterion. Each live run also
+   records the process CPU per frame and the machine's cores during it.
 
 Prints one JSON document on stdout (progress on stderr).
 
