@@ -304,6 +304,19 @@ def _cores_between(
     }
 
 
+def _child_cpu_s(analyzer: Any) -> float:
+    """CPU seconds (user + system) of an analysis child process so far (Linux)."""
+    pid = getattr(analyzer, "pid", None)
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def live_run(
     movie: Path,
     bundle: Path,
@@ -312,9 +325,14 @@ def live_run(
     out_dir: Path,
     engine: str,
     runner_kw: dict[str, Any] | None = None,
+    analysis_process: bool = True,
 ) -> tuple[dict[str, Any], Path]:
-    """One replay -> runner -> writer + analyzer run; metrics and the run path."""
-    from axialtrack.pipeline import make_analyzer
+    """One replay -> runner -> writer + analyzer run; metrics and the run path.
+
+    ``analysis_process``: analyze in a child process (:class:`AnalysisProcess`,
+    the default of ``axialtrack live``) or in threads of this one.
+    """
+    from axialtrack.pipeline import AnalysisProcess, make_analyzer
     from axialtrack.pipeline.runner import (
         CoreSource,
         LiveRunner,
@@ -333,23 +351,23 @@ def live_run(
     geo = splitter_geometry(core)
     plane_shape = geo.plane_shape((core.getImageHeight(), core.getImageWidth()))
     px = core.getPixelSizeUm()
-    analyzer = make_analyzer(
-        bundle,
-        plane_shape=plane_shape,
-        pixel_size_um=px,
-        geometry=geo,
-        frame_interval_s=FRAME_S,
-        engine_prefer=engine,
-    )
-    # warm the engine (first inference builds / allocates) outside the run
-    analyzer.engine.infer(
-        np.full(
-            (16, 2, analyzer.engine.crop_size, analyzer.engine.crop_size),
-            120,
-            np.uint16,
-        ),
-        np.zeros((16, 2), np.float32),
-    )
+    make_kw: dict[str, Any] = {
+        "plane_shape": plane_shape,
+        "pixel_size_um": px,
+        "geometry": geo,
+        "frame_interval_s": FRAME_S,
+        "engine_prefer": engine,
+    }
+    analyzer: Any
+    if analysis_process:
+        analyzer = AnalysisProcess(
+            bundle,
+            max_batch_frames=int((runner_kw or {}).get("max_batch_frames", 8)),
+            **make_kw,
+        )
+    else:
+        analyzer = make_analyzer(bundle, **make_kw)
+        analyzer.warmup()  # build graphs and buffers outside the run
     path = out_dir / f"live-{rate:g}.zarr"
     writer = open_live_writer(
         path,
@@ -369,15 +387,26 @@ def live_run(
     load0 = os.getloadavg()[0]
     stat0 = _proc_stat()
     c0 = time.process_time()
-    m = runner.run(n_frames=n_frames)
-    cpu_s = time.process_time() - c0
+    child_c0 = _child_cpu_s(analyzer)
+    try:
+        m = runner.run(n_frames=n_frames)
+        cpu_s = time.process_time() - c0 + _child_cpu_s(analyzer) - child_c0
+    finally:
+        if analysis_process:
+            analyzer.close()
     stat1 = _proc_stat()
     md = m.as_dict()
-    timings = {k: float(v) for k, v in analyzer.localizer.timings.items()}
+    if analysis_process:
+        timings = dict(analyzer.timings)
+        engine_desc = f"{analyzer.engine_name} ({analyzer.engine_reason})"
+    else:
+        timings = {k: float(v) for k, v in analyzer.localizer.timings.items()}
+        engine_desc = f"{analyzer.engine.name} ({analyzer.engine.reason})"
     n_an = max(int(md["frames_analyzed"]), 1)
     res = {
         "requested_fps": rate if rate > 0 else "unpaced",
-        "engine": f"{analyzer.engine.name} ({analyzer.engine.reason})",
+        "engine": engine_desc,
+        "analysis": "process" if analysis_process else "threads",
         "frames_in": md["frames_in"],
         "frames_written": md["frames_written"],
         "frames_analyzed": md["frames_analyzed"],

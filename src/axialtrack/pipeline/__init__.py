@@ -9,7 +9,8 @@
 - :class:`LiveRunner`, :class:`CoreSource`, :class:`TrackingHandler`: the threaded
   live run (acquisition -> ring -> writer and analysis) and the MDA plugin.
 - :class:`TrackingAnalyzer` / :func:`make_analyzer`: localize + link, what the
-  runner and ``axialtrack localize`` call.
+  runner and ``axialtrack localize`` call; :class:`AnalysisProcess`: the same in
+  a child process fed through shared memory (live runs).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .detect import Detections, detect
 from .link import LinkConfig, OnlineLinker, link_table
 from .localize import Localizer
 from .mda import TrackingHandler
+from .process import AnalysisProcess, AnalysisProcessError
 from .runner import (
     AnalysisError,
     CameraStalledError,
@@ -38,6 +40,8 @@ from .tracks import estimate_diffusion, summarize_tracks, to_napari_tracks, writ
 
 __all__ = [
     "AnalysisError",
+    "AnalysisProcess",
+    "AnalysisProcessError",
     "CameraCalibration",
     "CameraStalledError",
     "CoreSource",

@@ -50,6 +50,14 @@ def add_parsers(subparsers: Any) -> None:
         help="sample depth per um of focus travel (focal shift, e.g. 0.73 for an "
         "NA 1.45 oil objective into water) for the tracks' axial diffusion (1)",
     )
+    p.add_argument(
+        "--analysis",
+        default="process",
+        choices=["process", "threads"],
+        help="run the analysis in its own process, fed through shared memory "
+        "(default; the camera and writer threads then never hold it up), or in "
+        "threads of this one",
+    )
     p.add_argument("--no-status", action="store_true", help="no live status line")
     p.set_defaults(func=cmd_live)
 
@@ -94,16 +102,32 @@ def _make_analyzer(bundle: str, **kwargs: Any) -> Any:
     return make_analyzer(bundle, **kwargs)
 
 
-def _load_analyzer(bundle: str, **kwargs: Any) -> Any:
-    """:func:`_make_analyzer`, printing why a model is refused (then ``None``)."""
+def _load_analyzer(
+    bundle: str, *, process_batch: int | None = None, **kwargs: Any
+) -> Any:
+    """:func:`_make_analyzer`, printing why a model is refused (then ``None``).
+
+    ``process_batch``: build an :class:`~axialtrack.pipeline.AnalysisProcess`
+    for batches of up to this many frames instead.
+    """
     from axialtrack.engine import EngineError
     from axialtrack.model import BundleError
+    from axialtrack.pipeline.process import AnalysisProcess, AnalysisProcessError
 
     try:
+        if process_batch is not None:
+            return AnalysisProcess(bundle, max_batch_frames=process_batch, **kwargs)
         return _make_analyzer(bundle, **kwargs)
-    except (BundleError, EngineError, FileNotFoundError) as exc:
+    except (BundleError, EngineError, FileNotFoundError, AnalysisProcessError) as exc:
         console.print(f"[red]Cannot use the model {bundle}:[/red] {exc}")
         return None
+
+
+def _close(analyzer: Any) -> None:
+    """Stop an analysis process (other analyzers have nothing to close)."""
+    close = getattr(analyzer, "close", None)
+    if callable(close):
+        close()
 
 
 def _fmt(v: Any) -> str:
@@ -175,11 +199,15 @@ def cmd_live(args: argparse.Namespace) -> int:
     plane_shape = sensor if two else geo.plane_shape(sensor)
     px = float(core.getPixelSizeUm())
     period_s = max(core.getExposure(), args.interval_ms) / 1e3
+    config = RunnerConfig(log_status=False)
     analyzer = None
     model_meta: dict[str, Any] = {}
     if args.model:
         analyzer = _load_analyzer(
             args.model,
+            process_batch=(
+                config.max_batch_frames if args.analysis == "process" else None
+            ),
             plane_shape=plane_shape,
             pixel_size_um=px,
             geometry=geo,
@@ -206,8 +234,8 @@ def cmd_live(args: argparse.Namespace) -> int:
         )
     except StoreError as exc:
         console.print(f"[red]{exc}[/red]")
+        _close(analyzer)
         return 2
-    config = RunnerConfig(log_status=False)
     source = CoreSource(core, interval_ms=args.interval_ms, two_cameras=two)
     live = Live(
         "starting...",
@@ -235,6 +263,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     finally:
         if core.isSequenceRunning():
             core.stopSequenceAcquisition()
+        _close(analyzer)
     if metrics is None:
         metrics = runner.metrics()
     console.print(summary_table(metrics))

@@ -1,0 +1,117 @@
+"""The child side of :class:`~axialtrack.pipeline.process.AnalysisProcess`.
+
+Run as ``python -m axialtrack.pipeline._analysis_child ADDRESS``: connects back
+to the parent (authentication key in ``AXIALTRACK_ANALYSIS_KEY``), receives the
+arguments of :func:`~axialtrack.pipeline.make_analyzer` and the shared-memory
+block, then analyzes batches in order until told to stop or the parent is gone.
+A fresh interpreter, not a fork or a ``multiprocessing`` spawn: it never
+re-imports the parent's main script and works the same inside Qt, Jupyter or a
+plain script without an ``if __name__ == "__main__"`` guard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import traceback
+from multiprocessing import shared_memory
+from multiprocessing.connection import Client, Connection
+from typing import Any
+
+import numpy as np
+
+KEY_ENV = "AXIALTRACK_ANALYSIS_KEY"
+
+
+def describe(exc: BaseException) -> tuple[str, str, str]:
+    """``(type name, message, traceback)`` of an exception, for the parent."""
+    return (type(exc).__name__, str(exc), traceback.format_exc())
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    shm = shared_memory.SharedMemory(name=name)
+    with contextlib.suppress(Exception):
+        # the parent owns (and unlinks) the block; this process only attaches
+        from multiprocessing import resource_tracker
+
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    return shm
+
+
+def serve(conn: Connection) -> None:
+    """Build the analyzer the parent describes, then answer its messages."""
+    _, make_kwargs, shm_name, slot_shape, n_slots = conn.recv()
+    shm = _attach(shm_name)
+    slots = np.ndarray((n_slots, *slot_shape), dtype=np.uint16, buffer=shm.buf)
+    try:
+        _serve(conn, make_kwargs, slots)
+    finally:
+        del slots
+        shm.close()
+
+
+def _serve(conn: Connection, make_kwargs: dict[str, Any], slots: np.ndarray) -> None:
+    try:
+        from axialtrack.pipeline.analyzer import make_analyzer
+
+        kwargs = dict(make_kwargs)
+        bundle = kwargs.pop("bundle_path")
+        analyzer = make_analyzer(bundle, **kwargs)
+        analyzer.warmup()
+        conn.send(
+            (
+                "ready",
+                {
+                    "engine_name": analyzer.engine.name,
+                    "engine_reason": analyzer.engine.reason,
+                    "crop_size": int(analyzer.engine.crop_size),
+                },
+            )
+        )
+    except BaseException as exc:
+        conn.send(("error", -1, describe(exc)))
+        return
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        kind = msg[0]
+        if kind == "batch":
+            _, seq, slot, n, indices, metas = msg
+            try:
+                table = analyzer.analyze(slots[slot, :n], indices, metas)
+                cols = {c: table[c].to_numpy() for c in table.columns}
+                conn.send(("rows", seq, cols, int(analyzer.n_tracks)))
+            except Exception as exc:
+                conn.send(("error", seq, describe(exc)))
+        elif kind == "finish":
+            try:
+                summary = analyzer.finish()
+                timings = dict(analyzer.localizer.timings)
+                conn.send(("finished", summary, timings))
+            except Exception as exc:
+                conn.send(("error", -1, describe(exc)))
+        elif kind == "stop":
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the child process."""
+    args = sys.argv[1:] if argv is None else argv
+    # the parent stops the run on Ctrl-C and collects the last batches
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    key = bytes.fromhex(os.environ.pop(KEY_ENV))
+    address: Any = args[0]
+    if address.startswith("tcp:"):
+        host, port = address[4:].rsplit(":", 1)
+        address = (host, int(port))
+    with Client(address, authkey=key) as conn:
+        serve(conn)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The analysis in a child process: same rows as in-process, errors, cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+from multiprocessing import shared_memory
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_live_e2e import PLANE, _diffusing_rig
+
+from axialtrack.geometry import SplitterGeometry
+from axialtrack.model import BundleError
+from axialtrack.pipeline import (
+    AnalysisError,
+    AnalysisProcess,
+    AnalysisProcessError,
+    CoreSource,
+    LiveRunner,
+    RunnerConfig,
+    make_analyzer,
+    open_live_writer,
+)
+from axialtrack.rig import splitter_geometry
+from axialtrack.store import FrameMeta, open_run
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "kill"), reason="needs process signals")
+
+
+def _record(core, tmp_path: Path, n: int = 24) -> tuple[np.ndarray, list[FrameMeta]]:
+    """Frames of the simulated rig (diffusing particles) and their metadata."""
+    _diffusing_rig(core, 0.3)
+    geo = splitter_geometry(core)
+    px = float(core.getPixelSizeUm())
+    writer = open_live_writer(
+        tmp_path / "rec.zarr",
+        geometry=geo,
+        plane_shape=(PLANE, PLANE),
+        pixel_size_um=px,
+    )
+    LiveRunner(CoreSource(core), None, writer, geometry=geo).run(n_frames=n)
+    run = open_run(tmp_path / "rec.zarr")
+    fm = run.frame_meta
+    metas = [
+        FrameMeta(t_s=float(r.t_s), stage_z_um=float(r.stage_z_um))
+        for r in fm.itertuples()
+    ]
+    return np.asarray(run.frames[:]), metas
+
+
+def _kwargs(core) -> dict:
+    return {
+        "plane_shape": (PLANE, PLANE),
+        "pixel_size_um": float(core.getPixelSizeUm()),
+        "geometry": splitter_geometry(core),
+        "frame_interval_s": core.getExposure() / 1e3,
+    }
+
+
+def _gone(name: str) -> bool:
+    try:
+        shared_memory.SharedMemory(name=name).close()
+    except FileNotFoundError:
+        return True
+    return False
+
+
+def test_process_gives_the_rows_of_the_in_process_analyzer(
+    core, sim_bundle: Path, tmp_path: Path
+) -> None:
+    frames, metas = _record(core, tmp_path)
+    kw = _kwargs(core)
+    local = make_analyzer(sim_bundle, **kw)
+    with AnalysisProcess(sim_bundle, max_batch_frames=8, **kw) as proc:
+        assert proc.pid is not None
+        assert proc.pid != os.getpid()
+        assert proc.engine_name == local.engine.name
+        shm_name = proc._shm.name
+        got, want = [], []
+        # batches of 8 and one of 10 (sent to the child in two parts)
+        for lo, hi in ((0, 8), (8, 18), (18, 24)):
+            idx = np.arange(lo, hi)
+            ticket = proc.prepare(frames[idx], idx, metas[lo:hi])
+            got.append(proc.complete(ticket))
+            want.append(local.analyze(frames[idx], idx, metas[lo:hi]))
+        got_t = pd.concat(got, ignore_index=True)
+        want_t = pd.concat(want, ignore_index=True)
+        assert len(want_t) > 50  # particles were found
+        assert list(got_t.columns) == list(want_t.columns)
+        np.testing.assert_array_equal(got_t["frame"], want_t["frame"])
+        for c in ("x_um", "y_um", "z_um", "photons"):
+            np.testing.assert_allclose(got_t[c], want_t[c], rtol=1e-6, atol=1e-9)
+        np.testing.assert_array_equal(got_t["track_id"], want_t["track_id"])
+        assert proc.n_tracks == local.n_tracks > 0
+        assert proc.n_localizations == len(want_t)
+        summary = proc.finish()
+        assert summary is not None
+        pd.testing.assert_frame_equal(summary, local.finish())
+        assert proc.timings["frames"] == 24
+        assert proc.timings["detect"] > 0
+        child = proc._proc
+    assert child is not None
+    assert child.returncode == 0
+    assert _gone(shm_name)
+
+
+def test_a_child_error_reaches_the_caller_and_the_child_goes_on(
+    core, sim_bundle: Path, tmp_path: Path
+) -> None:
+    frames, metas = _record(core, tmp_path, n=12)
+    with AnalysisProcess(sim_bundle, max_batch_frames=4, **_kwargs(core)) as proc:
+        idx = np.arange(4, 8)
+        assert len(proc.analyze(frames[idx], idx, metas[4:8])) > 0
+        # frames older than the linker's last: the child's linker refuses them
+        with pytest.raises(AnalysisProcessError, match="increasing order") as info:
+            proc.analyze(frames[:4], np.arange(4), metas[:4])
+        assert "in the analysis process" in "".join(info.value.__notes__)
+        idx = np.arange(8, 12)
+        assert len(proc.analyze(frames[idx], idx, metas[8:12])) > 0
+        with pytest.raises(ValueError, match="sized for"):
+            proc.analyze(frames[:1, :, :64, :64], [20], metas[:1])
+
+
+def test_a_bundle_for_another_rig_is_refused_before_any_process(
+    sim_bundle: Path,
+) -> None:
+    with pytest.raises(BundleError, match="plane offset"):
+        AnalysisProcess(
+            sim_bundle,
+            plane_shape=(64, 64),
+            pixel_size_um=0.1083,
+            geometry=SplitterGeometry(plane_offset_um=0.75),
+        )
+
+
+def test_a_child_that_dies_stops_the_run_and_keeps_every_frame(
+    core, sim_bundle: Path, tmp_path: Path
+) -> None:
+    _diffusing_rig(core, 0.3)
+    geo = splitter_geometry(core)
+    kw = _kwargs(core)
+    proc = AnalysisProcess(sim_bundle, max_batch_frames=4, **kw)
+    shm_name = proc._shm.name
+    out = tmp_path / "live.zarr"
+    writer = open_live_writer(
+        out, geometry=geo, plane_shape=(PLANE, PLANE), pixel_size_um=kw["pixel_size_um"]
+    )
+    killed: list[int] = []
+
+    def on_status(m) -> None:
+        if m.frames_analyzed >= 4 and not killed and proc.pid is not None:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed.append(m.frames_in)
+
+    runner = LiveRunner(
+        CoreSource(core),
+        proc,
+        writer,
+        geometry=geo,
+        on_status=on_status,
+        config=RunnerConfig(status_interval_s=0.05, log_status=False),
+    )
+    with pytest.raises(AnalysisError, match="exited") as info:
+        runner.run(n_frames=400)
+    assert killed
+    assert "axialtrack localize" in str(info.value)
+    run = open_run(out)
+    assert run.state == "closed"
+    n = len(run.frames)
+    assert n >= killed[0]
+    analyzed = run.frame_meta["analyzed"].to_numpy(bool)
+    assert 4 <= analyzed.sum() < n
+    proc.close()
+    assert _gone(shm_name)
