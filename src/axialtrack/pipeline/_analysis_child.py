@@ -12,6 +12,7 @@ plain script without an ``if __name__ == "__main__"`` guard.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -60,6 +61,10 @@ def _serve(conn: Connection, make_kwargs: dict[str, Any], slots: np.ndarray) -> 
         bundle = kwargs.pop("bundle_path")
         analyzer = make_analyzer(bundle, **kwargs)
         analyzer.warmup()
+        # a full collection over the libraries' objects would stall batches
+        # (see RunnerConfig.freeze_gc); only what the analysis allocates is walked
+        gc.collect()
+        gc.freeze()
         conn.send(
             (
                 "ready",

@@ -128,7 +128,7 @@ class AnalysisProcess:
         *,
         plane_shape: tuple[int, int],
         max_batch_frames: int = 8,
-        slots: int = 3,
+        slots: int = 2,
         start_timeout_s: float = 120.0,
         **make_kwargs: Any,
     ) -> None:
