@@ -248,6 +248,35 @@ def test_runner_all_frames_written_and_analyzed(tmp_path: Path) -> None:
     assert lm["frames_written"] == 60
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_run_freezes_the_garbage_collector_and_thaws_it(
+    tmp_path: Path, freeze: bool
+) -> None:
+    import gc
+
+    geo = SplitterGeometry()
+    ana = PeakAnalyzer()
+    during: list[int] = []
+    before = gc.get_freeze_count()
+    runner = LiveRunner(
+        ListSource(20, geo, rate_hz=200),
+        ana,
+        _writer(tmp_path / "run.zarr", geo),
+        geometry=geo,
+        config=RunnerConfig(status_interval_s=0.02, freeze_gc=freeze),
+        on_status=lambda m: during.append(gc.get_freeze_count()),
+    )
+    m = runner.run()
+    assert m.frames_written == 20
+    assert during
+    if freeze:
+        # everything alive at the start (numpy, zarr, this test) is out of reach
+        assert min(during) > 10_000
+    else:
+        assert max(during) == before
+    assert gc.get_freeze_count() == before  # thawed at the end
+
+
 def test_slow_analysis_skips_and_marks(tmp_path: Path) -> None:
     geo = SplitterGeometry()
     src = ListSource(80, geo, rate_hz=400)
