@@ -43,8 +43,12 @@ def _attach(name: str) -> shared_memory.SharedMemory:
 
 def serve(conn: Connection) -> None:
     """Build the analyzer the parent describes, then answer its messages."""
-    _, make_kwargs, shm_name, slot_shape, n_slots = conn.recv()
-    shm = _attach(shm_name)
+    try:
+        _, make_kwargs, shm_name, slot_shape, n_slots = conn.recv()
+        shm = _attach(shm_name)
+    except Exception as exc:
+        conn.send(("error", -1, describe(exc)))
+        return
     slots = np.ndarray((n_slots, *slot_shape), dtype=np.uint16, buffer=shm.buf)
     try:
         _serve(conn, make_kwargs, slots)
