@@ -891,7 +891,15 @@ def main(argv: list[str] | None = None) -> int:
     verdict = {
         "device_targets_apply": args.size == tgt["size"]
         and args.particles == tgt["particles"],
-        "per_run": {f"{r['requested_fps']}/{r['analysis']}": run_ok(r) for r in runs},
+        "per_run": [
+            {
+                "run": i,
+                "requested_fps": r["requested_fps"],
+                "analysis": r["analysis"],
+                **run_ok(r),
+            }
+            for i, r in enumerate(runs)
+        ],
         "any_run_meets_fps_p99_dropped": any(
             all(v for k, v in run_ok(r).items() if k != "no_skipped") for r in runs
         ),

@@ -175,3 +175,33 @@ def test_a_child_that_dies_stops_the_run_and_keeps_every_frame(
     assert 4 <= analyzed.sum() < n
     proc.close()
     assert _gone(shm_name)
+
+
+def test_mda_handler_tracks_through_the_process(
+    core, sim_bundle: Path, tmp_path: Path
+) -> None:
+    import useq
+
+    from axialtrack.pipeline.mda import TrackingHandler
+
+    _diffusing_rig(core, 0.3)
+    with AnalysisProcess(sim_bundle, **_kwargs(core)) as proc:
+        handler = TrackingHandler(tmp_path / "mda.zarr", proc, core=core)
+        core.mda.run(
+            useq.MDASequence(time_plan={"interval": 0, "loops": 30}), output=handler
+        )
+        handler.wait()
+    assert handler.error is None
+    m = handler.metrics
+    assert m is not None
+    assert m.frames_in == m.frames_written == 30
+    assert m.frames_analyzed >= 15
+    run = open_run(tmp_path / "mda.zarr")
+    analyzed = run.frame_meta["analyzed"].to_numpy(bool)
+    assert analyzed.sum() == m.frames_analyzed
+    locs = run.localizations
+    assert len(locs) >= 5 * m.frames_analyzed  # the scene has ~10+ particles
+    assert set(locs["frame"]) <= set(np.flatnonzero(analyzed))
+    assert (locs["track_id"] >= 0).mean() > 0.8
+    assert run.tracks is not None
+    assert len(run.tracks) >= 5
