@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import warnings
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -205,3 +206,25 @@ def test_mda_handler_tracks_through_the_process(
     assert (locs["track_id"] >= 0).mean() > 0.8
     assert run.tracks is not None
     assert len(run.tracks) >= 5
+
+
+def test_warnings_of_the_child_reach_this_process(
+    core, sim_bundle: Path, tmp_path: Path, caplog
+) -> None:
+    frames, metas = _record(core, tmp_path, n=4)
+    sat = frames.copy()
+    sat[:, :, 60:70, 60:70] = 65535  # a blown-out spot in both planes
+    with AnalysisProcess(sim_bundle, **_kwargs(core)) as proc:
+        with pytest.warns(RuntimeWarning, match="saturated") as rec:
+            table = proc.analyze(sat[:2], np.arange(2), metas[:2])
+        assert table["saturated"].any()
+        assert sum("saturated" in str(w.message) for w in rec) == 1
+        assert any(
+            "saturated" in r.getMessage() and r.name.startswith("axialtrack")
+            for r in caplog.records
+        )
+        # warned once, as in one process
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            again = proc.analyze(sat[2:], np.arange(2, 4), metas[2:])
+        assert again["saturated"].any()

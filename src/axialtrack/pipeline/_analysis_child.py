@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import signal
 import sys
 import traceback
+import warnings
 from multiprocessing import shared_memory
 from multiprocessing.connection import Client, Connection
 from typing import Any
@@ -57,7 +59,42 @@ def serve(conn: Connection) -> None:
         shm.close()
 
 
+class _Notices(logging.Handler):
+    """Warnings and log records of WARNING and above, each distinct one once,
+    to be sent to the parent with the next answer (it logs and warns them)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.pending: list[tuple[str, str, int, str]] = []
+        self._seen: set[tuple[str, str]] = set()
+
+    def add(self, kind: str, name: str, level: int, msg: str) -> None:
+        if (kind, msg) not in self._seen:
+            self._seen.add((kind, msg))
+            self.pending.append((kind, name, level, msg))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.add("log", record.name, record.levelno, record.getMessage())
+
+    def take(self) -> list[tuple[str, str, int, str]]:
+        out, self.pending = self.pending, []
+        return out
+
+
 def _serve(conn: Connection, make_kwargs: dict[str, Any], slots: np.ndarray) -> None:
+    notices = _Notices()
+    root = logging.getLogger()
+    root.addHandler(notices)
+    root.setLevel(min(root.level or logging.WARNING, logging.WARNING))
+
+    def analyze(n: int, slot: int, indices: Any, metas: Any) -> Any:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            table = analyzer.analyze(slots[slot, :n], indices, metas)
+        for w in caught:
+            notices.add("warn", w.category.__name__, logging.WARNING, str(w.message))
+        return table
+
     try:
         from axialtrack.pipeline.analyzer import make_analyzer
 
@@ -91,9 +128,9 @@ def _serve(conn: Connection, make_kwargs: dict[str, Any], slots: np.ndarray) -> 
         if kind == "batch":
             _, seq, slot, n, indices, metas = msg
             try:
-                table = analyzer.analyze(slots[slot, :n], indices, metas)
+                table = analyze(n, slot, indices, metas)
                 cols = {c: table[c].to_numpy() for c in table.columns}
-                conn.send(("rows", seq, cols, int(analyzer.n_tracks)))
+                conn.send(("rows", seq, cols, int(analyzer.n_tracks), notices.take()))
             except Exception as exc:
                 conn.send(("error", seq, describe(exc)))
         elif kind == "finish":

@@ -32,6 +32,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +83,19 @@ def _cleanup(shm: shared_memory.SharedMemory, handles: dict[str, Any]) -> None:
         shm.close()
     with contextlib.suppress(FileNotFoundError):
         shm.unlink()
+
+
+def _reissue(notices: Sequence[tuple[str, str, int, str]]) -> None:
+    """Log (and warn) in this process what the analysis process logged or warned.
+
+    Each distinct message comes once; log records keep their logger's name.
+    """
+    for kind, name, level, msg in notices:
+        if kind == "warn":
+            category = RuntimeWarning if name == "RuntimeWarning" else UserWarning
+            warnings.warn(msg, category, stacklevel=2)
+        else:
+            logging.getLogger(name).log(level, "%s", msg)
 
 
 class AnalysisProcess:
@@ -405,8 +419,9 @@ class AnalysisProcess:
             msg = self._recv_msg(None, f"analyzing batch {seq}")
             kind = msg[0]
             if kind == "rows":
-                _, got, cols, n_tracks = msg
+                _, got, cols, n_tracks, notices = msg
                 self.n_tracks = n_tracks
+                _reissue(notices)
                 table = pd.DataFrame(cols)
                 self.n_localizations += len(table)
                 self._results[got] = table
