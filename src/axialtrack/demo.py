@@ -257,13 +257,8 @@ def _live(
     con: Console,
     progress: bool,
 ) -> None:
-    from axialtrack.pipeline.analyzer import make_analyzer
-    from axialtrack.pipeline.runner import CoreSource, LiveRunner, RunnerConfig
-    from axialtrack.pipeline.score import score_against_truth
-    from axialtrack.pipeline.tracks import summarize_tracks
+    from axialtrack.pipeline.process import AnalysisProcess
     from axialtrack.rig import splitter_geometry
-    from axialtrack.sim import to_dataframe
-    from axialtrack.store import RunWriter, open_run
 
     label = core.getCameraDevice()
     _set(core, label, "Scene", "diffusing")
@@ -281,7 +276,8 @@ def _live(
     geo = splitter_geometry(core)
     plane_shape = (cfg.plane_size, cfg.plane_size)
     pixel = float(core.getPixelSizeUm())
-    analyzer = make_analyzer(
+    # the analysis in its own process, as in ``axialtrack live``
+    analyzer = AnalysisProcess(
         res.bundle,
         plane_shape=plane_shape,
         pixel_size_um=pixel,
@@ -289,8 +285,30 @@ def _live(
         frame_interval_s=cfg.exposure_ms / 1e3,
         engine_prefer=cfg.engine,
     )
-    res.engine = f"{analyzer.engine.name} ({analyzer.engine.reason})"
-    con.print(f"Inference engine: {res.engine}")
+    res.engine = f"{analyzer.engine_name} ({analyzer.engine_reason})"
+    con.print(f"Inference engine: {res.engine} (analysis process)")
+    with analyzer:
+        metrics = _live_run(
+            core, analyzer, res, geo, plane_shape, pixel, cfg, con, progress
+        )
+    res.live_metrics = metrics.as_dict()
+    _score_live(renderer, res, pixel, stage_z, cfg, con)
+
+
+def _live_run(
+    core: Any,
+    analyzer: Any,
+    res: DemoResult,
+    geo: Any,
+    plane_shape: tuple[int, int],
+    pixel: float,
+    cfg: DemoConfig,
+    con: Console,
+    progress: bool,
+) -> Any:
+    from axialtrack.pipeline.runner import CoreSource, LiveRunner, RunnerConfig
+    from axialtrack.store import RunWriter
+
     writer = RunWriter(
         res.live,
         kind="live",
@@ -312,7 +330,21 @@ def _live(
     t0 = time.perf_counter()
     metrics = runner.run(duration_s=cfg.duration_s)
     res.timings_s["live"] = time.perf_counter() - t0
-    res.live_metrics = metrics.as_dict()
+    return metrics
+
+
+def _score_live(
+    renderer: Any,
+    res: DemoResult,
+    pixel: float,
+    stage_z: float,
+    cfg: DemoConfig,
+    con: Console,
+) -> None:
+    from axialtrack.pipeline.score import score_against_truth
+    from axialtrack.pipeline.tracks import summarize_tracks
+    from axialtrack.sim import to_dataframe
+    from axialtrack.store import open_run
 
     run = open_run(res.live)
     locs = run.localizations
