@@ -228,3 +228,22 @@ def test_warnings_of_the_child_reach_this_process(
             warnings.simplefilter("error")
             again = proc.analyze(sat[2:], np.arange(2, 4), metas[2:])
         assert again["saturated"].any()
+
+
+@pytest.mark.parametrize("analysis", ["process", "threads"])
+def test_cli_live_analyzes_in_a_process_or_in_threads(
+    sim_bundle: Path, tmp_path: Path, analysis: str
+) -> None:
+    from axialtrack.cli import main
+
+    out = tmp_path / "live.zarr"
+    argv = ["live", "--model", str(sim_bundle), "--frames", "30", "--out", str(out)]
+    rc = main([*argv, "--scene", "diffusing", "--no-status", "--analysis", analysis])
+    assert rc == 0
+    run = open_run(out)
+    assert run.n_frames == 30
+    lm = run.attrs["live_metrics"]
+    assert lm["frames_in"] == lm["frames_written"] == 30
+    assert lm["frames_analyzed"] >= 10
+    assert len(run.localizations) > 0
+    assert run.frame_meta["analyzed"].sum() == lm["frames_analyzed"]

@@ -96,7 +96,16 @@ def add_parsers(subparsers: Any) -> None:
     q.set_defaults(func=cmd_localize)
 
 
-def _make_analyzer(bundle: str, **kwargs: Any) -> Any:
+def _make_analyzer(
+    bundle: str, *, process_batch: int | None = None, **kwargs: Any
+) -> Any:
+    """The analyzer of ``bundle``: in this process, or an
+    :class:`~axialtrack.pipeline.AnalysisProcess` for batches of up to
+    ``process_batch`` frames."""
+    if process_batch is not None:
+        from axialtrack.pipeline.process import AnalysisProcess
+
+        return AnalysisProcess(bundle, max_batch_frames=process_batch, **kwargs)
     from axialtrack.pipeline.analyzer import make_analyzer
 
     return make_analyzer(bundle, **kwargs)
@@ -112,12 +121,10 @@ def _load_analyzer(
     """
     from axialtrack.engine import EngineError
     from axialtrack.model import BundleError
-    from axialtrack.pipeline.process import AnalysisProcess, AnalysisProcessError
+    from axialtrack.pipeline.process import AnalysisProcessError
 
     try:
-        if process_batch is not None:
-            return AnalysisProcess(bundle, max_batch_frames=process_batch, **kwargs)
-        return _make_analyzer(bundle, **kwargs)
+        return _make_analyzer(bundle, process_batch=process_batch, **kwargs)
     except (BundleError, EngineError, FileNotFoundError, AnalysisProcessError) as exc:
         console.print(f"[red]Cannot use the model {bundle}:[/red] {exc}")
         return None
