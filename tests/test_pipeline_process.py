@@ -247,3 +247,23 @@ def test_cli_live_analyzes_in_a_process_or_in_threads(
     assert lm["frames_analyzed"] >= 10
     assert len(run.localizations) > 0
     assert run.frame_meta["analyzed"].sum() == lm["frames_analyzed"]
+
+
+def test_cli_live_falls_back_to_threads_when_the_process_cannot_start(
+    sim_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from axialtrack.cli import main
+    from axialtrack.pipeline import process
+
+    def refuse(*a, **k):
+        raise AnalysisProcessError("the analysis process exited with code 1")
+
+    monkeypatch.setattr(process, "AnalysisProcess", refuse)
+    out = tmp_path / "live.zarr"
+    argv = ["live", "--model", str(sim_bundle), "--frames", "20", "--out", str(out)]
+    assert main([*argv, "--scene", "diffusing", "--no-status"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())  # as wrapped by rich
+    assert "analyzing in threads" in printed
+    run = open_run(out)
+    assert run.n_frames == 20
+    assert len(run.localizations) > 0

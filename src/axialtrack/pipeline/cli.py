@@ -124,8 +124,16 @@ def _load_analyzer(
     from axialtrack.pipeline.process import AnalysisProcessError
 
     try:
-        return _make_analyzer(bundle, process_batch=process_batch, **kwargs)
-    except (BundleError, EngineError, FileNotFoundError, AnalysisProcessError) as exc:
+        try:
+            return _make_analyzer(bundle, process_batch=process_batch, **kwargs)
+        except AnalysisProcessError as exc:
+            # e.g. an interpreter that cannot run ``python -m``: threads still work
+            console.print(
+                f"[yellow]The analysis process did not start ({exc}); analyzing "
+                "in threads of this process instead.[/yellow]"
+            )
+            return _make_analyzer(bundle, **kwargs)
+    except (BundleError, EngineError, FileNotFoundError) as exc:
         console.print(f"[red]Cannot use the model {bundle}:[/red] {exc}")
         return None
 
