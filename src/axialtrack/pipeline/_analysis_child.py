@@ -83,9 +83,7 @@ class _Notices(logging.Handler):
 
 def _serve(conn: Connection, make_kwargs: dict[str, Any], slots: np.ndarray) -> None:
     notices = _Notices()
-    root = logging.getLogger()
-    root.addHandler(notices)
-    root.setLevel(min(root.level or logging.WARNING, logging.WARNING))
+    logging.getLogger().addHandler(notices)  # the root logger: WARNING and above
 
     def analyze(n: int, slot: int, indices: Any, metas: Any) -> Any:
         with warnings.catch_warnings(record=True) as caught:
