@@ -277,6 +277,35 @@ def test_run_freezes_the_garbage_collector_and_thaws_it(
     assert gc.get_freeze_count() == before  # thawed at the end
 
 
+def test_ctrl_c_stops_the_run_and_stores_every_frame(tmp_path: Path) -> None:
+    import _thread
+
+    geo = SplitterGeometry()
+    for k in range(6):
+        path = tmp_path / f"run{k}.zarr"
+        runner = LiveRunner(
+            ListSource(2000, geo, rate_hz=300),  # ends long after the Ctrl-C
+            PeakAnalyzer(),
+            _writer(path, geo),
+            geometry=geo,
+            config=RunnerConfig(status_interval_s=0.01, log_status=False),
+        )
+        # Ctrl-C at a different moment of the supervision loop each time
+        timer = threading.Timer(0.2 + 0.03 * k, _thread.interrupt_main)
+        timer.start()
+        try:
+            m = runner.run()
+        except KeyboardInterrupt:  # pragma: no cover - the failure being tested
+            pytest.fail("Ctrl-C escaped LiveRunner.run()")
+        finally:
+            timer.cancel()
+        assert m.stop_reason == "interrupted"
+        assert m.frames_in > 10
+        # before the fix, 8 runs in 10 counted one frame more than they stored
+        assert m.frames_written == m.frames_in
+        assert open_run(path).n_frames == m.frames_in
+
+
 def test_slow_analysis_skips_and_marks(tmp_path: Path) -> None:
     geo = SplitterGeometry()
     src = ListSource(80, geo, rate_hz=400)

@@ -796,33 +796,20 @@ class LiveRunner:
                 self.writer.close()
             raise
         self._t0 = time.perf_counter()
-        threads = [
-            threading.Thread(
-                target=self._acquire_loop,
-                args=(n_frames,),
-                name="live-acquire",
-                daemon=True,
-            ),
-            threading.Thread(target=self._write_loop, name="live-write", daemon=True),
-        ]
+        # each thread sets its event when it ends: a Thread.join() interrupted
+        # by Ctrl-C (KeyboardInterrupt) can mark the running thread as stopped,
+        # so that later joins return at once (seen with CPython 3.11); the
+        # acquisition then went on after the writer was told the frames had
+        # ended, and its last frame was counted but never stored
+        acq_done = self._start_thread(self._acquire_loop, "live-acquire", n_frames)
+        others = [self._start_thread(self._write_loop, "live-write")]
         if self.analyzer is not None:
             if self._staged:
-                threads.append(
-                    threading.Thread(
-                        target=self._prepare_loop, name="live-detect", daemon=True
-                    )
-                )
-            threads.append(
-                threading.Thread(
-                    target=self._analyze_loop, name="live-analyze", daemon=True
-                )
-            )
-        for t in threads:
-            t.start()
-        acq = threads[0]
+                others.append(self._start_thread(self._prepare_loop, "live-detect"))
+            others.append(self._start_thread(self._analyze_loop, "live-analyze"))
         end = None if duration_s is None else self._t0 + duration_s
         try:
-            while acq.is_alive():
+            while not acq_done.is_set():
                 now = time.perf_counter()
                 wait = cfg.status_interval_s
                 if end is not None:
@@ -831,23 +818,50 @@ class LiveRunner:
                             self._stop_reason = "duration"
                         self._stop.set()
                     wait = min(wait, max(end - now, 0.001))
-                acq.join(wait)
+                acq_done.wait(wait)
                 self._report()
         except KeyboardInterrupt:
-            if self._stop_reason == "running":
-                self._stop_reason = "interrupted"
-            self._stop.set()
-            acq.join()
+            self._interrupted()
         finally:
             self._stop.set()
-            acq.join()
+            self._wait_for(acq_done)
             self._write_q.put(_DONE)
             with self._ana_cv:
                 self._acq_done = True
                 self._ana_cv.notify_all()
-            for t in threads[1:]:
-                t.join()
+            for done in others:
+                self._wait_for(done)
         return self._finish()
+
+    def _start_thread(
+        self, target: Callable[..., None], name: str, *args: Any
+    ) -> threading.Event:
+        """Start a daemon thread running ``target``; the event is set when it ends."""
+        done = threading.Event()
+
+        def body() -> None:
+            try:
+                target(*args)
+            finally:
+                done.set()
+
+        threading.Thread(target=body, name=name, daemon=True).start()
+        return done
+
+    def _interrupted(self) -> None:
+        if self._stop_reason == "running":
+            self._stop_reason = "interrupted"
+        self._stop.set()
+
+    def _wait_for(self, done: threading.Event) -> None:
+        """Wait for a thread to end; more Ctrl-C only repeats the stop request
+        (the run must still store everything it received)."""
+        while True:
+            try:
+                done.wait()
+                return
+            except KeyboardInterrupt:
+                self._interrupted()
 
     def metrics(self) -> LiveMetrics:
         """The current metrics (rates over the last few seconds)."""
