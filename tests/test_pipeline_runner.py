@@ -283,24 +283,30 @@ def test_ctrl_c_stops_the_run_and_stores_every_frame(tmp_path: Path) -> None:
     geo = SplitterGeometry()
     for k in range(6):
         path = tmp_path / f"run{k}.zarr"
+        timers: list[threading.Timer] = []
+
+        def ctrl_c(m: LiveMetrics, k: int = k, timers: list = timers) -> None:
+            # once frames flow: Ctrl-C a little later each time, so that it
+            # lands at different moments of the supervision loop
+            if m.frames_in >= 20 and not timers:
+                timers.append(threading.Timer(0.004 * k, _thread.interrupt_main))
+                timers[0].start()
+
         runner = LiveRunner(
             ListSource(2000, geo, rate_hz=300),  # ends long after the Ctrl-C
             PeakAnalyzer(),
             _writer(path, geo),
             geometry=geo,
             config=RunnerConfig(status_interval_s=0.01, log_status=False),
+            on_status=ctrl_c,
         )
-        # Ctrl-C at a different moment of the supervision loop each time
-        timer = threading.Timer(0.2 + 0.03 * k, _thread.interrupt_main)
-        timer.start()
         try:
             m = runner.run()
         except KeyboardInterrupt:  # pragma: no cover - the failure being tested
             pytest.fail("Ctrl-C escaped LiveRunner.run()")
-        finally:
-            timer.cancel()
+        assert timers
         assert m.stop_reason == "interrupted"
-        assert m.frames_in > 10
+        assert m.frames_in >= 20
         # before the fix, 8 runs in 10 counted one frame more than they stored
         assert m.frames_written == m.frames_in
         assert open_run(path).n_frames == m.frames_in

@@ -778,9 +778,15 @@ class LiveRunner:
                     self.writer.close()
                 raise
         frozen = cfg.freeze_gc and gc.isenabled()
-        if frozen:
-            gc.collect()
-            gc.freeze()
+        try:
+            if frozen:
+                gc.collect()
+                gc.freeze()
+        except BaseException:  # Ctrl-C before the camera started: nothing acquired
+            gc.unfreeze()
+            with contextlib.suppress(StoreError):
+                self.writer.close()
+            raise
         try:
             return self._run(n_frames, duration_s)
         finally:
