@@ -354,6 +354,7 @@ def live_run(
     geo = splitter_geometry(core)
     plane_shape = geo.plane_shape((core.getImageHeight(), core.getImageWidth()))
     px = core.getPixelSizeUm()
+    config = RunnerConfig(log_status=False, **(runner_kw or {}))
     make_kw: dict[str, Any] = {
         "plane_shape": plane_shape,
         "pixel_size_um": px,
@@ -365,7 +366,7 @@ def live_run(
     if analysis_process:
         analyzer = AnalysisProcess(
             bundle,
-            max_batch_frames=int((runner_kw or {}).get("max_batch_frames", 8)),
+            max_batch_frames=config.max_batch_frames,
             **make_kw,
         )
     else:
@@ -387,7 +388,7 @@ def live_run(
         analyzer,
         writer,
         geometry=geo,
-        config=RunnerConfig(log_status=False, **(runner_kw or {})),
+        config=config,
     )
     load0 = os.getloadavg()[0]
     stat0 = _proc_stat()
