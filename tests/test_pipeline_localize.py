@@ -618,3 +618,34 @@ def test_analyzer_leaves_out_of_range_rows_unlinked(
     summary = ana.finish()
     assert summary is not None
     assert len(summary) == len(np.unique(ids[ids >= 0]))
+
+
+def test_analyzer_columns_are_the_rows_of_its_table(coverslip_stack: tuple) -> None:
+    from axialtrack.pipeline import TrackingAnalyzer
+    from axialtrack.store import FrameMeta
+
+    r, planes, _, stage_z, _ = coverslip_stack
+
+    def make() -> TrackingAnalyzer:
+        return TrackingAnalyzer(
+            _SomeOutOfRange(),
+            plane_shape=r.plane_shape,
+            pixel_size_um=r.pixel_size_um,
+            affine=r.affine,
+        )
+
+    frames = np.stack([planes[2]] * 4)
+    meta = [FrameMeta(t_s=0.01 * i, stage_z_um=stage_z[2]) for i in range(4)]
+    by_table, by_columns = make(), make()
+    table = by_table.analyze(frames, np.arange(4), meta)
+    cols = by_columns.analyze_columns(frames, np.arange(4), meta)
+    assert len(table) > 10
+    assert list(cols) == list(table.columns)
+    for c in table.columns:
+        assert cols[c].dtype == table[c].dtype, c
+        np.testing.assert_array_equal(cols[c], table[c].to_numpy(), err_msg=c)
+    # the caller owns the arrays: changing them leaves the track summary alone
+    cols["z_um"][:] = 0.0
+    cols["track_id"][:] = -1
+    pd.testing.assert_frame_equal(by_columns.finish(), by_table.finish())
+    assert by_columns.n_localizations == by_table.n_localizations == len(table)

@@ -88,7 +88,7 @@ def _serve(conn: Connection, make_kwargs: dict[str, Any], slots: np.ndarray) -> 
     def analyze(n: int, slot: int, indices: Any, metas: Any) -> Any:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            table = analyzer.analyze(slots[slot, :n], indices, metas)
+            table = analyzer.analyze_columns(slots[slot, :n], indices, metas)
         for w in caught:
             notices.add("warn", w.category.__name__, logging.WARNING, str(w.message))
         return table
@@ -126,8 +126,7 @@ def _serve(conn: Connection, make_kwargs: dict[str, Any], slots: np.ndarray) -> 
         if kind == "batch":
             _, seq, slot, n, indices, metas = msg
             try:
-                table = analyze(n, slot, indices, metas)
-                cols = {c: table[c].to_numpy() for c in table.columns}
+                cols = analyze(n, slot, indices, metas)
                 conn.send(("rows", seq, cols, int(analyzer.n_tracks), notices.take()))
             except Exception as exc:
                 conn.send(("error", seq, describe(exc)))

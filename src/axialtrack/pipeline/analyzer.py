@@ -141,21 +141,37 @@ class TrackingAnalyzer:
 
     def complete(self, batch: PreparedBatch) -> pd.DataFrame:
         """Second stage: Z inference, photometry and linking, in frame order."""
-        locs = self.localizer.finish(batch)
-        cols = {c: locs[c].to_numpy().copy() for c in _SUMMARY_COLUMNS[:-1]}
-        xyz = np.stack([cols["x_um"], cols["y_um"], cols["z_um"]], axis=1)
-        if "in_range" in locs and self.link_in_range_only:
+        return pd.DataFrame(self.complete_columns(batch))
+
+    def complete_columns(self, batch: PreparedBatch) -> dict[str, np.ndarray]:
+        """:meth:`complete` as a dict of column arrays (no DataFrame built).
+
+        What the live runner and the analysis process use: the columns go to
+        :meth:`~axialtrack.store.RunWriter.append_localizations` as they are.
+        """
+        locs = self.localizer.finish_columns(batch)
+        xyz = np.stack([locs["x_um"], locs["y_um"], locs["z_um"]], axis=1)
+        if self.link_in_range_only:
             # Z outside the model's calibrated range is unknown: not linked
-            xyz[~locs["in_range"].to_numpy(bool)] = np.nan
+            xyz[~locs["in_range"]] = np.nan
         # every analyzed frame is pushed, with rows or not: the frames between
         # them were skipped and do not count against the linker's memory
-        ids = self.linker.push_rows(cols["frame"], xyz, analyzed=batch.frames)
-        if len(locs):
+        ids = self.linker.push_rows(locs["frame"], xyz, analyzed=batch.frames)
+        n = len(ids)
+        if n:
             locs["track_id"] = ids
-            cols["track_id"] = ids
-            self._kept.append(cols)
-            self.n_localizations += len(locs)
+            self._kept.append({c: locs[c].copy() for c in _SUMMARY_COLUMNS})
+            self.n_localizations += n
         return locs
+
+    def analyze_columns(
+        self,
+        planes: np.ndarray,
+        indices: np.ndarray | Sequence[int],
+        meta: Sequence[FrameMeta],
+    ) -> dict[str, np.ndarray]:
+        """:meth:`analyze` as a dict of column arrays (see :meth:`complete_columns`)."""
+        return self.complete_columns(self.prepare(planes, indices, meta))
 
     def warmup(self, max_pairs: int = 64) -> None:
         """Build what the first frames would otherwise build (detection graph,

@@ -327,19 +327,23 @@ class AnalysisProcess:
 
     def complete(self, ticket: _Ticket) -> pd.DataFrame:
         """The localization rows of a :meth:`prepare`-d batch (waits for them)."""
-        tables = []
+        return pd.DataFrame(self.complete_columns(ticket))
+
+    def complete_columns(self, ticket: _Ticket) -> dict[str, np.ndarray]:
+        """:meth:`complete` as a dict of column arrays (no DataFrame built)."""
+        parts: list[dict[str, np.ndarray]] = []
         first_error: AnalysisProcessError | None = None
         for seq in ticket.seqs:
             got = self._result(seq)
             if isinstance(got, AnalysisProcessError):
                 first_error = first_error or got
             else:
-                tables.append(got)
+                parts.append(got)
         if first_error is not None:
             raise first_error
-        if len(tables) == 1:
-            return tables[0]
-        return pd.concat(tables, ignore_index=True)
+        if len(parts) == 1:
+            return parts[0]
+        return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
 
     def analyze(
         self,
@@ -349,6 +353,15 @@ class AnalysisProcess:
     ) -> pd.DataFrame:
         """Localization rows, with track ids, of a batch (both stages at once)."""
         return self.complete(self.prepare(planes, indices, meta))
+
+    def analyze_columns(
+        self,
+        planes: np.ndarray,
+        indices: np.ndarray | Sequence[int],
+        meta: Sequence[FrameMeta],
+    ) -> dict[str, np.ndarray]:
+        """:meth:`analyze` as a dict of column arrays."""
+        return self.complete_columns(self.prepare(planes, indices, meta))
 
     def finish(self, timeout_s: float = 600.0) -> pd.DataFrame | None:
         """The per-track summary of the run; the child's stage timings land in
@@ -413,7 +426,7 @@ class AnalysisProcess:
                 self._free.append(slot)
                 self._free_cv.notify()
 
-    def _result(self, seq: int) -> pd.DataFrame | AnalysisProcessError:
+    def _result(self, seq: int) -> dict[str, np.ndarray] | AnalysisProcessError:
         """Results come in the order batches were sent (one thread reads)."""
         while seq not in self._results:
             msg = self._recv_msg(None, f"analyzing batch {seq}")
@@ -422,9 +435,8 @@ class AnalysisProcess:
                 _, got, cols, n_tracks, notices = msg
                 self.n_tracks = n_tracks
                 _reissue(notices)
-                table = pd.DataFrame(cols)
-                self.n_localizations += len(table)
-                self._results[got] = table
+                self.n_localizations += len(cols["frame"])
+                self._results[got] = cols
                 self._give_slot(got)
             elif kind == "error":
                 _, got, err = msg
