@@ -107,6 +107,7 @@ class _Buffers(threading.local):
 
     def __init__(self) -> None:
         self.arrays: dict[tuple[str, tuple[int, ...], str], np.ndarray] = {}
+        self.bindings: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         key = (name, tuple(int(v) for v in shape), np.dtype(dtype).str)
@@ -257,10 +258,19 @@ def _smooth_padded(
     direct = n * rows == h and out.dtype == np.float32 and out.flags.c_contiguous
     y = out if direct else _BUF.get("smooth_y", (n * rows, w), np.float32)
     try:
-        io = sess.io_binding()
-        io.bind_cpu_input("x", x)
-        io.bind_output("y", "cpu", 0, np.float32, (1, n, rows, w), y.ctypes.data)
-        sess.run_with_iobinding(io)
+        # a binding is reused while the session and both buffers are the same
+        key = (id(sess), x.ctypes.data, y.ctypes.data, y.shape)
+        bound = _BUF.bindings.get(key)
+        if bound is None:
+            io = sess.io_binding()
+            io.bind_cpu_input("x", x)
+            io.bind_output("y", "cpu", 0, np.float32, (1, n, rows, w), y.ctypes.data)
+            bound = (io, sess, x, y)  # keeps what the key names alive
+            if any(y is a for a in _BUF.arrays.values()):  # not a caller's array
+                if len(_BUF.bindings) > 8:
+                    _BUF.bindings.clear()
+                _BUF.bindings[key] = bound
+        sess.run_with_iobinding(bound[0])
     except Exception:  # pragma: no cover - onnxruntime failed: numpy instead
         return _smooth_numpy(pad, h, w, k, out)
     if not direct:
