@@ -69,22 +69,30 @@ def _gone(name: str) -> bool:
     return False
 
 
+@pytest.mark.parametrize("overlap", [True, False])
 def test_process_gives_the_rows_of_the_in_process_analyzer(
-    core, sim_bundle: Path, tmp_path: Path
+    core, sim_bundle: Path, tmp_path: Path, overlap: bool
 ) -> None:
     frames, metas = _record(core, tmp_path)
     kw = _kwargs(core)
     local = make_analyzer(sim_bundle, **kw)
-    with AnalysisProcess(sim_bundle, max_batch_frames=8, **kw) as proc:
+    with AnalysisProcess(
+        sim_bundle, max_batch_frames=8, slots=2, overlap=overlap, **kw
+    ) as proc:
         assert proc.pid is not None
         assert proc.pid != os.getpid()
         assert proc.engine_name == local.engine.name
         shm_name = proc._shm.name
+        # batches of 8 and one of 10 (sent to the child in two parts): four
+        # parts through two slots, all handed over before any rows are taken
+        spans = ((0, 8), (8, 18), (18, 24))
+        tickets = [
+            proc.prepare(frames[lo:hi], np.arange(lo, hi), metas[lo:hi])
+            for lo, hi in spans
+        ]
         got, want = [], []
-        # batches of 8 and one of 10 (sent to the child in two parts)
-        for lo, hi in ((0, 8), (8, 18), (18, 24)):
+        for (lo, hi), ticket in zip(spans, tickets, strict=True):
             idx = np.arange(lo, hi)
-            ticket = proc.prepare(frames[idx], idx, metas[lo:hi])
             if lo == 8:  # what the live runner takes: columns, no DataFrame
                 cols = proc.complete_columns(ticket)
                 assert isinstance(cols, dict)
@@ -124,8 +132,14 @@ def test_a_child_error_reaches_the_caller_and_the_child_goes_on(
         with pytest.raises(AnalysisProcessError, match="increasing order") as info:
             proc.analyze(frames[:4], np.arange(4), metas[:4])
         assert "in the analysis process" in "".join(info.value.__notes__)
-        idx = np.arange(8, 12)
-        assert len(proc.analyze(frames[idx], idx, metas[8:12])) > 0
+        # an error in the first stage (detection and crops), which the child
+        # runs one batch ahead of the second
+        bad = [FrameMeta(t_s=m.t_s, stage_z_um=None) for m in metas[8:10]]  # type: ignore[arg-type]
+        with pytest.raises(AnalysisProcessError, match="TypeError") as info:
+            proc.analyze(frames[8:10], np.arange(8, 10), bad)
+        assert "prepare" in "".join(info.value.__notes__)
+        idx = np.arange(10, 12)
+        assert len(proc.analyze(frames[idx], idx, metas[10:12])) > 0
         with pytest.raises(ValueError, match="sized for"):
             proc.analyze(frames[:1, :, :64, :64], [20], metas[:1])
 

@@ -15,10 +15,13 @@ import contextlib
 import gc
 import logging
 import os
+import queue
 import signal
 import sys
+import threading
 import traceback
 import warnings
+from dataclasses import dataclass
 from multiprocessing import shared_memory
 from multiprocessing.connection import Client, Connection
 from typing import Any
@@ -84,15 +87,7 @@ class _Notices(logging.Handler):
 def _serve(conn: Connection, make_kwargs: dict[str, Any], slots: np.ndarray) -> None:
     notices = _Notices()
     logging.getLogger().addHandler(notices)  # the root logger: WARNING and above
-
-    def analyze(n: int, slot: int, indices: Any, metas: Any) -> Any:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            table = analyzer.analyze_columns(slots[slot, :n], indices, metas)
-        for w in caught:
-            notices.add("warn", w.category.__name__, logging.WARNING, str(w.message))
-        return table
-
+    overlap = bool(make_kwargs.pop("overlap", False))
     try:
         from axialtrack.pipeline.analyzer import make_analyzer
 
@@ -117,6 +112,18 @@ def _serve(conn: Connection, make_kwargs: dict[str, Any], slots: np.ndarray) -> 
     except BaseException as exc:
         conn.send(("error", -1, describe(exc)))
         return
+    if overlap:
+        _serve_overlapped(conn, analyzer, slots, notices)
+        return
+
+    def analyze(n: int, slot: int, indices: Any, metas: Any) -> Any:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            table = analyzer.analyze_columns(slots[slot, :n], indices, metas)
+        for w in caught:
+            notices.add("warn", w.category.__name__, logging.WARNING, str(w.message))
+        return table
+
     while True:
         try:
             msg = conn.recv()
@@ -132,13 +139,112 @@ def _serve(conn: Connection, make_kwargs: dict[str, Any], slots: np.ndarray) -> 
                 conn.send(("error", seq, describe(exc)))
         elif kind == "finish":
             try:
-                summary = analyzer.finish()
-                timings = dict(analyzer.localizer.timings)
-                conn.send(("finished", summary, timings))
+                conn.send(("finished", *_finish(analyzer)))
             except Exception as exc:
                 conn.send(("error", -1, describe(exc)))
         elif kind == "stop":
             return
+
+
+def _finish(analyzer: Any) -> tuple[Any, dict[str, float]]:
+    summary = analyzer.finish()
+    return summary, dict(analyzer.localizer.timings)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A batch whose ``prepare`` raised: ``(type, message, traceback)``."""
+
+    error: tuple[str, str, str]
+
+
+def _serve_overlapped(
+    conn: Connection, analyzer: Any, slots: np.ndarray, notices: _Notices
+) -> None:
+    """Two stages one batch apart: ``prepare`` (detection, XY, crops) of batch
+    *k + 1* in one thread while ``complete`` (inference, linking) of batch *k*
+    runs in another. A slot is handed back (``"free"``) as soon as its batch is
+    prepared; rows go back in batch order."""
+    send_lock = threading.Lock()
+    prep_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    done_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def send(msg: Any) -> None:
+        with send_lock:
+            conn.send(msg)
+
+    # warnings of both stages are caught by one process-wide hook (the
+    # ``catch_warnings`` context manager is not thread-safe)
+    def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+        notices.add("warn", category.__name__, logging.WARNING, str(message))
+
+    warnings.simplefilter("always")
+    warnings.showwarning = show
+
+    def prepare_loop() -> None:
+        while True:
+            msg = prep_q.get()
+            if msg is None or msg[0] != "batch":
+                done_q.put(msg)
+                if msg is None:
+                    return
+                continue
+            _, seq, slot, n, indices, metas = msg
+            try:
+                got: Any = analyzer.prepare(slots[slot, :n], indices, metas)
+            except Exception as exc:
+                got = _Failed(describe(exc))
+            try:
+                send(("free", seq))
+            except OSError:
+                done_q.put(None)
+                return
+            done_q.put(("prepared", seq, got))
+
+    def complete_loop() -> None:
+        while True:
+            msg = done_q.get()
+            if msg is None:
+                return
+            try:
+                if msg[0] == "prepared":
+                    _, seq, got = msg
+                    if isinstance(got, _Failed):
+                        send(("error", seq, got.error))
+                        continue
+                    try:
+                        cols = analyzer.complete_columns(got)
+                    except Exception as exc:
+                        send(("error", seq, describe(exc)))
+                        continue
+                    send(("rows", seq, cols, int(analyzer.n_tracks), notices.take()))
+                elif msg[0] == "finish":
+                    try:
+                        send(("finished", *_finish(analyzer)))
+                    except Exception as exc:
+                        send(("error", -1, describe(exc)))
+            except OSError:  # the parent is gone
+                return
+
+    workers = [
+        threading.Thread(target=prepare_loop, name="child-prepare", daemon=True),
+        threading.Thread(target=complete_loop, name="child-complete", daemon=True),
+    ]
+    for t in workers:
+        t.start()
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):  # the parent is gone
+                return
+            if msg[0] == "stop":
+                return
+            prep_q.put(msg)
+    finally:
+        prep_q.put(None)
+        for t in workers:
+            t.join(timeout=5.0)
 
 
 def main(argv: list[str] | None = None) -> int:
