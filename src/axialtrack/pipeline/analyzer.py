@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from . import _kernels
 from .link import LinkConfig, OnlineLinker
 from .localize import Localizer, LocalizerConfig, PreparedBatch
 from .tracks import summarize_tracks
@@ -175,10 +176,12 @@ class TrackingAnalyzer:
 
     def warmup(self, max_pairs: int = 64) -> None:
         """Build what the first frames would otherwise build (detection graph,
-        engine buffers), so the first batches of a live run are not late.
+        engine buffers, compiled kernels), so the first batches of a live run
+        are not late.
 
         Touches no state: the linker and the counters are unchanged.
         """
+        _kernels.available()
         h, w = self.localizer.plane_shape
         cam = self.localizer.config.camera
         blank = np.full((2, h, w), round(cam.offset_adu), dtype=np.uint16)

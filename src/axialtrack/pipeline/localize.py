@@ -30,6 +30,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,6 +40,7 @@ from scipy.spatial import cKDTree
 from axialtrack.geometry import apply_affine, invert_affine
 from axialtrack.store.layout import LOCALIZATION_COLUMNS
 
+from . import _kernels
 from .config import LocalizerConfig
 from .crops import crop_centers, crop_pairs
 from .detect import Detections, detect
@@ -176,6 +178,18 @@ def _fit_windows(
     img: np.ndarray, method: str, sigma_px: float, n_iter: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Offsets ``(N, 2)`` from the window centre, amplitude and validity."""
+    if method not in ("fit", "centroid"):
+        raise ValueError(f"unknown xy refinement method {method!r}")
+    compiled = _kernels.fit_windows(img, method, sigma_px, n_iter)
+    if compiled is not None:
+        return compiled
+    return _fit_windows_numpy(img, method, sigma_px, n_iter)
+
+
+def _fit_windows_numpy(
+    img: np.ndarray, method: str, sigma_px: float, n_iter: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_fit_windows` in numpy (without the compiled kernels)."""
     _n, k, _ = img.shape
     half = k // 2
     pos = np.arange(-half, half + 1, dtype=np.float32)
@@ -210,8 +224,6 @@ def _fit_windows(
         )
         x = np.where(lost, cx, x)
         y = np.where(lost, cy, y)
-    elif method != "centroid":
-        raise ValueError(f"unknown xy refinement method {method!r}")
     # least-squares amplitude of a Gaussian of sigma_px at the estimate
     gx = np.exp(-((pos[None, :] - x[:, None]) ** 2) * inv2s2)
     gy = np.exp(-((pos[None, :] - y[:, None]) ** 2) * inv2s2)
@@ -278,23 +290,26 @@ def refine_xy(
     fi = np.asarray(frame_index, np.int64)
     bg0 = np.asarray(background_adu, np.float32)[:, None, None]
     if affine is None or background1_adu is None:
-        img = _windows(planes, fi, 0, peaks, size).astype(np.float32) - bg0
+        img = np.empty((n, size, size), np.float32)
+        if not _kernels.windows(planes, fi, 0, peaks, size, bg0, img):
+            np.subtract(_windows(planes, fi, 0, peaks, size), bg0, out=img)
         d0, _, _ = _fit_windows(img, method, sigma_px, n_iter)
         return peaks + d0
     # both planes in one vectorized fit
     a = np.asarray(affine, dtype=float)
     c1 = np.rint(apply_affine(a, peaks)).astype(np.int64)
     bg1 = np.asarray(background1_adu, np.float32)[:, None, None]
-    img = np.concatenate(
-        [
-            _windows(planes, fi, 0, peaks, size).astype(np.float32) - bg0,
-            _windows(planes, fi, 1, c1, size).astype(np.float32) - bg1,
-        ]
-    )
+    img = np.empty((2 * n, size, size), np.float32)
+    if not (
+        _kernels.windows(planes, fi, 0, peaks, size, bg0, img[:n])
+        and _kernels.windows(planes, fi, 1, c1, size, bg1, img[n:])
+    ):
+        np.subtract(_windows(planes, fi, 0, peaks, size), bg0, out=img[:n])
+        np.subtract(_windows(planes, fi, 1, c1, size), bg1, out=img[n:])
     d, amp, ok = _fit_windows(img, method, sigma_px, n_iter)
     return _combine_planes(
         peaks + d[:n],
-        apply_affine(invert_affine(a), c1 + d[n:]),
+        apply_affine(_inverse(a), c1 + d[n:]),
         amp[:n],
         amp[n:],
         ok[:n],
@@ -302,6 +317,20 @@ def refine_xy(
         np.maximum(np.asarray(background_adu, float) - offset_adu, 0.0),
         np.maximum(np.asarray(background1_adu, float) - offset_adu, 0.0),
     )
+
+
+def _inverse(affine: np.ndarray) -> np.ndarray:
+    """:func:`~axialtrack.geometry.invert_affine`, cached (once per run, not
+    per batch)."""
+    a = np.ascontiguousarray(affine, dtype=np.float64)
+    return _inverse_cached(a.tobytes())
+
+
+@lru_cache(maxsize=8)
+def _inverse_cached(key: bytes) -> np.ndarray:
+    inv = invert_affine(np.frombuffer(key, dtype=np.float64).reshape(2, 3))
+    inv.setflags(write=False)
+    return inv
 
 
 def _window_method(method: str) -> str:
@@ -681,7 +710,7 @@ class Localizer:
             b1 = np.maximum(batch.background1_adu[idx] - cfg.camera.offset_adu, 0.0)
             new = _combine_planes(
                 c0 + d[:n],
-                apply_affine(invert_affine(self.affine), c1 + d[n:]),
+                apply_affine(_inverse(self.affine), c1 + d[n:]),
                 amp[:n],
                 amp[n:],
                 ok[:n],
