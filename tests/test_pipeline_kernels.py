@@ -10,6 +10,14 @@ import numpy as np
 import pytest
 
 from axialtrack.pipeline import _kernels
+from axialtrack.pipeline.config import DetectionConfig
+from axialtrack.pipeline.detect import (
+    _candidates,
+    _kernel,
+    detect,
+    detection_image,
+    smooth,
+)
 from axialtrack.pipeline.localize import (
     _fit_windows,
     _fit_windows_numpy,
@@ -123,3 +131,78 @@ def test_kernels_can_be_switched_off() -> None:
             check=True,
         )
         assert out.stdout.strip() == want
+
+
+@pytest.mark.parametrize(
+    ("source", "shift"),
+    [("sum", (2, -1)), ("sum", (0, 0)), ("sum", (-70, 3)), ("plane0", (0, 0))],
+)
+def test_compiled_smoothing_equals_the_detection_image_smoothed(
+    source: str, shift: tuple[int, int]
+) -> None:
+    rng = np.random.default_rng(11)
+    h, w = 48, 64
+    planes = rng.integers(90, 3000, (2, h, w)).astype(np.uint16)
+    affine = np.array([[1.0, 0.0, shift[0]], [0.0, 1.0, shift[1]]])
+    cfg = DetectionConfig(source=source, sigma_px=1.3)
+    k = _kernel(cfg.sigma_px)
+    out = np.empty((h, w), np.float32)
+    scratch = [np.empty((h, w), np.float32) for _ in range(2)]
+    p1 = None if source == "plane0" else planes[1]
+    assert _kernels.smooth_detection(planes[0], p1, shift, k, *scratch, out)
+    want = smooth(detection_image(planes, cfg, affine), cfg.sigma_px)
+    # the same sums in another order: float32 rounding only
+    np.testing.assert_allclose(out, want, rtol=2e-6, atol=2e-3)
+    # (the shift beyond the image leaves 2 x plane 0)
+    if shift[0] <= -w:
+        np.testing.assert_allclose(
+            out, smooth(2.0 * planes[0], cfg.sigma_px), rtol=2e-6, atol=2e-3
+        )
+    assert not _kernels.smooth_detection(
+        planes[0].astype(np.float32), p1, shift, k, *scratch, out
+    )
+
+
+@pytest.mark.parametrize("margin", [0, 5])
+def test_compiled_maxima_equal_numpy(margin: int) -> None:
+    rng = np.random.default_rng(2)
+    img = smooth(rng.normal(100.0, 10.0, (60, 70)), 1.0).astype(np.float32)
+    img[10, 10:13] = 500.0  # a plateau: the first in raster order wins
+    img[0, 0] = 400.0  # corner peaks: the square is clipped
+    img[59, 69] = 400.0
+    img[30, 69] = 450.0
+    floor = np.float32(101.0)
+    got = _kernels.local_maxima(img, float(floor), margin, 3)
+    assert got is not None
+    rows, cols = _candidates(img, floor, margin, 3)
+    np.testing.assert_array_equal(got, rows * img.shape[1] + cols)
+    assert 10 * 70 + 10 in got.tolist()
+    assert 10 * 70 + 11 not in got.tolist()
+    assert (0 in got.tolist()) == (margin == 0)
+    assert got.size > 10
+
+
+def test_detect_finds_the_same_particles_with_and_without_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(4)
+    h, w = 96, 96
+    yy, xx = np.mgrid[:h, :w]
+    planes = np.full((2, h, w), 100.0)
+    truth = rng.uniform(4, 92, (25, 2))
+    for x, y in truth:
+        for p, s in ((0, 1.3), (1, 2.0)):
+            planes[p] += 300 * np.exp(-((xx - x - p) ** 2 + (yy - y) ** 2) / (2 * s**2))
+    planes = rng.poisson(planes).astype(np.uint16)
+    affine = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    for cfg in (DetectionConfig(), DetectionConfig(source="plane0")):
+        got = detect(planes, cfg, affine=affine, margin_px=3)
+        with monkeypatch.context() as mp:
+            mp.setitem(_kernels._STATE, "k", None)
+            want = detect(planes, cfg, affine=affine, margin_px=3)
+        assert len(got) >= 15
+        np.testing.assert_array_equal(got.xy_px, want.xy_px)
+        np.testing.assert_allclose(got.peak_photons, want.peak_photons, rtol=1e-4)
+        np.testing.assert_allclose(
+            got.background_photons, want.background_photons, rtol=1e-6
+        )

@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["available", "fit_windows", "windows"]
+__all__ = [
+    "available",
+    "fit_windows",
+    "local_maxima",
+    "smooth_detection",
+    "windows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +65,18 @@ def _compile() -> dict[str, Any] | None:
         np.zeros(1, np.float32),
         np.empty((1, 3, 3), np.float32),
     )
-    return {"fit_windows": nk.fit_windows, "gather_windows": nk.gather_windows}
+    img = np.zeros((4, 4), np.uint16)
+    f32 = np.zeros((4, 4), np.float32)
+    nk.smooth_detection(
+        img, img, True, 1, 0, np.ones(2, np.float32), f32, f32.copy(), f32.copy()
+    )
+    nk.local_maxima(f32, np.arange(4, dtype=np.int64), 1, np.empty(4, np.int64))
+    return {
+        "fit_windows": nk.fit_windows,
+        "gather_windows": nk.gather_windows,
+        "smooth_detection": nk.smooth_detection,
+        "local_maxima": nk.local_maxima,
+    }
 
 
 def _kernels() -> dict[str, Any] | None:
@@ -128,3 +145,61 @@ def windows(
         out,
     )
     return True
+
+
+def smooth_detection(
+    p0: np.ndarray,
+    p1: np.ndarray | None,
+    shift: tuple[int, int],
+    half_kernel: np.ndarray,
+    det: np.ndarray,
+    mid: np.ndarray,
+    out: np.ndarray,
+) -> bool:
+    """The smoothed detection image into float32 ``out`` ``(H, W)``: ``p0``
+    (``p1 is None``) or ``p0`` plus ``p1`` moved by the whole pixels
+    ``shift = (sx, sy)``; ``det`` and ``mid`` are float32 scratch of the same
+    shape. ``False`` (nothing written) where the kernels are unavailable or the
+    planes are not C-contiguous uint16."""
+    k = _kernels()
+    if k is None:
+        return False
+    for a in (p0,) if p1 is None else (p0, p1):
+        if a.dtype != np.uint16 or a.ndim != 2 or not a.flags.c_contiguous:
+            return False
+    k["smooth_detection"](
+        p0,
+        p0 if p1 is None else p1,
+        p1 is not None,
+        int(shift[0]),
+        int(shift[1]),
+        np.ascontiguousarray(half_kernel, dtype=np.float32),
+        det,
+        mid,
+        out,
+    )
+    return True
+
+
+def local_maxima(
+    image: np.ndarray, floor: float, margin: int, radius: int
+) -> np.ndarray | None:
+    """Flat indices (raster order) of the pixels of float32 ``image`` above
+    ``floor`` that are the maximum of their ``(2 radius + 1)`` square (first in
+    raster order among equals), ``margin`` px or more from the border; ``None``
+    where the kernels are unavailable."""
+    k = _kernels()
+    if k is None or image.dtype != np.float32 or image.ndim != 2:
+        return None
+    h, w = image.shape
+    m = int(margin)
+    image = np.ascontiguousarray(image)
+    if h - 2 * m <= 0 or w - 2 * m <= 0:
+        return np.zeros(0, np.int64)
+    cand = np.flatnonzero(image[m : h - m].ravel() > np.float32(floor)) + m * w
+    if m > 0:
+        col = cand % w
+        cand = cand[(col >= m) & (col < w - m)]
+    out = np.empty(cand.size, np.int64)
+    n = k["local_maxima"](image, cand.astype(np.int64, copy=False), int(radius), out)
+    return out[:n]

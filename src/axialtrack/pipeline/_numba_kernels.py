@@ -142,3 +142,119 @@ def gather_windows(
             for j in range(k):
                 x = min(max(cx + j - half, 0), w - 1)
                 out[m, i, j] = np.float32(planes[f, plane, y, x]) - b
+
+
+@jit
+def smooth_detection(
+    p0: np.ndarray,
+    p1: np.ndarray,
+    use_p1: bool,
+    sx: int,
+    sy: int,
+    half_kernel: np.ndarray,
+    det: np.ndarray,
+    mid: np.ndarray,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """The detection image smoothed with a separable Gaussian, edges replicated.
+
+    The detection image ``det`` is ``p0``, or ``p0 + p1`` moved by the whole
+    pixels ``(sx, sy)`` (``2 p0`` where the moved plane 1 does not reach);
+    then a vertical pass into ``mid`` and a horizontal pass into ``out``
+    (``half_kernel``: taps ``0..r``), each an inner loop along rows.
+    """
+    h, w = p0.shape
+    r = half_kernel.shape[0] - 1
+    if use_p1:
+        ys = max(0, -sy)
+        ye = min(h, h - sy)
+        xs = max(0, -sx)
+        xe = min(w, w - sx)
+        if ys >= ye or xs >= xe:
+            ys = ye = xs = xe = 0
+        for y in range(h):
+            a = p0[y]
+            d = det[y]
+            if ys <= y < ye:
+                b = p1[y + sy, xs + sx : xe + sx]
+                for x in range(xs):
+                    d[x] = np.float32(a[x]) + np.float32(a[x])
+                for x in range(xe - xs):
+                    d[xs + x] = np.float32(a[xs + x]) + np.float32(b[x])
+                for x in range(xe, w):
+                    d[x] = np.float32(a[x]) + np.float32(a[x])
+            else:
+                for x in range(w):
+                    d[x] = np.float32(a[x]) + np.float32(a[x])
+    else:
+        for y in range(h):
+            a = p0[y]
+            d = det[y]
+            for x in range(w):
+                d[x] = np.float32(a[x])
+    k0 = half_kernel[0]
+    for y in range(h):
+        for x in range(w):
+            mid[y, x] = k0 * det[y, x]
+        for t in range(1, r + 1):
+            kt = half_kernel[t]
+            ya = max(y - t, 0)
+            yb = min(y + t, h - 1)
+            for x in range(w):
+                mid[y, x] += kt * (det[ya, x] + det[yb, x])
+    # horizontal: each row copied into an edge-padded buffer, then whole-row
+    # loops over shifted slices (these vectorize; indexing the row with
+    # clamped offsets did not)
+    buf = np.empty(w + 2 * r, np.float32)
+    for y in range(h):
+        row = mid[y]
+        o = out[y]
+        for x in range(w):
+            buf[x + r] = row[x]
+        for x in range(r):
+            buf[x] = row[0]
+            buf[w + r + x] = row[w - 1]
+        for x in range(w):
+            o[x] = k0 * buf[x + r]
+        for t in range(1, r + 1):
+            kt = half_kernel[t]
+            lo = buf[r - t : r - t + w]
+            hi = buf[r + t : r + t + w]
+            for x in range(w):
+                o[x] += kt * (lo[x] + hi[x])
+
+
+@jit
+def local_maxima(
+    image: np.ndarray, candidates: np.ndarray, radius: int, out: np.ndarray
+) -> int:  # pragma: no cover - compiled
+    """Which of the ``candidates`` (flat indices, raster order) are the maximum
+    of their ``(2 radius + 1)`` square (clipped at the border; of equal pixels
+    the first in raster order wins). Their flat indices go into ``out``;
+    returns how many."""
+    h, w = image.shape
+    flat = image.ravel()
+    n = 0
+    for c in range(candidates.shape[0]):
+        i = candidates[c]
+        y = i // w
+        x = i - y * w
+        v = flat[i]
+        # the left and right neighbours first: most candidates fail there
+        if x + 1 < w and flat[i + 1] > v:
+            continue
+        if x > 0 and flat[i - 1] >= v:
+            continue
+        best = True
+        for yy in range(max(y - radius, 0), min(y + radius + 1, h)):
+            for xx in range(max(x - radius, 0), min(x + radius + 1, w)):
+                u = image[yy, xx]
+                if u > v or (u == v and (yy < y or (yy == y and xx < x))):
+                    best = False
+                    break
+            if not best:
+                break
+        if best:
+            out[n] = i
+            n += 1
+    return n

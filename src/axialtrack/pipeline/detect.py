@@ -8,20 +8,25 @@ local maxima above a threshold in photons are the detections.
 On one CPU core a 2 x 512 x 512 frame takes ~1.5-2 ms (see
 ``benchmarks/bench_detect.py``):
 
-- detection image: written straight into an edge-padded float32 buffer (a
-  whole-pixel shift of plane 1 when the affine is that close to one);
-- smoothing: the separable truncated Gaussian as two depthwise convolutions in a
-  small onnxruntime graph (one thread, one session per shape), the padded image
-  cut into 16 overlapping strips of rows, one per channel, so onnxruntime takes
-  its vectorized blocked-channel path (~3x faster than numpy shifted slices;
-  those remain the fallback);
+- detection image and smoothing: with numba (:mod:`._kernels`) and a
+  whole-pixel registration, one compiled call builds the detection image from
+  the uint16 planes and smooths it with the separable truncated Gaussian (a
+  vertical pass, then a horizontal pass over edge-padded rows; ~0.5 ms, the
+  GIL released). Otherwise the detection image is written straight into an
+  edge-padded float32 buffer (bilinear resampling of plane 1 for a
+  non-integer registration) and smoothed by two depthwise convolutions in a
+  small onnxruntime graph (one thread, one session per shape), the padded
+  image cut into 16 overlapping strips of rows, one per channel, so
+  onnxruntime takes its vectorized blocked-channel path (~3x faster than
+  numpy shifted slices; those remain the last fallback);
 - background: the sigma-clipped mean of each ``background_block_px`` block
   (sub-sampled by 2), both planes at once, order statistics in int32 for 16-bit
   counts; bilinear interpolation only at the peaks;
-- maxima: the pixels above the threshold that are not below their left and right
-  neighbours (three whole-image comparisons on the flat image) are tested, first
-  against their other neighbours one at a time, then the few survivors against
-  their whole ``(2 d + 1)`` square, instead of a full-image maximum filter.
+- maxima: the pixels above the threshold are tested against their whole
+  ``(2 d + 1)`` square, left and right neighbours first (a compiled loop over
+  the candidates; in numpy, three whole-image comparisons on the flat image,
+  then the other neighbours one at a time, then the few survivors against the
+  rest of the square), instead of a full-image maximum filter.
 
 All of it gives the same detections as the straightforward numpy filters (the
 smoothed values differ by float32 rounding, ~1e-5 ADU). Frame-sized scratch
@@ -44,6 +49,7 @@ from scipy import ndimage
 
 from axialtrack.geometry import apply_affine
 
+from . import _kernels
 from .config import CameraCalibration, DetectionConfig
 
 __all__ = [
@@ -578,6 +584,44 @@ def _maxima_clipped(
     return out
 
 
+def _candidates(
+    sm: np.ndarray, floor: np.float32, m: int, radius: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns (raster order) of the local maxima of ``sm`` above
+    ``floor``, ``m`` px or more from the border (numpy; see
+    :func:`axialtrack.pipeline._kernels.local_maxima`)."""
+    h, w = sm.shape
+    empty = np.zeros(0, np.int64)
+    band = sm[m : h - m] if m > 0 else sm
+    mask = _BUF.get("mask", band.shape, bool)
+    np.greater(band, floor, out=mask)
+    if w > 1:
+        # ties: the first in raster order wins. On the flat rows (contiguous, far
+        # faster than 2-D slices); the first and last columns, wrongly compared
+        # with the neighbouring rows there, are then redone.
+        flat, fmask = band.ravel(), mask.ravel()
+        tmp = _BUF.get("mask_tmp", (flat.size - 1,), bool)
+        np.greater_equal(flat[:-1], flat[1:], out=tmp)
+        np.logical_and(fmask[:-1], tmp, out=fmask[:-1])
+        np.greater(flat[1:], flat[:-1], out=tmp)
+        np.logical_and(fmask[1:], tmp, out=fmask[1:])
+        mask[:, 0] = (band[:, 0] > floor) & (band[:, 0] >= band[:, 1])
+        mask[:, -1] = (band[:, -1] > floor) & (band[:, -1] > band[:, -2])
+    if m > 0:
+        mask[:, :m] = False
+        mask[:, w - m :] = False
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return empty, empty
+    rows, cols = np.divmod(idx, w)
+    if m > 0:
+        rows += m
+    # maxima of the smoothed image (the smooth background does not move them),
+    # then the exact threshold above the local background
+    is_max = _local_maxima(sm, rows, cols, radius)
+    return rows[is_max], cols[is_max]
+
+
 # --------------------------------------------------------------------- detect
 def detect(
     planes: np.ndarray,
@@ -617,10 +661,30 @@ def detect(
     block = int(config.background_block_px)
     k = _kernel(float(config.sigma_px))
     r = k.shape[0] - 1
-    # the detection image goes straight into the edge-padded smoothing input
-    pad = _padded(h, w, r)
-    detection_image(planes, config, affine, out=pad[r : r + h, r : r + w])
-    _fill_edges(pad, h, w, r)
+    sm = _BUF.get("sm", (h, w), np.float32)
+    # the compiled kernel builds and smooths the detection image in one call
+    # (whole-pixel registration); otherwise the detection image goes straight
+    # into the edge-padded input of the onnxruntime (or numpy) smoothing
+    compiled = False
+    if config.source == "plane0":
+        shift: tuple[int, int] | None = (0, 0)
+    else:
+        a = np.eye(2, 3) if affine is None else np.asarray(affine, dtype=float)
+        shift = _integer_shift(a, (h, w), config.max_sum_misregistration_px)
+    if shift is not None:
+        compiled = _kernels.smooth_detection(
+            planes[0],
+            None if config.source == "plane0" else planes[1],
+            shift,
+            k,
+            _BUF.get("det", (h, w), np.float32),
+            _BUF.get("mid", (h, w), np.float32),
+            sm,
+        )
+    if not compiled:
+        pad = _padded(h, w, r)
+        detection_image(planes, config, affine, out=pad[r : r + h, r : r + w])
+        _fill_edges(pad, h, w, r)
     # background of each plane; that of the sum is their sum (the registration
     # moves plane 1 by far less than a block)
     if config.source == "plane0":
@@ -629,7 +693,8 @@ def detect(
     else:
         grid0, grid1 = _background_maps(planes, block)
         grid = grid0 + grid1
-    sm = _smooth_padded(pad, h, w, k, _BUF.get("sm", (h, w), np.float32))
+    if not compiled:
+        sm = _smooth_padded(pad, h, w, k, sm)
     # matched-filter photons = 4 pi sigma^2 * smoothed ADU above background * ph/ADU
     to_photons = 4.0 * math.pi * config.sigma_px**2 * camera.photons_per_adu
     thr = config.threshold_photons / to_photons
@@ -646,35 +711,14 @@ def detect(
     m = int(margin_px)
     if h - 2 * m <= 0 or w - 2 * m <= 0:
         return Detections.empty()
-    band = sm[m : h - m] if m > 0 else sm
-    mask = _BUF.get("mask", band.shape, bool)
     floor = np.float32(thr + float(grid.min()))
-    np.greater(band, floor, out=mask)
-    if w > 1:
-        # ties: the first in raster order wins. On the flat rows (contiguous, far
-        # faster than 2-D slices); the first and last columns, wrongly compared
-        # with the neighbouring rows there, are then redone.
-        flat, fmask = band.ravel(), mask.ravel()
-        tmp = _BUF.get("mask_tmp", (flat.size - 1,), bool)
-        np.greater_equal(flat[:-1], flat[1:], out=tmp)
-        np.logical_and(fmask[:-1], tmp, out=fmask[:-1])
-        np.greater(flat[1:], flat[:-1], out=tmp)
-        np.logical_and(fmask[1:], tmp, out=fmask[1:])
-        mask[:, 0] = (band[:, 0] > floor) & (band[:, 0] >= band[:, 1])
-        mask[:, -1] = (band[:, -1] > floor) & (band[:, -1] > band[:, -2])
-    if m > 0:
-        mask[:, :m] = False
-        mask[:, w - m :] = False
-    idx = np.flatnonzero(mask)
-    if idx.size == 0:
+    lin = _kernels.local_maxima(sm, float(floor), m, int(config.min_distance_px))
+    if lin is not None:
+        rows, cols = np.divmod(lin, w)
+    else:
+        rows, cols = _candidates(sm, floor, m, int(config.min_distance_px))
+    if rows.size == 0:
         return Detections.empty()
-    rows, cols = np.divmod(idx, w)
-    if m > 0:
-        rows += m
-    # maxima of the smoothed image (the smooth background does not move them),
-    # then the exact threshold above the local background
-    is_max = _local_maxima(sm, rows, cols, int(config.min_distance_px))
-    rows, cols = rows[is_max], cols[is_max]
     xy = np.stack([cols, rows], axis=1).astype(float)
     wts = _bilinear_weights(xy, grid.shape, block)
     peak = sm[rows, cols] - _sample(grid, wts)
