@@ -39,6 +39,9 @@ def _compile() -> dict[str, Any] | None:
     """The compiled kernels, or ``None`` (numba missing or disabled)."""
     if os.environ.get("AXIALTRACK_NO_NUMBA", "") not in ("", "0"):
         return None
+    # numba logs its compiler passes at DEBUG: never wanted, even where the
+    # application turns DEBUG on for everything
+    logging.getLogger("numba").setLevel(logging.WARNING)
     try:
         import numba  # noqa: F401
     except ImportError:  # pragma: no cover - numba is a dependency
