@@ -11,6 +11,10 @@ no-op engine (inference is benchmarked by ``bench_engines.py``):
 - ``crop``: :func:`axialtrack.pipeline.crops.crop_pairs`;
 - ``photometry``: photons, background, saturation flags, coordinates;
 
+with the compiled kernels (numba, :mod:`axialtrack.pipeline._kernels`) and, taking
+turns with them on the same frames, the numpy code they replace
+(``numpy_fallback_ms_per_frame``);
+
 and, in the same run on the same frames, ``trackpy.locate`` on plane 0 as a
 baseline (``diameter`` 7, ``minmass`` tuned to find about as many particles). It
 also reports detection recall (particles within 1 um of plane 0's focus found
@@ -120,17 +124,19 @@ def main() -> None:
                 cpu_ms[name] = round(1e3 * (c1 - c0) / n_f, 3)
         return 1e3 * best / n_f
 
+    from axialtrack.pipeline import _kernels
+
+    compiled = _kernels.available()
+    kernels = _kernels._STATE.get("k")
+
+    def use_kernels(on: bool) -> None:
+        _kernels._STATE["k"] = kernels if on else None
+
     # detection alone
     def run_detect() -> list:
         return [detect(p, cfg.detection, cfg.camera, affine) for p in planes]
 
-    dets = run_detect()
-    detect_ms = per_frame(run_detect, args.repeat, "detect")
-
-    # the localizer's stages (no inference), best of repeats
-    stage_ms: dict[str, float] = {}
-    n_loc = 0
-    for _ in range(args.repeat):
+    def run_localizer() -> tuple[dict[str, float], int]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             loc = Localizer(
@@ -141,16 +147,43 @@ def main() -> None:
                 config=cfg,
             )
         t0 = time.perf_counter()
+        n = 0
         for f in range(n_f):
-            n_loc = len(loc.localize(planes[f], [f], [0.0], 0.0))
+            n = len(loc.localize(planes[f], [f], [0.0], 0.0))
         total = time.perf_counter() - t0
         cur = {
             k: 1e3 * loc.timings[k] / n_f
             for k in ("detect", "xy", "crop", "infer", "photometry")
         }
         cur["total"] = 1e3 * total / n_f
-        if not stage_ms or cur["total"] < stage_ms["total"]:
-            stage_ms = cur
+        return cur, n
+
+    # the compiled kernels (numba) and the numpy code they replace, taking
+    # turns on the same frames; best of the repeats for each
+    modes = [True, False] if compiled else [False]
+    best_detect: dict[bool, float] = {}
+    best_stages: dict[bool, dict[str, float]] = {}
+    n_loc = 0
+    dets: list = []
+    for on in modes:
+        use_kernels(on)
+        run_detect()  # warm: graphs, buffers
+    for _ in range(args.repeat):
+        for on in modes:
+            use_kernels(on)
+            name = "detect" if on == modes[0] else "detect_numpy"
+            keep = dict(cpu_ms)
+            ms = per_frame(run_detect, 1, name)
+            if ms >= best_detect.get(on, np.inf):
+                cpu_ms.update(keep)  # the CPU time of the best run only
+            best_detect[on] = min(best_detect.get(on, np.inf), ms)
+            cur, n_loc = run_localizer()
+            if on not in best_stages or cur["total"] < best_stages[on]["total"]:
+                best_stages[on] = cur
+    use_kernels(modes[0])
+    dets = run_detect()
+    detect_ms = best_detect[modes[0]]
+    stage_ms = best_stages[modes[0]]
 
     # trackpy baseline on plane 0 (its fastest available engine)
     tp_engine = "numba" if importlib.util.find_spec("numba") else "python"
@@ -197,6 +230,22 @@ def main() -> None:
             "trackpy_locate_plane0": round(trackpy_ms, 3),
         },
         "cpu_ms_per_frame": cpu_ms,
+        "compiled_kernels": compiled,
+        "numpy_fallback_ms_per_frame": (
+            {
+                "detect": round(best_detect[False], 3),
+                "xy": round(best_stages[False]["xy"], 3),
+                "localizer_no_inference": round(best_stages[False]["total"], 3),
+                "ratio_detect_numpy_over_compiled": round(
+                    best_detect[False] / best_detect[True], 2
+                ),
+                "ratio_xy_numpy_over_compiled": round(
+                    best_stages[False]["xy"] / best_stages[True]["xy"], 2
+                ),
+            }
+            if compiled
+            else None
+        ),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "trackpy_engine": tp_engine,
         "ratio_trackpy_over_detect": round(trackpy_ms / detect_ms, 2),

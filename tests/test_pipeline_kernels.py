@@ -147,9 +147,8 @@ def test_compiled_smoothing_equals_the_detection_image_smoothed(
     cfg = DetectionConfig(source=source, sigma_px=1.3)
     k = _kernel(cfg.sigma_px)
     out = np.empty((h, w), np.float32)
-    scratch = [np.empty((h, w), np.float32) for _ in range(2)]
     p1 = None if source == "plane0" else planes[1]
-    assert _kernels.smooth_detection(planes[0], p1, shift, k, *scratch, out)
+    assert _kernels.smooth_detection(planes[0], p1, shift, k, out)
     want = smooth(detection_image(planes, cfg, affine), cfg.sigma_px)
     # the same sums in another order: float32 rounding only
     np.testing.assert_allclose(out, want, rtol=2e-6, atol=2e-3)
@@ -159,7 +158,7 @@ def test_compiled_smoothing_equals_the_detection_image_smoothed(
             out, smooth(2.0 * planes[0], cfg.sigma_px), rtol=2e-6, atol=2e-3
         )
     assert not _kernels.smooth_detection(
-        planes[0].astype(np.float32), p1, shift, k, *scratch, out
+        planes[0].astype(np.float32), p1, shift, k, out
     )
 
 

@@ -70,9 +70,7 @@ def _compile() -> dict[str, Any] | None:
     )
     img = np.zeros((4, 4), np.uint16)
     f32 = np.zeros((4, 4), np.float32)
-    nk.smooth_detection(
-        img, img, True, 1, 0, np.ones(2, np.float32), f32, f32.copy(), f32.copy()
-    )
+    nk.smooth_detection(img, img, True, 1, 0, np.ones(2, np.float32), f32)
     nk.local_maxima(f32, np.arange(4, dtype=np.int64), 1, np.empty(4, np.int64))
     return {
         "fit_windows": nk.fit_windows,
@@ -155,21 +153,20 @@ def smooth_detection(
     p1: np.ndarray | None,
     shift: tuple[int, int],
     half_kernel: np.ndarray,
-    det: np.ndarray,
-    mid: np.ndarray,
     out: np.ndarray,
 ) -> bool:
-    """The smoothed detection image into float32 ``out`` ``(H, W)``: ``p0``
-    (``p1 is None``) or ``p0`` plus ``p1`` moved by the whole pixels
-    ``shift = (sx, sy)``; ``det`` and ``mid`` are float32 scratch of the same
-    shape. ``False`` (nothing written) where the kernels are unavailable or the
-    planes are not C-contiguous uint16."""
+    """The smoothed detection image into C-contiguous float32 ``out``
+    ``(H, W)``: ``p0`` (``p1 is None``) or ``p0`` plus ``p1`` moved by the
+    whole pixels ``shift = (sx, sy)``. ``False`` (nothing written) where the
+    kernels are unavailable or the planes are not C-contiguous uint16."""
     k = _kernels()
     if k is None:
         return False
     for a in (p0,) if p1 is None else (p0, p1):
         if a.dtype != np.uint16 or a.ndim != 2 or not a.flags.c_contiguous:
             return False
+    if out.dtype != np.float32 or out.shape != p0.shape or not out.flags.c_contiguous:
+        return False
     k["smooth_detection"](
         p0,
         p0 if p1 is None else p1,
@@ -177,8 +174,6 @@ def smooth_detection(
         int(shift[0]),
         int(shift[1]),
         np.ascontiguousarray(half_kernel, dtype=np.float32),
-        det,
-        mid,
         out,
     )
     return True

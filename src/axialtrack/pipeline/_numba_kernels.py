@@ -145,6 +145,40 @@ def gather_windows(
 
 
 @jit
+def _detection_row(
+    p0: np.ndarray,
+    p1: np.ndarray,
+    use_p1: bool,
+    sx: int,
+    sy: int,
+    y: int,
+    d: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Row ``y`` of the detection image into ``d``: ``p0``, or ``p0`` plus
+    ``p1`` moved by the whole pixels ``(sx, sy)`` (``2 p0`` where the moved
+    plane 1 does not reach)."""
+    h, w = p0.shape
+    a = p0[y]
+    if not use_p1:
+        for x in range(w):
+            d[x] = np.float32(a[x])
+        return
+    xs = max(0, -sx)
+    xe = min(w, w - sx)
+    if 0 <= y + sy < h and xs < xe:
+        b = p1[y + sy, xs + sx : xe + sx]
+        for x in range(xs):
+            d[x] = np.float32(a[x]) + np.float32(a[x])
+        for x in range(xe - xs):
+            d[xs + x] = np.float32(a[xs + x]) + np.float32(b[x])
+        for x in range(xe, w):
+            d[x] = np.float32(a[x]) + np.float32(a[x])
+    else:
+        for x in range(w):
+            d[x] = np.float32(a[x]) + np.float32(a[x])
+
+
+@jit
 def smooth_detection(
     p0: np.ndarray,
     p1: np.ndarray,
@@ -152,68 +186,44 @@ def smooth_detection(
     sx: int,
     sy: int,
     half_kernel: np.ndarray,
-    det: np.ndarray,
-    mid: np.ndarray,
     out: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
     """The detection image smoothed with a separable Gaussian, edges replicated.
 
-    The detection image ``det`` is ``p0``, or ``p0 + p1`` moved by the whole
-    pixels ``(sx, sy)`` (``2 p0`` where the moved plane 1 does not reach);
-    then a vertical pass into ``mid`` and a horizontal pass into ``out``
-    (``half_kernel``: taps ``0..r``), each an inner loop along rows.
+    Streams over the rows: the ``2 r + 1`` detection-image rows the vertical
+    pass needs are kept in a ring (row ``j`` in slot ``j mod (2 r + 1)``; rows
+    past the edges read the edge row, always in the ring), so the planes are
+    read once and ``out`` written once. Each pass is an inner loop along a row
+    (these vectorize); the horizontal pass reads an edge-padded copy of the
+    row (``half_kernel``: taps ``0..r``).
     """
     h, w = p0.shape
     r = half_kernel.shape[0] - 1
-    if use_p1:
-        ys = max(0, -sy)
-        ye = min(h, h - sy)
-        xs = max(0, -sx)
-        xe = min(w, w - sx)
-        if ys >= ye or xs >= xe:
-            ys = ye = xs = xe = 0
-        for y in range(h):
-            a = p0[y]
-            d = det[y]
-            if ys <= y < ye:
-                b = p1[y + sy, xs + sx : xe + sx]
-                for x in range(xs):
-                    d[x] = np.float32(a[x]) + np.float32(a[x])
-                for x in range(xe - xs):
-                    d[xs + x] = np.float32(a[xs + x]) + np.float32(b[x])
-                for x in range(xe, w):
-                    d[x] = np.float32(a[x]) + np.float32(a[x])
-            else:
-                for x in range(w):
-                    d[x] = np.float32(a[x]) + np.float32(a[x])
-    else:
-        for y in range(h):
-            a = p0[y]
-            d = det[y]
-            for x in range(w):
-                d[x] = np.float32(a[x])
+    n = 2 * r + 1
+    ring = np.empty((n, w), np.float32)
+    vrow = np.empty(w, np.float32)
+    buf = np.empty(w + 2 * r, np.float32)
+    for j in range(min(r + 1, h)):
+        _detection_row(p0, p1, use_p1, sx, sy, j, ring[j % n])
     k0 = half_kernel[0]
     for y in range(h):
+        if y > 0 and y + r < h:
+            _detection_row(p0, p1, use_p1, sx, sy, y + r, ring[(y + r) % n])
+        c = ring[y % n]
         for x in range(w):
-            mid[y, x] = k0 * det[y, x]
+            vrow[x] = k0 * c[x]
         for t in range(1, r + 1):
             kt = half_kernel[t]
-            ya = max(y - t, 0)
-            yb = min(y + t, h - 1)
+            lo = ring[max(y - t, 0) % n]
+            hi = ring[min(y + t, h - 1) % n]
             for x in range(w):
-                mid[y, x] += kt * (det[ya, x] + det[yb, x])
-    # horizontal: each row copied into an edge-padded buffer, then whole-row
-    # loops over shifted slices (these vectorize; indexing the row with
-    # clamped offsets did not)
-    buf = np.empty(w + 2 * r, np.float32)
-    for y in range(h):
-        row = mid[y]
-        o = out[y]
+                vrow[x] += kt * (lo[x] + hi[x])
         for x in range(w):
-            buf[x + r] = row[x]
+            buf[x + r] = vrow[x]
         for x in range(r):
-            buf[x] = row[0]
-            buf[w + r + x] = row[w - 1]
+            buf[x] = vrow[0]
+            buf[w + r + x] = vrow[w - 1]
+        o = out[y]
         for x in range(w):
             o[x] = k0 * buf[x + r]
         for t in range(1, r + 1):

@@ -677,8 +677,6 @@ def detect(
             None if config.source == "plane0" else planes[1],
             shift,
             k,
-            _BUF.get("det", (h, w), np.float32),
-            _BUF.get("mid", (h, w), np.float32),
             sm,
         )
     if not compiled:
