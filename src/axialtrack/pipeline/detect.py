@@ -5,20 +5,21 @@ registration (``source="sum"``: a particle in focus in either plane is found). I
 smoothed with a separable Gaussian, a smooth background map is subtracted, and the
 local maxima above a threshold in photons are the detections.
 
-On one CPU core a 2 x 512 x 512 frame takes ~1.5-2 ms (see
-``benchmarks/bench_detect.py``):
+On one CPU core a 2 x 512 x 512 frame takes ~1.1 ms with the compiled kernels,
+~2 ms without (see ``benchmarks/bench_detect.py``):
 
 - detection image and smoothing: with numba (:mod:`._kernels`) and a
-  whole-pixel registration, one compiled call builds the detection image from
-  the uint16 planes and smooths it with the separable truncated Gaussian (a
-  vertical pass, then a horizontal pass over edge-padded rows; ~0.5 ms, the
-  GIL released). Otherwise the detection image is written straight into an
-  edge-padded float32 buffer (bilinear resampling of plane 1 for a
-  non-integer registration) and smoothed by two depthwise convolutions in a
-  small onnxruntime graph (one thread, one session per shape), the padded
-  image cut into 16 overlapping strips of rows, one per channel, so
-  onnxruntime takes its vectorized blocked-channel path (~3x faster than
-  numpy shifted slices; those remain the last fallback);
+  whole-pixel registration, one compiled call streams over the rows, building
+  the detection image from the uint16 planes and smoothing it with the
+  separable truncated Gaussian (a vertical pass over a ring of rows, then a
+  horizontal pass over the edge-padded row; the GIL released). Otherwise the
+  detection image is written straight into an edge-padded float32 buffer
+  (bilinear resampling of plane 1 for a non-integer registration) and
+  smoothed by two depthwise convolutions in a small onnxruntime graph (one
+  thread, one session per shape), the padded image cut into 16 overlapping
+  strips of rows, one per channel, so onnxruntime takes its vectorized
+  blocked-channel path (~3x faster than numpy shifted slices; those remain
+  the last fallback);
 - background: the sigma-clipped mean of each ``background_block_px`` block
   (sub-sampled by 2), both planes at once, order statistics in int32 for 16-bit
   counts; bilinear interpolation only at the peaks;
