@@ -70,17 +70,20 @@ class _Notices(logging.Handler):
         super().__init__(logging.WARNING)
         self.pending: list[tuple[str, str, int, str]] = []
         self._seen: set[tuple[str, str]] = set()
+        self._guard = threading.Lock()  # both stages add, one takes
 
     def add(self, kind: str, name: str, level: int, msg: str) -> None:
-        if (kind, msg) not in self._seen:
-            self._seen.add((kind, msg))
-            self.pending.append((kind, name, level, msg))
+        with self._guard:
+            if (kind, msg) not in self._seen:
+                self._seen.add((kind, msg))
+                self.pending.append((kind, name, level, msg))
 
     def emit(self, record: logging.LogRecord) -> None:
         self.add("log", record.name, record.levelno, record.getMessage())
 
     def take(self) -> list[tuple[str, str, int, str]]:
-        out, self.pending = self.pending, []
+        with self._guard:
+            out, self.pending = self.pending, []
         return out
 
 
@@ -226,9 +229,24 @@ def _serve_overlapped(
             except OSError:  # the parent is gone
                 return
 
+    def guarded(loop: Any) -> Any:
+        def run() -> None:
+            try:
+                loop()
+            except BaseException as exc:  # a bug here: tell the parent, then exit
+                with contextlib.suppress(BaseException):
+                    send(("error", -1, describe(exc)))
+                os._exit(1)
+
+        return run
+
     workers = [
-        threading.Thread(target=prepare_loop, name="child-prepare", daemon=True),
-        threading.Thread(target=complete_loop, name="child-complete", daemon=True),
+        threading.Thread(
+            target=guarded(prepare_loop), name="child-prepare", daemon=True
+        ),
+        threading.Thread(
+            target=guarded(complete_loop), name="child-complete", daemon=True
+        ),
     ]
     for t in workers:
         t.start()
