@@ -29,6 +29,25 @@ def _gauss(
 
 
 @jit
+def _weighted_sums(
+    w: np.ndarray, gx: np.ndarray, gy: np.ndarray, half: int
+) -> tuple[float, float, float]:  # pragma: no cover - compiled
+    """``sum w g``, ``sum w g x`` and ``sum w g y`` over a window, with the
+    separable weight ``g[i, j] = gy[i] gx[j]`` (``x, y`` from the centre)."""
+    k = w.shape[0]
+    den = 0.0
+    sx = 0.0
+    sy = 0.0
+    for i in range(k):
+        for j in range(k):
+            v = w[i, j] * gy[i] * gx[j]
+            den += v
+            sx += v * (j - half)
+            sy += v * (i - half)
+    return den, sx, sy
+
+
+@jit
 def fit_windows(
     img: np.ndarray,
     fit: bool,
@@ -82,15 +101,7 @@ def fit_windows(
             for _ in range(n_iter):
                 _gauss(gx, x, half, inv2s2)
                 _gauss(gy, y, half, inv2s2)
-                den = 0.0
-                sx = 0.0
-                sy = 0.0
-                for i in range(k):
-                    for j in range(k):
-                        v = w[i, j] * gy[i] * gx[j]
-                        den += v
-                        sx += v * (j - half)
-                        sy += v * (i - half)
+                den, sx, sy = _weighted_sums(w, gx, gy, half)
                 if den > 0.0:
                     x = sx / den
                     y = sy / den
@@ -101,16 +112,15 @@ def fit_windows(
             ):
                 x = cx
                 y = cy
+        # least-squares amplitude of the Gaussian at the estimate
         _gauss(gx, x, half, inv2s2)
         _gauss(gy, y, half, inv2s2)
-        num = 0.0
+        num = _weighted_sums(w, gx, gy, half)[0]
         gx2 = 0.0
         gy2 = 0.0
         for i in range(k):
             gx2 += gx[i] * gx[i]
             gy2 += gy[i] * gy[i]
-            for j in range(k):
-                num += w[i, j] * gy[i] * gx[j]
         amp[m] = num / max(gx2 * gy2, 1e-12)
         good[m] = ok_tot
         xy[m, 0] = x if ok_tot else 0.0
