@@ -1,10 +1,11 @@
 """Compiled loops of the live analysis (numba), with the numpy code as fallback.
 
-The per-localization XY fit works on a few hundred 7 x 7 windows per batch:
-as whole-array numpy expressions each step is a separate pass with its own
-call overhead, holding the GIL between calls. A numba loop over the windows
-does the same arithmetic in one pass and releases the GIL, so the two stages
-of the analysis process overlap.
+Detection (the detection image and its smoothing, the local-maximum test) and
+the sub-pixel XY fit (a few hundred 7 x 7 windows per batch) run as whole-array
+numpy expressions in many passes, each with its own call overhead and holding
+the GIL between calls. These numba loops do the same arithmetic in one pass
+each and release the GIL, so the two stages of the analysis process (or the
+analysis and camera threads) overlap.
 
 ``numba`` is imported lazily on first use; where it is missing, fails to
 compile, or ``AXIALTRACK_NO_NUMBA=1`` is set, :func:`available` is false and

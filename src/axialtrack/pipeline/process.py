@@ -493,6 +493,8 @@ class AnalysisProcess:
                 if seq in self._results:
                     return self._results.pop(seq)
                 msg = self._pump(0.5, f"analyzing batch {seq}")
+            if msg is not None and msg[0] == "error":  # the child failed as a whole
+                raise self._child_error(msg[2])
             if msg is not None:  # pragma: no cover - protocol guard
                 raise AnalysisProcessError(
                     f"unexpected message {msg[0]!r} from the analysis process"
