@@ -462,6 +462,18 @@ def test_batched_frames_equal_one_by_one(coverslip_stack: tuple) -> None:
     )
     pd.testing.assert_frame_equal(batched, single)
     assert sorted(set(batched["frame"])) == list(frames)
+    # the frames of a batch detected side by side in threads: the same rows
+    threaded = Localizer(
+        FakeEngine(),
+        plane_shape=r.plane_shape,
+        pixel_size_um=r.pixel_size_um,
+        affine=r.affine,
+        config=LocalizerConfig(detect_threads=3),
+    )
+    pd.testing.assert_frame_equal(
+        threaded.localize(planes, frames, t, stage_z, stage_xy_um=xy), batched
+    )
+    assert threaded._pool is not None  # the threads did the detection
     # a frame without a stage position: relative to the field centre
     f1 = batched[batched["frame"] == 11]
     np.testing.assert_allclose(

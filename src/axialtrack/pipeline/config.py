@@ -150,6 +150,11 @@ class LocalizerConfig(BaseModel):
         weight can widen to the defocused spot; ``None``: no refit.
     defocus_fit_size_px
         Window of that refit (odd, at most the crop size).
+    detect_threads
+        Threads that detect the frames of one batch side by side (the compiled
+        detection releases the GIL). ``1``: one frame after another, right for
+        a few cores shared with the camera and writer; on a many-core machine
+        feeding a GPU, more keep detection off the critical path.
     range_margin_um
         A localization is flagged ``in_range`` when its ``dz_um`` lies inside the
         model's calibrated range (the bundle's ``z_range_um``, the span of its
@@ -172,6 +177,7 @@ class LocalizerConfig(BaseModel):
     range_margin_um: float = Field(0.0, ge=0.0)
     defocus_refit_um: float | None = Field(0.35, ge=0.0)
     defocus_fit_size_px: int = Field(15, ge=3, le=63)
+    detect_threads: int = Field(1, ge=1, le=64)
 
     @field_validator("fit_size_px", "defocus_fit_size_px")
     @classmethod
