@@ -38,7 +38,7 @@ Usage::
 
     python benchmarks/bench_live.py [--quick] [--bundle B.axialmodel]
         [--frames 600] [--size 512] [--particles 100] [--rates 100 200 0]
-        [--device cpu|gpu] [--engine auto]
+        [--device cpu|gpu] [--engine auto] [--detect-threads N]
 """
 
 from __future__ import annotations
@@ -329,13 +329,16 @@ def live_run(
     engine: str,
     runner_kw: dict[str, Any] | None = None,
     analysis_process: bool = True,
+    detect_threads: int = 1,
 ) -> tuple[dict[str, Any], Path]:
     """One replay -> runner -> writer + analyzer run; metrics and the run path.
 
     ``analysis_process``: analyze in a child process (:class:`AnalysisProcess`,
     the default of ``axialtrack live``) or in threads of this one.
+    ``detect_threads``: :attr:`LocalizerConfig.detect_threads`.
     """
     from axialtrack.pipeline import AnalysisProcess, make_analyzer
+    from axialtrack.pipeline.config import LocalizerConfig
     from axialtrack.pipeline.runner import (
         CoreSource,
         LiveRunner,
@@ -361,6 +364,7 @@ def live_run(
         "geometry": geo,
         "frame_interval_s": FRAME_S,
         "engine_prefer": engine,
+        "localizer": LocalizerConfig(detect_threads=detect_threads),
     }
     analyzer: Any
     if analysis_process:
@@ -628,10 +632,11 @@ def _truth_on_tracks(
 
 
 def offline_pass(
-    movie: Path, bundle: Path, engine: str, batch: int = 8
+    movie: Path, bundle: Path, engine: str, batch: int = 8, detect_threads: int = 1
 ) -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
     """Every frame through the same analyzer (no camera, no writer, no skipping)."""
     from axialtrack.pipeline import make_analyzer
+    from axialtrack.pipeline.config import LocalizerConfig
     from axialtrack.rig import load_rig, splitter_geometry
     from axialtrack.store import FrameMeta, open_run
 
@@ -658,6 +663,7 @@ def offline_pass(
         geometry=geo,
         frame_interval_s=FRAME_S,
         engine_prefer=engine,
+        localizer=LocalizerConfig(detect_threads=detect_threads),
     )
     out = []
     t0 = time.perf_counter()
@@ -787,6 +793,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--batch", type=int, default=None, help="runner max_batch_frames")
     ap.add_argument(
+        "--detect-threads",
+        type=int,
+        default=None,
+        help="LocalizerConfig.detect_threads (cpu: 1; gpu: half the cores, at most 8)",
+    )
+    ap.add_argument(
         "--analysis",
         nargs="+",
         choices=["process", "threads"],
@@ -803,6 +815,9 @@ def main(argv: list[str] | None = None) -> int:
     rates = args.rates or ([100.0, 0.0] if args.quick else [100.0, 200.0, 0.0])
     engine = args.engine or ("onnxruntime" if args.device == "cpu" else "auto")
     tp_frames = args.trackpy_frames or min(args.frames, 50 if args.quick else 150)
+    detect_threads = args.detect_threads or (
+        1 if args.device == "cpu" else max(1, min(8, (os.cpu_count() or 2) // 2))
+    )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     t_all = time.perf_counter()
 
@@ -847,6 +862,7 @@ def main(argv: list[str] | None = None) -> int:
                 engine,
                 runner_kw,
                 analysis_process=mode == "process",
+                detect_threads=detect_threads,
             )
             res["accuracy"] = run_accuracy(
                 path, truth, z_range, args.min_track_length, ax_scale
@@ -862,7 +878,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out_dir, ignore_errors=True)
 
     log("offline pass: every frame through the same analyzer")
-    off, off_locs, off_frames = offline_pass(movie, bundle, engine)
+    off, off_locs, off_frames = offline_pass(
+        movie, bundle, engine, detect_threads=detect_threads
+    )
     off["accuracy"] = accuracy(
         off_locs, off_frames, truth, z_range, args.min_track_length, ax_scale
     )
@@ -953,6 +971,7 @@ def main(argv: list[str] | None = None) -> int:
             "replay camera (replay-dualplane.cfg, Preload=1, Loop=0) via CoreSource"
         ),
         "writer": "RunWriter, uncompressed, raw frames on",
+        "detect_threads": detect_threads,
         "movie": movie_info,
         "bundle": str(bundle),
         "calibration": (
