@@ -462,6 +462,94 @@ def test_crash_sigkill_recovers_committed_data(tmp_path: Path) -> None:
 # ---------------------------------------------------- full disk, unwritable
 
 
+@pytest.mark.parametrize("direct_io", [True, False])
+def test_direct_io_frames_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct_io: bool
+) -> None:
+    """Uncompressed frames of a whole number of 4 KiB go to disk with O_DIRECT
+    (where the file system takes it); other sizes and compressed chunks through
+    the page cache. The bytes read back are the same either way."""
+    from axialtrack.store import _sinks
+
+    calls: list[tuple[str, bool]] = []
+    real = _sinks.atomic_write
+
+    def spy(path: str, data: Any, *, direct: bool = False) -> int:
+        calls.append((path, direct))
+        return real(path, data, direct=direct)
+
+    def frame_writes(store: Path) -> list[bool]:
+        chunks = os.fspath(store / "frames" / "0") + os.sep
+        return [d for p, d in calls if p.startswith(chunks)]
+
+    monkeypatch.setattr(_sinks, "atomic_write", spy)
+    h, w = 32, 32  # 2 x 32 x 32 x 2 bytes = 4 KiB per frame
+    # one I/O thread: a refusal is met by exactly one write
+    opts = FAST.model_copy(update={"direct_io": direct_io, "io_threads": 1})
+    frames = [make_frame(i, h, w) for i in range(12)]
+    with RunWriter(
+        tmp_path / "a.zarr",
+        kind="live",
+        plane_shape=(h, w),
+        pixel_size_um=0.1,
+        options=opts,
+    ) as wr:
+        for i, f in enumerate(frames):
+            wr.append_frame(f, make_meta(i))
+        files = wr._sink._files  # type: ignore[attr-defined]
+    used = files.direct_io  # after close: every frame is written
+    run = open_run(tmp_path / "a.zarr")
+    np.testing.assert_array_equal(run.frames[:], np.stack(frames))
+    frame_calls = frame_writes(tmp_path / "a.zarr")
+    assert len(frame_calls) >= 12
+    if not direct_io:
+        assert not any(frame_calls)
+    elif used:  # the file system took O_DIRECT: every frame went that way
+        assert frame_calls.count(True) >= 12
+    else:  # refused at the first frame, then through the page cache
+        assert frame_calls.count(True) == 1
+    # a frame size that is not a whole number of 4 KiB: through the page cache
+    _write_run(tmp_path / "b.zarr", 5, batches=False, options=opts)
+    _check_frames(open_run(tmp_path / "b.zarr"), 5)
+    assert len(frame_writes(tmp_path / "b.zarr")) == 5
+    assert not any(frame_writes(tmp_path / "b.zarr"))
+
+
+def test_direct_io_refused_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from axialtrack.store import _sinks
+
+    real = _sinks.atomic_write
+    tries: list[bool] = []
+
+    def refuse(path: str, data: Any, *, direct: bool = False) -> int:
+        tries.append(direct)
+        if direct:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(path, data)
+
+    monkeypatch.setattr(_sinks, "atomic_write", refuse)
+    h, w = 32, 32
+    frames = [make_frame(i, h, w) for i in range(6)]
+    with RunWriter(
+        tmp_path / "c.zarr",
+        kind="live",
+        plane_shape=(h, w),
+        pixel_size_um=0.1,
+        options=FAST.model_copy(update={"io_threads": 1}),
+    ) as wr:
+        for i, f in enumerate(frames):
+            wr.append_frame(f, make_meta(i))
+        files = wr._sink._files  # type: ignore[attr-defined]
+    assert files.direct_io is False
+    assert tries.count(True) == 1  # tried once, then never again
+    got = open_run(tmp_path / "c.zarr").frames[:]
+    np.testing.assert_array_equal(got, np.stack(frames))
+
+
 def _mount_tmpfs(path: Path, size: str, ro: bool = False) -> None:
     path.mkdir()
     opts = f"size={size}" + (",ro" if ro else "")

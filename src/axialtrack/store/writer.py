@@ -51,7 +51,7 @@ import zarr
 from pydantic import BaseModel, ConfigDict, Field
 from zarr.storage import LocalStore
 
-from axialtrack.store._sinks import Backend, FrameSink, make_sink
+from axialtrack.store._sinks import DIRECT_ALIGN, Backend, FrameSink, make_sink
 from axialtrack.store._tables import ColumnTable, round_up, shrink
 from axialtrack.store.errors import (
     InvalidFrameError,
@@ -129,6 +129,12 @@ class WriterOptions(BaseModel):
     max_pending_rows
         Localization rows that may wait in memory; beyond, ``append_localizations``
         waits (or raises) like ``append_frame`` does.
+    direct_io
+        Write uncompressed frame chunks whose size is a multiple of 4 KiB with
+        ``O_DIRECT`` (``"direct"`` backend, where the OS and file system allow
+        it): straight from the frame pool to the disk, without a copy into the
+        page cache. Compressed chunks, other sizes and file systems that refuse
+        it go through the page cache as before.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -145,6 +151,7 @@ class WriterOptions(BaseModel):
     table_chunk: int = Field(16384, ge=1)
     table_flush_interval_s: float = Field(0.25, gt=0)
     max_pending_rows: int = Field(2_000_000, ge=1)
+    direct_io: bool = True
 
 
 @dataclass(frozen=True)
@@ -527,7 +534,14 @@ class RunWriter:
 
         frame_bytes = int(np.prod(self.frame_shape)) * 2
         n_slots = max(2, int(opts.queue_mb * 1e6 // frame_bytes))
-        self._pool = np.empty((n_slots, *self.frame_shape), dtype="<u2")
+        # page-aligned, so that whole frames can go to disk with direct I/O
+        raw = np.empty(n_slots * frame_bytes + DIRECT_ALIGN, dtype=np.uint8)
+        off = -raw.ctypes.data % DIRECT_ALIGN
+        self._pool = (
+            raw[off : off + n_slots * frame_bytes]
+            .view("<u2")
+            .reshape(n_slots, *self.frame_shape)
+        )
         # LIFO: the most recently written buffer is reused first, so a writer that
         # keeps up touches (and page-faults) only a few buffers of the pool.
         self._free: queue.LifoQueue[int] = queue.LifoQueue()
@@ -628,6 +642,7 @@ class RunWriter:
             self._frames_arr,
             self.path / FRAMES / FRAME_ARRAY,
             chunk_encoder(self.compression, opts.compression_level),
+            direct_io=opts.direct_io,
         )
 
     @staticmethod
