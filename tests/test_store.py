@@ -483,6 +483,8 @@ def test_direct_io_frames_read_back(
         return [d for p, d in calls if p.startswith(chunks)]
 
     monkeypatch.setattr(_sinks, "atomic_write", spy)
+    # as on a local disk, whatever holds tmp_path here (a refusal is handled)
+    monkeypatch.setattr(_sinks, "filesystem_type", lambda path: "ext4")
     h, w = 32, 32  # 2 x 32 x 32 x 2 bytes = 4 KiB per frame
     # one I/O thread: a refusal is met by exactly one write
     opts = FAST.model_copy(update={"direct_io": direct_io, "io_threads": 1})
@@ -532,6 +534,7 @@ def test_direct_io_refused_falls_back(
         return real(path, data)
 
     monkeypatch.setattr(_sinks, "atomic_write", refuse)
+    monkeypatch.setattr(_sinks, "filesystem_type", lambda path: "ext4")
     h, w = 32, 32
     frames = [make_frame(i, h, w) for i in range(6)]
     with RunWriter(
@@ -548,6 +551,19 @@ def test_direct_io_refused_falls_back(
     assert tries.count(True) == 1  # tried once, then never again
     got = open_run(tmp_path / "c.zarr").frames[:]
     np.testing.assert_array_equal(got, np.stack(frames))
+
+
+def test_direct_io_only_on_local_disks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from axialtrack.store import _sinks
+
+    assert _sinks.filesystem_type("/proc/self") == "proc"
+    arr = zarr.create_array(tmp_path / "a", shape=(4,), chunks=(1,), dtype="u2")
+    for fs, want in (("nfs4", False), ("fuse.sshfs", False), ("xfs", True)):
+        monkeypatch.setattr(_sinks, "filesystem_type", lambda path, fs=fs: fs)
+        files = _sinks.ChunkFiles(arr, tmp_path / "a", lambda c: c, direct_io=True)
+        assert files.direct_io is (want and _sinks._O_DIRECT != 0), fs
 
 
 def _mount_tmpfs(path: Path, size: str, ro: bool = False) -> None:

@@ -19,11 +19,13 @@ import zarr
 
 __all__ = [
     "BACKENDS",
+    "DIRECT_FILESYSTEMS",
     "Backend",
     "ChunkFiles",
     "FrameSink",
     "atomic_write",
     "direct_ok",
+    "filesystem_type",
     "make_sink",
 ]
 
@@ -37,6 +39,30 @@ _O_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
 #: block size of common file systems divides it)
 DIRECT_ALIGN = 4096
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+#: file systems on local block devices, where direct I/O saves CPU without
+#: slowing the writes down much (network file systems and FUSE are left to the
+#: page cache: there every direct write waits for the server)
+DIRECT_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs"})
+
+
+def filesystem_type(path: str | os.PathLike[str]) -> str | None:
+    """The type of the file system holding ``path`` (Linux: from
+    ``/proc/self/mounts``, the longest mount point above it), or ``None``."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            mounts = [line.split()[1:3] for line in f if line.strip()]
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for point, fstype in mounts:
+        point = point.replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fstype
+    return kind
 
 
 def direct_ok(data: Any) -> bool:
@@ -112,7 +138,11 @@ class ChunkFiles:
         self._dir = os.fspath(directory)
         self._encode = encode
         self._made: set[str] = set()
-        self.direct_io = bool(direct_io) and _O_DIRECT != 0
+        self.direct_io = (
+            bool(direct_io)
+            and _O_DIRECT != 0
+            and filesystem_type(self._dir) in DIRECT_FILESYSTEMS
+        )
 
     def write(self, coords: tuple[int, ...], chunk: np.ndarray) -> int:
         """Encode and write the chunk at grid position ``coords``; return its size.

@@ -133,8 +133,9 @@ class WriterOptions(BaseModel):
         Write uncompressed frame chunks whose size is a multiple of 4 KiB with
         ``O_DIRECT`` (``"direct"`` backend, where the OS and file system allow
         it): straight from the frame pool to the disk, without a copy into the
-        page cache. Compressed chunks, other sizes and file systems that refuse
-        it go through the page cache as before.
+        page cache. Compressed chunks, other sizes, file systems other than
+        local-disk ones (ext4, XFS, btrfs, ...; not network file systems) and
+        file systems that refuse it go through the page cache as before.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
