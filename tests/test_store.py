@@ -462,6 +462,18 @@ def test_crash_sigkill_recovers_committed_data(tmp_path: Path) -> None:
 # ---------------------------------------------------- full disk, unwritable
 
 
+def _frames_through(path: Path, frames: list[np.ndarray], opts: WriterOptions) -> Any:
+    """Write ``frames`` to a new run; the frame sink's ``ChunkFiles`` after close."""
+    h, w = frames[0].shape[1:]
+    with RunWriter(
+        path, kind="live", plane_shape=(h, w), pixel_size_um=0.1, options=opts
+    ) as wr:
+        for i, f in enumerate(frames):
+            wr.append_frame(f, make_meta(i))
+        files = wr._sink._files  # type: ignore[attr-defined]
+    return files
+
+
 @pytest.mark.parametrize("direct_io", [True, False])
 def test_direct_io_frames_read_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct_io: bool
@@ -489,17 +501,7 @@ def test_direct_io_frames_read_back(
     # one I/O thread: a refusal is met by exactly one write
     opts = FAST.model_copy(update={"direct_io": direct_io, "io_threads": 1})
     frames = [make_frame(i, h, w) for i in range(12)]
-    with RunWriter(
-        tmp_path / "a.zarr",
-        kind="live",
-        plane_shape=(h, w),
-        pixel_size_um=0.1,
-        options=opts,
-    ) as wr:
-        for i, f in enumerate(frames):
-            wr.append_frame(f, make_meta(i))
-        files = wr._sink._files  # type: ignore[attr-defined]
-    used = files.direct_io  # after close: every frame is written
+    used = _frames_through(tmp_path / "a.zarr", frames, opts).direct_io
     run = open_run(tmp_path / "a.zarr")
     np.testing.assert_array_equal(run.frames[:], np.stack(frames))
     frame_calls = frame_writes(tmp_path / "a.zarr")
@@ -537,16 +539,8 @@ def test_direct_io_refused_falls_back(
     monkeypatch.setattr(_sinks, "filesystem_type", lambda path: "ext4")
     h, w = 32, 32
     frames = [make_frame(i, h, w) for i in range(6)]
-    with RunWriter(
-        tmp_path / "c.zarr",
-        kind="live",
-        plane_shape=(h, w),
-        pixel_size_um=0.1,
-        options=FAST.model_copy(update={"io_threads": 1}),
-    ) as wr:
-        for i, f in enumerate(frames):
-            wr.append_frame(f, make_meta(i))
-        files = wr._sink._files  # type: ignore[attr-defined]
+    opts = FAST.model_copy(update={"io_threads": 1})
+    files = _frames_through(tmp_path / "c.zarr", frames, opts)
     assert files.direct_io is False
     assert tries.count(True) == 1  # tried once, then never again
     got = open_run(tmp_path / "c.zarr").frames[:]

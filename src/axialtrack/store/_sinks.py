@@ -124,6 +124,9 @@ class ChunkFiles:
         The array's directory.
     encode
         Chunk array -> bytes of the chunk file.
+    direct_io
+        Write chunks that :func:`direct_ok` allows with ``O_DIRECT``, on the file
+        systems of :data:`DIRECT_FILESYSTEMS` (see :meth:`write`).
     """
 
     def __init__(
