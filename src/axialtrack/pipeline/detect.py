@@ -617,8 +617,7 @@ def _candidates(
     rows, cols = np.divmod(idx, w)
     if m > 0:
         rows += m
-    # maxima of the smoothed image (the smooth background does not move them),
-    # then the exact threshold above the local background
+    # maxima of the smoothed image (the smooth background does not move them)
     is_max = _local_maxima(sm, rows, cols, radius)
     return rows[is_max], cols[is_max]
 
@@ -704,9 +703,9 @@ def detect(
         )
         noise = 1.4826 * float(np.median(np.abs(sub - np.median(sub))))
         thr = max(thr, config.threshold_sigma * noise)
-    # candidates: above the threshold over the lowest background, and not below
-    # their left and right neighbours (the first of the maximum tests, done on
-    # the whole rows: it leaves far fewer pixels for the sparse tests)
+    # maxima of the smoothed image above the threshold over the lowest
+    # background (compiled, or numpy in _candidates), then the exact threshold
+    # above the local background
     m = int(margin_px)
     if h - 2 * m <= 0 or w - 2 * m <= 0:
         return Detections.empty()

@@ -204,15 +204,8 @@ class DirectSink(FrameSink):
 
     name = "direct"
 
-    def __init__(
-        self,
-        array: zarr.Array,
-        directory: Path,
-        encode: Callable,
-        *,
-        direct_io: bool = False,
-    ) -> None:
-        self._files = ChunkFiles(array, directory, encode, direct_io=direct_io)
+    def __init__(self, files: ChunkFiles) -> None:
+        self._files = files
 
     def write(self, index: int, frame: np.ndarray) -> int:
         return self._files.write((index, 0, 0, 0), frame)
@@ -269,7 +262,7 @@ def make_sink(
     """The frame sink of ``backend`` for ``array`` stored in ``directory``
     (``direct_io``: see :class:`ChunkFiles`; the ``"direct"`` backend only)."""
     if backend == "direct":
-        return DirectSink(array, directory, encode, direct_io=direct_io)
+        return DirectSink(ChunkFiles(array, directory, encode, direct_io=direct_io))
     if backend == "zarr":
         return ZarrSink(array)
     if backend == "tensorstore":
