@@ -14,6 +14,7 @@ from scipy.spatial import cKDTree
 from axialtrack.calibrate.beads import crop_stack
 from axialtrack.geometry import SplitterGeometry, apply_affine, split_frame
 from axialtrack.model import Bundle, load_bundle
+from axialtrack.pipeline import localize as localize_module
 from axialtrack.pipeline.config import (
     CameraCalibration,
     DetectionConfig,
@@ -437,7 +438,9 @@ def test_z_accuracy_with_sim_bundle(sim_bundle: Path, coverslip_stack: tuple) ->
     assert loc.timings["infer"] > 0
 
 
-def test_batched_frames_equal_one_by_one(coverslip_stack: tuple) -> None:
+def test_batched_frames_equal_one_by_one(
+    coverslip_stack: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
     r, planes, _, stage_z, sxy = coverslip_stack
     engine = FakeEngine()
     loc = Localizer(
@@ -474,6 +477,20 @@ def test_batched_frames_equal_one_by_one(coverslip_stack: tuple) -> None:
         threaded.localize(planes, frames, t, stage_z, stage_xy_um=xy), batched
     )
     assert threaded._pool is not None  # the threads did the detection
+    # the XY fit in runs in the threads (175 localizations: two runs of at
+    # least 64)
+    monkeypatch.setattr(localize_module, "_MIN_RUN", 64)
+    runs = Localizer(
+        FakeEngine(),
+        plane_shape=r.plane_shape,
+        pixel_size_um=r.pixel_size_um,
+        affine=r.affine,
+        config=LocalizerConfig(detect_threads=2),
+    )
+    assert len(runs._chunks(len(batched))) == 2
+    pd.testing.assert_frame_equal(
+        runs.localize(planes, frames, t, stage_z, stage_xy_um=xy), batched
+    )
     # a frame without a stage position: relative to the field centre
     f1 = batched[batched["frame"] == 11]
     np.testing.assert_allclose(

@@ -151,10 +151,13 @@ class LocalizerConfig(BaseModel):
     defocus_fit_size_px
         Window of that refit (odd, at most the crop size).
     detect_threads
-        Threads that detect the frames of one batch side by side (the compiled
-        detection releases the GIL). ``1``: one frame after another, right for
-        a few cores shared with the camera and writer; on a many-core machine
-        feeding a GPU, more keep detection off the critical path.
+        Threads for the CPU work of a batch (the compiled kernels release the
+        GIL): its frames are detected side by side, and the sub-pixel XY fit of
+        a batch with many localizations is split in runs (at least 256 each).
+        The results are the same for any number. ``1``: all in the calling
+        thread, right for a few cores shared with the camera and writer; on a
+        many-core machine feeding a GPU, more keep detection off the critical
+        path.
     range_margin_um
         A localization is flagged ``in_range`` when its ``dz_um`` lies inside the
         model's calibrated range (the bundle's ``z_range_um``, the span of its

@@ -25,6 +25,7 @@ focus in plane 0.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import warnings
@@ -88,6 +89,10 @@ class EngineLike(Protocol):
 
 
 # ---------------------------------------------------------------- coordinates
+# the fewest localizations per thread of the XY fit (see Localizer._chunks)
+_MIN_RUN = 256
+
+
 def _stage_xy(stage_xy_um: Any, n: int) -> np.ndarray:
     if stage_xy_um is None:
         return np.zeros((n, 2))
@@ -625,32 +630,37 @@ class Localizer:
         both = cfg.xy_planes == "both" and bool(np.all(np.isfinite(bg1_ph)))
 
         # 2. sub-pixel XY before cropping (crops centre on the rounded position)
-        if self.xy_method in ("fit", "centroid"):
-            xy0 = refine_xy(
+        bg1_adu = bg1_ph / cam.photons_per_adu + cam.offset_adu if both else None
+        chunks = self._chunks(peaks.shape[0])
+
+        def refine(sl: slice) -> np.ndarray:
+            return refine_xy(
                 arr,
-                fi,
-                peaks,
-                bg_adu,
+                fi[sl],
+                peaks[sl],
+                bg_adu[sl],
                 method=self.xy_method,
                 size=cfg.fit_size_px,
                 sigma_px=cfg.fit_sigma_px,
                 n_iter=cfg.fit_iterations,
                 affine=self.affine if both else None,
-                background1_adu=(
-                    bg1_ph / cam.photons_per_adu + cam.offset_adu if both else None
-                ),
+                background1_adu=None if bg1_adu is None else bg1_adu[sl],
                 offset_adu=cam.offset_adu,
             )
-        else:
+
+        if self.xy_method not in ("fit", "centroid"):
             xy0 = peaks
+        elif len(chunks) == 1:
+            xy0 = refine(chunks[0])
+        else:
+            xy0 = np.concatenate(list(self._detect_pool().map(refine, chunks)))
         t2 = time.perf_counter()
         tm["xy"] += t2 - t1
 
-        # 3. crop pairs
+        # 3. crop pairs (a copy bound by memory: threads do not help)
         pairs, inside = crop_pairs(
             arr, xy0, self.affine, self.crop_size, frame_index=fi
         )
-        bg1_adu = bg1_ph / cam.photons_per_adu + cam.offset_adu if both else None
         if not inside.all():
             pairs, xy0, fi = pairs[inside], xy0[inside], fi[inside]
             bg_ph, bg_adu = bg_ph[inside], bg_adu[inside]
@@ -672,6 +682,14 @@ class Localizer:
             neighbour_px=nn_px,
             background1_adu=bg1_adu,
         )
+
+    def _chunks(self, n: int) -> list[slice]:
+        """The localizations ``0:n`` of a batch in up to ``detect_threads``
+        runs for the XY fit, of at least 256 each: on smaller runs handing the
+        work to a thread costs more than it saves."""
+        parts = max(1, min(self.config.detect_threads, n // _MIN_RUN))
+        edges = [round(i * n / parts) for i in range(parts + 1)]
+        return [slice(a, b) for a, b in itertools.pairwise(edges)]
 
     def _detect_pool(self) -> ThreadPoolExecutor:
         """The threads of :attr:`LocalizerConfig.detect_threads` (made once)."""
