@@ -39,6 +39,12 @@ Usage::
     python benchmarks/bench_live.py [--quick] [--bundle B.axialmodel]
         [--frames 600] [--size 512] [--particles 100] [--rates 100 200 0]
         [--device cpu|gpu] [--engine auto] [--detect-threads N]
+        [--batch N] [--batch-deadline-ms MS] [--store-dir DIR]
+
+``--device gpu`` (the GPU targets: 2x1024x1024, 500 particles, 400 frames/s,
+p99 < 10 ms) needs torch with CUDA and stops at once without it; it defaults to
+rates 400 and unpaced, batches of at most 4 frames, and half the cores (at most 8)
+for the detection threads.
 """
 
 from __future__ import annotations
@@ -759,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         nargs="+",
         default=None,
-        help="replay rates, frames/s; 0 = unpaced (default 100 200 0)",
+        help="replay rates, frames/s; 0 = unpaced (default cpu 100 200 0, gpu 400 0)",
     )
     ap.add_argument(
         "--device",
@@ -791,7 +797,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--queue", type=int, default=None, help="runner analysis_queue_frames"
     )
-    ap.add_argument("--batch", type=int, default=None, help="runner max_batch_frames")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="runner max_batch_frames (default cpu: the runner's 8; gpu 4)",
+    )
+    ap.add_argument(
+        "--batch-deadline-ms",
+        type=float,
+        default=None,
+        help="runner batch_deadline_s in ms (default: the runner's 0, a batch is "
+        "what has arrived when the analysis is ready)",
+    )
+    ap.add_argument(
+        "--store-dir",
+        default=None,
+        help="where the live run stores are written (default: the system's "
+        "temporary folder); at 2x1024x1024 and 400 frames/s the raw frames "
+        "arrive at 1.7 GB/s, so a slow disk shows as raw-writer backlog",
+    )
     ap.add_argument(
         "--detect-threads",
         type=int,
@@ -812,7 +837,23 @@ def main(argv: list[str] | None = None) -> int:
     args.size = args.size or tgt["size"]
     args.particles = args.particles or tgt["particles"]
     args.frames = args.frames or (200 if args.quick else 600)
-    rates = args.rates or ([100.0, 0.0] if args.quick else [100.0, 200.0, 0.0])
+    gpu = args.device == "gpu"
+    default_rates = [tgt["fps_analyzed_min"], 0.0] if gpu else [100.0, 200.0, 0.0]
+    rates = args.rates or ([100.0, 0.0] if args.quick and not gpu else default_rates)
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(
+                "bench_live --device gpu: torch sees no CUDA GPU here "
+                f"(torch {torch.__version__}, CUDA build "
+                f"{torch.version.cuda or 'none'}); run it where a GPU and a CUDA "
+                "build of torch are installed, or use --device cpu",
+                file=sys.stderr,
+            )
+            return 2
+        if args.batch is None:
+            args.batch = 4
     engine = args.engine or ("onnxruntime" if args.device == "cpu" else "auto")
     tp_frames = args.trackpy_frames or min(args.frames, 50 if args.quick else 150)
     detect_threads = args.detect_threads or (
@@ -837,7 +878,7 @@ def main(argv: list[str] | None = None) -> int:
     # focal shift over the particles' depths: D_z in the sample's units
     ax_scale = axial_scale(tuple(movie_info["depth_um"]))
 
-    out_dir = Path(tempfile.mkdtemp(prefix="bench_live_", dir="/tmp"))
+    out_dir = Path(tempfile.mkdtemp(prefix="bench_live_", dir=args.store_dir))
     runs: list[dict[str, Any]] = []
     try:
         for rate, mode in [(r, m) for r in rates for m in args.analysis]:
@@ -850,6 +891,12 @@ def main(argv: list[str] | None = None) -> int:
                 for k, v in (
                     ("analysis_queue_frames", args.queue),
                     ("max_batch_frames", args.batch),
+                    (
+                        "batch_deadline_s",
+                        None
+                        if args.batch_deadline_ms is None
+                        else args.batch_deadline_ms / 1e3,
+                    ),
                 )
                 if v is not None
             }
@@ -971,7 +1018,10 @@ def main(argv: list[str] | None = None) -> int:
             "replay camera (replay-dualplane.cfg, Preload=1, Loop=0) via CoreSource"
         ),
         "writer": "RunWriter, uncompressed, raw frames on",
+        "store_dir": str(out_dir.parent),
         "detect_threads": detect_threads,
+        "max_batch_frames": args.batch,
+        "batch_deadline_ms": args.batch_deadline_ms,
         "movie": movie_info,
         "bundle": str(bundle),
         "calibration": (

@@ -19,14 +19,15 @@ disk. Raw frames are never dropped: if the writer cannot take a frame
 :meth:`LiveRunner.run` raises that error after closing the store, which keeps
 every frame it accepted.
 
-*Analysis* gathers up to ``max_batch_frames`` queued frames (waiting at most
-``batch_deadline_s`` for a batch to fill), calls :meth:`FrameAnalyzer.analyze`,
-hands the localizations to the writer and marks the frames analyzed. With a
-:class:`StagedAnalyzer` it is two threads one batch apart: ``live-detect`` runs
-``prepare`` (detection, crop pairs) on batch *k + 1* while ``live-analyze`` runs
-``complete`` (inference, linking, writing) on batch *k*; both stages spend most
-of their time in code that releases the GIL, so on two cores they overlap. The
-analyzer's ``warmup()``, if it has one, runs before the camera starts.
+*Analysis* takes up to ``max_batch_frames`` queued frames (by default what
+has arrived when it is ready: batches grow only when it falls behind), calls
+:meth:`FrameAnalyzer.analyze`, hands the localizations to the writer and marks
+the frames analyzed. With a :class:`StagedAnalyzer` it is two threads one batch
+apart: ``live-detect`` runs ``prepare`` (detection, crop pairs) on batch
+*k + 1* while ``live-analyze`` runs ``complete`` (inference, linking, writing)
+on batch *k*; both stages spend most of their time in code that releases the
+GIL, so on two cores they overlap. The analyzer's ``warmup()``, if it has one,
+runs before the camera starts.
 
 The thread that calls :meth:`LiveRunner.run` supervises: it stops the run at the
 requested duration, reports :class:`LiveMetrics` to ``on_status`` every
@@ -232,7 +233,11 @@ class RunnerConfig(BaseModel):
         Most frames handed to the analyzer at once.
     batch_deadline_s
         Longest wait for a batch to fill, counted from the arrival of its oldest
-        frame (a backlog is taken at once).
+        frame (a backlog is taken at once). ``0``: a batch is what has arrived
+        when the analysis is ready, so a frame never waits for later ones and
+        batches grow only while the analysis is behind (at 100 frames/s on two
+        cores, latency p50 7 ms against 25 ms with 20 ms, p99 16 against 34 ms,
+        for about 0.5 ms more CPU per frame).
     analysis_queue_frames
         Frames that may wait for analysis; beyond, new frames are skipped.
     status_interval_s
@@ -268,7 +273,7 @@ class RunnerConfig(BaseModel):
 
     ring_frames: int = Field(64, ge=4)
     max_batch_frames: int = Field(8, ge=1)
-    batch_deadline_s: float = Field(0.02, ge=0)
+    batch_deadline_s: float = Field(0.0, ge=0)
     analysis_queue_frames: int = Field(16, ge=1)
     status_interval_s: float = Field(0.5, gt=0)
     stall_timeout_s: float | None = Field(2.0, gt=0)
