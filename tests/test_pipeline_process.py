@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import warnings
 from multiprocessing import shared_memory
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,7 @@ from axialtrack.pipeline import (
     make_analyzer,
     open_live_writer,
 )
+from axialtrack.pipeline import process as process_module
 from axialtrack.rig import splitter_geometry
 from axialtrack.store import FrameMeta, open_run
 
@@ -144,9 +147,18 @@ def test_a_child_error_reaches_the_caller_and_the_child_goes_on(
             proc.analyze(frames[:1, :, :64, :64], [20], metas[:1])
 
 
-def test_a_bundle_for_another_rig_is_refused_before_any_process(
-    sim_bundle: Path,
+def test_a_bundle_for_another_rig_is_refused_and_the_child_stopped(
+    sim_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # the parent checks the bundle while the child builds its analyzer
+    started: list[subprocess.Popen] = []
+    popen = subprocess.Popen
+
+    def spy(*args: Any, **kwargs: Any) -> subprocess.Popen:
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(process_module.subprocess, "Popen", spy)
     with pytest.raises(BundleError, match="plane offset"):
         AnalysisProcess(
             sim_bundle,
@@ -154,6 +166,8 @@ def test_a_bundle_for_another_rig_is_refused_before_any_process(
             pixel_size_um=0.1083,
             geometry=SplitterGeometry(plane_offset_um=0.75),
         )
+    assert len(started) == 1
+    assert started[0].poll() is not None  # stopped before the error was raised
 
 
 def test_a_child_that_dies_stops_the_run_and_keeps_every_frame(

@@ -138,7 +138,8 @@ class AnalysisProcess:
     ------
     axialtrack.model.BundleError
         The bundle is unreadable or does not fit the rig (pixel size, plane
-        offset); checked before the child starts.
+        offset); checked while the child builds its analyzer (the child is
+        stopped).
     AnalysisProcessError
         The child could not build its analyzer (its error and traceback are in
         the message) or did not start within ``start_timeout_s``.
@@ -159,18 +160,6 @@ class AnalysisProcess:
             raise ValueError(f"slots must be >= 2, got {slots}")
         if max_batch_frames < 1:
             raise ValueError(f"max_batch_frames must be >= 1, got {max_batch_frames}")
-        # refuse a bundle that does not fit the rig here, with its own error,
-        # before any process starts
-        from axialtrack.model import load_bundle
-
-        geometry = make_kwargs.get("geometry")
-        load_bundle(
-            bundle_path,
-            expect_pixel_size_um=make_kwargs.get("pixel_size_um"),
-            expect_plane_offset_um=(
-                None if geometry is None else geometry.plane_offset_um
-            ),
-        )
         h, w = (int(v) for v in plane_shape)
         self.plane_shape = (h, w)
         self.max_batch_frames = int(max_batch_frames)
@@ -209,6 +198,18 @@ class AnalysisProcess:
             self._start_child(start_timeout_s)
             self._connection().send(
                 ("init", kwargs, self._shm.name, self._slot_shape, slots)
+            )
+            # refuse a bundle that does not fit the rig here, with its own
+            # error, while the child builds its analyzer (half the start-up)
+            from axialtrack.model import load_bundle
+
+            geometry = make_kwargs.get("geometry")
+            load_bundle(
+                bundle_path,
+                expect_pixel_size_um=make_kwargs.get("pixel_size_um"),
+                expect_plane_offset_um=(
+                    None if geometry is None else geometry.plane_offset_um
+                ),
             )
             info = self._expect("ready", start_timeout_s)
         except BaseException:
