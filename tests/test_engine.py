@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +142,33 @@ def test_prefer_torch_alias_and_unknown(field_bundle: Path) -> None:
     eng.close()
     with pytest.raises(EngineError, match="unknown backend"):
         select_engine(b, "openvino")
+
+
+def test_cuda_probe_asks_torch_only_where_a_driver_loads(
+    field_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from axialtrack.engine import _cuda
+
+    # a driver but no GPU torch can use: torch is asked and says so
+    monkeypatch.setattr(_cuda, "cuda_driver_present", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _cuda.cuda_unavailable() == "no CUDA GPU visible to torch"
+    monkeypatch.undo()
+    if _cuda.cuda_driver_present():
+        pytest.skip("an NVIDIA driver is installed here")
+    # no driver: the onnxruntime engine is chosen (and run) without importing
+    # torch at all
+    code = (
+        "import sys, numpy as np\n"
+        "from axialtrack.engine import select_engine\n"
+        f"eng = select_engine({str(field_bundle)!r})\n"
+        "res = eng.infer(np.full((3, 2, 15, 15), 100, np.uint16), np.zeros((3, 2)))\n"
+        "print(eng.name, len(res.dz_um), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["onnxruntime", "3", "False"]
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the CPU-only error")
@@ -574,3 +603,19 @@ def test_torch_cuda_graphs(field_bundle: Path) -> None:
                 eng.infer(pairs[:n], xy[:n]).dz_um, ref[:n], atol=FP32_TOL_UM
             )
         assert set(eng._graphs) == {16, 64, 256}  # type: ignore[attr-defined]
+
+
+def test_torch_cuda_without_graphs(
+    field_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _need("torch-cuda")
+    pairs, xy = _pairs(100, seed=9)
+    ref = _reference(field_bundle, pairs, xy)[:, 0]
+    monkeypatch.setenv("AXIALTRACK_CUDA_GRAPHS", "0")
+    with select_engine(field_bundle, "torch-cuda") as eng:
+        assert not eng.cuda_graphs  # type: ignore[attr-defined]
+        for n in (3, 100):
+            np.testing.assert_allclose(
+                eng.infer(pairs[:n], xy[:n]).dz_um, ref[:n], atol=FP32_TOL_UM
+            )
+        assert not eng._graphs  # type: ignore[attr-defined]

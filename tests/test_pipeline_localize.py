@@ -681,3 +681,24 @@ def test_analyzer_columns_are_the_rows_of_its_table(coverslip_stack: tuple) -> N
     cols["track_id"][:] = -1
     pd.testing.assert_frame_equal(by_columns.finish(), by_table.finish())
     assert by_columns.n_localizations == by_table.n_localizations == len(table)
+
+
+def test_analyzer_warmup_runs_every_bucket_of_the_engine(
+    coverslip_stack: tuple,
+) -> None:
+    from axialtrack.pipeline import TrackingAnalyzer
+
+    r, *_ = coverslip_stack
+    engine = FakeEngine()
+    engine.buckets = (1, 16, 64, 256)  # type: ignore[attr-defined]
+    ana = TrackingAnalyzer(
+        engine, plane_shape=r.plane_shape, pixel_size_um=r.pixel_size_um
+    )
+    ana.warmup()
+    # each batch size once (CUDA graphs and staging buffers are built per
+    # bucket), as uint16 counts like the live crops
+    assert [len(p) for p in engine.seen] == [1, 16, 64, 256]
+    assert all(p.dtype == np.uint16 for p in engine.seen)
+    # and nothing was counted or linked
+    assert ana.n_localizations == 0
+    assert ana.n_tracks == 0

@@ -19,17 +19,16 @@ ALIASES = ("auto", "torch")
 def available_backends() -> dict[str, str | None]:
     """Backend name -> ``None`` if usable here, else why not.
 
-    Probes CUDA through torch before looking for TensorRT and never imports
-    TensorRT (see :mod:`axialtrack.engine.tensorrt`).
+    Probes CUDA (the driver's library, then torch, which is not imported where
+    there is no driver) before looking for TensorRT, and never imports TensorRT
+    (see :mod:`axialtrack.engine.tensorrt`).
     """
-    import torch
-
+    from ._cuda import cuda_unavailable
     from .tensorrt import tensorrt_unavailable
 
-    cuda = torch.cuda.is_available()
     out: dict[str, str | None] = {
         "tensorrt": tensorrt_unavailable(),
-        "torch-cuda": None if cuda else "no CUDA GPU visible to torch",
+        "torch-cuda": cuda_unavailable(),
     }
     if importlib.util.find_spec("onnxruntime") is None:
         out["onnxruntime"] = "onnxruntime is not installed"

@@ -1,9 +1,10 @@
 """TensorRT backend: engine built from the bundle's ONNX, cached per GPU.
 
-TensorRT is imported lazily and only after ``torch.cuda.is_available()``: on a
-machine without a usable GPU its runtime can crash the process instead of
-raising. Buffers are torch CUDA tensors; execution uses ``set_tensor_address``
-and ``execute_async_v3`` on a torch CUDA stream.
+TensorRT is imported lazily and only after a CUDA GPU was found (the driver's
+library, then ``torch.cuda.is_available()``): on a machine without a usable GPU
+its runtime can crash the process instead of raising. Buffers are torch CUDA
+tensors; execution uses ``set_tensor_address`` and ``execute_async_v3`` on a
+torch CUDA stream.
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ def tensorrt_unavailable() -> str | None:
     """Why TensorRT cannot be used here, or ``None`` (does not import it)."""
     import importlib.util
 
-    import torch
+    from ._cuda import cuda_unavailable
 
-    if not torch.cuda.is_available():
-        return "no CUDA GPU visible to torch"
+    why = cuda_unavailable()
+    if why is not None:
+        return why
     if importlib.util.find_spec("tensorrt") is None:
         return "the tensorrt package is not installed (pip install tensorrt)"
     return None
@@ -293,10 +295,12 @@ class TensorRTEngine(Engine):
         torch = self._torch
         n = pairs.shape[0]
         img, xyb = self._stage(pairs, xy, bucket)
-        bufs = self._buffers(bucket)
         ctx = self._context
         host = {"image": img, "xy": xyb}
         with torch.cuda.stream(self._stream):
+            # made (zero-filled) on this stream, so the fill is ordered before
+            # the copies and the execution below
+            bufs = self._buffers(bucket)
             for name in self._inputs:
                 src = host.get(name)
                 if src is None:

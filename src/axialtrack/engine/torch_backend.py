@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +17,8 @@ from axialtrack.model import Bundle
 from .base import Engine, EngineError
 
 __all__ = ["TorchEngine", "half_model"]
+
+logger = logging.getLogger(__name__)
 
 
 class _Cast(nn.Module):
@@ -74,7 +78,9 @@ class TorchEngine(Engine):
     buckets
         Batch buckets.
     cuda_graphs
-        Capture one CUDA graph per bucket (CUDA only).
+        Capture one CUDA graph per bucket (CUDA only). ``AXIALTRACK_CUDA_GRAPHS=0``
+        in the environment turns them off; a capture that fails logs a warning
+        and the engine goes on without graphs.
     reason
         Why this backend was chosen.
     """
@@ -111,12 +117,19 @@ class TorchEngine(Engine):
         if precision == "fp16":
             model = half_model(model).eval()
         self.model = model.to(dev).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.cuda_graphs = bool(cuda_graphs and dev.type == "cuda")
+        graphs_env = os.environ.get("AXIALTRACK_CUDA_GRAPHS", "")
+        self.cuda_graphs = bool(
+            cuda_graphs and dev.type == "cuda" and graphs_env.strip() != "0"
+        )
         self._dev_img: dict[int, torch.Tensor] = {}
         self._dev_xy: dict[int, torch.Tensor] = {}
         self._dev_out: dict[int, torch.Tensor] = {}
         self._graphs: dict[int, Any] = {}
-        self._stream: Any = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+        self._stream: Any = None
+        if dev.type == "cuda":
+            self._stream = torch.cuda.Stream(dev)
+            # the weights were moved and converted on the default stream
+            self._stream.wait_stream(torch.cuda.current_stream(dev))
 
     def _alloc(self, shape: tuple[int, ...]) -> np.ndarray:
         if self.device.type == "cuda":
@@ -151,7 +164,19 @@ class TorchEngine(Engine):
                 res = out.cpu()
                 return res.numpy()
             if bucket not in self._graphs:
-                self._capture(bucket, xy is not None)
+                try:
+                    self._capture(bucket, xy is not None)
+                except Exception as exc:  # an op that cannot be captured here
+                    logger.warning(
+                        "torch-cuda: CUDA graph capture of bucket %d failed (%s: "
+                        "%s); running without graphs",
+                        bucket,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    self.cuda_graphs = False
+                    self._graphs.clear()
+                    return self._forward_cuda(img, xy, bucket)
             self._dev_img[bucket].copy_(img, non_blocking=True)
             if xy is not None:
                 self._dev_xy[bucket].copy_(xy, non_blocking=True)

@@ -6,19 +6,22 @@ import datetime as _dt
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from axialtrack._json import jsonable
 
 from .config import ModelConfig
-from .network import AxialEnsemble, AxialNet, Network
 
+# torch is imported where the network is needed, not here: reading a bundle for
+# onnxruntime (the live path on a CPU) then never imports it (about 0.8 s)
 if TYPE_CHECKING:
+    from .network import Network
     from .train import TrainResult
 
 __all__ = [
@@ -56,6 +59,8 @@ def _sha256(path: Path) -> str:
 
 def _example_inputs(cfg: ModelConfig, n: int, seed: int = 0) -> tuple[Any, ...]:
     """Plausible inputs: a blob on a background, varied per example."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     s = cfg.crop_size
     yy, xx = torch.meshgrid(
@@ -84,6 +89,8 @@ def export_onnx(model: Network, path: str | Path) -> Path:
     args = _example_inputs(cfg, 4)
     names = cfg.input_names
     dyn = {n: {0: "batch"} for n in [*names, "output"]}
+    import torch
+
     torch.onnx.export(
         model,
         args,
@@ -102,6 +109,7 @@ def verify_onnx(
 ) -> float:
     """Max |onnxruntime - torch| on random inputs; raises :class:`BundleError` > tol."""
     import onnxruntime as ort
+    import torch
 
     cfg = model.config
     args = _example_inputs(cfg, n, seed=1)
@@ -123,7 +131,7 @@ def verify_onnx(
     return diff
 
 
-@dataclass
+@dataclass(eq=False)
 class Bundle:
     """A loaded model bundle.
 
@@ -134,17 +142,29 @@ class Bundle:
     meta
         Contents of ``model.json``.
     model
-        The network with its weights, CPU, eval mode.
+        The network with its weights, CPU, eval mode: built (and torch
+        imported) on first use, so a bundle read only for its ONNX model (the
+        onnxruntime and TensorRT engines) never builds it. ``weights.pt`` was
+        checked against ``model.json``'s sha256 when the bundle was loaded.
     """
 
     path: Path
     meta: dict[str, Any]
-    model: Network
+    _model: Network | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
+    def model(self) -> Network:
+        """The network with its weights (CPU, eval mode)."""
+        with self._lock:
+            if self._model is None:
+                self._model = _build_model(self.path, self.meta, self.config)
+            return self._model
+
+    @cached_property
     def config(self) -> ModelConfig:
         """The architecture."""
-        return self.model.config
+        return ModelConfig.model_validate(self.meta["config"])
 
     @property
     def crop_size(self) -> int:
@@ -238,8 +258,11 @@ def save_bundle(
     pathlib.Path
         The bundle directory.
     """
+    import torch
+
     from axialtrack import __version__
 
+    from .network import AxialEnsemble
     from .train import TrainResult, examples_hash
 
     path = Path(path).expanduser()
@@ -422,12 +445,30 @@ def load_bundle(
             f"crop size mismatch: the model was trained for crop_size="
             f"{meta['crop_size']} but the pipeline uses crop_size={expect_crop_size}"
         )
-    cfg = ModelConfig.model_validate(meta["config"])
+    try:
+        ModelConfig.model_validate(meta["config"])
+    except (KeyError, ValueError) as e:
+        raise BundleError(f"{mj}: the model configuration is invalid: {e}") from e
+    return Bundle(path=path, meta=meta)
+
+
+def _build_model(path: Path, meta: dict[str, Any], cfg: ModelConfig) -> Network:
+    """The network of a bundle with its weights (CPU, eval mode)."""
+    import torch
+
+    from .network import AxialEnsemble, AxialNet
+
     k = meta.get("ensemble_members")
     model: Network = (
         AxialNet(cfg) if not k else AxialEnsemble([AxialNet(cfg) for _ in range(k)])
     )
-    state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    try:
+        state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise BundleError(
+            f"{path / 'weights.pt'} does not load into the network described in "
+            f"model.json: {e}"
+        ) from e
     model.eval()
-    return Bundle(path=path, meta=meta, model=model)
+    return model

@@ -176,8 +176,8 @@ class TrackingAnalyzer:
 
     def warmup(self, max_pairs: int = 64) -> None:
         """Build what the first frames would otherwise build (detection graph,
-        engine buffers, compiled kernels), so the first batches of a live run
-        are not late.
+        engine buffers and CUDA graphs for each of the engine's batch buckets,
+        compiled kernels), so the first batches of a live run are not late.
 
         Touches no state: the linker and the counters are unchanged.
         """
@@ -187,7 +187,11 @@ class TrackingAnalyzer:
         blank = np.full((2, h, w), round(cam.offset_adu), dtype=np.uint16)
         self.localizer.detect(blank)
         s = int(self.engine.crop_size)
-        for n in sorted({1, max(1, int(max_pairs))}):
+        # every batch size the engine compiles for (CUDA graphs, staging
+        # buffers), not only the first ones a live batch meets
+        sizes = {1, max(1, int(max_pairs))}
+        sizes.update(int(b) for b in getattr(self.engine, "buckets", ()))
+        for n in sorted(sizes):
             pairs = np.full((n, 2, s, s), round(cam.offset_adu) + 10, np.uint16)
             pairs[:, :, s // 2, s // 2] += 500
             self.engine.infer(pairs, np.zeros((n, 2), np.float32))
