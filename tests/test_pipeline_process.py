@@ -300,3 +300,60 @@ def test_cli_live_falls_back_to_threads_when_the_process_cannot_start(
     run = open_run(out)
     assert run.n_frames == 20
     assert len(run.localizations) > 0
+
+
+def _bare_process(slot_of: dict[int, int], alive_polls: int) -> tuple[Any, Any]:
+    """An AnalysisProcess wired to one end of a pipe (the other end plays the
+    child; its process is alive for ``alive_polls`` polls), no child started."""
+    import threading
+    from multiprocessing import Pipe
+
+    class FakeProc:
+        pid = 4242
+
+        def __init__(self) -> None:
+            self.n = alive_polls
+            self.returncode: int | None = None
+
+        def poll(self) -> int | None:
+            self.n -= 1
+            if self.n < 0:
+                self.returncode = 1
+            return self.returncode
+
+    ap = object.__new__(AnalysisProcess)
+    parent, child = Pipe()
+    ap._conn, ap._proc = parent, FakeProc()
+    ap._free, ap._free_cv = [], threading.Condition()
+    ap._recv_lock, ap._send_lock = threading.Lock(), threading.Lock()
+    ap._closed, ap._slot_of, ap._results = False, dict(slot_of), {}
+    ap.n_tracks = ap.n_localizations = 0
+    ap._fatal = None
+    return ap, child
+
+
+@pytest.mark.parametrize("alive_polls", [5, 0])
+def test_waiting_for_a_slot_reports_the_childs_own_error(alive_polls: int) -> None:
+    # the child fails as a whole: it sends why, then exits
+    ap, child = _bare_process({0: 0, 1: 1}, alive_polls)
+    child.send(("error", -1, ("RuntimeError", "CUDA error: out of memory", "tb")))
+    child.close()
+    with pytest.raises(AnalysisProcessError, match="CUDA error: out of memory"):
+        ap._take_slot()
+    # and the thread waiting for rows gets the same
+    with pytest.raises(AnalysisProcessError, match="CUDA error: out of memory"):
+        ap._result(0)
+
+
+def test_a_child_warning_raised_as_an_error_loses_no_rows() -> None:
+    ap, child = _bare_process({7: 1}, 100)
+    notice = ("warn", "RuntimeWarning", 30, "overflow in fit")
+    child.send(("rows", 7, {"frame": np.array([1, 2])}, 3, [notice]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning, match="overflow in fit"):
+            ap._pump(1.0, "reading")
+    # the rows are filed and the slot is free before the warning is re-issued
+    assert list(ap._results[7]["frame"]) == [1, 2]
+    assert ap._free == [1]
+    assert ap.n_localizations == 2

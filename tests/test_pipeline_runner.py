@@ -410,7 +410,8 @@ def test_staged_prepare_error_stops_run_keeps_frames(tmp_path: Path) -> None:
 
 
 def test_staged_complete_dying_does_not_hang_the_run(tmp_path: Path) -> None:
-    """Even an exception the runner does not catch leaves no thread blocked."""
+    """Even an exception the runner does not catch leaves no thread blocked, and
+    the run reports it (every frame stored)."""
 
     class Fatal(BaseException):
         pass
@@ -426,20 +427,28 @@ def test_staged_complete_dying_does_not_hang_the_run(tmp_path: Path) -> None:
     w = _writer(tmp_path / "run.zarr", geo)
     cfg = RunnerConfig(analysis_queue_frames=4, max_batch_frames=1, ring_frames=16)
     runner = LiveRunner(src, Dying(), w, geometry=geo, config=cfg)
-    result: list[LiveMetrics] = []
-    old_hook = threading.excepthook
-    threading.excepthook = lambda args: None  # the dying thread's traceback
-    try:
-        t = threading.Thread(target=lambda: result.append(runner.run()), daemon=True)
-        t.start()
-        t.join(60)
-    finally:
-        threading.excepthook = old_hook
+    raised: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            runner.run()
+        except BaseException as exc:
+            raised.append(exc)
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(60)
     assert not t.is_alive(), "the run hung"
-    m = result[0]
-    assert m.frames_in == m.frames_written == 120
+    assert len(raised) == 1
+    assert isinstance(raised[0], AnalysisError)
+    assert "live-analyze died: Fatal: analysis thread dies" in str(raised[0])
+    assert isinstance(raised[0].__cause__, Fatal)
     run = open_run(tmp_path / "run.zarr")
     assert run.n_frames == 120
+    # the frames analyzed before are marked, the rest are not
+    analyzed = np.asarray(run.frame_meta["analyzed"])
+    assert analyzed[:3].all()
+    assert not analyzed[3:].any()
 
 
 def test_camera_stall_raises_and_keeps_frames(tmp_path: Path) -> None:
@@ -717,3 +726,84 @@ def test_amend_fills_skipped_frames(tmp_path: Path) -> None:
     assert list(run.localizations["frame"]) == list(range(40))
     assert list(run.tracks["n_localizations"]) == [20, 20]
     assert not list(tmp_path.glob("run.zarr/*.old-*"))
+
+
+def test_a_table_the_store_refuses_is_an_analysis_error_and_loses_no_frame(
+    tmp_path: Path,
+) -> None:
+    class BadTable(PeakAnalyzer):
+        def analyze(self, planes, indices, meta):  # type: ignore[no-untyped-def]
+            df = super().analyze(planes, indices, meta)
+            if indices[-1] >= 20:  # an analyzer bug: a text column
+                df["note"] = "x"
+            return df
+
+    geo = SplitterGeometry()
+    runner = LiveRunner(
+        ListSource(400, geo, rate_hz=400),
+        BadTable(),
+        _writer(tmp_path / "run.zarr", geo),
+        geometry=geo,
+        config=RunnerConfig(log_status=False),
+    )
+    with pytest.raises(AnalysisError, match="InvalidTableError"):
+        runner.run()
+    run = open_run(tmp_path / "run.zarr")
+    # the writer goes on: every frame received is stored
+    assert run.n_frames == runner._frames_in >= 21
+
+
+def test_after_the_writer_fails_no_rows_for_frames_it_did_not_store(
+    tmp_path: Path,
+) -> None:
+    from axialtrack.store import WriterOptions, WriterTooSlowError
+
+    geo = SplitterGeometry()
+    w = _writer(
+        tmp_path / "run.zarr", geo, options=WriterOptions(queue_mb=0.1, on_full="raise")
+    )
+    real = w._sink.write
+
+    def slow(i, f):  # type: ignore[no-untyped-def]
+        time.sleep(0.03)  # storage slower than the camera
+        return real(i, f)
+
+    w._sink.write = slow  # type: ignore[method-assign]
+    runner = LiveRunner(
+        ListSource(300, geo, rate_hz=300),
+        PeakAnalyzer(delay_s=0.01),
+        w,
+        geometry=geo,
+        config=RunnerConfig(log_status=False),
+    )
+    with pytest.raises(WriterTooSlowError):
+        runner.run()
+    run = open_run(tmp_path / "run.zarr")
+    assert 0 < run.n_frames < 300
+    frames = run.localizations["frame"].to_numpy()
+    assert (frames < run.n_frames).all()
+
+
+def test_a_failure_after_the_first_goes_with_it(tmp_path: Path) -> None:
+    class Broken(PeakAnalyzer):
+        def analyze(self, planes, indices, meta):  # type: ignore[no-untyped-def]
+            time.sleep(0.15)  # slow: the camera stall is seen first
+            if indices[-1] >= 8:
+                raise ZeroDivisionError("analyzer bug on frame >= 8")
+            return super().analyze(planes, indices, meta)
+
+    geo = SplitterGeometry()
+    ana = Broken()
+    runner = LiveRunner(
+        ListSource(50, geo, stall_after=12),
+        ana,
+        _writer(tmp_path / "run.zarr", geo),
+        geometry=geo,
+        config=RunnerConfig(stall_timeout_s=0.3, log_status=False, max_batch_frames=2),
+    )
+    with pytest.raises(CameraStalledError) as info:
+        runner.run(duration_s=10)
+    notes = "".join(getattr(info.value, "__notes__", []))
+    assert "analyzer bug on frame >= 8" in notes
+    assert not ana.finished  # a failed analyzer is not asked for its tracks
+    assert open_run(tmp_path / "run.zarr").n_frames == 12

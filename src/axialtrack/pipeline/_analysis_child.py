@@ -113,7 +113,9 @@ def _serve(conn: Connection, make_kwargs: dict[str, Any], slots: np.ndarray) -> 
             )
         )
     except BaseException as exc:
-        conn.send(("error", -1, describe(exc)))
+        # the parent may have given up already (and closed the connection)
+        with contextlib.suppress(OSError):
+            conn.send(("error", -1, describe(exc)))
         return
     if overlap:
         _serve_overlapped(conn, analyzer, slots, notices)

@@ -183,6 +183,8 @@ class AnalysisProcess:
         self._seq = 0
         self._slot_of: dict[int, int] = {}
         self._results: dict[int, Any] = {}
+        # the child's own report of why it stopped (its last message)
+        self._fatal: AnalysisProcessError | None = None
         self._closed = False
         self.n_tracks = 0
         self.n_localizations = 0
@@ -213,6 +215,11 @@ class AnalysisProcess:
             )
             info = self._expect("ready", start_timeout_s)
         except BaseException:
+            # the child is of no use now: stop it at once rather than wait for
+            # it to finish starting and read "stop"
+            proc = self._handles.get("proc")
+            if proc is not None and proc.poll() is None:
+                proc.kill()
             self.close()
             raise
         self.engine_name = str(info["engine_name"])
@@ -420,6 +427,8 @@ class AnalysisProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def _gone(self, doing: str) -> AnalysisProcessError:
+        if self._fatal is not None:  # the child said why before it went
+            return self._fatal
         code = None if self._proc is None else self._proc.poll()
         return AnalysisProcessError(
             f"the analysis process (pid {self.pid}) exited"
@@ -436,10 +445,11 @@ class AnalysisProcess:
                 if self._free:
                     return self._free.pop()
                 self._check_open()
-                if not self._alive():
-                    raise self._gone("waiting for a free slot")
+            if self._fatal is not None:
+                raise self._fatal
             if self._recv_lock.acquire(blocking=False):
                 try:
+                    # reads what the child sent before it went, else raises
                     self._pump(0.5, "waiting for a free slot")
                 finally:
                     self._recv_lock.release()
@@ -447,6 +457,8 @@ class AnalysisProcess:
                 with self._free_cv:
                     if not self._free:
                         self._free_cv.wait(0.5)
+                if not self._alive() and not self._free:
+                    raise self._gone("waiting for a free slot")
 
     def _give_slot(self, seq: int) -> None:
         slot = self._slot_of.pop(seq, None)
@@ -474,15 +486,18 @@ class AnalysisProcess:
         elif kind == "rows":
             _, got, cols, n_tracks, notices = msg
             self.n_tracks = n_tracks
-            _reissue(notices)
             self.n_localizations += len(cols["frame"])
             self._results[got] = cols
             self._give_slot(got)
+            # last: a warning turned into an error here loses nothing
+            _reissue(notices)
         elif kind == "error" and msg[1] >= 0:
             _, got, err = msg
             self._results[got] = self._child_error(err)
             self._give_slot(got)
         else:
+            if kind == "error":  # the child failed as a whole
+                self._fatal = self._child_error(msg[2])
             return msg
         return None
 

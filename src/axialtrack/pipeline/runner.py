@@ -54,7 +54,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from axialtrack.geometry import SplitterGeometry, unmirror
-from axialtrack.store import FrameMeta, RunWriter, StoreError, WriterOptions
+from axialtrack.store import (
+    FrameMeta,
+    RunWriter,
+    StoreClosedError,
+    StoreError,
+    StoreWriteError,
+    WriterOptions,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -217,6 +224,19 @@ def _n_rows(table: Any) -> int:
     if isinstance(table, Mapping):
         return len(next(iter(table.values()))) if table else 0
     return len(table)
+
+
+def _rows_before(table: Any, n_frames: int) -> Any:
+    """The rows of ``table`` (DataFrame or dict of columns) whose ``frame`` is
+    below ``n_frames``."""
+    if table is None or not _n_rows(table):
+        return table
+    keep = np.asarray(table["frame"]) < n_frames
+    if keep.all():
+        return table
+    if isinstance(table, Mapping):
+        return {k: np.asarray(v)[keep] for k, v in table.items()}
+    return table[keep]
 
 
 # ----------------------------------------------------------------- config
@@ -751,6 +771,10 @@ class LiveRunner:
         # prepared batches between the two analysis stages (one in flight)
         self._stage_q: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._analysis_stopped = False
+        # the analysis failed (its tracks are not summarized at the end)
+        self._analysis_broken = False
+        # the writer's own append failed: it stores no more frames
+        self._writer_failed = False
         self._stage_drained = False
 
     # ------------------------------------------------------------- public
@@ -869,11 +893,30 @@ class LiveRunner:
         def body() -> None:
             try:
                 target(*args)
+            except BaseException as exc:  # the loops catch what they expect
+                self._thread_died(name, exc)
             finally:
                 done.set()
 
         threading.Thread(target=body, name=name, daemon=True).start()
         return done
+
+    def _thread_died(self, name: str, exc: BaseException) -> None:
+        """A runner thread ended on an exception its loop did not catch: the run
+        stops with it (an analysis thread's as an :class:`AnalysisError`)."""
+        logger.error("live: thread %s died: %r", name, exc)
+        if name in ("live-detect", "live-analyze"):
+            self._analysis_stopped = True
+            self._analysis_broken = True
+            err = AnalysisError(
+                f"The analysis thread {name} died: {type(exc).__name__}: {exc}. "
+                f"The run was stopped; every raw frame received is stored in "
+                f"{self.writer.path} (run `axialtrack localize` on it once the "
+                "problem is fixed)."
+            )
+            err.__cause__ = exc
+            exc = err
+        self._fail(exc)
 
     def _interrupted(self) -> None:
         if self._stop_reason == "running":
@@ -966,9 +1009,16 @@ class LiveRunner:
 
     def _fail(self, exc: BaseException) -> None:
         with self._fail_lock:
-            if self._failure is None:
+            first = self._failure
+            if first is None:
                 self._failure = exc
                 self._stop_reason = "error"
+            elif exc is not first:
+                # the run raises the first failure; the others go with it
+                logger.error("live: a further failure after the first: %r", exc)
+                first.add_note(
+                    f"Also, while the run stopped: {type(exc).__name__}: {exc}"
+                )
         self._stop.set()
 
     def _warn(self, msg: str) -> None:
@@ -994,14 +1044,14 @@ class LiveRunner:
                     src.stop()  # frames already in the camera buffer still come
                 if self._failure is not None:
                     break
-                item = src.next(cfg.poll_s)
-                now = time.perf_counter()
-                if stopping and now - stop_at > drain_s:
+                if stopping and time.perf_counter() - stop_at > drain_s:
                     self._warn(
                         f"The frame source kept delivering {drain_s:g} s after it "
                         "was stopped; the frames not yet taken were left in it."
                     )
                     break
+                item = src.next(cfg.poll_s)
+                now = time.perf_counter()
                 if item is None:
                     if src.finished():
                         if not stopping:
@@ -1109,7 +1159,9 @@ class LiveRunner:
             if item is _DONE:
                 break
             index, slot, meta = item
-            if self._failure is not None and isinstance(self._failure, StoreError):
+            if self._writer_failed:
+                # the store refused a frame: it takes no more (every frame
+                # before that one is stored)
                 ring.release(slot)
                 continue
             try:
@@ -1121,6 +1173,9 @@ class LiveRunner:
                     )
                 self._frames_handed = index + 1
             except BaseException as exc:
+                self._writer_failed = True
+                # no localizations for frames the store will not hold
+                self._analysis_stopped = True
                 self._fail(exc)
             finally:
                 ring.release(slot)
@@ -1170,8 +1225,9 @@ class LiveRunner:
 
     def _analysis_failed(self, indices: np.ndarray, exc: Exception) -> None:
         self._analysis_stopped = True
-        if isinstance(exc, StoreError):
-            self._fail(exc)
+        self._analysis_broken = True
+        if isinstance(exc, (StoreWriteError, StoreClosedError)):
+            self._fail(exc)  # the store itself failed: no frame can be written
             return
         err = AnalysisError(
             f"The analyzer failed on frames {indices[0]}..{indices[-1]}: "
@@ -1243,6 +1299,9 @@ class LiveRunner:
                     table = run_batch(work)
                 else:
                     table = run_batch(work[0], indices, work[1])
+                if self._writer_failed:
+                    # the store holds frames 0..frames_appended-1 only
+                    table = _rows_before(table, w.frames_appended)
                 n = _n_rows(table)
                 if n:
                     w.append_localizations(table)
@@ -1279,7 +1338,7 @@ class LiveRunner:
         w = self.writer
         failure = self._failure
         tracks_df = None
-        if self.analyzer is not None and not isinstance(failure, AnalysisError):
+        if self.analyzer is not None and not self._analysis_broken:
             try:
                 tracks_df = self.analyzer.finish()
             except Exception as exc:
