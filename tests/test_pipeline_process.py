@@ -357,3 +357,25 @@ def test_a_child_warning_raised_as_an_error_loses_no_rows() -> None:
     assert list(ap._results[7]["frame"]) == [1, 2]
     assert ap._free == [1]
     assert ap.n_localizations == 2
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+def test_a_silent_child_is_taken_as_hung(
+    core, sim_bundle: Path, tmp_path: Path
+) -> None:
+    import time
+
+    frames, metas = _record(core, tmp_path, n=4)
+    proc = AnalysisProcess(sim_bundle, answer_timeout_s=1.5, **_kwargs(core))
+    pid = proc.pid
+    assert pid is not None
+    try:
+        assert len(proc.analyze(frames[:2], np.arange(2), metas[:2])) > 0
+        os.kill(pid, signal.SIGSTOP)  # e.g. a wedged GPU: alive, but silent
+        t0 = time.monotonic()
+        with pytest.raises(AnalysisProcessError, match=r"sent nothing for .* hung"):
+            proc.analyze(frames[2:4], np.arange(2, 4), metas[2:4])
+        assert 1.4 < time.monotonic() - t0 < 10.0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        proc.close()

@@ -129,6 +129,11 @@ class AnalysisProcess:
         come back in batch order). ``False``: one thread, one batch at a time.
     start_timeout_s
         Longest wait for the child to load the model and warm up.
+    answer_timeout_s
+        Longest silence of a running child while rows are awaited (a batch takes
+        milliseconds): beyond it the child is taken as hung (a wedged GPU, say),
+        and the wait raises :class:`AnalysisProcessError` instead of blocking
+        the caller, and with it the end of a live run, for good.
     **make_kwargs
         The other arguments of :func:`~axialtrack.pipeline.make_analyzer`
         (``pixel_size_um``, ``geometry``, ``engine_prefer``, ...). They are
@@ -154,6 +159,7 @@ class AnalysisProcess:
         slots: int = 2,
         overlap: bool = True,
         start_timeout_s: float = 120.0,
+        answer_timeout_s: float = 60.0,
         **make_kwargs: Any,
     ) -> None:
         if slots < 2:
@@ -185,6 +191,8 @@ class AnalysisProcess:
         self._results: dict[int, Any] = {}
         # the child's own report of why it stopped (its last message)
         self._fatal: AnalysisProcessError | None = None
+        self.answer_timeout_s = float(answer_timeout_s)
+        self._last_answer = time.monotonic()
         self._closed = False
         self.n_tracks = 0
         self.n_localizations = 0
@@ -480,6 +488,7 @@ class AnalysisProcess:
             msg = conn.recv()
         except (EOFError, OSError) as exc:
             raise self._gone(doing) from exc
+        self._last_answer = time.monotonic()
         kind = msg[0]
         if kind == "free":
             self._give_slot(msg[1])
@@ -504,11 +513,19 @@ class AnalysisProcess:
     def _result(self, seq: int) -> dict[str, np.ndarray] | AnalysisProcessError:
         """The answer to batch ``seq`` (answers come in the order batches were
         sent)."""
+        since = time.monotonic()
         while True:
             with self._recv_lock:
                 if seq in self._results:
                     return self._results.pop(seq)
                 msg = self._pump(0.5, f"analyzing batch {seq}")
+                silent = time.monotonic() - max(since, self._last_answer)
+            if msg is None and silent > self.answer_timeout_s:
+                raise AnalysisProcessError(
+                    f"the analysis process (pid {self.pid}) sent nothing for "
+                    f"{silent:.0f} s while analyzing batch {seq}: it is taken as "
+                    "hung (answer_timeout_s)"
+                )
             if msg is not None and msg[0] == "error":  # the child failed as a whole
                 raise self._child_error(msg[2])
             if msg is not None:  # pragma: no cover - protocol guard
