@@ -241,6 +241,37 @@ def test_mda_handler_tracks_through_the_process(
     assert len(run.tracks) >= 5
 
 
+def test_one_handler_and_process_serve_two_sequences(
+    core, sim_bundle: Path, tmp_path: Path
+) -> None:
+    """Each sequence is a run of its own (frames from 0): the analyzer starts
+    again, with no tracks or rows of the sequence before."""
+    import useq
+
+    from axialtrack.pipeline.mda import TrackingHandler
+
+    _diffusing_rig(core, 0.3)
+    with AnalysisProcess(sim_bundle, **_kwargs(core)) as proc:
+        handler = TrackingHandler(tmp_path / "seq-{n}.zarr", proc, core=core)
+        for _ in range(2):
+            core.mda.run(
+                useq.MDASequence(time_plan={"interval": 0, "loops": 12}),
+                output=handler,
+            )
+            handler.wait()
+            assert handler.error is None
+    for k in range(2):
+        run = open_run(tmp_path / f"seq-{k}.zarr")
+        assert run.n_frames == 12
+        locs = run.localizations
+        assert len(locs) >= 5 * int(run.frame_meta["analyzed"].sum())
+        ids = locs["track_id"].to_numpy()
+        # track ids start again at 0, and the summary holds this run's tracks
+        assert ids[ids >= 0].min() == 0
+        assert run.tracks is not None
+        assert set(run.tracks["track_id"]) == set(ids[ids >= 0])
+
+
 def test_warnings_of_the_child_reach_this_process(
     core, sim_bundle: Path, tmp_path: Path, caplog
 ) -> None:

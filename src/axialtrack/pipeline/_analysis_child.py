@@ -147,6 +147,9 @@ def _serve(conn: Connection, make_kwargs: dict[str, Any], slots: np.ndarray) -> 
                 conn.send(("finished", *_finish(analyzer)))
             except Exception as exc:
                 conn.send(("error", -1, describe(exc)))
+        elif kind == "reset":
+            analyzer.reset()
+            conn.send(("reset",))
         elif kind == "stop":
             return
 
@@ -228,6 +231,9 @@ def _serve_overlapped(
                         send(("finished", *_finish(analyzer)))
                     except Exception as exc:
                         send(("error", -1, describe(exc)))
+                elif msg[0] == "reset":  # after every batch sent before it
+                    analyzer.reset()
+                    send(("reset",))
             except OSError:  # the parent is gone
                 return
 

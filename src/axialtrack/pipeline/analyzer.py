@@ -95,6 +95,18 @@ class TrackingAnalyzer:
         """Track ids issued so far."""
         return int(self.linker.n_tracks)
 
+    def reset(self) -> None:
+        """Start a new run: no open tracks, no localizations kept, counters and
+        stage timings at zero (the engine and the compiled kernels stay).
+        :class:`~axialtrack.pipeline.runner.LiveRunner` calls it before each
+        run, so one analyzer can serve several runs (e.g. the sequences of an
+        MDA output handler), each starting again at frame 0."""
+        self.linker.reset()
+        self._kept = []
+        self.n_localizations = 0
+        for k in self.localizer.timings:
+            self.localizer.timings[k] = 0
+
     def analyze(
         self,
         planes: np.ndarray,

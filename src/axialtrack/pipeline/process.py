@@ -408,6 +408,21 @@ class AnalysisProcess:
         self.timings = {k: float(v) for k, v in timings.items()}
         return summary
 
+    def reset(self, timeout_s: float = 60.0) -> None:
+        """Start a new run in the child (see
+        :meth:`TrackingAnalyzer.reset <axialtrack.pipeline.TrackingAnalyzer.reset>`),
+        after the batches already sent."""
+        self._check_open()
+        with self._send_lock:
+            try:
+                self._connection().send(("reset",))
+            except OSError as exc:
+                raise self._gone("starting a new run") from exc
+        self._expect("reset", timeout_s)
+        self.n_tracks = 0
+        self.n_localizations = 0
+        self.timings = {}
+
     def close(self) -> None:
         """Stop the child and free the shared memory (idempotent)."""
         self._closed = True

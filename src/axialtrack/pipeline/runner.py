@@ -814,10 +814,16 @@ class LiveRunner:
         if n_frames is not None and n_frames <= 0:
             raise ValueError(f"n_frames must be > 0, got {n_frames}")
         cfg = self.config
+        # an analyzer that served an earlier run (its frames also started at 0)
+        # starts a new one: no open tracks, no kept rows
+        reset = getattr(self.analyzer, "reset", None)
         warmup = getattr(self.analyzer, "warmup", None)
-        if callable(warmup):
+        if callable(reset) or callable(warmup):
             try:
-                warmup()  # build graphs and buffers before the first frame
+                if callable(reset):
+                    reset()
+                if callable(warmup):
+                    warmup()  # build graphs and buffers before the first frame
             except BaseException:
                 with contextlib.suppress(StoreError):
                     self.writer.close()
