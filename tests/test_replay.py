@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 
@@ -162,7 +163,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_cli_live_on_replay_and_refuses_existing(
-    recording, tmp_path: Path, fake_analyzer
+    recording, tmp_path: Path, fake_analyzer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, _ = recording
     out = tmp_path / "live.zarr"
@@ -195,9 +196,29 @@ def test_cli_live_on_replay_and_refuses_existing(
     assert open_run(out).n_frames == 30
     args = _parse([*argv, "--overwrite"])
     assert args.func(args) == 0
+    # --overwrite with a run that never stores a frame: the old run comes back
+    old_meta = open_run(out).frame_meta
+    bad = [a if a != "30" else "0" for a in argv]  # --frames 0
+    args = _parse([*bad, "--overwrite"])
+    assert args.func(args) == 2
+    from axialtrack.pipeline.runner import LiveRunner
+
+    def no_camera(self, *a, **kw):  # type: ignore[no-untyped-def]
+        raise RuntimeError("camera did not start")
+
+    monkeypatch.setattr(LiveRunner, "run", no_camera)
+    args = _parse([*argv, "--overwrite"])
+    with pytest.raises(RuntimeError, match="camera did not start"):
+        args.func(args)
+    run = open_run(out)
+    assert run.n_frames == 30
+    pd.testing.assert_frame_equal(run.frame_meta, old_meta)
+    assert not list(tmp_path.glob(".live.zarr.replaced-*"))
 
 
-def test_cli_localize_fills_skipped(recording, tmp_path: Path, fake_analyzer) -> None:
+def test_cli_localize_fills_skipped(
+    recording, tmp_path: Path, fake_analyzer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, planes = recording  # written without analysis: every frame skipped
     assert not open_run(path).frame_meta["analyzed"].any()
     args = _parse(["localize", str(path), "--model", "fake.axialmodel"])
@@ -220,3 +241,64 @@ def test_cli_localize_fills_skipped(recording, tmp_path: Path, fake_analyzer) ->
     np.testing.assert_array_equal(run.frames[:], planes)
     assert run.frame_meta["analyzed"].all()
     assert len(run.localizations) == n
+    # a model that does not load leaves an existing output as it was
+    import axialtrack.pipeline.cli as cli
+
+    mtime = (out / "zarr.json").stat().st_mtime_ns
+    monkeypatch.setattr(cli, "_load_analyzer", lambda *a, **kw: None)
+    args = _parse(
+        [
+            *argv,
+            str(out),
+            "--pixel-size",
+            "0.1",
+            "--overwrite",
+            "--frame-interval",
+            "0.01",
+        ]
+    )
+    assert args.func(args) == 2
+    assert (out / "zarr.json").stat().st_mtime_ns == mtime
+    assert open_run(out).n_frames == N
+
+
+def test_cli_localize_of_a_movie_that_fails_part_way_keeps_the_rest_unanalyzed(
+    recording, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_pipeline_runner import PeakAnalyzer
+
+    import axialtrack.pipeline.cli as cli
+
+    class FailsLater(PeakAnalyzer):
+        def analyze(self, planes, indices, meta):  # type: ignore[no-untyped-def]
+            if indices[0] >= 4:
+                raise ZeroDivisionError("analyzer bug")
+            return super().analyze(planes, indices, meta)
+
+    monkeypatch.setattr(cli, "_make_analyzer", lambda bundle, **kw: FailsLater())
+    _, planes = recording
+    sensor = np.stack([np.hstack([p[0], p[1]]) for p in planes])
+    tifffile.imwrite(tmp_path / "movie.tif", sensor)
+    out = tmp_path / "movie.zarr"
+    args = _parse(
+        [
+            "localize",
+            str(tmp_path / "movie.tif"),
+            "--model",
+            "m",
+            "--out",
+            str(out),
+            "--pixel-size",
+            "0.1",
+            "--batch",
+            "2",
+        ]
+    )
+    with pytest.raises(ZeroDivisionError):
+        args.func(args)
+    run = open_run(out)
+    analyzed = run.frame_meta["analyzed"].to_numpy(bool)
+    # the frames of the batches analyzed are marked, the stored rest are not
+    assert analyzed[:4].all()
+    assert not analyzed[4:].any()
+    assert run.n_frames >= 4

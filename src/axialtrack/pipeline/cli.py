@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,62 @@ def _close(analyzer: Any) -> None:
         close()
 
 
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+class _Replacement:
+    """``--overwrite`` without losing the old output to a run that never starts.
+
+    The existing ``out`` is renamed beside itself (``.NAME.replaced-PID``) rather
+    than deleted. :meth:`settle` deletes it once the new run has stored a frame;
+    if it has stored none (bad arguments, a model or camera that failed to
+    start, Ctrl-C before the first frame) the new store is removed and the old
+    one put back.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.aside: Path | None = None
+        if out.exists() or out.is_symlink():
+            aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+            _remove(aside)  # a leftover of an earlier, killed run
+            out.rename(aside)
+            self.aside = aside
+
+    def settle(self) -> None:
+        """Keep the new output if it holds a frame, else restore the old one."""
+        aside = self.aside
+        if aside is None:
+            return
+        self.aside = None
+        if _frames_in(self.out) > 0:
+            _remove(aside)
+            return
+        _remove(self.out)
+        aside.rename(self.out)
+        console.print(
+            f"[yellow]No frame was stored: the previous {self.out} is back as "
+            "it was.[/yellow]"
+        )
+
+
+def _frames_in(path: Path) -> int:
+    """Frames of the run store at ``path`` (0 if there is none or it does not
+    open)."""
+    from axialtrack.store import StoreError, open_run
+
+    if not path.exists():
+        return 0
+    try:
+        return int(open_run(path).n_frames)
+    except (StoreError, OSError, ValueError):
+        return 0
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.2f}" if math.isfinite(v) else "-"
@@ -188,6 +245,12 @@ def cmd_live(args: argparse.Namespace) -> int:
     if args.duration is None and args.frames is None:
         console.print("[red]Give --duration SECONDS or --frames N.[/red]")
         return 2
+    for flag, v in (("--duration", args.duration), ("--frames", args.frames)):
+        if v is not None and not v > 0:
+            console.print(
+                f"[red]{flag} must be > 0; got {v}.[/red] Nothing was changed."
+            )
+            return 2
 
     from axialtrack.rig import RigConfigError, load_rig, splitter_geometry
 
@@ -207,7 +270,14 @@ def cmd_live(args: argparse.Namespace) -> int:
         if not core.hasProperty(cam, prop):
             console.print(f"[red]The camera {cam!r} has no {prop} property.[/red]")
             return 2
-        core.setProperty(cam, prop, value)
+        try:
+            core.setProperty(cam, prop, value)
+        except (RuntimeError, ValueError) as exc:
+            console.print(
+                f"[red]The camera {cam!r} refused {prop}={value!r}:[/red] {exc}"
+            )
+            core.unloadAllDevices()
+            return 2
     geo = splitter_geometry(core)
     sensor = (core.getImageHeight(), core.getImageWidth())
     two = geo.layout == "two-cameras"
@@ -236,6 +306,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         model_meta = {"bundle": str(Path(args.model).expanduser().absolute())}
         if hasattr(analyzer, "provenance"):
             model_meta.update(dict(analyzer.provenance))
+    replacing = _Replacement(out) if args.overwrite else None
     try:
         writer = open_live_writer(
             out,
@@ -250,6 +321,8 @@ def cmd_live(args: argparse.Namespace) -> int:
     except StoreError as exc:
         console.print(f"[red]{exc}[/red]")
         _close(analyzer)
+        if replacing is not None:
+            replacing.settle()
         return 2
     source = CoreSource(core, interval_ms=args.interval_ms, two_cameras=two)
     live = Live(
@@ -279,6 +352,8 @@ def cmd_live(args: argparse.Namespace) -> int:
         if core.isSequenceRunning():
             core.stopSequenceAcquisition()
         _close(analyzer)
+        if replacing is not None:
+            replacing.settle()
     if metrics is None:
         metrics = runner.metrics()
     console.print(summary_table(metrics))
@@ -456,9 +531,29 @@ def _localize_movie(args: argparse.Namespace, path: Path) -> int:
     first = planes_of(0)
     plane_shape = (int(first.shape[1]), int(first.shape[2]))
     dt = args.frame_interval
+    out = Path(args.out).expanduser()
+    if (out.exists() or out.is_symlink()) and not args.overwrite:
+        console.print(
+            f"[red]{out} already exists.[/red] Pass --overwrite to replace it, or "
+            "choose another --out. Nothing was changed."
+        )
+        return 2
+    # the model before the store: a model that does not load changes nothing
+    analyzer = _load_analyzer(
+        args.model,
+        plane_shape=plane_shape,
+        pixel_size_um=args.pixel_size,
+        geometry=geo,
+        frame_interval_s=dt,
+        engine_prefer=args.engine,
+        axial_scale=args.axial_scale,
+    )
+    if analyzer is None:
+        return 2
+    replacing = _Replacement(out) if args.overwrite else None
     try:
         writer = RunWriter(
-            args.out,
+            out,
             kind="live",
             plane_shape=plane_shape,
             pixel_size_um=args.pixel_size,
@@ -470,19 +565,8 @@ def _localize_movie(args: argparse.Namespace, path: Path) -> int:
         )
     except StoreError as exc:
         console.print(f"[red]{exc}[/red]")
-        return 2
-    analyzer = _load_analyzer(
-        args.model,
-        plane_shape=plane_shape,
-        pixel_size_um=args.pixel_size,
-        geometry=geo,
-        frame_interval_s=dt,
-        engine_prefer=args.engine,
-        axial_scale=args.axial_scale,
-    )
-    if analyzer is None:
-        writer.close()
-        shutil.rmtree(writer.path, ignore_errors=True)
+        if replacing is not None:
+            replacing.settle()
         return 2
     n = len(movie)
     idx_all = np.arange(n)
@@ -496,25 +580,31 @@ def _localize_movie(args: argparse.Namespace, path: Path) -> int:
             stage_x_um=float(movie.stage_x_um[i]),
             stage_y_um=float(movie.stage_y_um[i]),
             image_number=i,
-            analyzed=True,
         )
         for i in range(n)
     ]
     rows = 0
-    with writer:
-        batch = max(1, args.batch)
-        for s in range(0, n, batch):
-            idx = idx_all[s : s + batch]
-            planes = np.stack([planes_of(int(i)) for i in idx]).astype(np.uint16)
-            for i, p in zip(idx, planes, strict=True):
-                writer.append_frame(p, metas[int(i)])
-            table = analyzer.analyze(planes, idx, metas[s : s + batch])
-            if table is not None and len(table):
-                writer.append_localizations(table)
-                rows += len(table)
-        tracks = analyzer.finish()
-        if tracks is not None and len(tracks):
-            writer.write_tracks(tracks)
+    try:
+        with writer:
+            batch = max(1, args.batch)
+            for s in range(0, n, batch):
+                idx = idx_all[s : s + batch]
+                planes = np.stack([planes_of(int(i)) for i in idx]).astype(np.uint16)
+                for i, p in zip(idx, planes, strict=True):
+                    writer.append_frame(p, metas[int(i)])
+                table = analyzer.analyze(planes, idx, metas[s : s + batch])
+                if table is not None and len(table):
+                    writer.append_localizations(table)
+                    rows += len(table)
+                # marked only once analyzed: a run that stops part way keeps
+                # the rest unanalyzed, for `axialtrack localize` to fill in
+                writer.set_analyzed(idx, True)
+            tracks = analyzer.finish()
+            if tracks is not None and len(tracks):
+                writer.write_tracks(tracks)
+    finally:
+        if replacing is not None:
+            replacing.settle()
     console.print(
         f"Processed {n} frames of {path} into [green]{args.out}[/green]: "
         f"{rows} localizations."
