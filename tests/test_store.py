@@ -839,3 +839,63 @@ def test_summarize_and_format(tmp_path: Path) -> None:
 
     assert run_info(path, console=Console(file=buf, width=200)) == 0
     assert "bead-cnn" in buf.getvalue()
+
+
+def test_a_commit_that_fails_after_its_rows_does_not_write_them_twice(
+    tmp_path: Path,
+) -> None:
+    """The metadata rows of a commit whose attribute write failed (a full disk)
+    are not appended again by the last commit: each frame keeps its own row."""
+    import errno
+
+    from axialtrack.store import DiskFullError, recover
+
+    path = tmp_path / "run.zarr"
+    w = RunWriter(
+        path,
+        kind="live",
+        plane_shape=(8, 8),
+        pixel_size_um=0.1,
+        options=WriterOptions(commit_interval_s=0.05, io_threads=4),
+    )
+    write = w._sink.write
+
+    def slow(i, f):  # type: ignore[no-untyped-def]
+        time.sleep(0.02)
+        return write(i, f)
+
+    w._sink.write = slow  # type: ignore[method-assign]
+    root = w._root
+    calls = {"n": 0}
+
+    class FlakyRoot:
+        def __getattr__(self, k: str) -> Any:
+            return getattr(root, k)
+
+        @staticmethod
+        def update_attributes(d: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 2:  # after the second commit's rows are appended
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return root.update_attributes(d)
+
+    w._root = FlakyRoot()  # type: ignore[assignment]
+    frame = np.zeros((2, 8, 8), np.uint16)
+
+    def append_until_refused() -> None:
+        for i in range(60):
+            w.append_frame(frame + i, FrameMeta(t_s=float(i), image_number=i))
+            time.sleep(0.005)
+
+    with pytest.raises(DiskFullError):
+        append_until_refused()
+    with pytest.raises(DiskFullError):
+        w.close()
+    assert calls["n"] >= 3  # the last commit went through
+    recover(path)
+    run = open_run(path)
+    n = run.n_frames
+    assert n > 6
+    pixels = [int(run.frames[i][0, 0, 0]) for i in range(n)]
+    assert pixels == list(range(n))
+    assert run.frame_meta["image_number"].tolist() == list(range(n))

@@ -1143,12 +1143,13 @@ class RunWriter:
         deferred: list[tuple[np.ndarray, bool]] = []  # flags of rows past pending
         commit_fut: Future[None] | None = None
         commit_k = 0
+        commit_updates: list[tuple[np.ndarray, bool]] = []
         grow_fut: Future[None] | None = None
         block = self.options.time_block
 
         def settle(wait: bool) -> bool:
             """Account for the commit in flight; True if none is in flight now."""
-            nonlocal commit_fut, pending_base
+            nonlocal commit_fut, pending_base, deferred
             if commit_fut is None:
                 return True
             if not wait and not commit_fut.done():
@@ -1157,20 +1158,25 @@ class RunWriter:
             commit_fut = None
             if exc is not None:
                 self._fail(exc, "committing frames")
+                # its rows stay pending and its flag changes deferred: the last
+                # (best-effort) commit writes what this one did not, once
+                deferred = commit_updates + deferred
                 return True
             del pending[:commit_k]
             pending_base += commit_k
             return True
 
         def schedule() -> None:
-            nonlocal commit_fut, commit_k, deferred
+            nonlocal commit_fut, commit_k, deferred, commit_updates
             k = next_done - pending_base
             if k <= 0 and not deferred and not self._attrs_dirty:
                 return
             commit_k = max(k, 0)
             rows = pending[:commit_k]
-            updates, deferred = deferred, []
-            commit_fut = self._committer.submit(self._commit, next_done, rows, updates)
+            commit_updates, deferred = deferred, []
+            commit_fut = self._committer.submit(
+                self._commit, next_done, rows, commit_updates, pending_base
+            )
             # wake this loop when the commit is done
             commit_fut.add_done_callback(lambda _: self._frame_q.put((_TICK,)))
 
@@ -1280,12 +1286,24 @@ class RunWriter:
         n: int,
         rows: list[tuple],
         updates: list[tuple[np.ndarray, bool]],
+        base: int = 0,
     ) -> None:
-        """On the committer thread: write metadata rows, then ``n_frames = n``."""
+        """On the committer thread: write metadata rows, then ``n_frames = n``.
+
+        ``rows`` are those of frames ``base, base + 1, ...``; those already
+        appended (by an earlier commit whose attribute write then failed) are
+        not appended again.
+        """
         meta = self._meta
-        for idx, value in updates:
-            meta.set_values("analyzed", idx, value)
+        old_n = meta.n
+        if old_n < base:  # pragma: no cover - rows are committed in order
+            raise RuntimeError(f"metadata holds {old_n} rows, expected >= {base}")
+        rows = rows[old_n - base :]
         k = len(rows)
+        # flag changes of rows appended before: made now, written with the rows
+        for idx, value in updates:
+            idx = np.asarray(idx)
+            meta.set_values("analyzed", idx[idx < old_n], value)
         if k:
             table = np.array(rows, dtype=_META_DTYPE)
             meta.append({name: table[name] for name in _META_FIELDS}, k)
@@ -1293,7 +1311,13 @@ class RunWriter:
             if self._t_first is None:
                 self._t_first = float(t[0])
             self._t_last = float(t[-1])
-        elif meta.dirty:
+            # flag changes of these rows (this retries a failed commit)
+            for idx, value in updates:
+                idx = np.asarray(idx)
+                late = idx[(idx >= old_n) & (idx < meta.n)]
+                if late.size:
+                    meta.set_values("analyzed", late, value)
+        if meta.dirty:
             meta.append({}, 0)
         with self._lock:
             self._attrs["n_frames"] = n
