@@ -899,3 +899,60 @@ def test_a_commit_that_fails_after_its_rows_does_not_write_them_twice(
     pixels = [int(run.frames[i][0, 0, 0]) for i in range(n)]
     assert pixels == list(range(n))
     assert run.frame_meta["image_number"].tolist() == list(range(n))
+
+
+def test_calls_that_race_close_raise_instead_of_losing_data(tmp_path: Path) -> None:
+    from axialtrack.store import StoreClosedError
+
+    w = RunWriter(
+        tmp_path / "run.zarr", kind="live", plane_shape=(8, 8), pixel_size_um=0.1
+    )
+    w.append_frame(np.zeros((2, 8, 8), np.uint16))
+    check = w._raise_if_failed
+    fired: list[int] = []
+
+    def close_in_the_gap() -> None:
+        # close() completes right after the call found the writer open
+        check()
+        if not fired and threading.current_thread() is threading.main_thread():
+            fired.append(1)
+            t = threading.Thread(target=w.close)
+            t.start()
+            t.join()
+
+    w._raise_if_failed = close_in_the_gap  # type: ignore[method-assign]
+    k = 5
+    cols = ("t_s", "x_um", "y_um", "z_um", "dz_um", "photons", "background")
+    table = {c: np.zeros(k) for c in cols}
+    table["frame"] = np.zeros(k, np.int64)
+    with pytest.raises(StoreClosedError):
+        w.append_localizations(table)
+    fired.clear()
+    with pytest.raises(StoreClosedError):
+        w.set_attrs(note="late")
+    assert open_run(tmp_path / "run.zarr").state == "closed"
+
+
+def test_a_close_interrupted_by_ctrl_c_is_done_by_the_next(tmp_path: Path) -> None:
+    w = RunWriter(
+        tmp_path / "run.zarr", kind="live", plane_shape=(8, 8), pixel_size_um=0.1
+    )
+    for i in range(20):
+        w.append_frame(np.full((2, 8, 8), i, np.uint16))
+    join = w._frame_thread.join
+    calls = {"n": 0}
+
+    def interrupted_join(*a: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        join(*a)
+
+    w._frame_thread.join = interrupted_join  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        w.close()
+    w.close()  # finishes what the first began
+    run = open_run(tmp_path / "run.zarr")
+    assert run.state == "closed"
+    assert run.n_frames == 20
+    assert int(run.frames[19][0, 0, 0]) == 19

@@ -38,7 +38,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -552,15 +552,24 @@ class RunWriter:
         self._frame_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._table_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._rows_cv = threading.Condition()
+        # held while checking that the writer is open and queueing a flag or
+        # attribute change, and by close() while it marks the writer closed:
+        # nothing is queued after the threads were told to stop
+        self._put_lock = threading.Lock()
+        self._finished = False
         self._pending_rows = 0
 
         self._io = ThreadPoolExecutor(opts.io_threads, thread_name_prefix="run-io")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="run-commit")
         self._frame_thread = threading.Thread(
-            target=self._frame_loop, name="run-frames", daemon=True
+            target=self._guarded(self._frame_loop, "dispatching frames"),
+            name="run-frames",
+            daemon=True,
         )
         self._table_thread = threading.Thread(
-            target=self._table_loop, name="run-tables", daemon=True
+            target=self._guarded(self._table_loop, "writing tables"),
+            name="run-tables",
+            daemon=True,
         )
         self._frame_thread.start()
         self._table_thread.start()
@@ -851,7 +860,9 @@ class RunWriter:
                 f"set_analyzed on {self.path}: frame indices must be in "
                 f"[0, {self._n_appended}), got {idx.min()}..{idx.max()}"
             )
-        self._frame_q.put((_ANALYZED, idx, bool(value)))
+        with self._put_lock:
+            self._check_open("set_analyzed")
+            self._frame_q.put((_ANALYZED, idx, bool(value)))
 
     def set_attrs(self, **values: Any) -> None:
         """Add or replace entries of the run's ``axialtrack`` attributes.
@@ -864,10 +875,12 @@ class RunWriter:
         if bad:
             raise ValueError(f"set_attrs: {sorted(bad)} are managed by the writer")
         new = {k: _json_dict({k: v}, k)[k] for k, v in values.items()}
-        with self._lock:
-            self._attrs.update(new)
-            self._attrs_dirty = True
-        self._frame_q.put((_TICK,))
+        with self._put_lock:
+            self._check_open("set_attrs")
+            with self._lock:
+                self._attrs.update(new)
+                self._attrs_dirty = True
+            self._frame_q.put((_TICK,))
 
     def append_localizations(self, table: Any) -> int:
         """Queue a batch of localizations; return the rows appended so far.
@@ -960,6 +973,7 @@ class RunWriter:
                         rows_safe=self._committed_rows,
                     )
             self._raise_if_failed()
+            self._check_open("append_localizations")  # closed while waiting?
             self._pending_rows += k
             self._rows_appended += k
             n = self._rows_appended
@@ -1007,18 +1021,23 @@ class RunWriter:
             A write failed; the store keeps what was committed and stays
             ``state: "open"`` (see :func:`axialtrack.store.recover`).
         """
-        with self._append_lock:
-            if self._closed:
-                return
+        with self._append_lock, self._put_lock, self._rows_cv:
+            first = not self._closed
             self._closed = True
-        _OPEN_WRITERS.discard(self)
-        self._frame_q.put(_STOP)
-        self._table_q.put(_STOP)
+            if first:
+                self._frame_q.put(_STOP)
+                self._table_q.put(_STOP)
+        if self._finished:
+            return
+        # a close interrupted here (Ctrl-C while a slow disk drains the pool)
+        # is done again by the next close() or at exit
         self._frame_thread.join()
         self._table_thread.join()
         self._io.shutdown(wait=True)
         self._committer.shutdown(wait=True)
         self._sink.close()
+        self._finished = True
+        _OPEN_WRITERS.discard(self)
         self._raise_if_failed()
         try:
             self._finalize()
@@ -1099,10 +1118,23 @@ class RunWriter:
     _t_last: float = math.nan
 
     def _fail(self, exc: BaseException, doing: str) -> None:
-        if self._failure is None:
-            self._failure = (exc, doing)
         with self._rows_cv:
+            if self._failure is None:  # the first failure is the one reported
+                self._failure = (exc, doing)
             self._rows_cv.notify_all()
+
+    def _guarded(self, loop: Callable[[], None], doing: str) -> Callable[[], None]:
+        """``loop`` for a writer thread: an error it does not handle itself is
+        the writer's failure (reported by the next call and by close()), not a
+        thread that ends in silence."""
+
+        def run() -> None:
+            try:
+                loop()
+            except BaseException as exc:
+                self._fail(exc, doing)
+
+        return run
 
     def _write_job(self, index: int, slot: int, t_in: float) -> None:
         t0 = time.perf_counter()
