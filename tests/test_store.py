@@ -956,3 +956,39 @@ def test_a_close_interrupted_by_ctrl_c_is_done_by_the_next(tmp_path: Path) -> No
     assert run.state == "closed"
     assert run.n_frames == 20
     assert int(run.frames[19][0, 0, 0]) == 19
+
+
+def test_an_amend_whose_swap_fails_keeps_the_previous_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from axialtrack.store import StoreWriteError, amend
+
+    path = tmp_path / "run.zarr"
+    cols = ("t_s", "x_um", "y_um", "z_um", "dz_um", "photons", "background")
+    with RunWriter(path, kind="live", plane_shape=(8, 8), pixel_size_um=0.1) as w:
+        for _ in range(3):
+            w.append_frame(np.zeros((2, 8, 8), np.uint16))
+        t = {c: np.ones(2) for c in cols}
+        t["frame"] = np.array([0, 1])
+        w.append_localizations(t)
+    before = open_run(path).localizations
+    rename = os.rename
+    calls = {"n": 0}
+
+    def flaky(a: Any, b: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the new table into place
+            raise OSError(errno.EIO, "Input/output error")
+        rename(a, b)
+
+    monkeypatch.setattr(amend.os, "rename", flaky)
+    new = {c: np.full(1, 2.0) for c in cols}
+    new["frame"] = np.array([1])  # a frame with rows already: the table is replaced
+    with pytest.raises(StoreWriteError):
+        amend.append_localizations_to_run(path, new, frames_analyzed=[1])
+    monkeypatch.undo()
+    run = open_run(path)  # still opens, with the previous table
+    pd.testing.assert_frame_equal(run.localizations, before)
+    assert not list(path.glob("localizations.old-*"))

@@ -93,7 +93,10 @@ def atomic_write(path: str, data: Any, *, direct: bool = False) -> int:
     fd = os.open(tmp, flags, 0o666)
     try:
         while view:
-            view = view[os.write(fd, view) :]
+            written = os.write(fd, view)
+            if written <= 0:  # no progress: never loop on it
+                raise OSError(errno.EIO, f"writing {tmp}: the write made no progress")
+            view = view[written:]
     except BaseException:
         os.close(fd)
         os.unlink(tmp)

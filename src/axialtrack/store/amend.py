@@ -138,10 +138,19 @@ def _write_group(root: zarr.Group, name: str, cols: dict[str, np.ndarray]) -> No
 
 
 def _swap_group(path: Path, name: str, tmp_name: str) -> None:
+    """Put the group ``tmp_name`` in place of ``name``; if that fails, the old
+    ``name`` is put back (the store is never left without it)."""
     old = path / f"{name}.old-{os.getpid()}"
+    moved = False
     if (path / name).exists():
         os.rename(path / name, old)
-    os.rename(path / tmp_name, path / name)
+        moved = True
+    try:
+        os.rename(path / tmp_name, path / name)
+    except BaseException:
+        if moved:
+            os.rename(old, path / name)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
