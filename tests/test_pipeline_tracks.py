@@ -449,3 +449,35 @@ def test_geff_round_trip(sim_linked: pd.DataFrame, tmp_path: Path) -> None:
     write_geff(locs.iloc[:100], path, overwrite=True)
     nodes2, _ = read_geff(path)
     assert len(nodes2) == int((locs["track_id"].iloc[:100] >= 0).sum())
+
+
+def test_end_tracks_stops_linking_across_a_jump() -> None:
+    from axialtrack.pipeline.link import LinkConfig, OnlineLinker
+
+    lk = OnlineLinker(LinkConfig(search_range_um=1.0, memory=3))
+    a = lk.push_rows(np.array([10]), np.array([[5.0, 5.0, 0.0]]), analyzed=[10])
+    lk.end_tracks()
+    b = lk.push_rows(np.array([400]), np.array([[5.5, 5.0, 0.0]]), analyzed=[400])
+    assert a.tolist() == [0]
+    assert b.tolist() == [1]  # a new track, ids go on
+    c = lk.push_rows(np.array([401]), np.array([[5.6, 5.0, 0.0]]), analyzed=[401])
+    assert c.tolist() == [1]  # and it links on from there
+
+
+def test_localize_analyzes_runs_of_consecutive_frames_apart() -> None:
+    from axialtrack.pipeline.cli import _analyze_all
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.batches: list[list[int]] = []
+
+        def analyze(self, planes, indices, meta):  # type: ignore[no-untyped-def]
+            self.batches.append([int(i) for i in indices])
+
+        def end_tracks(self) -> None:
+            self.batches.append([])  # where the tracks end
+
+    rec = Recorder()
+    idx = np.array([3, 4, 5, 9, 10, 20])
+    _analyze_all(rec, lambda i: np.zeros((len(i), 2, 4, 4)), idx, [None] * 6, 2)
+    assert rec.batches == [[3, 4], [5], [], [9, 10], [], [20]]

@@ -95,6 +95,11 @@ class TrackingAnalyzer:
         """Track ids issued so far."""
         return int(self.linker.n_tracks)
 
+    def end_tracks(self) -> None:
+        """End every open track (see :meth:`OnlineLinker.end_tracks`): the
+        frames analyzed next do not follow on from those before."""
+        self.linker.end_tracks()
+
     def reset(self) -> None:
         """Start a new run: no open tracks, no localizations kept, counters and
         stage timings at zero (the engine and the compiled kernels stay).

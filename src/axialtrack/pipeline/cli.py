@@ -383,14 +383,22 @@ def _analyze_all(
     import pandas as pd
 
     parts = []
-    for s in range(0, len(indices), batch):
-        idx = indices[s : s + batch]
-        planes = np.asarray(get_planes(idx))
-        table = analyzer.analyze(planes, idx, metas[s : s + batch])
-        if table is not None and len(table):
-            parts.append(table)
-        if on_batch is not None:
-            on_batch(len(idx), planes)
+    # runs of consecutive frames: no track may cross the frames between two
+    # runs (analyzed before, by the live run)
+    end_tracks = getattr(analyzer, "end_tracks", None)
+    cuts = np.flatnonzero(np.diff(indices) != 1) + 1
+    for r0, r1 in zip(np.r_[0, cuts], np.r_[cuts, len(indices)], strict=True):
+        if r0 and callable(end_tracks):
+            end_tracks()
+        for s in range(int(r0), int(r1), batch):
+            e = min(s + batch, int(r1))
+            idx = indices[s:e]
+            planes = np.asarray(get_planes(idx))
+            table = analyzer.analyze(planes, idx, metas[s:e])
+            if table is not None and len(table):
+                parts.append(table)
+            if on_batch is not None:
+                on_batch(len(idx), planes)
     return pd.concat(parts, ignore_index=True) if parts else None
 
 

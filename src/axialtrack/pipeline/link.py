@@ -117,6 +117,14 @@ class OnlineLinker:
         self._frame: int | None = None
         self._offset = 0  # frames declared skipped so far
 
+    def end_tracks(self) -> None:
+        """End every open track: the next push starts new ones (ids go on from
+        :attr:`n_tracks`). For a jump over frames analyzed elsewhere, which
+        no track may cross."""
+        self._pos = np.empty((0, 3))
+        self._ids = np.empty(0, dtype=np.int64)
+        self._last = np.empty(0, dtype=np.int64)
+
     @property
     def n_tracks(self) -> int:
         """Number of track ids issued so far (ids are ``0 .. n_tracks - 1``)."""
