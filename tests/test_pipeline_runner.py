@@ -628,6 +628,16 @@ def test_mda_handler_tracks_useq_sequence(core, tmp_path: Path) -> None:
     with pytest.raises(StoreExistsError):
         TrackingHandler(tmp_path / "mda.zarr", ana, core=core)
     # attached to the core's MDA events (as for pymmcore-widgets' MDA widget)
+    import axialtrack.pipeline.mda as mda
+
+    made_on: list[str] = []
+    open_writer = mda.open_live_writer
+
+    def spy(*a, **kw):  # type: ignore[no-untyped-def]
+        made_on.append(threading.current_thread().name)
+        return open_writer(*a, **kw)
+
+    mda.open_live_writer = spy  # type: ignore[assignment]
     h2 = TrackingHandler(str(tmp_path / "s-{n:02d}.zarr"), None, core=core)
     h2.attach(core)
     try:
@@ -636,8 +646,11 @@ def test_mda_handler_tracks_useq_sequence(core, tmp_path: Path) -> None:
             h2.wait()
     finally:
         h2.detach()
+        mda.open_live_writer = open_writer  # type: ignore[assignment]
     for name in ("s-00.zarr", "s-01.zarr"):
         assert open_run(tmp_path / name).n_frames == 5
+    # each store is made on the tracking thread, not the acquisition thread
+    assert made_on == ["mda-tracking", "mda-tracking"]
 
 
 # ------------------------------------------------------------ amend

@@ -217,6 +217,7 @@ class TrackingHandler:
         self._count = 0
         self._source: _QueueSource | None = None
         self._runner: LiveRunner | None = None
+        self._started = False  # the run of this sequence was started (or tried)
         self._thread: threading.Thread | None = None
         self._dropped = 0
         self._attached: Any = None
@@ -272,6 +273,7 @@ class TrackingHandler:
         self._dropped = 0
         self._source = _QueueSource()
         self._runner = None
+        self._started = False
         self._thread = None
         self.path = self._path_for(self._count)
         self._count += 1
@@ -318,7 +320,8 @@ class TrackingHandler:
         ):
             self.frames_other_channels += 1
             return
-        if self._runner is None:
+        if not self._started:
+            self._started = True  # once: a start that failed is not retried
             try:
                 self._start_runner(np.asarray(img), meta or {})
             except BaseException as exc:
@@ -330,8 +333,8 @@ class TrackingHandler:
                 self._runner = None
                 self._dropped += 1
                 return
-        if self._thread is not None and not self._thread.is_alive():
-            self._dropped += 1  # the run stopped (error logged once)
+        if self._thread is None or not self._thread.is_alive():
+            self._dropped += 1  # the run failed to start or stopped (logged once)
             return
         md = dict(meta or {})
         cam: Mapping[str, Any] = md.get("camera_metadata") or {}
@@ -413,34 +416,40 @@ class TrackingHandler:
                 )
         plane_shape = geo.plane_shape(img.shape)
         assert self.path is not None
-        writer = open_live_writer(
-            self.path,
-            geometry=geo,
-            plane_shape=plane_shape,
-            pixel_size_um=px,
-            rig=(
-                self.rig
-                if self.tracked_channel is None
-                else {**self.rig, "channel": self.tracked_channel}
-            ),
-            model=self.model,
-            overwrite=self.overwrite,
-            compression=self.compression,
-            options=self.writer_options,
+        path = self.path
+        rig = (
+            self.rig
+            if self.tracked_channel is None
+            else {**self.rig, "channel": self.tracked_channel}
         )
-        assert self._source is not None
-        runner = LiveRunner(
-            self._source,
-            self.analyzer,
-            writer,
-            geometry=geo,
-            config=self.config,
-            on_status=self.on_status,
-        )
-        self._runner = runner
+        source = self._source
+        assert source is not None
 
         def _run() -> None:
+            # the store is created here, not on the acquisition thread (it
+            # takes 0.2 s, more when overwrite deletes an earlier run); the
+            # frames wait in the queue meanwhile
             try:
+                writer = open_live_writer(
+                    path,
+                    geometry=geo,
+                    plane_shape=plane_shape,
+                    pixel_size_um=px,
+                    rig=rig,
+                    model=self.model,
+                    overwrite=self.overwrite,
+                    compression=self.compression,
+                    options=self.writer_options,
+                )
+                runner = LiveRunner(
+                    source,
+                    self.analyzer,
+                    writer,
+                    geometry=geo,
+                    config=self.config,
+                    on_status=self.on_status,
+                )
+                self._runner = runner
                 self.metrics = runner.run()
             except BaseException as exc:
                 self.error = exc
