@@ -653,6 +653,54 @@ def test_mda_handler_tracks_useq_sequence(core, tmp_path: Path) -> None:
     assert made_on == ["mda-tracking", "mda-tracking"]
 
 
+def test_mda_handler_records_a_canceled_or_failed_sequence(
+    core, tmp_path: Path
+) -> None:
+    import useq
+
+    from axialtrack.pipeline.mda import TrackingHandler
+
+    core.setProperty("Camera", "PlaneWidth", 32)
+    core.setProperty("Camera", "PlaneHeight", 32)
+
+    def boom(event) -> None:  # type: ignore[no-untyped-def]
+        if event.index.get("t") == 3:
+            raise RuntimeError("camera timeout (simulated)")
+
+    core.mda.events.eventStarted.connect(boom)
+    h = TrackingHandler(tmp_path / "e.zarr", None, core=core)
+    try:
+        # raised through psygnal's EmitLoopError
+        with pytest.raises(Exception, match="camera timeout"):
+            core.mda.run(
+                # an interval: one event per frame (not one burst)
+                useq.MDASequence(time_plan={"interval": 0.02, "loops": 6}),
+                output=h,
+            )
+        h.wait()
+    finally:
+        core.mda.events.eventStarted.disconnect(boom)
+    run = open_run(tmp_path / "e.zarr")
+    assert run.n_frames == 3
+    assert run.attrs["live_metrics"]["stop_reason"] == "sequence-errored"
+
+    def cancel(*a) -> None:  # type: ignore[no-untyped-def]
+        core.mda.cancel()
+
+    core.mda.events.frameReady.connect(cancel)
+    h2 = TrackingHandler(tmp_path / "c.zarr", None, core=core)
+    try:
+        core.mda.run(useq.MDASequence(time_plan={"interval": 0, "loops": 5}), output=h2)
+        h2.wait()
+    finally:
+        core.mda.events.frameReady.disconnect(cancel)
+    run = open_run(tmp_path / "c.zarr")
+    assert 1 <= run.n_frames < 5
+    assert run.attrs["live_metrics"]["stop_reason"] == "sequence-canceled"
+    assert h2.metrics is not None
+    assert h2.metrics.stop_reason == "sequence-canceled"
+
+
 # ------------------------------------------------------------ amend
 def test_mda_handler_tracks_one_channel(core, tmp_path: Path, caplog) -> None:
     import useq

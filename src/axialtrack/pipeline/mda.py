@@ -99,6 +99,8 @@ class _QueueSource:
     def __init__(self) -> None:
         self._q: queue.SimpleQueue[SourceFrame] = queue.SimpleQueue()
         self._closed = False
+        # why the sequence ended, when not by completing (the run's stop_reason)
+        self.end_reason: str | None = None
 
     def put(self, frame: SourceFrame) -> None:
         self._q.put(frame)
@@ -249,6 +251,7 @@ class TrackingHandler:
         ev = core.mda.events
         ev.sequenceStarted.connect(self.sequenceStarted)
         ev.frameReady.connect(self.frameReady)
+        ev.sequenceCanceled.connect(self.sequenceCanceled)
         ev.sequenceFinished.connect(self.sequenceFinished)
         self._attached = core
         if self.core is None:
@@ -260,7 +263,12 @@ class TrackingHandler:
         if core is None:
             return
         ev = core.mda.events
-        for name in ("sequenceStarted", "frameReady", "sequenceFinished"):
+        for name in (
+            "sequenceStarted",
+            "frameReady",
+            "sequenceCanceled",
+            "sequenceFinished",
+        ):
             with contextlib.suppress(Exception):  # not connected
                 getattr(ev, name).disconnect(getattr(self, name))
 
@@ -374,8 +382,20 @@ class TrackingHandler:
             )
         )
 
+    def sequenceCanceled(self, sequence: Any = None) -> None:
+        """The sequence was canceled: the run's ``stop_reason`` says so
+        (``"sequence-canceled"``); what was acquired is stored as usual."""
+        if self._source is not None:
+            self._source.end_reason = "sequence-canceled"
+
     def sequenceFinished(self, sequence: Any = None) -> None:
         """Let the runner drain, write tracks and metrics, and close the store."""
+        # an output handler is not told of a cancel or an error: the MDA
+        # runner's status says how the sequence ended
+        status = getattr(getattr(self.core, "mda", None), "status", None)
+        reason = str(getattr(status, "finish_reason", None) or "")
+        if reason in ("canceled", "errored") and self._source is not None:
+            self._source.end_reason = f"sequence-{reason}"
         if self._source is not None:
             self._source.close()
         self.wait()

@@ -1141,8 +1141,11 @@ class LiveRunner:
 
     def _source_ended(self, n_frames: int | None) -> None:
         if getattr(self.source, "natural_end", False):
-            # e.g. an MDA sequence: its end is the end of the run
-            self._stop_reason = "sequence-finished"
+            # e.g. an MDA sequence: its end is the end of the run (the source
+            # may say why it ended, e.g. "sequence-canceled")
+            self._stop_reason = (
+                getattr(self.source, "end_reason", None) or "sequence-finished"
+            )
             return
         self._stop_reason = "source-ended"
         if n_frames is not None and self._frames_in < n_frames:
