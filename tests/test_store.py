@@ -992,3 +992,23 @@ def test_an_amend_whose_swap_fails_keeps_the_previous_table(
     run = open_run(path)  # still opens, with the previous table
     pd.testing.assert_frame_equal(run.localizations, before)
     assert not list(path.glob("localizations.old-*"))
+
+
+def test_an_amend_with_a_bad_track_table_changes_nothing(tmp_path: Path) -> None:
+    from axialtrack.store import InvalidTableError
+    from axialtrack.store.amend import append_localizations_to_run
+
+    path = tmp_path / "run.zarr"
+    cols = ("t_s", "x_um", "y_um", "z_um", "dz_um", "photons", "background")
+    with RunWriter(path, kind="live", plane_shape=(8, 8), pixel_size_um=0.1) as w:
+        for _ in range(3):
+            w.append_frame(np.zeros((2, 8, 8), np.uint16))
+    new = {c: np.full(2, 2.0) for c in cols}
+    new["frame"] = np.array([0, 2])
+    bad = {"track_id": np.arange(3), "D_um2_s": np.ones(2)}  # unequal lengths
+    with pytest.raises(InvalidTableError, match="differ in length"):
+        append_localizations_to_run(path, new, frames_analyzed=[0, 2], tracks=bad)
+    run = open_run(path)
+    assert len(run.localizations) == 0
+    assert not run.frame_meta["analyzed"].any()
+    assert not list(path.glob("*.amend-*"))

@@ -321,6 +321,22 @@ def append_localizations_to_run(
     k = len(cols["frame"])
     if k and (cols["frame"].min() < 0 or cols["frame"].max() >= n_frames):
         raise IndexError(f"{what}: frame values must be in [0, {n_frames})")
+    # the track table checked before anything is written
+    tcols: dict[str, np.ndarray] | None = None
+    if tracks is not None:
+        tcols = {c: np.asarray(v) for c, v in _to_columns(tracks, what).items()}
+        for c, v in tcols.items():
+            if v.ndim != 1 or v.dtype.kind not in "biuf":
+                raise InvalidTableError(
+                    f"{what}: track column {c!r} must be a 1-D numeric array; got "
+                    f"dtype {v.dtype}, shape {v.shape}. Nothing was changed."
+                )
+        lengths = {len(v) for v in tcols.values()}
+        if len(lengths) > 1:
+            raise InvalidTableError(
+                f"{what}: the track columns differ in length ({sorted(lengths)}). "
+                "Nothing was changed."
+            )
     old_n = int(_gattrs(loc).get("n_rows", 0))
     try:
         old_frames = np.asarray(loc["frame"][:old_n]) if old_n else np.zeros(0, int)  # type: ignore[index]
@@ -347,13 +363,7 @@ def append_localizations_to_run(
             _append_rows(loc, cols, old_n, p / LOCALIZATIONS)
             n_rows = old_n + k
         _set_flags(meta, frames, n_frames, p / FRAME_META)
-        if tracks is not None:
-            tcols = {c: np.asarray(v) for c, v in _to_columns(tracks, what).items()}
-            for c, v in tcols.items():
-                if v.dtype.kind not in "biuf":
-                    raise InvalidTableError(
-                        f"{what}: track column {c!r} has dtype {v.dtype}"
-                    )
+        if tcols is not None:
             tmp = f"{TRACKS}.amend-{os.getpid()}"
             _write_group(root, tmp, tcols)
             _swap_group(p, TRACKS, tmp)
