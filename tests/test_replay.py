@@ -302,3 +302,28 @@ def test_cli_localize_of_a_movie_that_fails_part_way_keeps_the_rest_unanalyzed(
     assert analyzed[:4].all()
     assert not analyzed[4:].any()
     assert run.n_frames >= 4
+
+
+def test_cli_localize_all_that_links_nothing_drops_the_old_tracks(
+    recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_pipeline_runner import PeakAnalyzer
+
+    import axialtrack.pipeline.cli as cli
+
+    path, _ = recording
+    monkeypatch.setattr(cli, "_make_analyzer", lambda bundle, **kw: PeakAnalyzer())
+    args = _parse(["localize", str(path), "--model", "m"])
+    assert args.func(args) == 0
+    assert len(open_run(path).tracks) == 3  # PeakAnalyzer's summary
+
+    class LinksNothing(PeakAnalyzer):
+        def finish(self) -> None:  # type: ignore[override]
+            return None
+
+    monkeypatch.setattr(cli, "_make_analyzer", lambda bundle, **kw: LinksNothing())
+    args = _parse(["localize", str(path), "--model", "m", "--all"])
+    assert args.func(args) == 0
+    run = open_run(path)
+    assert len(run.localizations) > 0
+    assert len(run.tracks) == 0  # no tracks of rows that were replaced

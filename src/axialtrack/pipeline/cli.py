@@ -492,6 +492,12 @@ def cmd_localize(args: argparse.Namespace) -> int:
                     "run's; the run's track table is kept.[/yellow]"
                 )
                 tracks = None
+    if args.all and tracks is None:
+        # the new table links nothing: the old tracks (of the replaced rows) go
+        old_tracks = run.tracks
+        tracks = {
+            c: np.zeros(0, dtype=old_tracks[c].dtype) for c in old_tracks.columns
+        } or {"track_id": np.zeros(0, np.int64)}
     append_localizations_to_run(
         path, table, frames_analyzed=todo, tracks=tracks, replace=args.all
     )
