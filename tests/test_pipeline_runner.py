@@ -701,6 +701,42 @@ def test_mda_handler_records_a_canceled_or_failed_sequence(
     assert h2.metrics.stop_reason == "sequence-canceled"
 
 
+def test_mda_handler_accounts_for_every_frame_when_the_run_fails(
+    core, tmp_path: Path
+) -> None:
+    import useq
+
+    from axialtrack.pipeline.mda import TrackingHandler
+
+    class Bad(PeakAnalyzer):
+        def analyze(self, planes, indices, meta):  # type: ignore[no-untyped-def]
+            if indices[-1] >= 3:
+                raise RuntimeError("boom")
+            return super().analyze(planes, indices, meta)
+
+    core.setProperty("Camera", "PlaneWidth", 32)
+    core.setProperty("Camera", "PlaneHeight", 32)
+    acquired: list[int] = []
+
+    def count(*a) -> None:  # type: ignore[no-untyped-def]
+        acquired.append(1)
+
+    core.mda.events.frameReady.connect(count)
+    h = TrackingHandler(tmp_path / "f.zarr", Bad(), core=core)
+    try:
+        seq = useq.MDASequence(time_plan={"interval": 0.01, "loops": 200})
+        core.mda.run(seq, output=h)
+        h.wait()
+    finally:
+        core.mda.events.frameReady.disconnect(count)
+    assert isinstance(h.error, AnalysisError)
+    run = open_run(tmp_path / "f.zarr")
+    # every frame acquired is stored or counted as dropped, and the MDA was
+    # canceled soon after the failure
+    assert len(acquired) == run.n_frames + h._dropped
+    assert len(acquired) < 100
+
+
 # ------------------------------------------------------------ amend
 def test_mda_handler_tracks_one_channel(core, tmp_path: Path, caplog) -> None:
     import useq

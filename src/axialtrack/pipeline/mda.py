@@ -341,8 +341,17 @@ class TrackingHandler:
                 self._runner = None
                 self._dropped += 1
                 return
-        if self._thread is None or not self._thread.is_alive():
-            self._dropped += 1  # the run failed to start or stopped (logged once)
+        runner = self._runner
+        if (
+            self._thread is None
+            or not self._thread.is_alive()
+            or (runner is not None and runner.failure is not None)
+        ):
+            # the run failed to start or stopped (logged once): this frame is
+            # not stored; the MDA is canceled at once, not once the run closed
+            self._dropped += 1
+            if self._dropped == 1:
+                self._cancel()
             return
         md = dict(meta or {})
         cam: Mapping[str, Any] = md.get("camera_metadata") or {}
@@ -399,6 +408,9 @@ class TrackingHandler:
         if self._source is not None:
             self._source.close()
         self.wait()
+        if self._source is not None and self.error is not None:
+            # frames queued that the stopped run never took
+            self._dropped += self._source.depth()
         if self._dropped and self.error is not None:
             logger.error(
                 "%d frame(s) of this sequence arrived after the run had stopped "

@@ -939,6 +939,12 @@ class LiveRunner:
             except KeyboardInterrupt:
                 self._interrupted()
 
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that stopped the run, as soon as it happened (``run()``
+        raises it once everything is closed); ``None`` while all is well."""
+        return self._failure
+
     def metrics(self) -> LiveMetrics:
         """The current metrics (rates over the last few seconds)."""
         now = time.perf_counter()
