@@ -153,6 +153,17 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
+def _refuse_existing(out: Path, overwrite: bool) -> bool:
+    """Whether ``out`` exists and may not be replaced (the refusal printed)."""
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        console.print(
+            f"[red]{out} already exists.[/red] Pass --overwrite to replace it, or "
+            "choose another --out. Nothing was changed."
+        )
+        return True
+    return False
+
+
 class _Replacement:
     """``--overwrite`` without losing the old output to a run that never starts.
 
@@ -236,11 +247,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     from axialtrack.store import StoreError
 
     out = Path(args.out).expanduser()
-    if (out.exists() or out.is_symlink()) and not args.overwrite:
-        console.print(
-            f"[red]{out} already exists.[/red] Pass --overwrite to replace it, or "
-            "choose another --out. Nothing was changed."
-        )
+    if _refuse_existing(out, args.overwrite):
         return 2
     if args.duration is None and args.frames is None:
         console.print("[red]Give --duration SECONDS or --frames N.[/red]")
@@ -546,11 +553,7 @@ def _localize_movie(args: argparse.Namespace, path: Path) -> int:
     plane_shape = (int(first.shape[1]), int(first.shape[2]))
     dt = args.frame_interval
     out = Path(args.out).expanduser()
-    if (out.exists() or out.is_symlink()) and not args.overwrite:
-        console.print(
-            f"[red]{out} already exists.[/red] Pass --overwrite to replace it, or "
-            "choose another --out. Nothing was changed."
-        )
+    if _refuse_existing(out, args.overwrite):
         return 2
     # the model before the store: a model that does not load changes nothing
     analyzer = _load_analyzer(
