@@ -1012,3 +1012,35 @@ def test_an_amend_with_a_bad_track_table_changes_nothing(tmp_path: Path) -> None
     assert len(run.localizations) == 0
     assert not run.frame_meta["analyzed"].any()
     assert not list(path.glob("*.amend-*"))
+
+
+def test_a_frame_that_waited_while_the_writer_failed_is_refused(
+    tmp_path: Path,
+) -> None:
+    import errno
+
+    from axialtrack.store import DiskFullError
+
+    frame = np.zeros((2, 64, 64), np.uint16)  # 16 KB
+    w = RunWriter(
+        tmp_path / "run.zarr",
+        kind="live",
+        plane_shape=(64, 64),
+        pixel_size_um=0.1,
+        options=WriterOptions(queue_mb=0.01, block_timeout_s=10.0),  # 2 buffers
+    )
+
+    def fails(i, f):  # type: ignore[no-untyped-def]
+        time.sleep(0.3)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    w._sink.write = fails  # type: ignore[method-assign]
+    assert w._n_slots == 2
+    assert w.append_frame(frame) == 0  # the two buffers taken
+    assert w.append_frame(frame) == 1
+    # waits for the buffer, which comes back after the write failed: this
+    # frame would be dropped, so it must not be accepted
+    with pytest.raises(DiskFullError):
+        w.append_frame(frame)
+    with pytest.raises(DiskFullError):
+        w.close()

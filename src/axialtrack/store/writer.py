@@ -796,6 +796,12 @@ class RunWriter:
                     slot = self._free.get(timeout=opts.block_timeout_s)
             except queue.Empty:
                 raise self._too_slow() from None
+            if self._failure is not None:
+                # the writer failed while this call waited for a buffer: the
+                # frame would be dropped, so it is refused (frames_safe says
+                # what is stored)
+                self._free.put(slot)
+                self._raise_if_failed()
             np.copyto(self._pool[slot], arr, casting="unsafe")
             index = self._n_appended
             self._n_appended += 1
@@ -1152,6 +1158,9 @@ class RunWriter:
                 index = -1
         except BaseException as exc:  # reported through the frame thread
             err = exc
+            # and recorded before the buffer is free again, so a frame that
+            # waited for it is refused, not accepted and then dropped
+            self._fail(exc, f"writing frame {index}")
         finally:
             self._free.put(slot)
         self._frame_q.put((_DONE, index, err))
