@@ -481,3 +481,43 @@ def test_localize_analyzes_runs_of_consecutive_frames_apart() -> None:
     idx = np.array([3, 4, 5, 9, 10, 20])
     _analyze_all(rec, lambda i: np.zeros((len(i), 2, 4, 4)), idx, [None] * 6, 2)
     assert rec.batches == [[3, 4], [5], [], [9, 10], [], [20]]
+
+
+def test_contested_links_are_trackpys() -> None:
+    """Two tracks competing for one localization: a new localization starts a
+    track at no cost (trackpy's null candidate), so track A keeps the one that
+    did not move rather than both tracks taking a longer step."""
+    import trackpy
+
+    from axialtrack.pipeline.link import LinkConfig, OnlineLinker
+
+    trackpy.quiet()
+    f0 = np.array([[0.0, 0.0, 0.0], [0.0, 0.7746, 0.0]])  # tracks A, B
+    f1 = np.array([[0.0, 0.0, 0.0], [0.7746, 0.0, 0.0]])
+    lk = OnlineLinker(LinkConfig(search_range_um=1.0, memory=0))
+    ids = np.r_[lk.push(0, f0), lk.push(1, f1)].tolist()
+    df = pd.DataFrame(np.r_[f0, f1], columns=["x_um", "y_um", "z_um"])
+    df["frame"] = [0, 0, 1, 1]
+    ref = trackpy.link(
+        df, 1.0, memory=0, pos_columns=["x_um", "y_um", "z_um"], t_column="frame"
+    )["particle"].tolist()
+    assert ids == [0, 1, 0, 2]
+    # the same partition as trackpy's
+    assert (np.array(ids)[:, None] == np.array(ids)[None, :]).tolist() == (
+        np.array(ref)[:, None] == np.array(ref)[None, :]
+    ).tolist()
+
+
+def test_linking_keeps_its_precision_at_stage_coordinates() -> None:
+    from axialtrack.pipeline.link import LinkConfig, OnlineLinker
+
+    lk = OnlineLinker(LinkConfig(search_range_um=0.5, memory=0))
+    stage = np.array([50_000.0, -30_000.0, 4_000.0])  # um, like x_um = stage + dx
+    a = stage + np.array([[0.0, 0.0, 0.0], [0.4, 0.0, 0.0]])
+    b = stage + np.array([[0.001, 0.0, 0.0], [0.3989, 0.0, 0.0]])
+    lk.push(0, a)
+    rows, cols, dist2 = lk._candidates(b * lk._scale)
+    exact = ((a[rows] - b[cols]) ** 2).sum(axis=1)
+    # |p|^2 + |q|^2 - 2 p.q at 5e4 um would be off by about 1e-6 um^2
+    np.testing.assert_allclose(dist2, exact, rtol=0, atol=1e-9)
+    assert lk.push(1, b).tolist() == [0, 1]

@@ -5,24 +5,27 @@ their track ids at once (no look-ahead, no lag), so ids can be written with the
 localizations while the camera runs. Between consecutive pushes it solves a global
 frame-to-frame assignment:
 
-- candidates: every (open track, new localization) pair closer than
+- candidates: every (open track, new localization) pair within
   ``search_range_um``, the distance measured in ``(x, y, z / z_scale)``;
 - cost of a link: the squared (scaled) distance, also across a gap (dividing it
   by the gap length, as a diffusion likelihood would, favoured gap-bridging over
   present tracks and linked slightly worse on dense simulated data: 99.77% vs
   99.79% of links correct);
-- cost of not linking: ``search_range_um**2`` for the track and for the
-  localization, so any candidate link beats leaving both ends open and only
-  competition between candidates decides;
+- cost of not linking: ``search_range_um**2`` for a track left open, nothing
+  for a localization that starts a new track (trackpy's null candidate), so
+  any candidate link beats leaving both ends open and only competition between
+  candidates decides;
 - isolated candidates (one track, one localization, no competitor) are linked
   directly; the rest are solved jointly as one rectangular assignment problem
   (:func:`scipy.optimize.linear_sum_assignment` on the usual augmented
   ``(n + m) x (m + n)`` matrix).
 
 A track that gets no localization stays open for ``memory`` more frames (gap
-closing); frame numbers, not pushes, count, so a skipped frame number counts as a
-missed frame. No motion predictor is used: for Brownian motion the best prediction
-of the next position is the last one.
+closing); frame numbers, not pushes, count, so a gap in the frame numbers counts
+as missed frames, except the frames declared not analyzed (``skipped=`` of
+:meth:`OnlineLinker.push`, ``analyzed=`` of :meth:`OnlineLinker.push_rows`). No
+motion predictor is used: for Brownian motion the best prediction of the next
+position is the last one.
 
 Why not :class:`trackpy.linking.Linker`: its track counter is a class attribute
 shared by every linker in the process and reset by ``init_level``, so starting a second
@@ -234,12 +237,20 @@ class OnlineLinker:
         """Candidate (track row, det column, cost) triplets within the search range."""
         k, m = len(self._pos), len(pts)
         if k * m <= _BRUTE_FORCE_PAIRS:
-            # |p|^2 + |q|^2 - 2 p.q: one small matrix product, no (k, m, 3) temporary
-            tp = self._pos
-            d2 = (tp * tp).sum(axis=1)[:, None] + (pts * pts).sum(axis=1)[None, :]
-            d2 -= 2.0 * (tp @ pts.T)
+            # |p|^2 + |q|^2 - 2 p.q: one small matrix product, no (k, m, 3)
+            # temporary; about a common origin, since positions include the
+            # stage's (tens of mm), which would cancel away the precision
+            origin = pts.mean(axis=0) if m else 0.0
+            tp = self._pos - origin
+            q = pts - origin
+            d2 = (tp * tp).sum(axis=1)[:, None] + (q * q).sum(axis=1)[None, :]
+            d2 -= 2.0 * (tp @ q.T)
             rows, cols = np.nonzero(d2 <= self._r2)
-            dist2 = np.maximum(d2[rows, cols], 0.0)
+            # the exact distances of the candidates (the expansion rounds)
+            diff = tp[rows] - q[cols]
+            dist2 = (diff * diff).sum(axis=1)
+            keep = dist2 <= self._r2
+            rows, cols, dist2 = rows[keep], cols[keep], dist2[keep]
         else:
             tree_t = cKDTree(self._pos)
             tree_d = cKDTree(pts)
@@ -267,7 +278,7 @@ class OnlineLinker:
         big = np.full((nr + nc, nc + nr), _BIG)
         big[ri, ci] = cost[hard]
         big[np.arange(nr), nc + np.arange(nr)] = self._r2  # track left open
-        big[nr + np.arange(nc), np.arange(nc)] = self._r2  # localization starts one
+        big[nr + np.arange(nc), np.arange(nc)] = 0.0  # localization starts one
         big[nr:, nc:] = 0.0
         a, b = linear_sum_assignment(big)
         sel = (a < nr) & (b < nc)
