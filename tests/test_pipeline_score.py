@@ -76,3 +76,40 @@ def test_z_range_and_frame_join() -> None:
     assert (
         m["truth_id"].to_numpy() == truth.loc[m["loc_index"], "id"].to_numpy()
     ).all()
+
+
+def test_links_count_only_those_the_linker_made_with_both_ends_matched() -> None:
+    from axialtrack.pipeline.score import score_against_truth
+
+    # one emitter at (10, 10) px in frames 0..3
+    truth = pd.DataFrame(
+        {
+            "frame": [0, 1, 2, 3],
+            "t_s": [0.0, 0.01, 0.02, 0.03],
+            "id": [1, 1, 1, 1],
+            "x_px0": [10.0] * 4,
+            "y_px0": [10.0] * 4,
+            "z_focus_um": [0.0] * 4,
+        }
+    )
+    # a track on the emitter, a false positive 40 px away in frame 1, back on it
+    # in frames 2 and 3: the links 0->1 and 1->2 have an unmatched end, and
+    # 0->2 is not a link the linker made; only 2->3 counts
+    locs = pd.DataFrame(
+        {
+            "frame": [0, 1, 2, 3],
+            "t_s": [0.0, 0.01, 0.02, 0.03],
+            "x_px": [10.1, 50.0, 10.1, 10.1],
+            "y_px": [10.0, 50.0, 10.0, 10.0],
+            "z_um": [0.0] * 4,
+            "track_id": [0, 0, 0, 0],
+        }
+    )
+    s = score_against_truth(locs, truth, pixel_size_um=0.1)
+    assert s.n_links == 1
+    assert s.link_accuracy == 1.0
+    # the middle emitter outside z_range: its links leave the score
+    truth2 = truth.assign(z_focus_um=[0.0, 5.0, 0.0, 0.0])
+    locs2 = locs.assign(x_px=[10.1] * 4, z_um=[0.0, 5.0, 0.0, 0.0])
+    s2 = score_against_truth(locs2, truth2, pixel_size_um=0.1, z_range_um=(-1, 1))
+    assert s2.n_links == 1  # 2->3 only

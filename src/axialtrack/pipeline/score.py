@@ -192,13 +192,18 @@ def score_against_truth(
     n_links = 0
     good = 0
     if "track_id" in locs and n:
-        tr = locs.loc[truth_of.index, ["frame", "track_id"]].copy()
-        tr["truth_id"] = truth_of.to_numpy()
-        tr = tr[tr["track_id"] >= 0].sort_values(["track_id", "frame"])
-        same_track = tr["track_id"].to_numpy()[1:] == tr["track_id"].to_numpy()[:-1]
-        same_truth = tr["truth_id"].to_numpy()[1:] == tr["truth_id"].to_numpy()[:-1]
-        n_links = int(same_track.sum())
-        good = int((same_track & same_truth).sum())
+        # the links the linker made (consecutive rows of a track, every row of
+        # it, matched or not), then those whose two ends are both matched
+        tr = locs.loc[locs["track_id"] >= 0, ["frame", "track_id"]]
+        tr = tr.sort_values(["track_id", "frame"], kind="stable")
+        tid = tr["track_id"].to_numpy()
+        idx = tr.index.to_numpy()
+        same_track = tid[1:] == tid[:-1]
+        a, b = idx[:-1][same_track], idx[1:][same_track]
+        both = np.isin(a, truth_of.index) & np.isin(b, truth_of.index)
+        a, b = a[both], b[both]
+        n_links = len(a)
+        good = int((truth_of.loc[a].to_numpy() == truth_of.loc[b].to_numpy()).sum())
     return TruthScore(
         n_truth=n_truth,
         n_localizations=n_locs,
