@@ -521,3 +521,28 @@ def test_linking_keeps_its_precision_at_stage_coordinates() -> None:
     # |p|^2 + |q|^2 - 2 p.q at 5e4 um would be off by about 1e-6 um^2
     np.testing.assert_allclose(dist2, exact, rtol=0, atol=1e-9)
     assert lk.push(1, b).tolist() == [0, 1]
+
+
+def test_steps_across_a_pause_in_the_acquisition_are_left_out() -> None:
+    """Consecutive frames 0.5 s apart every 100 frames (a burst acquisition):
+    those steps are not single-frame steps of dt."""
+    from axialtrack.pipeline.tracks import summarize_tracks
+
+    rng = np.random.default_rng(1)
+    d_true, dt, n = 0.5, 0.01, 4000
+    t = np.arange(n) * dt + (np.arange(n) // 100) * 0.5
+    steps = rng.normal(0.0, 1.0, (n - 1, 3)) * np.sqrt(2 * d_true * np.diff(t))[:, None]
+    xyz = np.r_[np.zeros((1, 3)), np.cumsum(steps, axis=0)]
+    locs = pd.DataFrame(
+        {
+            "frame": np.arange(n),
+            "t_s": t,
+            "track_id": 0,
+            "x_um": xyz[:, 0],
+            "y_um": xyz[:, 1],
+            "z_um": xyz[:, 2],
+        }
+    )
+    s = summarize_tracks(locs)  # dt from t_s: the median interval
+    assert abs(float(s["D_um2_s"].iloc[0]) / d_true - 1.0) < 0.1
+    assert abs(float(s["D_xy_um2_s"].iloc[0]) / d_true - 1.0) < 0.1

@@ -120,18 +120,30 @@ def _blur_r(frame_interval_s: float, exposure_s: float | None) -> float:
 
 
 def _step_sums(
-    track_key: np.ndarray, frames: np.ndarray, xyz: np.ndarray, n_groups: int
+    track_key: np.ndarray,
+    frames: np.ndarray,
+    xyz: np.ndarray,
+    n_groups: int,
+    t_s: np.ndarray | None = None,
+    dt: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per-group CVE sums from rows sorted by (group, frame).
 
     Returns ``s2`` (G, 3) sum of squared single-frame steps, ``n1`` (G,) their
     count, ``s11`` (G, 3) sum of products of consecutive steps and ``n2`` (G,).
+    With the rows' times ``t_s`` and the frame interval ``dt``, a step between
+    consecutive frames whose times are not ``dt`` apart (within 10 %: a pause
+    in the acquisition) is not a single-frame step and is left out.
     """
     s2 = np.zeros((n_groups, 3))
     s11 = np.zeros((n_groups, 3))
     if len(frames) < 2:
         return s2, np.zeros(n_groups), s11, np.zeros(n_groups)
     step_ok = (track_key[1:] == track_key[:-1]) & (frames[1:] - frames[:-1] == 1)
+    if t_s is not None and dt is not None and np.isfinite(dt) and dt > 0:
+        step_t = np.diff(t_s)
+        paused = np.isfinite(step_t) & (np.abs(step_t - dt) > 0.1 * dt)
+        step_ok &= ~paused
     d = xyz[1:] - xyz[:-1]
     g1 = track_key[1:]
     w = step_ok.astype(np.float64)
@@ -313,9 +325,10 @@ def estimate_diffusion_population(
     """
     dt = float(frame_interval_s)
     r = _blur_r(dt, exposure_s)
-    uniq, key, f, xyz, _ = _sorted_tracks(locs)
+    uniq, key, f, xyz, order = _sorted_tracks(locs)
     g = len(uniq)
-    s2, n1, s11, n2 = _step_sums(key, f, xyz, g)
+    t = locs["t_s"].to_numpy(dtype=np.float64)[order] if "t_s" in locs else None
+    s2, n1, s11, n2 = _step_sums(key, f, xyz, g, t_s=t, dt=dt)
     length = np.bincount(key, minlength=g)
     use = (length >= min_length) & (n1 > 0) & (n2 > 0)
     s2, n1, s11, n2 = s2[use], n1[use], s11[use], n2[use]
@@ -411,7 +424,9 @@ def summarize_tracks(
     if np.isfinite(dt) and dt > 0:
         r = _blur_r(dt, exposure_s)
         sample = xyz if axial_scale == 1.0 else xyz * np.array([1.0, 1.0, axial_scale])
-        s2, n1, s11, n2 = _step_sums(key, f, sample, g)
+        s2, n1, s11, n2 = _step_sums(
+            key, f, sample, g, t_s=t if "t_s" in locs.columns else None, dt=dt
+        )
         d, var, sig2 = _cve(s2, n1, s11, n2, dt, r)
         d3, se3, dxy, _, dz, _ = _combine(d, var)
         with np.errstate(invalid="ignore"):
