@@ -553,8 +553,10 @@ def accuracy(
     grp["D_true"] = d_true.loc[grp["truth_id"]].to_numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        # the movie's own timing: a replay at another rate (or unpaced) stamps
+        # its own times, which the estimator would take for pauses
         summ = summarize_tracks(
-            locs,
+            locs.assign(t_s=locs["frame"].to_numpy() * FRAME_S),
             frame_interval_s=FRAME_S,
             min_length=min_len,
             axial_scale=axial_scale,
@@ -701,6 +703,15 @@ def trackpy_baseline(movie: Path, n_frames: int) -> dict[str, Any]:
     trackpy.quiet()
     frames = np.asarray(open_run(movie).frames[:n_frames, 0])
     tp_engine = "numba" if importlib.util.find_spec("numba") else "python"
+    # untimed first call: trackpy compiles its numba code in the process (about
+    # 0.5 s), as our analyzer loads its compiled kernels before the run
+    warm = trackpy.locate(frames[0], 7, minmass=300.0, engine=tp_engine)
+    warm["frame"] = 0
+    trackpy.link(
+        pd.concat([warm, warm.assign(frame=1)], ignore_index=True),
+        search_range=1.0 / PIXEL_UM,
+        memory=3,
+    )
     t0 = time.perf_counter()
     feats = []
     for i, p in enumerate(frames):
