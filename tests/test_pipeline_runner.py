@@ -904,3 +904,28 @@ def test_a_failure_after_the_first_goes_with_it(tmp_path: Path) -> None:
     assert "analyzer bug on frame >= 8" in notes
     assert not ana.finished  # a failed analyzer is not asked for its tracks
     assert open_run(tmp_path / "run.zarr").n_frames == 12
+
+
+def test_fps_analyzed_counts_the_time_the_queued_frames_took(tmp_path: Path) -> None:
+    """An analysis of 100 frames/s behind a 1000 frames/s camera: the frames
+    it analyzes after the last one arrived count with the time they took."""
+
+    class Slow:
+        def analyze(self, planes, indices, meta):  # type: ignore[no-untyped-def]
+            time.sleep(0.01 * len(indices))  # 100 frames/s, GIL released
+
+        def finish(self) -> None:
+            return None
+
+    geo = SplitterGeometry()
+    runner = LiveRunner(
+        ListSource(300, geo, rate_hz=1000),
+        Slow(),
+        _writer(tmp_path / "run.zarr", geo),
+        geometry=geo,
+        config=RunnerConfig(log_status=False),
+    )
+    m = runner.run(n_frames=300)
+    assert m.frames_skipped > 0
+    assert m.frames_analyzed > 20
+    assert m.fps_analyzed <= 105.0  # was 170: divided by the arrival span

@@ -761,6 +761,7 @@ class LiveRunner:
         self._t0 = math.nan
         self._t_first = math.nan
         self._t_last = math.nan
+        self._t_last_analyzed = math.nan  # when the last batch's rows were handed
         self._history: deque[tuple[float, int, int, int]] = deque(maxlen=64)
         self._staged = (
             cfg.pipelined
@@ -1328,6 +1329,7 @@ class LiveRunner:
                 self._analysis_failed(indices, exc)
                 continue
             t_done = time.perf_counter()
+            self._t_last_analyzed = t_done
             with self._lat_lock:
                 self._lat.extend(t_done - t for t in t_host)
             self._frames_analyzed += len(indices)
@@ -1373,7 +1375,12 @@ class LiveRunner:
         # final numbers: every frame handed to the writer is on disk after close
         final.frames_written = self._frames_handed
         final.fps_in = final.frames_in / rate_s
-        final.fps_analyzed = final.frames_analyzed / rate_s
+        # frames analyzed after the last one arrived (the queues drained) took
+        # that much longer: over the span up to the last analysis, not rate_s
+        ana_s = rate_s
+        if final.frames_analyzed and self._t_last_analyzed > self._t_last:
+            ana_s = rate_s + (self._t_last_analyzed - self._t_last)
+        final.fps_analyzed = final.frames_analyzed / ana_s
         final.fps_written = final.frames_written / rate_s
         final.writer_queue_depth = 0
         final.analysis_queue_depth = 0
