@@ -327,3 +327,27 @@ def test_cli_localize_all_that_links_nothing_drops_the_old_tracks(
     run = open_run(path)
     assert len(run.localizations) > 0
     assert len(run.tracks) == 0  # no tracks of rows that were replaced
+
+
+def test_latency_of_a_replay_starts_when_the_frame_was_due(
+    replay_core, recording
+) -> None:
+    """t_host of replayed frames is the schedule (exactly one period apart), so
+    a replay that falls behind (a busy CPU) counts in the latency."""
+    import time
+
+    core = replay_core
+    path, _ = recording
+    core.setProperty("Camera", "Source", str(path))
+    core.setProperty("Camera", "FrameRateHz", 200.0)
+    src = CoreSource(core)
+    src.start(6)
+    got = []
+    while len(got) < 6:
+        f = src.next(1.0)
+        assert f is not None
+        got.append((f.t_host, time.perf_counter()))
+    src.stop()
+    due = np.array([g[0] for g in got])
+    np.testing.assert_allclose(np.diff(due), 1 / 200, rtol=0, atol=1e-6)
+    assert all(t_due <= t_taken for t_due, t_taken in got)

@@ -332,10 +332,11 @@ class LiveMetrics:
         Frames the analysis skipped because it was behind (``analyzed = false``).
     fps_in, fps_analyzed, fps_written
         Rates over the last few seconds (in the final metrics: the run's mean
-        from the first frame to the last).
+        from the first frame to the last; for ``fps_analyzed``, to the last
+        analysis, which may work off its queue after the last frame came).
     latency_ms_p50, latency_ms_p99
-        From the camera timestamp to the frame's localizations handed to the
-        writer (recent frames).
+        From the frame entering the camera buffer (for the replay camera: when
+        it was due) to its localizations handed to the writer (recent frames).
     analysis_queue_depth, writer_queue_depth
         Frames waiting for analysis, and frames the writer holds not yet on
         disk (plus those waiting to be handed to it).
@@ -647,6 +648,9 @@ class CoreSource:
         t_host = (
             self._t_start + elapsed_ms / 1e3 if math.isfinite(elapsed_ms) else math.nan
         )
+        due = _as_float(md.get("ReplayDue_perf_s"))
+        if math.isfinite(due):  # the replay camera: when the frame was due
+            t_host = due
         z = self._meta_value(md, self._z_keys)
         x = self._meta_value(md, self._x_keys)
         y = self._meta_value(md, self._y_keys)
