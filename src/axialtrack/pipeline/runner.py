@@ -648,7 +648,7 @@ class CoreSource:
         t_host = (
             self._t_start + elapsed_ms / 1e3 if math.isfinite(elapsed_ms) else math.nan
         )
-        due = _as_float(md.get("ReplayDue_perf_s"))
+        due = self._meta_value(md, ("ReplayDue_perf_s",))
         if math.isfinite(due):  # the replay camera: when the frame was due
             t_host = due
         z = self._meta_value(md, self._z_keys)
