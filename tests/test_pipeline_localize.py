@@ -511,6 +511,18 @@ def test_network_xy_and_max_per_frame(coverslip_stack: tuple) -> None:
     assert loc.xy_method == "network"
     locs = loc.localize(planes[2], [0], [0.0], stage_z[2])
     assert len(locs) == 5
+    # the neighbour distance counts the detections max_per_frame cut
+    every = Localizer(
+        FakeEngine(subpixel=True, dxy=0.25),
+        plane_shape=r.plane_shape,
+        pixel_size_um=r.pixel_size_um,
+        affine=r.affine,
+    ).localize(planes[2], [0], [0.0], stage_z[2])
+    assert len(every) > 5
+    same = every.set_index(["x_px", "y_px"]).loc[
+        list(zip(locs["x_px"], locs["y_px"], strict=True))
+    ]
+    np.testing.assert_array_equal(locs["neighbour_px"], same["neighbour_px"])
     # x = crop centre + dx: the crop centre is the detection peak
     np.testing.assert_allclose(locs["x_px"] % 1.0, 0.25)
     np.testing.assert_allclose(locs["y_px"] % 1.0, 0.25)

@@ -516,6 +516,13 @@ class Localizer:
     # ------------------------------------------------------------------ public
     def detect(self, planes: np.ndarray) -> Detections:
         """Detections of one ``(2, H, W)`` frame (crop margin applied)."""
+        return self._detect(planes)[0]
+
+    def _detect(self, planes: np.ndarray) -> tuple[Detections, np.ndarray]:
+        """:meth:`detect` and each detection's distance to its nearest other
+        one (px), measured before ``max_per_frame`` keeps the brightest: a
+        crowded particle is not reported isolated because its neighbours were
+        cut."""
         d = detect(
             planes,
             self.config.detection,
@@ -523,10 +530,12 @@ class Localizer:
             self.affine,
             margin_px=self.crop_size // 2,
         )
+        nn = _nearest_other(d.xy_px)
         m = self.config.max_per_frame
         if m is not None and len(d) > m:
             d = d.take(slice(0, m))
-        return d
+            nn = nn[:m]
+        return d, nn
 
     def localize(
         self,
@@ -613,9 +622,10 @@ class Localizer:
         # 1. detection, frame by frame (or side by side in threads)
         t0 = time.perf_counter()
         if cfg.detect_threads > 1 and n_f > 1:
-            dets = list(self._detect_pool().map(self.detect, arr))
+            found = list(self._detect_pool().map(self._detect, arr))
         else:
-            dets = [self.detect(arr[f]) for f in range(n_f)]
+            found = [self._detect(arr[f]) for f in range(n_f)]
+        dets = [d for d, _ in found]
         counts = np.array([len(d) for d in dets], dtype=np.int64)
         t1 = time.perf_counter()
         tm["detect"] += t1 - t0
@@ -626,7 +636,7 @@ class Localizer:
         bg_ph = np.concatenate([d.background_photons for d in dets])
         bg_adu = bg_ph / cam.photons_per_adu + cam.offset_adu
         bg1_ph = np.concatenate([d.background1_photons for d in dets])
-        nn_px = np.concatenate([_nearest_other(d.xy_px) for d in dets])
+        nn_px = np.concatenate([nn for _, nn in found])
         both = cfg.xy_planes == "both" and bool(np.all(np.isfinite(bg1_ph)))
 
         # 2. sub-pixel XY before cropping (crops centre on the rounded position)
