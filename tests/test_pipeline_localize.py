@@ -714,3 +714,21 @@ def test_analyzer_warmup_runs_every_bucket_of_the_engine(
     # and nothing was counted or linked
     assert ana.n_localizations == 0
     assert ana.n_tracks == 0
+
+
+def test_a_rotated_registration_on_another_roi_warns() -> None:
+    c, s_ = np.cos(0.01), np.sin(0.01)
+    rotated = np.array([[c, -s_, 2.0], [s_, c, -1.0]])
+
+    def make(plane_shape: tuple[int, int], affine: np.ndarray | None = None) -> None:
+        engine = FakeEngine()
+        engine.bundle.registration_affine = rotated
+        engine.bundle.plane_shape = (64, 64)
+        Localizer(engine, plane_shape=plane_shape, pixel_size_um=PX, affine=affine)
+
+    with pytest.warns(RuntimeWarning, match="camera ROI changed"):
+        make((128, 128))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make((64, 64))  # the calibration's planes
+        make((128, 128), affine=rotated)  # a registration given for these

@@ -452,7 +452,8 @@ class Localizer:
             raise ValueError(f"pixel_size_um must be > 0; got {pixel_size_um}")
         self.crop_size = int(engine.crop_size)
         bundle = getattr(engine, "bundle", None)
-        if affine is None and bundle is not None:
+        affine_of_bundle = affine is None and bundle is not None
+        if affine_of_bundle:
             affine = getattr(bundle, "registration_affine", None)
         if affine is None:
             warnings.warn(
@@ -475,7 +476,7 @@ class Localizer:
                 f"{outputs or 'unknown outputs'}. Use 'fit' or 'centroid'"
             )
         self.xy_method: str = method
-        self._check_rig(bundle)
+        self._check_rig(bundle, affine_of_bundle)
         po = getattr(bundle, "plane_offset_um", None)
         self.plane_offset_um: float | None = None if po is None else float(po)
         zr = getattr(bundle, "z_range_um", None)
@@ -489,9 +490,30 @@ class Localizer:
             0.0,
         )
 
-    def _check_rig(self, bundle: Any) -> None:
+    def _check_rig(self, bundle: Any, affine_of_bundle: bool = False) -> None:
         if bundle is None:
             return
+        shape = getattr(bundle, "plane_shape", None)
+        turn = float(np.abs(self.affine[:, :2] - np.eye(2)).max())
+        if (
+            affine_of_bundle
+            and shape is not None
+            and tuple(shape) != self.plane_shape
+            and turn > 1e-3
+        ):
+            # a rotation or scale maps plane-0 pixels of the calibration's
+            # planes; another camera ROI moves the pixel origin, and with it
+            # where plane 1 is cropped
+            warnings.warn(
+                f"the model's plane registration (rotation or scale "
+                f"{turn:.2g}) was calibrated on planes of {tuple(shape)} px and "
+                f"these are {self.plane_shape} px: if the camera ROI changed "
+                f"since, plane-1 crops are off by about {turn:.2g} px per px "
+                "the ROI moved, and Z with them. Calibrate with this ROI, or "
+                "pass its registration as affine=",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         px = getattr(bundle, "pixel_size_um", None)
         if px is not None and abs(px - self.pixel_size_um) > 0.01 * px:
             warnings.warn(
@@ -500,7 +522,6 @@ class Localizer:
                 RuntimeWarning,
                 stacklevel=3,
             )
-        shape = getattr(bundle, "plane_shape", None)
         if (
             shape is not None
             and tuple(shape) != self.plane_shape
