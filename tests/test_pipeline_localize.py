@@ -732,3 +732,18 @@ def test_a_rotated_registration_on_another_roi_warns() -> None:
         warnings.simplefilter("error")
         make((64, 64))  # the calibration's planes
         make((128, 128), affine=rotated)  # a registration given for these
+
+
+@pytest.mark.parametrize(("e_per_adu", "bg_e"), [(4.0, 1.6), (5.0, 4.0), (0.5, 8.0)])
+def test_background_of_coarsely_quantized_counts_is_unbiased(
+    e_per_adu: float, bg_e: float
+) -> None:
+    """A few electrons per ADU: the median absolute deviation rounds to 0, and
+    clipping at it kept only the median's value (biased by the rounding)."""
+    from axialtrack.pipeline.detect import background_map
+
+    rng = np.random.default_rng(0)
+    e = rng.poisson(bg_e, (512, 512)) + rng.normal(0, 1.0, (512, 512))
+    adu = np.rint(100 + e / e_per_adu).astype(np.uint16)
+    true = 100 + bg_e / e_per_adu
+    assert abs(float(background_map(adu, 32).mean()) - true) < 0.1

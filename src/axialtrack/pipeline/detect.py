@@ -354,7 +354,9 @@ def _background_maps(images: np.ndarray, block_px: int) -> np.ndarray:
         return (total / np.maximum(keep.sum(-1), 1)).astype(np.float32)
     # whole counts: the same test against the floor of the clip, and sums of at
     # most 64 16-bit values, exact in float32 in any order (matrix-vector products)
-    keep = dev <= np.floor(clip).astype(v.dtype)
+    # (at least 1: a MAD that rounds to 0, for coarsely quantized counts, would
+    # keep only the median's value, the bias the mean is there to avoid)
+    keep = dev <= np.maximum(np.floor(clip), 1).astype(v.dtype)
     kf = keep.astype(np.float32)
     ones = np.ones(n, dtype=np.float32)
     total = (v.astype(np.float32) * kf) @ ones
