@@ -15,8 +15,8 @@ seconds since the camera was initialized, frames exactly one period apart),
 ``ReplayStageZ_um``, ``ReplayStageX_um``, ``ReplayStageY_um`` (the recorded stage
 positions; NaN for movies without them), ``RecordedTime_s`` and
 ``RecordedFrame`` (the frame's time and index in the source), ``ReplayLoop``,
-``ReplayDue_perf_s`` (when the frame was due, on ``time.perf_counter``: the live
-runner's latency starts there).
+``ReplayDue_perf_s`` (paced sequences: when the frame was due, on
+``time.perf_counter``; the live runner's latency starts there).
 
 Replaying keeps the simulator's rendering cost out of live benchmarks: a frame
 costs one read (or none, with ``Preload = 1``) and one copy.
@@ -411,10 +411,6 @@ class ReplayCamera(PacedCamera):
         data = movie.frame(i)
         meta = {
             "ReplayTime_s": f"{out_t:.6f}",
-            # when the frame was due, on this process's time.perf_counter: the
-            # live runner counts latency from it, so a replay that falls
-            # behind its schedule (a busy CPU) shows in the latency
-            "ReplayDue_perf_s": f"{self._t0 + out_t:.6f}",
             "ReplayStageZ_um": f"{movie.stage_z_um[i]:.5f}",
             "ReplayStageX_um": f"{movie.stage_x_um[i]:.4f}",
             "ReplayStageY_um": f"{movie.stage_y_um[i]:.4f}",
@@ -452,6 +448,12 @@ class ReplayCamera(PacedCamera):
             if got is None:
                 return
             data, geo, meta = got
+            if period > 0:
+                # when the frame was due, on this process's time.perf_counter:
+                # the live runner counts latency from it, so a replay that
+                # falls behind its schedule (a busy CPU) shows in the latency
+                # (unpaced, every frame is due at once: no such time)
+                meta["ReplayDue_perf_s"] = f"{self._t0 + start:.6f}"
             self._last_end_s = max(start, self.now_s())
             if geo is None:
                 buf = get_buffer(data.shape, np.uint16)
