@@ -351,3 +351,37 @@ def test_latency_of_a_replay_starts_when_the_frame_was_due(
     due = np.array([g[0] for g in got])
     np.testing.assert_allclose(np.diff(due), 1 / 200, rtol=0, atol=1e-6)
     assert all(t_due <= t_taken for t_due, t_taken in got)
+
+
+def test_cli_live_takes_saturation_from_the_cameras_bit_depth(
+    recording, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_pipeline_runner import PeakAnalyzer
+
+    import axialtrack.pipeline.cli as cli
+
+    class Core:
+        def __init__(self, bits: int) -> None:
+            self.bits = bits
+
+        def getCameraDevice(self) -> str:
+            return "Camera"
+
+        def getImageBitDepth(self) -> int:
+            return self.bits
+
+    assert cli._full_scale_adu(Core(12)) == 4095
+    assert cli._full_scale_adu(Core(16)) == 65535
+    seen: dict = {}
+
+    def make(bundle, **kw):  # type: ignore[no-untyped-def]
+        seen.update(kw)
+        return PeakAnalyzer(kw.get("pixel_size_um", 0.1))
+
+    monkeypatch.setattr(cli, "_make_analyzer", make)
+    path, _ = recording
+    argv = ["live", "--config", "replay-dualplane", "--source", str(path)]
+    argv += ["--model", "m", "--frames", "3", "--out", str(tmp_path / "a.zarr")]
+    args = _parse([*argv, "--no-status"])
+    assert args.func(args) == 0
+    assert seen["localizer"].saturation_adu == 65535  # the replay camera: 16 bits

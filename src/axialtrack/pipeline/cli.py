@@ -153,6 +153,13 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
+def _full_scale_adu(core: Any) -> int:
+    """The camera's full scale, where a pixel is saturated (4095 for a 12-bit
+    camera), not the uint16 maximum its frames are stored in."""
+    bits = int(core.getImageBitDepth()) if core.getCameraDevice() else 16
+    return (1 << min(max(bits, 1), 16)) - 1
+
+
 def _refuse_existing(out: Path, overwrite: bool) -> bool:
     """Whether ``out`` exists and may not be replaced (the refusal printed)."""
     if (out.exists() or out.is_symlink()) and not overwrite:
@@ -295,6 +302,8 @@ def cmd_live(args: argparse.Namespace) -> int:
     analyzer = None
     model_meta: dict[str, Any] = {}
     if args.model:
+        from axialtrack.pipeline.config import LocalizerConfig
+
         analyzer = _load_analyzer(
             args.model,
             process_batch=(
@@ -306,6 +315,7 @@ def cmd_live(args: argparse.Namespace) -> int:
             frame_interval_s=period_s,
             engine_prefer=args.engine,
             axial_scale=args.axial_scale,
+            localizer=LocalizerConfig(saturation_adu=_full_scale_adu(core)),
         )
         if analyzer is None:
             core.unloadAllDevices()
