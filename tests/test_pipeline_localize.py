@@ -747,3 +747,21 @@ def test_background_of_coarsely_quantized_counts_is_unbiased(
     adu = np.rint(100 + e / e_per_adu).astype(np.uint16)
     true = 100 + bg_e / e_per_adu
     assert abs(float(background_map(adu, 32).mean()) - true) < 0.1
+
+
+def test_background_follows_a_gradient_to_the_edge_of_a_partial_block() -> None:
+    """A 200 px high image (not a whole number of 32 px blocks) with a
+    background rising 0.5 ADU per px: sampled where each block's pixels lie,
+    the background is right across the image, the last rows too (it was up
+    to 4.6 ADU low there, and 0.75 ADU low everywhere)."""
+    from axialtrack.pipeline.detect import background_map, sample_background
+
+    h, w = 200, 64
+    yy, _ = np.mgrid[0:h, 0:w]
+    img = np.rint(110 + 0.5 * yy).astype(np.uint16)
+    grid = background_map(img, 32)
+    ys = np.array([16.0, 100.0, 170.0, 185.0, 192.0])
+    est = sample_background(grid, np.stack([np.full(5, 30.0), ys], 1), 32, (h, w))
+    err = est - (110 + 0.5 * ys)
+    assert np.abs(err[:3]).max() < 0.05
+    assert np.abs(err).max() < 0.6  # past the last block's centre: held flat
