@@ -929,3 +929,14 @@ def test_fps_analyzed_counts_the_time_the_queued_frames_took(tmp_path: Path) -> 
     assert m.frames_skipped > 0
     assert m.frames_analyzed > 20
     assert m.fps_analyzed <= 105.0  # was 170: divided by the arrival span
+    # an analysis that keeps up is not charged for its last frame's latency
+    runner = LiveRunner(
+        ListSource(100, geo, rate_hz=50),
+        PeakAnalyzer(),
+        _writer(tmp_path / "run2.zarr", geo),
+        geometry=geo,
+        config=RunnerConfig(log_status=False),
+    )
+    m = runner.run(n_frames=100)
+    assert m.frames_analyzed == m.frames_in == 100
+    assert m.fps_analyzed == pytest.approx(m.fps_in, rel=0.003)

@@ -1379,11 +1379,15 @@ class LiveRunner:
         # final numbers: every frame handed to the writer is on disk after close
         final.frames_written = self._frames_handed
         final.fps_in = final.frames_in / rate_s
-        # frames analyzed after the last one arrived (the queues drained) took
-        # that much longer: over the span up to the last analysis, not rate_s
+        # frames analyzed after the last one arrived (the queue worked off)
+        # took that much longer: the span runs to the last analysis, less the
+        # time a frame takes with no queue before it (the shortest latency),
+        # so a run that kept up is not charged for its last frame
         ana_s = rate_s
         if final.frames_analyzed and self._t_last_analyzed > self._t_last:
-            ana_s = rate_s + (self._t_last_analyzed - self._t_last)
+            with self._lat_lock:
+                shortest = min(self._lat, default=0.0)
+            ana_s = rate_s + max(self._t_last_analyzed - self._t_last - shortest, 0.0)
         final.fps_analyzed = final.frames_analyzed / ana_s
         final.fps_written = final.frames_written / rate_s
         final.writer_queue_depth = 0
