@@ -398,13 +398,9 @@ class AnalysisProcess:
     def finish(self, timeout_s: float = 600.0) -> pd.DataFrame | None:
         """The per-track summary of the run; the child's stage timings land in
         :attr:`timings`. The process keeps running until :meth:`close`."""
-        self._check_open()
-        with self._send_lock:
-            try:
-                self._connection().send(("finish",))
-            except OSError as exc:
-                raise self._gone("summarizing tracks") from exc
-        summary, timings = self._expect("finished", timeout_s)
+        summary, timings = self._ask(
+            ("finish",), "finished", timeout_s, "summarizing tracks"
+        )
         self.timings = {k: float(v) for k, v in timings.items()}
         return summary
 
@@ -412,16 +408,21 @@ class AnalysisProcess:
         """Start a new run in the child (see
         :meth:`TrackingAnalyzer.reset <axialtrack.pipeline.TrackingAnalyzer.reset>`),
         after the batches already sent."""
-        self._check_open()
-        with self._send_lock:
-            try:
-                self._connection().send(("reset",))
-            except OSError as exc:
-                raise self._gone("starting a new run") from exc
-        self._expect("reset", timeout_s)
+        self._ask(("reset",), "reset", timeout_s, "starting a new run")
         self.n_tracks = 0
         self.n_localizations = 0
         self.timings = {}
+
+    def _ask(self, msg: tuple, kind: str, timeout_s: float, doing: str) -> Any:
+        """Send ``msg`` to the child and wait for its ``kind`` answer (after the
+        answers to the batches sent before it)."""
+        self._check_open()
+        with self._send_lock:
+            try:
+                self._connection().send(msg)
+            except OSError as exc:
+                raise self._gone(doing) from exc
+        return self._expect(kind, timeout_s)
 
     def close(self) -> None:
         """Stop the child and free the shared memory (idempotent)."""
