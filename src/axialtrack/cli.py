@@ -166,8 +166,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser for the ``axialtrack`` command."""
     from axialtrack import __version__
+    from axialtrack._cli import OneLineParser
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="axialtrack",
         description="Real-time 3D tracking with a dual-focal-plane microscope.",
     )
@@ -232,10 +233,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options(parser: argparse.ArgumentParser, command: str | None) -> list[str]:
+    """The option strings of subcommand ``command`` (``--z-step``, ...)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command:
+            sub = action.choices.get(command)
+            if sub is not None:
+                return list(sub._option_string_actions)
+    return []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``axialtrack`` command."""
+    """Entry point of the ``axialtrack`` command.
+
+    Returns the exit code: 0 done, 2 refused (a bad argument, file or model:
+    one line on stderr, nothing written), 1 failed while running, 130
+    interrupted.
+    """
+    from pydantic import ValidationError
+
+    from axialtrack._cli import fail, oserror_message, parse_args, validation_message
+    from axialtrack.store import StoreError
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
+    if isinstance(args, int):
+        return args
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -244,6 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted.[/yellow]")
         return 130
+    except ValidationError as exc:
+        # a value no option validator caught: one line naming the option
+        return fail(validation_message(exc, _options(parser, args.command)))
+    except StoreError as exc:
+        return fail(f"{type(exc).__name__}: {exc}")
+    except OSError as exc:
+        return fail(oserror_message(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,17 @@ from typing import Any
 
 from rich.console import Console
 
+from axialtrack._cli import (
+    PIXEL_SIZE_RANGE_UM,
+    PIXEL_SIZE_UM,
+    PLANE_OFFSET_RANGE_UM,
+    PLANE_OFFSET_UM,
+    fail,
+    positive_float,
+    positive_int,
+    unwritable,
+)
+
 __all__ = ["add_parser", "cmd_calibrate"]
 
 console = Console()
@@ -30,14 +41,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(default: into the imported run store)",
     )
     p.add_argument(
-        "--z-range", type=float, default=1.5, help="scan +-Z range around focus (um)"
+        "--z-range",
+        type=positive_float,
+        default=1.5,
+        help="scan +-Z range around focus (um)",
     )
-    p.add_argument("--z-step", type=float, default=None, help="Z step (um; 0.05)")
-    p.add_argument("--fields", type=int, default=4, help="number of fields of view")
     p.add_argument(
-        "--spacing", type=float, default=None, help="distance between fields (um)"
+        "--z-step", type=positive_float, default=None, help="Z step (um; 0.05)"
     )
-    p.add_argument("--exposure", type=float, default=None, help="exposure (ms)")
+    p.add_argument(
+        "--fields", type=positive_int, default=4, help="number of fields of view"
+    )
+    p.add_argument(
+        "--spacing",
+        type=positive_float,
+        default=None,
+        help="distance between fields (um)",
+    )
+    p.add_argument(
+        "--exposure", type=positive_float, default=None, help="exposure (ms)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace --out")
     p.add_argument(
         "--report", action="store_true", help="also write the calibration report"
@@ -57,8 +80,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="side-by-side, top-bottom, two-files, single-plane-pairs, dual-plane",
     )
     g.add_argument("--second", default=None, help="plane-1 file (two-files)")
-    g.add_argument("--plane-offset", type=float, default=None, help="delta (um)")
-    g.add_argument("--pixel-size", type=float, default=None, help="pixel size (um)")
+    g.add_argument(
+        "--plane-offset",
+        type=PLANE_OFFSET_UM,
+        default=None,
+        help="delta (um): plane 1 is in focus this far above plane 0 "
+        f"({PLANE_OFFSET_RANGE_UM[0]:g} to {PLANE_OFFSET_RANGE_UM[1]:g})",
+    )
+    g.add_argument(
+        "--pixel-size",
+        type=PIXEL_SIZE_UM,
+        default=None,
+        help="pixel size in the sample (um; "
+        f"{PIXEL_SIZE_RANGE_UM[0]:g} to {PIXEL_SIZE_RANGE_UM[1]:g})",
+    )
     g.add_argument("--z-start", type=float, default=0.0, help="Z of first frame (um)")
     g.add_argument(
         "--mirror", default="none", help="plane-1 flip: none, horizontal, vertical"
@@ -81,6 +116,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "choose another --out."
         )
         return 2
+    if out is not None and (why := unwritable(out)):
+        return fail(f"--out: {why}.", "Choose another --out. Nothing was written.")
 
     if args.source is not None:
         try:

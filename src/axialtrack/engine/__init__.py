@@ -12,11 +12,12 @@ sizes (:data:`DEFAULT_BUCKETS`); TensorRT engines are cached per GPU (see
 from __future__ import annotations
 
 from .base import BACKENDS, DEFAULT_BUCKETS, Engine, EngineError, InferResult
-from .select import available_backends, select_engine
+from .select import ENGINE_CHOICES, available_backends, select_engine
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_BUCKETS",
+    "ENGINE_CHOICES",
     "Engine",
     "EngineError",
     "InferResult",

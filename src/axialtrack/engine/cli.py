@@ -16,6 +16,10 @@ console = Console()
 
 def add_parser(subparsers: Any) -> None:
     """Register ``compile`` on an ``add_subparsers()`` object."""
+    from axialtrack._cli import positive_int
+
+    from .select import ENGINE_CHOICES
+
     p = subparsers.add_parser(
         "compile",
         help="build and cache the inference engine of a model bundle",
@@ -28,12 +32,15 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--backend",
         default="auto",
+        choices=ENGINE_CHOICES,
         help="auto, tensorrt, torch-cuda, onnxruntime, torch-cpu or torch (auto)",
     )
     p.add_argument(
         "--precision", choices=("fp32", "fp16"), default="fp32", help="(fp32)"
     )
-    p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="CPU intra-op threads"
+    )
     p.add_argument(
         "--buckets",
         default=None,
@@ -41,7 +48,10 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--cache-dir", default=None, help="engine cache directory")
     p.add_argument(
-        "--batch", type=int, default=64, help="batch of the latency figure (64)"
+        "--batch",
+        type=positive_int,
+        default=64,
+        help="batch of the latency figure (64)",
     )
     p.set_defaults(func=cmd_compile)
 

@@ -114,6 +114,9 @@ class OnnxRuntimeEngine(Engine):
             raise EngineError(
                 f"onnxruntime cannot load {bundle.onnx_path}: {exc}"
             ) from exc
+        from axialtrack.model.bundle import check_onnx_input
+
+        check_onnx_input(bundle, self._session.get_inputs()[0].shape)
         self._input_names = [i.name for i in self._session.get_inputs()]
         self._output_name = self._session.get_outputs()[0].name
         self._split: SplitGraph | None = None

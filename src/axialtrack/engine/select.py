@@ -6,14 +6,16 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
-from axialtrack.model import Bundle, load_bundle
+from axialtrack.model import Bundle, BundleError, load_bundle
 
 from .base import BACKENDS, Engine, EngineError
 
-__all__ = ["available_backends", "make_engine", "select_engine"]
+__all__ = ["ENGINE_CHOICES", "available_backends", "make_engine", "select_engine"]
 
 #: Accepted values of ``prefer`` besides the backend names.
 ALIASES = ("auto", "torch")
+#: Every accepted value of ``prefer`` (the ``--engine`` choices).
+ENGINE_CHOICES: tuple[str, ...] = (*ALIASES, *BACKENDS)
 
 
 def available_backends() -> dict[str, str | None]:
@@ -152,8 +154,7 @@ def select_engine(
             name = "torch-cuda" if avail["torch-cuda"] is None else "torch-cpu"
         if name not in BACKENDS:
             raise EngineError(
-                f"unknown backend {prefer!r}; choose from "
-                f"{', '.join((*ALIASES, *BACKENDS))}"
+                f"unknown backend {prefer!r}; choose from {', '.join(ENGINE_CHOICES)}"
             )
         why = avail[name]
         if why is not None:
@@ -187,6 +188,8 @@ def select_engine(
         )
         try:
             return make_engine(name, bundle, precision=prec, reason=reason + note, **kw)  # type: ignore[arg-type]
+        except BundleError:
+            raise  # the bundle is at fault, not the backend: no other one helps
         except Exception as exc:
             skipped.append(f"{name}: failed to build ({exc})")
     raise EngineError("no inference backend works: " + "; ".join(skipped))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import pickle
 import shutil
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +31,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Bundle",
     "BundleError",
+    "check_onnx_input",
     "export_onnx",
     "load_bundle",
     "save_bundle",
@@ -407,8 +410,16 @@ def load_bundle(
     """
     path = Path(path).expanduser()
     mj = path / "model.json"
+    if not path.exists():
+        raise BundleError(
+            f"the model bundle {path} does not exist (check the path; a bundle is "
+            f"the {BUNDLE_SUFFIX} folder `axialtrack train` writes)"
+        )
     if not mj.is_file():
-        raise BundleError(f"{path} is not a model bundle (no model.json)")
+        raise BundleError(
+            f"{path} is not a model bundle (no model.json; a bundle is the "
+            f"{BUNDLE_SUFFIX} folder `axialtrack train` writes)"
+        )
     try:
         meta = json.loads(mj.read_text())
     except json.JSONDecodeError as e:
@@ -446,10 +457,56 @@ def load_bundle(
             f"{meta['crop_size']} but the pipeline uses crop_size={expect_crop_size}"
         )
     try:
-        ModelConfig.model_validate(meta["config"])
+        cfg = ModelConfig.model_validate(meta["config"])
     except (KeyError, ValueError) as e:
-        raise BundleError(f"{mj}: the model configuration is invalid: {e}") from e
+        first = " ".join(str(e).split())
+        raise BundleError(f"{mj}: the model configuration is invalid: {first}") from e
+    _check_crop_sizes(mj, meta, cfg)
     return Bundle(path=path, meta=meta)
+
+
+def _check_crop_sizes(mj: Path, meta: dict[str, Any], cfg: ModelConfig) -> None:
+    """Refuse a ``model.json`` whose crop sizes disagree with one another
+    (``crop_size``, ``config.crop_size``, ``inputs.image``); the ONNX model's
+    own input shape is checked where it is loaded (:func:`check_onnx_input`)."""
+    sizes: dict[str, Any] = {
+        "crop_size": meta.get("crop_size"),
+        "config.crop_size": cfg.crop_size,
+    }
+    image = (meta.get("inputs") or {}).get("image")
+    if isinstance(image, list) and len(image) == 4:
+        sizes["inputs.image"] = image[2]
+        sizes["inputs.image (width)"] = image[3]
+    try:
+        values = {k: int(v) for k, v in sizes.items()}
+    except (TypeError, ValueError):
+        raise BundleError(
+            f"{mj}: the crop sizes are not integers ({sizes}); the bundle is "
+            "damaged: train or copy it again"
+        ) from None
+    if len(set(values.values())) > 1:
+        said = ", ".join(f"{k} {v}" for k, v in values.items())
+        raise BundleError(
+            f"{mj}: the crop sizes disagree ({said}); the bundle is damaged: train "
+            "or copy it again"
+        )
+
+
+def check_onnx_input(bundle: Bundle, shape: Any) -> None:
+    """Refuse a bundle whose ONNX ``image`` input is not ``(batch, 2, S, S)``
+    with ``S`` the crop size of its ``model.json`` (:class:`BundleError`).
+
+    ``shape``: the input shape the ONNX runtime reports (symbolic dimensions
+    as strings or ``None``).
+    """
+    dims = list(shape)
+    want = bundle.crop_size
+    got = [d for d in dims[2:] if isinstance(d, int)]
+    if len(dims) != 4 or any(d != want for d in got):
+        raise BundleError(
+            f"{bundle.path}: model.json says crop size {want} but model.onnx takes "
+            f"images of shape {dims}; the bundle is damaged: train or copy it again"
+        )
 
 
 def _build_model(path: Path, meta: dict[str, Any], cfg: ModelConfig) -> Network:
@@ -462,13 +519,30 @@ def _build_model(path: Path, meta: dict[str, Any], cfg: ModelConfig) -> Network:
     model: Network = (
         AxialNet(cfg) if not k else AxialEnsemble([AxialNet(cfg) for _ in range(k)])
     )
+    not_state = BundleError(
+        f"weights.pt of {path} is not a state dict of this network (it holds "
+        "something else, e.g. a whole pickled model); the bundle is damaged: "
+        "save it again with save_bundle"
+    )
     try:
+        # weights_only: never run code from the file, whatever it holds
         state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise not_state from e
+    except (RuntimeError, OSError, ValueError, EOFError) as e:
+        first = " ".join(str(e).split("\n", 1)[0].split())
+        raise BundleError(f"weights.pt of {path} cannot be read: {first}") from e
+    if not isinstance(state, Mapping):
+        raise not_state
+    try:
         model.load_state_dict(state)
-    except (RuntimeError, OSError, ValueError) as e:
+    except (RuntimeError, TypeError, AttributeError, ValueError) as e:
+        first = " ".join(str(e).split())
+        if len(first) > 300:
+            first = first[:300] + "..."
         raise BundleError(
-            f"{path / 'weights.pt'} does not load into the network described in "
-            f"model.json: {e}"
+            f"weights.pt of {path} does not load into the network described in "
+            f"model.json: {first}"
         ) from e
     model.eval()
     return model

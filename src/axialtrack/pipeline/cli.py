@@ -13,6 +13,18 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from axialtrack._cli import (
+    PIXEL_SIZE_RANGE_UM,
+    PIXEL_SIZE_UM,
+    PLANE_OFFSET_RANGE_UM,
+    PLANE_OFFSET_UM,
+    fail,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    unwritable,
+)
+
 __all__ = ["add_parsers", "cmd_live", "cmd_localize"]
 
 console = Console()
@@ -20,6 +32,8 @@ console = Console()
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``live`` and ``localize`` on an ``add_subparsers()`` object."""
+    from axialtrack.engine.select import ENGINE_CHOICES
+
     p = subparsers.add_parser(
         "live",
         help="track particles live and record the run",
@@ -29,15 +43,31 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument("--config", default=None, help="hardware config (default: sim)")
     p.add_argument("--model", default=None, help="model bundle (.axialmodel)")
-    p.add_argument("--duration", type=float, default=None, help="seconds to run")
-    p.add_argument("--frames", type=int, default=None, help="frames to acquire")
+    p.add_argument(
+        "--duration", type=positive_float, default=None, help="seconds to run"
+    )
+    p.add_argument(
+        "--frames", type=positive_int, default=None, help="frames to acquire"
+    )
     p.add_argument("--out", required=True, help="run store to write (.zarr)")
     p.add_argument("--overwrite", action="store_true", help="replace --out")
-    p.add_argument("--engine", default="auto", help="inference engine (auto)")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=ENGINE_CHOICES,
+        help="inference engine (auto)",
+    )
     p.add_argument("--scene", default=None, help="simulated camera scene")
     p.add_argument("--source", default=None, help="replay camera: recording to stream")
-    p.add_argument("--rate", type=float, default=None, help="replay frame rate (Hz)")
-    p.add_argument("--interval-ms", type=float, default=0.0, help="frame interval")
+    p.add_argument(
+        "--rate", type=positive_float, default=None, help="replay frame rate (Hz)"
+    )
+    p.add_argument(
+        "--interval-ms",
+        type=nonnegative_float,
+        default=0.0,
+        help="frame interval (ms; 0: as fast as the exposure allows)",
+    )
     p.add_argument(
         "--compression",
         default=None,
@@ -46,7 +76,7 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument(
         "--axial-scale",
-        type=float,
+        type=positive_float,
         default=1.0,
         help="sample depth per um of focus travel (focal shift, e.g. 0.73 for an "
         "NA 1.45 oil objective into water) for the tracks' axial diffusion (1)",
@@ -74,8 +104,15 @@ def add_parsers(subparsers: Any) -> None:
     q.add_argument("run", metavar="RUN.zarr", help="run store (or TIFF/zarr movie)")
     q.add_argument("--model", required=True, help="model bundle (.axialmodel)")
     q.add_argument("--all", action="store_true", help="recompute every frame")
-    q.add_argument("--engine", default="auto", help="inference engine (auto)")
-    q.add_argument("--batch", type=int, default=32, help="frames per batch (32)")
+    q.add_argument(
+        "--engine",
+        default="auto",
+        choices=ENGINE_CHOICES,
+        help="inference engine (auto)",
+    )
+    q.add_argument(
+        "--batch", type=positive_int, default=32, help="frames per batch (32)"
+    )
     q.add_argument("--out", default=None, help="new run store (movie input)")
     q.add_argument("--overwrite", action="store_true", help="replace --out")
     q.add_argument(
@@ -83,13 +120,26 @@ def add_parsers(subparsers: Any) -> None:
         default="side-by-side",
         help="movie: splitter layout of sensor frames (side-by-side)",
     )
-    q.add_argument("--plane-offset", type=float, default=0.5, help="movie: um")
+    q.add_argument(
+        "--plane-offset",
+        type=PLANE_OFFSET_UM,
+        default=0.5,
+        help="movie: delta (um; "
+        f"{PLANE_OFFSET_RANGE_UM[0]:g} to {PLANE_OFFSET_RANGE_UM[1]:g})",
+    )
     q.add_argument("--mirror", default="none", help="movie: plane-1 mirror")
-    q.add_argument("--pixel-size", type=float, default=None, help="movie: um/px")
-    q.add_argument("--frame-interval", type=float, default=None, help="movie: s")
+    q.add_argument(
+        "--pixel-size",
+        type=PIXEL_SIZE_UM,
+        default=None,
+        help=f"movie: um/px ({PIXEL_SIZE_RANGE_UM[0]:g} to {PIXEL_SIZE_RANGE_UM[1]:g})",
+    )
+    q.add_argument(
+        "--frame-interval", type=positive_float, default=None, help="movie: s"
+    )
     q.add_argument(
         "--axial-scale",
-        type=float,
+        type=positive_float,
         default=1.0,
         help="sample depth per um of focus travel (focal shift, e.g. 0.73 for an "
         "NA 1.45 oil objective into water) for the tracks' axial diffusion (1)",
@@ -112,31 +162,88 @@ def _make_analyzer(
     return make_analyzer(bundle, **kwargs)
 
 
+def _model_error(bundle: str, exc: BaseException | str) -> str:
+    """``Cannot use the model BUNDLE: why`` (the path once)."""
+    why = " ".join(str(exc).split())
+    where = "" if str(bundle) in why else f" {bundle}"
+    return f"Cannot use the model{where}: {why}"
+
+
+def _engine_error(engine: str, exc: BaseException | str) -> str:
+    """``Cannot use --engine NAME: why``."""
+    return f"Cannot use --engine {engine}: {' '.join(str(exc).split())}"
+
+
+def _model_refused(bundle: str, engine: str) -> bool:
+    """Check a model bundle (its files, hashes and ``model.json``) and the
+    engine asked for before anything else runs or is created; the refusal is
+    printed (one line) and ``True`` returned.
+
+    The checks against the rig (pixel size, plane offset) come when the
+    analyzer is built (:func:`_load_analyzer`), still before any store is.
+    """
+    from axialtrack.engine.select import available_backends
+    from axialtrack.model import BundleError, load_bundle
+
+    try:
+        load_bundle(bundle)
+    except BundleError as exc:
+        fail(_model_error(bundle, exc))
+        return True
+    if engine not in ("auto", "torch"):
+        avail = available_backends()
+        why = avail.get(engine)
+        if why is not None:
+            ok = ", ".join(k for k, v in avail.items() if v is None) or "none"
+            fail(
+                _engine_error(engine, f"it is unavailable here: {why}"),
+                f"Available: {ok}; or leave --engine out (auto).",
+            )
+            return True
+    return False
+
+
 def _load_analyzer(
     bundle: str, *, process_batch: int | None = None, **kwargs: Any
 ) -> Any:
-    """:func:`_make_analyzer`, printing why a model is refused (then ``None``).
+    """:func:`_make_analyzer`, printing why a model or engine is refused (then
+    ``None``): once, as what it is.
 
     ``process_batch``: build an :class:`~axialtrack.pipeline.AnalysisProcess`
-    for batches of up to this many frames instead.
+    for batches of up to this many frames instead; if that process does not
+    start, the analysis runs in threads of this process, unless it stopped on
+    the model or the engine (threads would stop on them too).
     """
     from axialtrack.engine import EngineError
     from axialtrack.model import BundleError
     from axialtrack.pipeline.process import AnalysisProcessError
 
+    engine = str(kwargs.get("engine_prefer", "auto"))
     try:
         try:
             return _make_analyzer(bundle, process_batch=process_batch, **kwargs)
         except AnalysisProcessError as exc:
+            # the child reports its error as "ErrorName: message"
+            name, _, why = str(exc).partition(": ")
+            if name == "BundleError":
+                fail(_model_error(bundle, why))
+                return None
+            if name == "EngineError":
+                fail(_engine_error(engine, why))
+                return None
             # e.g. an interpreter that cannot run ``python -m``: threads still work
             console.print(
                 f"[yellow]The analysis process did not start ({exc}); analyzing "
                 "in threads of this process instead.[/yellow]"
             )
             return _make_analyzer(bundle, **kwargs)
-    except (BundleError, EngineError, FileNotFoundError) as exc:
-        console.print(f"[red]Cannot use the model {bundle}:[/red] {exc}")
-        return None
+    except BundleError as exc:
+        fail(_model_error(bundle, exc))
+    except EngineError as exc:
+        fail(_engine_error(engine, exc))
+    except FileNotFoundError as exc:
+        fail(_model_error(bundle, exc))
+    return None
 
 
 def _close(analyzer: Any) -> None:
@@ -265,6 +372,15 @@ def cmd_live(args: argparse.Namespace) -> int:
                 f"[red]{flag} must be > 0; got {v}.[/red] Nothing was changed."
             )
             return 2
+    if why := unwritable(out):
+        return fail(f"--out: {why}.", "Choose another --out. Nothing was written.")
+    if args.source is not None and not Path(args.source).expanduser().exists():
+        return fail(
+            f"--source {args.source} does not exist.",
+            "Give the recording (run store, TIFF or zarr) to replay.",
+        )
+    if args.model and _model_refused(args.model, args.engine):
+        return 2
 
     from axialtrack.rig import RigConfigError, load_rig, splitter_geometry
 
@@ -282,16 +398,18 @@ def cmd_live(args: argparse.Namespace) -> int:
         if value is None:
             continue
         if not core.hasProperty(cam, prop):
-            console.print(f"[red]The camera {cam!r} has no {prop} property.[/red]")
-            return 2
+            core.unloadAllDevices()
+            flag = {"Scene": "--scene", "Source": "--source"}.get(prop, "--rate")
+            return fail(
+                f"The camera {cam!r} has no {prop} property, so {flag} does not "
+                "apply to it.",
+                "Leave it out, or use a config with a camera that has it.",
+            )
         try:
             core.setProperty(cam, prop, value)
-        except (RuntimeError, ValueError) as exc:
-            console.print(
-                f"[red]The camera {cam!r} refused {prop}={value!r}:[/red] {exc}"
-            )
+        except (RuntimeError, ValueError, OSError) as exc:
             core.unloadAllDevices()
-            return 2
+            return fail(f"The camera {cam!r} refused {prop}={value!r}: {exc}")
     geo = splitter_geometry(core)
     sensor = (core.getImageHeight(), core.getImageWidth())
     two = geo.layout == "two-cameras"
@@ -429,8 +547,12 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
     path = Path(args.run).expanduser()
     if not path.exists():
-        console.print(f"[red]{path} does not exist.[/red]")
+        return fail(f"{path} does not exist.")
+    # the model first, always: also where there turns out to be nothing to do
+    if _model_refused(args.model, args.engine):
         return 2
+    if args.out is not None and (why := unwritable(Path(args.out))):
+        return fail(f"--out: {why}.", "Choose another --out. Nothing was written.")
     if not (path / "zarr.json").is_file() or args.out is not None:
         return _localize_movie(args, path)
     try:

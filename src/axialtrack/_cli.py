@@ -1,0 +1,235 @@
+"""What the subcommands share: argument types, one-line errors, output checks.
+
+Every refusal of the ``axialtrack`` command is one line on stderr naming the
+option (or file), the value and the fix, with exit code 2 and nothing written:
+
+- option values are checked by argparse ``type=`` validators
+  (:func:`positive_float`, :func:`float_in`, ...) before anything runs;
+- a pydantic :class:`~pydantic.ValidationError` that escapes a subcommand is
+  turned into one line naming the option (:func:`validation_message`);
+- an output folder is probed before a run starts (:func:`unwritable`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rich.console import Console
+
+__all__ = [
+    "ERROR_CONSOLE",
+    "PIXEL_SIZE_RANGE_UM",
+    "PIXEL_SIZE_UM",
+    "PLANE_OFFSET_RANGE_UM",
+    "PLANE_OFFSET_UM",
+    "OneLineParser",
+    "fail",
+    "float_in",
+    "nonnegative_float",
+    "option_for_field",
+    "oserror_message",
+    "positive_float",
+    "positive_int",
+    "unwritable",
+    "validation_message",
+]
+
+#: Where refusals go: stderr, never wrapped (a message stays one line).
+ERROR_CONSOLE = Console(stderr=True, soft_wrap=True, highlight=False)
+
+#: Units the option names leave out (``z_step_um`` is ``--z-step``).
+_UNIT_SUFFIXES = ("_um", "_ms", "_s", "_hz", "_nm", "_px")
+
+
+def fail(message: str, fix: str = "") -> int:
+    """Print a one-line refusal (``message``, then ``fix``) and return 2."""
+    text = " ".join(message.split())
+    if fix:
+        text += " " + " ".join(fix.split())
+    ERROR_CONSOLE.print(f"[red]Error:[/red] {text}", markup=True)
+    return 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (and point to ``--help``)
+    instead of the usage block followed by the error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``PROG: error: MESSAGE (see PROG --help)`` and exit with 2."""
+        ERROR_CONSOLE.print(
+            f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)",
+            markup=False,
+        )
+        raise SystemExit(2)
+
+
+def _number(text: str, kind: Callable[[str], Any]) -> Any:
+    try:
+        v = kind(text)
+    except ValueError:
+        name = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {name}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number; got {text}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    v = float(_number(text, float))
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0; got {text}")
+    return v
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    v = float(_number(text, float))
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    v = int(_number(text, int))
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {text}")
+    return v
+
+
+def float_in(
+    lo: float, hi: float, unit: str = "", why: str = ""
+) -> Callable[[str], float]:
+    """argparse type: a finite number in ``[lo, hi]`` (a plausible range).
+
+    ``unit`` and ``why`` are added to the message of a value outside it.
+    """
+    u = f" {unit}" if unit else ""
+
+    def parse(text: str) -> float:
+        v = float(_number(text, float))
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(
+                f"{text}{u} is outside the plausible range {lo:g} to {hi:g}{u}"
+                + (f" ({why})" if why else "")
+            )
+        return v
+
+    parse.__name__ = f"number from {lo:g} to {hi:g}"
+    return parse
+
+
+def option_for_field(field: str, options: Iterable[str]) -> str | None:
+    """The command-line option (``--z-step``) that sets a model field
+    (``z_step_um``), if ``options`` has one."""
+    opts = set(options)
+    base = field
+    for suffix in ("", *_UNIT_SUFFIXES):
+        if suffix and not field.endswith(suffix):
+            continue
+        base = field[: len(field) - len(suffix)] if suffix else field
+        name = "--" + base.replace("_", "-")
+        if name in opts:
+            return name
+    return None
+
+
+def _limits(err: dict[str, Any]) -> str:
+    """What a pydantic error says is valid (``> 0``, ``<= 100``)."""
+    ctx = err.get("ctx") or {}
+    ops = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    parts = [f"{ops[k]} {ctx[k]}" for k in ("gt", "ge", "lt", "le") if k in ctx]
+    if parts:
+        return "must be " + " and ".join(parts)
+    msg = str(err.get("msg", "is invalid"))
+    return msg.removeprefix("Value error, ")
+
+
+def validation_message(exc: Any, options: Iterable[str] = ()) -> str:
+    """One line for a pydantic ``ValidationError``: the option (or field), the
+    value given and what is valid, for each error."""
+    opts = list(options)
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ())]
+        field = loc[0] if loc else ""
+        name = option_for_field(field, opts) if field else None
+        label = name or (f"{exc.title}.{'.'.join(loc)}" if loc else exc.title)
+        given = err.get("input")
+        parts.append(f"{label} {_limits(err)}; got {given!r}")
+    return "; ".join(parts)
+
+
+def oserror_message(exc: OSError) -> str:
+    """One line for a file-system error: what, where, and the fix."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    what = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return (
+            f"DiskFullError: no space left on the device{where}. Free space or "
+            "write to another disk; what was stored before is kept."
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write{where}: {what}. Choose a folder you can write to."
+    return f"{type(exc).__name__}: {what}{where}"
+
+
+def unwritable(path: str | Path) -> str | None:
+    """Why ``path`` cannot be created (``None`` if it can).
+
+    Probes the nearest existing folder above ``path`` by creating and removing
+    a small file there, which is what a run store's creation needs first.
+    """
+    p = Path(path).expanduser().absolute()
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a folder, so {p} cannot be created in it"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".axialtrack-probe-", dir=parent)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        return f"cannot create {p}: {parent} is not writable ({why})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+#: Plausible plane offset (delta) of a dual-focal-plane splitter (um): plane 1
+#: in focus above plane 0, by less than a few depths of field.
+PLANE_OFFSET_RANGE_UM = (0.05, 5.0)
+#: Plausible pixel size in the sample (um): 100x to 4x objectives.
+PIXEL_SIZE_RANGE_UM = (0.01, 5.0)
+
+#: argparse type of ``--plane-offset``.
+PLANE_OFFSET_UM = float_in(
+    *PLANE_OFFSET_RANGE_UM, "um", "plane 1 in focus above plane 0 by delta"
+)
+#: argparse type of ``--pixel-size``.
+PIXEL_SIZE_UM = float_in(*PIXEL_SIZE_RANGE_UM, "um", "the pixel size in the sample")
+
+
+def _exit_code(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 2
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Any) -> argparse.Namespace | int:
+    """``parser.parse_args(argv)``, or the exit code where it exits (a refused
+    argument: 2; ``--help``, ``--version``: 0)."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        sys.stdout.flush()
+        return _exit_code(exc)
