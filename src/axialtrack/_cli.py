@@ -142,11 +142,15 @@ def option_for_field(field: str, options: Iterable[str]) -> str | None:
     return None
 
 
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def _limits(err: dict[str, Any]) -> str:
     """What a pydantic error says is valid (``> 0``, ``<= 100``)."""
     ctx = err.get("ctx") or {}
     ops = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-    parts = [f"{ops[k]} {ctx[k]}" for k in ("gt", "ge", "lt", "le") if k in ctx]
+    parts = [f"{ops[k]} {_num(ctx[k])}" for k in ("gt", "ge", "lt", "le") if k in ctx]
     if parts:
         return "must be " + " and ".join(parts)
     msg = str(err.get("msg", "is invalid"))
@@ -164,7 +168,8 @@ def validation_message(exc: Any, options: Iterable[str] = ()) -> str:
         name = option_for_field(field, opts) if field else None
         label = name or (f"{exc.title}.{'.'.join(loc)}" if loc else exc.title)
         given = err.get("input")
-        parts.append(f"{label} {_limits(err)}; got {given!r}")
+        shown = _num(given) if isinstance(given, float) else repr(given)
+        parts.append(f"{label} {_limits(err)}; got {shown}")
     return "; ".join(parts)
 
 

@@ -274,6 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"{type(exc).__name__}: {exc}")
     except OSError as exc:
         return fail(oserror_message(exc))
+    except Exception as exc:
+        from axialtrack.rig import RigConfigError
+
+        if isinstance(exc, RigConfigError):
+            return fail(str(exc))
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,7 +17,7 @@ import importlib
 import logging
 import re
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -436,6 +436,8 @@ def check_config(path: str | Path, core: UniMMCore | None = None) -> list[Config
     search = ", ".join(core.getDeviceAdapterSearchPaths()) or "(none)"
     declared: dict[str, _Declared] = {}
     pixel_presets: set[str] = set()
+    # (device label, property) -> the line that set it last
+    set_by: dict[tuple[str, str], ConfigLine] = {}
 
     def err(ln: ConfigLine, problem: str, fix: str) -> RigConfigError:
         return RigConfigError(path, problem, fix, line=ln.lineno, text=ln.text)
@@ -588,6 +590,7 @@ def check_config(path: str | Path, core: UniMMCore | None = None) -> list[Config
             d = need_label(ln, label)
             if d is not None:
                 check_property(ln, d, prop, value)
+                set_by[(label, prop)] = ln
 
         elif cmd == CFGCommand.ConfigGroup.value and len(args) >= 4:
             d = need_label(ln, args[2])
@@ -670,7 +673,58 @@ def check_config(path: str | Path, core: UniMMCore | None = None) -> list[Config
                     f"focus direction must be 1, -1 or 0; got {args[1]!r}",
                     "write 1 (positive moves toward the sample), -1 or 0 (unknown)",
                 )
+    _check_peers(declared, set_by, err)
     return lines
+
+
+def _check_peers(
+    declared: dict[str, _Declared],
+    set_by: dict[tuple[str, str], ConfigLine],
+    err: Callable[[ConfigLine, str, str], RigConfigError],
+) -> None:
+    """Check the properties that name another device (``PEER_PROPERTIES`` of
+    a device class, e.g. the simulated camera's ``ZStage``): each must name a
+    device loaded by the config, of the right class, or be empty for none.
+
+    A typo there loads fine and fails only once frames are acquired.
+    """
+    for label, d in declared.items():
+        probe = d.probe
+        peers: dict[str, type] = dict(getattr(type(probe), "PEER_PROPERTIES", {}))
+        if probe is None or not peers:
+            continue
+        for prop, kind in peers.items():
+            try:
+                value = str(probe.get_property_value(prop)).strip()
+            except Exception:
+                continue
+            if not value:
+                continue
+            ln = set_by.get((label, prop))
+            where = ln if ln is not None else d.line
+            said = "" if ln is not None else " (its default)"
+            fix_line = f"#py Property,{label},{prop},<label>"
+            target = declared.get(value)
+            if target is None:
+                loaded = ", ".join(
+                    k
+                    for k, v in declared.items()
+                    if v.probe is not None and isinstance(v.probe, kind)
+                )
+                raise err(
+                    where,
+                    f"{label}.{prop} is {value!r}{said}, but no device {value!r} "
+                    "is loaded",
+                    f"name the {kind.__name__} to follow ({fix_line}; loaded: "
+                    f"{loaded or 'none'}), or '' for none",
+                )
+            if not isinstance(target.probe, kind):
+                raise err(
+                    where,
+                    f"{label}.{prop} is {value!r}{said}, a {target.name} device; "
+                    f"it must name a {kind.__name__}",
+                    f"name a {kind.__name__} ({fix_line}), or '' for none",
+                )
 
 
 # ------------------------------------------------------------------ the core

@@ -161,17 +161,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         try:
             core = load_rig(args.config)
         except RigConfigError as exc:
-            console.print(f"[red]{exc}[/red]")
-            return 2
-        seq = calibration_sequence(
-            args.z_range,
-            args.z_step if args.z_step is not None else 0.05,
-            fields=args.fields,
-            spacing_um=args.spacing,
-            exposure_ms=args.exposure,
-            core=core,
-        )
+            return fail(str(exc))
         try:
+            # a plan the options do not allow raises a ValidationError, which
+            # the command reports in one line naming the option
+            seq = calibration_sequence(
+                args.z_range,
+                args.z_step if args.z_step is not None else 0.05,
+                fields=args.fields,
+                spacing_um=args.spacing,
+                exposure_ms=args.exposure,
+                core=core,
+            )
             store = run_calibration(
                 core,
                 out,

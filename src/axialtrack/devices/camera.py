@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pymmcore_plus.core import Keyword
@@ -125,6 +125,15 @@ class SimCamera(PacedCamera):
     RecordTruth
         1: keep the ground truth of every frame (see :meth:`renderer`).
     """
+
+    #: Properties naming another device, and the class it must be ("" names
+    #: none); :func:`axialtrack.rig.check_config` checks them.
+    PEER_PROPERTIES: ClassVar[dict[str, type]] = {
+        "ZStage": SimZPiezo,
+        "XYStage": SimXYStage,
+        "Splitter": DualPlaneSplitter,
+        "LightSource": SimLightSource,
+    }
 
     def __init__(self) -> None:
         super().__init__()

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pymmcore_plus.core import Keyword
@@ -232,6 +232,10 @@ class ReplayCamera(PacedCamera):
     Frames
         Frames in the source (read-only).
     """
+
+    #: Properties naming another device, and the class it must be ("" names
+    #: none); :func:`axialtrack.rig.check_config` checks them.
+    PEER_PROPERTIES: ClassVar[dict[str, type]] = {"Splitter": DualPlaneSplitter}
 
     def __init__(self) -> None:
         super().__init__()

@@ -16,6 +16,8 @@ console = Console()
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``train`` and ``evaluate`` on an ``add_subparsers()`` object."""
+    from axialtrack._cli import float_in, positive_float, positive_int
+
     p = subparsers.add_parser(
         "train",
         help="train the axial localization model from a calibration run",
@@ -25,14 +27,22 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument("calibration", metavar="CALIB.zarr", help="calibration run store")
     p.add_argument("--out", required=True, help="bundle directory (.axialmodel)")
-    p.add_argument("--epochs", type=int, default=100, help="maximum epochs (100)")
-    p.add_argument("--batch-size", type=int, default=64, help="mini-batch (64)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--patience", type=int, default=15, help="early-stopping epochs")
+    p.add_argument(
+        "--epochs", type=positive_int, default=100, help="maximum epochs (100)"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=64, help="mini-batch (64)"
+    )
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
+    p.add_argument(
+        "--patience", type=positive_int, default=15, help="early-stopping epochs"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--device", default=None, help="torch device (default: auto)")
-    p.add_argument("--dense", type=int, default=128, help="dense layer width")
-    p.add_argument("--dropout", type=float, default=0.5, help="dropout probability")
+    p.add_argument("--dense", type=positive_int, default=128, help="dense layer width")
+    p.add_argument(
+        "--dropout", type=float_in(0.0, 0.95), default=0.5, help="dropout probability"
+    )
     p.add_argument(
         "--no-field", action="store_true", help="no field-position (x, y) branch"
     )
@@ -46,7 +56,7 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument(
         "--ema-decay",
-        type=float,
+        type=float_in(0.0, 0.99999),
         default=0.998,
         help="decay of the moving average of the weights per step (0: off)",
     )
@@ -65,20 +75,20 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument(
         "--recalibrate-dz-max",
-        type=float,
+        type=positive_float,
         default=None,
         help="fit the recalibration on validation examples with |dz| <= this (um)",
     )
     p.add_argument(
         "--neighbours",
-        type=float,
+        type=float_in(0.0, 1.0),
         default=0.0,
         help="probability of adding a neighbouring particle to a training pair "
         "(crowded live samples; 0.5 on the live benchmark); default 0",
     )
     p.add_argument(
         "--ensemble",
-        type=int,
+        type=positive_int,
         default=1,
         help="train this many networks (seeds --seed, --seed+1, ...) and save their "
         "mean: more precise, that many times the inference (default 1)",
@@ -101,7 +111,7 @@ def add_parsers(subparsers: Any) -> None:
     e.add_argument(
         "--split", default="test", help="test, validation, train or all (test)"
     )
-    e.add_argument("--bin", type=float, default=0.1, help="dz bin width (um)")
+    e.add_argument("--bin", type=positive_float, default=0.1, help="dz bin width (um)")
     e.add_argument("--no-crlb", action="store_true", help="skip the CRLB")
     e.set_defaults(func=cmd_evaluate)
 

@@ -387,8 +387,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     try:
         core = load_rig(args.config)
     except RigConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 2
+        return fail(str(exc))
     cam = core.getCameraDevice()
     for prop, value in (
         ("Scene", args.scene),
