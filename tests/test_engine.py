@@ -421,7 +421,7 @@ def test_bad_inputs(field_bundle: Path) -> None:
 
 
 def test_missing_and_corrupt_bundle(field_bundle: Path, tmp_path: Path) -> None:
-    with pytest.raises(BundleError, match="not a model bundle"):
+    with pytest.raises(BundleError, match=r"nope\.axialmodel does not exist"):
         select_engine(tmp_path / "nope.axialmodel")
     bad = tmp_path / "bad.axialmodel"
     shutil.copytree(field_bundle, bad)

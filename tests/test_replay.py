@@ -152,6 +152,8 @@ def fake_analyzer(monkeypatch: pytest.MonkeyPatch) -> None:
         "_make_analyzer",
         lambda bundle, **kw: PeakAnalyzer(kw.get("pixel_size_um", 0.1)),
     )
+    # the toy analyzer has no bundle to check
+    monkeypatch.setattr(cli, "_model_refused", lambda *a, **kw: False)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -198,8 +200,9 @@ def test_cli_live_on_replay_and_refuses_existing(
     assert args.func(args) == 0
     # --overwrite with a run that never stores a frame: the old run comes back
     old_meta = open_run(out).frame_meta
-    bad = [a if a != "30" else "0" for a in argv]  # --frames 0
-    args = _parse([*bad, "--overwrite"])
+    # --frames 0 (refused by argparse first, and by cmd_live itself)
+    args = _parse([*argv, "--overwrite"])
+    args.frames = 0
     assert args.func(args) == 2
     from axialtrack.pipeline.runner import LiveRunner
 
@@ -276,6 +279,7 @@ def test_cli_localize_of_a_movie_that_fails_part_way_keeps_the_rest_unanalyzed(
             return super().analyze(planes, indices, meta)
 
     monkeypatch.setattr(cli, "_make_analyzer", lambda bundle, **kw: FailsLater())
+    monkeypatch.setattr(cli, "_model_refused", lambda *a, **kw: False)
     _, planes = recording
     sensor = np.stack([np.hstack([p[0], p[1]]) for p in planes])
     tifffile.imwrite(tmp_path / "movie.tif", sensor)
@@ -313,6 +317,7 @@ def test_cli_localize_all_that_links_nothing_drops_the_old_tracks(
 
     path, _ = recording
     monkeypatch.setattr(cli, "_make_analyzer", lambda bundle, **kw: PeakAnalyzer())
+    monkeypatch.setattr(cli, "_model_refused", lambda *a, **kw: False)
     args = _parse(["localize", str(path), "--model", "m"])
     assert args.func(args) == 0
     assert len(open_run(path).tracks) == 3  # PeakAnalyzer's summary
@@ -379,6 +384,7 @@ def test_cli_live_takes_saturation_from_the_cameras_bit_depth(
         return PeakAnalyzer(kw.get("pixel_size_um", 0.1))
 
     monkeypatch.setattr(cli, "_make_analyzer", make)
+    monkeypatch.setattr(cli, "_model_refused", lambda *a, **kw: False)
     path, _ = recording
     argv = ["live", "--config", "replay-dualplane", "--source", str(path)]
     argv += ["--model", "m", "--frames", "3", "--out", str(tmp_path / "a.zarr")]
