@@ -429,3 +429,26 @@ def test_shipped_configs_pass_the_reference_check() -> None:
 
     for name in ("sim-dualplane", "replay-dualplane"):
         assert check_config(resolve_config(name))
+
+
+def test_calibrate_on_a_full_disk_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import axialtrack.store._sinks as sinks
+
+    real = sinks.atomic_write
+    calls = []
+
+    def fills_up(path: str, data: object, **kw: object) -> int:
+        calls.append(path)
+        if len(calls) > 3:  # the disk fills up after three chunks
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(path, data, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sinks, "atomic_write", fills_up)
+    out = tmp_path / "cal.zarr"
+    argv = ["calibrate", "--out", str(out), "--fields", "1", "--z-range", "0.3"]
+    _refused(capsys, main([*argv, "--no-progress"]), "DiskFullError", str(out))
+    assert len(calls) > 3
+    # no quality control was written over the frames that were stored
+    assert not (out / "calibration").exists()
