@@ -138,6 +138,19 @@ def test_calibrate_from_refuses_implausible_geometry(
     assert not out.exists()
 
 
+def test_localize_movie_refuses_implausible_geometry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    movie = tmp_path / "movie.npy"
+    np.save(movie, np.zeros((3, 16, 32), np.uint16))
+    out = tmp_path / "run.zarr"
+    argv = ["localize", str(movie), "--model", "m", "--out", str(out)]
+    argv += ["--pixel-size", "0.1", "--plane-offset", "50"]
+    line = _refused(capsys, main(argv), "--plane-offset", "0.05 to 5 um")
+    assert "SplitterGeometry" not in line
+    assert not out.exists()
+
+
 def test_a_validation_error_past_the_options_names_the_option(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -147,6 +160,14 @@ def test_a_validation_error_past_the_options_names_the_option(
     rc = main(["calibrate", "--out", str(out), "--z-range", "200", "--no-progress"])
     _refused(capsys, rc, "--z-range", "must be <= 100", "got 200")
     assert not out.exists()
+
+
+def test_fail_prints_brackets_as_they_are(capsys: pytest.CaptureFixture[str]) -> None:
+    from axialtrack._cli import fail
+
+    assert fail("shape [batch, 2, 15, 15] in /data/[red]/x", "fix it") == 2
+    err = capsys.readouterr().err
+    assert err == "Error: shape [batch, 2, 15, 15] in /data/[red]/x fix it\n"
 
 
 def test_validation_message_maps_fields_to_options() -> None:

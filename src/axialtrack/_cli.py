@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 __all__ = [
     "ERROR_CONSOLE",
@@ -53,7 +54,7 @@ def fail(message: str, fix: str = "") -> int:
     text = " ".join(message.split())
     if fix:
         text += " " + " ".join(fix.split())
-    ERROR_CONSOLE.print(f"[red]Error:[/red] {text}", markup=True)
+    ERROR_CONSOLE.print(f"[red]Error:[/red] {escape(text)}", markup=True)
     return 2
 
 

@@ -166,7 +166,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser for the ``axialtrack`` command."""
     from axialtrack import __version__
-    from axialtrack._cli import OneLineParser
+    from axialtrack._cli import OneLineParser, positive_float
+    from axialtrack.engine.select import ENGINE_CHOICES
 
     parser = OneLineParser(
         prog="axialtrack",
@@ -192,8 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--quick", action="store_true", help="smaller and shorter (under a minute)"
     )
-    demo.add_argument("--duration", type=float, default=None, help="live run (s)")
-    demo.add_argument("--engine", default=None, help="inference backend (auto)")
+    demo.add_argument(
+        "--duration", type=positive_float, default=None, help="live run (s)"
+    )
+    demo.add_argument(
+        "--engine",
+        default=None,
+        choices=ENGINE_CHOICES,
+        help="inference backend (auto)",
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument(
         "--zscan", action="store_true", help="only snap a Z scan to OME-TIFF"
@@ -201,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--dz",
         nargs="+",
+        type=float,
         default=["-0.6", "-0.3", "0", "0.3", "0.6", "0.9"],
         help="--zscan: stage Z offsets (um) from the current focus to snap at",
     )
