@@ -364,14 +364,10 @@ def cmd_live(args: argparse.Namespace) -> int:
     if _refuse_existing(out, args.overwrite):
         return 2
     if args.duration is None and args.frames is None:
-        console.print("[red]Give --duration SECONDS or --frames N.[/red]")
-        return 2
+        return fail("Give --duration SECONDS or --frames N.")
     for flag, v in (("--duration", args.duration), ("--frames", args.frames)):
         if v is not None and not v > 0:
-            console.print(
-                f"[red]{flag} must be > 0; got {v}.[/red] Nothing was changed."
-            )
-            return 2
+            return fail(f"{flag} must be > 0; got {v}.", "Nothing was changed.")
     if why := unwritable(out):
         return fail(f"--out: {why}.", "Choose another --out. Nothing was written.")
     if args.source is not None and not Path(args.source).expanduser().exists():
