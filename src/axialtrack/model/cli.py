@@ -28,14 +28,33 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("calibration", metavar="CALIB.zarr", help="calibration run store")
     p.add_argument("--out", required=True, help="bundle directory (.axialmodel)")
     p.add_argument(
-        "--epochs", type=positive_int, default=100, help="maximum epochs (100)"
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="optimizer steps of the training schedule (4000: about a minute on a "
+        "2-core CPU, whatever the number of beads)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help="train this many epochs instead of --steps",
     )
     p.add_argument(
         "--batch-size", type=positive_int, default=64, help="mini-batch (64)"
     )
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
     p.add_argument(
-        "--patience", type=positive_int, default=15, help="early-stopping epochs"
+        "--patience",
+        type=positive_int,
+        default=None,
+        help="early-stopping epochs (default: a quarter of the epochs, >= 10)",
+    )
+    p.add_argument(
+        "--max-time",
+        type=positive_float,
+        default=None,
+        help="stop after the epoch that passes this many seconds",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--device", default=None, help="torch device (default: auto)")
@@ -57,21 +76,34 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument(
         "--ema-decay",
         type=float_in(0.0, 0.99999),
-        default=0.998,
-        help="decay of the moving average of the weights per step (0: off)",
+        default=None,
+        help="decay of the moving average of the weights per step (0: off; "
+        "default: one epoch's time constant)",
     )
     p.add_argument(
         "--lr-schedule",
         choices=["plateau", "cosine"],
-        default="plateau",
-        help="plateau: halve on a validation plateau; cosine: decay to lr/100 over "
-        "--epochs (pass --patience EPOCHS to run it to the end)",
+        default="cosine",
+        help="cosine (default): decay to lr/100 over the schedule; plateau: halve "
+        "on a validation plateau",
     )
-    p.add_argument(
+    recal = p.add_mutually_exclusive_group()
+    recal.add_argument(
         "--recalibrate",
-        action="store_true",
-        help="fold an affine dz correction fitted on the validation beads into "
-        "the output layer",
+        dest="recalibrate",
+        action="store_const",
+        const=True,
+        default="auto",
+        help="always fold an affine dz correction fitted on the validation beads "
+        "into the output layer (default: only when it lowers the error of "
+        "held-out validation beads)",
+    )
+    recal.add_argument(
+        "--no-recalibrate",
+        dest="recalibrate",
+        action="store_const",
+        const=False,
+        help="never recalibrate",
     )
     p.add_argument(
         "--recalibrate-dz-max",
@@ -150,19 +182,26 @@ def cmd_train(args: argparse.Namespace) -> int:
             from .train import train_ensemble
 
             fn, kw = train_ensemble, {"members": args.ensemble}
+        if args.steps is not None:
+            kw["steps"] = args.steps
         result = fn(
             data,
             **kw,
             config=config,
             epochs=args.epochs,
             batch_size=args.batch_size,
+            max_time_s=args.max_time,
             lr=args.lr,
             seed=args.seed,
             device=args.device,
             progress=not args.no_progress,
             patience=args.patience,
             augmentation=not args.no_augment,
-            ema_decay=args.ema_decay if args.ema_decay > 0 else None,
+            ema_decay=(
+                "auto"
+                if args.ema_decay is None
+                else (args.ema_decay if args.ema_decay > 0 else None)
+            ),
             lr_schedule=args.lr_schedule,
             recalibrate=args.recalibrate,
             recalibrate_dz_max_um=args.recalibrate_dz_max,
@@ -174,10 +213,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     path = result.save(out, overwrite=args.overwrite)
     m = result.metrics
     console.print(
-        f"Trained {m['epochs_run']} epochs in {m['train_time_s']:.1f} s "
+        f"Trained {m['epochs_run']} of {m.get('epochs_planned', m['epochs_run'])} "
+        f"epochs ({m.get('stopped_by', 'done')}) in {m['train_time_s']:.1f} s "
         f"(best epoch {m['best_epoch']}): validation RMSE {m['val_rmse_nm']:.1f} nm, "
         f"test RMSE {m['test_rmse_nm']:.1f} nm"
     )
+    recal = m.get("recalibration")
+    if recal is not None:
+        console.print(
+            f"Recalibration {'applied' if recal.get('applied') else 'not applied'}"
+            + (
+                f" (held-out validation beads: {recal['cv_rmse_raw_nm']:.1f} nm "
+                f"as trained, {recal['cv_rmse_nm']:.1f} nm recalibrated)"
+                if recal.get("cv_rmse_nm") is not None
+                else ""
+            )
+        )
+    for w in m.get("warnings", []):
+        console.print(f"[yellow]Warning: {w}[/yellow]")
     if config.subpixel and not m["subpixel_targets"]:
         console.print(
             "[yellow]No sub-pixel targets in this calibration; dx, dy heads are "

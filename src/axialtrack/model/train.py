@@ -343,24 +343,144 @@ def _fold_affine_recalibration(
     return {"scale": a, "offset_um": c, "applied": applied, "n": int(keep.sum())}
 
 
+#: Optimizer steps of the default training schedule: 4000 mini-batches of 64
+#: took a 44-bead simulated calibration from 180 nm (100 epochs, weight average
+#: 0.998) to 41 nm held-out RMSE in about a minute on a 2-core CPU.
+DEFAULT_STEPS = 4000
+#: A held-out slope of predicted vs true dz outside ``1 +- SLOPE_TOLERANCE``
+#: is reported as a warning (compressed or stretched predictions).
+SLOPE_TOLERANCE = 0.05
+#: Validation RMSE still falling by more than this fraction over the last
+#: tenth of the epochs is reported as a warning (more steps would help).
+STILL_IMPROVING = 0.03
+
+
+def _schedule(
+    steps_per_epoch: int,
+    *,
+    epochs: int | None,
+    steps: int,
+    patience: int | None,
+    lr_patience: int | None,
+    ema_decay: float | str | None,
+) -> dict[str, Any]:
+    """Epochs, patiences and weight-average decay of a run of ``steps`` optimizer
+    steps (or of ``epochs``), from the steps one epoch takes."""
+    if epochs is None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1; got {steps}")
+        epochs = max(1, math.ceil(steps / steps_per_epoch))
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1; got {epochs}")
+    if patience is None:
+        patience = max(10, math.ceil(epochs / 4))
+    if lr_patience is None:
+        lr_patience = max(3, math.ceil(200 / steps_per_epoch))
+    if ema_decay == "auto":
+        ema_decay = min(0.998, max(0.9, 1.0 - 1.0 / steps_per_epoch))
+    elif isinstance(ema_decay, str):
+        raise ValueError(
+            f"ema_decay must be a number, 'auto' or None; got {ema_decay!r}"
+        )
+    return {
+        "epochs": int(epochs),
+        "patience": int(patience),
+        "lr_patience": int(lr_patience),
+        "ema_decay": ema_decay,
+    }
+
+
+def _slope(model: Network, ex: Examples) -> float:
+    """Slope of predicted vs true dz on ``ex`` (NaN with fewer than 2 examples)."""
+    if len(ex) < 2:
+        return float("nan")
+    pred = predict(model, ex.crops, ex.xy_norm)[:, 0].astype(float)
+    return float(np.polyfit(np.asarray(ex.dz_um, float), pred, 1)[0])
+
+
+def _cross_fitted_recalibration(
+    model: Network, va: Examples, dz_max_um: float | None
+) -> dict[str, Any]:
+    """Whether an affine recalibration helps beads it was not fitted on.
+
+    The validation beads are split in two halves (by bead, alternately in bead
+    order); each half's affine fit is scored on the other half. ``helps`` when
+    the pooled squared error falls by more than 2 %.
+    """
+    label = np.asarray(va.dz_um, float)
+    keep = np.ones(label.size, bool)
+    if dz_max_um is not None:
+        keep = np.abs(label) <= dz_max_um + 1e-9
+    beads = np.unique(va.bead[keep])
+    out: dict[str, Any] = {"helps": False, "cv_rmse_nm": None, "cv_rmse_raw_nm": None}
+    if beads.size < 4:
+        return out
+    pred = predict(model, va.crops, va.xy_norm)[:, 0].astype(float)
+    half = np.isin(va.bead, beads[::2])
+    raw = fitted = 0.0
+    for fit_on in (half, ~half):
+        f, s = keep & fit_on, keep & ~fit_on
+        if f.sum() < 2 or s.sum() < 1:
+            return out
+        a, c = np.polyfit(pred[f], label[f], 1)
+        if not (np.isfinite(a) and 0.5 <= a <= 2.0):
+            return out
+        raw += float(np.sum((pred[s] - label[s]) ** 2))
+        fitted += float(np.sum((a * pred[s] + c - label[s]) ** 2))
+    n = int(keep.sum())
+    out["cv_rmse_raw_nm"] = 1000 * math.sqrt(raw / n)
+    out["cv_rmse_nm"] = 1000 * math.sqrt(fitted / n)
+    out["helps"] = fitted < 0.98 * raw
+    return out
+
+
+def _training_warnings(
+    history: list[dict[str, float]], best_epoch: int, metrics: dict[str, Any]
+) -> list[str]:
+    """What a user should know about a finished training."""
+    warnings: list[str] = []
+    n = len(history)
+    if n >= 10 and best_epoch == n and metrics["stopped_by"] != "early stop":
+        k = max(1, n // 10)
+        before = min(h["val_rmse_nm"] for h in history[: n - k])
+        last = history[-1]["val_rmse_nm"]
+        if last < (1 - STILL_IMPROVING) * before:
+            warnings.append(
+                f"the validation RMSE was still falling at the end "
+                f"({before:.1f} -> {last:.1f} nm over the last {k} epochs, "
+                f"stopped by the {metrics['stopped_by']}): more --steps (or time) "
+                "would likely help"
+            )
+    slope = metrics.get("test_slope", float("nan"))
+    if math.isfinite(slope) and abs(slope - 1) > SLOPE_TOLERANCE:
+        kind = "compressed" if slope < 1 else "stretched"
+        warnings.append(
+            f"held-out predictions are {kind}: slope {slope:.2f} of predicted vs "
+            f"true dz (ideal 1, tolerated {1 - SLOPE_TOLERANCE:.2f}-"
+            f"{1 + SLOPE_TOLERANCE:.2f}); train longer or pass --recalibrate"
+        )
+    return warnings
+
+
 def train(
     data: Examples | CalibrationData | str | Path,
     *,
     config: ModelConfig | None = None,
-    epochs: int = 100,
+    epochs: int | None = None,
+    steps: int = DEFAULT_STEPS,
     batch_size: int = 64,
     lr: float = 1e-3,
     loss: Loss | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
-    patience: int = 15,
-    lr_patience: int = 5,
+    patience: int | None = None,
+    lr_patience: int | None = None,
     augmentation: bool = True,
     max_time_s: float | None = None,
-    ema_decay: float | None = 0.998,
-    lr_schedule: Literal["plateau", "cosine"] = "plateau",
-    recalibrate: bool = False,
+    ema_decay: float | Literal["auto"] | None = "auto",
+    lr_schedule: Literal["plateau", "cosine"] = "cosine",
+    recalibrate: bool | Literal["auto"] = "auto",
     recalibrate_dz_max_um: float | None = None,
     neighbours: float = 0.0,
 ) -> TrainResult:
@@ -375,7 +495,12 @@ def train(
         Architecture; default :class:`ModelConfig` with the crop size of the
         examples.
     epochs
-        Maximum number of epochs.
+        Maximum number of epochs; default (``None``) as many as ``steps``
+        optimizer steps take, so a calibration of 20 beads and one of 200 get
+        the same training schedule.
+    steps
+        Optimizer steps of the schedule when ``epochs`` is ``None``
+        (:data:`DEFAULT_STEPS`: about a minute on a 2-core CPU).
     batch_size, lr
         Adam mini-batch size and learning rate.
     loss
@@ -390,9 +515,11 @@ def train(
     progress
         Show a progress bar with the losses.
     patience
-        Early stopping: epochs without a lower validation loss.
+        Early stopping: epochs without a lower validation loss. Default: a
+        quarter of the epochs (at least 10).
     lr_patience
-        ReduceLROnPlateau patience (factor 0.5).
+        ReduceLROnPlateau patience (factor 0.5). Default: about 200 optimizer
+        steps (at least 3 epochs).
     augmentation
         Brightness jitter, Poisson and Gaussian noise on training pairs.
     max_time_s
@@ -400,17 +527,25 @@ def train(
     ema_decay
         Keep an exponential moving average of the weights (and BatchNorm
         statistics) with this decay per optimizer step; it is what is validated
-        and returned (``None``: the raw weights).
+        and returned (``None``: the raw weights). ``"auto"``: one epoch's
+        time constant, ``1 - 1 / steps_per_epoch`` within [0.9, 0.998]. (A
+        fixed 0.998 averages over 500 steps, 25 epochs of a 44-bead calibration:
+        the average then lags the training so far that the best epoch is the
+        last and held-out predictions are compressed, slope 0.7.)
     lr_schedule
+        ``"cosine"`` (default): cosine decay from ``lr`` to ``lr / 100`` over
+        the epochs (``lr_patience`` unused; early stopping still applies);
         ``"plateau"``: ReduceLROnPlateau on the validation loss (factor 0.5,
-        ``lr_patience``); ``"cosine"``: cosine decay from ``lr`` to ``lr / 100``
-        over ``epochs`` (``lr_patience`` unused; early stopping still applies).
+        ``lr_patience``).
     recalibrate
         After training, fit an affine map ``dz -> a * dz + c`` of the predicted
         ``dz`` to the validation labels (least squares) and fold it into the
         output layer's ``dz`` row, so every backend (torch, ONNX) applies it with
         no change to the bundle format. ``a, c`` go to ``metrics["recalibration"]``
-        (not applied unless ``0.5 <= a <= 2``).
+        (not applied unless ``0.5 <= a <= 2``). ``"auto"`` (default): applied
+        only when it lowers the error of held-out beads, judged by two-fold
+        cross-fitting over the validation beads (fit on half of them, score on
+        the other half, and the other way round).
     recalibrate_dz_max_um
         Fit the recalibration only on validation examples with
         ``|dz| <= recalibrate_dz_max_um`` (the range the model is judged on);
@@ -426,7 +561,10 @@ def train(
     Returns
     -------
     TrainResult
-        The best-validation model and the history.
+        The best-validation model and the history. ``metrics["warnings"]``
+        lists what a user should know: the validation loss still falling at
+        the end (more ``steps``), or held-out predictions with a slope vs the
+        true dz beyond :data:`SLOPE_TOLERANCE`.
     """
     t0 = time.perf_counter()
     if isinstance(data, (str, Path)):
@@ -459,6 +597,27 @@ def train(
     if dxy_all is not None:
         dxy_tr = dxy_all[ex.split == 0]
         dxy_va = dxy_all[ex.split == 1]
+    steps_per_epoch = (
+        len(tr) // batch_size if len(tr) > batch_size else 1
+    )  # drop_last below
+    schedule = _schedule(
+        steps_per_epoch,
+        epochs=epochs,
+        steps=steps,
+        patience=patience,
+        lr_patience=lr_patience,
+        ema_decay=ema_decay,
+    )
+    epochs, patience, lr_patience = (
+        schedule["epochs"],
+        schedule["patience"],
+        schedule["lr_patience"],
+    )
+    ema_decay = schedule["ema_decay"]
+    if recalibrate not in (True, False, "auto"):
+        raise ValueError(
+            f"recalibrate must be True, False or 'auto'; got {recalibrate!r}"
+        )
     dev = torch.device(
         device
         if device is not None
@@ -580,8 +739,21 @@ def train(
     model.load_state_dict(best[2])
     model = model.cpu().eval()
     recal: dict[str, Any] | None = None
-    if recalibrate:
+    if recalibrate == "auto":
+        recal = _cross_fitted_recalibration(model, va, recalibrate_dz_max_um)
+        if recal["helps"]:
+            recal.update(_fold_affine_recalibration(model, va, recalibrate_dz_max_um))
+        else:
+            recal["applied"] = False
+    elif recalibrate:
         recal = _fold_affine_recalibration(model, va, recalibrate_dz_max_um)
+    stopped = (
+        "early stop"
+        if history and history[-1]["epoch"] - best[1] >= patience
+        else "time limit"
+        if len(history) < epochs
+        else "schedule end"
+    )
     metrics: dict[str, Any] = {
         "val_rmse_nm": _rmse_nm(model, va),
         "test_rmse_nm": _rmse_nm(model, te),
@@ -593,9 +765,14 @@ def train(
         "n_validation": len(va),
         "n_test": len(te),
         "subpixel_targets": dxy_all is not None,
+        "epochs_planned": epochs,
+        "steps_per_epoch": steps_per_epoch,
+        "stopped_by": stopped,
     }
     if recal is not None:
         metrics["recalibration"] = recal
+    metrics["test_slope"] = _slope(model, te)
+    metrics["warnings"] = _training_warnings(history, best[1], metrics)
     return TrainResult(
         model=model,
         config=cfg,
@@ -609,6 +786,7 @@ def train(
         lr=lr,
         settings={
             "epochs": epochs,
+            "steps": steps,
             "patience": patience,
             "lr_patience": lr_patience,
             "augmentation": augmentation,
