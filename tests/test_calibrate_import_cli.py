@@ -177,3 +177,78 @@ def test_registration_refusals(
     assert "matched at most" in line
     assert "need 5" in line
     assert not out.exists()
+
+
+def test_info_and_reuse_of_an_imported_calibration(
+    rendered: Rendered,
+    field_files: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from axialtrack.model.train import load_calibration
+    from axialtrack.store import open_run
+
+    out = tmp_path / "cal.zarr"
+    glob = str(field_files / "beads_field*.tif")
+    assert main(_args(rendered, out, "--from", glob)) == 0
+    # a calibration run store of its own: frames (plane 1 un-mirrored), stage Z,
+    # fields and the rig the import was told or found
+    run = open_run(out)
+    assert run.kind == "calibration"
+    assert run.n_frames == N_FIELDS * N_Z
+    assert run.frame_meta["position_index"].tolist() == [
+        f for f in range(N_FIELDS) for _ in range(N_Z)
+    ]
+    np.testing.assert_allclose(
+        run.frame_meta["stage_z_um"].to_numpy()[:N_Z], rendered.stage_z_um
+    )
+    np.testing.assert_array_equal(run.frames[N_Z, 0], rendered.raw[1, 0, :, :W])
+    np.testing.assert_array_equal(
+        run.frames[N_Z, 1], rendered.raw[1, 0, :, W:][:, ::-1]
+    )
+    assert run.attrs["splitter"]["mirror"] == "horizontal"
+    assert run.attrs["acquisition"]["source"] == "import"
+    data = load_calibration(out)
+    assert data.pixel_size_um == pytest.approx(PIXEL_UM)
+    assert data.plane_offset_um == pytest.approx(DELTA_UM)
+    assert data.layout == "side-by-side"
+    assert data.plane_shape == (64, 64)
+
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # rich wraps at 80 columns
+    n = N_FIELDS * BEADS_PER_FIELD
+    assert "Kind calibration" in text
+    assert f"Beads {n} accepted of {n} found; rejected: none rejected" in text
+    reg = text.split("Registration ")[1].split(" Reference Z")[0]
+    assert "(bound 30 nm)" in reg
+    assert f"over {n} beads" in reg
+    assert reg.endswith("plane-1 mirror horizontal (asked: auto)")
+    res = float(reg.split("residual ")[1].split(" nm")[0])
+    assert res < 10.0
+    assert "Reference Z msd (asked: auto)" in text
+
+    # analyzed again from the store: its recorded mirror is checked and kept
+    capsys.readouterr()
+    assert main(["calibrate", "--from", str(out)]) == 0
+    qc = _qc(out)
+    assert qc["registration"]["mirror"] == "horizontal"
+    assert qc["registration"]["mirror_requested"] == "horizontal"
+    assert qc["n_accepted"] == n
+
+
+def test_info_on_a_qc_only_store(
+    rendered: Rendered, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # fractional pixel values (a background-subtracted stack) cannot be run
+    # store frames: the QC and examples are written, and info shows them
+    path = tmp_path / "float.npy"
+    np.save(path, rendered.raw[0].astype(np.float32) + 0.25)
+    out = tmp_path / "cal.zarr"
+    assert main(_args(rendered, out, "--from", str(path))) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "quality control only: no frames stored" in text
+    assert f"{BEADS_PER_FIELD} accepted of {BEADS_PER_FIELD} found" in text
+    assert "plane-1 mirror horizontal" in text

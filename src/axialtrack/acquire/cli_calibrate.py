@@ -213,6 +213,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "was written as a calibration."
         )
         return 1
+    if args.source is not None and qc_target == out:
+        # an imported stack becomes a calibration run store of its own
+        from axialtrack.calibrate.io import write_import_store
+        from axialtrack.store import StoreError
+
+        analyzed = result.stack or stack
+        try:
+            write_import_store(
+                analyzed,
+                qc_target,
+                overwrite=args.overwrite,
+                extra={"mirror_requested": str(stack.meta.get("mirror", "auto"))},
+            )
+        except StackImportError as exc:
+            console.print(
+                f"[yellow]{exc}[/yellow]: the frames are not stored in {qc_target}, "
+                "only the quality control and training examples",
+                soft_wrap=True,
+            )
+        except StoreError as exc:
+            console.print(f"[red]Cannot write {qc_target}:[/red] {exc}", soft_wrap=True)
+            return 2
     write_qc(result, qc_target)
     console.print(f"Quality control written to [green]{qc_target}[/green]")
     if args.report:

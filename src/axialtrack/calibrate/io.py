@@ -33,10 +33,12 @@ __all__ = [
     "ImportLayout",
     "StackImportError",
     "expand_sources",
+    "frames_as_uint16",
     "load_stack",
     "load_stacks",
     "normalize_mirror",
     "read_truth",
+    "write_import_store",
 ]
 
 ImportLayout = Literal[
@@ -1197,3 +1199,97 @@ def load_stacks(
         source=", ".join(str(q) for q in used),
         meta=meta,
     )
+
+
+def frames_as_uint16(frames: np.ndarray) -> np.ndarray | None:
+    """The frames as uint16 when that loses nothing (whole values 0-65535)."""
+    a = np.asarray(frames)
+    if a.dtype == np.uint16:
+        return a
+    if a.size == 0:
+        return a.astype(np.uint16)
+    lo, hi = float(np.min(a)), float(np.max(a))
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo >= 0 and hi <= 65535):
+        return None
+    if a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
+        return None
+    return a.astype(np.uint16)
+
+
+def write_import_store(
+    stack: CalibrationStack,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write an imported stack as a calibration run store (format 1).
+
+    The frames (split, plane 1 un-mirrored), each frame's stage Z and field
+    (``position_index``), the pixel size and the splitter geometry go where
+    ``axialtrack calibrate`` puts them, so ``info``, ``train`` and
+    ``calibrate --from`` read the store like an acquired one; the
+    ``acquisition`` attributes record ``source: "import"``, the files and the
+    layout read.
+
+    Raises
+    ------
+    StackImportError
+        Pixel values that uint16 frames cannot hold (fractions, negative or
+        above 65535): nothing is written.
+    axialtrack.store.StoreError
+        ``out`` exists (without ``overwrite``) or cannot be written.
+    """
+    from axialtrack.store import FrameMeta, RunWriter
+
+    frames = frames_as_uint16(stack.frames)
+    if frames is None:
+        a = np.asarray(stack.frames)
+        raise StackImportError(
+            f"{stack.source}: pixel values {a.dtype} from {float(np.min(a)):g} to "
+            f"{float(np.max(a)):g} are not whole numbers 0-65535, which a run store "
+            "holds. Fix: save the stack as camera counts (uint16)"
+        )
+    meta = stack.meta or {}
+    files = meta.get("files") or ([stack.source] if stack.source else [])
+    acquisition = {
+        "source": "import",
+        "files": [str(f) for f in files],
+        "layout": meta.get("layout"),
+        "read": meta.get("read"),
+        "fields_per_file": meta.get("fields_per_file"),
+        "n_fields": stack.n_fields,
+        "n_z": stack.n_z,
+        "n_frames": stack.n_fields * stack.n_z,
+        "n_planned": stack.n_fields * stack.n_z,
+        "z_step_um": stack.z_step_um,
+        "status": "imported",
+        **(extra or {}),
+    }
+    xy = np.asarray(stack.stage_xy_um, dtype=float)
+    with RunWriter(
+        out,
+        kind="calibration",
+        plane_shape=stack.plane_shape,
+        pixel_size_um=stack.pixel_size_um,
+        rig={"source": "import", "pixel_size_um": stack.pixel_size_um},
+        splitter=stack.geometry,
+        overwrite=overwrite,
+    ) as writer:
+        n = 0
+        for p in range(stack.n_fields):
+            for k in range(stack.n_z):
+                writer.append_frame(
+                    frames[p, k],
+                    FrameMeta(
+                        t_s=math.nan,
+                        stage_z_um=float(stack.stage_z_um[p, k]),
+                        stage_x_um=float(xy[p, 0]),
+                        stage_y_um=float(xy[p, 1]),
+                        image_number=n,
+                        position_index=p,
+                    ),
+                )
+                n += 1
+        writer.set_attrs(acquisition=acquisition)
+    return Path(out)
