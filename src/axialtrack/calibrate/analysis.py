@@ -335,11 +335,18 @@ def analyze(
     min_beads
         Fewer accepted beads than this is an error.
 
+    The plane-1 mirror is checked (or, with ``stack.meta["mirror"] == "auto"``,
+    found) by registering every flip of plane 1; see :func:`_choose_flip`.
+
     Raises
     ------
+    RegistrationError
+        A mirror given that fits the beads clearly worse than another flip, fewer
+        than :data:`MIN_MATCHED` bead pairs, or a residual above
+        :data:`MAX_RESIDUAL_NM`.
     CalibrationError
         The stack cannot give a trustworthy calibration (too few Z steps, stage Z
-        not monotonic, no or too few usable beads, registration failed).
+        not monotonic, no or too few usable beads).
     """
     t_start = time.perf_counter()
     if method not in ("mean", "msd", "auto"):
