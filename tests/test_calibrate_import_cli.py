@@ -236,6 +236,19 @@ def test_info_and_reuse_of_an_imported_calibration(
     assert qc["registration"]["mirror_requested"] == "horizontal"
     assert qc["n_accepted"] == n
 
+    # two run stores: joined, so the result needs an --out of its own
+    import shutil
+
+    shutil.copytree(out, tmp_path / "cal2.zarr")
+    capsys.readouterr()
+    assert (
+        main(["calibrate", "--from", str(out), "--from", str(tmp_path / "cal2.zarr")])
+        == 2
+    )
+    assert "--out is required with --from an image file or several sources" in (
+        capsys.readouterr().out
+    )
+
 
 def test_info_on_a_qc_only_store(
     rendered: Rendered, tmp_path: Path, capsys: pytest.CaptureFixture[str]

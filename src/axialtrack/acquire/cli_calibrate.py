@@ -125,12 +125,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             return 2
         if out is not None:
             qc_target = out
-        elif stack.meta.get("layout") == "run-store":
+        elif stack.meta.get("layout") == "run-store" and len(args.source) == 1:
             qc_target = Path(args.source[0]).expanduser()
         else:
             console.print(
-                "[red]--out is required with --from an image file[/red] (where the "
-                "quality control is written)"
+                "[red]--out is required with --from an image file or several "
+                "sources[/red] (where the calibration is written)",
+                soft_wrap=True,
             )
             return 2
         console.print(
