@@ -22,7 +22,9 @@ from psf_import import (
     render,
 )
 
+from axialtrack.calibrate.io import StackImportError, load_stacks
 from axialtrack.cli import main
+from axialtrack.store import open_run
 
 N_FIELDS = 3
 
@@ -119,7 +121,11 @@ def test_one_file_of_several_fields(
     # --fields that does not divide the frames
     assert main(_args(rendered, out, "--from", str(path), "--fields", "4")) == 2
     assert "63 frames" in _refusal(capsys)
-    assert main(_args(rendered, out, "--from", str(path), "--fields", "3")) == 0
+    # the layout is found from the beads when not given
+    args = _args(rendered, out, "--from", str(path), "--fields", "3")
+    i = args.index("--layout")
+    assert main(args[:i] + args[i + 2 :]) == 0
+    assert open_run(out).attrs["splitter"]["layout"] == "side-by-side"
     qc = _qc(out)
     assert qc["n_fields"] == N_FIELDS
     assert qc["n_accepted"] == N_FIELDS * BEADS_PER_FIELD
@@ -186,7 +192,6 @@ def test_info_and_reuse_of_an_imported_calibration(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from axialtrack.model.train import load_calibration
-    from axialtrack.store import open_run
 
     out = tmp_path / "cal.zarr"
     glob = str(field_files / "beads_field*.tif")
@@ -265,3 +270,34 @@ def test_info_on_a_qc_only_store(
     assert "quality control only: no frames stored" in text
     assert f"{BEADS_PER_FIELD} accepted of {BEADS_PER_FIELD} found" in text
     assert "plane-1 mirror horizontal" in text
+
+
+def test_layout_found_from_the_beads(
+    rendered: Rendered, field_files: Path, tmp_path: Path
+) -> None:
+    kw: dict[str, Any] = {
+        "z_step_um": STEP_UM,
+        "plane_offset_um": DELTA_UM,
+        "pixel_size_um": PIXEL_UM,
+    }
+    st = load_stacks(str(field_files / "beads_field*.tif"), **kw)
+    assert st.meta["layout"] == "side-by-side"
+    scores = st.meta["layout_scores"]
+    assert scores["side-by-side"] > 1.3 * scores["top-bottom"]
+    # the same planes one above the other
+    tb = np.concatenate([rendered.raw[..., :W], rendered.raw[..., W:]], axis=-2)
+    tifffile.imwrite(tmp_path / "tb.tif", tb)
+    st = load_stacks(tmp_path / "tb.tif", **kw)
+    assert st.meta["layout"] == "top-bottom"
+    np.testing.assert_array_equal(st.frames[:, :, 0], rendered.raw[..., :W])
+    # halves that show different beads: no layout, refused with the scores
+    other = render(N_FIELDS, mirror="none", seed=5).raw
+    mixed = np.concatenate([rendered.raw[..., :W], other[..., :W]], axis=-1)
+    tifffile.imwrite(tmp_path / "mixed.tif", mixed)
+    with pytest.raises(
+        StackImportError,
+        match=r"mixed.tif: the layout of .* is unknown: .*cross-correlation peaks "
+        r"side-by-side 0\.\d+, "
+        r"top-bottom 0\.\d+.*Fix: pass layout=",
+    ):
+        load_stacks(tmp_path / "mixed.tif", **kw)
