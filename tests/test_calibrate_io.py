@@ -285,6 +285,8 @@ def test_concatenated_fields_refused_then_split(tmp_path: Path) -> None:
         r"focus 3 times, every 9 frames.*Fix: pass --fields 3",
     ):
         load_stack(path, **kw)
+    # stating the range confirms one stack (beads at several depths)
+    assert load_stack(path, z_range_um=2.6, **kw).n_z == 27
     st = load_stack(path, fields=3, **kw)
     assert st.n_fields == 3
     np.testing.assert_array_equal(st.frames, planes)

@@ -531,9 +531,9 @@ def _load_run(
 
 
 # ------------------------------------------------------------- image stacks
-def _describe(data: np.ndarray, info: dict[str, Any]) -> str:
+def _describe(shape: tuple[int, ...], info: dict[str, Any]) -> str:
     axes = info.get("axes")
-    return f"shape {data.shape}" + (f", axes {axes}" if axes else "")
+    return f"shape {tuple(shape)}" + (f", axes {axes}" if axes else "")
 
 
 def _as_fields(
@@ -568,7 +568,7 @@ def _as_fields(
     if data.shape[0] != 1:
         raise _err(
             path,
-            f"{data.shape[0]} fields read ({_describe(np.empty(shape0), info)}), "
+            f"{data.shape[0]} fields read ({_describe(shape0, info)}), "
             f"but {fields} were given",
             f"leave --fields out (the file holds {data.shape[0]}) or check the file",
         )
@@ -576,7 +576,7 @@ def _as_fields(
     if fields < 1 or n % fields:
         raise _err(
             path,
-            f"{n} frames ({_describe(np.empty(shape0), info)}) do not divide into "
+            f"{n} frames ({_describe(shape0, info)}) do not divide into "
             f"{fields} fields of equal length",
             "pass the number of fields the file holds (--fields N), or one file "
             "per field",
@@ -830,12 +830,12 @@ def _check_z_axis(
             f"({source}), more than a bead stack's {MAX_Z_SPAN_UM:g} um{looks}",
             fix_k,
         )
-    if k:
+    if k and z_range_um is None:
         raise _err(
             path,
             f"{n_z} frames per field ({desc}): the beads come into focus {k} times, "
             f"every {n_z // k} frames, as if {k} stacks were read as one",
-            fix_k,
+            fix_k + " (beads at several depths: --z-span to confirm one stack)",
         )
 
 
@@ -952,7 +952,7 @@ def load_stack(
         return st
 
     data, info = _read_array(p)
-    desc = _describe(data, info)
+    desc = _describe(data.shape, info)
     if data.dtype.kind not in "uif":
         raise _err(p, f"pixel type {data.dtype} is not numeric", "save pixel values")
     layout_scores: dict[str, float] | None = None
