@@ -10,7 +10,12 @@ import pytest
 import tifffile
 import zarr
 
-from axialtrack.calibrate.io import StackImportError, load_stack
+from axialtrack.calibrate.io import (
+    StackImportError,
+    _canonical_axes,
+    load_stack,
+    load_stacks,
+)
 from axialtrack.geometry import SplitterGeometry, compose_frame
 
 H, W = 24, 20
@@ -232,3 +237,147 @@ def test_cli_from_tiff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
         ["calibrate", "--from", str(tmp_path / "x.tif"), "--out", str(tmp_path / "o")]
     )
     assert bad.func(bad) == 2
+
+
+# ------------------------------------------------- several fields and metadata
+KW = {"plane_offset_um": DELTA, "pixel_size_um": 0.1}
+
+
+def test_several_files_and_glob(tmp_path: Path) -> None:
+    planes, _ = _planes(3)
+    for f in range(3):
+        tifffile.imwrite(tmp_path / f"field{f}.tif", planes[f])
+    st = load_stacks(
+        str(tmp_path / "field*.tif"), layout="dual-plane", z_step_um=STEP, **KW
+    )
+    assert st.n_fields == 3
+    np.testing.assert_array_equal(st.frames, planes)
+    assert st.meta["fields_per_file"] == [1, 1, 1]
+    # repeated paths: the same as the glob, in the order given
+    st2 = load_stacks(
+        [tmp_path / "field2.tif", tmp_path / "field0.tif"],
+        layout="dual-plane",
+        z_step_um=STEP,
+        **KW,
+    )
+    np.testing.assert_array_equal(st2.frames, planes[[2, 0]])
+    with pytest.raises(FileNotFoundError, match=r"nofield\*.tif.*matches no file"):
+        load_stacks(str(tmp_path / "nofield*.tif"), layout="dual-plane", **KW)
+    tifffile.imwrite(tmp_path / "short.tif", planes[0, :-2])
+    with pytest.raises(StackImportError, match=r"short.tif: 7 Z steps.*not 9"):
+        load_stacks(
+            [tmp_path / "field0.tif", tmp_path / "short.tif"],
+            layout="dual-plane",
+            z_step_um=STEP,
+            **KW,
+        )
+
+
+def test_concatenated_fields_refused_then_split(tmp_path: Path) -> None:
+    planes, _ = _planes(3)
+    path = tmp_path / "all.tif"
+    tifffile.imwrite(path, planes.reshape(3 * N_Z, 2, H, W))
+    kw = {"layout": "dual-plane", "z_step_um": STEP, **KW}
+    # 27 frames read as one 2.6 um stack: the beads come into focus 3 times
+    with pytest.raises(
+        StackImportError,
+        match=r"all.tif: 27 frames per field \(shape \(27, 2, 24, 20\).*come into "
+        r"focus 3 times, every 9 frames.*Fix: pass --fields 3",
+    ):
+        load_stack(path, **kw)
+    # stating the range confirms one stack (beads at several depths)
+    assert load_stack(path, z_range_um=2.6, **kw).n_z == 27
+    st = load_stack(path, fields=3, **kw)
+    assert st.n_fields == 3
+    np.testing.assert_array_equal(st.frames, planes)
+    with pytest.raises(StackImportError, match=r"27 frames .* do not divide into 4"):
+        load_stack(path, fields=4, **kw)
+    # a long Z axis without focus repeats: refused by its span (frames x step)
+    long_path = tmp_path / "long.tif"
+    tifffile.imwrite(long_path, np.repeat(planes[0], 6, axis=0))
+    with pytest.raises(
+        StackImportError, match=r"54 frames per field .* span 5.30 um .*more than"
+    ):
+        load_stack(long_path, **kw)
+    assert load_stack(long_path, z_range_um=5.3, **kw).n_z == 54
+
+
+def test_ome_z_positions(tmp_path: Path) -> None:
+    planes, z = _planes(2)
+    frames = planes.reshape(2 * N_Z, 2, H, W)
+    path = tmp_path / "sawtooth.ome.tif"
+    zs = np.concatenate([z, z]).round(4).tolist()
+    tifffile.imwrite(
+        path,
+        frames,
+        ome=True,
+        metadata={
+            "axes": "ZCYX",
+            "PhysicalSizeX": 0.1,
+            "Plane": {"PositionZ": [v for v in zs for _ in range(2)]},
+        },
+    )
+    with pytest.raises(
+        StackImportError,
+        match=r"sawtooth.ome.tif: 18 frames \(.*axes ZCYX\): the file's stage Z .* "
+        r"not monotonic; it restarts every 9 frames.*Fix: pass --fields 2",
+    ):
+        load_stack(path, plane_offset_um=DELTA)
+    st = load_stack(path, plane_offset_um=DELTA, fields=2)
+    np.testing.assert_allclose(st.stage_z_um, [z, z])
+    assert st.pixel_size_um == pytest.approx(0.1)
+    with pytest.raises(StackImportError, match=r"move 0.1000 um per frame, not .*0.2"):
+        load_stack(path, plane_offset_um=DELTA, fields=2, z_step_um=0.2)
+    with pytest.raises(StackImportError, match=r"pixel size is 0.1 um, not .* 0.2"):
+        load_stack(path, plane_offset_um=DELTA, fields=2, pixel_size_um=0.2)
+
+
+def _write_ome_writers(root: Path, fmt: str, planes: np.ndarray) -> None:
+    ow = pytest.importorskip("ome_writers")
+    p, n_z, _, h, w = planes.shape
+    dims = ow.dims_from_standard_axes({"p": p, "z": n_z, "c": 2, "y": h, "x": w})
+    dims = [d.model_copy(update={"scale": STEP}) if d.name == "z" else d for d in dims]
+    settings = ow.AcquisitionSettings(
+        root_path=str(root), dimensions=dims, dtype="uint16", format=fmt
+    )
+    with ow.create_stream(settings) as stream:
+        for f in range(p):
+            for k in range(n_z):
+                for c in range(2):
+                    stream.append(planes[f, k, c])
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "tiff"])
+def test_ome_writers_positions(tmp_path: Path, fmt: str) -> None:
+    """OME-Zarr / OME-TIFF as pymmcore-plus writes them (ome-writers): positions
+    are fields, the two channels the two planes."""
+    planes, _ = _planes(2)
+    root = tmp_path / ("run.ome.zarr" if fmt == "zarr" else "run.ome.tiff")
+    _write_ome_writers(root, fmt, planes)
+    if fmt == "zarr":
+        sources: list[str | Path] = [root]
+    else:  # one file per position, each naming both: read once
+        sources = sorted(str(q) for q in tmp_path.rglob("*.ome.tif*"))
+        assert len(sources) == 2
+    st = load_stacks(sources, **KW)
+    assert st.n_fields == 2
+    np.testing.assert_array_equal(st.frames, planes)
+    if fmt == "tiff":  # either file alone holds (names) both positions
+        np.testing.assert_array_equal(load_stacks(sources[1:], **KW).frames, planes)
+    assert st.z_step_um == pytest.approx(STEP)
+    assert st.meta["layout"] == "dual-plane"
+
+
+def test_micromanager_axes() -> None:
+    """Micro-Manager MMStack series (tifffile): positions R are fields, a
+    channel axis of 2 is the plane axis, single T is dropped."""
+    data = np.arange(1 * 3 * 5 * 2 * 4 * 6).reshape(1, 3, 5, 2, 4, 6)
+    out = _canonical_axes(data, "TRZCYX", Path("x_MMStack_Pos0.ome.tif"))
+    assert out.shape == (3, 5, 2, 4, 6)
+    np.testing.assert_array_equal(out, data[0])
+    # positions after Z: reordered
+    out = _canonical_axes(data[0].transpose(1, 0, 2, 3, 4), "ZRCYX", Path("y.tif"))
+    np.testing.assert_array_equal(out, data[0])
+    # time-lapse of stacks: refused
+    with pytest.raises(StackImportError, match=r"both Z \(5\) and T \(3\) vary"):
+        _canonical_axes(data[0], "TZCYX", Path("t.tif"))

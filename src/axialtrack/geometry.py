@@ -23,10 +23,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Layout = Literal["side-by-side", "top-bottom", "two-cameras"]
-Mirror = Literal["none", "horizontal", "vertical"]
+Mirror = Literal["none", "horizontal", "vertical", "both"]
 
 LAYOUTS: tuple[str, ...] = ("side-by-side", "top-bottom", "two-cameras")
-MIRRORS: tuple[str, ...] = ("none", "horizontal", "vertical")
+MIRRORS: tuple[str, ...] = ("none", "horizontal", "vertical", "both")
 
 
 class SplitterGeometry(BaseModel):
@@ -41,7 +41,8 @@ class SplitterGeometry(BaseModel):
         Delta: plane 1 is in focus at ``stage_z + plane_offset_um`` (stage frame).
     mirror
         Flip of plane 1 on the sensor that the splitter optics introduce
-        (``"horizontal"`` flips columns, ``"vertical"`` flips rows).
+        (``"horizontal"`` flips columns, ``"vertical"`` flips rows, ``"both"``
+        flips both: a 180 degree rotation).
     shift_px
         Residual ``(dx, dy)`` of plane 1 relative to plane 0 after un-mirroring.
     rotation_deg
@@ -156,6 +157,8 @@ def unmirror(plane: np.ndarray, mirror: str) -> np.ndarray:
         return plane[..., ::-1]
     if mirror == "vertical":
         return plane[..., ::-1, :]
+    if mirror == "both":
+        return plane[..., ::-1, ::-1]
     return plane
 
 

@@ -50,7 +50,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--z-step", type=positive_float, default=None, help="Z step (um; 0.05)"
     )
     p.add_argument(
-        "--fields", type=positive_int, default=4, help="number of fields of view"
+        "--fields",
+        type=positive_int,
+        default=None,
+        help="number of fields of view (acquisition: default 4); with --from, the "
+        "fields one file holds one after another along its frames",
     )
     p.add_argument(
         "--spacing",
@@ -70,16 +74,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument(
         "--from",
         dest="source",
+        action="append",
         default=None,
-        help="calibrate from a recorded stack (run store, TIFF, .npy, zarr) "
-        "instead of acquiring",
+        help="calibrate from recorded stacks instead of acquiring: a run store, "
+        "(OME-)TIFF, Micro-Manager MMStack, OME-Zarr, .npy or zarr array; repeat "
+        "it or give a glob ('field*.tif') for one file per field",
     )
     g.add_argument(
         "--layout",
         default=None,
         help="side-by-side, top-bottom, two-files, single-plane-pairs, dual-plane",
     )
-    g.add_argument("--second", default=None, help="plane-1 file (two-files)")
+    g.add_argument(
+        "--second",
+        action="append",
+        default=None,
+        help="plane-1 file (two-files); one per --from",
+    )
     g.add_argument(
         "--plane-offset",
         type=PLANE_OFFSET_UM,
@@ -96,7 +107,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     g.add_argument("--z-start", type=float, default=0.0, help="Z of first frame (um)")
     g.add_argument(
-        "--mirror", default="none", help="plane-1 flip: none, horizontal, vertical"
+        "--mirror",
+        default="auto",
+        help="plane-1 flip: auto (found from the beads; default), none, "
+        "horizontal (x), vertical (y), both (xy); a flip given that fits the beads "
+        "clearly worse than another is refused",
+    )
+    g.add_argument(
+        "--z-span",
+        type=positive_float,
+        default=None,
+        help="Z range the imported stack covers, first to last frame (um): checked "
+        "against frames x step; needed beyond 5 um",
     )
     p.set_defaults(func=cmd_calibrate)
     return p
@@ -104,7 +126,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Handler of ``axialtrack calibrate``."""
-    from axialtrack.calibrate.io import StackImportError, load_stack
+    from axialtrack.calibrate.io import StackImportError, load_stack, load_stacks
 
     if args.out is None and args.source is None:
         console.print("[red]--out is required[/red] (the run store to acquire into)")
@@ -121,33 +143,37 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.source is not None:
         try:
-            stack = load_stack(
+            stack = load_stacks(
                 args.source,
                 layout=args.layout,
                 z_step_um=args.z_step,
                 plane_offset_um=args.plane_offset,
                 pixel_size_um=args.pixel_size,
                 z_start_um=args.z_start,
-                second_path=args.second,
+                z_range_um=args.z_span,
+                second_paths=args.second,
                 mirror=args.mirror,
+                fields=args.fields,
             )
         except (StackImportError, FileNotFoundError) as exc:
-            console.print(f"[red]Cannot import the stack:[/red] {exc}")
+            console.print(f"[red]Cannot import the stack:[/red] {exc}", soft_wrap=True)
             return 2
         if out is not None:
             qc_target = out
-        elif stack.meta.get("layout") == "run-store":
-            qc_target = Path(args.source).expanduser()
+        elif stack.meta.get("layout") == "run-store" and len(args.source) == 1:
+            qc_target = Path(args.source[0]).expanduser()
         else:
             console.print(
-                "[red]--out is required with --from an image file[/red] (where the "
-                "quality control is written)"
+                "[red]--out is required with --from an image file or several "
+                "sources[/red] (where the calibration is written)",
+                soft_wrap=True,
             )
             return 2
         console.print(
             f"Imported {stack.n_fields} field(s) x {stack.n_z} Z steps "
             f"({stack.plane_shape[0]} x {stack.plane_shape[1]} px per plane, step "
-            f"{stack.z_step_um:.4f} um) from [green]{args.source}[/green]"
+            f"{stack.z_step_um:.4f} um) from [green]{stack.source}[/green]",
+            soft_wrap=True,
         )
     else:
         from axialtrack.acquire.calibration import (
@@ -168,7 +194,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             seq = calibration_sequence(
                 args.z_range,
                 args.z_step if args.z_step is not None else 0.05,
-                fields=args.fields,
+                fields=args.fields if args.fields is not None else 4,
                 spacing_um=args.spacing,
                 exposure_ms=args.exposure,
                 core=core,
@@ -204,10 +230,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             return 1
         qc_target = store
 
-    from axialtrack.calibrate import CalibrationError, analyze, write_qc, write_report
+    from axialtrack.calibrate import (
+        CalibrationError,
+        RegistrationError,
+        analyze,
+        write_qc,
+        write_report,
+    )
 
     try:
         result = analyze(stack)
+    except RegistrationError as exc:
+        console.print(f"[red]Cannot register the planes:[/red] {exc}", soft_wrap=True)
+        return 2
     except CalibrationError as exc:
         console.print(
             f"[red]Calibration analysis failed:[/red] {exc}\n"
@@ -215,11 +250,33 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "was written as a calibration."
         )
         return 1
+    if args.source is not None and qc_target == out:
+        # an imported stack becomes a calibration run store of its own
+        from axialtrack.calibrate.io import write_import_store
+        from axialtrack.store import StoreError
+
+        analyzed = result.stack or stack
+        try:
+            write_import_store(
+                analyzed,
+                qc_target,
+                overwrite=args.overwrite,
+                extra={"mirror_requested": str(stack.meta.get("mirror", "auto"))},
+            )
+        except StackImportError as exc:
+            console.print(
+                f"[yellow]{exc}[/yellow]: the frames are not stored in {qc_target}, "
+                "only the quality control and training examples",
+                soft_wrap=True,
+            )
+        except StoreError as exc:
+            console.print(f"[red]Cannot write {qc_target}:[/red] {exc}", soft_wrap=True)
+            return 2
     write_qc(result, qc_target)
     console.print(f"Quality control written to [green]{qc_target}[/green]")
     if args.report:
         report_dir = qc_target.parent / f"{qc_target.stem}-report"
-        write_report(result, stack, report_dir)
+        write_report(result, result.stack or stack, report_dir)
         console.print(f"Report written to [green]{report_dir}[/green]")
     _print_summary(result)
     return 0

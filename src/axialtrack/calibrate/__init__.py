@@ -17,7 +17,7 @@ from .analysis import (
     read_beads,
     write_qc,
 )
-from .errors import CalibrationError
+from .errors import CalibrationError, RegistrationError
 from .examples import (
     SPLITS,
     CalibrationDataset,
@@ -40,6 +40,7 @@ __all__ = [
     "CalibrationStack",
     "Examples",
     "Registration",
+    "RegistrationError",
     "analyze",
     "load_examples",
     "read_beads",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CalibrationError"]
+__all__ = ["CalibrationError", "RegistrationError"]
 
 
 class CalibrationError(RuntimeError):
@@ -10,4 +10,14 @@ class CalibrationError(RuntimeError):
 
     The message names the field or the property of the input at fault and what to
     change (more beads, a longer Z range, a lower exposure, ...).
+    """
+
+
+class RegistrationError(CalibrationError):
+    """The two planes cannot be registered from the beads as given.
+
+    Raised for a plane-1 mirror that fits the beads clearly worse than another
+    flip, a registration residual above the bound, or too few matched beads; the
+    message gives the numbers and the likely cause. It is a problem of the input
+    (layout, mirror, bead sample), not of the analysis.
     """

@@ -10,6 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from axialtrack.store.calibration_qc import (
+    calibration_lines,
+    qc_only_text,
+    read_calibration_qc,
+)
 from axialtrack.store.errors import StoreError
 from axialtrack.store.reader import find_leftovers, open_run
 
@@ -41,7 +46,8 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``duration_s``, ``frame_rate_hz``, ``frames_analyzed``, ``localizations``,
     ``localization_columns``, ``tracks``, ``rig``, ``splitter``, ``model``,
     ``writer``, ``stats``, ``recovered`` (for an open run: what a reader gets and
-    what is left over) and ``recovery`` (if :func:`recover` tidied it).
+    what is left over), ``recovery`` (if :func:`recover` tidied it) and
+    ``calibration`` (the calibration QC, if the store holds one).
 
     Raises
     ------
@@ -87,6 +93,7 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
         "stats": a.get("stats"),
         "recovered": None,
         "recovery": a.get("recovery"),
+        "calibration": read_calibration_qc(run.path),
     }
     if run.state == "open":
         left = find_leftovers(run.path, n)
@@ -195,6 +202,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         p50, p99 = st.get("write_ms_p50"), st.get("write_ms_p99")
         lat = f", write p50 {p50:.2f} ms p99 {p99:.2f} ms" if p50 is not None else ""
         lines.append(("Writer", f"{st.get('write_mb_s', 0):.0f} MB/s average{lat}"))
+    lines.extend(calibration_lines(s.get("calibration")))
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
 
@@ -203,7 +211,8 @@ def run_info(path: str | os.PathLike[str], *, console: Any = None) -> int:
     """Print the summary of a run store; return a process exit status.
 
     This is ``axialtrack info RUN.zarr``. Prints the error and returns 1 if
-    ``path`` is not a readable run store.
+    ``path`` is not a readable run store, unless it holds a calibration's QC
+    (written by ``calibrate --out`` without frames), which is shown.
 
     Parameters
     ----------
@@ -219,6 +228,9 @@ def run_info(path: str | os.PathLike[str], *, console: Any = None) -> int:
     try:
         text = format_summary(summarize(path))
     except StoreError as exc:
+        if (qc_text := qc_only_text(path)) is not None:
+            console.print(qc_text, markup=False, highlight=False)
+            return 0
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 1
     console.print(text, markup=False, highlight=False)

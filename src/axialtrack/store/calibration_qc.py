@@ -1,0 +1,131 @@
+"""The calibration quality control that ``axialtrack info`` shows.
+
+``axialtrack calibrate`` writes its QC summary (JSON) to the root attribute
+``axialtrack_calibration`` of the run store it analyzed, or of the store given
+with ``--out`` when it imports recorded stacks. This module reads it back with
+nothing but the JSON (no zarr, no calibration code), so ``info`` also describes
+a store that holds only the QC (frames that a run store cannot hold, or a store
+written before imported stacks were stored as runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["QC_ATTR", "calibration_lines", "qc_only_text", "read_calibration_qc"]
+
+QC_ATTR = "axialtrack_calibration"
+
+
+def read_calibration_qc(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The QC summary of a store (its ``axialtrack_calibration``), or None."""
+    zj = Path(path) / "zarr.json"
+    try:
+        doc = json.loads(zj.read_text())
+    except (OSError, ValueError):
+        return None
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    qc = attrs.get(QC_ATTR) if isinstance(attrs, dict) else None
+    return qc if isinstance(qc, dict) else None
+
+
+def _num(v: Any, fmt: str = ".1f") -> str:
+    return "?" if not isinstance(v, (int, float)) else format(v, fmt)
+
+
+def calibration_lines(qc: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """``(label, text)`` rows of a calibration's QC: beads found, accepted and
+    rejected by reason, the registration (residual, mirror found), the
+    reference-Z method and the training examples."""
+    if not qc:
+        return []
+    rows: list[tuple[str, str]] = []
+    rows.append(
+        (
+            "Calibration",
+            f"{qc.get('n_fields', '?')} field(s) x {qc.get('n_z', '?')} Z steps of "
+            f"{_num(qc.get('z_step_um'), '.4f')} um, crops {qc.get('crop_size', '?')} "
+            "px",
+        )
+    )
+    rejected = {k: v for k, v in (qc.get("rejected") or {}).items() if v}
+    why = (
+        ", ".join(f"{k} {v}" for k, v in rejected.items())
+        if rejected
+        else "none rejected"
+    )
+    rows.append(
+        (
+            "Beads",
+            f"{qc.get('n_accepted', '?')} accepted of {qc.get('n_detected', '?')} "
+            f"found; rejected: {why}",
+        )
+    )
+    for field in qc.get("per_field") or []:
+        rej = ", ".join(f"{k} {v}" for k, v in (field.get("rejected") or {}).items())
+        rows.append(
+            (
+                f"  field {field.get('field')}",
+                f"{field.get('accepted')} / {field.get('detected')}"
+                + (f" (rejected: {rej})" if rej else ""),
+            )
+        )
+    reg = qc.get("registration") or {}
+    mirror = reg.get("mirror")
+    asked = reg.get("mirror_requested")
+    mirror_text = (
+        f", plane-1 mirror {mirror}"
+        + (f" (asked: {asked})" if asked and asked != mirror else "")
+        if mirror
+        else ""
+    )
+    bound = reg.get("max_residual_nm")
+    rows.append(
+        (
+            "Registration",
+            f"residual {_num(reg.get('residual_nm'))} nm"
+            + (f" (bound {bound:g} nm)" if isinstance(bound, (int, float)) else "")
+            + f" over {reg.get('n_matched', '?')} beads, rotation "
+            f"{_num(reg.get('rotation_deg'), '.3f')} deg{mirror_text}",
+        )
+    )
+    refz = qc.get("ref_z") or {}
+    reason = refz.get("auto_reason")
+    rows.append(
+        (
+            "Reference Z",
+            f"{refz.get('method', '?')} (asked: {refz.get('requested', '?')})"
+            + (f"; {reason}" if reason else ""),
+        )
+    )
+    ex = qc.get("examples") or {}
+    splits = ", ".join(f"{k} {v}" for k, v in (ex.get("split_beads") or {}).items())
+    rows.append(("Examples", f"{ex.get('n', '?')} (beads: {splits or '?'})"))
+    truth = qc.get("truth")
+    if isinstance(truth, dict) and truth.get("rms_mean_nm") is not None:
+        rows.append(
+            (
+                "Ref. Z vs truth",
+                f"RMS {_num(truth.get('rms_mean_nm'))} nm (mean), "
+                f"{_num(truth.get('rms_msd_nm'))} nm (msd)",
+            )
+        )
+    if qc.get("source"):
+        rows.append(("Analyzed from", str(qc["source"])))
+    return rows
+
+
+def qc_only_text(path: str | os.PathLike[str]) -> str | None:
+    """``info`` text for a store that holds only a calibration's QC, or None."""
+    qc = read_calibration_qc(path)
+    if qc is None:
+        return None
+    rows = [
+        ("Calibration QC", f"{Path(path)} (quality control only: no frames stored)"),
+        *calibration_lines(qc),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
