@@ -149,11 +149,16 @@ def test_frame_meta_values_and_attrs(tmp_path: Path) -> None:
         "image_number",
         "position_index",
         "analyzed",
+        "host_t_s",
     ]
     assert meta.index.name == "frame"
     for i in range(9):
         for k, v in make_meta(i).items():
             assert meta[k].iloc[i] == pytest.approx(v), (i, k)
+    # the host clock: when append_frame received each frame, in order
+    host = meta["host_t_s"].to_numpy()
+    assert np.isfinite(host).all()
+    assert (np.diff(host) >= 0).all()
     assert meta["image_number"].dtype == np.int64
     assert meta["analyzed"].dtype == bool
     a = run.attrs
@@ -375,6 +380,8 @@ def test_localization_reader_sees_only_whole_batches(tmp_path: Path) -> None:
     r.start()
     try:
         for b in range(150):
+            # rows are committed only with (after) their frames
+            w.append_frame(make_frame(b, H, W), make_meta(b))
             w.append_localizations(make_batch(b))
             time.sleep(0.002)
     finally:
@@ -757,9 +764,9 @@ def test_existing_path_needs_overwrite(tmp_path: Path) -> None:
     other = tmp_path / "photos"
     other.mkdir()
     (other / "keep.txt").write_text("precious")
-    with pytest.raises(StoreExistsError, match="not a zarr store"):
+    with pytest.raises(StoreExistsError, match="is a directory, not an axialtrack"):
         _writer(other, overwrite=True)
-    assert (other / "keep.txt").exists()
+    assert (other / "keep.txt").read_text() == "precious"
 
 
 def test_not_a_run_store_and_unknown_format(tmp_path: Path) -> None:
