@@ -820,8 +820,11 @@ def test_summarize_and_format(tmp_path: Path) -> None:
     assert s["kind"] == "live"
     assert s["frames"] == 11
     assert s["frame_shape"] == [2, H, W]
-    assert s["duration_s"] == pytest.approx(0.1)
-    assert s["frame_rate_hz"] == pytest.approx(100.0)
+    assert s["camera_duration_s"] == pytest.approx(0.1)
+    assert s["camera_frame_rate_hz"] == pytest.approx(100.0)
+    # the headline rate is the one measured on the host clock
+    assert s["frame_rate_clock"] == "host"
+    assert s["frame_rate_hz"] == pytest.approx(s["host_frame_rate_hz"])
     assert s["localizations"] == 11 * BATCH_ROWS
     assert s["tracks"] == 4
     assert s["frames_analyzed"] == 6
@@ -834,7 +837,8 @@ def test_summarize_and_format(tmp_path: Path) -> None:
         "live",
         "closed",
         "11 x 2 planes",
-        "100.00 frames/s",
+        "camera timestamps: 0.100 s, 100.00 frames/s",
+        "measured (host clock",
         "220 rows",
         "bead-cnn",
         "sim-dualplane.cfg",
@@ -981,7 +985,7 @@ def test_an_amend_whose_swap_fails_keeps_the_previous_table(
         t["frame"] = np.array([0, 1])
         w.append_localizations(t)
     before = open_run(path).localizations
-    rename = os.rename
+    rename = os.replace
     calls = {"n": 0}
 
     def flaky(a: Any, b: Any) -> None:
@@ -990,7 +994,7 @@ def test_an_amend_whose_swap_fails_keeps_the_previous_table(
             raise OSError(errno.EIO, "Input/output error")
         rename(a, b)
 
-    monkeypatch.setattr(amend.os, "rename", flaky)
+    monkeypatch.setattr(amend, "_replace", flaky)
     new = {c: np.full(1, 2.0) for c in cols}
     new["frame"] = np.array([1])  # a frame with rows already: the table is replaced
     with pytest.raises(StoreWriteError):
@@ -999,6 +1003,8 @@ def test_an_amend_whose_swap_fails_keeps_the_previous_table(
     run = open_run(path)  # still opens, with the previous table
     pd.testing.assert_frame_equal(run.localizations, before)
     assert not list(path.glob("localizations.old-*"))
+    # nor the new table that was never swapped in
+    assert not list(path.glob("localizations.amend-*"))
 
 
 def test_an_amend_with_a_bad_track_table_changes_nothing(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "Leftover",
     "OutputKind",
     "Replacement",
+    "check_output",
     "find_leftovers_beside",
     "is_model_bundle",
     "is_run_store",
@@ -84,11 +85,11 @@ _WHATS = {"store": "axialtrack run stores", "bundle": "axialtrack model bundles"
 def refusal(path: Path, overwrite: bool, kind: OutputKind = "store") -> str | None:
     """Why ``path`` may not be written (one line, naming the path and the fix),
     or ``None`` if it may: it does not exist, or ``overwrite`` is set and it is
-    an output of ``kind``, or an empty directory (no one's data: a run may
-    use it without ``overwrite``)."""
+    an output of ``kind``, or (for a store) an empty directory: no one's data,
+    a run uses it without ``overwrite``."""
     if not (path.exists() or path.is_symlink()):
         return None
-    if _empty_dir(path):
+    if kind == "store" and _empty_dir(path):
         return None  # an empty directory holds nothing to lose
     if not overwrite:
         return (
@@ -121,6 +122,34 @@ def _empty_dir(path: Path) -> bool:
             return next(it, None) is None
     except OSError:
         return False
+
+
+def check_output(
+    path: Path, overwrite: bool, kind: OutputKind = "store"
+) -> tuple[str | None, list[str]]:
+    """What a command that writes ``path`` must say before it starts.
+
+    Returns the refusal (one line, see :func:`refusal`; ``None`` if the path
+    may be written) and notes about leftovers beside it: a previous output
+    hidden by an interrupted ``--overwrite`` (``.NAME.replaced-PID``) or an
+    interrupted creation, each naming ``axialtrack recover``.
+    """
+    notes = []
+    for left in find_leftovers_beside(path):
+        if left.alive:
+            continue
+        if left.what == "replaced":
+            notes.append(
+                f"{left.path} holds the previous {path.name}, set aside by an "
+                f"--overwrite that was interrupted (process {left.pid}); it is "
+                f"kept. Run `axialtrack recover {path}` to restore or delete it."
+            )
+        else:
+            notes.append(
+                f"{left.path} is a run store whose creation was interrupted "
+                f"(process {left.pid}); `axialtrack recover {path}` removes it."
+            )
+    return refusal(path, overwrite, kind), notes
 
 
 def remove_path(path: Path) -> None:
