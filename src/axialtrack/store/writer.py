@@ -308,10 +308,11 @@ def _pid_alive(pid: int) -> bool:
 def _pid_alive_windows(pid: int) -> bool:  # pragma: no cover - Windows only
     import ctypes
 
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    win: Any = ctypes  # WinDLL and get_last_error exist on Windows only
+    kernel32 = win.WinDLL("kernel32", use_last_error=True)
     handle = kernel32.OpenProcess(0x1000, False, pid)  # QUERY_LIMITED_INFORMATION
     if not handle:
-        return ctypes.get_last_error() == 5  # access denied: it exists  # type: ignore[attr-defined]
+        return bool(win.get_last_error() == 5)  # access denied: it exists
     try:
         code = ctypes.c_ulong()
         if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
