@@ -120,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # only a bundle of ours is replaced: checked before hours of training
     why = refusal(out, args.overwrite, "bundle")
     if why is not None:
-        console.print(why, style="red", markup=False, highlight=False)
+        console.print(why, style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
     try:
         data = load_calibration(args.calibration)

@@ -162,9 +162,9 @@ def _refuse_existing(out: Path, overwrite: bool) -> bool:
 
     error, notes = check_output(out, overwrite, "store")
     for note in notes:
-        console.print(f"[yellow]{escape(note)}[/yellow]")
+        console.print(f"[yellow]{escape(note)}[/yellow]", soft_wrap=True)
     if error is not None:
-        console.print(f"[red]{escape(error)}[/red]")
+        console.print(f"[red]{escape(error)}[/red]", soft_wrap=True)
         return True
     return False
 
@@ -404,7 +404,8 @@ def cmd_localize(args: argparse.Namespace) -> int:
     if run.state != "closed":
         console.print(
             f"[red]{path} is not closed[/red] (being written, or its writer was "
-            f"killed: run `axialtrack recover {path}` first)."
+            f"killed: run `axialtrack recover {path}` first).",
+            soft_wrap=True,
         )
         return 2
     meta = run.frame_meta

@@ -305,7 +305,9 @@ def run_info(path: str | os.PathLike[str], *, console: Any = None) -> int:
     try:
         text = format_summary(summarize(path))
     except StoreError as exc:
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        console.print(
+            f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True
+        )
         p = Path(path).expanduser().absolute()
         notes = _leftover_notes(p) if p.parent.is_dir() else []
         if notes:
@@ -316,9 +318,10 @@ def run_info(path: str | os.PathLike[str], *, console: Any = None) -> int:
                 style="yellow",
                 markup=False,
                 highlight=False,
+                soft_wrap=True,
             )
         return 1
-    console.print(text, markup=False, highlight=False)
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
@@ -362,7 +365,7 @@ def run_recover(
     out = console if console is not None else Console()
 
     def say(text: str, style: str | None = None) -> None:
-        out.print(text, style=style, markup=False, highlight=False)
+        out.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
 
     p = Path(path).expanduser().absolute()
     status = 0
