@@ -401,12 +401,20 @@ def test_a_killed_overwrite_is_reported_and_recovered(
     assert hidden.path.name in text
     assert f"axialtrack recover {out}" in text
     # so does the next run writing to that path (and it refuses without --overwrite)
-    _make_store(out, 1)  # a newer run, as a run interrupted after 1 frame
+    with pytest.warns(UserWarning, match=hidden.path.name):
+        _make_store(out, 1)  # a newer run, as a run interrupted after 1 frame
     capsys.readouterr()
     assert main(["live", "--frames", "3", "--out", str(out)]) == 2
     text = capsys.readouterr().out
     assert hidden.path.name in text
     assert "axialtrack recover" in text
+    # and a RunWriter (calibrate, scripts) warns
+    with pytest.warns(UserWarning, match=f"axialtrack recover {out}"):
+        w = RunWriter(
+            out, kind="live", plane_shape=(8, 8), pixel_size_um=0.1, overwrite=True
+        )
+    w.append_frame(np.ones((2, 8, 8), np.uint16))
+    w.close()
     # info of the newer run lists it too
     assert any(hidden.path.name in n for n in summarize(out)["leftovers"])
     # recover: the newer run holds a frame, so both are kept and a choice asked
@@ -430,11 +438,13 @@ def test_recover_restores_when_the_new_run_stored_nothing_and_discards_on_reques
     assert main(["recover", str(out)]) == 0  # nothing at the path: put back
     assert _snapshot(out) == before
     _kill_during_overwrite(out)
-    _make_store(out, 0)  # the new run was created, but stored no frame
+    with pytest.warns(UserWarning, match="axialtrack recover"):
+        _make_store(out, 0)  # the new run was created, but stored no frame
     assert main(["recover", str(out)]) == 0
     assert _snapshot(out) == before
     _kill_during_overwrite(out)
-    _make_store(out, 2)
+    with pytest.warns(UserWarning, match="axialtrack recover"):
+        _make_store(out, 2)
     assert main(["recover", str(out), "--discard"]) == 0
     assert open_run(out).n_frames == 2
     assert not find_leftovers_beside(out)

@@ -35,6 +35,7 @@ import queue
 import socket
 import threading
 import time
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -369,6 +370,21 @@ def _prepare_path(path: Path, overwrite: bool) -> bool:
     return True
 
 
+def _warn_hidden_copies(path: Path) -> None:
+    """Warn about a previous store an interrupted ``--overwrite`` hid beside
+    ``path``: it is kept, and must not be forgotten."""
+    from axialtrack.store.replace import find_leftovers_beside
+
+    for left in find_leftovers_beside(path):
+        if left.what == "replaced" and not left.alive:
+            warnings.warn(
+                f"{left.path} holds a previous {path.name}, set aside by an "
+                f"--overwrite that was interrupted (process {left.pid}); it is "
+                f"kept. Run `axialtrack recover {path}` to restore or delete it.",
+                stacklevel=4,
+            )
+
+
 def _check_location(path: Path) -> None:
     """Fail early, and clearly, when ``path`` cannot be created."""
     anc = path.parent
@@ -550,6 +566,7 @@ class RunWriter:
 
         _check_location(self.path)
         replacing = _prepare_path(self.path, overwrite)
+        _warn_hidden_copies(self.path)
         self._create_atomically(extra_cols, replacing)
 
         frame_bytes = int(np.prod(self.frame_shape)) * 2
