@@ -50,6 +50,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recover(args: argparse.Namespace) -> int:
+    """Handler of ``axialtrack recover``."""
+    from axialtrack.store.info import run_recover
+
+    return run_recover(args.run, action=args.action, console=console)
+
+
 def _cmd_zscan(args: argparse.Namespace) -> int:
     """Snap dual-plane frames on the simulated rig through a short Z scan."""
     import numpy as np
@@ -223,6 +230,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("runs", nargs="+", metavar="RUN.zarr")
     info.set_defaults(func=_cmd_info)
+
+    rec = sub.add_parser(
+        "recover",
+        help="close a run store whose writer was killed; tidy leftovers",
+        description="Recover a run store after a crash: trim it to what was "
+        "committed and mark it closed; put back a previous store hidden by an "
+        "interrupted --overwrite (.NAME.replaced-PID) when the new one holds no "
+        "frame, or as --restore/--discard say; tidy what an interrupted "
+        "`axialtrack localize` left. Exit status 1 when a choice is left to you.",
+    )
+    rec.add_argument("run", metavar="RUN.zarr")
+    how = rec.add_mutually_exclusive_group()
+    how.add_argument(
+        "--restore",
+        action="store_const",
+        const="restore",
+        dest="action",
+        help="put the previous store back in place of the newer run",
+    )
+    how.add_argument(
+        "--discard",
+        action="store_const",
+        const="discard",
+        dest="action",
+        help="delete the previous store hidden by --overwrite",
+    )
+    rec.set_defaults(func=_cmd_recover, action="auto")
 
     from axialtrack.acquire.cli_calibrate import add_parser as add_calibrate
 

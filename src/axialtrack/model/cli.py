@@ -157,10 +157,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.suffix != BUNDLE_SUFFIX:
         out = out.with_name(out.name + BUNDLE_SUFFIX)
-    if out.exists() and not args.overwrite:
-        console.print(
-            f"[red]{out} already exists.[/red] Pass --overwrite to replace it."
-        )
+    from axialtrack.store.replace import refusal
+
+    # only a bundle of ours is replaced: checked before hours of training
+    why = refusal(out, args.overwrite, "bundle")
+    if why is not None:
+        console.print(why, style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
     try:
         data = load_calibration(args.calibration)

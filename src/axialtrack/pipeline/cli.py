@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from axialtrack._cli import (
@@ -24,6 +23,7 @@ from axialtrack._cli import (
     positive_int,
     unwritable,
 )
+from axialtrack.store.replace import Replacement
 
 __all__ = ["add_parsers", "cmd_live", "cmd_localize"]
 
@@ -253,13 +253,6 @@ def _close(analyzer: Any) -> None:
         close()
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
-
-
 def _full_scale_adu(core: Any) -> int:
     """The camera's full scale, where a pixel is saturated (4095 for a 12-bit
     camera), not the uint16 maximum its frames are stored in."""
@@ -268,63 +261,32 @@ def _full_scale_adu(core: Any) -> int:
 
 
 def _refuse_existing(out: Path, overwrite: bool) -> bool:
-    """Whether ``out`` exists and may not be replaced (the refusal printed)."""
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        console.print(
-            f"[red]{out} already exists.[/red] Pass --overwrite to replace it, or "
-            "choose another --out. Nothing was changed."
-        )
+    """Whether ``out`` may not be written (the refusal printed): it exists and
+    ``--overwrite`` is not given, or it is not a run store of ours. Leftovers
+    of an interrupted replacement beside it are reported."""
+    from axialtrack.store.replace import check_output
+
+    error, notes = check_output(out, overwrite, "store")
+    for note in notes:
+        console.print(f"[yellow]{escape(note)}[/yellow]", soft_wrap=True)
+    if error is not None:
+        fail(error)
         return True
     return False
 
 
-class _Replacement:
-    """``--overwrite`` without losing the old output to a run that never starts.
+class _Replacement(Replacement):
+    """:class:`~axialtrack.store.replace.Replacement` that says when it put
+    the previous output back."""
 
-    The existing ``out`` is renamed beside itself (``.NAME.replaced-PID``) rather
-    than deleted. :meth:`settle` deletes it once the new run has stored a frame;
-    if it has stored none (bad arguments, a model or camera that failed to
-    start, Ctrl-C before the first frame) the new store is removed and the old
-    one put back.
-    """
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.aside: Path | None = None
-        if out.exists() or out.is_symlink():
-            aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-            _remove(aside)  # a leftover of an earlier, killed run
-            out.rename(aside)
-            self.aside = aside
-
-    def settle(self) -> None:
-        """Keep the new output if it holds a frame, else restore the old one."""
-        aside = self.aside
-        if aside is None:
-            return
-        self.aside = None
-        if _frames_in(self.out) > 0:
-            _remove(aside)
-            return
-        _remove(self.out)
-        aside.rename(self.out)
-        console.print(
-            f"[yellow]No frame was stored: the previous {self.out} is back as "
-            "it was.[/yellow]"
-        )
-
-
-def _frames_in(path: Path) -> int:
-    """Frames of the run store at ``path`` (0 if there is none or it does not
-    open)."""
-    from axialtrack.store import StoreError, open_run
-
-    if not path.exists():
-        return 0
-    try:
-        return int(open_run(path).n_frames)
-    except (StoreError, OSError, ValueError):
-        return 0
+    def settle(self, keep_new: bool | None = None) -> bool:
+        restored = super().settle(keep_new)
+        if restored:
+            console.print(
+                f"[yellow]No frame was stored: the previous {self.out} is back as "
+                "it was.[/yellow]"
+            )
+        return restored
 
 
 def _fmt(v: Any) -> str:
@@ -558,7 +520,8 @@ def cmd_localize(args: argparse.Namespace) -> int:
     if run.state != "closed":
         console.print(
             f"[red]{path} is not closed[/red] (being written, or its writer was "
-            "killed: run axialtrack.store.recover on it first)."
+            f"killed: run `axialtrack recover {path}` first).",
+            soft_wrap=True,
         )
         return 2
     meta = run.frame_meta

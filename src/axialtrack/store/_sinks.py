@@ -38,7 +38,21 @@ _O_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
 #: alignment of buffer address and size that direct I/O needs (a page; any
 #: block size of common file systems divides it)
 DIRECT_ALIGN = 4096
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+#: set to 1 to use only what every OS offers (no ``O_DIRECT``, no
+#: ``/proc/self/mounts``): what Windows and macOS get, for tests on Linux
+PORTABLE_ENV = "AXIALTRACK_PORTABLE_IO"
+
+
+def portable_io() -> bool:
+    """Whether the Linux-only fast paths are switched off (``PORTABLE_ENV``)."""
+    return os.environ.get(PORTABLE_ENV, "").strip() not in ("", "0")
+
+
+def o_direct() -> int:
+    """The ``O_DIRECT`` open flag, or 0 where the OS lacks it (Windows, macOS)
+    or the portable paths are forced; decided at each call, not at import."""
+    return 0 if portable_io() else int(getattr(os, "O_DIRECT", 0))
 
 
 #: file systems on local block devices, where direct I/O saves CPU without
@@ -50,6 +64,8 @@ DIRECT_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", 
 def filesystem_type(path: str | os.PathLike[str]) -> str | None:
     """The type of the file system holding ``path`` (Linux: from
     ``/proc/self/mounts``, the longest mount point above it), or ``None``."""
+    if portable_io():
+        return None
     try:
         with open("/proc/self/mounts", encoding="utf-8") as f:
             mounts = [line.split()[1:3] for line in f if line.strip()]
@@ -69,7 +85,7 @@ def direct_ok(data: Any) -> bool:
     """Whether ``data`` can be written with ``O_DIRECT``: a C-contiguous numpy
     array whose address and size are multiples of :data:`DIRECT_ALIGN`."""
     return (
-        _O_DIRECT != 0
+        o_direct() != 0
         and isinstance(data, np.ndarray)
         and data.flags.c_contiguous
         and data.nbytes > 0
@@ -89,7 +105,10 @@ def atomic_write(path: str, data: Any, *, direct: bool = False) -> int:
     tmp = path + ".partial"
     view = memoryview(data).cast("B")
     size = len(view)
-    flags = _O_FLAGS | (_O_DIRECT if direct else 0)
+    flag = o_direct() if direct else 0
+    if direct and not flag:
+        raise OSError(errno.EINVAL, "direct I/O is not available here")
+    flags = _O_FLAGS | flag
     fd = os.open(tmp, flags, 0o666)
     try:
         while view:
@@ -146,7 +165,7 @@ class ChunkFiles:
         self._made: set[str] = set()
         self.direct_io = (
             bool(direct_io)
-            and _O_DIRECT != 0
+            and o_direct() != 0
             and filesystem_type(self._dir) in DIRECT_FILESYSTEMS
         )
 

@@ -70,6 +70,18 @@ class ColumnTable:
         self._tail: dict[str, np.ndarray] = {}
         self._tail_dirty = False
 
+    def rebind(self, group: zarr.Group, directory: Path | None) -> None:
+        """Use the same columns in ``group`` (the table's store was moved)."""
+        self.group = group
+        self._directory = directory
+        self._files = {}
+        for name in self.arrays:
+            arr = group[name]
+            assert isinstance(arr, zarr.Array)
+            self.arrays[name] = arr
+            if directory is not None:
+                self._files[name] = ChunkFiles(arr, directory / name, self._encode)
+
     @property
     def columns(self) -> list[str]:
         """Column names, in creation order."""

@@ -20,6 +20,7 @@ commit discipline:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,9 +50,68 @@ from axialtrack.store.layout import (
     fill_for,
 )
 from axialtrack.store.reader import read_attrs
-from axialtrack.store.writer import _check_dtype, _to_columns, writer_alive
+from axialtrack.store.writer import (
+    _check_dtype,
+    _pid_alive,
+    _to_columns,
+    writer_alive,
+)
 
-__all__ = ["append_localizations_to_run"]
+__all__ = ["amend_leftovers", "append_localizations_to_run", "settle_amend_leftovers"]
+
+_AMEND_LEFTOVER = re.compile(
+    rf"^(?P<name>{LOCALIZATIONS}|{TRACKS})\.(?P<what>amend|old)-(?P<pid>\d+)$"
+)
+
+
+def amend_leftovers(path: str | os.PathLike[str]) -> list[Path]:
+    """Groups an interrupted amend (``axialtrack localize``) left in a run
+    store: ``localizations.amend-PID`` (a new table not swapped in) and
+    ``localizations.old-PID`` (the previous table, swapped out), and the same
+    for ``tracks``. Those of a process still running are not listed."""
+    p = Path(path)
+    out = []
+    try:
+        entries = sorted(os.scandir(p), key=lambda e: e.name)
+    except OSError:
+        return []
+    for entry in entries:
+        m = _AMEND_LEFTOVER.match(entry.name)
+        if m is None:
+            continue
+        pid = int(m["pid"])
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        out.append(p / entry.name)
+    return out
+
+
+def settle_amend_leftovers(path: str | os.PathLike[str]) -> list[str]:
+    """Tidy what an interrupted amend left; return what was done, in words.
+
+    A table swapped out but never replaced (the store lacks ``localizations``
+    or ``tracks``) is put back; otherwise the swapped-out copy and any new
+    table that was never swapped in are deleted (the store's own table is the
+    one its counts describe).
+    """
+    p = Path(path)
+    done = []
+    for left in amend_leftovers(p):
+        m = _AMEND_LEFTOVER.match(left.name)
+        assert m is not None
+        target = p / m["name"]
+        if m["what"] == "old" and not target.exists():
+            os.replace(left, target)
+            done.append(f"restored {target.name} from {left.name}")
+        else:
+            shutil.rmtree(left, ignore_errors=False)
+            kind = (
+                "an amended table that was never swapped in"
+                if m["what"] == "amend"
+                else "the table an amend replaced"
+            )
+            done.append(f"removed {left.name} ({kind})")
+    return done
 
 
 def _gattrs(node: Any) -> dict[str, Any]:
@@ -137,19 +197,26 @@ def _write_group(root: zarr.Group, name: str, cols: dict[str, np.ndarray]) -> No
     )
 
 
+#: a rename that replaces a missing (or, for files, an existing) target on
+#: every OS; a name of its own so that the tests can make it fail
+_replace = os.replace
+
+
 def _swap_group(path: Path, name: str, tmp_name: str) -> None:
     """Put the group ``tmp_name`` in place of ``name``; if that fails, the old
     ``name`` is put back (the store is never left without it)."""
     old = path / f"{name}.old-{os.getpid()}"
     moved = False
+    if old.exists():  # of an earlier process with this id
+        shutil.rmtree(old)
     if (path / name).exists():
-        os.rename(path / name, old)
+        _replace(path / name, old)
         moved = True
     try:
-        os.rename(path / tmp_name, path / name)
+        _replace(path / tmp_name, path / name)
     except BaseException:
         if moved:
-            os.rename(old, path / name)
+            _replace(old, path / name)
         raise
     shutil.rmtree(old, ignore_errors=True)
 
@@ -300,8 +367,8 @@ def append_localizations_to_run(
         hint = (
             "wait until the run is closed"
             if alive
-            else "its writer stopped without closing it; run "
-            "axialtrack.store.recover(path) first"
+            else f"its writer stopped without closing it; run `axialtrack recover "
+            f"{p}` first"
         )
         raise StoreInUseError(f"{p} is not closed ({hint}).")
     n_frames = int(attrs.get("n_frames", 0))
@@ -382,6 +449,10 @@ def append_localizations_to_run(
         at["amended"] = history
         root.update_attributes({ATTRS_KEY: at})
     except OSError as exc:
+        # a new table that was not swapped in (e.g. the disk filled up while it
+        # was written) is not left behind
+        for name in (LOCALIZATIONS, TRACKS):
+            shutil.rmtree(p / f"{name}.amend-{os.getpid()}", ignore_errors=True)
         raise write_error(
             exc, path=p, frames_safe=n_frames, rows_safe=old_n, doing="amending it"
         ) from exc

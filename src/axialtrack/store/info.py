@@ -6,7 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from axialtrack.store.calibration_qc import (
 from axialtrack.store.errors import StoreError
 from axialtrack.store.reader import find_leftovers, open_run
 
-__all__ = ["format_summary", "run_info", "summarize"]
+__all__ = ["format_summary", "run_info", "run_recover", "summarize"]
 
 
 def _disk_usage(path: Path) -> tuple[int, int]:
@@ -37,13 +37,61 @@ def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
+def _span_rate(t: np.ndarray) -> tuple[float, float | None]:
+    """Span (s) and mean rate (frames/s) of the finite times ``t``."""
+    t = t[np.isfinite(t)]
+    span = float(t[-1] - t[0]) if t.size > 1 else 0.0
+    return span, (_finite((t.size - 1) / span) if span > 0 else None)
+
+
+def _nominal_rate(attrs: dict[str, Any]) -> float | None:
+    """The rate the run was asked for, where the rig recorded it."""
+    rig = attrs.get("rig") or {}
+    for key in ("frame_rate_hz", "requested_frame_rate_hz"):
+        v = rig.get(key) if isinstance(rig, dict) else None
+        if isinstance(v, (int, float)) and v > 0:
+            return float(v)
+    return None
+
+
+def _leftover_notes(path: Path) -> list[str]:
+    """Leftovers of interrupted processes beside and inside the store."""
+    from axialtrack.store.amend import amend_leftovers
+    from axialtrack.store.replace import find_leftovers_beside
+
+    notes = []
+    for left in find_leftovers_beside(path):
+        if left.alive:
+            continue
+        if left.what == "replaced":
+            notes.append(
+                f"{left.path.name}: the previous {path.name}, set aside by an "
+                f"--overwrite that was interrupted (process {left.pid})"
+            )
+        else:
+            notes.append(
+                f"{left.path.name}: a store whose creation was interrupted "
+                f"(process {left.pid})"
+            )
+    for p in amend_leftovers(path):
+        notes.append(f"{p.name}: left by an interrupted axialtrack localize")
+    return notes
+
+
 def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Describe a run store as a JSON-compatible dict.
 
     Keys: ``path``, ``format``, ``kind``, ``state``, ``writer_alive``,
     ``created``, ``closed``, ``last_commit``, ``frames``, ``frame_shape``,
     ``dtype``, ``compression``, ``pixel_size_um``, ``size_bytes``, ``files``,
-    ``duration_s``, ``frame_rate_hz``, ``frames_analyzed``, ``localizations``,
+    ``duration_s``, ``frame_rate_hz`` (measured on the host clock, from
+    ``frame_meta/host_t_s``, where the store records it; else from the camera
+    timestamps ``t_s``), ``frame_rate_clock`` (``"host"`` or ``"camera"``),
+    ``camera_duration_s``, ``camera_frame_rate_hz`` (from ``t_s``),
+    ``host_duration_s``, ``host_frame_rate_hz``, ``nominal_frame_rate_hz``
+    (what the rig record asked for, if it says), ``leftovers`` (what
+    interrupted processes left beside or inside the store, for ``axialtrack
+    recover``), ``frames_analyzed``, ``localizations``,
     ``localization_columns``, ``tracks``, ``rig``, ``splitter``, ``model``,
     ``writer``, ``stats``, ``recovered`` (for an open run: what a reader gets and
     what is left over), ``recovery`` (if :func:`recover` tidied it) and
@@ -58,10 +106,10 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
     a = run.attrs
     n = run.n_frames
     meta = run.frame_meta
-    t = meta["t_s"].to_numpy(dtype=float)
-    t = t[np.isfinite(t)]
-    duration = float(t[-1] - t[0]) if t.size > 1 else 0.0
-    rate = (t.size - 1) / duration if duration > 0 else None
+    cam_s, cam_hz = _span_rate(meta["t_s"].to_numpy(dtype=float))
+    host_s, host_hz = _span_rate(meta["host_t_s"].to_numpy(dtype=float))
+    measured = bool(np.isfinite(meta["host_t_s"].to_numpy(dtype=float)).any())
+    duration, rate = (host_s, host_hz) if measured else (cam_s, cam_hz)
     size, files = _disk_usage(run.path)
     locs_n = run.n_localizations
     summary: dict[str, Any] = {
@@ -81,7 +129,13 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
         "size_bytes": size,
         "files": files,
         "duration_s": duration,
-        "frame_rate_hz": _finite(rate) if rate is not None else None,
+        "frame_rate_hz": rate,
+        "frame_rate_clock": "host" if measured else "camera",
+        "camera_duration_s": cam_s,
+        "camera_frame_rate_hz": cam_hz,
+        "host_duration_s": host_s if measured else None,
+        "host_frame_rate_hz": host_hz,
+        "nominal_frame_rate_hz": _nominal_rate(a),
         "frames_analyzed": int(meta["analyzed"].sum()) if n else 0,
         "localizations": locs_n,
         "localization_columns": list(run.localizations.columns),
@@ -95,6 +149,7 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
         "recovery": a.get("recovery"),
         "calibration": read_calibration_qc(run.path),
     }
+    summary["leftovers"] = _leftover_notes(run.path)
     if run.state == "open":
         left = find_leftovers(run.path, n)
         summary["recovered"] = {
@@ -158,7 +213,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                 "Recovered",
                 f"{rec['frames']} frames and {rec['localization_rows']} "
                 f"localizations, every committed one (whole batches){tail}. "
-                "Run axialtrack.store.recover(path) to trim and close it.",
+                f"Run `axialtrack recover {s['path']}` to trim and close it.",
             )
         )
     elif s.get("recovery"):
@@ -181,9 +236,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     )
     lines.append(("Size on disk", f"{_size(s['size_bytes'])} in {s['files']} files"))
-    rate = s.get("frame_rate_hz")
-    rate_s = f", {rate:.2f} frames/s" if rate else ""
-    lines.append(("Duration", f"{s['duration_s']:.3f} s{rate_s}"))
+    lines.append(("Duration", _duration_line(s)))
     if s["frames"]:
         lines.append(("Analyzed", f"{s['frames_analyzed']} of {s['frames']} frames"))
     lines.append(("Localizations", f"{s['localizations']} rows"))
@@ -203,8 +256,41 @@ def format_summary(summary: dict[str, Any]) -> str:
         lat = f", write p50 {p50:.2f} ms p99 {p99:.2f} ms" if p50 is not None else ""
         lines.append(("Writer", f"{st.get('write_mb_s', 0):.0f} MB/s average{lat}"))
     lines.extend(calibration_lines(s.get("calibration")))
+    left = s.get("leftovers") or []
+    if left:
+        lines.append(
+            (
+                "Leftovers",
+                "; ".join(left) + f". Run `axialtrack recover {s['path']}` to "
+                "restore or remove them.",
+            )
+        )
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
+
+
+def _duration_line(s: dict[str, Any]) -> str:
+    """Duration and frame rate, naming the clock of each figure."""
+    cam_s, cam_hz = (
+        s.get("camera_duration_s", s["duration_s"]),
+        s.get("camera_frame_rate_hz"),
+    )
+    cam = f"{cam_s:.3f} s" + (f", {cam_hz:.2f} frames/s" if cam_hz else "")
+    parts = []
+    if s.get("frame_rate_clock") == "host":
+        host_hz = s.get("host_frame_rate_hz")
+        parts.append(
+            f"{s['host_duration_s']:.3f} s"
+            + (f", {host_hz:.2f} frames/s" if host_hz else "")
+            + " measured (host clock: when each frame reached the computer)"
+        )
+        parts.append(f"camera timestamps: {cam}")
+    else:
+        parts.append(f"{cam} (camera timestamps; no host times recorded)")
+    nominal = s.get("nominal_frame_rate_hz")
+    if nominal:
+        parts.append(f"requested {nominal:.2f} frames/s")
+    return "; ".join(parts)
 
 
 def run_info(path: str | os.PathLike[str], *, console: Any = None) -> int:
@@ -231,7 +317,125 @@ def run_info(path: str | os.PathLike[str], *, console: Any = None) -> int:
         if (qc_text := qc_only_text(path)) is not None:
             console.print(qc_text, markup=False, highlight=False)
             return 0
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(
+            f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True
+        )
+        p = Path(path).expanduser().absolute()
+        notes = _leftover_notes(p) if p.parent.is_dir() else []
+        if notes:
+            console.print(
+                "Beside it: "
+                + "; ".join(notes)
+                + f". Run `axialtrack recover {p}` to restore or remove them.",
+                style="yellow",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         return 1
-    console.print(text, markup=False, highlight=False)
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
     return 0
+
+
+def run_recover(
+    path: str | os.PathLike[str],
+    *,
+    action: Literal["auto", "restore", "discard"] = "auto",
+    console: Any = None,
+) -> int:
+    """Recover a run store and what interrupted processes left around it.
+
+    This is ``axialtrack recover RUN.zarr``. In order:
+
+    1. a previous store hidden by an interrupted ``--overwrite``
+       (``.NAME.replaced-PID``): by default (``"auto"``) put back if ``path``
+       holds no run with a frame; otherwise kept, and the user is asked to
+       choose ``--restore`` (put it back, deleting the newer run) or
+       ``--discard`` (delete it). A store whose creation was interrupted
+       (``.NAME.creating-PID``) is removed;
+    2. tables an interrupted ``axialtrack localize`` left
+       (``localizations.amend-PID``, ``localizations.old-PID``): a table
+       swapped out and never replaced is put back, the rest removed;
+    3. a run whose writer stopped without closing it: :func:`recover` (trim
+       to the committed counts, remove temporary files, mark it closed).
+
+    Returns 0 when everything is settled, 1 when a choice is left to the user
+    (exit status of the command), 2 when ``path`` cannot be recovered (the
+    writer still runs, or it is not a run store and nothing beside it is ours).
+    """
+    from rich.console import Console
+
+    from axialtrack.store.amend import settle_amend_leftovers
+    from axialtrack.store.errors import StoreInUseError
+    from axialtrack.store.reader import read_attrs, recover
+    from axialtrack.store.replace import (
+        find_leftovers_beside,
+        is_run_store,
+        settle_leftover,
+    )
+
+    out = console if console is not None else Console()
+
+    def say(text: str, style: str | None = None) -> None:
+        out.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+    p = Path(path).expanduser().absolute()
+    status = 0
+    beside = [x for x in find_leftovers_beside(p) if not x.alive]
+    for left in beside:
+        try:
+            done = settle_leftover(left, action)
+        except OSError as exc:
+            say(f"error: {left.path}: {exc}", "red")
+            return 2
+        if done.startswith("kept"):
+            status = 1
+            say(done, "yellow")
+        else:
+            say(done)
+    if not is_run_store(p):
+        if beside:
+            return status
+        try:
+            read_attrs(p)  # the precise reason
+        except StoreError as exc:
+            say(f"error: {exc}", "red")
+            return 2
+        return 2  # pragma: no cover - read_attrs accepts only run stores
+    try:
+        for done in settle_amend_leftovers(p):
+            say(done)
+        report = recover(p)
+    except StoreInUseError as exc:
+        say(f"error: {exc}", "red")
+        return 2
+    except (StoreError, OSError) as exc:
+        say(f"error: {exc}", "red")
+        return 2
+    if report.was_open:
+        extra = []
+        if report.dropped_frame_chunks:
+            extra.append(
+                f"{report.dropped_frame_chunks} uncommitted frame chunk(s) dropped"
+            )
+        if report.removed_temp_files:
+            extra.append(f"{report.removed_temp_files} partial file(s) removed")
+        tail = f" ({'; '.join(extra)})" if extra else ""
+        say(
+            f"Recovered {p}: {report.frames} frames, {report.localization_rows} "
+            f"localizations, {report.track_rows} tracks; marked closed{tail}."
+        )
+        n_todo = _unanalyzed(p)
+        if n_todo:
+            say(
+                f"{n_todo} frame(s) are not analyzed; `axialtrack localize {p} "
+                "--model MODEL` fills them in."
+            )
+    else:
+        say(f"{p} is closed; its data needed no recovery.")
+    return status
+
+
+def _unanalyzed(path: Path) -> int:
+    meta = open_run(path).frame_meta
+    return int((~meta["analyzed"].to_numpy(dtype=bool)).sum())

@@ -66,6 +66,7 @@ FRAME_META_COLUMNS: dict[str, np.dtype] = {
     "image_number": np.dtype("int64"),
     "position_index": np.dtype("int64"),
     "analyzed": np.dtype("bool"),
+    "host_t_s": np.dtype("float64"),
 }
 
 LOCALIZATION_COLUMNS: dict[str, np.dtype] = {
@@ -92,6 +93,7 @@ FRAME_META_FILLS: dict[str, float | int | bool] = {
     "image_number": -1,
     "position_index": 0,
     "analyzed": False,
+    "host_t_s": math.nan,
 }
 
 #: Chunk keys ``c.<t>.0.0.0``: one file per frame directly in the array's directory.

@@ -225,7 +225,17 @@ class Run:
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read the committed counts: see what a running writer added since."""
+        """Re-read the committed counts: see what a running writer added since.
+
+        The localization count is read before the frame count: a writer
+        commits rows only for frames it has committed, so every row read
+        belongs to a frame this reader can read.
+        """
+        try:
+            loc_meta = read_json(self.path / LOCALIZATIONS / "zarr.json")
+            first_loc_attrs = dict(loc_meta.get("attributes") or {})
+        except (OSError, ValueError, AttributeError, TypeError):
+            first_loc_attrs = None
         attrs = read_attrs(self.path)
         try:
             root = zarr.open_group(LocalStore(self.path, read_only=True), mode="r")
@@ -236,7 +246,9 @@ class Run:
             for g in (meta_group, loc_group, tracks_group):
                 if not isinstance(g, zarr.Group):
                     raise ValueError(g.path)
-            loc_attrs: dict[str, Any] = dict(loc_group.attrs)
+            loc_attrs: dict[str, Any] = (
+                dict(loc_group.attrs) if first_loc_attrs is None else first_loc_attrs
+            )
             tracks_attrs: dict[str, Any] = dict(tracks_group.attrs)
         except (KeyError, FileNotFoundError, ValueError) as exc:
             raise NotARunStoreError(
@@ -324,13 +336,15 @@ class Run:
         if "meta" not in self._cache:
             import pandas as pd
 
-            from axialtrack.store.layout import FRAME_META_COLUMNS
+            from axialtrack.store.layout import FRAME_META_COLUMNS, FRAME_META_FILLS
 
             n = self.n_frames
-            data = {
-                name: np.asarray(self._meta_group[name][:n])  # type: ignore[index]
-                for name in FRAME_META_COLUMNS
-            }
+            data = {}
+            for name, dtype in FRAME_META_COLUMNS.items():
+                if name in self._meta_group:
+                    data[name] = np.asarray(self._meta_group[name][:n])  # type: ignore[index]
+                else:  # a column later versions added (host_t_s)
+                    data[name] = np.full(n, FRAME_META_FILLS[name], dtype=dtype)
             df = pd.DataFrame(data)
             df.index.name = "frame"
             self._cache["meta"] = df

@@ -32,10 +32,10 @@ import json
 import math
 import os
 import queue
-import shutil
 import socket
 import threading
 import time
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -171,7 +171,15 @@ class FrameMeta:
     position_index
         Index of the stage position (field) in a multi-position run.
     analyzed
-        Whether the live pipeline analyzed this frame.
+        Whether the live pipeline analyzed this frame. ``True`` here is made
+        durable only after every localization row appended before this frame
+        (as :meth:`RunWriter.set_analyzed` is).
+    host_t_s
+        When the frame reached the host, in seconds on the host's monotonic
+        clock since the writer was opened. ``None`` records the time
+        ``append_frame`` received it. Unlike ``t_s`` (the camera's clock, which
+        a simulated camera may run at its nominal rate), this measures the rate
+        the run really had.
     """
 
     t_s: float | None = None
@@ -181,10 +189,13 @@ class FrameMeta:
     image_number: int = -1
     position_index: int = 0
     analyzed: bool = False
+    host_t_s: float | None = None
 
 
 _META_FIELDS = tuple(f.name for f in fields(FrameMeta))
 _META_DTYPE = np.dtype([(k, FRAME_META_COLUMNS[k]) for k in _META_FIELDS])
+_ANALYZED_COL = _META_FIELDS.index("analyzed")
+_HOST_T = _META_FIELDS.index("host_t_s")
 
 
 @dataclass(frozen=True)
@@ -281,6 +292,9 @@ def _json_dict(value: Any, field: str) -> dict[str, Any]:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host."""
+    if os.name == "nt":  # pragma: no cover - Windows: os.kill(pid, 0) kills it
+        return _pid_alive_windows(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -290,6 +304,23 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _pid_alive_windows(pid: int) -> bool:  # pragma: no cover - Windows only
+    import ctypes
+
+    win: Any = ctypes  # WinDLL and get_last_error exist on Windows only
+    kernel32 = win.WinDLL("kernel32", use_last_error=True)
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # QUERY_LIMITED_INFORMATION
+    if not handle:
+        return bool(win.get_last_error() == 5)  # access denied: it exists
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def writer_alive(attrs: Mapping[str, Any], path: Path) -> bool | None:
@@ -309,24 +340,23 @@ def writer_alive(attrs: Mapping[str, Any], path: Path) -> bool | None:
     return _pid_alive(pid)
 
 
-def _prepare_path(path: Path, overwrite: bool) -> None:
-    if not path.exists() and not path.is_symlink():
-        return
-    if not overwrite:
-        raise StoreExistsError(
-            f"{path} already exists. Pass overwrite=True to replace it, or choose "
-            "another output path."
-        )
-    if not path.is_dir():
-        raise StoreExistsError(
-            f"{path} exists and is a file, not a run store; refusing to replace it. "
-            "Remove it or choose another output path."
-        )
-    zj = path / "zarr.json"
-    if zj.is_file():
+def _prepare_path(path: Path, overwrite: bool) -> bool:
+    """Check that a store may be created at ``path``; return whether something
+    (a run store of ours, or an empty directory) is there to be replaced.
+
+    Nothing is deleted here: the new store is built beside it and swapped in.
+    """
+    from axialtrack.store.replace import is_run_store, refusal
+
+    why = refusal(path, overwrite, "store")
+    if why is not None:
+        raise StoreExistsError(why.replace("--overwrite", "overwrite=True"))
+    if not (path.exists() or path.is_symlink()):
+        return False
+    if is_run_store(path):
         try:
-            attrs = read_json(zj).get("attributes", {}).get(ATTRS_KEY, {})
-        except (OSError, ValueError, AttributeError):
+            attrs = read_json(path / "zarr.json")["attributes"][ATTRS_KEY]
+        except (OSError, ValueError, KeyError, TypeError):
             attrs = {}
         if (
             isinstance(attrs, dict)
@@ -337,12 +367,22 @@ def _prepare_path(path: Path, overwrite: bool) -> None:
                 f"{path} is being written by process "
                 f"{attrs['writer']['pid']}; stop that run before overwriting it."
             )
-    elif any(path.iterdir()):
-        raise StoreExistsError(
-            f"{path} exists and is not a zarr store (no zarr.json); refusing to "
-            "delete it with overwrite=True. Choose another output path."
-        )
-    shutil.rmtree(path)
+    return True
+
+
+def _warn_hidden_copies(path: Path) -> None:
+    """Warn about a previous store an interrupted ``--overwrite`` hid beside
+    ``path``: it is kept, and must not be forgotten."""
+    from axialtrack.store.replace import find_leftovers_beside
+
+    for left in find_leftovers_beside(path):
+        if left.what == "replaced" and not left.alive:
+            warnings.warn(
+                f"{left.path} holds a previous {path.name}, set aside by an "
+                f"--overwrite that was interrupted (process {left.pid}); it is "
+                f"kept. Run `axialtrack recover {path}` to restore or delete it.",
+                stacklevel=4,
+            )
 
 
 def _check_location(path: Path) -> None:
@@ -524,14 +564,10 @@ class RunWriter:
         self._attrs_dirty = False
         self._tracks: dict[str, np.ndarray] | None = None
 
-        _prepare_path(self.path, overwrite)
         _check_location(self.path)
-        try:
-            self._create(extra_cols)
-        except OSError as exc:
-            raise write_error(
-                exc, path=self.path, frames_safe=0, rows_safe=0, doing="creating it"
-            ) from exc
+        replacing = _prepare_path(self.path, overwrite)
+        _warn_hidden_copies(self.path)
+        self._create_atomically(extra_cols, replacing)
 
         frame_bytes = int(np.prod(self.frame_shape)) * 2
         n_slots = max(2, int(opts.queue_mb * 1e6 // frame_bytes))
@@ -558,6 +594,8 @@ class RunWriter:
         self._put_lock = threading.Lock()
         self._finished = False
         self._pending_rows = 0
+        self._table_stopped = False
+        self._late_flags: list[tuple[int, np.ndarray, bool]] = []
 
         self._io = ThreadPoolExecutor(opts.io_threads, thread_name_prefix="run-io")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="run-commit")
@@ -588,12 +626,82 @@ class RunWriter:
             "host": socket.gethostname(),
         }
 
-    def _create(self, extra_cols: Mapping[str, np.dtype]) -> None:
+    def _create_atomically(
+        self, extra_cols: Mapping[str, np.dtype], replacing: bool
+    ) -> None:
+        """Build the empty store beside ``path`` and rename it into place.
+
+        A reader (or a crash) sees no store or a complete one, with every group
+        and table; a failure leaves nothing at ``path`` (a kill leaves the hidden
+        ``.NAME.creating-PID``, which ``info`` and ``recover`` report and
+        remove). A replaced store is renamed aside first and deleted after.
+        """
+        from axialtrack.store.replace import hidden_name, remove_path
+
+        path = self.path
+        tmp = hidden_name(path, "creating")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if tmp.exists() or tmp.is_symlink():
+                remove_path(tmp)
+            self._create(tmp, extra_cols)
+            if replacing:
+                if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+                    path.rmdir()
+                else:
+                    aside = hidden_name(path, "replaced")
+                    if aside.exists() or aside.is_symlink():
+                        remove_path(aside)
+                    os.replace(path, aside)
+                    os.replace(tmp, path)
+                    remove_path(aside)
+            if not path.exists():
+                os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                remove_path(tmp)
+            raise write_error(
+                exc, path=path, frames_safe=0, rows_safe=0, doing="creating it"
+            ) from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                remove_path(tmp)
+            raise
+        self._bind(path)
+
+    def _bind(self, path: Path) -> None:
+        """Open the created store at its final place for writing."""
         opts = self.options
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        store = LocalStore(self.path)
-        root = zarr.open_group(store, mode="w-", zarr_format=3)
+        root = zarr.open_group(LocalStore(path), mode="r+")
         self._root = root
+        frames = root[FRAMES]
+        arr = root[f"{FRAMES}/{FRAME_ARRAY}"]
+        tracks = root[TRACKS]
+        assert isinstance(frames, zarr.Group)
+        assert isinstance(arr, zarr.Array)
+        assert isinstance(tracks, zarr.Group)
+        self._frames_group = frames
+        self._frames_arr = arr
+        self._tracks_group = tracks
+        direct = opts.backend != "zarr"
+        for table, name in ((self._meta, FRAME_META), (self._locs, LOCALIZATIONS)):
+            group = root[name]
+            assert isinstance(group, zarr.Group)
+            table.rebind(group, path / name if direct else None)
+        self._sink: FrameSink = make_sink(
+            opts.backend,
+            self._frames_arr,
+            path / FRAMES / FRAME_ARRAY,
+            chunk_encoder(self.compression, opts.compression_level),
+            direct_io=opts.direct_io,
+        )
+
+    def _create(self, directory: Path, extra_cols: Mapping[str, np.dtype]) -> None:
+        """Create the empty store (every group, array and table) in
+        ``directory``."""
+        opts = self.options
+        store = LocalStore(directory)
+        root = zarr.open_group(store, mode="w-", zarr_format=3)
         root.update_attributes({ATTRS_KEY: self._attrs})
 
         frames = root.create_group(
@@ -606,7 +714,7 @@ class RunWriter:
             },
         )
         serializer, compressors = frame_codecs(self.compression, opts.compression_level)
-        self._frames_arr = frames.create_array(
+        frames.create_array(
             FRAME_ARRAY,
             shape=(0, *self.frame_shape),
             chunks=(1, *self.frame_shape),
@@ -618,25 +726,15 @@ class RunWriter:
             chunk_key_encoding=CHUNK_KEY_ENCODING,  # type: ignore[arg-type]
             config={"write_empty_chunks": True},
         )
-        self._frames_group = frames
         self._capacity = 0
 
-        direct = opts.backend != "zarr"
         meta_group = root.create_group(FRAME_META)
-        self._meta = ColumnTable(
-            meta_group,
-            chunk=opts.meta_chunk,
-            directory=self.path / FRAME_META if direct else None,
-        )
+        self._meta = ColumnTable(meta_group, chunk=opts.meta_chunk)
         for name, dtype in FRAME_META_COLUMNS.items():
             self._meta.add_column(name, dtype)
 
         loc_group = root.create_group(LOCALIZATIONS)
-        self._locs = ColumnTable(
-            loc_group,
-            chunk=opts.table_chunk,
-            directory=self.path / LOCALIZATIONS if direct else None,
-        )
+        self._locs = ColumnTable(loc_group, chunk=opts.table_chunk)
         for name, dtype in {**LOCALIZATION_COLUMNS, **extra_cols}.items():
             self._locs.add_column(name, dtype)
         self._loc_schema: dict[str, np.dtype] = dict(self._locs.dtypes)
@@ -645,15 +743,6 @@ class RunWriter:
 
         tracks = root.create_group(TRACKS)
         tracks.update_attributes({"n_rows": 0, "columns": [], "dtypes": []})
-        self._tracks_group = tracks
-
-        self._sink: FrameSink = make_sink(
-            opts.backend,
-            self._frames_arr,
-            self.path / FRAMES / FRAME_ARRAY,
-            chunk_encoder(self.compression, opts.compression_level),
-            direct_io=opts.direct_io,
-        )
 
     @staticmethod
     def _table_attrs(table: ColumnTable) -> dict[str, Any]:
@@ -786,6 +875,12 @@ class RunWriter:
         t_in = time.perf_counter()
         if row[0] is None:
             row = (t_in - self._t0, *row[1:])
+        if row[_HOST_T] is None:
+            row = (*row[:_HOST_T], t_in - self._t0, *row[_HOST_T + 1 :])
+        flag = row[_ANALYZED_COL]
+        if flag:
+            # made durable like set_analyzed: after the rows appended before
+            row = (*row[:_ANALYZED_COL], False, *row[_ANALYZED_COL + 1 :])
         opts = self.options
         with self._append_lock:
             self._check_open("append_frame")
@@ -806,6 +901,10 @@ class RunWriter:
             index = self._n_appended
             self._n_appended += 1
             self._frame_q.put((_FRAME, index, slot, row, t_in))
+            if flag:
+                self._frame_q.put(
+                    (_ANALYZED, np.array([index]), True, self._rows_appended)
+                )
         return index
 
     def _too_slow(self) -> WriterTooSlowError:
@@ -868,7 +967,8 @@ class RunWriter:
             )
         with self._put_lock:
             self._check_open("set_analyzed")
-            self._frame_q.put((_ANALYZED, idx, bool(value)))
+            # durable only once the rows appended so far are committed
+            self._frame_q.put((_ANALYZED, idx, bool(value), self._rows_appended))
 
     def set_attrs(self, **values: Any) -> None:
         """Add or replace entries of the run's ``axialtrack`` attributes.
@@ -983,7 +1083,8 @@ class RunWriter:
             self._pending_rows += k
             self._rows_appended += k
             n = self._rows_appended
-            self._table_q.put((_ROWS, out, k))
+            last = int(out["frame"].max()) if k else -1
+            self._table_q.put((_ROWS, out, k, last))
         return n
 
     def write_tracks(self, table: Any) -> None:
@@ -1032,13 +1133,29 @@ class RunWriter:
             self._closed = True
             if first:
                 self._frame_q.put(_STOP)
-                self._table_q.put(_STOP)
         if self._finished:
             return
         # a close interrupted here (Ctrl-C while a slow disk drains the pool)
         # is done again by the next close() or at exit
         self._frame_thread.join()
+        # the rows after the last frame commit: every batch whose frames are
+        # committed (all of them, unless the writer failed)
+        if not self._table_stopped:
+            self._table_stopped = True
+            self._table_q.put(_STOP)
         self._table_thread.join()
+        late, self._late_flags = self._late_flags, []
+        if self._failure is None:
+            updates = [(i, v) for wm, i, v in late if wm <= self._committed_rows]
+            if updates:
+                # flags that waited for the last rows
+                fut = self._committer.submit(
+                    self._commit, self._committed_frames, [], updates, 0
+                )
+                try:
+                    fut.result()
+                except BaseException as exc:
+                    self._fail(exc, "committing analyzed flags")
         self._io.shutdown(wait=True)
         self._committer.shutdown(wait=True)
         self._sink.close()
@@ -1187,6 +1304,27 @@ class RunWriter:
         commit_updates: list[tuple[np.ndarray, bool]] = []
         grow_fut: Future[None] | None = None
         block = self.options.time_block
+        # flag changes waiting for the rows appended before them to be committed
+        waiting: deque[tuple[int, np.ndarray, bool]] = deque()
+
+        def apply_flags(idx: np.ndarray, value: bool) -> None:
+            # rows of a commit in flight are written already: change them
+            # with the next commit, like older rows
+            first_free = pending_base + (commit_k if commit_fut else 0)
+            rel = idx - pending_base
+            mine = (idx >= first_free) & (rel < len(pending))
+            for r in rel[mine]:
+                row = pending[r]
+                pending[r] = (*row[:_ANALYZED_COL], value, *row[_ANALYZED_COL + 1 :])
+            if (~mine).any():
+                deferred.append((idx[~mine], value))
+
+        def release_flags() -> None:
+            # in order, so that later changes of a frame win
+            rows = self._committed_rows
+            while waiting and waiting[0][0] <= rows:
+                _, idx, value = waiting.popleft()
+                apply_flags(idx, value)
 
         def settle(wait: bool) -> bool:
             """Account for the commit in flight; True if none is in flight now."""
@@ -1281,19 +1419,14 @@ class RunWriter:
                         done.discard(next_done)
                         next_done += 1
             elif item[0] == _ANALYZED:
-                idx, value = item[1], item[2]
-                # rows of a commit in flight are written already: change them
-                # with the next commit, like older rows
-                first_free = pending_base + (commit_k if commit_fut else 0)
-                rel = idx - pending_base
-                mine = (idx >= first_free) & (rel < len(pending))
-                for r in rel[mine]:
-                    pending[r] = (*pending[r][:6], value)
-                if (~mine).any():
-                    deferred.append((idx[~mine], value))
+                waiting.append((item[3], item[1], item[2]))
+            release_flags()
             now = time.perf_counter()
             drained = stopping and inflight == 0 and self._frame_q.empty()
             if drained:
+                # flags still waiting for their rows: close() commits them after
+                # the last rows (or never, if those are not written)
+                self._late_flags = list(waiting)
                 # the last commit: after a failure too (best effort) for the
                 # frames fully written before it; a failed commit changes nothing
                 settle(wait=True)
@@ -1367,18 +1500,38 @@ class RunWriter:
             attrs = dict(self._attrs)
         self._root.update_attributes({ATTRS_KEY: attrs})
         self._committed_frames = n
+        self._table_q.put(None)  # rows of these frames may be written now
 
     # ---------------------------------------------------------- table thread
 
     def _table_loop(self) -> None:
+        """Write localization batches, in order, once their frames are committed.
+
+        A batch is written only when every frame it refers to is committed
+        (``frame < n_frames``), so a reader (or a crash) never has rows of a
+        frame it cannot read. When the writer stops (after its last frame
+        commit) every batch left is written; after a failure, only those of
+        committed frames.
+        """
         interval = self.options.table_flush_interval_s
-        batches: list[tuple[dict[str, np.ndarray], int]] = []
-        n_batched = 0
+        batches: deque[tuple[dict[str, np.ndarray], int, int]] = deque()
         last_flush = time.perf_counter()
         stopping = False
+
+        def ready() -> int:
+            """How many of the first batches may be written now."""
+            n_frames = self._committed_frames
+            count = 0
+            for _, _, last in batches:
+                if last >= n_frames and not (stopping and self._failure is None):
+                    break
+                count += 1
+            return count
+
         while True:
-            timeout = None  # after a failure: wait for the stop
-            if batches and self._failure is None:
+            n_ready = ready()
+            timeout = None  # woken by new batches, frame commits and the stop
+            if n_ready and self._failure is None:
                 timeout = max(0.0, last_flush + interval - time.perf_counter())
             try:
                 item = self._table_q.get(timeout=timeout)
@@ -1387,40 +1540,48 @@ class RunWriter:
             if item is _STOP:
                 stopping = True
             elif item is not None:
-                batches.append((item[1], item[2]))
-                n_batched += item[2]
+                batches.append((item[1], item[2], item[3]))
+            n_ready = ready()
             now = time.perf_counter()
-            due = now - last_flush >= interval or n_batched >= self.options.table_chunk
-            if batches and (due or stopping) and self._failure is None:
-                try:
-                    self._flush_rows(batches, n_batched)
-                except BaseException as exc:
-                    self._fail(exc, "writing localizations")
+            rows_ready = sum(batches[i][1] for i in range(n_ready))
+            due = now - last_flush >= interval or rows_ready >= self.options.table_chunk
+            if n_ready and (due or stopping):
+                out = [batches.popleft() for _ in range(n_ready)]
+                k = sum(b[1] for b in out)
+                if self._failure is None:
+                    try:
+                        self._flush_rows(out, k)
+                    except BaseException as exc:
+                        self._fail(exc, "writing localizations")
+                else:
+                    # best effort, as for frames (a failed flush changes nothing)
+                    with contextlib.suppress(BaseException):
+                        self._flush_rows(out, k)
                 with self._rows_cv:
-                    self._pending_rows -= n_batched
+                    self._pending_rows -= k
                     self._rows_cv.notify_all()
-                batches, n_batched = [], 0
                 last_flush = now
-            elif batches and self._failure is not None and stopping:
-                # best effort, as for frames (a failed flush changes nothing)
-                with contextlib.suppress(BaseException):
-                    self._flush_rows(batches, n_batched)
+                self._frame_q.put((_TICK,))  # flags waiting for these rows
+            if stopping and self._table_q.empty() and not ready():
+                # what is left belongs to frames that were never committed
+                # (the writer failed): it is not written
+                k = sum(b[1] for b in batches)
+                batches.clear()
                 with self._rows_cv:
-                    self._pending_rows -= n_batched
+                    self._pending_rows -= k
                     self._rows_cv.notify_all()
-                batches, n_batched = [], 0
-            if stopping and self._table_q.empty():
                 break
 
     def _flush_rows(
-        self, batches: list[tuple[dict[str, np.ndarray], int]], k: int
+        self, batches: Sequence[tuple[dict[str, np.ndarray], int, int]], k: int
     ) -> None:
         locs = self._locs
         for name in self._loc_schema:
             if name not in locs.arrays:
                 locs.add_column(name, self._loc_schema[name])
         cols = {
-            name: np.concatenate([b[name] for b, _ in batches]) for name in locs.columns
+            name: np.concatenate([b[name] for b, _, _ in batches])
+            for name in locs.columns
         }
         locs.append(cols, k)
         locs.group.update_attributes(self._table_attrs(locs))
@@ -1437,4 +1598,5 @@ def astuple_meta(meta: FrameMeta) -> tuple:
         int(meta.image_number),
         int(meta.position_index),
         bool(meta.analyzed),
+        None if meta.host_t_s is None else float(meta.host_t_s),
     )
