@@ -294,7 +294,7 @@ def test_overwrite_refuses_anything_but_our_own_output(
         capsys.readouterr()
         argv = ["live", "--frames", "10", "--out", str(p), "--overwrite"]
         assert main(argv) == 2, what
-        out = capsys.readouterr().out.strip()
+        out = capsys.readouterr().err.strip()
         assert len(out.splitlines()) == 1, out
         assert str(p) in out
         assert "replaces only axialtrack run stores" in out
@@ -309,7 +309,7 @@ def test_overwrite_refuses_anything_but_our_own_output(
         os.rename(p, q)
         capsys.readouterr()
         assert main(["train", "missing.zarr", "--out", str(q), "--overwrite"]) == 2
-        out = capsys.readouterr().out.strip()
+        out = capsys.readouterr().err.strip()
         assert len(out.splitlines()) == 1, out
         assert "replaces only axialtrack model bundles" in out, out
         os.rename(q, p)
@@ -472,7 +472,7 @@ def test_recover_command_closes_a_killed_run_and_tidies_an_amend(
     assert main(["info", str(path)]) == 0
     assert f"axialtrack recover {path}" in capsys.readouterr().out
     assert main(["localize", str(path), "--model", "none"]) == 2
-    assert f"axialtrack recover {path}" in capsys.readouterr().out
+    assert f"axialtrack recover {path}" in capsys.readouterr().err
     # an amend of an earlier localize, killed mid-swap: the table swapped out
     os.replace(path / "localizations", path / "localizations.old-999999999")
     (path / "tracks.amend-999999999").mkdir()

@@ -157,13 +157,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.suffix != BUNDLE_SUFFIX:
         out = out.with_name(out.name + BUNDLE_SUFFIX)
+    from axialtrack._cli import fail
     from axialtrack.store.replace import refusal
 
     # only a bundle of ours is replaced: checked before hours of training
     why = refusal(out, args.overwrite, "bundle")
     if why is not None:
-        console.print(why, style="red", markup=False, highlight=False, soft_wrap=True)
-        return 2
+        return fail(why)
     try:
         data = load_calibration(args.calibration)
     except (FileNotFoundError, KeyError) as exc:

@@ -505,25 +505,26 @@ def cmd_localize(args: argparse.Namespace) -> int:
     path = Path(args.run).expanduser()
     if not path.exists():
         return fail(f"{path} does not exist.")
-    # the model first, always: also where there turns out to be nothing to do
-    if _model_refused(args.model, args.engine):
-        return 2
     if args.out is not None and (why := unwritable(Path(args.out))):
         return fail(f"--out: {why}.", "Choose another --out. Nothing was written.")
-    if not (path / "zarr.json").is_file() or args.out is not None:
+    movie = not (path / "zarr.json").is_file() or args.out is not None
+    run = None
+    if not movie:
+        try:
+            run = open_run(path)
+        except StoreError as exc:
+            return fail(str(exc))
+        if run.state != "closed":
+            return fail(
+                f"{path} is not closed (being written, or its writer was killed):",
+                f"run `axialtrack recover {path}` first.",
+            )
+    # the model before any work, always: also where there turns out to be
+    # nothing to do
+    if _model_refused(args.model, args.engine):
+        return 2
+    if run is None:
         return _localize_movie(args, path)
-    try:
-        run = open_run(path)
-    except StoreError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 2
-    if run.state != "closed":
-        console.print(
-            f"[red]{path} is not closed[/red] (being written, or its writer was "
-            f"killed: run `axialtrack recover {path}` first).",
-            soft_wrap=True,
-        )
-        return 2
     meta = run.frame_meta
     todo = (
         np.arange(run.n_frames)
