@@ -276,8 +276,14 @@ def _serve_overlapped(
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the child process."""
     args = sys.argv[1:] if argv is None else argv
-    # the parent stops the run on Ctrl-C and collects the last batches
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the parent stops the run on Ctrl-C, SIGTERM and SIGHUP and collects the
+    # last batches and the track summary from here before it closes this
+    # process; the signals reach this one too when they go to the process
+    # group (a terminal's Ctrl-C, systemd, Slurm), and must not end it first
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        num = getattr(signal, name, None)
+        if num is not None:
+            signal.signal(num, signal.SIG_IGN)
     key = bytes.fromhex(os.environ.pop(KEY_ENV))
     address: Any = args[0]
     if address.startswith("tcp:"):
