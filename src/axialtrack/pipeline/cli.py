@@ -304,6 +304,9 @@ def cmd_live(args: argparse.Namespace) -> int:
             engine_prefer=args.engine,
             axial_scale=args.axial_scale,
             localizer=LocalizerConfig(saturation_adu=_full_scale_adu(core)),
+            # flat memory however long the run: the track table is made from
+            # the stored rows at the end
+            keep_rows=False,
         )
         if analyzer is None:
             core.unloadAllDevices()

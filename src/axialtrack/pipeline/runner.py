@@ -89,6 +89,9 @@ logger = logging.getLogger(__name__)
 #: warned about (once a run), judged after ``RATE_CHECK_S`` seconds of frames.
 RATE_SHORTFALL = 0.9
 RATE_CHECK_S = 3.0
+#: Longest wait at the end of a run for the writer to commit the localization
+#: rows the track summary is made from (it commits every 0.25 s by default).
+ROWS_COMMIT_WAIT_S = 30.0
 
 
 # ----------------------------------------------------------------- errors
@@ -1160,6 +1163,15 @@ class LiveRunner:
             except KeyboardInterrupt:
                 self._interrupted()
 
+    def latencies_ms(self, n: int | None = None) -> np.ndarray:
+        """The end-to-end latencies (ms) of the last ``n`` frames analyzed
+        (all those kept, up to ``latency_window``, if ``n`` is None)."""
+        with self._lat_lock:
+            lat = np.array(self._lat, dtype=float)
+        if n is not None:
+            lat = lat[len(lat) - min(max(int(n), 0), len(lat)) :]
+        return lat * 1e3
+
     @property
     def failure(self) -> BaseException | None:
         """The error that stopped the run, as soon as it happened (``run()``
@@ -1650,15 +1662,51 @@ class LiveRunner:
                 self._fail(exc)
 
     # --------------------------------------------------------------- end
+    def _stored_localizations(self) -> pd.DataFrame:
+        """The localization rows handed to the writer, read back from the store
+        once it has committed them all (it does every
+        ``table_flush_interval_s``)."""
+        from axialtrack.store import open_run
+
+        w = self.writer
+        deadline = time.perf_counter() + ROWS_COMMIT_WAIT_S
+        while w.rows_committed < self._rows:
+            if time.perf_counter() > deadline:
+                raise StoreError(
+                    f"{w.rows_committed} of {self._rows} localization rows were "
+                    f"committed after {ROWS_COMMIT_WAIT_S:g} s"
+                )
+            time.sleep(0.01)
+        return open_run(w.path).localizations
+
     def _finish(self) -> LiveMetrics:
         w = self.writer
         failure = self._failure
         tracks_df = None
-        if self.analyzer is not None and not self._analysis_broken:
+        analyzer: Any = self.analyzer
+        if analyzer is not None and not self._analysis_broken:
             try:
-                tracks_df = self.analyzer.finish()
+                tracks_df = analyzer.finish()
             except Exception as exc:
                 self._warn(f"The analyzer failed to summarize tracks: {exc}")
+        summarize = getattr(analyzer, "summarize", None)
+        if (
+            callable(summarize)
+            and tracks_df is None
+            and self._rows
+            and not self._writer_failed
+            and (self._analysis_broken or getattr(analyzer, "keep_rows", True) is False)
+        ):
+            # an analyzer that keeps no rows (flat memory on long runs), or one
+            # that failed: the tracks of the rows the store holds
+            try:
+                tracks_df = summarize(self._stored_localizations())
+            except Exception as exc:
+                self._warn(
+                    f"The track table could not be made from the stored "
+                    f"localizations: {type(exc).__name__}: {exc} (`axialtrack "
+                    "localize --all` makes it again)"
+                )
         self._check_rate(final=True)
         now = time.perf_counter()
         elapsed = max(now - self._t0, 1e-9)
