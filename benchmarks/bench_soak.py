@@ -82,6 +82,29 @@ def _pct(v: list[float], q: float) -> float | None:
     return round(float(np.percentile(v, q)), 2) if v else None
 
 
+def _trace_growth(directory: Path, top: int = 10) -> list[dict[str, Any]]:
+    """The largest growths between the first and last snapshot in ``directory``."""
+    import tracemalloc
+
+    snaps = sorted(
+        directory.glob("child-*.snap"), key=lambda p: int(p.stem.rsplit("-", 1)[1])
+    )
+    if len(snaps) < 2:
+        return []
+    first = tracemalloc.Snapshot.load(str(snaps[0]))
+    last = tracemalloc.Snapshot.load(str(snaps[-1]))
+    out = []
+    for st in last.compare_to(first, "traceback")[:top]:
+        out.append(
+            {
+                "kib": round(st.size_diff / 1024, 1),
+                "blocks": st.count_diff,
+                "where": [str(f) for f in st.traceback[-6:]],
+            }
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=30.0, help="run length (30)")
@@ -90,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-s", type=float, default=5.0, help="sample period (5)")
     ap.add_argument("--bundle", default=None, help="model bundle (default: train)")
     ap.add_argument("--keep", default=None, help="keep the run store in this dir")
+    ap.add_argument(
+        "--tracemalloc",
+        default=None,
+        metavar="DIR",
+        help="trace the analysis process's allocations: snapshots every 30 s "
+        "in DIR, and the 10 largest growths between the first and the last in "
+        "the report",
+    )
     ap.add_argument(
         "--keep-rows-in-memory",
         action="store_true",
@@ -112,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     from axialtrack.rig import load_rig, splitter_geometry
 
     bundle = get_bundle(args.bundle)
+    if args.tracemalloc:
+        from axialtrack.pipeline._analysis_child import TRACE_ENV
+
+        os.environ[TRACE_ENV] = str(Path(args.tracemalloc).absolute())
     core = load_rig()
     cam = core.getCameraDevice()
     for prop, value in (
@@ -193,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     windows = []
     w_s = args.window_min * 60.0
-    n_w = max(1, math.ceil((t[-1] - t0) / w_s)) if t.size else 0
+    # a last window shorter than half a window is merged into the one before
+    n_w = max(1, round((t[-1] - t0) / w_s)) if t.size else 0
     prev_in = 0
     for i in range(n_w):
         sel = [s for s in samples if t0 + i * w_s <= s["t_s"] < t0 + (i + 1) * w_s]
@@ -262,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             },
         },
     }
+    if args.tracemalloc:
+        report["tracemalloc_growth"] = _trace_growth(Path(args.tracemalloc))
     print(json.dumps(report, indent=2))
     return 0
 

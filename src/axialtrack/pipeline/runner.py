@@ -1611,6 +1611,9 @@ class LiveRunner:
             analyzer, "complete" if self._staged else "analyze"
         )
         w = self.writer
+        counts_tracks = isinstance(
+            getattr(analyzer, "n_tracks", None), (int, np.integer)
+        )
         while True:
             item = self._next_for_analysis()
             if item is None:
@@ -1632,7 +1635,9 @@ class LiveRunner:
                 if n:
                     w.append_localizations(table)
                     self._rows += n
-                    if "track_id" in table:
+                    # counted here only for an analyzer that does not count
+                    # them (the set grows with every track of the run)
+                    if not counts_tracks and "track_id" in table:
                         ids = np.unique(np.asarray(table["track_id"]))
                         self._track_ids.update(int(i) for i in ids if i >= 0)
             except Exception as exc:
