@@ -160,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         core.setProperty(cam, prop, str(value))
     geo = splitter_geometry(core)
     px = float(core.getPixelSizeUm())
-    cfg = RunnerConfig(log_status=False, status_interval_s=args.sample_s)
+    # a loaded machine can take a minute to render the first simulated frame
+    cfg = RunnerConfig(
+        log_status=False, status_interval_s=args.sample_s, start_timeout_s=300.0
+    )
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="bench_soak-"))
     tmp.mkdir(parents=True, exist_ok=True)
     out = tmp / f"soak-{os.getpid()}.zarr"

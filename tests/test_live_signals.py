@@ -388,3 +388,34 @@ def test_a_replay_that_cannot_keep_up_stays_close_to_its_frames(
         late.append(time.perf_counter() - f.t_host)
     src.stop()
     assert max(late[-500:]) < BEHIND_LIMIT_S + 0.25
+
+
+def test_cli_live_that_stores_no_frame_exits_1(
+    recording,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A camera whose sequence ends before its first frame: exit 1, said so."""
+    monkeypatch.setattr(CoreSource, "next", lambda self, timeout_s: None)
+    monkeypatch.setattr(CoreSource, "finished", lambda self: True)
+    path, _ = recording
+    out = tmp_path / "live.zarr"
+    args = _parse(
+        [
+            "live",
+            "--config",
+            "replay-dualplane",
+            "--source",
+            str(path),
+            "--duration",
+            "1",
+            "--out",
+            str(out),
+            "--no-status",
+        ]
+    )
+    assert args.func(args) == 1
+    text = " ".join(capsys.readouterr().out.split())
+    assert "No frame was stored" in text
+    assert "source-ended" in text
