@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         pixel_size_um=px,
         geometry=geo,
         frame_interval_s=max(core.getExposure(), 0.0) / 1e3,
-        keep_rows=not args.keep_rows_in_memory,
+        keep_rows=args.keep_rows_in_memory,
     )
     writer = open_live_writer(
         out, geometry=geo, plane_shape=(PLANE, PLANE), pixel_size_um=px
