@@ -29,10 +29,17 @@ on batch *k*; both stages spend most of their time in code that releases the
 GIL, so on two cores they overlap. The analyzer's ``warmup()``, if it has one,
 runs before the camera starts.
 
+If the analyzer raises or its process dies, the analysis stops for good but
+the recording goes on: every frame is still stored, the frames from the failed
+batch on keep ``analyzed = false``, and the metrics say so
+(``analysis_error``, ``analysis_failed_at``).
+
 The thread that calls :meth:`LiveRunner.run` supervises: it stops the run at the
-requested duration, reports :class:`LiveMetrics` to ``on_status`` every
-``status_interval_s`` and, at the end, writes the tracks, the final metrics
-(``live_metrics`` in the run's attributes) and closes the store.
+requested duration (counted from the first frame), reports :class:`LiveMetrics`
+to ``on_status`` at most every ``status_interval_s`` and, at the end, writes
+the tracks, the final metrics (``live_metrics`` in the run's attributes) and
+closes the store. :class:`StopSignals` makes SIGTERM and SIGHUP stop a run as
+Ctrl-C does.
 """
 
 from __future__ import annotations
