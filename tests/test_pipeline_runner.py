@@ -519,14 +519,19 @@ def test_existing_output_refused(tmp_path: Path) -> None:
 
 def test_store_readable_while_running_and_stop(tmp_path: Path) -> None:
     geo = SplitterGeometry()
-    src = ListSource(1000, geo, rate_hz=200)
+    src = ListSource(1000, geo, rate_hz=100)
     w = _writer(tmp_path / "run.zarr", geo)
     runner = LiveRunner(src, PeakAnalyzer(), w, geometry=geo)
     seen: list[int] = []
 
     def watch() -> None:
-        time.sleep(0.6)
+        # wait until a reader sees a committed frame (not a fixed time: on a
+        # loaded machine 0.6 s was not always enough for the first commit)
+        deadline = time.monotonic() + 60.0
         run = open_run(tmp_path / "run.zarr")
+        while run.n_frames == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+            run.refresh()
         seen.append(run.n_frames)
         assert run.state == "open"
         if run.n_frames:
