@@ -18,7 +18,6 @@ from test_live_e2e import PLANE, _diffusing_rig
 from axialtrack.geometry import SplitterGeometry
 from axialtrack.model import BundleError
 from axialtrack.pipeline import (
-    AnalysisError,
     AnalysisProcess,
     AnalysisProcessError,
     CoreSource,
@@ -170,13 +169,13 @@ def test_a_bundle_for_another_rig_is_refused_and_the_child_stopped(
     assert started[0].poll() is not None  # stopped before the error was raised
 
 
-def test_a_child_that_dies_stops_the_run_and_keeps_every_frame(
+def test_a_child_that_dies_stops_the_analysis_not_the_recording(
     core, sim_bundle: Path, tmp_path: Path
 ) -> None:
     _diffusing_rig(core, 0.3)
     geo = splitter_geometry(core)
     kw = _kwargs(core)
-    proc = AnalysisProcess(sim_bundle, max_batch_frames=4, **kw)
+    proc = AnalysisProcess(sim_bundle, max_batch_frames=4, keep_rows=False, **kw)
     shm_name = proc._shm.name
     out = tmp_path / "live.zarr"
     writer = open_live_writer(
@@ -185,7 +184,7 @@ def test_a_child_that_dies_stops_the_run_and_keeps_every_frame(
     killed: list[int] = []
 
     def on_status(m) -> None:
-        if m.frames_analyzed >= 4 and not killed and proc.pid is not None:
+        if m.frames_analyzed >= 8 and not killed and proc.pid is not None:
             os.kill(proc.pid, signal.SIGKILL)
             killed.append(m.frames_in)
 
@@ -197,18 +196,60 @@ def test_a_child_that_dies_stops_the_run_and_keeps_every_frame(
         on_status=on_status,
         config=RunnerConfig(status_interval_s=0.05, log_status=False),
     )
-    with pytest.raises(AnalysisError, match="exited") as info:
-        runner.run(n_frames=400)
+    m = runner.run(n_frames=150)
     assert killed
-    assert "axialtrack localize" in str(info.value)
+    # the recording went on to the frame count asked for
+    assert m.stop_reason == "n_frames"
+    assert m.frames_in == 150
+    assert m.analysis_error is not None
+    assert "exited" in m.analysis_error
+    at = m.analysis_failed_at
+    assert 8 <= at <= killed[0] + 1
+    assert any("axialtrack localize" in w for w in m.warnings)
     run = open_run(out)
     assert run.state == "closed"
-    n = len(run.frames)
-    assert n >= killed[0]
+    assert run.n_frames == 150
     analyzed = run.frame_meta["analyzed"].to_numpy(bool)
-    assert 4 <= analyzed.sum() < n
+    assert analyzed[:at].all()
+    assert not analyzed[at:].any()
+    # the rows written before the death are kept, and their tracks made here
+    locs = run.localizations
+    assert len(locs) == m.localizations > 0
+    assert locs["frame"].max() < at
+    linked = locs.loc[locs["track_id"] >= 0, "track_id"]
+    assert len(run.tracks) == linked.nunique() > 0
     proc.close()
     assert _gone(shm_name)
+
+
+def test_a_child_that_keeps_no_rows_gives_the_same_tracks(
+    core, sim_bundle: Path, tmp_path: Path
+) -> None:
+    """keep_rows=False (what `axialtrack live` uses: flat memory): the track
+    table is made from the stored rows and equals the one of kept rows."""
+    _diffusing_rig(core, 0.3)
+    geo = splitter_geometry(core)
+    kw = _kwargs(core)
+    for keep in (True, False):
+        out = tmp_path / f"keep{keep}.zarr"
+        writer = open_live_writer(
+            out,
+            geometry=geo,
+            plane_shape=(PLANE, PLANE),
+            pixel_size_um=kw["pixel_size_um"],
+        )
+        with AnalysisProcess(sim_bundle, keep_rows=keep, **kw) as proc:
+            LiveRunner(CoreSource(core), proc, writer, geometry=geo).run(n_frames=30)
+        run = open_run(out)
+        assert run.frame_meta["analyzed"].all()
+        summary = make_analyzer(sim_bundle, **kw).summarize(run.localizations)
+        assert summary is not None
+        assert len(run.tracks) == len(summary) > 0
+        pd.testing.assert_frame_equal(
+            run.tracks.reset_index(drop=True),
+            summary.reset_index(drop=True)[list(run.tracks.columns)],
+            check_dtype=False,
+        )
 
 
 def test_mda_handler_tracks_through_the_process(

@@ -24,6 +24,7 @@ costs one read (or none, with ``Preload = 1``) and one copy.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -52,6 +53,14 @@ if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
 __all__ = ["MOVIE_LAYOUTS", "Movie", "ReplayCamera", "open_movie"]
+
+logger = logging.getLogger(__name__)
+
+#: A paced sequence more than this far behind its schedule (seconds, and
+#: periods) stops trying to catch up: it warns once and delivers from then on
+#: as fast as it can, so the frames' latency does not grow without limit.
+BEHIND_LIMIT_S = 0.1
+BEHIND_PERIODS = 5
 
 #: How a movie's frames are laid out: decided from the shape, sensor frames
 #: ``(t, y, x)``, or split planes ``(t, 2, y, x)``.
@@ -248,6 +257,7 @@ class ReplayCamera(PacedCamera):
         self._movie: Movie | None = None
         self._cursor = 0
         self._lock_movie = threading.RLock()
+        self._behind_count = 0
 
     def initialize(self) -> None:
         """Start the replay clock."""
@@ -444,9 +454,34 @@ class ReplayCamera(PacedCamera):
             1.0 / self._rate if self._rate > 0 else 0.0, self._interval_ms / 1e3
         )
         t0 = max(self.now_s(), self._last_end_s)
+        t_first = t0
         k = 0
+        behind_warned = False
         while n is None or k < n:
             start = t0 + k * period
+            late = self.now_s() - start
+            if period > 0 and late > max(BEHIND_LIMIT_S, BEHIND_PERIODS * period):
+                # reading and composing take longer than a period: deliver as
+                # fast as it can from here (as a real camera at its limit
+                # would) rather than against a schedule it can never meet,
+                # on which every later frame would be later still
+                if not behind_warned:
+                    behind_warned = True
+                    rate = k / max(self.now_s() - t_first, 1e-9)
+                    logger.warning(
+                        "replay camera %r cannot keep up with FrameRateHz=%g: it "
+                        "delivers about %.0f frames/s (%.2f s behind after %d "
+                        "frames); frames now come as fast as they can be read. "
+                        "Lower FrameRateHz or set Preload = 1.",
+                        self.get_label(),
+                        1.0 / period,
+                        rate,
+                        late,
+                        k,
+                    )
+                t0 += late
+                start += late
+                self._behind_count += 1
             _sleep_until(self._t0 + start)
             got = self._next_frame(start)
             if got is None:

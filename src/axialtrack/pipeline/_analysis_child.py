@@ -29,6 +29,30 @@ from typing import Any
 import numpy as np
 
 KEY_ENV = "AXIALTRACK_ANALYSIS_KEY"
+#: A directory: trace this process's allocations (:mod:`tracemalloc`) from the
+#: end of the warm-up and dump a snapshot there every ``TRACE_PERIOD_S``
+#: (``child-PID-K.snap``), to find what grows (``benchmarks/bench_soak.py
+#: --tracemalloc DIR`` sets it and compares the first and last).
+TRACE_ENV = "AXIALTRACK_ANALYSIS_TRACEMALLOC"
+TRACE_PERIOD_S = 30.0
+
+
+def _start_tracing(directory: str) -> None:
+    import tracemalloc
+    from pathlib import Path
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tracemalloc.start(12)
+
+    def dump() -> None:
+        k = 0
+        while True:
+            tracemalloc.take_snapshot().dump(str(out / f"child-{os.getpid()}-{k}.snap"))
+            k += 1
+            threading.Event().wait(TRACE_PERIOD_S)
+
+    threading.Thread(target=dump, name="child-trace", daemon=True).start()
 
 
 def describe(exc: BaseException) -> tuple[str, str, str]:
@@ -102,6 +126,8 @@ def _serve(conn: Connection, make_kwargs: dict[str, Any], slots: np.ndarray) -> 
         # (see RunnerConfig.freeze_gc); only what the analysis allocates is walked
         gc.collect()
         gc.freeze()
+        if os.environ.get(TRACE_ENV):
+            _start_tracing(os.environ[TRACE_ENV])
         conn.send(
             (
                 "ready",
@@ -276,8 +302,14 @@ def _serve_overlapped(
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the child process."""
     args = sys.argv[1:] if argv is None else argv
-    # the parent stops the run on Ctrl-C and collects the last batches
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the parent stops the run on Ctrl-C, SIGTERM and SIGHUP and collects the
+    # last batches and the track summary from here before it closes this
+    # process; the signals reach this one too when they go to the process
+    # group (a terminal's Ctrl-C, systemd, Slurm), and must not end it first
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        num = getattr(signal, name, None)
+        if num is not None:
+            signal.signal(num, signal.SIG_IGN)
     key = bytes.fromhex(os.environ.pop(KEY_ENV))
     address: Any = args[0]
     if address.startswith("tcp:"):

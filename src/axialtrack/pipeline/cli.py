@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -289,35 +290,22 @@ class _Replacement(Replacement):
         return restored
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.2f}" if math.isfinite(v) else "-"
-    return str(v)
-
-
 def summary_table(metrics: Any, title: str = "Live run") -> Table:
     """A rich table of :class:`~axialtrack.pipeline.runner.LiveMetrics`."""
     t = Table(title=title)
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for k, v in metrics.as_dict().items():
-        if k == "warnings":
-            continue
-        t.add_row(k, _fmt(float("nan") if v is None else v))
+    for label, value in metrics.summary_rows():
+        t.add_row(label, value)
     return t
 
 
 # ------------------------------------------------------------------ live
 def cmd_live(args: argparse.Namespace) -> int:
     """Handler of ``axialtrack live``."""
-    from rich.live import Live
-
     from axialtrack.pipeline.runner import (
-        AnalysisError,
-        CameraStalledError,
-        CoreSource,
-        LiveRunner,
         RunnerConfig,
+        StopSignals,
         open_live_writer,
     )
     from axialtrack.store import StoreError
@@ -391,6 +379,9 @@ def cmd_live(args: argparse.Namespace) -> int:
             engine_prefer=args.engine,
             axial_scale=args.axial_scale,
             localizer=LocalizerConfig(saturation_adu=_full_scale_adu(core)),
+            # flat memory however long the run: the track table is made from
+            # the stored rows at the end
+            keep_rows=False,
         )
         if analyzer is None:
             core.unloadAllDevices()
@@ -416,7 +407,54 @@ def cmd_live(args: argparse.Namespace) -> int:
         if replacing is not None:
             replacing.settle()
         return 2
+    # SIGTERM (systemd, Docker, `timeout`, Slurm), SIGHUP and Ctrl-C stop the
+    # run like its duration: frames stored, tracks written, store closed
+    stops = StopSignals(
+        on_repeat=lambda _n: console.print(
+            "[yellow]Stopping: storing what was received and closing the run "
+            "store (SIGKILL would lose the track table).[/yellow]"
+        )
+    )
+    stops.__enter__()
+    try:
+        return _run_live(args, core, out, geo, two, analyzer, writer, stops, replacing)
+    finally:
+        stops.__exit__(None, None, None)
+
+
+def _run_live(
+    args: argparse.Namespace,
+    core: Any,
+    out: Path,
+    geo: Any,
+    two: bool,
+    analyzer: Any,
+    writer: Any,
+    stops: Any,
+    replacing: Any,
+) -> int:
+    """Run ``axialtrack live`` once its store is open; the exit status.
+
+    0 done; 1 stopped by an error, or no frame stored; 3 the analysis stopped
+    part-way (every frame stored, the rest unanalyzed); ``128 + signal`` when
+    a signal stopped it (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+    """
+    from rich.live import Live
+
+    from axialtrack.pipeline.runner import (
+        AnalysisError,
+        CameraStalledError,
+        CoreSource,
+        LiveRunner,
+        RunnerConfig,
+    )
+    from axialtrack.store import StoreError
+
     source = CoreSource(core, interval_ms=args.interval_ms, two_cameras=two)
+    # a terminal gets one line updated in place; a log file or pipe one line
+    # a second (rich would show nothing there until the end)
+    tty = console.is_terminal
+    show = not args.no_status
     live = Live(
         "starting...",
         console=console,
@@ -426,16 +464,24 @@ def cmd_live(args: argparse.Namespace) -> int:
     )
 
     def on_status(m: Any) -> None:
-        if not args.no_status:
+        if not show:
+            return
+        if tty:
             live.update(m.status_line(), refresh=True)
+        else:
+            console.print(
+                m.status_line(), markup=False, highlight=False, soft_wrap=True
+            )
 
+    config = RunnerConfig(log_status=False, status_interval_s=0.5 if tty else 1.0)
     runner = LiveRunner(
         source, analyzer, writer, geometry=geo, config=config, on_status=on_status
     )
+    stops.attach(runner)
     status = 0
     metrics = None
     try:
-        with live:
+        with live if (tty and show) else contextlib.nullcontext():
             metrics = runner.run(duration_s=args.duration, n_frames=args.frames)
     except (CameraStalledError, AnalysisError, StoreError) as exc:
         console.print(f"[red]{type(exc).__name__}:[/red] {exc}")
@@ -451,9 +497,28 @@ def cmd_live(args: argparse.Namespace) -> int:
     console.print(summary_table(metrics))
     for w in metrics.warnings:
         console.print(f"[yellow]{w}[/yellow]")
-    if metrics.stop_reason == "interrupted":
-        console.print("[yellow]Interrupted; everything acquired is stored.[/yellow]")
+    if stops.signum is not None:
+        name = signal.Signals(stops.signum).name
+        console.print(
+            f"[yellow]Stopped by {name}; everything acquired is stored.[/yellow]"
+        )
+    if status == 0 and metrics.frames_written == 0 and stops.signum is None:
+        console.print(
+            f"[red]No frame was stored:[/red] the camera delivered none before "
+            f"the run ended ({metrics.stop_reason}). Check the camera (exposure, "
+            "trigger, --source) and run again."
+        )
+        status = 1
     console.print(f"Run store: [green]{out}[/green]")
+    if status == 0 and stops.exit_code is not None:
+        return stops.exit_code
+    if status == 0 and metrics.analysis_error is not None:
+        console.print(
+            f"[red]The analysis stopped at frame {metrics.analysis_failed_at}[/red] "
+            f"({metrics.analysis_error}); every frame is stored. Analyze the "
+            f"rest with: axialtrack localize {out} --model {args.model}"
+        )
+        return 3
     return status
 
 

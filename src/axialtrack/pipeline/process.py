@@ -176,6 +176,10 @@ class AnalysisProcess:
             (slots, *self._slot_shape), dtype=np.uint16, buffer=self._shm.buf
         )
         self.overlap = bool(overlap)
+        # what the track summary needs, to make it here from a run's rows
+        self.keep_rows = bool(make_kwargs.get("keep_rows", True))
+        self.frame_interval_s = make_kwargs.get("frame_interval_s")
+        self.axial_scale = float(make_kwargs.get("axial_scale", 1.0))
         kwargs = dict(
             make_kwargs,
             bundle_path=str(bundle_path),
@@ -403,6 +407,17 @@ class AnalysisProcess:
         )
         self.timings = {k: float(v) for k, v in timings.items()}
         return summary
+
+    def summarize(self, locs: pd.DataFrame) -> pd.DataFrame | None:
+        """The per-track summary of localizations ``locs`` (e.g. those a run
+        store holds), made in this process: it works when the child has died,
+        and with ``keep_rows=False`` the child keeps no rows for
+        :meth:`finish` (see :class:`~axialtrack.pipeline.TrackingAnalyzer`)."""
+        from .analyzer import summarize_linked
+
+        return summarize_linked(
+            locs, frame_interval_s=self.frame_interval_s, axial_scale=self.axial_scale
+        )
 
     def reset(self, timeout_s: float = 60.0) -> None:
         """Start a new run in the child (see

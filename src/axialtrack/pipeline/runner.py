@@ -29,10 +29,17 @@ on batch *k*; both stages spend most of their time in code that releases the
 GIL, so on two cores they overlap. The analyzer's ``warmup()``, if it has one,
 runs before the camera starts.
 
+If the analyzer raises or its process dies, the analysis stops for good but
+the recording goes on: every frame is still stored, the frames from the failed
+batch on keep ``analyzed = false``, and the metrics say so
+(``analysis_error``, ``analysis_failed_at``).
+
 The thread that calls :meth:`LiveRunner.run` supervises: it stops the run at the
-requested duration, reports :class:`LiveMetrics` to ``on_status`` every
-``status_interval_s`` and, at the end, writes the tracks, the final metrics
-(``live_metrics`` in the run's attributes) and closes the store.
+requested duration (counted from the first frame), reports :class:`LiveMetrics`
+to ``on_status`` at most every ``status_interval_s`` and, at the end, writes
+the tracks, the final metrics (``live_metrics`` in the run's attributes) and
+closes the store. :class:`StopSignals` makes SIGTERM and SIGHUP stop a run as
+Ctrl-C does.
 """
 
 from __future__ import annotations
@@ -77,11 +84,21 @@ __all__ = [
     "RunnerConfig",
     "SourceFrame",
     "StagedAnalyzer",
+    "StopSignals",
     "open_live_writer",
     "split_into",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+#: A camera delivering less than this fraction of the requested frame rate is
+#: warned about (once a run), judged after ``RATE_CHECK_S`` seconds of frames.
+RATE_SHORTFALL = 0.9
+RATE_CHECK_S = 3.0
+#: Longest wait at the end of a run for the writer to commit the localization
+#: rows the track summary is made from (it commits every 0.25 s by default).
+ROWS_COMMIT_WAIT_S = 30.0
 
 
 # ----------------------------------------------------------------- errors
@@ -90,7 +107,12 @@ class CameraStalledError(RuntimeError):
 
 
 class AnalysisError(RuntimeError):
-    """The frame analyzer raised; the run was stopped (raw frames are kept)."""
+    """The frame analyzer raised or its process died.
+
+    The run does not stop for it: the recording goes on (every frame stored,
+    ``analyzed = false`` from the failure on) and the final
+    :class:`LiveMetrics` carry it as ``analysis_error``.
+    """
 
 
 # ------------------------------------------------------------- protocols
@@ -352,10 +374,23 @@ class LiveMetrics:
         before the runner could take them (should stay 0).
     stop_reason
         ``"running"``, ``"duration"``, ``"n_frames"``, ``"stopped"``,
-        ``"interrupted"``, ``"source-ended"`` (the camera stopped first),
+        ``"interrupted"`` (Ctrl-C, SIGINT), ``"terminated"`` (SIGTERM),
+        ``"hangup"`` (SIGHUP), ``"source-ended"`` (the camera stopped first),
         ``"sequence-finished"`` (an MDA sequence ended) or ``"error"``.
     writer_mb_s
         Raw frame MB/s written since the store was opened.
+    fps_requested
+        The frame rate the camera was asked for (the source's
+        ``requested_fps``; NaN if unknown), beside ``fps_in``, the rate it
+        delivered.
+    analysis_error
+        Why the analysis stopped part-way (its process died, the analyzer
+        raised); ``None`` while it works. The recording goes on without it.
+    analysis_failed_at
+        The first frame not analyzed because the analysis had stopped (every
+        frame from it on keeps ``analyzed = false``); -1 if it never stopped.
+    warnings
+        What went wrong without stopping the run, each message once.
     """
 
     frames_in: int = 0
@@ -375,6 +410,9 @@ class LiveMetrics:
     camera_frames_lost: int = 0
     stop_reason: str = "running"
     writer_mb_s: float = 0.0
+    fps_requested: float = math.nan
+    analysis_error: str | None = None
+    analysis_failed_at: int = -1
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -392,14 +430,60 @@ class LiveMetrics:
             return format(v, fmt) if math.isfinite(v) else "-"
 
         tracks = str(self.tracks) if self.tracks >= 0 else "-"
-        return (
-            f"{self.elapsed_s:6.1f} s | in {f(self.fps_in, '.1f')} fps, analyzed "
+        line = (
+            f"{self.elapsed_s:6.1f} s | {self.frames_in} frames, in "
+            f"{f(self.fps_in, '.1f')} fps, analyzed "
             f"{f(self.fps_analyzed, '.1f')}, written {f(self.fps_written, '.1f')} | "
             f"latency p50 {f(self.latency_ms_p50)} p99 {f(self.latency_ms_p99)} ms | "
             f"{self.localizations} localizations, {tracks} tracks | skipped "
             f"{self.frames_skipped} | queues a{self.analysis_queue_depth} "
             f"w{self.writer_queue_depth}"
         )
+        if self.analysis_failed_at >= 0:
+            line += (
+                f" | ANALYSIS STOPPED at frame {self.analysis_failed_at}: "
+                "recording only"
+            )
+        return line
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """``(label, value)`` rows for a summary table, in reading order.
+
+        Labels name the quantity and its unit (``"latency p50 (ms)"``); values
+        are formatted (``"-"`` where unknown).
+        """
+
+        def num(v: float, digits: int = 1) -> str:
+            return f"{v:.{digits}f}" if math.isfinite(v) else "-"
+
+        rows = [
+            ("stopped by", self.stop_reason),
+            ("frames received", str(self.frames_in)),
+            ("frames stored", str(self.frames_written)),
+            ("frames analyzed", str(self.frames_analyzed)),
+            ("frames skipped (analysis behind)", str(self.frames_skipped)),
+        ]
+        if self.analysis_failed_at >= 0:
+            rows.append(
+                (
+                    "analysis stopped at frame",
+                    f"{self.analysis_failed_at} (later frames unanalyzed)",
+                )
+            )
+        rows += [
+            ("frames lost in the camera", str(self.camera_frames_lost)),
+            ("frame rate requested (fps)", num(self.fps_requested)),
+            ("frame rate received (fps)", num(self.fps_in)),
+            ("frame rate analyzed (fps)", num(self.fps_analyzed)),
+            ("frame rate stored (fps)", num(self.fps_written)),
+            ("latency p50 (ms)", num(self.latency_ms_p50)),
+            ("latency p99 (ms)", num(self.latency_ms_p99)),
+            ("localizations", str(self.localizations)),
+            ("tracks", str(self.tracks) if self.tracks >= 0 else "-"),
+            ("storage (MB/s)", num(self.writer_mb_s)),
+            ("run time (s)", num(self.elapsed_s)),
+        ]
+        return rows
 
 
 # ---------------------------------------------------------------- helpers
@@ -478,6 +562,111 @@ def open_live_writer(
     )
 
 
+# ---------------------------------------------------------------- signals
+#: The signals :class:`StopSignals` turns into a clean stop, with the
+#: ``stop_reason`` each gives (SIGHUP only where the platform has it).
+STOP_SIGNALS: dict[str, str] = {
+    "SIGINT": "interrupted",
+    "SIGTERM": "terminated",
+    "SIGHUP": "hangup",
+}
+
+
+class StopSignals:
+    """Stop a live run on SIGINT, SIGTERM or SIGHUP as on Ctrl-C.
+
+    systemd, Docker, ``timeout`` and Slurm stop a job with SIGTERM; a closed
+    terminal or SSH session sends SIGHUP. Inside the ``with`` block each of
+    these only asks the attached :class:`LiveRunner` to stop
+    (:meth:`LiveRunner.stop`, ``stop_reason`` ``"interrupted"``,
+    ``"terminated"`` or ``"hangup"``): the run then ends as it does at its
+    duration, with every frame received stored, the tracks written and the
+    store closed. A signal that comes before a runner is attached is kept and
+    stops the runner as soon as it is. Repeating the signal changes nothing
+    but calls ``on_repeat`` (to tell the user the run is closing); SIGKILL
+    remains the way to end the process at once.
+
+    The handlers can only be installed from the main thread; elsewhere (and
+    for signals the platform lacks: Windows has no SIGHUP, and delivers no
+    SIGTERM from other processes) the block changes nothing. The previous
+    handlers come back when it ends.
+
+    Attributes
+    ----------
+    signum
+        The first stop signal received (``None``: none).
+    """
+
+    def __init__(
+        self,
+        runner: LiveRunner | None = None,
+        *,
+        on_repeat: Callable[[int], None] | None = None,
+        names: Sequence[str] = tuple(STOP_SIGNALS),
+    ) -> None:
+        self.runner = runner
+        self.on_repeat = on_repeat
+        self.signum: int | None = None
+        self.received = 0
+        self._names = tuple(names)
+        self._old: dict[int, Any] = {}
+
+    @property
+    def exit_code(self) -> int | None:
+        """``128 + signum`` (the shell's convention: 130 for SIGINT, 143 for
+        SIGTERM, 129 for SIGHUP), or ``None`` if no signal came."""
+        return None if self.signum is None else 128 + int(self.signum)
+
+    @property
+    def reason(self) -> str | None:
+        """The ``stop_reason`` of the first signal received."""
+        if self.signum is None:
+            return None
+        import signal
+
+        return STOP_SIGNALS.get(signal.Signals(self.signum).name, "stopped")
+
+    def attach(self, runner: LiveRunner) -> None:
+        """Stop ``runner`` on a signal (at once if one came already)."""
+        self.runner = runner
+        reason = self.reason
+        if reason is not None:
+            runner.stop(reason)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received += 1
+        if self.signum is None:
+            self.signum = signum
+        elif self.on_repeat is not None:
+            with contextlib.suppress(Exception):
+                self.on_repeat(signum)
+        if self.runner is not None:
+            self.runner.stop(self.reason or "stopped")
+
+    def __enter__(self) -> StopSignals:
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for name in self._names:
+            num = getattr(signal, name, None)
+            if num is None:
+                continue
+            try:
+                self._old[num] = signal.signal(num, self._handle)
+            except (OSError, ValueError):  # pragma: no cover - platform refuses
+                continue
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for num, old in self._old.items():
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                signal.signal(num, old if old is not None else signal.SIG_DFL)
+        self._old = {}
+
+
 # ----------------------------------------------------------- core source
 class CoreSource:
     """A :class:`FrameSource` over a pymmcore-plus core's sequence acquisition.
@@ -519,6 +708,15 @@ class CoreSource:
         How often :meth:`next` looks at the camera buffer while it is empty.
         Each look takes the GIL from the analysis threads; 2 ms adds at most
         2 ms to a frame's latency.
+
+    Attributes
+    ----------
+    requested_fps
+        The frame rate asked of the camera, set by :meth:`start`: the
+        camera's ``FrameRateHz`` property where it has one (the replay
+        camera), else ``1000 / max(exposure_ms, interval_ms)``, the fastest
+        a camera whose frames follow one another can go; NaN if unknown. The
+        runner reports it beside the rate delivered.
     """
 
     def __init__(
@@ -547,6 +745,22 @@ class CoreSource:
         self._t_start = math.nan
         self._started = False
         self._pending: dict[str, deque[tuple[np.ndarray, Mapping[str, Any]]]] = {}
+        self.requested_fps = math.nan
+
+    def _nominal_fps(self) -> float:
+        """See ``requested_fps``."""
+        core = self.core
+        period_ms = self.interval_ms
+        with contextlib.suppress(Exception):
+            cam = core.getCameraDevice()
+            if cam and core.hasProperty(cam, "FrameRateHz"):
+                hz = float(core.getProperty(cam, "FrameRateHz"))
+                if hz > 0:
+                    period_ms = max(period_ms, 1e3 / hz)
+                    return 1e3 / period_ms
+                return math.nan  # unpaced: as fast as it can
+            period_ms = max(period_ms, float(core.getExposure()))
+        return 1e3 / period_ms if period_ms > 0 else math.nan
 
     def start(self, n_frames: int | None = None) -> None:
         """Start the core's sequence acquisition."""
@@ -570,6 +784,7 @@ class CoreSource:
                 ) from None
         if core.isSequenceRunning():
             core.stopSequenceAcquisition()
+        self.requested_fps = self._nominal_fps()
         self._pending = {}
         self._t_start = time.perf_counter()
         if n_frames is not None:
@@ -781,12 +996,23 @@ class LiveRunner:
         # the writer's own append failed: it stores no more frames
         self._writer_failed = False
         self._stage_drained = False
+        # the analysis stopped part-way: why, and the first frame it missed
+        self._analysis_error: str | None = None
+        self._analysis_failed_at = -1
+        self._last_analyzed_index = -1
+        self._last_report = -math.inf
+        self._rate_warned = False
 
     # ------------------------------------------------------------- public
-    def stop(self) -> None:
-        """Ask the run to stop; :meth:`run` returns once everything is stored."""
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the run to stop; :meth:`run` returns once everything is stored.
+
+        Safe from any thread and from a signal handler (it only sets a flag).
+        ``reason`` becomes the run's ``stop_reason`` (the first one given wins),
+        e.g. ``"terminated"`` for SIGTERM.
+        """
         if self._stop_reason == "running":
-            self._stop_reason = "stopped"
+            self._stop_reason = reason
         self._stop.set()
 
     def run(
@@ -794,19 +1020,24 @@ class LiveRunner:
     ) -> LiveMetrics:
         """Acquire, store and analyze until done; return the final metrics.
 
-        Stops after ``duration_s`` seconds or ``n_frames`` frames (whichever
+        Stops after ``duration_s`` seconds counted from the first frame (a
+        camera may take seconds to start) or ``n_frames`` frames (whichever
         first; neither: until :meth:`stop`, Ctrl-C or the source ends). At the
         end it marks analyzed frames, writes the analyzer's tracks, stores the
         metrics as ``live_metrics`` in the run's attributes and closes the
-        store. Ctrl-C stops the run cleanly (``stop_reason="interrupted"``).
+        store. Ctrl-C stops the run cleanly (``stop_reason="interrupted"``);
+        for SIGTERM and SIGHUP see :func:`stop_on_signals`.
+
+        An analyzer that raises, or an analysis process that dies, does not
+        stop the run: the recording goes on, the frames from then on keep
+        ``analyzed = false`` (``axialtrack localize`` fills them in), and the
+        metrics say so (``analysis_error``, ``analysis_failed_at``, a warning).
 
         Raises
         ------
         CameraStalledError
             No frame for ``stall_timeout_s``; the store holds every frame
             received and is closed.
-        AnalysisError
-            The analyzer raised; raw frames are kept.
         axialtrack.store.StoreError
             The store could not keep up or failed (its message says how many
             frames are safely stored).
@@ -869,17 +1100,22 @@ class LiveRunner:
             if self._staged:
                 others.append(self._start_thread(self._prepare_loop, "live-detect"))
             others.append(self._start_thread(self._analyze_loop, "live-analyze"))
-        end = None if duration_s is None else self._t0 + duration_s
+        end: float | None = None
         try:
             while not acq_done.is_set():
                 now = time.perf_counter()
                 wait = cfg.status_interval_s
-                if end is not None:
-                    if now >= end and not self._stop.is_set():
-                        if self._stop_reason == "running":
-                            self._stop_reason = "duration"
-                        self._stop.set()
-                    wait = min(wait, max(end - now, 0.001))
+                if duration_s is not None and not self._stop.is_set():
+                    if end is None and self._frames_in:
+                        # from the first frame: a camera may take seconds to
+                        # start, and that is no part of the run
+                        end = self._t_first + duration_s
+                    if end is None:
+                        wait = min(wait, cfg.poll_s)
+                    elif now >= end:
+                        self.stop("duration")
+                    else:
+                        wait = min(wait, end - now)
                 acq_done.wait(wait)
                 self._report()
         except KeyboardInterrupt:
@@ -917,22 +1153,12 @@ class LiveRunner:
         stops with it (an analysis thread's as an :class:`AnalysisError`)."""
         logger.error("live: thread %s died: %r", name, exc)
         if name in ("live-detect", "live-analyze"):
-            self._analysis_stopped = True
-            self._analysis_broken = True
-            err = AnalysisError(
-                f"The analysis thread {name} died: {type(exc).__name__}: {exc}. "
-                f"The run was stopped; every raw frame received is stored in "
-                f"{self.writer.path} (run `axialtrack localize` on it once the "
-                "problem is fixed)."
-            )
-            err.__cause__ = exc
-            exc = err
+            self._analysis_down(f"the analysis thread {name} died", exc)
+            return
         self._fail(exc)
 
     def _interrupted(self) -> None:
-        if self._stop_reason == "running":
-            self._stop_reason = "interrupted"
-        self._stop.set()
+        self.stop("interrupted")
 
     def _wait_for(self, done: threading.Event) -> None:
         """Wait for a thread to end; more Ctrl-C only repeats the stop request
@@ -943,6 +1169,15 @@ class LiveRunner:
                 return
             except KeyboardInterrupt:
                 self._interrupted()
+
+    def latencies_ms(self, n: int | None = None) -> np.ndarray:
+        """The end-to-end latencies (ms) of the last ``n`` frames analyzed
+        (all those kept, up to ``latency_window``, if ``n`` is None)."""
+        with self._lat_lock:
+            lat = np.array(self._lat, dtype=float)
+        if n is not None:
+            lat = lat[len(lat) - min(max(int(n), 0), len(lat)) :]
+        return lat * 1e3
 
     @property
     def failure(self) -> BaseException | None:
@@ -1011,10 +1246,49 @@ class LiveRunner:
             camera_frames_lost=self._camera_lost,
             stop_reason=self._stop_reason,
             writer_mb_s=st.write_mb_s,
+            fps_requested=self._requested_fps(),
+            analysis_error=self._analysis_error,
+            analysis_failed_at=self._analysis_failed_at,
             warnings=list(self._warnings),
         )
 
+    def _requested_fps(self) -> float:
+        """The rate the source was asked for (its ``requested_fps``), or NaN."""
+        v = _as_float(getattr(self.source, "requested_fps", math.nan))
+        return v if v > 0 else math.nan
+
+    def _check_rate(self, final: bool = False) -> None:
+        """Warn once when the camera delivers clearly less than was asked.
+
+        Judged on the mean rate from the first frame, once frames have come for
+        ``RATE_CHECK_S`` seconds (or at the end of a run of at least 10 frames).
+        """
+        if self._rate_warned:
+            return
+        want = self._requested_fps()
+        n = self._frames_in
+        span = self._t_last - self._t_first
+        if not (want > 0) or n < 10 or not span > 0:
+            return
+        if not final and span < RATE_CHECK_S:
+            return
+        got = (n - 1) / span
+        if got < RATE_SHORTFALL * want:
+            self._rate_warned = True
+            self._warn(
+                f"The camera delivered {got:.1f} frames/s of the {want:.1f} "
+                "requested; the frame times, rates and latencies are those of "
+                "the frames as delivered. Lower the requested rate (or, for the "
+                "replay camera, set Preload = 1) if this matters."
+            )
+
     def _report(self) -> None:
+        """Report the metrics, at most once per ``status_interval_s``."""
+        now = time.perf_counter()
+        if now - self._last_report < 0.99 * self.config.status_interval_s:
+            return
+        self._last_report = now
+        self._check_rate()
         m = self.metrics()
         if self.config.log_status:
             logger.info("live: %s", m.status_line())
@@ -1123,15 +1397,24 @@ class LiveRunner:
                 if not index:
                     self._t_first = now
                 self._t_last = now
-                give = analyze and len(self._ana_q) < cfg.analysis_queue_frames
-                ring.hold(slot, 2 if give else 1)
-                self._write_q.put((index, slot, meta))
-                if give:
+                # the queue is checked again under its lock: a failed analysis
+                # lets go of the queued frames and takes no more
+                give = False
+                ring.hold(slot, 2)
+                if analyze and not self._analysis_stopped:
                     with self._ana_cv:
-                        self._ana_q.append((index, slot, meta, t_host))
-                        self._ana_cv.notify()
-                elif analyze:
-                    self._frames_skipped += 1
+                        if (
+                            not self._analysis_stopped
+                            and len(self._ana_q) < cfg.analysis_queue_frames
+                        ):
+                            self._ana_q.append((index, slot, meta, t_host))
+                            self._ana_cv.notify()
+                            give = True
+                    if not give and not self._analysis_stopped:
+                        self._frames_skipped += 1
+                if not give:
+                    ring.hold(slot, 1)
+                self._write_q.put((index, slot, meta))
                 self._frames_in = index + 1
                 if n_frames is not None and self._frames_in >= n_frames:
                     if self._stop_reason == "running":
@@ -1244,19 +1527,47 @@ class LiveRunner:
             return planes, indices, [b[2] for b in batch], [b[3] for b in batch]
 
     def _analysis_failed(self, indices: np.ndarray, exc: Exception) -> None:
-        self._analysis_stopped = True
-        self._analysis_broken = True
         if isinstance(exc, (StoreWriteError, StoreClosedError)):
+            self._analysis_stopped = True
+            self._analysis_broken = True
             self._fail(exc)  # the store itself failed: no frame can be written
             return
-        err = AnalysisError(
-            f"The analyzer failed on frames {indices[0]}..{indices[-1]}: "
-            f"{type(exc).__name__}: {exc}. The run was stopped; every raw "
-            f"frame received is stored in {self.writer.path} (run `axialtrack "
-            "localize` on it once the problem is fixed)."
+        self._analysis_down(
+            f"the analyzer failed on frames {indices[0]}..{indices[-1]}",
+            exc,
+            int(indices[0]),
         )
-        err.__cause__ = exc
-        self._fail(err)
+
+    def _analysis_down(
+        self, what: str, exc: BaseException, first: int | None = None
+    ) -> None:
+        """The analysis stopped for good: the recording goes on without it.
+
+        Frames from ``first`` (the failed batch's first; default: the one after
+        the last analyzed) on keep ``analyzed = false``; batches before it that
+        are already prepared are still completed; queued frames are let go
+        (their ring slots freed).
+        """
+        with self._fail_lock:
+            if self._analysis_error is not None:
+                logger.error("live: the analysis also failed: %r", exc)
+                return
+            self._analysis_stopped = True
+            self._analysis_broken = True
+            at = self._last_analyzed_index + 1 if first is None else first
+            self._analysis_failed_at = at
+            self._analysis_error = f"{type(exc).__name__}: {exc}"
+        with self._ana_cv:
+            while self._ana_q:
+                self._ring.release(self._ana_q.popleft()[1])
+            self._ana_cv.notify_all()
+        logger.error("live: %s: %r", what, exc)
+        self._warn(
+            f"The analysis stopped at frame {at} ({what}: {type(exc).__name__}: "
+            f"{exc}). The recording goes on: every frame is stored, frames from "
+            f"{at} on unanalyzed; run `axialtrack localize {self.writer.path} "
+            "--model MODEL` afterwards to analyze them."
+        )
 
     def _prepare_loop(self) -> None:
         """First analysis stage (staged analyzers): detection, one batch ahead."""
@@ -1307,13 +1618,18 @@ class LiveRunner:
             analyzer, "complete" if self._staged else "analyze"
         )
         w = self.writer
+        counts_tracks = isinstance(
+            getattr(analyzer, "n_tracks", None), (int, np.integer)
+        )
         while True:
             item = self._next_for_analysis()
             if item is None:
                 break
             indices, t_host, work = item
-            if self._analysis_stopped:
-                continue
+            if self._analysis_stopped and not (
+                0 <= indices[-1] < self._analysis_failed_at
+            ):
+                continue  # batches prepared before a failure are still done
             try:
                 if self._staged:
                     table = run_batch(work)
@@ -1326,7 +1642,9 @@ class LiveRunner:
                 if n:
                     w.append_localizations(table)
                     self._rows += n
-                    if "track_id" in table:
+                    # counted here only for an analyzer that does not count
+                    # them (the set grows with every track of the run)
+                    if not counts_tracks and "track_id" in table:
                         ids = np.unique(np.asarray(table["track_id"]))
                         self._track_ids.update(int(i) for i in ids if i >= 0)
             except Exception as exc:
@@ -1337,6 +1655,7 @@ class LiveRunner:
             with self._lat_lock:
                 self._lat.extend(t_done - t for t in t_host)
             self._frames_analyzed += len(indices)
+            self._last_analyzed_index = int(indices[-1])
             self._pending_analyzed.append(indices)
             self._flush_analyzed()
 
@@ -1355,15 +1674,52 @@ class LiveRunner:
                 self._fail(exc)
 
     # --------------------------------------------------------------- end
+    def _stored_localizations(self) -> pd.DataFrame:
+        """The localization rows handed to the writer, read back from the store
+        once it has committed them all (it does every
+        ``table_flush_interval_s``)."""
+        from axialtrack.store import open_run
+
+        w = self.writer
+        deadline = time.perf_counter() + ROWS_COMMIT_WAIT_S
+        while w.rows_committed < self._rows:
+            if time.perf_counter() > deadline:
+                raise StoreError(
+                    f"{w.rows_committed} of {self._rows} localization rows were "
+                    f"committed after {ROWS_COMMIT_WAIT_S:g} s"
+                )
+            time.sleep(0.01)
+        return open_run(w.path).localizations
+
     def _finish(self) -> LiveMetrics:
         w = self.writer
         failure = self._failure
         tracks_df = None
-        if self.analyzer is not None and not self._analysis_broken:
+        analyzer: Any = self.analyzer
+        if analyzer is not None and not self._analysis_broken:
             try:
-                tracks_df = self.analyzer.finish()
+                tracks_df = analyzer.finish()
             except Exception as exc:
                 self._warn(f"The analyzer failed to summarize tracks: {exc}")
+        summarize = getattr(analyzer, "summarize", None)
+        if (
+            callable(summarize)
+            and tracks_df is None
+            and self._rows
+            and not self._writer_failed
+            and (self._analysis_broken or getattr(analyzer, "keep_rows", True) is False)
+        ):
+            # an analyzer that keeps no rows (flat memory on long runs), or one
+            # that failed: the tracks of the rows the store holds
+            try:
+                tracks_df = summarize(self._stored_localizations())
+            except Exception as exc:
+                self._warn(
+                    f"The track table could not be made from the stored "
+                    f"localizations: {type(exc).__name__}: {exc} (`axialtrack "
+                    "localize --all` makes it again)"
+                )
+        self._check_rate(final=True)
         now = time.perf_counter()
         elapsed = max(now - self._t0, 1e-9)
         # mean rates from the first frame on (a camera may take a while to start)
@@ -1404,6 +1760,11 @@ class LiveRunner:
         if self.config.log_status:
             logger.info("live run finished (%s): %s", final.stop_reason, final)
         if failure is not None:
+            if self._analysis_error is not None:
+                failure.add_note(
+                    f"Before that, the analysis had stopped at frame "
+                    f"{self._analysis_failed_at}: {self._analysis_error}"
+                )
             if close_error is not None and hasattr(failure, "add_note"):
                 failure.add_note(f"and closing the run store failed: {close_error}")
             raise failure
