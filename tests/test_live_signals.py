@@ -183,6 +183,7 @@ def test_cli_live_keeps_recording_when_the_analysis_fails(
             return super().analyze(planes, indices, meta)
 
     monkeypatch.setattr(cli, "_make_analyzer", lambda bundle, **kw: Broken())
+    monkeypatch.setattr(cli, "_model_refused", lambda *a, **kw: False)
     path, _ = recording
     out = tmp_path / "live.zarr"
     args = _parse(
