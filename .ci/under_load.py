@@ -4,13 +4,14 @@
 
 Starts ``--burners`` processes that each spin one core (``while True: pass``),
 runs the command (``--repeat`` times, stopping at the first failure), then
-stops the burners it started, also on Ctrl-C. Exits with the command's exit
+stops the burners it started, also on Ctrl-C or SIGTERM. Exits with the command's exit
 code. Works wherever Python does (no shell needed).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give the command after --")
     if args.burners < 0 or args.repeat < 1:
         parser.error("--burners must be >= 0 and --repeat >= 1")
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # run the clean-up below on SIGTERM too
+
+    signal.signal(signal.SIGTERM, stop)
     burners = [
         subprocess.Popen([sys.executable, "-c", "while True: pass"])
         for _ in range(args.burners)
