@@ -394,7 +394,11 @@ def _live(
     _set(core, label, "ParticleDepthUm", cfg.particle_depth_um)
     _set(core, label, "RecordTruth", 1)
     core.setExposure(cfg.exposure_ms)
-    interval_ms = float(core.getProperty(label, "Interval-ms") or 0.0)
+    interval_ms = (
+        float(core.getProperty(label, "Interval-ms") or 0.0)
+        if core.hasProperty(label, "Interval-ms")
+        else 0.0
+    )
     period_ms = max(cfg.exposure_ms, interval_ms)
     res.camera = {
         "exposure_ms": cfg.exposure_ms,
