@@ -220,7 +220,7 @@ def test_mda_handler_tracks_through_the_process(
 
     _diffusing_rig(core, 0.3)
     # a queue as long as the run: a loaded machine analyzes later, never less
-    cfg = RunnerConfig(analysis_queue_frames=32, ring_frames=40)
+    cfg = RunnerConfig(analysis_queue_frames=32, ring_frames=48)
     with AnalysisProcess(sim_bundle, **_kwargs(core)) as proc:
         handler = TrackingHandler(tmp_path / "mda.zarr", proc, core=core, config=cfg)
         core.mda.run(
@@ -306,7 +306,7 @@ def test_cli_live_analyzes_in_a_process_or_in_threads(
     class LongQueue(runner_mod.RunnerConfig):
         # a queue as long as the run: a loaded machine analyzes later, never less
         analysis_queue_frames: int = 32
-        ring_frames: int = 40
+        ring_frames: int = 48
 
     monkeypatch.setattr(runner_mod, "RunnerConfig", LongQueue)
     out = tmp_path / "live.zarr"
