@@ -692,14 +692,25 @@ def trackpy_baseline(live: Path, max_frames: int, pixel_um: float) -> dict[str, 
         ``fps`` (frames / (locate + link time)), ``features_per_frame``,
         ``tracks``.
     """
-    import importlib.util
+    import warnings
 
     import trackpy
 
     from axialtrack.store import open_run
 
+    with warnings.catch_warnings():
+        # trackpy 0.7 sorts with pandas' deprecated inplace=True (one warning
+        # per frame); not ours to fix, and it says nothing about the timing
+        warnings.filterwarnings("ignore", message="The inplace keyword")
+        return _trackpy_timed(trackpy, open_run(live), max_frames, pixel_um)
+
+
+def _trackpy_timed(
+    trackpy: Any, run: Any, max_frames: int, pixel_um: float
+) -> dict[str, Any]:
+    import importlib.util
+
     trackpy.quiet()
-    run = open_run(live)
     n = min(int(max_frames), run.n_frames)
     frames = np.asarray(run.frames[:n, 0])
     engine = "numba" if importlib.util.find_spec("numba") else "python"
