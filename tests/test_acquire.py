@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import _thread
 import signal
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,34 +88,46 @@ def test_run_calibration(small_core: UniMMCore, tmp_path: Path) -> None:
     run_calibration(small_core, out, seq, progress=False, overwrite=True)
 
 
-def test_cancel_keeps_frames(small_core: UniMMCore, tmp_path: Path) -> None:
+def test_cancel_keeps_frames(
+    small_core: UniMMCore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seq = calibration_sequence(0.5, 0.05, fields=3, core=small_core, exposure_ms=20)
     out = tmp_path / "cancel.zarr"
     n_seen = [0]
+    cancel_asked = threading.Event()
+    real_cancel = small_core.mda.cancel
 
-    def pace_and_interrupt(*_: object) -> None:
-        # runs on the acquisition thread: pace the small, fast frames so the
-        # sequence cannot finish before Ctrl-C lands, then press it at frame 5
+    def cancel() -> None:
+        cancel_asked.set()
+        real_cancel()
+
+    monkeypatch.setattr(small_core.mda, "cancel", cancel)
+
+    def interrupt_and_hold(*_: object) -> None:
+        # runs on the acquisition thread: press Ctrl-C at frame 5, then hold the
+        # sequence until the main thread has asked the MDA to cancel, so it
+        # cannot finish first however slow the machine (no pacing sleeps)
         n_seen[0] += 1
-        time.sleep(0.02)
         if n_seen[0] == 5:
             _thread.interrupt_main()
+        if n_seen[0] >= 5:
+            assert cancel_asked.wait(60), "Ctrl-C did not cancel the MDA"
 
     # Ctrl-C needs Python's SIGINT handler; a process started in the background
     # inherits SIGINT ignored, and interrupt_main() then does nothing
     old_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
-    small_core.mda.events.frameReady.connect(pace_and_interrupt)
+    small_core.mda.events.frameReady.connect(interrupt_and_hold)
     try:
         run_calibration(small_core, out, seq, progress=False)
     finally:
-        small_core.mda.events.frameReady.disconnect(pace_and_interrupt)
+        small_core.mda.events.frameReady.disconnect(interrupt_and_hold)
         signal.signal(signal.SIGINT, old_handler)
     run = open_run(out)
     acq = run.attrs["acquisition"]
     assert run.state == "closed"
     assert acq["status"] == "cancelled"
     assert acq["cancelled"]
-    assert 0 < run.n_frames < 63
+    assert 5 <= run.n_frames <= 7  # frame 5, and at most the ones in flight
     assert acq["n_frames"] == run.n_frames
     assert not small_core.mda.is_running()
     assert not small_core.isSequenceRunning()

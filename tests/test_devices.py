@@ -247,7 +247,8 @@ def test_piezo_noise_settle_and_events(core: UniMMCore) -> None:
     core.setPosition(51.0)
     assert core.deviceBusy("Z")
     core.waitForDevice("Z")
-    assert 0.05 < time.perf_counter() - t < 0.5
+    # it waits out the 60 ms settle time; the upper bound only catches a hang
+    assert 0.05 < time.perf_counter() - t < 30
     assert not core.deviceBusy("Z")
     assert seen
     assert seen[0][:2] == ("Z", 51.0)
@@ -317,26 +318,42 @@ def test_sequence_acquisition_real_time(core: UniMMCore) -> None:
     assert [int(m["ImageNumber"]) for m in metas] == list(range(n))
     frame_idx = [int(m["CameraFrameIndex"]) for m in metas]
     assert frame_idx == list(range(frame_idx[0], frame_idx[0] + n))
-    # frame k is delivered at k * interval + exposure after the start
+    # frame k is delivered no sooner than k * interval + exposure after the
+    # start: the camera never runs ahead of its clock. A loaded machine can only
+    # make it later, so the upper bounds catch a hang, not a slow CPU.
     expected_s = ((n - 1) * interval_ms + 10.0) / 1e3
-    assert expected_s - 0.01 < elapsed < expected_s + 0.25
+    assert expected_s - 0.01 < elapsed < expected_s + 30
     t_sim = np.array([float(m["SimTime_s"]) for m in metas])
     assert np.allclose(np.diff(t_sim), interval_ms / 1e3)  # exact frame times
     t_core = np.array([float(m["ElapsedTime-ms"]) for m in metas])
-    assert np.abs(np.diff(t_core) - interval_ms).mean() < 10
-    assert core.getProperty("Camera", "ActualInterval-ms") == pytest.approx(
-        interval_ms, abs=5
-    )
+    # late frames catch up (frame k is due at t0 + k * interval), so the mean
+    # interval is the interval unless the last frame itself was late
+    mean_interval = (t_core[-1] - t_core[0]) / (n - 1)
+    assert interval_ms - 2 < mean_interval < 10 * interval_ms
+    actual = float(core.getProperty("Camera", "ActualInterval-ms"))
+    assert interval_ms - 2 < actual < 10 * interval_ms
 
 
 def test_continuous_acquisition_paced_by_exposure(core: UniMMCore) -> None:
     core.setExposure(40)
     core.snapImage()  # builds the scene: not part of the timing
+    t0 = time.perf_counter()
     core.startContinuousSequenceAcquisition(0)
-    time.sleep(0.5)
+    # wait for 10 frames (a condition, with a generous overall timeout)
+    deadline = t0 + 60
+    while core.getRemainingImageCount() < 10 and time.perf_counter() < deadline:
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - t0
     core.stopSequenceAcquisition()
-    n = core.getRemainingImageCount()
-    assert 9 <= n <= 14  # 0.5 s / 40 ms = 12.5 frames
+    metas = []
+    while core.getRemainingImageCount():
+        metas.append(dict(core.popNextImageAndMD()[1]))
+    assert len(metas) >= 10
+    # the 10th frame ends its exposure 10 x 40 ms after the start: never sooner
+    assert elapsed >= 0.39
+    t_sim = np.array([float(m["SimTime_s"]) for m in metas])
+    assert np.allclose(np.diff(t_sim), 0.04)  # back to back, paced by the exposure
+    assert float(core.getProperty("Camera", "ActualInterval-ms")) > 38
 
 
 def test_light_source_device(core: UniMMCore) -> None:

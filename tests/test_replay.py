@@ -348,11 +348,13 @@ def test_latency_of_a_replay_starts_when_the_frame_was_due(
     src = CoreSource(core)
     src.start(6)
     got = []
-    while len(got) < 6:
+    deadline = time.monotonic() + 60  # a generous overall limit, not a per-frame one
+    while len(got) < 6 and time.monotonic() < deadline:
         f = src.next(1.0)
-        assert f is not None
-        got.append((f.t_host, time.perf_counter()))
+        if f is not None:  # a loaded machine may take longer than 1 s per frame
+            got.append((f.t_host, time.perf_counter()))
     src.stop()
+    assert len(got) == 6
     due = np.array([g[0] for g in got])
     np.testing.assert_allclose(np.diff(due), 1 / 200, rtol=0, atol=1e-6)
     assert all(t_due <= t_taken for t_due, t_taken in got)

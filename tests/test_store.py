@@ -79,6 +79,14 @@ def io_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     return str(request.param)
 
 
+def _wait_for(cond: Any, what: str, timeout_s: float = 60.0) -> None:
+    """Poll ``cond()`` until true; fail after a generous ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
 def _writer(path: Path, **kw: Any) -> RunWriter:
     kw.setdefault("kind", "live")
     kw.setdefault("plane_shape", (H, W))
@@ -201,7 +209,7 @@ def test_meta_defaults_set_analyzed_tracks_and_attrs(tmp_path: Path) -> None:
         w.set_analyzed([0, 2], True)
         w.set_attrs(model={"name": "late"})
         w.write_tracks(pd.DataFrame({"track_id": [0, 1], "n_localizations": [10, 3]}))
-        time.sleep(0.05)
+        _wait_for(lambda: w.frames_committed == 3, "the frames to commit")
         w.set_analyzed([2], False)  # after the commit
         assert isinstance(w.stats.write_ms_p50, float)
     run = open_run(path)
@@ -399,16 +407,21 @@ def test_localization_reader_sees_only_whole_batches(tmp_path: Path) -> None:
     def read() -> None:
         while not stop.is_set():
             counts.append(_check_batches(open_run(path).localizations))
-            time.sleep(0.02)
+            stop.wait(0.01)
 
     r = threading.Thread(target=read)
     r.start()
     try:
+        # the reader sees the empty table, a part of it and all of it before the
+        # close, whatever the machine's speed: the writer waits for it to
+        _wait_for(lambda: len(counts) > 0, "a first read")
         for b in range(150):
             # rows are committed only with (after) their frames
             w.append_frame(make_frame(b, H, W), make_meta(b))
+            if b == 75:
+                _wait_for(lambda: counts[-1] > 0, "a reader to see rows")
             w.append_localizations(make_batch(b))
-            time.sleep(0.002)
+        _wait_for(lambda: counts[-1] == 150, "a reader to see every row")
     finally:
         w.close()
         stop.set()
@@ -660,10 +673,7 @@ def test_read_only_mid_run_error_surfaces(tmp_path: Path) -> None:
         w = _writer(path)
         for i in range(10):
             w.append_frame(make_frame(i, H, W), make_meta(i))
-        deadline = time.monotonic() + 5
-        while w.frames_committed < 10 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert w.frames_committed == 10
+        _wait_for(lambda: w.frames_committed == 10, "10 frames to commit")
         res = subprocess.run(
             ["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True
         )

@@ -19,16 +19,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """Run the whole story on the simulated rig (or, with --zscan, a Z scan)."""
     if args.zscan:
         return _cmd_zscan(args)
-    from axialtrack.demo import DemoConfig, run_demo
+    from axialtrack.demo import DemoConfig, DemoError, run_demo
     from axialtrack.store import StoreExistsError
 
     cfg = DemoConfig()
     if args.quick:
+        # 300 frames (3 s at the nominal 100 fps), however fast the machine is
         cfg = DemoConfig(
-            plane_size=128, fields=2, epochs=25, max_train_s=40, duration_s=3
+            plane_size=128,
+            fields=2,
+            epochs=25,
+            max_train_s=40,
+            duration_s=3,
+            frames=300,
+            trackpy_frames=150,
         )
     if args.duration is not None:
-        cfg = cfg.model_copy(update={"duration_s": args.duration})
+        if not args.duration > 0:
+            console.print(
+                f"[red]--duration must be > 0 s; got {args.duration}[/red]",
+                highlight=False,
+            )
+            return 2
+        cfg = cfg.model_copy(update={"duration_s": args.duration, "frames": None})
     if args.engine is not None:
         cfg = cfg.model_copy(update={"engine": args.engine})
     t0 = time.perf_counter()
@@ -40,12 +53,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             console=console,
         )
-    except StoreExistsError as exc:
-        console.print(f"[red]{exc}[/red]")
+    except (StoreExistsError, DemoError) as exc:
+        console.print(f"[red]{exc}[/red]", highlight=False)
         return 2
+    figures = ", ".join(p.name for p in res.figures)
     console.print(
-        f"Demo done in {time.perf_counter() - t0:.0f} s; outputs and figures in "
-        f"[green]{res.out}[/green] (demo.json)"
+        f"Demo done in {time.perf_counter() - t0:.0f} s; outputs in "
+        f"[green]{res.out}[/green]: demo.json, summary.txt and the figures {figures}",
+        highlight=False,
     )
     return 0
 
@@ -198,10 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="axialtrack-demo", help="output folder")
     demo.add_argument("--overwrite", action="store_true", help="replace outputs")
     demo.add_argument(
-        "--quick", action="store_true", help="smaller and shorter (under a minute)"
+        "--quick",
+        action="store_true",
+        help="smaller and shorter: 128 px planes, 40 s of training, 300 live frames",
     )
     demo.add_argument(
-        "--duration", type=positive_float, default=None, help="live run (s)"
+        "--duration",
+        type=positive_float,
+        default=None,
+        help="live run (s); replaces --quick's 300 frames",
     )
     demo.add_argument(
         "--engine",
