@@ -14,6 +14,7 @@ from axialtrack.demo import (
     DemoError,
     DemoResult,
     _status_printer,
+    _training_line,
     check_live_run,
     summary_table,
     training_summary,
@@ -29,37 +30,33 @@ def test_training_summary_says_the_time_limit_stopped_it() -> None:
     vals = [500.0 - 10 * i for i in range(19)]  # still falling at the stop
     metrics = {
         "epochs_run": 19,
+        "epochs_planned": 80,
         "best_epoch": 19,
+        "stopped_by": "time limit",
         "val_rmse_nm": 320.0,
         "test_rmse_nm": 330.0,
+        "warnings": ["the validation RMSE was still falling at the end"],
     }
-    t = training_summary(
-        metrics, _history(vals), max_epochs=80, patience=20, max_time_s=40.0
-    )
+    t = training_summary(metrics, _history(vals), max_time_s=40.0)
     assert t["stopped_by"] == "time limit"
     assert (t["epochs_run"], t["max_epochs"]) == (19, 80)
+    assert t["warnings"] == metrics["warnings"]
     trend = t["val_rmse_trend_nm"]
     assert trend["epoch_to"] == 19
     assert trend["epoch_from"] == 15  # a quarter of the way back
     assert trend["from"] == pytest.approx(360.0)
     assert trend["to"] == pytest.approx(320.0)
-    # patience and the epoch limit are told apart from the time limit
+    line = _training_line(t)
+    assert "19 of 80 epochs" in line
+    assert "40 s time limit" in line
+    assert "still falling" in line
+    # early stopping is told apart from the time limit
     t = training_summary(
-        {**metrics, "epochs_run": 45, "best_epoch": 25},
+        {**metrics, "epochs_run": 45, "best_epoch": 25, "stopped_by": "early stop"},
         _history([100.0] * 45),
-        max_epochs=80,
-        patience=20,
         max_time_s=40.0,
     )
-    assert t["stopped_by"] == "patience"
-    t = training_summary(
-        {**metrics, "epochs_run": 80, "best_epoch": 79},
-        _history([100.0] * 80),
-        max_epochs=80,
-        patience=20,
-        max_time_s=40.0,
-    )
-    assert t["stopped_by"] == "epochs"
+    assert "no better validation loss since epoch 25" in _training_line(t)
 
 
 def test_an_empty_live_run_is_a_clear_error(tmp_path: Path) -> None:
@@ -89,7 +86,9 @@ def test_the_demo_command_reports_a_demo_error_in_one_line(
     assert "stored no frame" in out
     assert "Traceback" not in out
     assert main(["demo", "--duration", "0", "--out", str(tmp_path)]) == 2
-    assert "--duration must be > 0" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert "--duration: must be > 0" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_status_line_before_the_first_latency() -> None:

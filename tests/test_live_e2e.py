@@ -194,9 +194,8 @@ def test_quick_demo_tells_the_whole_story(tmp_path: Path, capsys) -> None:
     assert tp["fps"] > 0
     assert tp["features_per_frame"] > 0
     t = report["training"]
-    assert t["max_epochs"] == 25
-    assert 1 <= t["epochs_run"] <= 25
-    assert t["stopped_by"] in ("epochs", "patience", "time limit")
+    assert 1 <= t["epochs_run"] <= t["max_epochs"]
+    assert t["stopped_by"] in ("schedule end", "early stop", "time limit")
     if t["stopped_by"] == "time limit":
         assert "time limit" in printed
     for name in ("pred_vs_true_z.png", "precision_vs_crlb.png", "tracks.png"):

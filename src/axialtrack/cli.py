@@ -28,19 +28,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         cfg = DemoConfig(
             plane_size=128,
             fields=2,
-            epochs=25,
+            steps=1000,
             max_train_s=40,
             duration_s=3,
             frames=300,
             trackpy_frames=150,
         )
-    if args.duration is not None:
-        if not args.duration > 0:
-            console.print(
-                f"[red]--duration must be > 0 s; got {args.duration}[/red]",
-                highlight=False,
-            )
-            return 2
+    if args.duration is not None:  # > 0: checked by its argparse type
         cfg = cfg.model_copy(update={"duration_s": args.duration, "frames": None})
     if args.engine is not None:
         cfg = cfg.model_copy(update={"engine": args.engine})

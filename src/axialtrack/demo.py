@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from axialtrack._json import jsonable
+from axialtrack.model.config import DEFAULT_STEPS
 
 __all__ = ["DemoConfig", "DemoError", "DemoResult", "run_demo"]
 
@@ -52,8 +53,9 @@ class DemoConfig(BaseModel):
         Calibration fields of view.
     z_range_um, z_step_um
         Calibration Z scan: +- range around the coverslip focus and step.
-    epochs
-        Largest number of training epochs (early stopping may end sooner).
+    steps
+        Optimizer steps of the training schedule (the default of
+        ``axialtrack train``; early stopping may end sooner).
     max_train_s
         Training time limit (s).
     duration_s
@@ -88,8 +90,8 @@ class DemoConfig(BaseModel):
     fields: int = Field(4, ge=1)
     z_range_um: float = Field(1.2, gt=0)
     z_step_um: float = Field(0.05, gt=0)
-    epochs: int = Field(80, ge=1)
-    max_train_s: float = Field(120.0, gt=0)
+    steps: int = Field(DEFAULT_STEPS, ge=1)
+    max_train_s: float = Field(180.0, gt=0)
     duration_s: float = Field(10.0, gt=0)
     frames: int | None = Field(None, ge=1)
     exposure_ms: float = Field(10.0, gt=0)
@@ -248,26 +250,19 @@ def run_demo(
         con.rule("[bold]2. Training the axial model")
         t0 = time.perf_counter()
         data = load_calibration(calib_path)
-        patience = 20
+        # the defaults of `axialtrack train`, under a time limit
         trained = train(
             data,
             config=ModelConfig(crop_size=int(data.examples.crops.shape[-1])),
-            epochs=cfg.epochs,
+            steps=cfg.steps,
             seed=cfg.seed,
             progress=progress,
             max_time_s=cfg.max_train_s,
-            patience=patience,
-            # a small calibration gives ~20 steps per epoch: a short weight average
-            ema_decay=0.95,
         )
         trained.save(bundle_path, overwrite=True)
         res.timings_s["training"] = time.perf_counter() - t0
         res.training = training_summary(
-            trained.metrics,
-            trained.history,
-            max_epochs=cfg.epochs,
-            patience=patience,
-            max_time_s=cfg.max_train_s,
+            trained.metrics, trained.history, max_time_s=cfg.max_train_s
         )
         con.print(
             f"{_training_line(res.training)} in {res.timings_s['training']:.1f} s "
@@ -290,8 +285,6 @@ def training_summary(
     metrics: dict[str, Any],
     history: list[dict[str, float]],
     *,
-    max_epochs: int,
-    patience: int,
     max_time_s: float | None,
 ) -> dict[str, Any]:
     """How training ended and what it reached.
@@ -300,33 +293,28 @@ def training_summary(
     ----------
     metrics, history
         :attr:`TrainResult.metrics` and :attr:`TrainResult.history`.
-    max_epochs, patience, max_time_s
-        The limits training ran under.
+    max_time_s
+        The time limit training ran under.
 
     Returns
     -------
     dict
-        ``epochs_run``, ``max_epochs``, ``best_epoch``, ``stopped_by``
-        (``"epochs"``, ``"patience"`` or ``"time limit"``), ``max_time_s``,
+        ``epochs_run``, ``max_epochs`` (the schedule's), ``best_epoch``,
+        ``stopped_by`` (:func:`~axialtrack.model.train`'s: ``"schedule end"``,
+        ``"early stop"`` or ``"time limit"``), ``max_time_s``, ``warnings``,
         ``val_rmse_nm``/``test_rmse_nm`` of the kept weights, and
         ``val_rmse_trend_nm``: the validation RMSE (per epoch) at the epoch a
         quarter of the way back from the stop and at the stop, which says
         whether it was still falling when training stopped.
     """
     run = int(metrics.get("epochs_run", len(history)))
-    best = int(metrics.get("best_epoch", run))
-    if run >= max_epochs:
-        stopped = "epochs"
-    elif run - best >= patience:
-        stopped = "patience"
-    else:
-        stopped = "time limit"
     out: dict[str, Any] = {
         "epochs_run": run,
-        "max_epochs": max_epochs,
-        "best_epoch": best,
-        "stopped_by": stopped,
+        "max_epochs": int(metrics.get("epochs_planned", run)),
+        "best_epoch": int(metrics.get("best_epoch", run)),
+        "stopped_by": metrics.get("stopped_by", "schedule end"),
         "max_time_s": max_time_s,
+        "warnings": list(metrics.get("warnings", [])),
         "val_rmse_nm": float(metrics.get("val_rmse_nm", float("nan"))),
         "test_rmse_nm": float(metrics.get("test_rmse_nm", float("nan"))),
         "n_train": metrics.get("n_train"),
@@ -356,7 +344,7 @@ def _training_line(t: dict[str, Any]) -> str:
                 "would lower the Z error"
             )
         line += ")"
-    elif t["stopped_by"] == "patience":
+    elif t["stopped_by"] == "early stop":
         line += f" (no better validation loss since epoch {t['best_epoch']})"
     return (
         f"{line}; held-out bead RMSE {_num(t['test_rmse_nm'], '.1f')} nm "

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from axialtrack.calibrate.examples import Examples
 
-from .config import ModelConfig
+from .config import DEFAULT_STEPS, ModelConfig
 from .neighbours import add_neighbours, kth_smallest
 from .network import AxialEnsemble, AxialNet, Network
 
@@ -343,10 +343,6 @@ def _fold_affine_recalibration(
     return {"scale": a, "offset_um": c, "applied": applied, "n": int(keep.sum())}
 
 
-#: Optimizer steps of the default training schedule: 4000 mini-batches of 64
-#: took a 44-bead simulated calibration from 180 nm (100 epochs, weight average
-#: 0.998) to 41 nm held-out RMSE in about a minute on a 2-core CPU.
-DEFAULT_STEPS = 4000
 #: A held-out slope of predicted vs true dz outside ``1 +- SLOPE_TOLERANCE``
 #: is reported as a warning (compressed or stretched predictions).
 SLOPE_TOLERANCE = 0.05
