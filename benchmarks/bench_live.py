@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -701,44 +700,20 @@ def offline_pass(
 
 # ------------------------------------------------------------------ trackpy
 def trackpy_baseline(movie: Path, n_frames: int) -> dict[str, Any]:
-    """trackpy.locate on plane 0 + trackpy.link over the same frames."""
-    import trackpy
+    """trackpy.locate on plane 0 + trackpy.link over the same frames (the demo's
+    baseline: an untimed first call compiles trackpy's numba code, as our
+    analyzer loads its compiled kernels before the run)."""
+    from axialtrack.demo import trackpy_baseline as timed
 
-    from axialtrack.store import open_run
-
-    trackpy.quiet()
-    frames = np.asarray(open_run(movie).frames[:n_frames, 0])
-    tp_engine = "numba" if importlib.util.find_spec("numba") else "python"
-    # untimed first call: trackpy compiles its numba code in the process (about
-    # 0.5 s), as our analyzer loads its compiled kernels before the run
-    warm = trackpy.locate(frames[0], 7, minmass=300.0, engine=tp_engine)
-    warm["frame"] = 0
-    trackpy.link(
-        pd.concat([warm, warm.assign(frame=1)], ignore_index=True),
-        search_range=1.0 / PIXEL_UM,
-        memory=3,
-    )
-    t0 = time.perf_counter()
-    feats = []
-    for i, p in enumerate(frames):
-        f = trackpy.locate(p, 7, minmass=300.0, engine=tp_engine)
-        f["frame"] = i
-        feats.append(f)
-    t_loc = time.perf_counter() - t0
-    df = pd.concat(feats, ignore_index=True)
-    t1 = time.perf_counter()
-    linked = trackpy.link(df, search_range=1.0 / PIXEL_UM, memory=3)
-    t_link = time.perf_counter() - t1
-    total = t_loc + t_link
-    return {
-        "frames": len(frames),
-        "engine": tp_engine,
-        "locate_ms_per_frame": round(1e3 * t_loc / len(frames), 2),
-        "link_ms_per_frame": round(1e3 * t_link / len(frames), 2),
-        "fps": round(len(frames) / total, 2),
-        "features_per_frame": round(len(df) / len(frames), 1),
-        "tracks": int(linked["particle"].nunique()),
-    }
+    r = timed(movie, n_frames, PIXEL_UM)
+    for k, nd in (
+        ("locate_ms_per_frame", 2),
+        ("link_ms_per_frame", 2),
+        ("fps", 2),
+        ("features_per_frame", 1),
+    ):
+        r[k] = round(r[k], nd)
+    return r
 
 
 # --------------------------------------------------------------------- main
