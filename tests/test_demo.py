@@ -131,3 +131,21 @@ def test_summary_of_a_run_without_links_prints_no_nan(tmp_path: Path) -> None:
     assert "100.0 / 40.6 fps" in text  # nominal beside achieved
     assert "812.0" in text
     assert "19 / 80" in text
+
+
+def test_trackpy_baseline_of_frames_without_features(tmp_path: Path) -> None:
+    """An empty first frame (nothing for trackpy to find) is timed, not a crash
+    in trackpy's warm-up link."""
+    import numpy as np
+
+    from axialtrack.demo import trackpy_baseline
+    from axialtrack.store import RunWriter
+
+    path = tmp_path / "dark.zarr"
+    with RunWriter(path, kind="live", plane_shape=(32, 32), pixel_size_um=0.1) as w:
+        for _ in range(4):
+            w.append_frame(np.full((2, 32, 32), 100, np.uint16))
+    r = trackpy_baseline(path, 3, 0.1)
+    assert r["frames"] == 3
+    assert r["features_per_frame"] == 0
+    assert r["tracks"] == 0

@@ -705,11 +705,12 @@ def _trackpy_timed(
     search = 1.0 / pixel_um
     warm = trackpy.locate(frames[0], 7, minmass=300.0, engine=engine)
     warm["frame"] = 0
-    trackpy.link(
-        pd.concat([warm, warm.assign(frame=1)], ignore_index=True),
-        search_range=search,
-        memory=3,
-    )
+    if len(warm):  # trackpy.link fails on a table without features
+        trackpy.link(
+            pd.concat([warm, warm.assign(frame=1)], ignore_index=True),
+            search_range=search,
+            memory=3,
+        )
     t0 = time.perf_counter()
     feats = []
     for i, p in enumerate(frames):
