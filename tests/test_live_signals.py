@@ -41,8 +41,8 @@ def _frames_stored(path: Path) -> int:
         return 0
 
 
-def _live(out: Path, bundle: Path) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def _live(out: Path, bundle: Path, **env_extra: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
     return subprocess.Popen(
         [
             sys.executable,
@@ -420,3 +420,44 @@ def test_cli_live_that_stores_no_frame_exits_1(
     text = " ".join(capsys.readouterr().out.split())
     assert "No frame was stored" in text
     assert "source-ended" in text
+
+
+@posix_signals
+def test_a_killed_run_leaves_nothing_in_the_temporary_folder(
+    sim_bundle: Path, tmp_path: Path
+) -> None:
+    """SIGKILL to the whole process group (main process, analysis process and
+    resource tracker): no socket folder (``pymp-*``) is left in the temporary
+    folder, and the shared memory the run left is removed by the next run."""
+    from axialtrack.pipeline.process import SHM_PREFIX, remove_stale_segments
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "live.zarr"
+    proc = _live(out, sim_bundle, TMPDIR=str(tmp))
+    _wait_for_a_frame(proc, out)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert not list(tmp.glob("pymp-*"))
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        left = list(shm.glob(f"{SHM_PREFIX}{proc.pid}_*"))
+        removed = remove_stale_segments()
+        assert {f.name for f in left} <= set(removed)
+        assert not list(shm.glob(f"{SHM_PREFIX}{proc.pid}_*"))
+
+
+def test_stale_segments_are_those_of_dead_processes(tmp_path: Path) -> None:
+    from axialtrack.pipeline.process import SHM_PREFIX, remove_stale_segments
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = tmp_path / f"{SHM_PREFIX}{os.getpid()}_abc"
+    stale = tmp_path / f"{SHM_PREFIX}{dead.pid}_abc"
+    other = tmp_path / "psm_12345"
+    for f in (mine, stale, other):
+        f.write_bytes(b"x")
+    assert remove_stale_segments(tmp_path) == [stale.name]
+    assert mine.exists()
+    assert other.exists()
+    assert not stale.exists()

@@ -50,6 +50,35 @@ if TYPE_CHECKING:
 
 __all__ = ["AnalysisProcess", "AnalysisProcessError"]
 
+#: Prefix of the shared-memory segments of analysis processes; the parent's
+#: process id follows, so a segment a killed run left can be told and removed.
+SHM_PREFIX = "axialtrack_"
+_SHM_DIR = Path("/dev/shm")
+
+
+def remove_stale_segments(shm_dir: Path = _SHM_DIR) -> list[str]:
+    """Remove the shared-memory segments of analysis processes whose parent no
+    longer runs (a run killed with SIGKILL, or with its resource tracker); the
+    names removed.
+
+    Only where segments are files (``/dev/shm`` on Linux); on Windows a
+    segment lives only as long as a process holds it.
+    """
+    from axialtrack.store.writer import _pid_alive
+
+    removed: list[str] = []
+    if not shm_dir.is_dir():
+        return removed
+    for f in shm_dir.glob(f"{SHM_PREFIX}*"):
+        parts = f.name[len(SHM_PREFIX) :].split("_")
+        if not parts[0].isdigit() or _pid_alive(int(parts[0])):
+            continue
+        with contextlib.suppress(OSError):
+            f.unlink()
+            removed.append(f.name)
+    return removed
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -171,7 +200,13 @@ class AnalysisProcess:
         self.max_batch_frames = int(max_batch_frames)
         self._slot_shape = (self.max_batch_frames, 2, h, w)
         nbytes = int(slots * np.prod(self._slot_shape) * 2)
-        self._shm = shared_memory.SharedMemory(create=True, size=nbytes)
+        for name in remove_stale_segments():
+            logger.info("removed shared memory %s left by a killed run", name)
+        self._shm = shared_memory.SharedMemory(
+            name=f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(6)}",
+            create=True,
+            size=nbytes,
+        )
         self._slots = np.ndarray(
             (slots, *self._slot_shape), dtype=np.uint16, buffer=self._shm.buf
         )
@@ -244,7 +279,12 @@ class AnalysisProcess:
         from ._analysis_child import KEY_ENV
 
         key = secrets.token_bytes(32)
-        listener = Listener(authkey=key)
+        # loopback TCP (authenticated by the key): no socket file, so nothing
+        # is left in the temporary folder by a killed run (a Unix socket lives
+        # in a /tmp/pymp-* folder that only a clean exit removes), and the same
+        # on every platform. Only control messages pass; frames go through
+        # shared memory.
+        listener = Listener(("127.0.0.1", 0), family="AF_INET", authkey=key)
         address = listener.address
         arg = (
             f"tcp:{address[0]}:{address[1]}"
