@@ -301,3 +301,28 @@ def test_layout_found_from_the_beads(
         r"top-bottom 0\.\d+.*Fix: pass layout=",
     ):
         load_stacks(tmp_path / "mixed.tif", **kw)
+
+
+def test_overwrite_with_a_stack_that_cannot_be_stored_keeps_the_old_run(
+    rendered: Rendered,
+    field_files: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--overwrite of a calibration store by a stack whose frames cannot be
+    stored (fractional values): refused, the old run left whole, not its old
+    frames under the new stack's quality control."""
+    out = tmp_path / "cal.zarr"
+    assert (
+        main(_args(rendered, out, "--from", str(field_files / "beads_field0.tif"))) == 0
+    )
+    before = _qc(out)
+    n_before = open_run(out).n_frames
+    path = tmp_path / "float.npy"
+    np.save(path, rendered.raw[1].astype(np.float32) + 0.25)
+    capsys.readouterr()
+    assert main(_args(rendered, out, "--from", str(path), "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert "left as it was" in err
+    assert open_run(out).n_frames == n_before
+    assert _qc(out) == before

@@ -1005,3 +1005,27 @@ def test_fps_analyzed_counts_the_time_the_queued_frames_took(tmp_path: Path) -> 
     m = runner.run(n_frames=12)
     assert m.frames_analyzed == m.frames_in == 12
     assert m.fps_analyzed == pytest.approx(m.fps_in, rel=0.02)
+
+
+def test_host_time_is_when_the_frame_arrived_not_when_it_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``frame_meta/host_t_s`` is stamped by the acquisition thread: a writer
+    that takes 20 ms a frame does not stretch the measured rate."""
+    geo = SplitterGeometry()
+    src = ListSource(40, geo, rate_hz=1e6)  # all 40 at once
+    w = _writer(tmp_path / "run.zarr", geo)
+    slow = w.append_frame
+
+    def append_frame(*a, **k):  # type: ignore[no-untyped-def]
+        time.sleep(0.02)  # a slow disk: 40 frames take >= 0.8 s to write
+        return slow(*a, **k)
+
+    monkeypatch.setattr(w, "append_frame", append_frame)
+    cfg = RunnerConfig(ring_frames=64)
+    LiveRunner(src, None, w, geometry=geo, config=cfg).run(n_frames=40)
+    host = open_run(tmp_path / "run.zarr").frame_meta["host_t_s"].to_numpy()
+    assert len(host) == 40
+    assert np.all(np.diff(host) >= 0)
+    # the frames arrived within a small part of the time their writing took
+    assert host[-1] - host[0] < 0.4

@@ -264,6 +264,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 extra={"mirror_requested": str(stack.meta.get("mirror", "auto"))},
             )
         except StackImportError as exc:
+            if qc_target.exists():
+                # --overwrite of an existing store: its old frames must not get
+                # this stack's quality control
+                return fail(
+                    f"{exc}: the frames cannot be stored, and {qc_target} holds "
+                    "another run, left as it was.",
+                    "Give a new --out (it then holds the quality control and "
+                    "training examples only).",
+                )
             console.print(
                 f"[yellow]{exc}[/yellow]: the frames are not stored in {qc_target}, "
                 "only the quality control and training examples",

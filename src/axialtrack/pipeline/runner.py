@@ -1026,7 +1026,7 @@ class LiveRunner:
         end it marks analyzed frames, writes the analyzer's tracks, stores the
         metrics as ``live_metrics`` in the run's attributes and closes the
         store. Ctrl-C stops the run cleanly (``stop_reason="interrupted"``);
-        for SIGTERM and SIGHUP see :func:`stop_on_signals`.
+        for SIGTERM and SIGHUP see :class:`StopSignals`.
 
         An analyzer that raises, or an analysis process that dies, does not
         stop the run: the recording goes on, the frames from then on keep
@@ -1149,8 +1149,9 @@ class LiveRunner:
         return done
 
     def _thread_died(self, name: str, exc: BaseException) -> None:
-        """A runner thread ended on an exception its loop did not catch: the run
-        stops with it (an analysis thread's as an :class:`AnalysisError`)."""
+        """A runner thread ended on an exception its loop did not catch: an
+        analysis thread's stops the analysis (the recording goes on), any other
+        stops the run with it."""
         logger.error("live: thread %s died: %r", name, exc)
         if name in ("live-detect", "live-analyze"):
             self._analysis_down(f"the analysis thread {name} died", exc)
@@ -1391,6 +1392,9 @@ class LiveRunner:
                     stage_y_um=float(frame.stage_y_um),
                     image_number=num,
                     position_index=int(frame.position_index),
+                    # when it reached this process, not when the writer's
+                    # thread got to it (which lags by the write queue)
+                    host_t_s=now - self.writer.t0,
                 )
                 t_host = frame.t_host if math.isfinite(frame.t_host) else now
                 index = self._frames_in
@@ -1707,6 +1711,7 @@ class LiveRunner:
             and tracks_df is None
             and self._rows
             and not self._writer_failed
+            and failure is None
             and (self._analysis_broken or getattr(analyzer, "keep_rows", True) is False)
         ):
             # an analyzer that keeps no rows (flat memory on long runs), or one

@@ -765,6 +765,12 @@ class RunWriter:
         return self._committed_frames
 
     @property
+    def t0(self) -> float:
+        """``time.perf_counter()`` when the writer was opened: the origin of
+        ``host_t_s`` (and of ``t_s`` where a frame has none)."""
+        return self._t0
+
+    @property
     def rows_committed(self) -> int:
         """Localization rows visible to readers (and kept by a crash)."""
         return self._committed_rows
