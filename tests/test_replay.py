@@ -393,3 +393,72 @@ def test_cli_live_takes_saturation_from_the_cameras_bit_depth(
     args = _parse([*argv, "--no-status"])
     assert args.func(args) == 0
     assert seen["localizer"].saturation_adu == 65535  # the replay camera: 16 bits
+
+
+@pytest.mark.parametrize("form", ["number", "csv", "csv-no-header"])
+def test_cli_localize_movie_stage_z(
+    recording,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    form: str,
+) -> None:
+    """A TIFF movie records no stage Z: --stage-z gives it, as a number or a CSV
+    of one value per frame, and z_um is then finite."""
+    from test_pipeline_runner import PeakAnalyzer
+
+    import axialtrack.pipeline.cli as cli
+
+    monkeypatch.setattr(cli, "_make_analyzer", lambda bundle, **kw: PeakAnalyzer())
+    monkeypatch.setattr(cli, "_model_refused", lambda *a, **kw: False)
+    _, planes = recording
+    sensor = np.stack([np.hstack([p[0], p[1]]) for p in planes])
+    tifffile.imwrite(tmp_path / "movie.tif", sensor)
+    n = len(sensor)
+    z = 10.0 + 0.01 * np.arange(n)
+    if form == "number":
+        value, want = "12.5", np.full(n, 12.5)
+    else:
+        csv = tmp_path / "z.csv"
+        head = "stage_z_um\n" if form == "csv" else ""
+        csv.write_text(head + "\n".join(f"{v:.3f}" for v in z) + "\n")
+        value, want = str(csv), z
+    out = tmp_path / "movie.zarr"
+    base = ["localize", str(tmp_path / "movie.tif"), "--model", "m"]
+    args = _parse([*base, "--out", str(out), "--pixel-size", "0.1", "--stage-z", value])
+    assert args.func(args) == 0
+    run = open_run(out)
+    np.testing.assert_allclose(run.frame_meta["stage_z_um"].to_numpy(), want)
+    locs = run.localizations
+    assert len(locs)
+    assert np.isfinite(locs["z_um"]).all()
+
+
+def test_cli_localize_stage_z_refusals(
+    recording,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import axialtrack.pipeline.cli as cli
+    from axialtrack.cli import main
+
+    monkeypatch.setattr(cli, "_model_refused", lambda *a, **kw: False)
+    path, planes = recording
+    sensor = np.stack([np.hstack([p[0], p[1]]) for p in planes])
+    tifffile.imwrite(tmp_path / "movie.tif", sensor)
+    short = tmp_path / "short.csv"
+    short.write_text("1.0\n2.0\n")
+    out = tmp_path / "m.zarr"
+    for value, words in (
+        (str(short), f"2 values; the movie has {len(sensor)} frames"),
+        ("nowhere.csv", "neither a number"),
+    ):
+        argv = ["localize", str(tmp_path / "movie.tif"), "--model", "m"]
+        argv += ["--out", str(out), "--pixel-size", "0.1", "--stage-z", value]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert words in " ".join(err.split())
+        assert not out.exists()
+    # a run store records its own stage Z
+    assert main(["localize", str(path), "--model", "m", "--stage-z", "1"]) == 2
+    assert "--stage-z is for a movie" in capsys.readouterr().err

@@ -130,6 +130,14 @@ def add_parsers(subparsers: Any) -> None:
     )
     q.add_argument("--mirror", default="none", help="movie: plane-1 mirror")
     q.add_argument(
+        "--stage-z",
+        default=None,
+        metavar="UM|FILE.csv",
+        help="movie: the focus stage's Z (um), a number for the whole movie or a "
+        "CSV with one value per frame (a column stage_z_um, or the first); "
+        "default: from the movie's metadata, where it has it",
+    )
+    q.add_argument(
         "--pixel-size",
         type=PIXEL_SIZE_UM,
         default=None,
@@ -590,6 +598,11 @@ def cmd_localize(args: argparse.Namespace) -> int:
         return 2
     if run is None:
         return _localize_movie(args, path)
+    if args.stage_z is not None:
+        return fail(
+            f"--stage-z is for a movie; {path} is a run store, whose frames "
+            "record their stage Z."
+        )
     meta = run.frame_meta
     todo = (
         np.arange(run.n_frames)
@@ -678,6 +691,42 @@ def cmd_localize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage_z_of(value: str, n: int) -> np.ndarray:
+    """The stage Z of each of ``n`` frames from ``--stage-z``: a number, or a
+    CSV with one value per frame (a ``stage_z_um`` column, or the first)."""
+    try:
+        return np.full(n, float(value))
+    except ValueError:
+        pass
+    import pandas as pd
+
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{value} is neither a number (um) nor a CSV file")
+    table = pd.read_csv(path)
+    has_header = not all(_is_number(c) for c in table.columns)
+    if not has_header:
+        table = pd.read_csv(path, header=None)
+    col = "stage_z_um" if "stage_z_um" in table.columns else table.columns[0]
+    z = pd.to_numeric(table[col], errors="coerce").to_numpy(float)
+    if len(z) != n:
+        raise ValueError(
+            f"{path} has {len(z)} values; the movie has {n} frames (one per frame)"
+        )
+    if not np.isfinite(z).all():
+        bad = int(np.flatnonzero(~np.isfinite(z))[0])
+        raise ValueError(f"{path}: row {bad} of {col} is not a number")
+    return z
+
+
+def _is_number(text: Any) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _localize_movie(args: argparse.Namespace, path: Path) -> int:
     from axialtrack.devices.replay import open_movie
     from axialtrack.geometry import SplitterGeometry, split_frame
@@ -705,6 +754,12 @@ def _localize_movie(args: argparse.Namespace, path: Path) -> int:
         f = movie.frame(i)
         return f if movie.layout == "planes" else split_frame(f, geo)
 
+    stage_z_given: np.ndarray | None = None
+    if args.stage_z is not None:
+        try:
+            stage_z_given = _stage_z_of(args.stage_z, len(movie))
+        except ValueError as exc:
+            return fail(f"--stage-z: {exc}")
     first = planes_of(0)
     plane_shape = (int(first.shape[1]), int(first.shape[2]))
     dt = args.frame_interval
@@ -743,13 +798,24 @@ def _localize_movie(args: argparse.Namespace, path: Path) -> int:
         return 2
     n = len(movie)
     idx_all = np.arange(n)
+    stage_z = np.asarray(movie.stage_z_um, float)
+    if stage_z_given is not None:
+        stage_z = stage_z_given
+    elif not np.isfinite(stage_z).all():
+        console.print(
+            f"[yellow]{path} records no stage Z for "
+            f"{int((~np.isfinite(stage_z)).sum())} of {n} frames: their z_um is NaN "
+            "(dz_um is still measured). Give --stage-z UM or --stage-z "
+            "FILE.csv.[/yellow]",
+            soft_wrap=True,
+        )
     t = movie.t_s.copy()
     if not np.isfinite(t).all():
         t = idx_all * (dt or 1.0)
     metas = [
         FrameMeta(
             t_s=float(t[i]),
-            stage_z_um=float(movie.stage_z_um[i]),
+            stage_z_um=float(stage_z[i]),
             stage_x_um=float(movie.stage_x_um[i]),
             stage_y_um=float(movie.stage_y_um[i]),
             image_number=i,
