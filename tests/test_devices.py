@@ -334,6 +334,27 @@ def test_sequence_acquisition_real_time(core: UniMMCore) -> None:
     assert interval_ms - 2 < actual < 10 * interval_ms
 
 
+def test_sequence_start_time_fixes_the_sample(core: UniMMCore) -> None:
+    """With SequenceStartS every sequence shows the sample from the same time,
+    however late it starts (the particles are a function of seed and time)."""
+    core.setExposure(10)
+    core.setProperty("Camera", "Scene", "diffusing")
+    core.setProperty("Camera", "PlaneWidth", 64)
+    core.setProperty("Camera", "PlaneHeight", 64)
+    core.setProperty("Camera", "SequenceStartS", 2.5)
+    for _ in range(2):
+        _, metas = _run_sequence(core, 4, 20.0)
+        t_sim = np.array([float(m["SimTime_s"]) for m in metas])
+        assert np.allclose(t_sim, 2.5 + 0.02 * np.arange(4))
+    core.setProperty("Camera", "SequenceStartS", -1)  # back to the camera clock
+    cam = get_device(core, "Camera", SimCamera)
+    before = cam.now_s()
+    _, metas = _run_sequence(core, 2, 20.0)
+    assert before <= float(metas[0]["SimTime_s"]) <= cam.now_s()
+    with pytest.raises(ValueError, match="SequenceStartS"):
+        core.setProperty("Camera", "SequenceStartS", -0.5)
+
+
 def test_continuous_acquisition_paced_by_exposure(core: UniMMCore) -> None:
     core.setExposure(40)
     core.snapImage()  # builds the scene: not part of the timing

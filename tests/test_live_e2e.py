@@ -31,9 +31,18 @@ DEPTH = 0.3
 #: bundle is calibrated on beads on the glass, so beyond ~+0.5 um it compresses dz
 #: for particles in water (refractive-index mismatch; see docs/pipeline.md).
 Z_HALF = 0.5
-#: Bounds against the truth (measured: recall 0.96, precision 1.0, x/y 16/10 nm,
-#: z 63 nm with bias -5 nm, every link right).
-RECALL, PRECISION, XY_NM, Z_NM = 0.85, 0.9, 35.0, 100.0
+#: The sample time at which the camera's sequence starts: the particles' positions
+#: are a function of the seed and the time, so a fixed start gives every run (on
+#: an idle or a loaded machine) the same configuration of particles. Following the
+#: wall clock instead, recall ranged 0.72-0.95 over start times 0.5-60 s: the
+#: particles within half a crop of the border (13 % of this 192 px field), which
+#: no crop can hold, and pairs closer than 8 px (issue of crowding, not of load).
+START_S = 3.0
+#: Bounds against the truth, for particles the crops can hold (at least half a
+#: crop inside both planes). Measured at START_S: 315 particles, all isolated,
+#: recall 0.997, precision 0.997, x/y 17/12 nm, z 50 nm (bias +3 nm), every link
+#: right.
+RECALL, RECALL_ISOLATED, PRECISION, XY_NM, Z_NM = 0.95, 0.97, 0.95, 35.0, 100.0
 
 
 def _diffusing_rig(core, depth_um: float = 0.6) -> tuple[SimCamera, float]:
@@ -47,6 +56,7 @@ def _diffusing_rig(core, depth_um: float = 0.6) -> tuple[SimCamera, float]:
         ("ParticleDepthUm", 1.2),
         ("Seed", 4),
         ("RecordTruth", 1),
+        ("SequenceStartS", START_S),
     ):
         core.setProperty(cam_label, prop, str(value))
     cam = get_device(core, cam_label, SimCamera)
@@ -118,11 +128,19 @@ def test_live_run_tracks_diffusing_particles_against_truth(
     truth = to_dataframe(cam.renderer().trajectories())
     t_an = run.frame_meta["t_s"].to_numpy()[analyzed]
     truth = truth[np.isin(np.rint(truth["t_s"] * 1e6), np.rint(t_an * 1e6))]
+    crop = json.loads((sim_bundle / "model.json").read_text())["crop_size"]
     s = score_against_truth(
-        locs, truth, pixel_size_um=px, z_range_um=(stage_z - Z_HALF, stage_z + Z_HALF)
+        locs,
+        truth,
+        pixel_size_um=px,
+        z_range_um=(stage_z - Z_HALF, stage_z + Z_HALF),
+        field_px=(PLANE, PLANE, crop // 2),
     )
-    assert s.n_truth >= 30
+    assert truth["t_s"].min() == pytest.approx(START_S, abs=1e-6)
+    assert s.n_truth >= 200
+    assert s.n_isolated >= 150
     assert s.recall > RECALL
+    assert s.recall_isolated > RECALL_ISOLATED
     assert s.precision > PRECISION
     assert s.rmse_x_nm < XY_NM
     assert s.rmse_y_nm < XY_NM

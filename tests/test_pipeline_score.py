@@ -113,3 +113,40 @@ def test_links_count_only_those_the_linker_made_with_both_ends_matched() -> None
     locs2 = locs.assign(x_px=[10.1] * 4, z_um=[0.0, 5.0, 0.0, 0.0])
     s2 = score_against_truth(locs2, truth2, pixel_size_um=0.1, z_range_um=(-1, 1))
     assert s2.n_links == 1  # 2->3 only
+
+
+def test_field_and_isolated_recall() -> None:
+    # three emitters in one frame: one near the border, two 5 px apart
+    truth = pd.DataFrame(
+        {
+            "frame": [0, 0, 0, 0],
+            "t_s": [0.0] * 4,
+            "id": [0, 1, 2, 3],
+            "x_px0": [3.0, 100.0, 105.0, 150.0],
+            "y_px0": [100.0, 100.0, 100.0, 150.0],
+            "x_px1": [3.0, 100.0, 105.0, 195.0],  # id 3 is off plane 1's field
+            "y_px1": [100.0, 100.0, 100.0, 150.0],
+            "z_focus_um": [50.0] * 4,
+        }
+    )
+    # found: the one at the border (a lucky crop) and one of the pair
+    locs = truth.loc[[0, 1]].rename(
+        columns={"x_px0": "x_px", "y_px0": "y_px", "z_focus_um": "z_um"}
+    )
+    s = score_against_truth(locs, truth, pixel_size_um=PX)
+    assert (s.n_truth, s.n_matched) == (4, 2)
+    assert s.n_isolated == 2
+    assert s.recall_isolated == 0.5
+    # only the two emitters 7 px inside both 200 x 200 planes count, and the
+    # localization of the emitter at the border no longer counts against precision
+    s = score_against_truth(locs, truth, pixel_size_um=PX, field_px=(200, 200, 7))
+    assert (s.n_truth, s.n_matched, s.n_localizations) == (2, 1, 1)
+    assert s.recall == 0.5
+    assert s.precision == 1.0
+    assert s.n_isolated == 0  # the pair is 5 px apart
+    assert np.isnan(s.recall_isolated)
+    s = score_against_truth(
+        locs, truth, pixel_size_um=PX, field_px=(200, 200, 7), isolated_px=4.0
+    )
+    assert s.n_isolated == 2
+    assert s.recall_isolated == 0.5

@@ -14,7 +14,8 @@ exposure ends (later only if rendering takes longer than the frame period, which
 ``ActualInterval-ms`` then shows). ``snapImage`` takes the exposure time too.
 
 The simulation clock is the wall clock: ``t_s`` of a frame is the start of its
-exposure in seconds since the camera was initialized. Within a sequence the frame
+exposure in seconds since the camera was initialized (unless ``SequenceStartS``
+fixes the sample time at which sequences start). Within a sequence the frame
 times are exact multiples of the frame period from the start of the sequence, so
 particle motion between frames has exactly the statistics of that period
 regardless of scheduling jitter.
@@ -124,6 +125,11 @@ class SimCamera(PacedCamera):
         decides, and frames are dark while it is closed.
     RecordTruth
         1: keep the ground truth of every frame (see :meth:`renderer`).
+    SequenceStartS
+        -1 (default): a sequence starts at the camera clock's present time. A time
+        ``>= 0``: every sequence starts at that sample time (still paced in real
+        time), so a run sees the same configuration of moving particles however
+        late the machine starts it (reproducible tests and demonstrations).
     """
 
     #: Properties naming another device, and the class it must be ("" names
@@ -155,6 +161,7 @@ class SimCamera(PacedCamera):
         }
         self._auto_shutter = True
         self._record_truth = False
+        self._sequence_start_s = -1.0
         self._sample: Sample | None = None
         self._sample_key: tuple[Any, ...] | None = None
         self._renderer: Renderer | None = None
@@ -313,6 +320,19 @@ class SimCamera(PacedCamera):
             if self._renderer is not None:
                 self._renderer.record_truth = self._record_truth
         self._emit_property("RecordTruth", int(self._record_truth))
+
+    @pymm_property(name="SequenceStartS", limits=(-1.0, 1e6))
+    def sequence_start_s(self) -> float:
+        """Sample time at which sequences start (s); -1 follows the camera clock."""
+        return self._sequence_start_s
+
+    @sequence_start_s.setter
+    def _set_sequence_start_s(self, value: Any) -> None:
+        v = as_float(value, "SequenceStartS")
+        if v < 0 and v != -1.0:
+            raise ValueError(f"SequenceStartS must be -1 or >= 0; got {v}")
+        self._sequence_start_s = v
+        self._emit_property("SequenceStartS", v)
 
     # device labels ------------------------------------------------------------
     def _set_label(self, prop: str, value: Any) -> None:
@@ -539,19 +559,22 @@ class SimCamera(PacedCamera):
         exposure_s = self._exposure_ms / 1e3
         period_s = max(exposure_s, self._interval_ms / 1e3)
         self.renderer()  # build before the clock starts (first use, new settings)
-        t0 = max(self.now_s(), self._last_end_s)
+        # wall0: when frame 0 starts on the camera clock; t0: its sample time
+        wall0 = max(self.now_s(), self._last_end_s)
+        t0 = self._sequence_start_s if self._sequence_start_s >= 0 else wall0
         k = 0
         while n is None or k < n:
             start = t0 + k * period_s
-            _sleep_until(self._t0 + start)
+            wall = wall0 + k * period_s
+            _sleep_until(self._t0 + wall)
             with self._render_lock:
                 frame, meta = self._frame(start, exposure_s)
-            _sleep_until(self._t0 + start + exposure_s)
-            self._last_end_s = start + exposure_s
+            _sleep_until(self._t0 + wall + exposure_s)
+            self._last_end_s = wall + exposure_s
             buf = get_buffer(frame.shape, frame.dtype)
             buf[...] = frame
             if k:
-                self._actual_interval_ms = 1e3 * (self.now_s() - t0 - exposure_s) / k
+                self._actual_interval_ms = 1e3 * (self.now_s() - wall0 - exposure_s) / k
             k += 1
             yield meta
 

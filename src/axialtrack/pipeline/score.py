@@ -32,6 +32,10 @@ class TruthScore:
     n_links, link_accuracy
         Links between consecutive localizations of a track whose both ends are
         matched, and the fraction of them joining the same true emitter.
+    n_isolated, recall_isolated
+        Emitters counted in ``n_truth`` with no other emitter of the same frame
+        within ``isolated_px`` (plane 0), and the fraction of them matched: the
+        recall that crowding does not limit.
     """
 
     n_truth: int
@@ -46,6 +50,8 @@ class TruthScore:
     bias_z_nm: float
     n_links: int
     link_accuracy: float
+    n_isolated: int = 0
+    recall_isolated: float = float("nan")
 
     def as_dict(self) -> dict[str, Any]:
         """The score as a JSON-compatible dict."""
@@ -83,8 +89,8 @@ def match_to_truth(
     -------
     pandas.DataFrame
         One row per match: the localization's index ``loc_index``, the emitter's
-        ``truth_id``, and the errors ``dx_px, dy_px, dz_um`` (localization minus
-        truth).
+        ``truth_id`` and its position ``truth_row`` in ``truth``, and the errors
+        ``dx_px, dy_px, dz_um`` (localization minus truth).
     """
     lk = _key(locs[on]) if on == "t_s" else locs[on].to_numpy(np.int64)
     tk = _key(truth[on]) if on == "t_s" else truth[on].to_numpy(np.int64)
@@ -97,7 +103,7 @@ def match_to_truth(
     t_order = np.argsort(tk, kind="stable")
     t_keys, t_start = np.unique(tk[t_order], return_index=True)
     t_end = np.append(t_start[1:], len(t_order))
-    out: list[tuple[Any, int, float, float, float]] = []
+    out: list[tuple[Any, int, int, float, float, float]] = []
     for key in np.unique(lk):
         j = np.searchsorted(t_keys, key)
         if j >= len(t_keys) or t_keys[j] != key:
@@ -126,14 +132,16 @@ def match_to_truth(
                 (
                     loc_index[la],
                     int(tid[tb]),
+                    int(tb),
                     float(lxy[la, 0] - txy[tb, 0]),
                     float(lxy[la, 1] - txy[tb, 1]),
                     float(lz[la] - tz[tb]),
                 )
             )
     return pd.DataFrame(
-        out, columns=["loc_index", "truth_id", "dx_px", "dy_px", "dz_um"]
-    ).astype({"truth_id": np.int64})
+        out,
+        columns=["loc_index", "truth_id", "truth_row", "dx_px", "dy_px", "dz_um"],
+    ).astype({"truth_id": np.int64, "truth_row": np.int64})
 
 
 def score_against_truth(
@@ -144,6 +152,8 @@ def score_against_truth(
     max_dist_px: float = 2.0,
     z_range_um: tuple[float, float] | None = None,
     on: str = "t_s",
+    field_px: tuple[int, int, int] | None = None,
+    isolated_px: float = 8.0,
 ) -> TruthScore:
     """Recall, precision, XYZ errors and link accuracy against the truth.
 
@@ -163,22 +173,51 @@ def score_against_truth(
         to others are dropped.
     on
         Frame join column, see :func:`match_to_truth`.
+    field_px
+        ``(height, width, margin)``: only emitters at least ``margin`` pixels
+        inside a ``height x width`` plane, in both planes (truth columns
+        ``x_px0, y_px0`` and, when present, ``x_px1, y_px1``), count, as for
+        ``z_range_um``. A localizer that reads fixed-size crops sees nothing
+        within half a crop of the border; this scores the field it covers.
+    isolated_px
+        Distance (plane-0 pixels) within which another emitter of the same
+        frame makes an emitter crowded, for ``recall_isolated``.
     """
     truth = truth.reset_index(drop=True)
     locs = locs.reset_index(drop=True)
     m = match_to_truth(locs, truth, max_dist_px=max_dist_px, on=on)
-    n_truth = len(truth)
     n_locs = len(locs)
+    counted = np.ones(len(truth), dtype=bool)
     if z_range_um is not None:
         lo, hi = z_range_um
-        ok_truth = truth["z_focus_um"].between(lo, hi).to_numpy()
-        n_truth = int(ok_truth.sum())
-        true_z = locs.loc[m["loc_index"], "z_um"].to_numpy() - m["dz_um"].to_numpy()
-        keep = (true_z >= lo) & (true_z <= hi)
-        dropped = int((~keep).sum())
+        counted &= truth["z_focus_um"].between(lo, hi).to_numpy()
+    if field_px is not None:
+        h, w, margin = field_px
+        for xc, yc in (("x_px0", "y_px0"), ("x_px1", "y_px1")):
+            if xc in truth and yc in truth:
+                x = truth[xc].to_numpy(float)
+                y = truth[yc].to_numpy(float)
+                counted &= (x >= margin) & (x <= w - 1 - margin)
+                counted &= (y >= margin) & (y <= h - 1 - margin)
+    n_truth = int(counted.sum())
+    if not counted.all():
+        keep = counted[m["truth_row"].to_numpy()]
+        n_locs -= int((~keep).sum())
         m = m[keep]
-        n_locs -= dropped
     n = len(m)
+    # emitters with no other of the same frame within isolated_px
+    isolated = np.zeros(len(truth), dtype=bool)
+    tkey = _key(truth[on]) if on == "t_s" else truth[on].to_numpy(np.int64)
+    txy = truth[["x_px0", "y_px0"]].to_numpy(float)
+    for rows in pd.Series(np.arange(len(truth))).groupby(tkey).indices.values():
+        if len(rows) == 1:
+            isolated[rows] = True
+            continue
+        d, _ = cKDTree(txy[rows]).query(txy[rows], k=2)
+        isolated[rows] = d[:, 1] > isolated_px
+    isolated &= counted
+    n_iso = int(isolated.sum())
+    iso_hit = int(isolated[m["truth_row"].to_numpy()].sum()) if n else 0
     px_nm = pixel_size_um * 1000.0
 
     def rms(v: np.ndarray) -> float:
@@ -217,4 +256,6 @@ def score_against_truth(
         bias_z_nm=float(np.mean(ez)) if n else float("nan"),
         n_links=n_links,
         link_accuracy=good / n_links if n_links else float("nan"),
+        n_isolated=n_iso,
+        recall_isolated=iso_hit / n_iso if n_iso else float("nan"),
     )
