@@ -223,3 +223,37 @@ def test_quick_demo_tells_the_whole_story(tmp_path: Path, capsys) -> None:
     assert "nan" not in summary.lower()
     # a second demo into the same folder is refused unless --overwrite
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 2
+
+
+def test_mda_handler_keeps_no_rows_in_memory(
+    core, sim_bundle: Path, tmp_path: Path
+) -> None:
+    """Through pymmcore-plus's MDA runner the analyzer keeps no rows (memory
+    flat over any length), and the track table is made from the stored rows."""
+    import useq
+
+    from axialtrack.pipeline.mda import TrackingHandler
+
+    _diffusing_rig(core, DEPTH)
+    analyzer = make_analyzer(
+        sim_bundle,
+        plane_shape=(PLANE, PLANE),
+        pixel_size_um=float(core.getPixelSizeUm()),
+        geometry=splitter_geometry(core),
+        frame_interval_s=core.getExposure() / 1e3,
+    )
+    assert analyzer.keep_rows  # the default for scripts that call finish()
+    handler = TrackingHandler(tmp_path / "mda.zarr", analyzer, core=core)
+    assert analyzer.keep_rows is False
+    seq = useq.MDASequence(time_plan={"interval": 0, "loops": 40})
+    core.mda.run(seq, output=handler)
+    handler.wait()
+    assert handler.error is None
+    assert handler.metrics is not None
+    assert handler.metrics.frames_written == 40
+    assert analyzer.localizations().empty  # nothing kept in memory
+    run = open_run(tmp_path / "mda.zarr")
+    assert len(run.localizations) > 100
+    assert run.tracks is not None
+    linked = run.localizations["track_id"] >= 0
+    assert len(run.tracks) == run.localizations.loc[linked, "track_id"].nunique()

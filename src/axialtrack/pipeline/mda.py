@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from axialtrack.geometry import SplitterGeometry, read_splitter_geometry
+from axialtrack.pipeline.analyzer import TrackingAnalyzer
 from axialtrack.pipeline.runner import (
     FrameAnalyzer,
     LiveMetrics,
@@ -138,7 +139,12 @@ class TrackingHandler:
         ``-1``, ``-2``, ... before the suffix.
     analyzer
         The :class:`~axialtrack.pipeline.runner.FrameAnalyzer` (None: record
-        only).
+        only). A :class:`~axialtrack.pipeline.analyzer.TrackingAnalyzer` is set
+        to keep no rows (``keep_rows = False``): the store holds every row and
+        the track table is made from them at the end, so memory stays flat over
+        a sequence of any length. Make an
+        :class:`~axialtrack.pipeline.AnalysisProcess` with ``keep_rows=False``
+        for the same.
     core
         The core running the MDA: gives the splitter geometry and pixel size if
         not given, and is asked to cancel the MDA if the store fails.
@@ -200,6 +206,8 @@ class TrackingHandler:
         self.tracked_channel: str | None = channel
         self.frames_other_channels = 0
         self._no_channel_error: str | None = None
+        if isinstance(analyzer, TrackingAnalyzer):
+            analyzer.keep_rows = False  # the rows are in the store
         self.analyzer = analyzer
         self.core = core
         self.geometry = geometry
