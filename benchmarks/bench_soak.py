@@ -203,9 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             rss = ", ".join(f"{k} {v:.1f} MB" for k, v in samples[-1]["rss_mb"].items())
             log(f"{m.status_line()} | {rss}")
 
-    runner = LiveRunner(
-        CoreSource(core), proc, writer, geometry=geo, config=cfg, on_status=on_status
-    )
+    runner = LiveRunner(CoreSource(core), proc, writer, geometry=geo, config=cfg)
+    runner.events.status.connect(on_status)
     log(f"soak: {args.minutes:g} min into {out} (analysis pid {proc.pid})")
     try:
         final = runner.run(duration_s=args.minutes * 60.0)

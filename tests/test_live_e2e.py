@@ -98,9 +98,9 @@ def test_live_run_tracks_diffusing_particles_against_truth(
         analyzer,
         writer,
         geometry=geo,
-        on_status=on_status,
         config=cfg,
     )
+    runner.events.status.connect(on_status)
     metrics = runner.run(n_frames=60)
     assert metrics.frames_in == metrics.frames_written == 60
     assert metrics.frames_skipped == 0

@@ -154,7 +154,7 @@ def test_stop_signals_stop_the_runner_and_restore_the_handlers(
             signal.raise_signal(signal.SIGTERM)
             signal.raise_signal(signal.SIGTERM)
 
-    runner.on_status = on_status
+    runner.events.status.connect(on_status)
     with StopSignals(runner, on_repeat=repeats.append) as stops:
         m = runner.run()
     assert signal.getsignal(signal.SIGTERM) is before
@@ -277,8 +277,8 @@ def test_status_reported_once_per_interval_also_while_stopping(
         _writer(tmp_path / "run.zarr", geo),
         geometry=geo,
         config=RunnerConfig(log_status=False, status_interval_s=0.2),
-        on_status=lambda m: calls.append(time.perf_counter()),
     )
+    runner.events.status.connect(lambda m: calls.append(time.perf_counter()))
     m = runner.run(duration_s=0.3)
     assert m.frames_in >= 40  # it drained 40 frames (0.4 s) after the stop
     gaps = np.diff(calls)
@@ -323,7 +323,7 @@ def test_cli_live_status_in_a_log_and_a_readable_summary(
     assert open_run(out).n_frames == 120
 
 
-def test_on_status_gets_metrics_that_format_before_any_latency() -> None:
+def test_status_metrics_format_before_any_latency() -> None:
     m = LiveMetrics()
     assert "latency p50 - p99 - ms" in m.status_line()
     rows = dict(m.summary_rows())

@@ -193,9 +193,9 @@ def test_a_child_that_dies_stops_the_analysis_not_the_recording(
         proc,
         writer,
         geometry=geo,
-        on_status=on_status,
         config=RunnerConfig(status_interval_s=0.05, log_status=False),
     )
+    runner.events.status.connect(on_status)
     m = runner.run(n_frames=150)
     assert killed
     # the recording went on to the frame count asked for

@@ -218,8 +218,8 @@ def test_runner_all_frames_written_and_analyzed(tmp_path: Path) -> None:
         w,
         geometry=geo,
         config=cfg,
-        on_status=statuses.append,
     )
+    runner.events.status.connect(statuses.append)
     m = runner.run()
     assert m.stop_reason == "source-ended"
     assert m.frames_in == m.frames_written == 60
@@ -263,8 +263,8 @@ def test_run_freezes_the_garbage_collector_and_thaws_it(
         _writer(tmp_path / "run.zarr", geo),
         geometry=geo,
         config=RunnerConfig(status_interval_s=0.02, freeze_gc=freeze),
-        on_status=lambda m: during.append(gc.get_freeze_count()),
     )
+    runner.events.status.connect(lambda m: during.append(gc.get_freeze_count()))
     m = runner.run()
     assert m.frames_written == 20
     assert during
@@ -297,8 +297,8 @@ def test_ctrl_c_stops_the_run_and_stores_every_frame(tmp_path: Path) -> None:
             _writer(path, geo),
             geometry=geo,
             config=RunnerConfig(status_interval_s=0.01, log_status=False),
-            on_status=ctrl_c,
         )
+        runner.events.status.connect(ctrl_c)
         try:
             m = runner.run()
         except KeyboardInterrupt:  # pragma: no cover - the failure being tested

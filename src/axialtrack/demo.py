@@ -477,8 +477,9 @@ def _live_run(
         writer,
         geometry=geo,
         config=RunnerConfig(),
-        on_status=_status_printer(con) if progress else None,
     )
+    if progress:
+        runner.events.status.connect(_status_printer(con))
     t0 = time.perf_counter()
     if cfg.frames is not None:
         metrics = runner.run(n_frames=cfg.frames)

@@ -19,6 +19,7 @@ from .analyzer import TrackingAnalyzer, make_analyzer
 from .config import CameraCalibration, DetectionConfig, LocalizerConfig
 from .crops import crop_pairs
 from .detect import Detections, detect
+from .events import RunSignals
 from .link import LinkConfig, OnlineLinker, link_table
 from .localize import Localizer
 from .mda import TrackingHandler
@@ -55,6 +56,7 @@ __all__ = [
     "Localizer",
     "LocalizerConfig",
     "OnlineLinker",
+    "RunSignals",
     "RunnerConfig",
     "SourceFrame",
     "TrackingAnalyzer",

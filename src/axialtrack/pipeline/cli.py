@@ -482,9 +482,8 @@ def _run_live(
             )
 
     config = RunnerConfig(log_status=False, status_interval_s=0.5 if tty else 1.0)
-    runner = LiveRunner(
-        source, analyzer, writer, geometry=geo, config=config, on_status=on_status
-    )
+    runner = LiveRunner(source, analyzer, writer, geometry=geo, config=config)
+    runner.events.status.connect(on_status)
     stops.attach(runner)
     status = 0
     metrics = None

@@ -25,7 +25,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import numpy as np
 
 from axialtrack.geometry import SplitterGeometry, read_splitter_geometry
 from axialtrack.pipeline.analyzer import TrackingAnalyzer
+from axialtrack.pipeline.events import RunSignals
 from axialtrack.pipeline.runner import (
     FrameAnalyzer,
     LiveMetrics,
@@ -157,9 +158,9 @@ class TrackingHandler:
         here, before anything runs.
     config, writer_options, compression, model, rig
         Passed to the runner and the :class:`~axialtrack.store.RunWriter`.
-    on_status
-        Called with :class:`LiveMetrics` every ``config.status_interval_s``
-        (from the handler's supervisor thread).
+    events
+        The :class:`~axialtrack.pipeline.events.RunSignals` every sequence's run
+        emits (default: a new group); subscribe through :attr:`events`.
     channel
         The channel (preset of the sequence's channel group) whose frames are
         stored and tracked. A run store holds one channel: frames of the other
@@ -170,6 +171,11 @@ class TrackingHandler:
 
     Attributes
     ----------
+    events
+        The runs' signals (:class:`~axialtrack.pipeline.events.RunSignals`):
+        ``started`` (each sequence's store), ``status``, ``batchAnalyzed``,
+        ``framesStored``, ``framesSkipped``, ``warning``, ``finished``,
+        ``failed``, emitted from the handler's supervisor and analysis threads.
     metrics
         :class:`LiveMetrics` of the last finished sequence.
     error
@@ -198,7 +204,7 @@ class TrackingHandler:
         compression: Any = None,
         model: Mapping[str, Any] | None = None,
         rig: Mapping[str, Any] | None = None,
-        on_status: Callable[[LiveMetrics], None] | None = None,
+        events: RunSignals | None = None,
         channel: str | None = None,
     ) -> None:
         self._out = os.fspath(out)
@@ -220,7 +226,7 @@ class TrackingHandler:
         self.compression = compression
         self.model = dict(model or {})
         self.rig = dict(rig or {})
-        self.on_status = on_status
+        self.events = events if events is not None else RunSignals()
         self.metrics: LiveMetrics | None = None
         self.error: BaseException | None = None
         self.path: Path | None = None
@@ -487,7 +493,7 @@ class TrackingHandler:
                     writer,
                     geometry=geo,
                     config=self.config,
-                    on_status=self.on_status,
+                    events=self.events,
                 )
                 self._runner = runner
                 self.metrics = runner.run()

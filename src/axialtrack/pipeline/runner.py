@@ -36,7 +36,7 @@ batch on keep ``analyzed = false``, and the metrics say so
 
 The thread that calls :meth:`LiveRunner.run` supervises: it stops the run at the
 requested duration (counted from the first frame), reports :class:`LiveMetrics`
-to ``on_status`` at most every ``status_interval_s`` and, at the end, writes
+as ``events.status`` at most every ``status_interval_s`` and, at the end, writes
 the tracks, the final metrics (``live_metrics`` in the run's attributes) and
 closes the store. :class:`StopSignals` makes SIGTERM and SIGHUP stop a run as
 Ctrl-C does.
@@ -61,6 +61,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from axialtrack.geometry import SplitterGeometry, unmirror
+from axialtrack.pipeline.events import RunSignals
 from axialtrack.store import (
     FrameMeta,
     RunWriter,
@@ -248,6 +249,15 @@ def _n_rows(table: Any) -> int:
     return len(table)
 
 
+def _as_columns(table: Any) -> dict[str, np.ndarray]:
+    """A batch's rows as a dict of column arrays (``{}`` for none)."""
+    if table is None:
+        return {}
+    if isinstance(table, Mapping):
+        return {str(k): np.asarray(v) for k, v in table.items()}
+    return {str(c): table[c].to_numpy() for c in table.columns}
+
+
 def _rows_before(table: Any, n_frames: int) -> Any:
     """The rows of ``table`` (DataFrame or dict of columns) whose ``frame`` is
     below ``n_frames``."""
@@ -283,7 +293,7 @@ class RunnerConfig(BaseModel):
     analysis_queue_frames
         Frames that may wait for analysis; beyond, new frames are skipped.
     status_interval_s
-        Period of the ``on_status`` callback (and of the log line).
+        Period of the ``events.status`` signal (and of the log line).
     stall_timeout_s
         No frame for this long while the camera should deliver: the run stops
         with :class:`CameraStalledError` (every frame received is kept).
@@ -933,9 +943,18 @@ class LiveRunner:
         How the planes lie on the sensor (splits each raw frame).
     config
         Threading and queue tuning.
-    on_status
-        Called with a :class:`LiveMetrics` every ``status_interval_s`` from the
-        thread that called :meth:`run` (never from the acquisition thread).
+    events
+        The :class:`~axialtrack.pipeline.events.RunSignals` to emit (default: a
+        new group); subscribe through :attr:`events`.
+
+    Attributes
+    ----------
+    events
+        The run's signals (:class:`~axialtrack.pipeline.events.RunSignals`):
+        ``started``, ``status`` (a :class:`LiveMetrics` every
+        ``status_interval_s``), ``batchAnalyzed``, ``framesStored``,
+        ``framesSkipped``, ``warning``, ``finished``, ``failed``. No subscriber
+        ever runs in the acquisition thread.
     """
 
     def __init__(
@@ -946,14 +965,14 @@ class LiveRunner:
         *,
         geometry: SplitterGeometry,
         config: RunnerConfig | None = None,
-        on_status: Callable[[LiveMetrics], None] | None = None,
+        events: RunSignals | None = None,
     ) -> None:
         self.source = source
         self.analyzer = analyzer
         self.writer = writer
         self.geometry = geometry
         self.config = config or RunnerConfig()
-        self.on_status = on_status
+        self.events = events if events is not None else RunSignals()
         self._stop = threading.Event()
         self._ran = False
         cfg = self.config
@@ -966,6 +985,12 @@ class LiveRunner:
         self._fail_lock = threading.Lock()
         self._stop_reason = "running"
         self._warnings: list[str] = []
+        self._warnings_emitted = 0
+        self._emit_failed: set[str] = set()
+        # frames the analysis skipped, not yet emitted (appended by the
+        # acquisition thread, taken by the run() thread)
+        self._skipped_new: list[int] = []
+        self._stored_emitted = 0
         # counters
         self._frames_in = 0
         self._frames_handed = 0
@@ -1089,6 +1114,7 @@ class LiveRunner:
                 self.writer.close()
             raise
         self._t0 = time.perf_counter()
+        self._emit(self.events.started, self.writer.path)
         # each thread sets its event when it ends: a Thread.join() interrupted
         # by Ctrl-C (KeyboardInterrupt) can mark the running thread as stopped,
         # so that later joins return at once (seen with CPython 3.11); the
@@ -1293,11 +1319,41 @@ class LiveRunner:
         m = self.metrics()
         if self.config.log_status:
             logger.info("live: %s", m.status_line())
-        if self.on_status is not None:
-            try:
-                self.on_status(m)
-            except Exception:  # a display problem must not stop the run
-                logger.exception("on_status callback failed")
+        self._emit_pending(m.frames_written)
+        self._emit(self.events.status, m)
+
+    def _emit(self, signal: Any, *args: Any) -> None:
+        """Emit ``signal``; a subscriber that raises is logged, and never stops
+        the run (a display or a controller problem must not lose frames)."""
+        try:
+            signal.emit(*args)
+        except Exception as exc:
+            name = str(signal.name)
+            if name in self._emit_failed:
+                return  # said once: formatting it again costs the run time
+            self._emit_failed.add(name)
+            logger.error("a subscriber of %s failed: %s", name, exc)
+            cause = exc.__cause__ or exc
+            self._warn(
+                f"A subscriber of the run's {name} event failed "
+                f"({type(cause).__name__}: {cause}); the run goes on without "
+                "reporting its further failures"
+            )
+
+    def _emit_pending(self, written: int) -> None:
+        """Emit the warnings, skipped frames and stored count not yet emitted
+        (from the thread that called :meth:`run`)."""
+        ev = self.events
+        while self._warnings_emitted < len(self._warnings):
+            self._warnings_emitted += 1
+            self._emit(ev.warning, self._warnings[self._warnings_emitted - 1])
+        if self._skipped_new:
+            # swap, then read: the acquisition thread appends to the new list
+            taken, self._skipped_new = self._skipped_new, []
+            self._emit(ev.framesSkipped, np.asarray(taken, dtype=np.int64))
+        if written > self._stored_emitted:
+            self._stored_emitted = written
+            self._emit(ev.framesStored, int(written))
 
     def _fail(self, exc: BaseException) -> None:
         with self._fail_lock:
@@ -1416,6 +1472,7 @@ class LiveRunner:
                             give = True
                     if not give and not self._analysis_stopped:
                         self._frames_skipped += 1
+                        self._skipped_new.append(index)
                 if not give:
                     ring.hold(slot, 1)
                 self._write_q.put((index, slot, meta))
@@ -1662,6 +1719,13 @@ class LiveRunner:
             self._last_analyzed_index = int(indices[-1])
             self._pending_analyzed.append(indices)
             self._flush_analyzed()
+            if len(self.events.batchAnalyzed):
+                # after the latency is taken: a subscriber's time is its own
+                self._emit(
+                    self.events.batchAnalyzed,
+                    np.asarray(indices, dtype=np.int64),
+                    _as_columns(table),
+                )
 
     def _flush_analyzed(self) -> None:
         """Mark analyzed the frames the writer has (the rest: next time)."""
@@ -1764,6 +1828,12 @@ class LiveRunner:
         final.frames_written = w.frames_committed
         if self.config.log_status:
             logger.info("live run finished (%s): %s", final.stop_reason, final)
+        self._emit_pending(final.frames_written)
+        if len(self._warnings) > self._warnings_emitted:  # a subscriber failed
+            self._emit_pending(final.frames_written)
+            final.warnings = list(self._warnings)
+        if failure is not None or close_error is not None:
+            self._emit(self.events.failed, failure or close_error)
         if failure is not None:
             if self._analysis_error is not None:
                 failure.add_note(
@@ -1780,4 +1850,5 @@ class LiveRunner:
                 f"{final.frames_in} frames received but {final.frames_written} "
                 f"stored in {w.path}"
             )
+        self._emit(self.events.finished, final)
         return final

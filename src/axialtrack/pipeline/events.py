@@ -1,0 +1,78 @@
+"""Events of a live run, in the style of pymmcore-plus (psygnal signals).
+
+Every :class:`~axialtrack.pipeline.runner.LiveRunner` (and
+:class:`~axialtrack.pipeline.mda.TrackingHandler`) has an ``events`` attribute, a
+:class:`RunSignals` group. The CLI's status line, user scripts and the GUI all
+subscribe to it::
+
+    runner.events.status.connect(lambda m: print(m.status_line()))
+    runner.events.batchAnalyzed.connect(on_rows)  # e.g. a focus lock
+    runner.run(duration_s=60)
+
+Which thread emits
+------------------
+The acquisition thread never runs a subscriber: it only moves frames. The
+events come from
+
+- the thread that called :meth:`~axialtrack.pipeline.runner.LiveRunner.run`:
+  ``started``, ``status``, ``framesStored``, ``framesSkipped``, ``warning``,
+  ``finished`` and ``failed`` (warnings raised in other threads are emitted at
+  the next status period);
+- the analysis thread: ``batchAnalyzed``, as soon as the rows of a batch are
+  handed to the store (the earliest moment a controller can act on them; a slow
+  subscriber delays the analysis, never the recording).
+
+A subscriber that raises is logged and does not stop the run.
+
+A Qt widget connects with ``thread="main"`` (psygnal queues the call to the Qt
+main thread), or through a Qt signal of its own.
+"""
+
+from __future__ import annotations
+
+from psygnal import Signal, SignalGroup
+
+__all__ = ["RunSignals"]
+
+
+class RunSignals(SignalGroup):
+    """Signals of a live run.
+
+    Attributes
+    ----------
+    started
+        ``(path)``: the run store (:class:`pathlib.Path`) is open and the camera
+        started.
+    status
+        ``(metrics)``: a :class:`~axialtrack.pipeline.runner.LiveMetrics` every
+        ``RunnerConfig.status_interval_s``.
+    batchAnalyzed
+        ``(frames, rows)``: the frame indices of an analyzed batch (int64
+        array) and its localization rows (a dict of equal-length column
+        arrays, the localization table's columns; empty when the batch had
+        none).
+    framesStored
+        ``(n)``: frames committed to the store so far, when it grew (at most
+        once per status period).
+    framesSkipped
+        ``(frames)``: indices (int64 array) of the frames the analysis skipped
+        since the last emission (it could not keep up; ``axialtrack localize``
+        fills them in); at most once per status period.
+    warning
+        ``(message)``: a one-line warning (also in ``LiveMetrics.warnings``).
+    finished
+        ``(metrics)``: the run is over and its store closed; the final
+        :class:`~axialtrack.pipeline.runner.LiveMetrics`.
+    failed
+        ``(error)``: the run stopped on this exception (``run()`` raises it
+        once the store is closed).
+    """
+
+    started = Signal(object)
+    status = Signal(object)
+    batchAnalyzed = Signal(object, object)
+    framesStored = Signal(int)
+    framesSkipped = Signal(object)
+    warning = Signal(str)
+    finished = Signal(object)
+    failed = Signal(object)
