@@ -81,3 +81,34 @@ def test_defaults_converge_where_the_old_ones_compressed(data) -> None:
     assert o["test_slope"] < 1 - SLOPE_TOLERANCE
     assert o["test_rmse_nm"] > 1.5 * m["test_rmse_nm"]
     assert any("compressed" in w for w in o["warnings"])
+
+
+def test_training_events_and_stop(data) -> None:
+    """A live loss plot gets every epoch; a cancel button ends the training
+    after the current epoch with the best model so far."""
+    import threading
+
+    from axialtrack.events import TrainSignals
+
+    events = TrainSignals()
+    stop = threading.Event()
+    got: dict[str, list] = {"started": [], "epoch": [], "finished": []}
+    events.started.connect(got["started"].append)
+    events.finished.connect(got["finished"].append)
+
+    def on_epoch(row: dict) -> None:
+        got["epoch"].append(row)
+        if row["epoch"] == 3:
+            stop.set()
+
+    events.epochFinished.connect(on_epoch)
+    res = train(data, epochs=50, seed=0, progress=False, events=events, stop=stop)
+    assert len(got["started"]) == 1
+    assert got["started"][0]["epochs_planned"] == 50
+    assert [r["epoch"] for r in got["epoch"]] == [1, 2, 3]
+    assert [r["val_loss"] for r in got["epoch"]] == [h["val_loss"] for h in res.history]
+    assert all(r["epochs"] == 50 for r in got["epoch"])
+    assert got["finished"] == [res.metrics]
+    assert res.metrics["stopped_by"] == "stopped"
+    assert res.metrics["epochs_run"] == 3
+    assert 1 <= res.best_epoch <= 3

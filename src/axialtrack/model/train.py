@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from axialtrack.calibrate.examples import Examples
+from axialtrack.events import TrainSignals
 
 from .config import DEFAULT_STEPS, ModelConfig
 from .neighbours import add_neighbours, kth_smallest
@@ -479,6 +481,8 @@ def train(
     recalibrate: bool | Literal["auto"] = "auto",
     recalibrate_dz_max_um: float | None = None,
     neighbours: float = 0.0,
+    events: TrainSignals | None = None,
+    stop: threading.Event | None = None,
 ) -> TrainResult:
     """Train the axial localization network on calibration examples.
 
@@ -553,6 +557,14 @@ def train(
         crowded live samples. 0: off. On the live benchmark (about 100
         particles per 512 x 512 field) 0.5 removed the out-of-range Z
         predictions of crowded crops at a cost of a few nm of bead RMSE.
+    events
+        :class:`TrainSignals` to emit from the training thread: ``started``
+        (the schedule), ``epochFinished`` (each epoch's history row, for a live
+        loss plot) and ``finished`` (the metrics).
+    stop
+        Set it (from any thread, e.g. a GUI's cancel button) to end the
+        training after the current epoch; the best model so far is returned,
+        with ``metrics["stopped_by"] == "stopped"``.
 
     Returns
     -------
@@ -676,9 +688,20 @@ def train(
         )
         bar.start()
         task = bar.add_task("", total=epochs)
+    if events is not None:
+        events.started.emit(
+            {
+                "epochs_planned": epochs,
+                "steps_per_epoch": steps_per_epoch,
+                "n_train": len(tr),
+                "n_validation": len(va),
+            }
+        )
     try:
         with _deterministic():
             for epoch in range(1, epochs + 1):
+                if stop is not None and stop.is_set():
+                    break
                 te0 = time.perf_counter()
                 model.train()
                 total, count = 0.0, 0
@@ -725,6 +748,10 @@ def train(
                         description=f"loss {total / max(count, 1):.4g}  "
                         f"val {vloss:.4g}  val RMSE {vrmse:.1f} nm",
                     )
+                if events is not None:
+                    events.epochFinished.emit(
+                        {**history[-1], "best_epoch": best[1], "epochs": epochs}
+                    )
                 if epoch - best[1] >= patience:
                     break
                 if max_time_s is not None and time.perf_counter() - t0 > max_time_s:
@@ -744,7 +771,9 @@ def train(
     elif recalibrate:
         recal = _fold_affine_recalibration(model, va, recalibrate_dz_max_um)
     stopped = (
-        "early stop"
+        "stopped"
+        if stop is not None and stop.is_set() and len(history) < epochs
+        else "early stop"
         if history and history[-1]["epoch"] - best[1] >= patience
         else "time limit"
         if len(history) < epochs
@@ -769,6 +798,8 @@ def train(
         metrics["recalibration"] = recal
     metrics["test_slope"] = _slope(model, te)
     metrics["warnings"] = _training_warnings(history, best[1], metrics)
+    if events is not None:
+        events.finished.emit(metrics)
     return TrainResult(
         model=model,
         config=cfg,

@@ -15,11 +15,12 @@
 
 from __future__ import annotations
 
+from axialtrack.events import RunSignals
+
 from .analyzer import TrackingAnalyzer, make_analyzer
 from .config import CameraCalibration, DetectionConfig, LocalizerConfig
 from .crops import crop_pairs
 from .detect import Detections, detect
-from .events import RunSignals
 from .link import LinkConfig, OnlineLinker, link_table
 from .localize import Localizer
 from .mda import TrackingHandler

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from axialtrack.events import RunSignals
 from axialtrack.geometry import SplitterGeometry, read_splitter_geometry
 from axialtrack.pipeline.analyzer import TrackingAnalyzer
-from axialtrack.pipeline.events import RunSignals
 from axialtrack.pipeline.runner import (
     FrameAnalyzer,
     LiveMetrics,
@@ -159,7 +159,7 @@ class TrackingHandler:
     config, writer_options, compression, model, rig
         Passed to the runner and the :class:`~axialtrack.store.RunWriter`.
     events
-        The :class:`~axialtrack.pipeline.events.RunSignals` every sequence's run
+        The :class:`~axialtrack.events.RunSignals` every sequence's run
         emits (default: a new group); subscribe through :attr:`events`.
     channel
         The channel (preset of the sequence's channel group) whose frames are
@@ -172,7 +172,7 @@ class TrackingHandler:
     Attributes
     ----------
     events
-        The runs' signals (:class:`~axialtrack.pipeline.events.RunSignals`):
+        The runs' signals (:class:`~axialtrack.events.RunSignals`):
         ``started`` (each sequence's store), ``status``, ``batchAnalyzed``,
         ``framesStored``, ``framesSkipped``, ``warning``, ``finished``,
         ``failed``, emitted from the handler's supervisor and analysis threads.

@@ -60,8 +60,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from axialtrack.events import RunSignals
 from axialtrack.geometry import SplitterGeometry, unmirror
-from axialtrack.pipeline.events import RunSignals
 from axialtrack.store import (
     FrameMeta,
     RunWriter,
@@ -944,13 +944,13 @@ class LiveRunner:
     config
         Threading and queue tuning.
     events
-        The :class:`~axialtrack.pipeline.events.RunSignals` to emit (default: a
+        The :class:`~axialtrack.events.RunSignals` to emit (default: a
         new group); subscribe through :attr:`events`.
 
     Attributes
     ----------
     events
-        The run's signals (:class:`~axialtrack.pipeline.events.RunSignals`):
+        The run's signals (:class:`~axialtrack.events.RunSignals`):
         ``started``, ``status`` (a :class:`LiveMetrics` every
         ``status_interval_s``), ``batchAnalyzed``, ``framesStored``,
         ``framesSkipped``, ``warning``, ``finished``, ``failed``. No subscriber

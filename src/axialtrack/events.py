@@ -1,4 +1,8 @@
-"""Events of a live run, in the style of pymmcore-plus (psygnal signals).
+"""Events, in the style of pymmcore-plus (psygnal signal groups).
+
+- :class:`RunSignals`: a live run (``LiveRunner.events``,
+  ``TrackingHandler.events``);
+- :class:`TrainSignals`: a training (``train(..., events=...)``).
 
 Every :class:`~axialtrack.pipeline.runner.LiveRunner` (and
 :class:`~axialtrack.pipeline.mda.TrackingHandler`) has an ``events`` attribute, a
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 from psygnal import Signal, SignalGroup
 
-__all__ = ["RunSignals"]
+__all__ = ["RunSignals", "TrainSignals"]
 
 
 class RunSignals(SignalGroup):
@@ -76,3 +80,24 @@ class RunSignals(SignalGroup):
     warning = Signal(str)
     finished = Signal(object)
     failed = Signal(object)
+
+
+class TrainSignals(SignalGroup):
+    """Signals of a training (:func:`axialtrack.model.train`), from its thread.
+
+    Attributes
+    ----------
+    started
+        ``(schedule)``: a dict with ``epochs_planned``, ``steps_per_epoch``,
+        ``n_train`` and ``n_validation``.
+    epochFinished
+        ``(row)``: the epoch's history row (``epoch``, ``train_loss``,
+        ``val_loss``, ``val_rmse_nm``, ``lr``, ``time_s``) with ``best_epoch``
+        and ``epochs`` (planned): what a live loss plot draws.
+    finished
+        ``(metrics)``: the training's metrics (``TrainResult.metrics``).
+    """
+
+    started = Signal(object)
+    epochFinished = Signal(object)
+    finished = Signal(object)
