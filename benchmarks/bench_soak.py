@@ -82,12 +82,16 @@ def _pct(v: list[float], q: float) -> float | None:
     return round(float(np.percentile(v, q)), 2) if v else None
 
 
-def _trace_growth(directory: Path, top: int = 10) -> list[dict[str, Any]]:
-    """The largest growths between the first and last snapshot in ``directory``."""
+def _trace_growth(
+    directory: Path, top: int = 10, prefix: str = "child"
+) -> list[dict[str, Any]]:
+    """The largest growths between the first and last snapshot in ``directory``
+    (of the files ``PREFIX-*.snap``)."""
     import tracemalloc
 
     snaps = sorted(
-        directory.glob("child-*.snap"), key=lambda p: int(p.stem.rsplit("-", 1)[1])
+        directory.glob(f"{prefix}-*.snap"),
+        key=lambda p: int(p.stem.rsplit("-", 1)[1]),
     )
     if len(snaps) < 2:
         return []
@@ -117,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         "--tracemalloc",
         default=None,
         metavar="DIR",
-        help="trace the analysis process's allocations: snapshots every 30 s "
-        "in DIR, and the 10 largest growths between the first and the last in "
-        "the report",
+        help="trace the allocations of the analysis process (snapshots every "
+        "30 s) and of this one (every minute after the warm-up) in DIR, and "
+        "report the 10 largest growths of each between its first and last",
     )
     ap.add_argument(
         "--keep-rows-in-memory",
@@ -147,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         from axialtrack.pipeline._analysis_child import TRACE_ENV
 
         os.environ[TRACE_ENV] = str(Path(args.tracemalloc).absolute())
+        import tracemalloc
+
+        tracemalloc.start(12)  # this process too: snapshots after warm-up, at end
     core = load_rig()
     cam = core.getCameraDevice()
     for prop, value in (
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         out, geometry=geo, plane_shape=(PLANE, PLANE), pixel_size_um=px
     )
     samples: list[dict[str, Any]] = []
+    traced: list[float] = []  # main-process snapshots taken (elapsed s)
     lat_seen = [0]
     pids = {"main": os.getpid(), "analysis": int(proc.pid or -1)}
     runner: LiveRunner | None = None
@@ -199,6 +207,17 @@ def main(argv: list[str] | None = None) -> int:
                 "rss_mb": {k: rss_mb(p) for k, p in pids.items()},
             }
         )
+        if (
+            args.tracemalloc
+            and m.elapsed_s >= args.warmup_min * 60.0
+            and (not traced or len(samples) % max(1, round(60 / args.sample_s)) == 0)
+        ):
+            import tracemalloc
+
+            traced.append(m.elapsed_s)
+            tracemalloc.take_snapshot().dump(
+                str(Path(args.tracemalloc) / f"main-{os.getpid()}-{len(traced)}.snap")
+            )
         if len(samples) % max(1, round(60 / args.sample_s)) == 0:
             rss = ", ".join(f"{k} {v:.1f} MB" for k, v in samples[-1]["rss_mb"].items())
             log(f"{m.status_line()} | {rss}")
@@ -302,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.tracemalloc:
         report["tracemalloc_growth"] = _trace_growth(Path(args.tracemalloc))
+        report["tracemalloc_growth_main"] = _trace_growth(
+            Path(args.tracemalloc), prefix="main"
+        )
     print(json.dumps(report, indent=2))
     return 0
 
