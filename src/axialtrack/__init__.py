@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from axialtrack.errors import AxialtrackError
+
 try:
     __version__ = version("axialtrack")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["AxialtrackError", "__version__"]

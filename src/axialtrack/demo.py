@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from axialtrack._json import jsonable
+from axialtrack.errors import AxialtrackError
 from axialtrack.model.config import DEFAULT_STEPS
 
 __all__ = ["DemoConfig", "DemoError", "DemoResult", "run_demo"]
@@ -35,7 +36,7 @@ __all__ = ["DemoConfig", "DemoError", "DemoResult", "run_demo"]
 FIGURES = ("pred_vs_true_z.png", "precision_vs_crlb.png", "tracks.png")
 
 
-class DemoError(RuntimeError):
+class DemoError(AxialtrackError, RuntimeError):
     """The demo cannot go on (e.g. the live run stored or analyzed no frame)."""
 
 

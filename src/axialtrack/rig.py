@@ -28,6 +28,7 @@ from pymmcore_plus.core import DeviceInitializationState
 from pymmcore_plus.experimental.unicore import Device, UniMMCore
 
 from axialtrack.devices import AxialDevice
+from axialtrack.errors import AxialtrackError
 from axialtrack.geometry import SplitterGeometry, read_splitter_geometry
 
 __all__ = [
@@ -124,7 +125,7 @@ _SYNTAX = {
 
 
 # ---------------------------------------------------------------------- errors
-class RigConfigError(RuntimeError):
+class RigConfigError(AxialtrackError, RuntimeError):
     """A hardware config that cannot be loaded.
 
     Attributes

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from axialtrack.errors import AxialtrackError
+
 __all__ = ["CalibrationError", "RegistrationError"]
 
 
-class CalibrationError(RuntimeError):
+class CalibrationError(AxialtrackError, RuntimeError):
     """The calibration data cannot give a trustworthy result.
 
     The message names the field or the property of the input at fault and what to

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from axialtrack.calibrate.stack import CalibrationStack
+from axialtrack.errors import AxialtrackError
 from axialtrack.geometry import SplitterGeometry, split_frame, unmirror
 
 __all__ = [
@@ -68,7 +69,7 @@ _TRUTH_GROUP = "truth"
 _REL_TOL = 0.01
 
 
-class StackImportError(ValueError):
+class StackImportError(AxialtrackError, ValueError):
     """A calibration stack that cannot be imported (the message names the fix)."""
 
 

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from axialtrack.errors import AxialtrackError
 from axialtrack.model import Bundle
 
 __all__ = [
@@ -34,7 +35,7 @@ CPU_BUCKETS: tuple[int, ...] = (1, 16, 64)
 RESULT_COLUMNS: tuple[str, ...] = ("dz_um", "sigma_z_um", "dx_px", "dy_px")
 
 
-class EngineError(RuntimeError):
+class EngineError(AxialtrackError, RuntimeError):
     """An inference backend is unavailable, failed to build, or failed to run."""
 
 

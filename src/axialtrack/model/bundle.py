@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from axialtrack._json import jsonable
+from axialtrack.errors import AxialtrackError
 
 from .config import ModelConfig
 
@@ -48,7 +49,7 @@ PARITY_TOL = 1e-4
 RIG_RTOL = 0.01
 
 
-class BundleError(ValueError):
+class BundleError(AxialtrackError, ValueError):
     """A model bundle is missing, corrupted, of another format, or for another rig."""
 
 

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from axialtrack.errors import AxialtrackError
+
 if TYPE_CHECKING:
     from axialtrack.store import FrameMeta
 
@@ -82,7 +84,7 @@ def remove_stale_segments(shm_dir: Path = _SHM_DIR) -> list[str]:
 logger = logging.getLogger(__name__)
 
 
-class AnalysisProcessError(RuntimeError):
+class AnalysisProcessError(AxialtrackError, RuntimeError):
     """The analysis process failed to start, raised, or exited."""
 
 

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from axialtrack.errors import AxialtrackError
 from axialtrack.events import RunSignals
 from axialtrack.geometry import SplitterGeometry, unmirror
 from axialtrack.store import (
@@ -103,11 +104,11 @@ ROWS_COMMIT_WAIT_S = 30.0
 
 
 # ----------------------------------------------------------------- errors
-class CameraStalledError(RuntimeError):
+class CameraStalledError(AxialtrackError, RuntimeError):
     """The camera stopped delivering frames while the run was going on."""
 
 
-class AnalysisError(RuntimeError):
+class AnalysisError(AxialtrackError, RuntimeError):
     """The frame analyzer raised or its process died.
 
     The run does not stop for it: the recording goes on (every frame stored,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+from axialtrack.errors import AxialtrackError
+
 __all__ = [
     "DiskFullError",
     "InvalidFrameError",
@@ -25,7 +27,7 @@ __all__ = [
 ]
 
 
-class StoreError(Exception):
+class StoreError(AxialtrackError):
     """Base class of every error the run store raises."""
 
 
