@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 
 from axialtrack.cli import main
@@ -48,3 +49,16 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert readme[i + 1].startswith("```")
     assert "pytest" in readme[i + 2]
     assert "<!-- test-command -->" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from axialtrack.cli import main
+
+    assert main(["calibrate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "scan +-Z range around focus (um) (default: 1.5)" in text
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.001)" in text  # --lr
+    assert "(default: 64)" in text  # --batch-size
+    assert "(default: None)" not in text

@@ -58,9 +58,33 @@ def fail(message: str, fix: str = "") -> int:
     return 2
 
 
+class DefaultsFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default, unless it is none or the help
+    already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or isinstance(action, argparse._HelpAction | argparse._VersionAction)
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (and point to ``--help``)
-    instead of the usage block followed by the error."""
+    instead of the usage block followed by the error, and whose help shows the
+    options' defaults (subcommands' parsers too)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         """Print ``PROG: error: MESSAGE (see PROG --help)`` and exit with 2."""
