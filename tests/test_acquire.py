@@ -133,6 +133,42 @@ def test_cancel_keeps_frames(
     assert not small_core.isSequenceRunning()
 
 
+def test_calibration_events_and_cancel_from_a_subscriber(
+    small_core: UniMMCore, tmp_path: Path
+) -> None:
+    """What a GUI's progress bar and cancel button use: the events, and
+    ``core.mda.cancel()`` from a subscriber."""
+    from axialtrack.events import CalibrationSignals
+
+    seq = calibration_sequence(0.5, 0.05, fields=3, core=small_core, exposure_ms=20)
+    out = tmp_path / "cal.zarr"
+    events = CalibrationSignals()
+    started: list[tuple] = []
+    stored: list[tuple[int, int]] = []
+    finished: list[tuple] = []
+    events.started.connect(lambda *a: started.append(a))
+    events.finished.connect(lambda *a: finished.append(a))
+
+    def on_frame(n: int, planned: int) -> None:
+        stored.append((n, planned))
+        if n == 6:
+            small_core.mda.cancel()  # the cancel button
+
+    events.frameStored.connect(on_frame)
+    run_calibration(small_core, out, seq, progress=False, events=events)
+    n_planned = len(list(seq))
+    assert started == [(out, n_planned)]
+    counts = [n for n, _ in stored]
+    assert counts == list(range(1, len(counts) + 1))
+    assert all(p == n_planned for _, p in stored)
+    assert len(finished) == 1
+    path, acq = finished[0]
+    assert path == out
+    assert acq["status"] == "cancelled"
+    assert acq["n_frames"] == counts[-1] == open_run(out).n_frames
+    assert 6 <= acq["n_frames"] < n_planned
+
+
 @pytest.mark.parametrize("layout", ["side-by-side", "top-bottom"])
 @pytest.mark.parametrize("mirror", ["none", "horizontal", "vertical"])
 def test_planes_view_matches_split(layout: str, mirror: str) -> None:

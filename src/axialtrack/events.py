@@ -2,7 +2,9 @@
 
 - :class:`RunSignals`: a live run (``LiveRunner.events``,
   ``TrackingHandler.events``);
-- :class:`TrainSignals`: a training (``train(..., events=...)``).
+- :class:`TrainSignals`: a training (``train(..., events=...)``);
+- :class:`CalibrationSignals`: a calibration acquisition
+  (``run_calibration(..., events=...)``).
 
 Every :class:`~axialtrack.pipeline.runner.LiveRunner` (and
 :class:`~axialtrack.pipeline.mda.TrackingHandler`) has an ``events`` attribute, a
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 from psygnal import Signal, SignalGroup
 
-__all__ = ["RunSignals", "TrainSignals"]
+__all__ = ["CalibrationSignals", "RunSignals", "TrainSignals"]
 
 
 class RunSignals(SignalGroup):
@@ -101,3 +103,28 @@ class TrainSignals(SignalGroup):
     started = Signal(object)
     epochFinished = Signal(object)
     finished = Signal(object)
+
+
+class CalibrationSignals(SignalGroup):
+    """Signals of a calibration acquisition
+    (:func:`axialtrack.acquire.run_calibration`).
+
+    ``started`` and ``finished`` come from the thread that called it,
+    ``frameStored`` from pymmcore-plus's MDA thread (as its ``frameReady``
+    does). Cancel with ``core.mda.cancel()``.
+
+    Attributes
+    ----------
+    started
+        ``(path, n_planned)``: the run store is open; frames the sequence holds.
+    frameStored
+        ``(n, n_planned)``: frames stored so far (a progress bar).
+    finished
+        ``(path, acquisition)``: the store is closed; its ``acquisition``
+        attributes (``status``: ``"complete"``, ``"cancelled"``,
+        ``"incomplete"`` or ``"error"``, ``reason``, ``n_frames``, ...).
+    """
+
+    started = Signal(object, int)
+    frameStored = Signal(int, int)
+    finished = Signal(object, object)

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from pymmcore_plus import CMMCorePlus
     from rich.progress import Progress, TaskID
 
+    from axialtrack.events import CalibrationSignals
+
 __all__ = [
     "TRUTH_COLUMNS",
     "TRUTH_GROUP",
@@ -348,6 +350,9 @@ class CalibrationFrameHandler:
         The splitter geometry.
     progress, task
         A rich progress bar and its task to advance per frame (optional).
+    events, n_planned
+        :class:`~axialtrack.events.CalibrationSignals` whose ``frameStored``
+        is emitted per frame, with the frames planned (optional).
     on_error
         Called (once) with the exception if a frame cannot be stored; the run
         should then be cancelled.
@@ -361,8 +366,12 @@ class CalibrationFrameHandler:
         progress: Progress | None = None,
         task: TaskID | None = None,
         on_error: Any = None,
+        events: CalibrationSignals | None = None,
+        n_planned: int = 0,
     ) -> None:
         self.writer = writer
+        self.events = events
+        self.n_planned = int(n_planned)
         self.geometry = geometry
         self.progress = progress
         self.task = task
@@ -444,6 +453,11 @@ class CalibrationFrameHandler:
             self.t_last = now
         if self.progress is not None and self.task is not None:
             self.progress.advance(self.task)
+        if self.events is not None:
+            try:
+                self.events.frameStored.emit(self.n_frames, self.n_planned)
+            except Exception:  # a display problem must not stop the run
+                logger.exception("a subscriber of frameStored failed")
 
 
 # ------------------------------------------------------------------ the run
@@ -557,6 +571,7 @@ def run_calibration(
     record_truth: bool = True,
     hardware_sequencing: bool = True,
     compression: str | None = None,
+    events: CalibrationSignals | None = None,
 ) -> Path:
     """Acquire a calibration run into a run store.
 
@@ -588,6 +603,9 @@ def run_calibration(
         focus device supports it (``core.mda.engine.use_hardware_sequencing``).
     compression
         Frame compression of the store (``None``, ``"blosc-lz4"``, ...).
+    events
+        :class:`~axialtrack.events.CalibrationSignals` to emit (``started``,
+        ``frameStored``, ``finished``), for a GUI's progress bar.
 
     Returns
     -------
@@ -665,8 +683,16 @@ def run_calibration(
     bar = _make_progress() if progress else None
     task = bar.add_task("calibration", total=n_total) if bar is not None else None
     handler = CalibrationFrameHandler(
-        writer, geometry, progress=bar, task=task, on_error=_on_store_error
+        writer,
+        geometry,
+        progress=bar,
+        task=task,
+        on_error=_on_store_error,
+        events=events,
+        n_planned=n_total,
     )
+    if events is not None:
+        events.started.emit(out, n_total)
 
     def _run() -> None:
         try:
@@ -736,6 +762,8 @@ def run_calibration(
         writer.set_attrs(acquisition=acq)
     finally:
         writer.close()
+    if events is not None:
+        events.finished.emit(out, acq)
 
     camera = _sim_camera(core) if record_truth else None
     if camera is not None and handler.field_stage:
