@@ -229,7 +229,8 @@ def test_mda_handler_keeps_no_rows_in_memory(
     core, sim_bundle: Path, tmp_path: Path
 ) -> None:
     """Through pymmcore-plus's MDA runner the analyzer keeps no rows (memory
-    flat over any length), and the track table is made from the stored rows."""
+    flat over any length), the track table is made from the stored rows, and
+    the two positions of the sequence are tracked each on its own."""
     import useq
 
     from axialtrack.pipeline.mda import TrackingHandler
@@ -245,7 +246,12 @@ def test_mda_handler_keeps_no_rows_in_memory(
     assert analyzer.keep_rows  # the default for scripts that call finish()
     handler = TrackingHandler(tmp_path / "mda.zarr", analyzer, core=core)
     assert analyzer.keep_rows is False
-    seq = useq.MDASequence(time_plan={"interval": 0, "loops": 40})
+    x0, y0 = core.getXYPosition()
+    seq = useq.MDASequence(
+        time_plan={"interval": 0, "loops": 20},
+        stage_positions=[(x0, y0, None), (x0 + 60.0, y0, None)],
+        axis_order="tp",
+    )
     core.mda.run(seq, output=handler)
     handler.wait()
     assert handler.error is None
@@ -255,5 +261,13 @@ def test_mda_handler_keeps_no_rows_in_memory(
     run = open_run(tmp_path / "mda.zarr")
     assert len(run.localizations) > 100
     assert run.tracks is not None
-    linked = run.localizations["track_id"] >= 0
-    assert len(run.tracks) == run.localizations.loc[linked, "track_id"].nunique()
+    locs = run.localizations
+    linked = locs["track_id"] >= 0
+    assert len(run.tracks) == locs.loc[linked, "track_id"].nunique()
+    # frames alternate between the positions; no track crosses from one to
+    # the other, and tracks run over many visits of their own position
+    pos = run.frame_meta["position_index"].to_numpy()
+    assert pos.tolist() == [0, 1] * 20
+    by_track = locs[linked].assign(p=pos[locs.loc[linked, "frame"]])
+    assert (by_track.groupby("track_id")["p"].nunique() == 1).all()
+    assert by_track.groupby("track_id").size().max() >= 10

@@ -12,6 +12,7 @@ from axialtrack.pipeline import link as link_mod
 from axialtrack.pipeline.link import (
     LinkConfig,
     OnlineLinker,
+    PositionLinker,
     drop_short_tracks,
     link_table,
 )
@@ -546,3 +547,65 @@ def test_steps_across_a_pause_in_the_acquisition_are_left_out() -> None:
     s = summarize_tracks(locs)  # dt from t_s: the median interval
     assert abs(float(s["D_um2_s"].iloc[0]) / d_true - 1.0) < 0.1
     assert abs(float(s["D_xy_um2_s"].iloc[0]) / d_true - 1.0) < 0.1
+
+
+# ------------------------------------------------------- multi-position runs
+def _interleave(n_positions: int, seed: int = 3) -> tuple[pd.DataFrame, np.ndarray]:
+    """Diffusing particles of ``n_positions`` fields, visited in turn: frame
+    ``k`` images position ``k % n_positions``. Every field's particles lie in
+    the same stage coordinates (each field is its own sample), so one linker
+    would join particles of different fields."""
+    parts = []
+    n_visits = 0
+    for p in range(n_positions):
+        d = simulate(seed=seed + p)
+        n_visits = int(d["frame"].max()) + 1
+        d = d.assign(
+            frame=d["frame"] * n_positions + p,
+            true_id=d["true_id"] + 10_000 * p,
+        )
+        parts.append(d)
+    table = pd.concat(parts, ignore_index=True).sort_values("frame", kind="stable")
+    positions = np.tile(np.arange(n_positions), n_visits)
+    return table.reset_index(drop=True), positions
+
+
+def test_each_position_is_linked_on_its_own() -> None:
+    cfg = LinkConfig(search_range_um=1.0, memory=3)
+    table, positions = _interleave(3)
+    per_pos = link_table(table, cfg, frame_positions=positions)
+    # no track crosses fields, ids unique over them
+    linked = per_pos[per_pos["track_id"] >= 0]
+    fields = linked.groupby("track_id")["true_id"].agg(lambda v: set(v // 10_000))
+    assert all(len(f) == 1 for f in fields)
+    # each field links as well as it would alone (frames counted in visits)
+    prec, n = link_precision(per_pos)
+    assert n > 1000
+    alone = link_table(simulate(seed=3), cfg)
+    assert prec >= link_precision(alone)[0] - 0.01
+    assert link_recall(per_pos.assign(frame=per_pos["frame"] // 3), 3) > 0.95
+    # one linker for all frames: tracks jump between fields
+    mixed = link_table(table, cfg)
+    linked = mixed[mixed["track_id"] >= 0]
+    fields = linked.groupby("track_id")["true_id"].agg(lambda v: set(v // 10_000))
+    assert sum(len(f) > 1 for f in fields) > 10
+
+
+def test_position_linker_live_equals_offline() -> None:
+    """Pushed in batches with the frames' positions (as the analyzer does),
+    the ids equal those of the offline table."""
+    cfg = LinkConfig(search_range_um=1.0, memory=3)
+    table, positions = _interleave(2)
+    offline = link_table(table, cfg, frame_positions=positions)
+    live = PositionLinker(cfg)
+    ids = np.full(len(table), -1, dtype=np.int64)
+    frames = table["frame"].to_numpy()
+    xyz = table[["x_um", "y_um", "z_um"]].to_numpy()
+    for start in range(0, len(positions), 7):
+        batch = np.arange(start, min(start + 7, len(positions)))
+        rows = np.flatnonzero(np.isin(frames, batch))
+        ids[rows] = live.push_rows(frames[rows], xyz[rows], batch, positions[batch])
+    np.testing.assert_array_equal(ids, offline["track_id"].to_numpy())
+    assert live.n_tracks == offline["track_id"].max() + 1
+    with pytest.raises(ValueError, match="positions for"):
+        live.push_rows(frames[:0], xyz[:0], np.array([10**6]), np.array([0, 1]))

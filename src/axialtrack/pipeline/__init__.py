@@ -21,7 +21,7 @@ from .analyzer import TrackingAnalyzer, make_analyzer
 from .config import CameraCalibration, DetectionConfig, LocalizerConfig
 from .crops import crop_pairs
 from .detect import Detections, detect
-from .link import LinkConfig, OnlineLinker, link_table
+from .link import LinkConfig, OnlineLinker, PositionLinker, link_table
 from .localize import Localizer
 from .mda import TrackingHandler
 from .process import AnalysisProcess, AnalysisProcessError
@@ -57,6 +57,7 @@ __all__ = [
     "Localizer",
     "LocalizerConfig",
     "OnlineLinker",
+    "PositionLinker",
     "RunSignals",
     "RunnerConfig",
     "SourceFrame",

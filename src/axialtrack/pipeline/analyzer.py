@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import _kernels
-from .link import LinkConfig, OnlineLinker
+from .link import LinkConfig, PositionLinker
 from .localize import Localizer, LocalizerConfig, PreparedBatch
 from .tracks import summarize_tracks
 
@@ -95,7 +95,9 @@ class TrackingAnalyzer:
             affine=affine,
             config=localizer,
         )
-        self.linker = OnlineLinker(link)
+        # one linker per position (field) of a multi-position run
+        self.linker = PositionLinker(link)
+        self._positions: dict[int, int] = {}  # frame -> position, until linked
         self.frame_interval_s = frame_interval_s
         self._kept: list[dict[str, np.ndarray]] = []
         self.n_localizations = 0
@@ -117,6 +119,7 @@ class TrackingAnalyzer:
         run, so one analyzer can serve several runs (e.g. the sequences of an
         MDA output handler), each starting again at frame 0."""
         self.linker.reset()
+        self._positions = {}
         self._kept = []
         self.n_localizations = 0
         for k in self.localizer.timings:
@@ -165,6 +168,8 @@ class TrackingAnalyzer:
         xy = np.array(
             [(float(m.stage_x_um), float(m.stage_y_um)) for m in meta], dtype=float
         ).reshape(-1, 2)
+        for i, m in zip(idx.tolist(), meta, strict=True):
+            self._positions[i] = int(getattr(m, "position_index", 0))
         return self.localizer.prepare(planes, idx, t, z, stage_xy_um=xy)
 
     def complete(self, batch: PreparedBatch) -> pd.DataFrame:
@@ -184,7 +189,12 @@ class TrackingAnalyzer:
             xyz[~locs["in_range"]] = np.nan
         # every analyzed frame is pushed, with rows or not: the frames between
         # them were skipped and do not count against the linker's memory
-        ids = self.linker.push_rows(locs["frame"], xyz, analyzed=batch.frames)
+        positions = np.array(
+            [self._positions.pop(int(f), 0) for f in batch.frames], dtype=np.int64
+        )
+        ids = self.linker.push_rows(
+            locs["frame"], xyz, analyzed=batch.frames, positions=positions
+        )
         n = len(ids)
         if n:
             locs["track_id"] = ids

@@ -38,13 +38,21 @@ linker with 100 particles (``benchmarks/bench_link.py``, ``docs/tracks.md``).
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
-__all__ = ["LinkConfig", "OnlineLinker", "drop_short_tracks", "link_table"]
+__all__ = [
+    "LinkConfig",
+    "OnlineLinker",
+    "PositionLinker",
+    "drop_short_tracks",
+    "link_table",
+]
 
 _POS_COLUMNS = ("x_um", "y_um", "z_um")
 # above this many (track, localization) pairs, candidates come from a k-d tree
@@ -216,9 +224,8 @@ class OnlineLinker:
         ids = np.empty(m, dtype=np.int64)
         ids[linked] = self._ids[det_track[linked]]
         n_new = m - int(linked.sum())
-        new_ids = np.arange(self._next_id, self._next_id + n_new, dtype=np.int64)
+        new_ids = self._new_ids(n_new)
         ids[~linked] = new_ids
-        self._next_id += n_new
 
         # update open tracks: continued ones move, new ones are appended
         t = det_track[linked]
@@ -232,6 +239,13 @@ class OnlineLinker:
             )
         out[det_idx] = ids
         return out
+
+    def _new_ids(self, n: int) -> np.ndarray:
+        """Ids for ``n`` new tracks (:class:`PositionLinker` shares one
+        counter among its linkers)."""
+        ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        self._next_id += n
+        return ids
 
     def _candidates(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Candidate (track row, det column, cost) triplets within the search range."""
@@ -394,7 +408,104 @@ def drop_short_tracks(table: pd.DataFrame, min_length: int) -> pd.DataFrame:
     return out
 
 
-def link_table(table: pd.DataFrame, config: LinkConfig | None = None) -> pd.DataFrame:
+class PositionLinker:
+    """One :class:`OnlineLinker` per position (field) of a multi-position run.
+
+    A multi-position sequence visits its fields in turn; a particle of one field
+    must never be linked to one of another, and a track's ``memory`` counts the
+    frames of its own field only. Each position gets its own linker; the frames
+    of the other positions between two of its frames count as skipped (as the
+    live runner's skipped frames do), so frame gaps are counted in visits. Track
+    ids are unique over all positions. With one position it behaves exactly as
+    one :class:`OnlineLinker`.
+
+    Parameters
+    ----------
+    config : LinkConfig, optional
+        Linking settings, shared by every position.
+    """
+
+    def __init__(self, config: LinkConfig | None = None) -> None:
+        self.config = config if config is not None else LinkConfig()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every position and track; the next id issued is 0 again."""
+        self._linkers: dict[int, OnlineLinker] = {}
+        self._next_id = 0
+
+    def _alloc(self, n: int) -> np.ndarray:
+        ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        self._next_id += n
+        return ids
+
+    def linker(self, position: int) -> OnlineLinker:
+        """The linker of ``position`` (made on first use)."""
+        lk = self._linkers.get(position)
+        if lk is None:
+            lk = OnlineLinker(self.config)
+            lk._new_ids = self._alloc  # type: ignore[method-assign]
+            self._linkers[position] = lk
+        return lk
+
+    @property
+    def n_tracks(self) -> int:
+        """Number of track ids issued so far, over all positions."""
+        return self._next_id
+
+    @property
+    def n_open(self) -> int:
+        """Tracks that can still be continued, over all positions."""
+        return sum(lk.n_open for lk in self._linkers.values())
+
+    def end_tracks(self) -> None:
+        """End every open track of every position (ids go on)."""
+        for lk in self._linkers.values():
+            lk.end_tracks()
+
+    def push_rows(
+        self,
+        frames: np.ndarray,
+        xyz_um: np.ndarray,
+        analyzed: np.ndarray | None = None,
+        positions: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Track ids of localization rows (see :meth:`OnlineLinker.push_rows`).
+
+        ``positions``: the position of each frame of ``analyzed`` (same
+        length); ``None``, or ``analyzed`` ``None``: all at position 0.
+        """
+        frames = np.asarray(frames).astype(np.int64, copy=False).reshape(-1)
+        if analyzed is None or positions is None:
+            return self.linker(0).push_rows(frames, xyz_um, analyzed)
+        todo = np.asarray(analyzed, dtype=np.int64).reshape(-1)
+        pos = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if pos.shape != todo.shape:
+            raise ValueError(f"{len(pos)} positions for {len(todo)} analyzed frames")
+        if len(pos) and (pos == pos[0]).all():
+            return self.linker(int(pos[0])).push_rows(frames, xyz_um, todo)
+        if len(frames) and not np.isin(frames, todo).all():
+            raise ValueError("rows of frames that are not in `analyzed`")
+        ids = np.full(frames.shape[0], -1, dtype=np.int64)
+        # in frame order, a run of frames of one position at a time: the ids are
+        # issued in the order a live run, batch by batch, issues them
+        row_of = np.searchsorted(todo, frames)  # each row's place in `todo`
+        order = np.argsort(row_of, kind="stable")
+        bounds = np.searchsorted(row_of[order], np.arange(len(todo) + 1))
+        cuts = np.r_[0, np.flatnonzero(pos[1:] != pos[:-1]) + 1, len(todo)]
+        for a, b in itertools.pairwise(cuts):
+            rows = order[bounds[a] : bounds[b]]
+            ids[rows] = self.linker(int(pos[a])).push_rows(
+                frames[rows], xyz_um[rows], todo[a:b]
+            )
+        return ids
+
+
+def link_table(
+    table: pd.DataFrame,
+    config: LinkConfig | None = None,
+    frame_positions: np.ndarray | None = None,
+) -> pd.DataFrame:
     """Link a whole localization table offline with the online linker.
 
     Runs a fresh :class:`OnlineLinker` over all frames in order, so the ids equal
@@ -407,6 +518,11 @@ def link_table(table: pd.DataFrame, config: LinkConfig | None = None) -> pd.Data
         Localizations (columns ``frame``, ``x_um``, ``y_um``, ``z_um``).
     config : LinkConfig, optional
         Linking settings.
+    frame_positions : np.ndarray, optional
+        The position (field) of every frame of the run, indexed by frame (e.g.
+        a run store's ``frame_meta["position_index"]``): each position is
+        linked on its own (:class:`PositionLinker`), every frame counting as
+        analyzed.
 
     Returns
     -------
@@ -414,7 +530,20 @@ def link_table(table: pd.DataFrame, config: LinkConfig | None = None) -> pd.Data
         A copy of ``table`` with ``track_id`` filled.
     """
     config = config if config is not None else LinkConfig()
-    out = OnlineLinker(config).push_table(table)
+    if frame_positions is None:
+        out = OnlineLinker(config).push_table(table)
+    else:
+        positions = np.asarray(frame_positions, dtype=np.int64).reshape(-1)
+        out = table.copy()
+        frames = out["frame"].to_numpy().astype(np.int64)
+        if len(frames) and frames.max() >= len(positions):
+            raise ValueError(
+                f"frame {frames.max()} has no position ({len(positions)} given)"
+            )
+        xyz = out[list(_POS_COLUMNS)].to_numpy(dtype=np.float64)
+        out["track_id"] = PositionLinker(config).push_rows(
+            frames, xyz, np.arange(len(positions)), positions
+        )
     if config.min_track_length > 1:
         out = drop_short_tracks(out, config.min_track_length)
     return out
