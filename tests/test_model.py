@@ -41,13 +41,7 @@ PIXEL = 0.108333
 def calib() -> tuple[object, CalibrationData]:
     stack = make_stack(n_fields=2, z_half_range_um=1.2, seed=3)
     result = analyze(stack)
-    data = CalibrationData(
-        examples=result.examples,
-        pixel_size_um=stack.pixel_size_um,
-        plane_offset_um=stack.geometry.plane_offset_um,
-        layout=stack.geometry.layout,
-        beads=result.beads,
-    )
+    data = CalibrationData.from_result(result, stack)
     return result, data
 
 
