@@ -195,8 +195,7 @@ def resolve_camera(
             if k not in values and k in fields and fields[k] is not None:
                 values[k] = fields[k]
                 origin[k] = label
-    for k in CAMERA_FIELDS:
-        origin.setdefault(k, "default")
+    origin = {k: origin.get(k, "default") for k in CAMERA_FIELDS}
     try:
         cam = CameraCalibration(**values)
     except ValidationError as exc:

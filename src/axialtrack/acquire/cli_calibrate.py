@@ -274,6 +274,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             camera, cam_origin = resolve_camera(cam_sources)
         except CameraError as exc:
             return fail(str(exc))
+    # the analysis reads counts as photons with the camera: the beads' signal
+    # above the offset, and the pixel noise of the reference Z
+    stack.meta.update(
+        offset_adu=camera.offset_adu,
+        gain_e_per_adu=camera.e_per_adu,
+        read_noise_e=camera.read_noise_e,
+    )
 
     try:
         result = analyze(stack)

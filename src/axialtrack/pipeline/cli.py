@@ -124,17 +124,20 @@ def add_parsers(subparsers: Any) -> None:
     q.add_argument("--overwrite", action="store_true", help="replace --out")
     q.add_argument(
         "--layout",
-        default="side-by-side",
-        help="movie: splitter layout of sensor frames (side-by-side)",
+        default=None,
+        help="movie: splitter layout of sensor frames (default: the model bundle's)",
     )
     q.add_argument(
         "--plane-offset",
         type=PLANE_OFFSET_UM,
-        default=0.5,
+        default=None,
         help="movie: delta (um; "
-        f"{PLANE_OFFSET_RANGE_UM[0]:g} to {PLANE_OFFSET_RANGE_UM[1]:g})",
+        f"{PLANE_OFFSET_RANGE_UM[0]:g} to {PLANE_OFFSET_RANGE_UM[1]:g}; default: "
+        "the model bundle's)",
     )
-    q.add_argument("--mirror", default="none", help="movie: plane-1 mirror")
+    q.add_argument(
+        "--mirror", default=None, help="movie: plane-1 mirror (default: the bundle's)"
+    )
     q.add_argument(
         "--stage-z",
         default=None,
@@ -147,7 +150,8 @@ def add_parsers(subparsers: Any) -> None:
         "--pixel-size",
         type=PIXEL_SIZE_UM,
         default=None,
-        help=f"movie: um/px ({PIXEL_SIZE_RANGE_UM[0]:g} to {PIXEL_SIZE_RANGE_UM[1]:g})",
+        help=f"movie: um/px ({PIXEL_SIZE_RANGE_UM[0]:g} to "
+        f"{PIXEL_SIZE_RANGE_UM[1]:g}; default: the model bundle's)",
     )
     q.add_argument(
         "--frame-interval", type=positive_float, default=None, help="movie: s"
@@ -809,15 +813,25 @@ def _localize_movie(args: argparse.Namespace, path: Path, localizer: Any) -> int
     if args.out is None:
         console.print(
             f"[red]{path} is not a run store.[/red] To process a TIFF/zarr movie "
-            "give --out NEW.zarr, --layout and --pixel-size."
+            "give --out NEW.zarr (the layout, mirror, plane offset and pixel size "
+            "are the model bundle's unless given)."
         )
         return 2
+    from axialtrack.model import load_bundle
+
+    # the rig the bundle records, for what the options leave out
+    bundle = load_bundle(args.model)
     if args.pixel_size is None:
-        console.print("[red]A movie needs --pixel-size (um per pixel).[/red]")
-        return 2
+        args.pixel_size = bundle.pixel_size_um
     try:
         geo = SplitterGeometry(
-            layout=args.layout, plane_offset_um=args.plane_offset, mirror=args.mirror
+            layout=args.layout if args.layout is not None else bundle.layout,
+            plane_offset_um=(
+                args.plane_offset
+                if args.plane_offset is not None
+                else bundle.plane_offset_um
+            ),
+            mirror=args.mirror if args.mirror is not None else bundle.mirror,
         )
         movie = open_movie(path)
     except (ValueError, FileNotFoundError) as exc:
