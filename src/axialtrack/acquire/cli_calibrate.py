@@ -280,6 +280,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         offset_adu=camera.offset_adu,
         gain_e_per_adu=camera.e_per_adu,
         read_noise_e=camera.read_noise_e,
+        bit_depth=camera.bit_depth,
     )
 
     try:
