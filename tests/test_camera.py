@@ -493,3 +493,27 @@ def test_train_refuses_a_calibration_without_its_camera(
     assert "does not record the rig the model needs: camera (" in line
     assert f"axialtrack calibrate --from {cal}" in line
     assert not out.exists()
+
+
+def test_python_localizer_and_analyzer_take_the_bundles_camera(
+    tmp_path: Path,
+) -> None:
+    from sim_model import SIM_RIG
+
+    from axialtrack.engine import select_engine
+    from axialtrack.model import AxialNet, ModelConfig, load_bundle, save_bundle
+    from axialtrack.pipeline import Localizer
+    from axialtrack.pipeline.analyzer import make_analyzer
+    from axialtrack.pipeline.config import CameraCalibration
+
+    cam = CameraCalibration(offset_adu=400, e_per_adu=2.0, qe=0.9, bit_depth=12)
+    path = save_bundle(
+        AxialNet(ModelConfig()), tmp_path / "cam", **{**SIM_RIG, "camera": cam}
+    )
+    bundle = load_bundle(path)
+    assert bundle.camera == cam
+    with select_engine(bundle, "onnxruntime") as engine:
+        loc = Localizer(engine, plane_shape=(256, 256), pixel_size_um=0.108333)
+        assert loc.config.camera == cam
+    analyzer = make_analyzer(path, plane_shape=(256, 256), pixel_size_um=0.108333)
+    assert analyzer.localizer.config.camera == cam
