@@ -245,6 +245,11 @@ def test_cli_train_evaluate(calib, tmp_path):
         "splitter": {"plane_offset_um": 0.5, "layout": "side-by-side"},
     }
     write_qc(result, store)
+    # what `axialtrack calibrate` records of the rig (camera, mirror, plane shape)
+    from axialtrack.calibrate import write_rig
+    from axialtrack.pipeline.config import CameraCalibration
+
+    write_rig(result, result.stack, store, camera=CameraCalibration().model_dump())
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers())
     out = tmp_path / "m.axialmodel"
