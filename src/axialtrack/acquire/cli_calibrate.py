@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from axialtrack._cli import (
@@ -270,6 +271,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
 
     if args.source is not None:
+        if np.asarray(stack.frames[:1]).dtype == np.uint8:
+            # 8-bit frames say the digitizer depth (16-bit ones do not)
+            cam_sources.append(("the 8-bit frames", {"bit_depth": 8}))
         try:
             camera, cam_origin = resolve_camera(cam_sources)
         except CameraError as exc:
@@ -280,8 +284,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         offset_adu=camera.offset_adu,
         gain_e_per_adu=camera.e_per_adu,
         read_noise_e=camera.read_noise_e,
-        bit_depth=camera.bit_depth,
     )
+    if cam_origin["bit_depth"] != "default":
+        # else saturation stays at the frames' own full scale (255 for 8 bits)
+        stack.meta["bit_depth"] = camera.bit_depth
 
     try:
         result = analyze(stack)
