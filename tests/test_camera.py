@@ -517,3 +517,51 @@ def test_python_localizer_and_analyzer_take_the_bundles_camera(
         assert loc.config.camera == cam
     analyzer = make_analyzer(path, plane_shape=(256, 256), pixel_size_um=0.108333)
     assert analyzer.localizer.config.camera == cam
+
+
+def test_camera_from_a_micro_manager_core() -> None:
+    from axialtrack.camera import camera_from_core, resolve_camera
+
+    class Core:
+        """A core whose camera reports DCAM's conversion factor and offset."""
+
+        def __init__(self) -> None:
+            self.props = {
+                "CONVERSION FACTOR COEFF": "0.46",
+                "CONVERSION FACTOR OFFSET": "99.5",
+            }
+
+        def getCameraDevice(self) -> str:
+            return "Cam"
+
+        def hasProperty(self, dev: str, prop: str) -> bool:
+            return prop in self.props
+
+        def getProperty(self, dev: str, prop: str) -> str:
+            return self.props[prop]
+
+        def getImageBitDepth(self) -> int:
+            return 12
+
+    core = Core()
+    got = camera_from_core(core)
+    assert got == {"e_per_adu": 0.46, "offset_adu": 99.5, "bit_depth": 12}
+    # options over the core, the core over the bundle
+    cam, origin = resolve_camera(
+        [("options", {"offset_adu": 400.0}), ("core", got), ("bundle", {"qe": 0.7})]
+    )
+    assert (cam.offset_adu, cam.e_per_adu, cam.bit_depth, cam.qe) == (
+        400.0,
+        0.46,
+        12,
+        0.7,
+    )
+    assert origin == {
+        "offset_adu": "options",
+        "e_per_adu": "core",
+        "read_noise_e": "default",
+        "qe": "bundle",
+        "bit_depth": "core",
+    }
+    core.props["CONVERSION FACTOR COEFF"] = "-1"  # out of range: left out
+    assert "e_per_adu" not in camera_from_core(core)

@@ -377,6 +377,9 @@ def test_cli_live_takes_saturation_from_the_cameras_bit_depth(
         def getImageBitDepth(self) -> int:
             return self.bits
 
+        def hasProperty(self, dev: str, prop: str) -> bool:
+            return False
+
     from axialtrack.camera import camera_from_core
 
     assert camera_from_core(Core(12)) == {"bit_depth": 12}

@@ -32,6 +32,7 @@ from axialtrack.pipeline.config import CAMERA_FIELDS, CameraCalibration
 
 __all__ = [
     "CAMERA_FIELDS",
+    "CORE_CAMERA_PROPERTIES",
     "CameraError",
     "CameraSource",
     "camera_differences",
@@ -47,6 +48,15 @@ _INFO_KEYS = ("measured", "comment")
 
 #: ``(label, fields)``: a source of camera fields and what it gives.
 CameraSource = tuple[str, Mapping[str, Any]]
+
+
+#: Camera device properties that give a camera field where the adapter reports
+#: them: Hamamatsu DCAM (``HamamatsuHam``) cameras report their calibrated
+#: conversion factor (e-/ADU) and offset (ADU).
+CORE_CAMERA_PROPERTIES = {
+    "CONVERSION FACTOR COEFF": "e_per_adu",
+    "CONVERSION FACTOR OFFSET": "offset_adu",
+}
 
 
 class CameraError(ValueError):
@@ -146,7 +156,8 @@ def camera_from_core(core: Any) -> dict[str, Any]:
 
     The simulated camera (:class:`axialtrack.devices.SimCamera`) gives all of
     them (its noise model); any other camera its bit depth
-    (``core.getImageBitDepth()``). Empty without a camera.
+    (``core.getImageBitDepth()``) and what :data:`CORE_CAMERA_PROPERTIES` it
+    has (a value out of range is left out). Empty without a camera.
     """
     cam = core.getCameraDevice()
     if not cam:
@@ -160,11 +171,21 @@ def camera_from_core(core: Any) -> dict[str, Any]:
     if dev is not None:
         model = CameraCalibration.from_camera_model(dev.renderer().camera)
         return model.model_dump()
+    out: dict[str, Any] = {}
+    for prop, name in CORE_CAMERA_PROPERTIES.items():
+        try:
+            if core.hasProperty(cam, prop):
+                v = float(core.getProperty(cam, prop))
+                out.update(check_fields({name: v}, f"camera property {prop}", ""))
+        except (RuntimeError, ValueError, TypeError, AttributeError):
+            continue
     try:
         bits = int(core.getImageBitDepth())
     except (RuntimeError, ValueError):
-        return {}
-    return {"bit_depth": bits} if 8 <= bits <= 32 else {}
+        return out
+    if 8 <= bits <= 32:
+        out["bit_depth"] = bits
+    return out
 
 
 def camera_of_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any] | None:
