@@ -565,3 +565,32 @@ def test_camera_from_a_micro_manager_core() -> None:
     }
     core.props["CONVERSION FACTOR COEFF"] = "-1"  # out of range: left out
     assert "e_per_adu" not in camera_from_core(core)
+
+
+def test_simulated_calibration_to_bundle_records_the_rig_and_camera(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The other calibration source: acquired on the simulated rig through the
+    CLI; the core's camera with an option over one field, into the bundle."""
+    cal, bundle = tmp_path / "sim.zarr", tmp_path / "sim.axialmodel"
+    argv = ["calibrate", "--out", str(cal), "--fields", "2", "--z-range", "0.6"]
+    argv += ["--z-step", "0.05", "--exposure", "5", "--no-progress"]
+    assert main([*argv, "--camera-read-noise", "1.6"]) == 0
+    said = capsys.readouterr().out
+    assert "read_noise_e from the --camera-* options" in " ".join(said.split())
+    argv = ["train", str(cal), "--out", str(bundle), "--steps", "3"]
+    assert main([*argv, "--no-progress", "--no-recalibrate"]) == 0
+    meta = json.loads((bundle / "model.json").read_text())
+    assert meta["pixel_size_um"] == pytest.approx(0.108333)
+    assert meta["plane_offset_um"] == pytest.approx(0.5)
+    assert meta["layout"] == "side-by-side"
+    assert meta["mirror"] == "none"
+    assert meta["plane_shape"] == [256, 256]
+    assert np.asarray(meta["registration"]["affine"]).shape == (2, 3)
+    assert meta["camera"] == {
+        "offset_adu": 100.0,  # the simulated camera's
+        "e_per_adu": 0.5,
+        "qe": 0.8,
+        "read_noise_e": 1.6,  # the option's
+        "bit_depth": 16,
+    }
