@@ -817,21 +817,33 @@ def _localize_movie(args: argparse.Namespace, path: Path, localizer: Any) -> int
             "are the model bundle's unless given)."
         )
         return 2
-    from axialtrack.model import load_bundle
+    from axialtrack.model import BundleError, load_bundle
 
-    # the rig the bundle records, for what the options leave out
-    bundle = load_bundle(args.model)
+    # the rig the bundle records, for what the options leave out (a bundle
+    # that does not load is refused where the analyzer is built)
+    rig: dict[str, Any] = {}
+    with contextlib.suppress(BundleError, FileNotFoundError):
+        b = load_bundle(args.model)
+        rig = {
+            "pixel_size": b.pixel_size_um,
+            "layout": b.layout,
+            "plane_offset": b.plane_offset_um,
+            "mirror": b.mirror,
+        }
     if args.pixel_size is None:
-        args.pixel_size = bundle.pixel_size_um
+        args.pixel_size = rig.get("pixel_size")
+    if args.pixel_size is None:
+        console.print("[red]A movie needs --pixel-size (um per pixel).[/red]")
+        return 2
     try:
         geo = SplitterGeometry(
-            layout=args.layout if args.layout is not None else bundle.layout,
+            layout=args.layout or rig.get("layout") or "side-by-side",
             plane_offset_um=(
                 args.plane_offset
                 if args.plane_offset is not None
-                else bundle.plane_offset_um
+                else rig.get("plane_offset", 0.5)
             ),
-            mirror=args.mirror if args.mirror is not None else bundle.mirror,
+            mirror=args.mirror or rig.get("mirror") or "none",
         )
         movie = open_movie(path)
     except (ValueError, FileNotFoundError) as exc:
