@@ -19,7 +19,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -572,6 +572,7 @@ def run_calibration(
     hardware_sequencing: bool = True,
     compression: str | None = None,
     events: CalibrationSignals | None = None,
+    camera: Mapping[str, Any] | None = None,
 ) -> Path:
     """Acquire a calibration run into a run store.
 
@@ -606,6 +607,11 @@ def run_calibration(
     events
         :class:`~axialtrack.events.CalibrationSignals` to emit (``started``,
         ``frameStored``, ``finished``), for a GUI's progress bar.
+    camera
+        The camera model (:class:`~axialtrack.pipeline.config.CameraCalibration`
+        fields) recorded as the run's ``camera`` attribute; ``None``: the one
+        :func:`axialtrack.camera.camera_from_core` reads from the core (with the
+        defaults for what it does not know).
 
     Returns
     -------
@@ -665,6 +671,11 @@ def run_calibration(
         compression=compression,  # type: ignore[arg-type]
         overwrite=overwrite,
     )
+    if camera is None:
+        from axialtrack.camera import camera_from_core, resolve_camera
+
+        camera = resolve_camera([("core", camera_from_core(core))])[0].model_dump()
+    writer.set_attrs(camera=dict(camera))
 
     engine = core.mda.engine
     old_hw = getattr(engine, "use_hardware_sequencing", None)
