@@ -216,13 +216,7 @@ def _calibration(
     )
     cal = analyze(stack, dz_range_um=args.dz_range)
     cal.beads["photons_true"] = _bead_photons(stack, cal.beads, geometry, seed)
-    data = CalibrationData(
-        examples=cal.examples,
-        pixel_size_um=stack.pixel_size_um,
-        plane_offset_um=delta,
-        layout="side-by-side",
-        beads=cal.beads,
-    )
+    data = CalibrationData.from_result(cal, stack)
     return data, time.perf_counter() - t0
 
 

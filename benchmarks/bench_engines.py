@@ -37,6 +37,7 @@ from axialtrack.engine import BACKENDS, available_backends, select_engine
 from axialtrack.engine.base import CPU_BUCKETS
 from axialtrack.engine.onnx import OnnxRuntimeEngine
 from axialtrack.model import AxialNet, ModelConfig, load_bundle, save_bundle
+from axialtrack.pipeline.config import CameraCalibration
 
 BATCHES = (1, 16, 64, 256, 1024)
 
@@ -107,7 +108,17 @@ def main() -> None:
             path = Path(args.bundle)
         else:
             torch.manual_seed(0)
-            path = save_bundle(AxialNet(ModelConfig()).eval(), Path(tmp) / "bench")
+            path = save_bundle(
+                AxialNet(ModelConfig()).eval(),
+                Path(tmp) / "bench",
+                pixel_size_um=0.108333,
+                plane_offset_um=0.5,
+                layout="side-by-side",
+                mirror="none",
+                camera=CameraCalibration(),
+                registration_affine=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+                plane_shape=(256, 256),
+            )
         bundle = load_bundle(path)
         s = bundle.crop_size
         pairs_all, xy_all = _inputs(max(batches), s)

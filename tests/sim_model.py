@@ -11,6 +11,24 @@ from axialtrack.model import CalibrationData, save_bundle, train
 #: Held-out bead RMSE this short training reaches on the simulated calibration.
 SIM_BUNDLE_RMSE_NM = 100.0
 
+#: The rig a bundle of an untrained network records (``save_bundle(net, path,
+#: **SIM_RIG)``): the default sim rig (hardware_configs/sim-dualplane.cfg).
+SIM_RIG: dict = {
+    "pixel_size_um": 0.108333,
+    "plane_offset_um": 0.5,
+    "layout": "side-by-side",
+    "mirror": "none",
+    "camera": {
+        "offset_adu": 100.0,
+        "e_per_adu": 0.5,
+        "read_noise_e": 1.5,
+        "qe": 0.8,
+        "bit_depth": 16,
+    },
+    "registration_affine": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+    "plane_shape": (256, 256),
+}
+
 
 def train_sim_bundle(
     path: Path,
@@ -35,15 +53,7 @@ def train_sim_bundle(
         n_fields=n_fields, z_half_range_um=1.2, seed=seed + 3, depth_um=depth_um
     )
     result = analyze(stack)
-    data = CalibrationData(
-        examples=result.examples,
-        pixel_size_um=stack.pixel_size_um,
-        plane_offset_um=stack.geometry.plane_offset_um,
-        layout=stack.geometry.layout,
-        beads=result.beads,
-        registration_affine=result.registration.affine,
-        plane_shape=stack.plane_shape,
-    )
+    data = CalibrationData.from_result(result, stack)
     res = train(
         data,
         epochs=epochs,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydantic import BaseModel, Field, ValidationError
+from sim_model import SIM_RIG
 
 from axialtrack.cli import main
 
@@ -42,9 +43,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_bundle(
         AxialNet(ModelConfig()),
         tmp_path_factory.mktemp("bundle") / "untrained",
-        pixel_size_um=PIXEL_UM,
-        plane_offset_um=0.5,
-        layout="side-by-side",
+        **SIM_RIG,
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sim_model import SIM_RIG
 
 from axialtrack.engine import (
     BACKENDS,
@@ -57,7 +58,7 @@ def _bundle(tmp: Path, name: str, **cfg: object) -> Path:
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
             m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    return save_bundle(model.eval(), tmp / name)
+    return save_bundle(model.eval(), tmp / name, **SIM_RIG)
 
 
 @pytest.fixture(scope="module")

@@ -41,13 +41,7 @@ PIXEL = 0.108333
 def calib() -> tuple[object, CalibrationData]:
     stack = make_stack(n_fields=2, z_half_range_um=1.2, seed=3)
     result = analyze(stack)
-    data = CalibrationData(
-        examples=result.examples,
-        pixel_size_um=stack.pixel_size_um,
-        plane_offset_um=stack.geometry.plane_offset_um,
-        layout=stack.geometry.layout,
-        beads=result.beads,
-    )
+    data = CalibrationData.from_result(result, stack)
     return result, data
 
 
@@ -251,6 +245,11 @@ def test_cli_train_evaluate(calib, tmp_path):
         "splitter": {"plane_offset_um": 0.5, "layout": "side-by-side"},
     }
     write_qc(result, store)
+    # what `axialtrack calibrate` records of the rig (camera, mirror, plane shape)
+    from axialtrack.calibrate import write_rig
+    from axialtrack.pipeline.config import CameraCalibration
+
+    write_rig(result, result.stack, store, camera=CameraCalibration().model_dump())
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers())
     out = tmp_path / "m.axialmodel"

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sim_model import SIM_RIG
 
 from axialtrack.model import (
     AxialEnsemble,
@@ -61,7 +62,8 @@ def test_ensemble_bundle_round_trip_onnx_and_engine(tmp_path: Path) -> None:
     from axialtrack.engine import select_engine
 
     ens = AxialEnsemble(_members(3)).eval()
-    path = save_bundle(ens, tmp_path / "ens")  # verifies ONNX vs torch on save
+    # verifies ONNX vs torch on save
+    path = save_bundle(ens, tmp_path / "ens", **SIM_RIG)
     b = load_bundle(path)
     assert b.meta["ensemble_members"] == 3
     assert isinstance(b.model, AxialEnsemble)
@@ -74,7 +76,7 @@ def test_ensemble_bundle_round_trip_onnx_and_engine(tmp_path: Path) -> None:
         got = eng.infer(img.numpy().astype(np.uint16), xy.numpy())
         np.testing.assert_allclose(got.dz_um, ref[:, 0], atol=1e-4)
     # a single network's bundle says it is one
-    single = load_bundle(save_bundle(_members(1)[0], tmp_path / "one"))
+    single = load_bundle(save_bundle(_members(1)[0], tmp_path / "one", **SIM_RIG))
     assert single.meta["ensemble_members"] is None
     assert isinstance(single.model, AxialNet)
 

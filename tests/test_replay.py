@@ -377,8 +377,13 @@ def test_cli_live_takes_saturation_from_the_cameras_bit_depth(
         def getImageBitDepth(self) -> int:
             return self.bits
 
-    assert cli._full_scale_adu(Core(12)) == 4095
-    assert cli._full_scale_adu(Core(16)) == 65535
+        def hasProperty(self, dev: str, prop: str) -> bool:
+            return False
+
+    from axialtrack.camera import camera_from_core
+
+    assert camera_from_core(Core(12)) == {"bit_depth": 12}
+    assert camera_from_core(Core(16)) == {"bit_depth": 16}
     seen: dict = {}
 
     def make(bundle, **kw):  # type: ignore[no-untyped-def]

@@ -276,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_calibrate(sub)
 
+    from axialtrack.acquire.cli_camera import add_parser as add_camera
+
+    add_camera(sub)
+
     from axialtrack.model.cli import add_parsers as add_model
 
     add_model(sub)

@@ -188,8 +188,9 @@ def run_demo(
         outputs written so far are kept.
     """
     from axialtrack.acquire.calibration import calibration_sequence, run_calibration
-    from axialtrack.calibrate import analyze, write_qc
+    from axialtrack.calibrate import analyze, write_qc, write_rig
     from axialtrack.calibrate.io import load_stack
+    from axialtrack.camera import camera_from_core, resolve_camera
     from axialtrack.devices import SimCamera, get_device
     from axialtrack.model import ModelConfig
     from axialtrack.model.train import load_calibration, train
@@ -232,6 +233,12 @@ def run_demo(
         stack = load_stack(calib_path)
         result = analyze(stack)
         write_qc(result, calib_path)
+        # the rig and camera, as `axialtrack calibrate` records them
+        sim_camera = ("the simulated camera", camera_from_core(core))
+        camera, origin = resolve_camera([sim_camera])
+        write_rig(
+            result, stack, calib_path, camera=camera.model_dump(), camera_source=origin
+        )
         res.timings_s["calibration"] = time.perf_counter() - t0
         qc = result.qc
         res.calibration_qc = {

@@ -29,6 +29,16 @@ LAYOUTS: tuple[str, ...] = ("side-by-side", "top-bottom", "two-cameras")
 MIRRORS: tuple[str, ...] = ("none", "horizontal", "vertical", "both")
 
 
+#: What ``z_um`` and ``dz_um`` mean: recorded with a calibration
+#: (:func:`axialtrack.calibrate.write_rig`) and a model bundle.
+Z_CONVENTION = (
+    "stage frame: z_um is the focus-stage position at which the particle is in "
+    "focus in plane 0; dz_um = ref_z_um - stage_z_um (the bead's reference Z "
+    "minus the stage Z of the frame); z_um = stage_z_um + dz_um; plane 1 is in "
+    "focus at stage_z_um + plane_offset_um"
+)
+
+
 class SplitterGeometry(BaseModel):
     """How a dual-focal-plane splitter maps the two planes onto the sensor.
 

@@ -19,7 +19,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -557,6 +557,7 @@ def run_calibration(
     record_truth: bool = True,
     hardware_sequencing: bool = True,
     compression: str | None = None,
+    camera: Mapping[str, Any] | None = None,
 ) -> Path:
     """Acquire a calibration run into a run store.
 
@@ -588,6 +589,11 @@ def run_calibration(
         focus device supports it (``core.mda.engine.use_hardware_sequencing``).
     compression
         Frame compression of the store (``None``, ``"blosc-lz4"``, ...).
+    camera
+        The camera model (:class:`~axialtrack.pipeline.config.CameraCalibration`
+        fields) recorded as the run's ``camera`` attribute; ``None``: the one
+        :func:`axialtrack.camera.camera_from_core` reads from the core (with the
+        defaults for what it does not know).
 
     Returns
     -------
@@ -647,6 +653,11 @@ def run_calibration(
         compression=compression,  # type: ignore[arg-type]
         overwrite=overwrite,
     )
+    if camera is None:
+        from axialtrack.camera import camera_from_core, resolve_camera
+
+        camera = resolve_camera([("core", camera_from_core(core))])[0].model_dump()
+    writer.set_attrs(camera=dict(camera))
 
     engine = core.mda.engine
     old_hw = getattr(engine, "use_hardware_sequencing", None)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from axialtrack._cli import (
@@ -13,6 +14,9 @@ from axialtrack._cli import (
     PIXEL_SIZE_UM,
     PLANE_OFFSET_RANGE_UM,
     PLANE_OFFSET_UM,
+    add_camera_options,
+    camera_origin_text,
+    camera_sources,
     fail,
     positive_float,
     positive_int,
@@ -120,6 +124,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="Z range the imported stack covers, first to last frame (um): checked "
         "against frames x step; needed beyond 5 um",
     )
+    add_camera_options(
+        p,
+        "the camera of --config (the simulated camera's noise model; another "
+        "camera's bit depth), the camera an imported run store records",
+    )
     p.set_defaults(func=cmd_calibrate)
     return p
 
@@ -140,6 +149,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 2
     if out is not None and (why := unwritable(out)):
         return fail(f"--out: {why}.", "Choose another --out. Nothing was written.")
+    from axialtrack.camera import CameraError, camera_of_attrs, resolve_camera
+
+    try:
+        cam_sources = camera_sources(args)
+    except CameraError as exc:
+        return fail(str(exc))
 
     if args.source is not None:
         try:
@@ -169,6 +184,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 soft_wrap=True,
             )
             return 2
+        if stack.meta.get("layout") == "run-store":
+            from axialtrack.store.reader import read_attrs
+
+            recorded = camera_of_attrs(read_attrs(Path(args.source[0]).expanduser()))
+            if recorded:
+                cam_sources.append((f"the run store {args.source[0]}", recorded))
         console.print(
             f"Imported {stack.n_fields} field(s) x {stack.n_z} Z steps "
             f"({stack.plane_shape[0]} x {stack.plane_shape[1]} px per plane, step "
@@ -184,9 +205,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
         if out is None:  # checked above; narrows the type
             return 2
+        from axialtrack.camera import camera_from_core
+
         try:
             core = load_rig(args.config)
         except RigConfigError as exc:
+            return fail(str(exc))
+        rig_name = args.config or "the simulated rig"
+        cam_sources.append((f"the camera of {rig_name}", camera_from_core(core)))
+        try:
+            camera, cam_origin = resolve_camera(cam_sources)
+        except CameraError as exc:
+            core.unloadAllDevices()
             return fail(str(exc))
         try:
             # a plan the options do not allow raises a ValidationError, which
@@ -205,6 +235,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 seq,
                 overwrite=args.overwrite,
                 progress=not args.no_progress,
+                camera=camera.model_dump(),
             )
         finally:
             core.unloadAllDevices()
@@ -236,7 +267,27 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         analyze,
         write_qc,
         write_report,
+        write_rig,
     )
+
+    if args.source is not None:
+        if np.asarray(stack.frames[:1]).dtype == np.uint8:
+            # 8-bit frames say the digitizer depth (16-bit ones do not)
+            cam_sources.append(("the 8-bit frames", {"bit_depth": 8}))
+        try:
+            camera, cam_origin = resolve_camera(cam_sources)
+        except CameraError as exc:
+            return fail(str(exc))
+    # the analysis reads counts as photons with the camera: the beads' signal
+    # above the offset, and the pixel noise of the reference Z
+    stack.meta.update(
+        offset_adu=camera.offset_adu,
+        gain_e_per_adu=camera.e_per_adu,
+        read_noise_e=camera.read_noise_e,
+    )
+    if cam_origin["bit_depth"] != "default":
+        # else saturation stays at the frames' own full scale (255 for 8 bits)
+        stack.meta["bit_depth"] = camera.bit_depth
 
     try:
         result = analyze(stack)
@@ -282,7 +333,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             console.print(f"[red]Cannot write {qc_target}:[/red] {exc}", soft_wrap=True)
             return 2
     write_qc(result, qc_target)
+    write_rig(
+        result,
+        stack,
+        qc_target,
+        camera=camera.model_dump(),
+        camera_source=cam_origin,
+    )
     console.print(f"Quality control written to [green]{qc_target}[/green]")
+    console.print(
+        f"Camera: offset {camera.offset_adu:g} ADU, gain {camera.e_per_adu:g} "
+        f"e-/ADU, read noise {camera.read_noise_e:g} e-, QE {camera.qe:g}, "
+        f"{camera.bit_depth} bits ({camera_origin_text(cam_origin)})",
+        soft_wrap=True,
+        markup=False,
+    )
     if args.report:
         report_dir = qc_target.parent / f"{qc_target.stem}-report"
         write_report(result, result.stack or stack, report_dir)

@@ -16,6 +16,7 @@ from .analysis import (
     analyze,
     read_beads,
     write_qc,
+    write_rig,
 )
 from .errors import CalibrationError, RegistrationError
 from .examples import (
@@ -48,4 +49,5 @@ __all__ = [
     "split_by_bead",
     "write_qc",
     "write_report",
+    "write_rig",
 ]

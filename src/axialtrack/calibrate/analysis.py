@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from axialtrack.geometry import MIRRORS, apply_affine, unmirror
+from axialtrack.geometry import MIRRORS, Z_CONVENTION, apply_affine, unmirror
 
 from .beads import crop_stack
 from .detection import FieldDetections, band_passed_projection, detect_field
@@ -25,11 +25,14 @@ from .stack import CalibrationStack
 __all__ = [
     "AUTO_METHOD",
     "REJECT_REASONS",
+    "Z_CONVENTION",
     "CalibrationResult",
     "analyze",
     "read_beads",
     "write_qc",
+    "write_rig",
 ]
+
 
 Method = Literal["mean", "msd", "auto"]
 
@@ -792,6 +795,50 @@ def write_qc(
     bg.attrs["categories"] = categories
     if examples:
         save_examples(root, result.examples)
+
+
+def write_rig(
+    result: CalibrationResult,
+    stack: CalibrationStack,
+    store: str | Path | zarr.Group,
+    *,
+    camera: dict[str, Any],
+    camera_source: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Record the rig a calibration was made with in a store: what a model
+    bundle trained from it needs, whatever the calibration's source.
+
+    The root attribute ``axialtrack_rig`` gets ``pixel_size_um``, ``splitter``
+    (layout, plane offset, the mirror found from the beads, ...),
+    ``plane_shape``, ``crop_size``, ``camera`` (the fields of
+    :class:`~axialtrack.pipeline.config.CameraCalibration`), ``camera_source``
+    (where each camera field came from), ``z_convention`` and
+    ``ref_z_method``; a run store's ``axialtrack`` attributes get ``camera``
+    too. Returns the record.
+    """
+    root = (
+        store
+        if isinstance(store, zarr.Group)
+        else zarr.open_group(str(store), mode="a")
+    )
+    analyzed = result.stack or stack
+    rec: dict[str, Any] = {
+        "pixel_size_um": float(analyzed.pixel_size_um),
+        "splitter": analyzed.geometry.model_dump(mode="json"),
+        "plane_shape": [int(v) for v in analyzed.plane_shape],
+        "crop_size": int(result.crop_size),
+        "camera": dict(camera),
+        "camera_source": dict(camera_source or {}),
+        "z_convention": Z_CONVENTION,
+        "ref_z_method": result.method,
+    }
+    rec = json.loads(json.dumps(rec))
+    root.attrs["axialtrack_rig"] = rec
+    attrs = root.attrs.asdict()
+    run = attrs.get("axialtrack")
+    if isinstance(run, dict):
+        root.attrs["axialtrack"] = {**run, "camera": rec["camera"]}
+    return rec
 
 
 def read_beads(store: str | Path | zarr.Group) -> pd.DataFrame:

@@ -687,8 +687,27 @@ def _load_run(
             "state": run.state,
             "field_indices": complete,
             "dropped_fields": dropped,
+            **_camera_meta(run.attrs.get("camera")),
         },
     )
+
+
+def _camera_meta(camera: Any) -> dict[str, float]:
+    """The stack meta entries (``offset_adu``, ``gain_e_per_adu``,
+    ``read_noise_e``) of the camera a run store records, for the analysis."""
+    if not isinstance(camera, dict):
+        return {}
+    names = {
+        "offset_adu": "offset_adu",
+        "e_per_adu": "gain_e_per_adu",
+        "read_noise_e": "read_noise_e",
+    }
+    out = {}
+    for key, name in names.items():
+        v = camera.get(key)
+        if isinstance(v, int | float):
+            out[name] = float(v)
+    return out
 
 
 # ------------------------------------------------------------- image stacks

@@ -17,23 +17,28 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from axialtrack._json import jsonable
+from axialtrack.geometry import Z_CONVENTION
 
 from .config import ModelConfig
 
 # torch is imported where the network is needed, not here: reading a bundle for
 # onnxruntime (the live path on a CPU) then never imports it (about 0.8 s)
 if TYPE_CHECKING:
+    from axialtrack.pipeline.config import CameraCalibration
+
     from .network import Network
     from .train import TrainResult
 
 __all__ = [
     "BUNDLE_SUFFIX",
     "FORMAT_VERSION",
+    "RIG_FIELDS",
     "Bundle",
     "BundleError",
     "check_onnx_input",
     "export_onnx",
     "load_bundle",
+    "missing_rig_fields",
     "save_bundle",
     "verify_onnx",
 ]
@@ -50,6 +55,62 @@ RIG_RTOL = 0.01
 
 class BundleError(ValueError):
     """A model bundle is missing, corrupted, of another format, or for another rig."""
+
+
+#: What a bundle records of the rig it was calibrated on, each a ``model.json``
+#: entry, with what it is: :func:`load_bundle` refuses a bundle without one.
+RIG_FIELDS: dict[str, str] = {
+    "pixel_size_um": "the pixel size in the sample (um)",
+    "plane_offset_um": "the plane offset delta (um)",
+    "layout": "the splitter layout",
+    "mirror": "the flip of plane 1 on the sensor",
+    "registration": "the plane-0 -> plane-1 registration (affine, px)",
+    "camera": "the camera model (offset, gain, read noise, QE, bit depth)",
+    "crop_size": "the crop size (px)",
+    "plane_shape": "the plane size (px) of the calibration",
+    "z_convention": "what z_um and dz_um mean",
+}
+
+
+def _rig_value_problem(name: str, value: Any) -> str | None:
+    """Why a ``model.json`` rig entry is unusable (``None`` if it is fine)."""
+    if value is None:
+        return "is missing"
+    try:
+        if name in ("pixel_size_um", "plane_offset_um"):
+            v = float(value)
+            if not np.isfinite(v) or (name == "pixel_size_um" and v <= 0):
+                return f"is {value!r}, not a usable number"
+        elif name in ("crop_size",):
+            int(value)
+        elif name == "plane_shape":
+            if len(value) != 2 or min(int(v) for v in value) < 1:
+                return f"is {value!r}, not [height, width]"
+        elif name == "registration":
+            a = np.asarray(value.get("affine"), dtype=float)
+            if a.size != 6 or not np.all(np.isfinite(a)):
+                return "has no finite 2 x 3 affine"
+        elif name == "camera":
+            from axialtrack.pipeline.config import CameraCalibration
+
+            CameraCalibration.model_validate(value)
+        elif not isinstance(value, str) or not value:
+            return f"is {value!r}, not a name"
+    except (TypeError, ValueError, AttributeError) as exc:
+        first = " ".join(str(exc).split())[:200]
+        return f"is invalid ({first})"
+    return None
+
+
+def missing_rig_fields(meta: Mapping[str, Any]) -> list[str]:
+    """The :data:`RIG_FIELDS` that ``meta`` (a ``model.json``) lacks or has
+    unusable, each as ``name (what it is) problem``."""
+    out = []
+    for name, what in RIG_FIELDS.items():
+        why = _rig_value_problem(name, meta.get(name))
+        if why is not None:
+            out.append(f"{name} ({what}) {why}")
+    return out
 
 
 def _sha256(path: Path) -> str:
@@ -187,6 +248,25 @@ class Bundle:
         return None if v is None else float(v)
 
     @property
+    def layout(self) -> str | None:
+        """Splitter layout of the calibration rig."""
+        v = self.meta.get("layout")
+        return None if v is None else str(v)
+
+    @property
+    def mirror(self) -> str | None:
+        """Flip of plane 1 on the sensor of the calibration rig."""
+        v = self.meta.get("mirror")
+        return None if v is None else str(v)
+
+    @cached_property
+    def camera(self) -> CameraCalibration:
+        """The camera model of the calibration (``model.json`` ``"camera"``)."""
+        from axialtrack.pipeline.config import CameraCalibration
+
+        return CameraCalibration.model_validate(self.meta["camera"])
+
+    @property
     def registration_affine(self) -> np.ndarray | None:
         """Plane-0 -> plane-1 affine ``(2, 3)`` (px) of the calibration, if known."""
         reg = self.meta.get("registration") or {}
@@ -236,9 +316,20 @@ def save_bundle(
     pixel_size_um: float | None = None,
     plane_offset_um: float | None = None,
     layout: str | None = None,
+    mirror: str | None = None,
+    camera: Any = None,
+    registration_affine: Any = None,
+    plane_shape: tuple[int, int] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a model bundle directory and verify its ONNX export.
+
+    The bundle records the rig it was calibrated on (:data:`RIG_FIELDS`):
+    pixel size, plane offset, layout, mirror, registration, camera, crop size,
+    plane shape and the Z convention, each from the keyword arguments, else
+    from ``result``'s calibration. A bundle that would lack one is not
+    written (:class:`BundleError` naming it), since :func:`load_bundle`
+    would refuse it.
 
     Parameters
     ----------
@@ -251,8 +342,12 @@ def save_bundle(
         Bundle directory; ``.axialmodel`` is appended when missing.
     overwrite
         Replace an existing bundle.
-    pixel_size_um, plane_offset_um, layout
-        Rig values; override those of ``result``.
+    pixel_size_um, plane_offset_um, layout, mirror, camera
+        Rig values; override those of ``result``. ``camera``: a
+        :class:`~axialtrack.pipeline.config.CameraCalibration` or its fields.
+    registration_affine, plane_shape
+        The plane-0 -> plane-1 affine ``(2, 3)`` (px) and ``(H, W)`` of a plane;
+        override those of ``result``.
     extra
         More JSON-serializable entries for ``model.json``.
 
@@ -306,6 +401,9 @@ def save_bundle(
             "xy": "plane-0 position normalized to [-1, 1]: 2 x / (W - 1) - 1",
         },
         "dz_convention": "dz_um = ref_z_um - stage_z_um; z_um = stage_z_um + dz_um",
+        "z_convention": Z_CONVENTION,
+        "mirror": mirror,
+        "camera": None,
         "registration": None,
         "plane_shape": None,
         "config": cfg.model_dump(mode="json"),
@@ -326,6 +424,11 @@ def save_bundle(
             plane_offset_um if plane_offset_um is not None else d.plane_offset_um
         )
         meta["layout"] = layout if layout is not None else d.layout
+        meta["mirror"] = mirror if mirror is not None else d.mirror
+        if d.camera is not None:
+            meta["camera"] = dict(d.camera)
+        if d.z_convention:
+            meta["z_convention"] = d.z_convention
         if len(ex):
             meta["z_range_um"] = [float(ex.dz_um.min()), float(ex.dz_um.max())]
         if d.registration_affine is not None:
@@ -347,8 +450,26 @@ def save_bundle(
         meta["provenance"].update(
             {"calibration_run": d.source, "examples_sha256": examples_hash(ex)}
         )
+    if camera is not None:
+        meta["camera"] = (
+            camera.model_dump() if hasattr(camera, "model_dump") else dict(camera)
+        )
+    if registration_affine is not None:
+        meta["registration"] = {
+            "affine": np.asarray(registration_affine, float).reshape(2, 3).tolist(),
+            "direction": "plane0_to_plane1",
+        }
+    if plane_shape is not None:
+        meta["plane_shape"] = [int(v) for v in plane_shape]
     if extra:
         meta.update(extra)
+    missing = missing_rig_fields(meta)
+    if missing:
+        raise BundleError(
+            f"cannot write the bundle {path}: it would not record the rig: "
+            f"{'; '.join(missing)}. Train from a calibration run that records it "
+            "(`axialtrack calibrate` writes it), or give it to save_bundle"
+        )
     path.mkdir(parents=True)
     try:
         torch.save(model.state_dict(), path / "weights.pt")
@@ -406,7 +527,9 @@ def load_bundle(
     ------
     BundleError
         Missing files, unknown format version, a sha256 that does not match
-        ``model.json`` (corrupted or replaced weights or ONNX), or a rig mismatch.
+        ``model.json`` (corrupted or replaced weights or ONNX), a ``model.json``
+        that does not record one of :data:`RIG_FIELDS` (the first named), or a
+        rig mismatch.
     """
     path = Path(path).expanduser()
     mj = path / "model.json"
@@ -442,6 +565,14 @@ def load_bundle(
                 f"{path}: {name} is corrupted or was modified (sha256 {got[:12]}... "
                 f"does not match the {str(want)[:12]}... recorded in model.json)"
             )
+    missing = missing_rig_fields(meta)
+    if missing:
+        raise BundleError(
+            f"{mj} does not record the rig it was calibrated on: {missing[0]}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + ". Train the model again with this axialtrack from its calibration "
+            "run (`axialtrack train CALIB.zarr`), which records it"
+        )
     _check_rig(
         "pixel_size_um", "pixel size", meta.get("pixel_size_um"), expect_pixel_size_um
     )

@@ -151,6 +151,23 @@ def add_parsers(subparsers: Any) -> None:
     e.set_defaults(func=cmd_evaluate)
 
 
+def _rig_of(data: Any) -> dict[str, Any]:
+    """The rig entries a bundle trained on ``data`` would get."""
+    return {
+        "pixel_size_um": data.pixel_size_um,
+        "plane_offset_um": data.plane_offset_um,
+        "layout": data.layout,
+        "mirror": data.mirror,
+        "registration": (
+            None
+            if data.registration_affine is None
+            else {"affine": data.registration_affine}
+        ),
+        "camera": data.camera,
+        "plane_shape": data.plane_shape,
+    }
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Handler of ``axialtrack train``."""
     from .bundle import BUNDLE_SUFFIX
@@ -172,6 +189,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (FileNotFoundError, KeyError) as exc:
         console.print(f"[red]Cannot read the calibration:[/red] {exc}")
         return 2
+    from .bundle import missing_rig_fields
+
+    # the bundle must record the rig: checked before minutes of training
+    lacking = [
+        m
+        for m in missing_rig_fields(_rig_of(data))
+        if not m.startswith(("crop_size", "z_convention"))
+    ]
+    if lacking:
+        return fail(
+            f"{args.calibration} does not record the rig the model needs: "
+            f"{lacking[0]}"
+            + (f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else "")
+            + ".",
+            f"Analyze it again with this axialtrack: `axialtrack calibrate --from "
+            f"{args.calibration}` (with --pixel-size, --plane-offset, --camera or "
+            "--camera-* where the run does not record them).",
+        )
     try:
         config = ModelConfig(
             crop_size=int(data.examples.crops.shape[-1]),

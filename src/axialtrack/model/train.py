@@ -64,6 +64,14 @@ class CalibrationData:
         registration, when available.
     plane_shape
         ``(H, W)`` of one plane (px), when known.
+    mirror
+        Flip of plane 1 on the sensor (``"none"``, ``"horizontal"``, ...), when
+        known.
+    camera
+        The camera model (the fields of
+        :class:`~axialtrack.pipeline.config.CameraCalibration`), when known.
+    z_convention
+        What ``dz_um`` and ``z_um`` mean, when recorded.
     """
 
     examples: Examples
@@ -74,10 +82,45 @@ class CalibrationData:
     beads: pd.DataFrame | None = None
     registration_affine: np.ndarray | None = None
     plane_shape: tuple[int, int] | None = None
+    mirror: str | None = None
+    camera: dict[str, Any] | None = None
+    z_convention: str | None = None
+
+    @classmethod
+    def from_result(
+        cls, result: Any, stack: Any, *, camera: Any = None
+    ) -> CalibrationData:
+        """The calibration data of an in-memory analysis: ``result`` of
+        :func:`axialtrack.calibrate.analyze` on ``stack``, with ``camera`` (a
+        :class:`~axialtrack.pipeline.config.CameraCalibration` or its fields;
+        ``None``: the defaults) recorded for the bundle."""
+        from axialtrack.geometry import Z_CONVENTION
+        from axialtrack.pipeline.config import CameraCalibration
+
+        analyzed = result.stack or stack
+        cam = camera if camera is not None else CameraCalibration()
+        return cls(
+            examples=result.examples,
+            pixel_size_um=float(analyzed.pixel_size_um),
+            plane_offset_um=float(analyzed.geometry.plane_offset_um),
+            layout=analyzed.geometry.layout,
+            source=analyzed.source or None,
+            beads=result.beads,
+            registration_affine=np.asarray(result.registration.affine, float),
+            plane_shape=tuple(int(v) for v in analyzed.plane_shape),  # type: ignore[arg-type]
+            mirror=analyzed.geometry.mirror,
+            camera=cam.model_dump() if hasattr(cam, "model_dump") else dict(cam),
+            z_convention=Z_CONVENTION,
+        )
 
 
 def load_calibration(store: str | Path) -> CalibrationData:
-    """Read examples, bead table and rig values from a calibration run store."""
+    """Read examples, bead table and rig values from a calibration run store.
+
+    The rig values come from the store's ``axialtrack_rig`` record
+    (:func:`axialtrack.calibrate.write_rig`, written by ``axialtrack
+    calibrate``), else from the run's own attributes.
+    """
     import zarr
 
     from axialtrack.calibrate import load_examples, read_beads
@@ -90,7 +133,12 @@ def load_calibration(store: str | Path) -> CalibrationData:
     attrs: dict[str, Any] = dict(root.attrs.asdict()).get("axialtrack", {}) or {}  # type: ignore[assignment]
     rig: dict[str, Any] = attrs.get("rig", {}) or {}
     splitter: dict[str, Any] = attrs.get("splitter", {}) or {}
-    pixel = rig.get("pixel_size_um", attrs.get("pixel_size_um"))
+    record: dict[str, Any] = dict(root.attrs.asdict()).get("axialtrack_rig") or {}  # type: ignore[assignment]
+    if record.get("splitter"):
+        splitter = dict(record["splitter"])
+    pixel = record.get(
+        "pixel_size_um", rig.get("pixel_size_um", attrs.get("pixel_size_um"))
+    )
     try:
         beads = read_beads(root)
     except KeyError:
@@ -99,9 +147,12 @@ def load_calibration(store: str | Path) -> CalibrationData:
     if "calibration/registration/affine" in root:
         affine = np.asarray(root["calibration/registration/affine"][...], float)  # type: ignore[index]
     plane_shape: tuple[int, int] | None = None
-    if "frames/0" in root:
+    if record.get("plane_shape"):
+        plane_shape = (int(record["plane_shape"][0]), int(record["plane_shape"][1]))
+    elif "frames/0" in root:
         shp = root["frames/0"].shape  # type: ignore[union-attr]
         plane_shape = (int(shp[-2]), int(shp[-1]))
+    camera = record.get("camera") or attrs.get("camera")
     return CalibrationData(
         examples=examples,
         pixel_size_um=None if pixel is None else float(pixel),
@@ -115,6 +166,9 @@ def load_calibration(store: str | Path) -> CalibrationData:
         beads=beads,
         registration_affine=affine,
         plane_shape=plane_shape,
+        mirror=splitter.get("mirror"),
+        camera=dict(camera) if isinstance(camera, dict) else None,
+        z_convention=record.get("z_convention"),
     )
 
 

@@ -47,7 +47,8 @@ class TrackingAnalyzer:
         Plane-0 -> plane-1 affine ``(2, 3)`` (px); ``None`` takes the bundle's
         registration.
     localizer, link
-        Localization and linking settings.
+        Localization and linking settings (``None``: the defaults, with the
+        bundle's camera).
     frame_interval_s
         Frame period, for the diffusion estimates of the track summary (``None``:
         from the frames' times).
@@ -320,6 +321,11 @@ def make_analyzer(
             "nominal geometry",
             bundle.path,
         )
+    if localizer is None:
+        from .config import LocalizerConfig
+
+        # counts become photons with the camera the model was calibrated with
+        localizer = LocalizerConfig(camera=bundle.camera)
     engine = select_engine(bundle, prefer=engine_prefer, **engine_kwargs)
     logger.info("inference engine: %s (%s)", engine.name, engine.reason)
     return TrackingAnalyzer(

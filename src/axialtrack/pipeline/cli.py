@@ -18,6 +18,9 @@ from axialtrack._cli import (
     PIXEL_SIZE_UM,
     PLANE_OFFSET_RANGE_UM,
     PLANE_OFFSET_UM,
+    add_camera_options,
+    camera_origin_text,
+    camera_sources,
     fail,
     nonnegative_float,
     positive_float,
@@ -91,6 +94,9 @@ def add_parsers(subparsers: Any) -> None:
         "threads of this one",
     )
     p.add_argument("--no-status", action="store_true", help="no live status line")
+    add_camera_options(
+        p, "the camera of --config (the simulated camera; another camera's bit depth)"
+    )
     p.set_defaults(func=cmd_live)
 
     q = subparsers.add_parser(
@@ -118,17 +124,20 @@ def add_parsers(subparsers: Any) -> None:
     q.add_argument("--overwrite", action="store_true", help="replace --out")
     q.add_argument(
         "--layout",
-        default="side-by-side",
-        help="movie: splitter layout of sensor frames (side-by-side)",
+        default=None,
+        help="movie: splitter layout of sensor frames (default: the model bundle's)",
     )
     q.add_argument(
         "--plane-offset",
         type=PLANE_OFFSET_UM,
-        default=0.5,
+        default=None,
         help="movie: delta (um; "
-        f"{PLANE_OFFSET_RANGE_UM[0]:g} to {PLANE_OFFSET_RANGE_UM[1]:g})",
+        f"{PLANE_OFFSET_RANGE_UM[0]:g} to {PLANE_OFFSET_RANGE_UM[1]:g}; default: "
+        "the model bundle's)",
     )
-    q.add_argument("--mirror", default="none", help="movie: plane-1 mirror")
+    q.add_argument(
+        "--mirror", default=None, help="movie: plane-1 mirror (default: the bundle's)"
+    )
     q.add_argument(
         "--stage-z",
         default=None,
@@ -141,7 +150,8 @@ def add_parsers(subparsers: Any) -> None:
         "--pixel-size",
         type=PIXEL_SIZE_UM,
         default=None,
-        help=f"movie: um/px ({PIXEL_SIZE_RANGE_UM[0]:g} to {PIXEL_SIZE_RANGE_UM[1]:g})",
+        help=f"movie: um/px ({PIXEL_SIZE_RANGE_UM[0]:g} to "
+        f"{PIXEL_SIZE_RANGE_UM[1]:g}; default: the model bundle's)",
     )
     q.add_argument(
         "--frame-interval", type=positive_float, default=None, help="movie: s"
@@ -152,6 +162,9 @@ def add_parsers(subparsers: Any) -> None:
         default=1.0,
         help="sample depth per um of focus travel (focal shift, e.g. 0.73 for an "
         "NA 1.45 oil objective into water) for the tracks' axial diffusion (1)",
+    )
+    add_camera_options(
+        q, "the camera the run store records (none for a movie), the model bundle's"
     )
     q.set_defaults(func=cmd_localize)
 
@@ -255,18 +268,56 @@ def _load_analyzer(
     return None
 
 
+def _camera(
+    args: argparse.Namespace,
+    bundle: str | None,
+    recorded: list[tuple[str, dict[str, Any]]] | None = None,
+) -> Any:
+    """The camera of a run: each field from the ``--camera-*`` options,
+    ``--camera FILE``, ``recorded`` (the core's camera, or the run store's),
+    the model bundle, the defaults, in this order. Says in one line where a
+    camera given differs from the bundle's. Returns the
+    :class:`~axialtrack.pipeline.config.CameraCalibration`, or the exit code
+    of a refusal (printed)."""
+    from axialtrack.camera import (
+        CameraError,
+        camera_differences,
+        resolve_camera,
+    )
+
+    try:
+        given = camera_sources(args) + list(recorded or [])
+        bundle_cam = None
+        if bundle is not None:
+            from axialtrack.model import BundleError, load_bundle
+
+            # a bundle that does not load is refused where the analyzer is
+            # built, as what it is
+            with contextlib.suppress(BundleError, FileNotFoundError):
+                bundle_cam = load_bundle(bundle).camera
+        sources = list(given)
+        if bundle_cam is not None:
+            sources.append(("the model bundle", bundle_cam.model_dump()))
+        camera, origin = resolve_camera(sources)
+    except CameraError as exc:
+        return fail(str(exc))
+    if bundle_cam is not None:
+        diff = camera_differences(camera, bundle_cam)
+        if diff:
+            console.print(
+                f"[yellow]The camera differs from the model bundle's ("
+                f"{escape('; '.join(diff))}; {escape(camera_origin_text(origin))})"
+                "; photons and thresholds use the camera given.[/yellow]",
+                soft_wrap=True,
+            )
+    return camera
+
+
 def _close(analyzer: Any) -> None:
     """Stop an analysis process (other analyzers have nothing to close)."""
     close = getattr(analyzer, "close", None)
     if callable(close):
         close()
-
-
-def _full_scale_adu(core: Any) -> int:
-    """The camera's full scale, where a pixel is saturated (4095 for a 12-bit
-    camera), not the uint16 maximum its frames are stored in."""
-    bits = int(core.getImageBitDepth()) if core.getCameraDevice() else 16
-    return (1 << min(max(bits, 1), 16)) - 1
 
 
 def _refuse_existing(out: Path, overwrite: bool) -> bool:
@@ -363,6 +414,17 @@ def cmd_live(args: argparse.Namespace) -> int:
         except (RuntimeError, ValueError, OSError) as exc:
             core.unloadAllDevices()
             return fail(f"The camera {cam!r} refused {prop}={value!r}: {exc}")
+    from axialtrack.camera import camera_from_core
+
+    rig_cam = camera_from_core(core)
+    camera = _camera(
+        args,
+        args.model or None,
+        [(f"the camera of {args.config or 'the simulated rig'}", rig_cam)],
+    )
+    if isinstance(camera, int):
+        core.unloadAllDevices()
+        return camera
     geo = splitter_geometry(core)
     sensor = (core.getImageHeight(), core.getImageWidth())
     two = geo.layout == "two-cameras"
@@ -386,7 +448,9 @@ def cmd_live(args: argparse.Namespace) -> int:
             frame_interval_s=period_s,
             engine_prefer=args.engine,
             axial_scale=args.axial_scale,
-            localizer=LocalizerConfig(saturation_adu=_full_scale_adu(core)),
+            localizer=LocalizerConfig(
+                saturation_adu=min(camera.max_adu, 65535), camera=camera
+            ),
             # flat memory however long the run: the track table is made from
             # the stored rows at the end
             keep_rows=False,
@@ -409,6 +473,7 @@ def cmd_live(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             compression=args.compression,
         )
+        writer.set_attrs(camera=camera.model_dump())
     except StoreError as exc:
         console.print(f"[red]{exc}[/red]")
         _close(analyzer)
@@ -596,8 +661,20 @@ def cmd_localize(args: argparse.Namespace) -> int:
     # nothing to do
     if _model_refused(args.model, args.engine):
         return 2
+    from axialtrack.camera import camera_of_attrs
+
+    recorded = camera_of_attrs(run.attrs) if run is not None else None
+    camera = _camera(
+        args, args.model, [(f"the run store {path}", recorded)] if recorded else []
+    )
+    if isinstance(camera, int):
+        return camera
+    from axialtrack.pipeline.config import LocalizerConfig
+
+    full_scale = min(camera.max_adu, 65535)
+    localizer = LocalizerConfig(camera=camera, saturation_adu=full_scale)
     if run is None:
-        return _localize_movie(args, path)
+        return _localize_movie(args, path, localizer)
     if args.stage_z is not None:
         return fail(
             f"--stage-z is for a movie; {path} is a run store, whose frames "
@@ -622,6 +699,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         frame_interval_s=run.attrs.get("frame_interval_s"),
         engine_prefer=args.engine,
         axial_scale=args.axial_scale,
+        localizer=localizer,
     )
     if analyzer is None:
         return 2
@@ -727,7 +805,7 @@ def _is_number(text: Any) -> bool:
     return True
 
 
-def _localize_movie(args: argparse.Namespace, path: Path) -> int:
+def _localize_movie(args: argparse.Namespace, path: Path, localizer: Any) -> int:
     from axialtrack.devices.replay import open_movie
     from axialtrack.geometry import SplitterGeometry, split_frame
     from axialtrack.store import FrameMeta, RunWriter, StoreError
@@ -735,15 +813,25 @@ def _localize_movie(args: argparse.Namespace, path: Path) -> int:
     if args.out is None:
         console.print(
             f"[red]{path} is not a run store.[/red] To process a TIFF/zarr movie "
-            "give --out NEW.zarr, --layout and --pixel-size."
+            "give --out NEW.zarr (the layout, mirror, plane offset and pixel size "
+            "are the model bundle's unless given)."
         )
         return 2
+    from axialtrack.model import load_bundle
+
+    # the rig the bundle records, for what the options leave out
+    bundle = load_bundle(args.model)
     if args.pixel_size is None:
-        console.print("[red]A movie needs --pixel-size (um per pixel).[/red]")
-        return 2
+        args.pixel_size = bundle.pixel_size_um
     try:
         geo = SplitterGeometry(
-            layout=args.layout, plane_offset_um=args.plane_offset, mirror=args.mirror
+            layout=args.layout if args.layout is not None else bundle.layout,
+            plane_offset_um=(
+                args.plane_offset
+                if args.plane_offset is not None
+                else bundle.plane_offset_um
+            ),
+            mirror=args.mirror if args.mirror is not None else bundle.mirror,
         )
         movie = open_movie(path)
     except (ValueError, FileNotFoundError) as exc:
@@ -775,6 +863,7 @@ def _localize_movie(args: argparse.Namespace, path: Path) -> int:
         frame_interval_s=dt,
         engine_prefer=args.engine,
         axial_scale=args.axial_scale,
+        localizer=localizer,
     )
     if analyzer is None:
         return 2
@@ -791,6 +880,7 @@ def _localize_movie(args: argparse.Namespace, path: Path) -> int:
             overwrite=args.overwrite,
             frame_interval_s=dt,
         )
+        writer.set_attrs(camera=localizer.camera.model_dump())
     except StoreError as exc:
         console.print(f"[red]{exc}[/red]")
         if replacing is not None:

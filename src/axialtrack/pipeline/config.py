@@ -15,7 +15,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["CameraCalibration", "DetectionConfig", "LocalizerConfig", "XYMethod"]
+__all__ = [
+    "CAMERA_FIELDS",
+    "CameraCalibration",
+    "DetectionConfig",
+    "LocalizerConfig",
+    "XYMethod",
+]
 
 XYMethod = Literal["auto", "fit", "network", "centroid"]
 
@@ -67,11 +73,18 @@ class DetectionConfig(BaseModel):
     max_sum_misregistration_px: float = Field(1.0, gt=0.0)
 
 
+#: The fields of a camera file (``--camera FILE``, ``axialtrack camera``).
+CAMERA_FIELDS = ("offset_adu", "e_per_adu", "read_noise_e", "qe", "bit_depth")
+
+
 class CameraCalibration(BaseModel):
-    """Conversion of camera counts (ADU) to photons arriving at the sensor.
+    """The camera: how its counts (ADU) become photons, and its noise.
 
     ``photons = (adu - offset_adu) * e_per_adu / qe``. The defaults are those of the
-    simulated camera (:class:`axialtrack.sim.CameraModel`).
+    simulated camera (:class:`axialtrack.sim.CameraModel`). A calibration run and a
+    model bundle record the camera they were made with (``camera`` in the run's
+    attributes and in ``model.json``); ``axialtrack camera`` measures ``offset_adu``,
+    ``e_per_adu`` and ``read_noise_e`` from dark and flat frames.
 
     Parameters
     ----------
@@ -81,18 +94,36 @@ class CameraCalibration(BaseModel):
         Conversion gain, electrons per ADU.
     qe
         Quantum efficiency at the emission wavelength.
+    read_noise_e
+        Read noise, electrons rms.
+    bit_depth
+        Digitizer depth: counts saturate at ``2**bit_depth - 1``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    offset_adu: float = 100.0
-    e_per_adu: float = Field(0.5, gt=0.0)
+    offset_adu: float = Field(100.0, ge=0.0, lt=65535.0)
+    e_per_adu: float = Field(0.5, gt=0.0, le=1000.0)
     qe: float = Field(0.8, gt=0.0, le=1.0)
+    read_noise_e: float = Field(1.5, ge=0.0, le=1000.0)
+    bit_depth: int = Field(16, ge=8, le=32)
+
+    @field_validator("offset_adu", "e_per_adu", "qe", "read_noise_e")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not np.isfinite(v):
+            raise ValueError(f"must be a finite number; got {v}")
+        return v
 
     @property
     def photons_per_adu(self) -> float:
         """Photons per ADU above the offset, ``e_per_adu / qe``."""
         return float(self.e_per_adu / self.qe)
+
+    @property
+    def max_adu(self) -> int:
+        """Saturation count, ``2**bit_depth - 1``."""
+        return int(2**self.bit_depth - 1)
 
     def photons(self, adu: Any) -> np.ndarray:
         """Photons arriving at the sensor for counts ``adu`` (float64 array)."""
@@ -100,15 +131,21 @@ class CameraCalibration(BaseModel):
 
     @classmethod
     def from_camera_model(cls, camera: Any) -> CameraCalibration:
-        """Calibration of an object with ``offset_adu``, ``gain_e_per_adu``, ``qe``.
+        """Calibration of an object with ``offset_adu``, ``gain_e_per_adu``, ``qe``
+        (and ``read_noise_e``, ``bit_depth`` where it has them).
 
         For example :class:`axialtrack.sim.CameraModel`.
         """
-        return cls(
-            offset_adu=float(camera.offset_adu),
-            e_per_adu=float(camera.gain_e_per_adu),
-            qe=float(camera.qe),
-        )
+        values: dict[str, Any] = {
+            "offset_adu": float(camera.offset_adu),
+            "e_per_adu": float(camera.gain_e_per_adu),
+            "qe": float(camera.qe),
+        }
+        if getattr(camera, "read_noise_e", None) is not None:
+            values["read_noise_e"] = float(camera.read_noise_e)
+        if getattr(camera, "bit_depth", None) is not None:
+            values["bit_depth"] = int(camera.bit_depth)
+        return cls(**values)
 
 
 class LocalizerConfig(BaseModel):

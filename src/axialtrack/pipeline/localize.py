@@ -43,7 +43,7 @@ from axialtrack.geometry import apply_affine, invert_affine
 from axialtrack.store.layout import LOCALIZATION_COLUMNS
 
 from . import _kernels
-from .config import LocalizerConfig
+from .config import CameraCalibration, LocalizerConfig
 from .crops import crop_centers, crop_pairs
 from .detect import Detections, detect
 
@@ -424,7 +424,8 @@ class Localizer:
         Plane-0 -> plane-1 affine ``(2, 3)`` (px). ``None`` takes the bundle's
         registration, or the identity (with a warning) when it has none.
     config
-        Settings (default :class:`LocalizerConfig`).
+        Settings (default :class:`LocalizerConfig` with the camera of the
+        engine's bundle).
 
     Attributes
     ----------
@@ -445,7 +446,19 @@ class Localizer:
         config: LocalizerConfig | None = None,
     ) -> None:
         self.engine = engine
-        self.config = config or LocalizerConfig()
+        if config is None:
+            # counts become photons with the camera the model was calibrated
+            # with, where the engine's bundle records it
+            try:
+                cam = getattr(getattr(engine, "bundle", None), "camera", None)
+            except (KeyError, ValueError):  # a bundle built without one
+                cam = None
+            config = (
+                LocalizerConfig(camera=cam)
+                if isinstance(cam, CameraCalibration)
+                else LocalizerConfig()
+            )
+        self.config = config
         self.plane_shape = (int(plane_shape[0]), int(plane_shape[1]))
         self.pixel_size_um = float(pixel_size_um)
         if not self.pixel_size_um > 0:

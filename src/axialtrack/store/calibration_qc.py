@@ -15,21 +15,63 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["QC_ATTR", "calibration_lines", "qc_only_text", "read_calibration_qc"]
+__all__ = [
+    "QC_ATTR",
+    "RIG_ATTR",
+    "calibration_lines",
+    "camera_line",
+    "qc_only_text",
+    "read_calibration_qc",
+    "read_rig_record",
+]
 
 QC_ATTR = "axialtrack_calibration"
+#: The root attribute where ``axialtrack calibrate`` records the rig of a
+#: calibration (pixel size, splitter, plane shape, camera, Z convention).
+RIG_ATTR = "axialtrack_rig"
 
 
-def read_calibration_qc(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The QC summary of a store (its ``axialtrack_calibration``), or None."""
+def _root_attr(path: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
     zj = Path(path) / "zarr.json"
     try:
         doc = json.loads(zj.read_text())
     except (OSError, ValueError):
         return None
     attrs = doc.get("attributes") if isinstance(doc, dict) else None
-    qc = attrs.get(QC_ATTR) if isinstance(attrs, dict) else None
-    return qc if isinstance(qc, dict) else None
+    v = attrs.get(name) if isinstance(attrs, dict) else None
+    return v if isinstance(v, dict) else None
+
+
+def read_rig_record(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The rig a calibration records (its ``axialtrack_rig``), or None."""
+    return _root_attr(path, RIG_ATTR)
+
+
+def camera_line(
+    camera: dict[str, Any] | None, source: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """The ``Camera`` row of ``info``: offset, gain, read noise, QE, bit depth
+    (and where they came from, when recorded)."""
+    if not camera:
+        return ("Camera", "(none recorded)")
+    text = (
+        f"offset {_num(camera.get('offset_adu'), 'g')} ADU, gain "
+        f"{_num(camera.get('e_per_adu'), 'g')} e-/ADU, read noise "
+        f"{_num(camera.get('read_noise_e'), 'g')} e-, QE "
+        f"{_num(camera.get('qe'), 'g')}, {camera.get('bit_depth', '?')} bits"
+    )
+    if source:
+        by: dict[str, list[str]] = {}
+        for field, label in source.items():
+            by.setdefault(str(label), []).append(str(field))
+        text += " (" + "; ".join(f"{', '.join(v)} from {k}" for k, v in by.items())
+        text += ")"
+    return ("Camera", text)
+
+
+def read_calibration_qc(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The QC summary of a store (its ``axialtrack_calibration``), or None."""
+    return _root_attr(path, QC_ATTR)
 
 
 def _num(v: Any, fmt: str = ".1f") -> str:
@@ -127,5 +169,15 @@ def qc_only_text(path: str | os.PathLike[str]) -> str | None:
         ("Calibration QC", f"{Path(path)} (quality control only: no frames stored)"),
         *calibration_lines(qc),
     ]
+    rig = read_rig_record(path)
+    if rig:
+        rows.append(
+            (
+                "Rig",
+                f"pixel {rig.get('pixel_size_um')} um, splitter "
+                f"{json.dumps(rig.get('splitter'), default=str)}",
+            )
+        )
+        rows.append(camera_line(rig.get("camera"), rig.get("camera_source")))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

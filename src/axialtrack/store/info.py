@@ -12,8 +12,10 @@ import numpy as np
 
 from axialtrack.store.calibration_qc import (
     calibration_lines,
+    camera_line,
     qc_only_text,
     read_calibration_qc,
+    read_rig_record,
 )
 from axialtrack.store.errors import StoreError
 from axialtrack.store.reader import find_leftovers, open_run
@@ -95,7 +97,9 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``localization_columns``, ``tracks``, ``rig``, ``splitter``, ``model``,
     ``writer``, ``stats``, ``recovered`` (for an open run: what a reader gets and
     what is left over), ``recovery`` (if :func:`recover` tidied it) and
-    ``calibration`` (the calibration QC, if the store holds one).
+    ``calibration`` (the calibration QC, if the store holds one), ``camera``
+    (the camera model the run records, or None) and ``camera_source`` (where
+    a calibration's camera fields came from).
 
     Raises
     ------
@@ -148,6 +152,8 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
         "recovered": None,
         "recovery": a.get("recovery"),
         "calibration": read_calibration_qc(run.path),
+        "camera": a.get("camera"),
+        "camera_source": (read_rig_record(run.path) or {}).get("camera_source"),
     }
     summary["leftovers"] = _leftover_notes(run.path)
     if run.state == "open":
@@ -243,6 +249,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(("Tracks", str(s["tracks"])))
     lines.append(("Rig", _compact(s.get("rig"))))
     lines.append(("Splitter", _compact(s.get("splitter"))))
+    lines.append(camera_line(s.get("camera"), s.get("camera_source")))
     lines.append(("Model", _compact(s.get("model"))))
     w = s.get("writer") or {}
     when = f"created {s.get('created')}"
