@@ -326,3 +326,66 @@ def test_overwrite_with_a_stack_that_cannot_be_stored_keeps_the_old_run(
     assert "left as it was" in err
     assert open_run(out).n_frames == n_before
     assert _qc(out) == before
+
+
+def test_evaluate_an_imported_calibration_without_truth(
+    rendered: Rendered,
+    field_files: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``evaluate`` on a ``calibrate --from`` store: bias, precision and RMSE per
+    bin against the stage labels of the held-out beads, plots, and the reason
+    why no CRLB is shown."""
+    import json
+
+    from axialtrack.model.evaluate import NO_CRLB_IMPORTED
+
+    cal = tmp_path / "cal.zarr"
+    assert main(_args(rendered, cal, "--from", str(field_files / "*.tif"))) == 0
+    model = tmp_path / "m.axialmodel"
+    train = ["train", str(cal), "--out", str(model), "--steps", "150"]
+    assert main([*train, "--no-progress"]) == 0
+    out = tmp_path / "eval"
+    capsys.readouterr()
+    assert main(["evaluate", str(model), str(cal), "--out", str(out)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(true dz from labels)" in text
+    assert "No CRLB column: this calibration has no simulated truth" in text
+    assert "CRLB (nm)" not in text
+    res = json.loads((out / "eval.json").read_text())
+    s = res["summary"]
+    assert s["reference"] == "labels"
+    assert s["crlb_note"] == NO_CRLB_IMPORTED
+    assert "crlb" not in s
+    assert "median_ratio" not in s
+    # 3 test beads, each with an example at 20 of its 21 steps (0.1 um apart)
+    assert s["n_beads"] == 3
+    assert s["n"] == 3 * (N_Z - 1)
+    assert 5.0 < s["rmse_nm"] < 100.0
+    assert abs(s["bias_nm"]) < 50.0
+    bins = res["bins"]
+    assert len(bins) == 20  # 0.1 um bins over +-1.0 um
+    assert sum(b["n"] for b in bins) == 3 * (N_Z - 1)
+    for b in bins:
+        assert set(b) == {
+            "dz_lo_um",
+            "dz_hi_um",
+            "dz_center_um",
+            "n",
+            "bias_nm",
+            "precision_nm",
+            "rmse_nm",
+        }
+        if b["n"] > 1:
+            # RMSE^2 = bias^2 + the (population) variance of the errors
+            var = b["precision_nm"] ** 2 * (b["n"] - 1) / b["n"]
+            assert b["rmse_nm"] ** 2 == pytest.approx(b["bias_nm"] ** 2 + var)
+    for name in ("pred_vs_true.png", "error_hist.png", "precision.png"):
+        png = (out / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert len(png) > 5000
+    # --no-crlb says so instead
+    capsys.readouterr()
+    assert main(["evaluate", str(model), str(cal), "--no-crlb"]) == 0
+    assert "No CRLB column: not asked for (--no-crlb)" in capsys.readouterr().out

@@ -4,7 +4,8 @@
 
 - a calibration run store (``axialtrack calibrate``), with its stage positions,
   splitter geometry and, for simulated runs, the beads' ground truth;
-- an OME-TIFF / TIFF, a ``.npy`` file or a plain zarr array holding one camera
+- an OME-TIFF / TIFF (also Micro-Manager MMStack), an NDTiff dataset, an
+  OME-Zarr image, a ``.npy`` file or a plain zarr array holding one camera
   frame per Z step, in one of the :data:`IMPORT_LAYOUTS`.
 
 Every problem raises :class:`StackImportError` (or ``FileNotFoundError``) naming
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_Z_SPAN_UM",
     "MIN_Z_STEPS",
     "MIRROR_CHOICES",
+    "NDTIFF_Z_KEYS",
     "ImportLayout",
     "StackImportError",
     "detect_layout",
@@ -372,6 +374,162 @@ def _read_zarr(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return np.asarray(arr[...]), {}
 
 
+_NDTIFF_INDEX = "NDTiff.index"
+_NDTIFF_AXES = ("position", "z", "time", "channel")
+NDTIFF_Z_KEYS: tuple[str, ...] = ("ZPosition_um_Intended", "ZPosition_um")
+"""Image-metadata keys of an NDTiff dataset read as the stage Z (um), in order of
+preference; then ``<Core-Focus>-Position`` (the focus device's property)."""
+
+
+def _ndtiff_root(path: Path) -> Path | None:
+    """The NDTiff dataset folder ``path`` is, or is a file of (else ``None``)."""
+    for cand in (path, path / "Full resolution"):
+        if cand.is_dir() and (cand / _NDTIFF_INDEX).is_file():
+            return path
+    named = path.name == _NDTIFF_INDEX or path.name.endswith("NDTiffStack.tif")
+    if named and path.is_file() and (path.parent / _NDTIFF_INDEX).is_file():
+        return path.parent
+    return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _ndtiff_z(md: dict[str, Any]) -> float | None:
+    for key in NDTIFF_Z_KEYS:
+        if (v := _float(md.get(key))) is not None:
+            return v
+    focus = md.get("Core-Focus")
+    if focus:
+        return _float(md.get(f"{focus}-Position"))
+    return None
+
+
+def _read_ndtiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """An NDTiff dataset (Micro-Manager 2 / Pycro-Manager) read with ndstorage.
+
+    Positions are fields, ``z`` the frames (``time`` when there is no ``z``
+    axis), two channels the two planes (one camera each). Stage Z comes from each
+    image's metadata (:data:`NDTIFF_Z_KEYS`), the pixel size from ``PixelSizeUm``
+    (image) or ``PixelSize_um`` (summary), the Z step from ``z-step_um``.
+    """
+    import io as _io
+
+    try:
+        import ndstorage
+    except ImportError:
+        raise _err(
+            path,
+            "an NDTiff dataset needs the ndstorage package, which is not installed",
+            "pip install ndstorage (axialtrack's ndtiff extra)",
+        ) from None
+    try:
+        with contextlib.redirect_stdout(_io.StringIO()):  # it prints progress
+            ds = ndstorage.Dataset(str(path))
+    except Exception as exc:
+        raise _err(
+            path,
+            f"not a readable NDTiff dataset ({type(exc).__name__}: {exc})",
+            "pass the dataset folder Micro-Manager wrote (it holds NDTiff.index)",
+        ) from None
+    try:
+        coords = [dict(c) for c in ds.get_image_coordinates_list()]
+        if not coords:
+            raise _err(path, "the NDTiff dataset holds no image", "pass another one")
+        names: set[str] = set().union(*coords)
+        unknown = sorted(names - set(_NDTIFF_AXES))
+        if unknown:
+            raise _err(
+                path,
+                f"NDTiff axes {sorted(names)}: {', '.join(unknown)} not understood",
+                "save Z-stacks with axes position, z (and channel for two cameras)",
+            )
+        values = {a: sorted({c.get(a, 0) for c in coords}, key=str) for a in names}
+        for a in ("position", "z", "time"):
+            if a in values:
+                values[a] = sorted(values[a])
+        nz = len(values.get("z", [0]))
+        nt = len(values.get("time", [0]))
+        if nz > 1 and nt > 1:
+            raise _err(
+                path,
+                f"NDTiff axes z ({nz}) and time ({nt}) both vary; one Z axis per "
+                "field is expected (a time series of stacks?)",
+                "save one Z-stack per field (several fields: positions)",
+            )
+        frame_axis = "z" if nz > 1 or nt == 1 else "time"
+        chans = values.get("channel", [None])
+        if len(chans) > 2:
+            raise _err(
+                path,
+                f"{len(chans)} NDTiff channels {chans}",
+                "save one channel per plane (2 at most: one per camera)",
+            )
+        positions = values.get("position", [None])
+        frames = values.get(frame_axis, [None])
+        have = {frozenset(c.items()) for c in coords}
+        data = None
+        z = np.full((len(positions), len(frames)), np.nan)
+        px: float | None = None
+        for i, pos in enumerate(positions):
+            for k, fr in enumerate(frames):
+                for j, ch in enumerate(chans):
+                    key = {
+                        a: v
+                        for a, v in (
+                            ("position", pos),
+                            (frame_axis, fr),
+                            ("channel", ch),
+                        )
+                        if a in names
+                    }
+                    if frozenset(key.items()) not in have:
+                        raise _err(
+                            path,
+                            f"the NDTiff dataset has no image at {key} (an aborted "
+                            "acquisition?)",
+                            "pass a dataset with every position, Z step and channel",
+                        )
+                    img = np.asarray(ds.read_image(**key))
+                    if data is None:
+                        shape = (len(positions), len(frames), len(chans), *img.shape)
+                        data = np.empty(shape, dtype=img.dtype)
+                    data[i, k, j] = img
+                    if j == 0:
+                        md = dict(ds.read_metadata(**key) or {})
+                        if (v := _ndtiff_z(md)) is not None:
+                            z[i, k] = v
+                        if px is None:
+                            px = _float(md.get("PixelSizeUm"))
+        summary = dict(getattr(ds, "summary_metadata", None) or {})
+    finally:
+        with contextlib.suppress(Exception):
+            ds.close()
+    assert data is not None
+    if data.shape[2] == 1:
+        data = data[:, :, 0]
+    info: dict[str, Any] = {
+        "axes": "PZCYX" if data.ndim == 5 else "PZYX",
+        "field_axis": True,
+        "plane_axis": data.ndim == 5,
+        "format": "NDTiff",
+    }
+    if np.all(np.isfinite(z)):
+        info["z_positions"] = z if z.shape[0] > 1 else z[0]
+    if px is None:
+        px = _float(summary.get("PixelSize_um"))
+    if px is not None and px > 0:
+        info["pixel_size_um"] = px
+    if (step := _float(summary.get("z-step_um"))) is not None and step > 0:
+        info["dz"] = step
+    return data, info
+
+
 def _read_array(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Read an image file or zarr array; return the array and metadata.
 
@@ -385,6 +543,9 @@ def _read_array(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             "calibration stack"
         )
     name = path.name.lower()
+    nd = _ndtiff_root(path)
+    if nd is not None:
+        return _read_ndtiff(nd)
     if path.is_dir() or name.endswith(".zarr"):
         return _read_zarr(path)
     if name.endswith(".npy"):
@@ -895,7 +1056,8 @@ def load_stack(
     ----------
     path
         A calibration run store (``*.zarr`` written by ``axialtrack calibrate``),
-        an OME-TIFF/TIFF (also Micro-Manager MMStack), an OME-Zarr image (also
+        an OME-TIFF/TIFF (also Micro-Manager MMStack), an NDTiff dataset folder
+        (Micro-Manager 2; needs ndstorage), an OME-Zarr image (also
         several positions, as ome-writers / pymmcore-plus write them), a ``.npy``
         file or a zarr array: one camera frame per Z step, ``(Z, ...)`` or with a
         leading field axis ``(P, Z, ...)``. OME and Micro-Manager axes are read

@@ -133,9 +133,12 @@ def add_parsers(subparsers: Any) -> None:
     e = subparsers.add_parser(
         "evaluate",
         help="evaluate a model bundle on held-out calibration beads",
-        description="Bias and precision per dz bin, RMSE and the fraction within "
-        "+-50 nm on the test beads of a calibration run; on the simulated rig also "
-        "the CRLB per bin. Writes eval.json, bins.csv, predictions.csv and plots.",
+        description="Bias, precision (std) and RMSE per dz bin and the fraction "
+        "within +-50 nm on the test beads of a calibration run, against the "
+        "simulation truth or, for imported stacks, the stage labels; on the "
+        "simulated rig also the CRLB per bin (an imported calibration has none "
+        "until it carries a fitted PSF model). Writes eval.json, bins.csv, "
+        "predictions.csv and plots.",
     )
     e.add_argument("bundle", metavar="MODEL.axialmodel")
     e.add_argument("calibration", metavar="CALIB.zarr")
@@ -301,9 +304,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"RMSE {s['rmse_nm']:.1f} nm, bias {s['bias_nm']:+.1f} nm, "
         f"{100 * s['frac_within_50nm']:.1f} % within +-50 nm"
     )
+    if s.get("reference_note"):
+        console.print(f"({s['reference_note']})")
     from rich.table import Table
 
-    table = Table("dz (um)", "n", "bias (nm)", "precision (nm)")
+    table = Table("dz (um)", "n", "bias (nm)", "precision (nm)", "RMSE (nm)")
     has_crlb = "crlb_nm" in res.bins
     if has_crlb:
         table.add_column("CRLB (nm)")
@@ -314,6 +319,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             str(int(r["n"])),
             f"{r['bias_nm']:+.1f}",
             f"{r['precision_nm']:.1f}",
+            f"{r['rmse_nm']:.1f}",
         ]
         if has_crlb:
             cells += [f"{r['crlb_nm']:.1f}", f"{r['ratio']:.2f}"]
@@ -321,6 +327,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     console.print(table)
     if has_crlb:
         console.print(f"median precision/CRLB: {s['median_ratio']:.2f}")
+    elif s.get("crlb_note"):
+        console.print(s["crlb_note"].replace("no CRLB:", "No CRLB column:", 1))
     if args.out:
         console.print(f"Wrote {args.out}: {', '.join(f.name for f in res.files)}")
     else:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
+    "NO_CRLB_IMPORTED",
     "CRLBSpec",
     "EvalResult",
     "crlb_stage_um",
@@ -202,8 +203,10 @@ class EvalResult:
     ----------
     summary
         ``n, n_beads, rmse_nm, bias_nm, precision_nm`` (std of the errors),
-        ``frac_within_50nm``, ``reference`` (``"labels"`` or ``"truth"``) and,
-        with a CRLB, ``median_ratio`` (median over bins of precision / CRLB),
+        ``frac_within_50nm``, ``reference`` (``"labels"`` or ``"truth"``;
+        with labels also ``reference_note``, what the labels are), without a
+        CRLB ``crlb_note`` (why none is shown) and, with a CRLB,
+        ``median_ratio`` (median over bins of precision / CRLB),
         ``crlb_matched`` and, when matched, ``median_ratio_center`` (the same
         against the bin-centre, median-brightness bound).
     bins
@@ -267,7 +270,9 @@ def evaluate(
         Only examples with ``|dz| <= dz_max_um`` (default all).
     crlb
         CRLB conditions for the precision comparison; ``"auto"`` derives them from
-        a simulated run store's ``truth/`` group (none otherwise).
+        a simulated run store's ``truth/`` group. Without them (a calibration
+        imported with ``calibrate --from`` has no truth, and no fitted PSF model
+        yet) the bins have no CRLB and ``summary["crlb_note"]`` says why.
     reference
         True ``dz``: the calibration labels, or the simulation truth
         (``z_true_um`` of the bead table minus the stage Z). ``"auto"`` uses the
@@ -349,6 +354,9 @@ def evaluate(
             spec = sim_crlb_spec(data, d)
     else:
         spec = crlb
+    crlb_note: str | None = None
+    if spec is None:
+        crlb_note = _no_crlb_reason(crlb, data)
     summary: dict[str, Any] = {
         "n": int(err_nm.size),
         "n_beads": int(np.unique(preds["bead"]).size),
@@ -360,6 +368,10 @@ def evaluate(
         "frac_within_50nm": float(np.mean(np.abs(err_nm) <= 50.0)),
         "max_abs_bin_bias_nm": float(np.nanmax(np.abs(bins["bias_nm"]))),
     }
+    if ref == "labels":
+        summary["reference_note"] = _LABELS_NOTE
+    if crlb_note is not None:
+        summary["crlb_note"] = crlb_note
     if spec is not None:
         center = crlb_stage_um(spec, bins["dz_center_um"].to_numpy()) * 1000
         if bead_photons is None:
@@ -392,6 +404,31 @@ def evaluate(
     if out is not None:
         result.files = _write(result, Path(out))
     return result
+
+
+_LABELS_NOTE = (
+    "true dz = the bead's reference Z found by the calibration minus the stage Z "
+    "(stage labels); bias is relative to that reference"
+)
+
+NO_CRLB_IMPORTED = (
+    "no CRLB: this calibration has no simulated truth and carries no fitted PSF "
+    "model yet; the CRLB column appears when the calibration carries one"
+)
+"""Why :func:`evaluate` shows no CRLB for a calibration imported with
+``calibrate --from`` (``summary["crlb_note"]``)."""
+
+
+def _no_crlb_reason(
+    crlb: CRLBSpec | Literal["auto"] | None,
+    data: Examples | CalibrationData | str | Path,
+) -> str:
+    """One line saying why no CRLB is shown."""
+    if crlb is None:
+        return "no CRLB: not asked for (--no-crlb)"
+    if not isinstance(data, (str, Path)):
+        return "no CRLB: no CRLB conditions given for in-memory examples"
+    return NO_CRLB_IMPORTED
 
 
 def _write(result: EvalResult, out: Path) -> list[Path]:
@@ -436,8 +473,11 @@ def _write(result: EvalResult, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(b["dz_center_um"], b["precision_nm"], "o-", label="precision (std)")
     ax.plot(b["dz_center_um"], b["bias_nm"].abs(), "s--", label="|bias|")
+    ax.plot(b["dz_center_um"], b["rmse_nm"], "^:", label="RMSE")
     if "crlb_nm" in b:
         ax.plot(b["dz_center_um"], b["crlb_nm"], "k-", label="CRLB (stage units)")
+    elif s.get("crlb_note"):
+        ax.set_title(str(s["crlb_note"]).split(";")[0], fontsize=8)
     ax.set_xlabel("dz (um)")
     ax.set_ylabel("nm")
     ax.set_yscale("log")
