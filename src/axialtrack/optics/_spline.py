@@ -1,0 +1,201 @@
+"""Compiled cubic B-spline evaluation of a sampled PSF (numba).
+
+A plane's PSF is a 3D array of B-spline coefficients on a grid ``(z, v, u)``:
+``z`` the axial position, ``v, u`` the offset of a pixel centre from the emitter
+along rows and columns in steps of ``pixel / oversample``. For an emitter at a
+sub-pixel position every pixel of a crop sits at the same fractional grid offset,
+so one set of 4 weights per axis serves the whole crop and the evaluation is
+separable: contract z, then columns, then rows (SMAP / fit3Dcspline evaluate the
+same kind of spline with 64 coefficients per voxel).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+jit = numba.njit(cache=True, nogil=True, fastmath=False)
+
+
+@jit
+def bspline_weights(
+    f: float, w: np.ndarray, dw: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """Cubic B-spline weights of nodes ``-1, 0, 1, 2`` at fraction ``f`` and
+    their derivatives with respect to ``f``."""
+    g = 1.0 - f
+    f2 = f * f
+    f3 = f2 * f
+    w[0] = g * g * g / 6.0
+    w[1] = (4.0 - 6.0 * f2 + 3.0 * f3) / 6.0
+    w[2] = (1.0 + 3.0 * f + 3.0 * f2 - 3.0 * f3) / 6.0
+    w[3] = f3 / 6.0
+    dw[0] = -0.5 * g * g
+    dw[1] = 1.5 * f2 - 2.0 * f
+    dw[2] = -1.5 * f2 + f + 0.5
+    dw[3] = 0.5 * f2
+
+
+@jit
+def eval_plane(
+    coef: np.ndarray,
+    x: float,
+    y: float,
+    z: float,
+    size: int,
+    grid_center: float,
+    os_per_px: float,
+    oversample: int,
+    z0: float,
+    dz: float,
+    h: np.ndarray,
+    hx: np.ndarray,
+    hy: np.ndarray,
+    hz: np.ndarray,
+    a: np.ndarray,
+    az: np.ndarray,
+    b: np.ndarray,
+    bx: np.ndarray,
+    bz: np.ndarray,
+    w: np.ndarray,
+) -> bool:  # pragma: no cover - compiled
+    """PSF and its x, y, z derivatives in a ``size x size`` crop of one plane.
+
+    ``x, y`` (um): emitter offset from the centre of the crop's central pixel;
+    ``z`` (um) on the grid ``z0 + k dz``. ``coef``: ``(Nz, G, G)``. Scratch:
+    ``a, az`` ``(R, R)``, ``b, bx, bz`` ``(R, size)`` with
+    ``R = (size - 1) * oversample + 4``; ``w`` ``(6, 4)``. Returns ``False``
+    (outputs untouched) where the crop leaves the grid.
+    """
+    nz, ng, _ = coef.shape
+    half = size // 2
+    # grid coordinate of pixel 0: t = i * os + T
+    tx = grid_center - half * oversample - x * os_per_px
+    ty = grid_center - half * oversample - y * os_per_px
+    tz = (z - z0) / dz
+    ix = math.floor(tx)
+    iy = math.floor(ty)
+    iz = math.floor(tz)
+    span = (size - 1) * oversample + 4
+    if ix < 1 or iy < 1 or iz < 1:
+        return False
+    if ix - 1 + span > ng or iy - 1 + span > ng or iz + 3 > nz:
+        return False
+    wx = w[0]
+    dwx = w[1]
+    wy = w[2]
+    dwy = w[3]
+    wz = w[4]
+    dwz = w[5]
+    bspline_weights(tx - ix, wx, dwx)
+    bspline_weights(ty - iy, wy, dwy)
+    bspline_weights(tz - iz, wz, dwz)
+    # contract z over the rows/columns the crop needs
+    for r in range(span):
+        for c in range(span):
+            s = 0.0
+            sz = 0.0
+            for k in range(4):
+                v = coef[iz - 1 + k, iy - 1 + r, ix - 1 + c]
+                s += v * wz[k]
+                sz += v * dwz[k]
+            a[r, c] = s
+            az[r, c] = sz
+    # contract columns
+    for r in range(span):
+        for j in range(size):
+            c0 = j * oversample
+            s = 0.0
+            sx = 0.0
+            sz = 0.0
+            for k in range(4):
+                s += a[r, c0 + k] * wx[k]
+                sx += a[r, c0 + k] * dwx[k]
+                sz += az[r, c0 + k] * wx[k]
+            b[r, j] = s
+            bx[r, j] = sx
+            bz[r, j] = sz
+    # contract rows; d/dx = d/dt * dt/dx = -os_per_px d/dt
+    gx = -os_per_px
+    gz = 1.0 / dz
+    for i in range(size):
+        r0 = i * oversample
+        for j in range(size):
+            s = 0.0
+            sx = 0.0
+            sy = 0.0
+            sz = 0.0
+            for k in range(4):
+                s += b[r0 + k, j] * wy[k]
+                sx += bx[r0 + k, j] * wy[k]
+                sy += b[r0 + k, j] * dwy[k]
+                sz += bz[r0 + k, j] * wy[k]
+            h[i, j] = s
+            hx[i, j] = sx * gx
+            hy[i, j] = sy * gx
+            hz[i, j] = sz * gz
+    return True
+
+
+@jit
+def eval_batch(
+    coefs: np.ndarray,
+    xyz: np.ndarray,
+    size: int,
+    grid_center: float,
+    os_per_px: float,
+    oversample: int,
+    z0: float,
+    dz: float,
+    h: np.ndarray,
+    dh: np.ndarray,
+    ok: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """:func:`eval_plane` for ``(N, K, 3)`` positions into ``h (N, K, S, S)`` and
+    ``dh (N, K, S, S, 3)``; ``ok (N,)`` false where any plane leaves the grid."""
+    n, n_planes, _ = xyz.shape
+    span = (size - 1) * oversample + 4
+    a = np.empty((span, span))
+    az = np.empty((span, span))
+    b = np.empty((span, size))
+    bx = np.empty((span, size))
+    bz = np.empty((span, size))
+    w = np.empty((6, 4))
+    hx = np.empty((size, size))
+    hy = np.empty((size, size))
+    hz = np.empty((size, size))
+    for m in range(n):
+        good = True
+        for p in range(n_planes):
+            if not eval_plane(
+                coefs[p],
+                xyz[m, p, 0],
+                xyz[m, p, 1],
+                xyz[m, p, 2],
+                size,
+                grid_center,
+                os_per_px,
+                oversample,
+                z0,
+                dz,
+                h[m, p],
+                hx,
+                hy,
+                hz,
+                a,
+                az,
+                b,
+                bx,
+                bz,
+                w,
+            ):
+                good = False
+                continue
+            for i in range(size):
+                for j in range(size):
+                    dh[m, p, i, j, 0] = hx[i, j]
+                    dh[m, p, i, j, 1] = hy[i, j]
+                    dh[m, p, i, j, 2] = hz[i, j]
+        ok[m] = good
