@@ -64,6 +64,11 @@ class CalibrationData:
         registration, when available.
     plane_shape
         ``(H, W)`` of one plane (px), when known.
+    optics
+        The rig's nominal PSF model, when the calibration records one (a
+        simulated rig does): ``{"optics": Optics fields, "depth_um": bead depth,
+        "transmission": plane-1 transmission, "source": ...}``; the bundle keeps
+        it for :func:`axialtrack.optics.psf_for_bundle`.
     """
 
     examples: Examples
@@ -74,6 +79,7 @@ class CalibrationData:
     beads: pd.DataFrame | None = None
     registration_affine: np.ndarray | None = None
     plane_shape: tuple[int, int] | None = None
+    optics: dict[str, Any] | None = None
 
 
 def load_calibration(store: str | Path) -> CalibrationData:
@@ -115,6 +121,7 @@ def load_calibration(store: str | Path) -> CalibrationData:
         beads=beads,
         registration_affine=affine,
         plane_shape=plane_shape,
+        optics=rig.get("optics") if isinstance(rig.get("optics"), dict) else None,
     )
 
 

@@ -92,50 +92,70 @@ def eval_plane(
     bspline_weights(tx - ix, wx, dwx)
     bspline_weights(ty - iy, wy, dwy)
     bspline_weights(tz - iz, wz, dwz)
-    # contract z over the rows/columns the crop needs
+    # contract z over the rows/columns the crop needs (inner loops run along
+    # contiguous memory so they vectorize)
     for r in range(span):
         for c in range(span):
-            s = 0.0
-            sz = 0.0
-            for k in range(4):
-                v = coef[iz - 1 + k, iy - 1 + r, ix - 1 + c]
-                s += v * wz[k]
-                sz += v * dwz[k]
-            a[r, c] = s
-            az[r, c] = sz
+            a[r, c] = 0.0
+            az[r, c] = 0.0
+    for k in range(4):
+        wk = wz[k]
+        dk = dwz[k]
+        plane = coef[iz - 1 + k]
+        for r in range(span):
+            row = plane[iy - 1 + r]
+            for c in range(span):
+                v = row[ix - 1 + c]
+                a[r, c] += v * wk
+                az[r, c] += v * dk
     # contract columns
     for r in range(span):
         for j in range(size):
             c0 = j * oversample
-            s = 0.0
-            sx = 0.0
-            sz = 0.0
-            for k in range(4):
-                s += a[r, c0 + k] * wx[k]
-                sx += a[r, c0 + k] * dwx[k]
-                sz += az[r, c0 + k] * wx[k]
-            b[r, j] = s
-            bx[r, j] = sx
-            bz[r, j] = sz
+            a0 = a[r, c0]
+            a1 = a[r, c0 + 1]
+            a2 = a[r, c0 + 2]
+            a3 = a[r, c0 + 3]
+            b[r, j] = a0 * wx[0] + a1 * wx[1] + a2 * wx[2] + a3 * wx[3]
+            bx[r, j] = a0 * dwx[0] + a1 * dwx[1] + a2 * dwx[2] + a3 * dwx[3]
+            bz[r, j] = (
+                az[r, c0] * wx[0]
+                + az[r, c0 + 1] * wx[1]
+                + az[r, c0 + 2] * wx[2]
+                + az[r, c0 + 3] * wx[3]
+            )
     # contract rows; d/dx = d/dt * dt/dx = -os_per_px d/dt
     gx = -os_per_px
     gz = 1.0 / dz
     for i in range(size):
         r0 = i * oversample
+        y0 = wy[0]
+        y1 = wy[1]
+        y2 = wy[2]
+        y3 = wy[3]
+        e0 = dwy[0] * gx
+        e1 = dwy[1] * gx
+        e2 = dwy[2] * gx
+        e3 = dwy[3] * gx
         for j in range(size):
-            s = 0.0
-            sx = 0.0
-            sy = 0.0
-            sz = 0.0
-            for k in range(4):
-                s += b[r0 + k, j] * wy[k]
-                sx += bx[r0 + k, j] * wy[k]
-                sy += b[r0 + k, j] * dwy[k]
-                sz += bz[r0 + k, j] * wy[k]
-            h[i, j] = s
-            hx[i, j] = sx * gx
-            hy[i, j] = sy * gx
-            hz[i, j] = sz * gz
+            b0 = b[r0, j]
+            b1 = b[r0 + 1, j]
+            b2 = b[r0 + 2, j]
+            b3 = b[r0 + 3, j]
+            h[i, j] = b0 * y0 + b1 * y1 + b2 * y2 + b3 * y3
+            hy[i, j] = b0 * e0 + b1 * e1 + b2 * e2 + b3 * e3
+            hx[i, j] = gx * (
+                bx[r0, j] * y0
+                + bx[r0 + 1, j] * y1
+                + bx[r0 + 2, j] * y2
+                + bx[r0 + 3, j] * y3
+            )
+            hz[i, j] = gz * (
+                bz[r0, j] * y0
+                + bz[r0 + 1, j] * y1
+                + bz[r0 + 2, j] * y2
+                + bz[r0 + 3, j] * y3
+            )
     return True
 
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .crlb import CRLBResult
     from .psf import PSFModel
 
-__all__ = ["SampledPSF", "SampledPSFError", "psf_for_bundle"]
+__all__ = ["SampledPSF", "SampledPSFError", "optics_record", "psf_for_bundle"]
 
 #: Version of the :meth:`SampledPSF.to_arrays` layout.
 FORMAT_VERSION = 1
@@ -554,6 +554,26 @@ class SampledPSF:
 
 
 # ---------------------------------------------------------------- bundles
+def optics_record(
+    optics: Any,
+    *,
+    depth_um: float = 0.05,
+    transmission: float = 1.0,
+    source: str = "simulation",
+) -> dict[str, Any]:
+    """The nominal-PSF record a calibration run and a bundle carry (``"optics"``).
+
+    ``optics``: an :class:`Optics`; ``depth_um``: the calibration beads' depth
+    above the coverslip; ``transmission``: plane 1's photons relative to plane 0.
+    """
+    return {
+        "optics": optics.model_dump(mode="json"),
+        "depth_um": float(depth_um),
+        "transmission": float(transmission),
+        "source": str(source),
+    }
+
+
 _CACHE: dict[tuple[str, str], SampledPSF] = {}
 _CACHE_LOCK = threading.Lock()
 

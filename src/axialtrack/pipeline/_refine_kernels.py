@@ -116,7 +116,9 @@ def _model(
     scratch: tuple[np.ndarray, ...],
 ) -> bool:  # pragma: no cover - compiled
     """Expected counts ``mu (K, S, S)`` (without read noise) and their Jacobian
-    ``jac (K, S, S, P)`` at ``theta``; ``False`` off the grid."""
+    with respect to ``x, y, z, N`` in ``jac[..., :4]`` at ``theta`` (the
+    background columns are plane indicators, never stored); ``False`` off the
+    grid."""
     h, hx, hy, hz, a, az, b, bx, bz, w = scratch
     n_planes = coefs.shape[0]
     x = theta[0]
@@ -161,8 +163,6 @@ def _model(
                 jac[k, i, j, 1] = nt * (hx[i, j] * l01 + hy[i, j] * l11)
                 jac[k, i, j, 2] = nt * hz[i, j]
                 jac[k, i, j, 3] = trans[k] * h[i, j]
-                for q in range(n_planes):
-                    jac[k, i, j, 4 + q] = 1.0 if q == k else 0.0
     return True
 
 
@@ -199,7 +199,9 @@ def _normal_equations(
         grad[r] = 0.0
         for c in range(p):
             fisher[r, c] = 0.0
+    # the background columns are plane indicators: their sums are done apart
     for k in range(n_planes):
+        ib = 4 + k
         for i in range(size):
             for j in range(size):
                 m = mu[k, i, j] + var[k, i, j]
@@ -208,14 +210,34 @@ def _normal_equations(
                     d = 0.0
                 inv = 1.0 / m
                 res = d * inv - 1.0
-                for r in range(p):
-                    jr = jac[k, i, j, r]
-                    if jr == 0.0:
-                        continue
-                    grad[r] += res * jr
-                    jr_inv = jr * inv
-                    for c in range(r + 1):
-                        fisher[r, c] += jr_inv * jac[k, i, j, c]
+                j0 = jac[k, i, j, 0]
+                j1 = jac[k, i, j, 1]
+                j2 = jac[k, i, j, 2]
+                j3 = jac[k, i, j, 3]
+                grad[0] += res * j0
+                grad[1] += res * j1
+                grad[2] += res * j2
+                grad[3] += res * j3
+                grad[ib] += res
+                i0 = j0 * inv
+                i1 = j1 * inv
+                i2 = j2 * inv
+                i3 = j3 * inv
+                fisher[0, 0] += i0 * j0
+                fisher[1, 0] += i1 * j0
+                fisher[1, 1] += i1 * j1
+                fisher[2, 0] += i2 * j0
+                fisher[2, 1] += i2 * j1
+                fisher[2, 2] += i2 * j2
+                fisher[3, 0] += i3 * j0
+                fisher[3, 1] += i3 * j1
+                fisher[3, 2] += i3 * j2
+                fisher[3, 3] += i3 * j3
+                fisher[ib, 0] += i0
+                fisher[ib, 1] += i1
+                fisher[ib, 2] += i2
+                fisher[ib, 3] += i3
+                fisher[ib, ib] += inv
     for r in range(p):
         for c in range(r + 1, p):
             fisher[r, c] = fisher[c, r]
@@ -258,6 +280,7 @@ def fit_range(
     lo: np.ndarray,
     hi: np.ndarray,
     max_iter: int,
+    tol_um: float,
     init_amplitudes: bool,
     theta: np.ndarray,
     crlb: np.ndarray,
@@ -306,56 +329,9 @@ def fit_range(
         v = var[m]
         for q in range(p):
             cur[q] = min(max(theta[m, q], lo[q]), hi[q])
+        # N = 1 first when the amplitudes are to be estimated
         if init_amplitudes:
-            # photons and backgrounds: linear least squares at the initial
-            # position (the crop's border misses the wings of defocused spots)
             cur[3] = 1.0
-            if not _model(
-                coefs,
-                cur,
-                lin[m],
-                off[m],
-                trans,
-                size,
-                grid_center,
-                os_per_px,
-                oversample,
-                z0,
-                dz,
-                mu,
-                jac,
-                scratch,
-            ):
-                status[m] = 2
-                n_iter[m] = 0
-                llr[m] = np.nan
-                for q in range(p):
-                    theta[m, q] = cur[q]
-                    crlb[m, q] = np.nan
-                continue
-            na = 1 + n_planes
-            ata = np.zeros((na, na))
-            atb = np.zeros(na)
-            for k in range(n_planes):
-                for i in range(size):
-                    for j in range(size):
-                        hv = jac[k, i, j, 3]
-                        dv = d[k, i, j]
-                        ata[0, 0] += hv * hv
-                        ata[0, 1 + k] += hv
-                        ata[1 + k, 1 + k] += 1.0
-                        atb[0] += hv * dv
-                        atb[1 + k] += dv
-            for k in range(n_planes):
-                ata[1 + k, 0] = ata[0, 1 + k]
-            amp = np.empty(na)
-            if _solve(ata, atb, amp):
-                for q in range(na):
-                    cur[3 + q] = min(max(amp[q], lo[3 + q]), hi[3 + q])
-            else:
-                cur[3] = lo[3]
-                for k in range(n_planes):
-                    cur[4 + k] = lo[4 + k]
         if not _model(
             coefs,
             cur,
@@ -379,6 +355,40 @@ def fit_range(
                 theta[m, q] = cur[q]
                 crlb[m, q] = np.nan
             continue
+        if init_amplitudes:
+            # photons and backgrounds: linear least squares at the initial
+            # position (the crop's border misses the wings of defocused spots)
+            na = 1 + n_planes
+            ata = np.zeros((na, na))
+            atb = np.zeros(na)
+            for k in range(n_planes):
+                for i in range(size):
+                    for j in range(size):
+                        hv = jac[k, i, j, 3]
+                        dv = d[k, i, j]
+                        ata[0, 0] += hv * hv
+                        ata[0, 1 + k] += hv
+                        ata[1 + k, 1 + k] += 1.0
+                        atb[0] += hv * dv
+                        atb[1 + k] += dv
+            for k in range(n_planes):
+                ata[1 + k, 0] = ata[0, 1 + k]
+            amp = np.empty(na)
+            if _solve(ata, atb, amp):
+                for q in range(na):
+                    cur[3 + q] = min(max(amp[q], lo[3 + q]), hi[3 + q])
+            else:
+                cur[3] = lo[3]
+                for k in range(n_planes):
+                    cur[4 + k] = lo[4 + k]
+            # the model at these amplitudes, from the N = 1 evaluation
+            for k in range(n_planes):
+                for i in range(size):
+                    for j in range(size):
+                        mu[k, i, j] = cur[3] * jac[k, i, j, 3] + cur[4 + k]
+                        jac[k, i, j, 0] *= cur[3]
+                        jac[k, i, j, 1] *= cur[3]
+                        jac[k, i, j, 2] *= cur[3]
         ll = _loglik(d, v, mu)
         lam = 1e-3
         it = 0
@@ -418,12 +428,12 @@ def fit_range(
                     ll_new = _loglik(d, v, mu_new)
                     if ll_new >= ll:
                         accepted = True
-                        # converged: sub-0.01 nm moves and relative photon change
+                        # converged: moves below tol_um and 1e-4 of the photons
                         small = (
-                            abs(trial[0] - cur[0]) < 1e-5
-                            and abs(trial[1] - cur[1]) < 1e-5
-                            and abs(trial[2] - cur[2]) < 1e-5
-                            and abs(trial[3] - cur[3]) < 1e-6 * cur[3]
+                            abs(trial[0] - cur[0]) < tol_um
+                            and abs(trial[1] - cur[1]) < tol_um
+                            and abs(trial[2] - cur[2]) < tol_um
+                            and abs(trial[3] - cur[3]) < 1e-4 * cur[3]
                         )
                         for q in range(p):
                             cur[q] = trial[q]

@@ -169,6 +169,7 @@ def _run(
     max_iter: int,
     init_amplitudes: bool,
     threads: int,
+    tol_um: float = 1e-4,
 ) -> RefineResult:
     from ._refine_kernels import fit_range
 
@@ -194,6 +195,7 @@ def _run(
         lo,
         hi,
         int(max_iter),
+        float(tol_um),
         bool(init_amplitudes),
         theta,
         crlb,
