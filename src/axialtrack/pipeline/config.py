@@ -181,11 +181,12 @@ class LocalizerConfig(BaseModel):
         Odd crop side of the refinement (central part of the model's crop).
     refine_iterations
         Levenberg-Marquardt iterations at most.
-    refine_budget_s
-        Seconds of refinement per batch at most (the live runner sets it from
-        the frame period): the brightest rows that fit in it (at the measured
-        rate) are refined, the rest keep the network's values and the bound at
-        them. ``None``: refine every row.
+    refine_budget_frame_s
+        Seconds of refinement per frame of a batch at most (``axialtrack live
+        --refine`` sets half the frame period): the brightest rows of the batch
+        that fit in it at the measured rate are refined, the rest keep the
+        network's values and the bound at them (``refined`` false). ``None``:
+        refine every row.
     refine_threads
         Threads of the refinement (the kernel releases the GIL).
     misfit_p
@@ -213,7 +214,7 @@ class LocalizerConfig(BaseModel):
     refine: bool = False
     refine_size_px: int = Field(11, ge=5, le=31)
     refine_iterations: int = Field(30, ge=1, le=200)
-    refine_budget_s: float | None = Field(None, gt=0.0)
+    refine_budget_frame_s: float | None = Field(None, gt=0.0)
     refine_threads: int = Field(1, ge=1, le=64)
     misfit_p: float = Field(1e-3, gt=0.0, lt=1.0)
 

@@ -511,6 +511,7 @@ class Localizer:
         self.refine_size_px = 0
         if self.psf is not None:
             self.refine_size_px = self._refine_size(self.psf)
+            self._warm_up(self.psf)
         # seconds per refined localization (updated as batches are refined)
         self._s_per_refine = 1e-4
 
@@ -537,6 +538,18 @@ class Localizer:
         if psf is not None and psf.n_planes != 2:
             raise ValueError(f"the PSF has {psf.n_planes} plane(s); 2 are needed")
         return psf
+
+    def _warm_up(self, psf: SampledPSF) -> None:
+        """Compile (or load from numba's cache) the kernels now, not in the
+        first batch of a live run."""
+        from .refine import crlb_at, mle_refine
+
+        size = self.refine_size_px
+        xyz = np.zeros((1, 3))
+        xyz[0, 2] = float(np.mean(psf.z_range_um))
+        crlb_at(psf, xyz, 1000.0, 10.0, size=size)
+        if self.config.refine:
+            mle_refine(psf, np.full((1, 2, size, size), 10.0), xyz, max_iter=1)
 
     def _refine_size(self, psf: SampledPSF) -> int:
         """Crop side of the refinement: the configured one where it fits."""
@@ -919,8 +932,9 @@ class Localizer:
         if not cfg.refine:
             return out
         idx = np.flatnonzero(finite)
-        if cfg.refine_budget_s is not None:
-            k = int(cfg.refine_budget_s / max(self._s_per_refine, 1e-7))
+        if cfg.refine_budget_frame_s is not None:
+            budget = cfg.refine_budget_frame_s * len(batch.frames)
+            k = int(budget / max(self._s_per_refine, 1e-7))
             if k < idx.size:
                 idx = idx[np.argsort(-photons[idx], kind="stable")[:k]]
                 idx.sort()
