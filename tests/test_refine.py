@@ -200,6 +200,19 @@ def test_localizer_refines_with_the_bundle_psf(
         assert locs["refined"].all() == refine
         assert int(loc.timings["refined"]) == (len(locs) if refine else 0)
         out[refine] = locs
+    # a budget for 5 rows per batch: the 5 brightest are refined, all get sigmas
+    loc = Localizer(
+        engine,
+        plane_shape=r.plane_shape,
+        pixel_size_um=r.pixel_size_um,
+        config=LocalizerConfig(refine=True, refine_budget_frame_s=1e-3),
+    )
+    loc._s_per_refine = 1e-3  # 5 frames x 1 ms at 1 ms a row
+    some = loc.localize(planes, np.arange(5), 0.01 * np.arange(5), zf - dz)
+    assert int(some["refined"].sum()) == 5
+    bright = out[False]["photons"].to_numpy().argsort()[::-1][:5]
+    assert set(np.flatnonzero(some["refined"].to_numpy())) == set(bright)
+    assert np.all(np.isfinite(some["sigma_z_um"]))
     ez0, *_ = _matched(out[False], truths)
     ez1, *_ = _matched(out[True], truths)
     rmse0 = float(np.sqrt(np.mean(ez0**2)))
@@ -293,3 +306,15 @@ def test_cli_localize_refine(sim_bundle: Path, tmp_path: Path, capsys) -> None:
     assert np.all(np.isfinite(locs["llr"]))
     # 10 beads, 0.2 um from focus: the bound is tens of nm at most
     assert locs["sigma_z_um"].median() < 0.05
+
+
+def test_live_metrics_say_how_many_were_refined() -> None:
+    from axialtrack.pipeline.runner import LiveMetrics
+
+    m = LiveMetrics(localizations=120, refined=45)
+    assert "120 localizations (45 refined)," in m.status_line()
+    assert ("localizations refined (MLE)", "45") in m.summary_rows()
+    assert m.as_dict()["refined"] == 45
+    plain = LiveMetrics(localizations=120)
+    assert "refined" not in plain.status_line()
+    assert all("refined" not in k for k, _ in plain.summary_rows())
