@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+
+import numpy as np
 
 from axialtrack.calibrate import analyze
 from axialtrack.calibrate.simulate import simulated_stack
 from axialtrack.model import CalibrationData, save_bundle, train
+from axialtrack.optics import Optics
+from axialtrack.optics.sampled import optics_record
 
 #: Held-out bead RMSE this short training reaches on the simulated calibration.
 SIM_BUNDLE_RMSE_NM = 100.0
@@ -53,7 +58,10 @@ def train_sim_bundle(
         n_fields=n_fields, z_half_range_um=1.2, seed=seed + 3, depth_um=depth_um
     )
     result = analyze(stack)
-    data = CalibrationData.from_result(result, stack)
+    data = dataclasses.replace(
+        CalibrationData.from_result(result, stack),
+        optics=optics_record(Optics(), depth_um=float(np.mean(depth_um))),
+    )
     res = train(
         data,
         epochs=epochs,

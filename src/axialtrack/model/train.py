@@ -74,6 +74,11 @@ class CalibrationData:
         :class:`~axialtrack.pipeline.config.CameraCalibration`), when known.
     z_convention
         What ``dz_um`` and ``z_um`` mean, when recorded.
+    optics
+        The rig's nominal PSF model, when the calibration records one (a
+        simulated rig does): ``{"optics": Optics fields, "depth_um": bead depth,
+        "transmission": plane-1 transmission, "source": ...}``; the bundle keeps
+        it for :func:`axialtrack.optics.psf_for_bundle`.
     """
 
     examples: Examples
@@ -114,6 +119,8 @@ class CalibrationData:
             camera=cam.model_dump() if hasattr(cam, "model_dump") else dict(cam),
             z_convention=Z_CONVENTION,
         )
+
+    optics: dict[str, Any] | None = None
 
 
 def load_calibration(store: str | Path) -> CalibrationData:
@@ -171,6 +178,7 @@ def load_calibration(store: str | Path) -> CalibrationData:
         mirror=splitter.get("mirror"),
         camera=dict(camera) if isinstance(camera, dict) else None,
         z_convention=record.get("z_convention"),
+        optics=rig.get("optics") if isinstance(rig.get("optics"), dict) else None,
     )
 
 

@@ -93,6 +93,13 @@ def add_parsers(subparsers: Any) -> None:
         "(default; the camera and writer threads then never hold it up), or in "
         "threads of this one",
     )
+    p.add_argument(
+        "--refine",
+        action="store_true",
+        help="refine localizations by maximum likelihood with the bundle's PSF, "
+        "as many per frame as half the frame period allows (brightest first; "
+        "the status line says how many)",
+    )
     p.add_argument("--no-status", action="store_true", help="no live status line")
     add_camera_options(
         p, "the camera of --config (the simulated camera; another camera's bit depth)"
@@ -166,6 +173,13 @@ def add_parsers(subparsers: Any) -> None:
     add_camera_options(
         q, "the camera the run store records (none for a movie), the model bundle's"
     )
+    q.add_argument(
+        "--refine",
+        action="store_true",
+        help="refine every localization by maximum likelihood on both planes "
+        "with the bundle's PSF (x, y, z, photons, background; sigma from the "
+        "Fisher information, llr and misfit columns)",
+    )
     q.set_defaults(func=cmd_localize)
 
 
@@ -238,6 +252,7 @@ def _load_analyzer(
     """
     from axialtrack.engine import EngineError
     from axialtrack.model import BundleError
+    from axialtrack.optics.sampled import SampledPSFError
     from axialtrack.pipeline.process import AnalysisProcessError
 
     engine = str(kwargs.get("engine_prefer", "auto"))
@@ -250,6 +265,9 @@ def _load_analyzer(
             if name == "BundleError":
                 fail(_model_error(bundle, why))
                 return None
+            if name == "SampledPSFError":
+                fail(_model_error(bundle, why), "Leave out --refine.")
+                return None
             if name == "EngineError":
                 fail(_engine_error(engine, why))
                 return None
@@ -261,6 +279,8 @@ def _load_analyzer(
             return _make_analyzer(bundle, **kwargs)
     except BundleError as exc:
         fail(_model_error(bundle, exc))
+    except SampledPSFError as exc:
+        fail(_model_error(bundle, exc), "Leave out --refine.")
     except EngineError as exc:
         fail(_engine_error(engine, exc))
     except FileNotFoundError as exc:
@@ -449,7 +469,10 @@ def cmd_live(args: argparse.Namespace) -> int:
             engine_prefer=args.engine,
             axial_scale=args.axial_scale,
             localizer=LocalizerConfig(
-                saturation_adu=min(camera.max_adu, 65535), camera=camera
+                saturation_adu=min(camera.max_adu, 65535),
+                camera=camera,
+                refine=args.refine,
+                refine_budget_frame_s=0.5 * period_s if args.refine else None,
             ),
             # flat memory however long the run: the track table is made from
             # the stored rows at the end
@@ -671,7 +694,11 @@ def cmd_localize(args: argparse.Namespace) -> int:
     from axialtrack.pipeline.config import LocalizerConfig
 
     full_scale = min(camera.max_adu, 65535)
-    localizer = LocalizerConfig(camera=camera, saturation_adu=full_scale)
+    localizer = LocalizerConfig(
+        camera=camera,
+        saturation_adu=full_scale,
+        refine=bool(getattr(args, "refine", False)),
+    )
     if run is None:
         return _localize_movie(args, path, localizer)
     if args.stage_z is not None:
