@@ -70,6 +70,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--report", action="store_true", help="also write the calibration report"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-psf-fit",
+        action="store_true",
+        help="skip the PSF fit (the pupil fitted to the accepted beads by maximum "
+        "likelihood, stored in the run's psf/ group and carried into bundles)",
+    )
     g = p.add_argument_group("import (--from)")
     g.add_argument(
         "--from",
@@ -250,6 +256,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "was written as a calibration."
         )
         return 1
+    psf_fit = None
+    if not args.no_psf_fit:
+        from axialtrack.calibrate.psf import fit_psf
+        from axialtrack.optics.fit import PSFFitError
+
+        try:
+            psf_fit = fit_psf(
+                result,
+                result.stack or stack,
+                progress=None if args.no_progress else console.print,
+            )
+        except PSFFitError as exc:
+            return fail(
+                f"PSF fit refused: {exc}",
+                "Nothing was written as a calibration.",
+            )
     if args.source is not None and qc_target == out:
         # an imported stack becomes a calibration run store of its own
         from axialtrack.calibrate.io import write_import_store
@@ -281,17 +303,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         except StoreError as exc:
             console.print(f"[red]Cannot write {qc_target}:[/red] {exc}", soft_wrap=True)
             return 2
+    if psf_fit is not None:
+        from axialtrack.calibrate.psf import psf_summary
+
+        result.qc["psf_fit"] = psf_summary(psf_fit)
     write_qc(result, qc_target)
+    if psf_fit is not None:
+        from axialtrack.calibrate.psf import write_psf
+
+        write_psf(psf_fit, qc_target)
     console.print(f"Quality control written to [green]{qc_target}[/green]")
     if args.report:
         report_dir = qc_target.parent / f"{qc_target.stem}-report"
-        write_report(result, result.stack or stack, report_dir)
+        write_report(result, result.stack or stack, report_dir, psf_fit=psf_fit)
         console.print(f"Report written to [green]{report_dir}[/green]")
-    _print_summary(result)
+    _print_summary(result, psf_fit)
     return 0
 
 
-def _print_summary(result: Any) -> None:
+def _print_summary(result: Any, psf_fit: Any = None) -> None:
     """Print the quality-control summary a microscopist checks after a run."""
     from rich.table import Table
 
@@ -333,4 +363,21 @@ def _print_summary(result: Any) -> None:
             f"{truth['rms_msd_nm']:.1f} nm (msd)",
         )
     table.add_row("analysis time", f"{qc['timing_s']['total']:.2f} s")
+    if psf_fit is not None:
+        z = psf_fit.zernike
+        big = sorted(z, key=lambda j: -abs(z[j]))[:3]
+        table.add_row(
+            "PSF fit",
+            f"{int(psf_fit.beads['used'].sum())} beads, "
+            f"{psf_fit.time_s:.0f} s, deviance/px "
+            f"{float(psf_fit.beads['reduced_deviance'].median()):.2f}, "
+            + ", ".join(f"Z{j} {z[j]:+.3f}" for j in big)
+            + " waves",
+        )
+        n_out = int(psf_fit.beads["outlier"].sum())
+        if n_out:
+            table.add_row(
+                "PSF fit outlier beads (doublets, dirt)",
+                ", ".join(str(int(b)) for b in psf_fit.outliers),
+            )
     console.print(table)

@@ -64,6 +64,9 @@ class CalibrationData:
         registration, when available.
     plane_shape
         ``(H, W)`` of one plane (px), when known.
+    psf_fit
+        The calibration's fitted PSF (:meth:`axialtrack.optics.fit.PSFFit.to_json`)
+        when the run carries one (``psf/`` group).
     """
 
     examples: Examples
@@ -74,6 +77,7 @@ class CalibrationData:
     beads: pd.DataFrame | None = None
     registration_affine: np.ndarray | None = None
     plane_shape: tuple[int, int] | None = None
+    psf_fit: dict[str, Any] | None = None
 
 
 def load_calibration(store: str | Path) -> CalibrationData:
@@ -102,6 +106,12 @@ def load_calibration(store: str | Path) -> CalibrationData:
     if "frames/0" in root:
         shp = root["frames/0"].shape  # type: ignore[union-attr]
         plane_shape = (int(shp[-2]), int(shp[-1]))
+    psf_fit: dict[str, Any] | None = None
+    if "psf" in root:
+        from axialtrack.calibrate.psf import PSF_ATTR
+
+        meta = root["psf"].attrs.get(PSF_ATTR)
+        psf_fit = None if meta is None else dict(meta)  # type: ignore[arg-type]
     return CalibrationData(
         examples=examples,
         pixel_size_um=None if pixel is None else float(pixel),
@@ -115,6 +125,7 @@ def load_calibration(store: str | Path) -> CalibrationData:
         beads=beads,
         registration_affine=affine,
         plane_shape=plane_shape,
+        psf_fit=psf_fit,
     )
 
 

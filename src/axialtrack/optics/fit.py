@@ -443,6 +443,42 @@ class PSFFit:
             )
         return torch.stack(out, dim=1).reshape(n, 2, s, s)
 
+    def bead_model(self, bead: int, stage_z_um: ArrayLike) -> np.ndarray:
+        """Expected photoelectrons ``(F, 2, S, S)`` of a fitted bead at stage Z.
+
+        Uses the bead's fitted position, coverslip, photons and backgrounds.
+        """
+        row = self.beads[self.beads["bead"] == bead].iloc[0]
+        z = np.atleast_1d(np.asarray(stage_z_um, float))
+        dz = self.focus_dz0_um - (z - float(row["coverslip_um"]))
+        sx, sy = self.plane1_shift_um
+        mdl = self.model()
+        ph = self._phase_vectors(mdl)
+        amp = torch.tensor(
+            [self.amplitude.get(j, 0.0) for j in mdl.amplitude_noll], dtype=mdl.dtype
+        )
+        depth = torch.tensor(self.depth_um, dtype=mdl.dtype)
+        out = []
+        with torch.no_grad():
+            for p in (0, 1):
+                x = float(row["x_um"]) + (float(row["dx1_um"]) + sx if p else 0.0)
+                y = float(row["y_um"]) + (float(row["dy1_um"]) + sy if p else 0.0)
+                f = torch.as_tensor(
+                    self.focus_dz0_um - dz + p * self.plane_offset_um, dtype=mdl.dtype
+                )
+                h = mdl.images(
+                    torch.full_like(f, x),
+                    torch.full_like(f, y),
+                    depth,
+                    f,
+                    ph[p],
+                    amp,
+                    self.crop_size,
+                ).numpy()
+                n = float(row["photons"]) * (self.transmission if p else 1.0)
+                out.append(n * h + float(row[f"background{p}"]))
+        return np.stack(out, axis=1)
+
     def renderer(self, size: int | None = None) -> Callable[[Any], np.ndarray]:
         """``render`` as a function of ``xyz_um`` only, returning numpy (float64)."""
 
@@ -1022,6 +1058,8 @@ def fit_beads(
             "outlier": outlier,
             "used": used,
             "n_frames": per["n_frames"],
+            "dx1_um": data.d01_um[:, 0],
+            "dy1_um": data.d01_um[:, 1],
         }
     )
     return PSFFit(

@@ -1,0 +1,325 @@
+"""The pupil fit to calibration beads: recovery, outliers, storage, CRLB, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from axialtrack.optics import Optics, PSFModel
+from axialtrack.optics.fit import (
+    MIN_BEADS,
+    MIN_PHOTONS,
+    FitConfig,
+    PSFFit,
+    PSFFitError,
+    fit_beads,
+    fit_crlb,
+    heldout_nll,
+    phase_rms_error_waves,
+)
+
+# fast settings: a coarse pupil and 2x2 pixel integration, shared by the beads'
+# renderer (the project's PSFModel with its Zernike phase baked into the pupil)
+# and the fit (its own torch parametrization on top of the unaberrated pupil)
+FAST = {"pupil_samples": 32, "oversample": 2}
+TRUE_ZERNIKE = {5: 0.04, 6: -0.03, 7: 0.03, 8: -0.02, 9: 0.02, 11: 0.05, 14: -0.02}
+TRUE_PLANE1 = {5: -0.02, 11: 0.01}
+DEPTH = 0.05
+DELTA = 0.5
+T1 = 0.8
+CAMERA = {"offset_adu": 100.0, "e_per_adu": 0.5, "read_noise_e": 1.6}
+SIZE = 11
+CONFIG = FitConfig(
+    pupil_samples=32, oversample=2, max_frames=9, dz_range_um=0.8, max_iter=200
+)
+
+
+def render_beads(
+    n_beads: int,
+    *,
+    seed: int,
+    photons: float = 20000.0,
+    background: float = 20.0,
+    doublet: int | None = None,
+    doublet_px: float = 2.0,
+) -> tuple[tuple, dict[int, tuple[float, float, float, float]]]:
+    """Bead crops ``(R, 2, S, S)`` in ADU with their stage Z, ids, reference Z."""
+    rng = np.random.default_rng(seed)
+    m0 = PSFModel(Optics(zernike=TRUE_ZERNIKE, **FAST))
+    z1 = {j: TRUE_ZERNIKE.get(j, 0.0) + TRUE_PLANE1.get(j, 0.0) for j in range(2, 16)}
+    m1 = PSFModel(Optics(zernike={j: v for j, v in z1.items() if v}, **FAST))
+    pix = Optics().pixel_size_um
+    f0 = float(PSFModel(Optics(**FAST)).in_focus_offset(DEPTH))
+    zs = np.round(np.arange(-0.8, 0.8 + 1e-9, 0.2), 6)
+    crops, stage, bead, refz = [], [], [], []
+    pos: dict[int, tuple[float, float, float, float]] = {}
+    for b in range(n_beads):
+        x0, y0 = rng.uniform(20, 100, 2)
+        d1 = rng.uniform(-0.5, 0.5, 2)
+        x1, y1 = np.rint(x0) + 31 + d1[0], np.rint(y0) - 2 + d1[1]
+        pos[b] = (float(x0), float(y0), float(x1), float(y1))
+        o0 = np.array([x0 - np.rint(x0), y0 - np.rint(y0)]) * pix
+        o1 = np.array([x1 - np.rint(x1), y1 - np.rint(y1)]) * pix
+        cov = rng.uniform(-0.1, 0.1)
+        ref = cov + f0
+        z = ref + zs
+        n = photons * rng.uniform(0.8, 1.2)
+        emitters = [(o0, o1, 1.0)]
+        if b == doublet:
+            # two equal emitters doublet_px apart along a random direction
+            ang = rng.uniform(0, np.pi)
+            d = 0.5 * doublet_px * pix * np.array([np.cos(ang), np.sin(ang)])
+            emitters = [(o0 + d, o1 + d, 0.5), (o0 - d, o1 - d, 0.5)]
+        mu = np.zeros((zs.size, 2, SIZE, SIZE))
+        for e0, e1, w in emitters:
+            xyz0 = np.tile([e0[0], e0[1], DEPTH], (zs.size, 1))
+            xyz1 = np.tile([e1[0], e1[1], DEPTH], (zs.size, 1))
+            mu[:, 0] += w * n * m0.psf(xyz0, z - cov, SIZE).numpy()
+            mu[:, 1] += w * n * T1 * m1.psf(xyz1, z - cov + DELTA, SIZE).numpy()
+        mu[:, 0] += background
+        mu[:, 1] += 0.9 * background
+        e = rng.poisson(mu) + rng.normal(0, CAMERA["read_noise_e"], mu.shape)
+        adu = np.round(e / CAMERA["e_per_adu"] + CAMERA["offset_adu"])
+        crops.append(adu.astype(np.float32))
+        stage.append(z)
+        bead += [b] * zs.size
+        refz += [ref] * zs.size
+    args = (
+        np.concatenate(crops),
+        np.concatenate(stage),
+        np.asarray(bead),
+        np.asarray(refz),
+    )
+    return args, pos
+
+
+def truth_fit(template: PSFFit) -> PSFFit:
+    """The true model in the fit's parametrization (for the held-out NLL)."""
+    return PSFFit(
+        optics=template.optics,
+        phase_noll=template.phase_noll,
+        plane1_noll=template.plane1_noll,
+        amplitude_noll=template.amplitude_noll,
+        zernike={j: TRUE_ZERNIKE.get(j, 0.0) for j in template.phase_noll},
+        plane1_zernike={j: TRUE_PLANE1.get(j, 0.0) for j in template.plane1_noll},
+        amplitude=dict.fromkeys(template.amplitude_noll, 0.0),
+        depth_um=DEPTH,
+        plane_offset_um=DELTA,
+        transmission=T1,
+        plane1_shift_um=(0.0, 0.0),
+        focus_dz0_um=float(PSFModel(Optics(**FAST)).in_focus_offset(DEPTH)),
+        crop_size=SIZE,
+        beads=template.beads,
+        converged=True,
+        n_iter=0,
+        time_s=0.0,
+        camera=dict(CAMERA),
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[PSFFit, int]:
+    """A fit to 8 beads, bead 3 an unresolved doublet 2 px apart."""
+    torch.manual_seed(0)
+    args, pos = render_beads(8, seed=1, doublet=3)
+    fit = fit_beads(
+        *args,
+        pos,
+        optics=Optics(),
+        plane_offset_um=0.45,
+        camera=CAMERA,
+        config=CONFIG,
+    )
+    return fit, 3
+
+
+def test_fit_recovers_known_aberrations(fitted: tuple[PSFFit, int]) -> None:
+    fit, _ = fitted
+    assert fit.converged
+    err = phase_rms_error_waves(
+        fit.model(),
+        (fit.depth_um, fit.zernike),
+        (
+            DEPTH,
+            TRUE_ZERNIKE,
+        ),
+    )
+    print(f"plane-0 phase RMS error {err:.4f} waves; fit {fit.time_s:.0f} s")
+    assert err < 0.02
+    # each coefficient within 0.01 waves, plane 1's relative ones too
+    for j in fit.phase_noll:
+        assert abs(fit.zernike[j] - TRUE_ZERNIKE.get(j, 0.0)) < 0.01, j
+    for j in fit.plane1_noll:
+        assert abs(fit.plane1_zernike[j] - TRUE_PLANE1.get(j, 0.0)) < 0.01, j
+    assert abs(fit.transmission - T1) < 0.02
+    assert abs(fit.plane_offset_um - DELTA) < 0.02  # started from 0.45
+    used = fit.beads[fit.beads["used"]]
+    # the shifted-Poisson deviance of a right model is about 1 per pixel
+    assert 0.9 < float(used["reduced_deviance"].median()) < 1.15
+
+
+def test_doublet_bead_is_flagged(fitted: tuple[PSFFit, int]) -> None:
+    fit, doublet = fitted
+    b = fit.beads.set_index("bead")
+    assert bool(b.loc[doublet, "outlier"])
+    assert not bool(b.loc[doublet, "used"])  # refitted without it
+    assert int(b["outlier"].sum()) == 1
+    print(b["reduced_deviance"].round(2).to_dict())
+
+
+def test_heldout_nll_close_to_true_model(fitted: tuple[PSFFit, int]) -> None:
+    fit, _ = fitted
+    args, pos = render_beads(4, seed=7)
+    nll_fit = heldout_nll(fit, *args, pos, config=CONFIG)
+    nll_true = heldout_nll(truth_fit(fit), *args, pos, config=CONFIG)
+    ratio = nll_fit / nll_true
+    print(f"held-out NLL fitted / true {ratio:.5f}")
+    # the target is 2 %; in fact they differ by < 0.5 % (0.18 % measured, the
+    # fitted model slightly lower: its held-out beads' fits converge better)
+    assert abs(ratio - 1.0) < 5e-3
+
+
+def test_store_round_trip(fitted: tuple[PSFFit, int], tmp_path) -> None:
+    import zarr
+
+    from axialtrack.calibrate.psf import read_psf, write_psf
+
+    fit, _ = fitted
+    root = zarr.open_group(str(tmp_path / "cal.zarr"), mode="w")
+    write_psf(fit, root, dz_range_um=0.5)
+    back = read_psf(tmp_path / "cal.zarr")
+    assert back is not None
+    assert back.zernike == fit.zernike
+    assert back.beads["outlier"].tolist() == fit.beads["outlier"].tolist()
+    xyz = np.array([[0.01, -0.02, 0.3], [0.0, 0.0, -0.2]])
+    np.testing.assert_allclose(
+        back.renderer()(xyz), fit.renderer()(xyz), rtol=1e-5, atol=1e-9
+    )
+    g = zarr.open_group(str(tmp_path / "cal.zarr"), mode="r")
+    stack = np.asarray(g["psf/stack"][...])
+    dz = np.asarray(g["psf/dz_um"][...])
+    assert stack.shape == (2, dz.size, SIZE, SIZE)
+    np.testing.assert_allclose(
+        stack[:, 3], fit.sampled([dz[3]])[:, 0], rtol=1e-5, atol=1e-9
+    )
+
+
+def test_bundle_carries_fit(fitted: tuple[PSFFit, int], tmp_path) -> None:
+    import zarr
+
+    from axialtrack.calibrate.examples import Examples, save_examples
+    from axialtrack.calibrate.psf import write_psf
+    from axialtrack.model import load_bundle, save_bundle
+    from axialtrack.model.train import load_calibration, train
+
+    fit, _ = fitted
+    args, _pos = render_beads(6, seed=3)
+    crops, stage, bead, refz = args
+    n = len(bead)
+    ex = Examples(
+        crops=crops,
+        dz_um=refz - stage,
+        stage_z_um=stage,
+        ref_z_um=refz,
+        xy_norm=np.zeros((n, 2)),
+        bead=bead,
+        field=np.zeros(n, np.int64),
+        split=np.where(bead < 4, 0, np.where(bead == 4, 1, 2)).astype(np.int8),
+    )
+    store = tmp_path / "cal.zarr"
+    root = zarr.open_group(str(store), mode="w")
+    save_examples(root, ex)
+    write_psf(fit, root, dz_range_um=0.3)
+    data = load_calibration(store)
+    assert data.psf_fit is not None
+    res = train(data, steps=2, batch_size=8, progress=False)
+    bundle = load_bundle(save_bundle(res, tmp_path / "m"))
+    back = bundle.psf_fit
+    assert back is not None
+    assert back.zernike == fit.zernike
+    assert back.transmission == fit.transmission
+
+
+def test_crlb_of_unaberrated_fit_matches_optics_crlb() -> None:
+    from axialtrack.optics import crlb
+
+    optics = Optics(**FAST)
+    model = PSFModel(optics)
+    f0 = float(model.in_focus_offset(DEPTH))
+    fit = PSFFit(
+        optics=optics,
+        phase_noll=(5, 6, 11),
+        plane1_noll=(5,),
+        amplitude_noll=(4,),
+        zernike={5: 0.0, 6: 0.0, 11: 0.0},
+        plane1_zernike={5: 0.0},
+        amplitude={4: 0.0},
+        depth_um=DEPTH,
+        plane_offset_um=DELTA,
+        transmission=0.9,
+        plane1_shift_um=(0.0, 0.0),
+        focus_dz0_um=f0,
+        crop_size=SIZE,
+        beads=None,  # type: ignore[arg-type]
+        converged=True,
+        n_iter=0,
+        time_s=0.0,
+    )
+    dz = np.array([-0.6, -0.2, 0.0, 0.3, 0.6])
+    got = fit_crlb(fit, dz, photons=2000, background=[10.0, 9.0], read_noise_e=1.5)
+    ref = crlb(
+        model,
+        np.full(dz.size, DEPTH),
+        focus_um=f0 - dz,
+        plane_offsets_um=(0.0, DELTA),
+        photons=2000,
+        background=[10.0, 9.0],
+        transmission=0.9,
+        roi_size=SIZE,
+        read_noise=1.5,
+    )
+    h = 0.02
+    slope = float(
+        (model.in_focus_offset(DEPTH + h) - model.in_focus_offset(DEPTH - h)) / (2 * h)
+    )
+    np.testing.assert_allclose(got["sigma_x_um"], ref.sigma_x_um, rtol=1e-3)
+    np.testing.assert_allclose(got["sigma_y_um"], ref.sigma_y_um, rtol=1e-3)
+    np.testing.assert_allclose(got["sigma_z_um"], ref.sigma_z_um * slope, rtol=1e-3)
+
+
+def test_refuses_too_few_or_dim_beads() -> None:
+    args, pos = render_beads(MIN_BEADS - 1, seed=2)
+    with pytest.raises(PSFFitError, match=f"at least {MIN_BEADS} beads"):
+        fit_beads(
+            *args,
+            pos,
+            optics=Optics(),
+            plane_offset_um=DELTA,
+            camera=CAMERA,
+            config=CONFIG,
+        )
+    args, pos = render_beads(MIN_BEADS, seed=2, photons=150.0, background=2.0)
+    with pytest.raises(PSFFitError, match=f"need {MIN_PHOTONS:.0f}"):
+        fit_beads(
+            *args,
+            pos,
+            optics=Optics(),
+            plane_offset_um=DELTA,
+            camera=CAMERA,
+            config=CONFIG,
+        )
+
+
+def test_refuses_when_not_converged() -> None:
+    args, pos = render_beads(MIN_BEADS, seed=4)
+    cfg = CONFIG.model_copy(update={"max_iter": 3})
+    with pytest.raises(PSFFitError, match="did not converge within 3 L-BFGS"):
+        fit_beads(
+            *args,
+            pos,
+            optics=Optics(),
+            plane_offset_um=DELTA,
+            camera=CAMERA,
+            config=cfg,
+        )
