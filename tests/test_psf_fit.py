@@ -134,6 +134,7 @@ def fitted() -> tuple[PSFFit, int]:
     return fit, 3
 
 
+@pytest.mark.slow
 def test_fit_recovers_known_aberrations(fitted: tuple[PSFFit, int]) -> None:
     fit, _ = fitted
     assert fit.converged
@@ -159,6 +160,7 @@ def test_fit_recovers_known_aberrations(fitted: tuple[PSFFit, int]) -> None:
     assert 0.9 < float(used["reduced_deviance"].median()) < 1.15
 
 
+@pytest.mark.slow
 def test_doublet_bead_is_flagged(fitted: tuple[PSFFit, int]) -> None:
     fit, doublet = fitted
     b = fit.beads.set_index("bead")
@@ -168,6 +170,7 @@ def test_doublet_bead_is_flagged(fitted: tuple[PSFFit, int]) -> None:
     print(b["reduced_deviance"].round(2).to_dict())
 
 
+@pytest.mark.slow
 def test_heldout_nll_close_to_true_model(fitted: tuple[PSFFit, int]) -> None:
     fit, _ = fitted
     args, pos = render_beads(4, seed=7)
@@ -180,6 +183,7 @@ def test_heldout_nll_close_to_true_model(fitted: tuple[PSFFit, int]) -> None:
     assert abs(ratio - 1.0) < 5e-3
 
 
+@pytest.mark.slow
 def test_store_round_trip(fitted: tuple[PSFFit, int], tmp_path) -> None:
     import zarr
 
@@ -205,6 +209,7 @@ def test_store_round_trip(fitted: tuple[PSFFit, int], tmp_path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_bundle_carries_fit(fitted: tuple[PSFFit, int], tmp_path) -> None:
     import zarr
 
@@ -311,6 +316,7 @@ def test_refuses_too_few_or_dim_beads() -> None:
         )
 
 
+@pytest.mark.slow
 def test_refuses_when_not_converged() -> None:
     args, pos = render_beads(MIN_BEADS, seed=4)
     cfg = CONFIG.model_copy(update={"max_iter": 3})
@@ -323,3 +329,78 @@ def test_refuses_when_not_converged() -> None:
             camera=CAMERA,
             config=cfg,
         )
+
+
+@pytest.mark.slow
+def test_calibrate_cli_fits_psfmodels_beads(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """calibrate --from psfmodels stacks: the fit runs by default, is stored,
+    shown by info and the report, and carried into the bundle by train."""
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("psfmodels")
+    import zarr
+    from psf_import import DELTA_UM, PIXEL_UM, STEP_UM, render
+
+    import axialtrack.optics.fit as fitmod
+    from axialtrack.calibrate.psf import read_psf
+    from axialtrack.cli import main
+
+    # the tests' fast settings for the fit the command runs
+    monkeypatch.setattr(
+        fitmod,
+        "FitConfig",
+        lambda: FitConfig(pupil_samples=32, oversample=2, max_frames=7, max_beads=8),
+    )
+    rendered = render(2, mirror="none", seed=3)
+    for f in range(2):
+        tifffile.imwrite(tmp_path / f"f{f}.tif", rendered.raw[f])
+    out = tmp_path / "cal.zarr"
+    argv = [
+        "calibrate",
+        "--from",
+        str(tmp_path / "f*.tif"),
+        "--out",
+        str(out),
+        "--layout",
+        "side-by-side",
+        "--z-step",
+        str(STEP_UM),
+        "--z-start",
+        str(rendered.stage_z_um[0]),
+        "--plane-offset",
+        str(DELTA_UM),
+        "--pixel-size",
+        str(PIXEL_UM),
+        "--na",
+        "1.3",
+        "--wavelength",
+        "0.6",
+        "--n-immersion",
+        "1.515",
+        "--n-sample",
+        "1.515",
+        "--report",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    fit = read_psf(out)
+    assert fit is not None
+    assert fit.converged
+    assert fit.optics.na == 1.3
+    # psfmodels' pupil carries no aberration: every coefficient small
+    worst = max(abs(v) for v in fit.zernike.values())
+    print(f"largest fitted Zernike {worst:.4f} waves, {fit.time_s:.0f} s")
+    assert worst < 0.02
+    assert abs(fit.plane_offset_um - DELTA_UM) < 0.03
+    qc = zarr.open_group(out, mode="r").attrs["axialtrack_calibration"]
+    assert qc["psf_fit"]["n_beads"] == 8
+    assert len(qc["psf_fit"]["crlb"]["sigma_z_nm"]) == 9
+    report = tmp_path / "cal-report"
+    for name in ("psf_slices", "psf_residuals", "psf_zernike", "psf_crlb"):
+        assert (report / f"{name}.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "PSF fit" in text
+    assert "CRLB z (nm) per dz" in text

@@ -76,6 +76,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="skip the PSF fit (the pupil fitted to the accepted beads by maximum "
         "likelihood, stored in the run's psf/ group and carried into bundles)",
     )
+    o = p.add_argument_group(
+        "optics of the PSF fit (defaults: NA 1.45 oil objective, n 1.518, 670 nm, "
+        "aqueous sample n 1.33)"
+    )
+    o.add_argument("--na", type=positive_float, default=None, help="objective NA")
+    o.add_argument(
+        "--wavelength", type=positive_float, default=None, help="emission (um)"
+    )
+    o.add_argument(
+        "--n-immersion", type=positive_float, default=None, help="immersion index"
+    )
+    o.add_argument(
+        "--n-sample", type=positive_float, default=None, help="sample medium index"
+    )
     g = p.add_argument_group("import (--from)")
     g.add_argument(
         "--from",
@@ -146,6 +160,29 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 2
     if out is not None and (why := unwritable(out)):
         return fail(f"--out: {why}.", "Choose another --out. Nothing was written.")
+    from pydantic import ValidationError
+
+    from axialtrack.optics import Optics
+
+    given = {
+        k: v
+        for k, v in (
+            ("na", args.na),
+            ("wavelength_um", args.wavelength),
+            ("n_immersion", args.n_immersion),
+            ("n_sample", args.n_sample),
+        )
+        if v is not None
+    }
+    try:
+        optics = Optics(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        return fail(
+            f"--na/--wavelength/--n-immersion/--n-sample: {err['msg']}.",
+            "Give the objective's NA below the immersion index, and a wavelength "
+            "in um (e.g. 0.67).",
+        )
 
     if args.source is not None:
         try:
@@ -265,6 +302,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             psf_fit = fit_psf(
                 result,
                 result.stack or stack,
+                optics=optics,
                 progress=None if args.no_progress else console.print,
             )
         except PSFFitError as exc:

@@ -96,6 +96,8 @@ class FitConfig(BaseModel):
         Noll indices of the pupil amplitude ``exp(sum c_j Z_j)``.
     fit_depth
         Fit the beads' depth (index mismatch); otherwise it stays at ``depth_um``.
+        Not fitted when the sample's index equals the immersion's (it is then
+        the same as a focus shift).
     depth_um
         Starting (or fixed) bead depth above the coverslip, um.
     dz_range_um
@@ -876,6 +878,9 @@ def fit_beads(
         }
     )
     pix = optics.pixel_size_um
+    if optics.n_sample == optics.n_immersion:
+        # index-matched: the depth only shifts the focus, which the beads' Z does
+        cfg = cfg.model_copy(update={"fit_depth": False})
     data = _prepare(
         np.asarray(crops_adu),
         np.asarray(stage_z_um, float),
