@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from axialtrack.calibrate import analyze
 from axialtrack.calibrate.simulate import simulated_stack
 from axialtrack.model import CalibrationData, save_bundle, train
+from axialtrack.optics import Optics
+from axialtrack.optics.sampled import optics_record
 
 #: Held-out bead RMSE this short training reaches on the simulated calibration.
 SIM_BUNDLE_RMSE_NM = 100.0
@@ -43,6 +47,7 @@ def train_sim_bundle(
         beads=result.beads,
         registration_affine=result.registration.affine,
         plane_shape=stack.plane_shape,
+        optics=optics_record(Optics(), depth_um=float(np.mean(depth_um))),
     )
     res = train(
         data,

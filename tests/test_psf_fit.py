@@ -246,18 +246,19 @@ def test_bundle_carries_fit(fitted: tuple[PSFFit, int], tmp_path) -> None:
     assert back.transmission == fit.transmission
 
 
-def test_crlb_of_unaberrated_fit_matches_optics_crlb() -> None:
-    from axialtrack.optics import crlb
+def plain_fit(zernike: dict[int, float] | None = None) -> PSFFit:
+    """A fitted-PSF object with given (default no) aberrations, fast optics."""
+    import pandas as pd
 
     optics = Optics(**FAST)
-    model = PSFModel(optics)
-    f0 = float(model.in_focus_offset(DEPTH))
-    fit = PSFFit(
+    f0 = float(PSFModel(optics).in_focus_offset(DEPTH))
+    z = {5: 0.0, 6: 0.0, 11: 0.0, **(zernike or {})}
+    return PSFFit(
         optics=optics,
-        phase_noll=(5, 6, 11),
+        phase_noll=tuple(sorted(z)),
         plane1_noll=(5,),
         amplitude_noll=(4,),
-        zernike={5: 0.0, 6: 0.0, 11: 0.0},
+        zernike=z,
         plane1_zernike={5: 0.0},
         amplitude={4: 0.0},
         depth_um=DEPTH,
@@ -266,11 +267,19 @@ def test_crlb_of_unaberrated_fit_matches_optics_crlb() -> None:
         plane1_shift_um=(0.0, 0.0),
         focus_dz0_um=f0,
         crop_size=SIZE,
-        beads=None,  # type: ignore[arg-type]
+        beads=pd.DataFrame({"bead": [], "photons": []}),
         converged=True,
         n_iter=0,
         time_s=0.0,
     )
+
+
+def test_crlb_of_unaberrated_fit_matches_optics_crlb() -> None:
+    from axialtrack.optics import crlb
+
+    fit = plain_fit()
+    model = PSFModel(Optics(**FAST))
+    f0 = fit.focus_dz0_um
     dz = np.array([-0.6, -0.2, 0.0, 0.3, 0.6])
     got = fit_crlb(fit, dz, photons=2000, background=[10.0, 9.0], read_noise_e=1.5)
     ref = crlb(
@@ -404,3 +413,25 @@ def test_calibrate_cli_fits_psfmodels_beads(
     text = capsys.readouterr().out
     assert "PSF fit" in text
     assert "CRLB z (nm) per dz" in text
+
+
+def test_psf_for_bundle_returns_the_fitted_psf(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from axialtrack.optics.sampled import psf_for_bundle
+
+    fit = plain_fit({5: 0.05, 7: -0.03})
+    bundle = SimpleNamespace(
+        path=tmp_path / "m.axialmodel",
+        meta={"psf_fit": fit.to_json(), "z_range_um": [-0.2, 0.2]},
+    )
+    psf = psf_for_bundle(bundle)
+    assert psf.transmission[1] == pytest.approx(0.9)
+    xyz = np.array([[0.0, 0.0, 0.1], [0.0, 0.0, -0.2]])  # on the sampled grid
+    h, _dh, ok = psf.evaluate(xyz, 11)
+    assert ok.all()
+    want = fit.renderer(11)(xyz)
+    np.testing.assert_allclose(h, want, atol=2e-3 * want.max())
+    # the astigmatism is in it: the nominal PSF is rotationally symmetric
+    asym = np.abs(h[0, 0] - h[0, 0].T).max() / h[0, 0].max()
+    assert asym > 0.02

@@ -469,6 +469,25 @@ def _rig_record(core: CMMCorePlus) -> dict[str, Any]:
         "pixel_size_um": float(core.getPixelSizeUm()),
         "exposure_ms": float(core.getExposure()),
     }
+    from axialtrack.optics.sampled import optics_record
+
+    cam = _sim_camera(core)
+    if cam is not None:
+        # the simulated rig's nominal PSF: refinement and per-localization
+        # uncertainty of models trained on this run use it
+        try:
+            renderer = cam.renderer()
+            depths = [
+                float(np.mean(b.depth_um))
+                for b in renderer.sample.beads
+                if getattr(b, "depth_um", None) is not None
+            ]
+            rec["optics"] = optics_record(
+                renderer.optics,
+                depth_um=float(np.median(depths)) if depths else 0.05,
+            )
+        except Exception:  # pragma: no cover - a sim camera without a sample
+            logger.debug("no optics recorded for the simulated camera", exc_info=True)
     with_cfg = getattr(core, "systemConfigurationFile", None)
     if callable(with_cfg):
         try:

@@ -347,6 +347,8 @@ def save_bundle(
             }
         if d.plane_shape is not None:
             meta["plane_shape"] = [int(v) for v in d.plane_shape]
+        if d.optics is not None:
+            meta["optics"] = d.optics
         meta["training"] = {
             "loss": result.loss,
             "seed": result.seed,

@@ -67,6 +67,11 @@ class CalibrationData:
     psf_fit
         The calibration's fitted PSF (:meth:`axialtrack.optics.fit.PSFFit.to_json`)
         when the run carries one (``psf/`` group).
+    optics
+        The rig's nominal PSF model, when the calibration records one (a
+        simulated rig does): ``{"optics": Optics fields, "depth_um": bead depth,
+        "transmission": plane-1 transmission, "source": ...}``; the bundle keeps
+        it for :func:`axialtrack.optics.psf_for_bundle`.
     """
 
     examples: Examples
@@ -78,6 +83,7 @@ class CalibrationData:
     registration_affine: np.ndarray | None = None
     plane_shape: tuple[int, int] | None = None
     psf_fit: dict[str, Any] | None = None
+    optics: dict[str, Any] | None = None
 
 
 def load_calibration(store: str | Path) -> CalibrationData:
@@ -126,6 +132,7 @@ def load_calibration(store: str | Path) -> CalibrationData:
         registration_affine=affine,
         plane_shape=plane_shape,
         psf_fit=psf_fit,
+        optics=rig.get("optics") if isinstance(rig.get("optics"), dict) else None,
     )
 
 

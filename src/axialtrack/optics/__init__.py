@@ -4,6 +4,8 @@
 - :class:`PSFModel`: pixelated, batched, differentiable PSF of point emitters at a
   depth in the sample, imaged with the objective at a nominal focus position.
 - :func:`axial_scale`: the focal shift (sample depth per um of stage travel).
+- :class:`SampledPSF`: the PSF of each plane sampled on a 3D grid, evaluated
+  with its derivatives by cubic B-splines (fast enough for MLE refinement).
 - :func:`crlb`: Cramer-Rao lower bound of 3D localization from one or two focal
   planes under Poisson (and optional sCMOS read) noise.
 """
@@ -21,6 +23,7 @@ from .crlb import (
 from .focal_shift import axial_scale
 from .params import Optics
 from .psf import PSFModel
+from .sampled import SampledPSF, SampledPSFError, psf_for_bundle
 from .zernike import noll_to_nm, zernike
 
 __all__ = [
@@ -28,11 +31,14 @@ __all__ = [
     "Optics",
     "PSFDerivatives",
     "PSFModel",
+    "SampledPSF",
+    "SampledPSFError",
     "axial_scale",
     "crlb",
     "crlb_from_derivatives",
     "fisher_information",
     "noll_to_nm",
     "psf_derivatives",
+    "psf_for_bundle",
     "zernike",
 ]

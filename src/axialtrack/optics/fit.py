@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -1302,7 +1303,13 @@ def fit_crlb(
         for i in range(3):
             tan = torch.zeros_like(base)
             tan[:, i] = 1.0
-            with fwad.dual_level():
+            with fwad.dual_level(), warnings.catch_warnings():
+                # torch's forward-AD decompositions warn about torch.jit.script
+                warnings.filterwarnings(
+                    "ignore",
+                    message=".*torch.jit.script.* is deprecated",
+                    category=DeprecationWarning,
+                )
                 out = fwad.unpack_dual(f(fwad.make_dual(base, tan)))
             h = out.primal
             assert out.tangent is not None

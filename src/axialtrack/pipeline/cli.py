@@ -90,6 +90,13 @@ def add_parsers(subparsers: Any) -> None:
         "(default; the camera and writer threads then never hold it up), or in "
         "threads of this one",
     )
+    p.add_argument(
+        "--refine",
+        action="store_true",
+        help="refine localizations by maximum likelihood with the bundle's PSF, "
+        "as many per frame as half the frame period allows (brightest first; "
+        "the status line says how many)",
+    )
     p.add_argument("--no-status", action="store_true", help="no live status line")
     p.set_defaults(func=cmd_live)
 
@@ -153,7 +160,21 @@ def add_parsers(subparsers: Any) -> None:
         help="sample depth per um of focus travel (focal shift, e.g. 0.73 for an "
         "NA 1.45 oil objective into water) for the tracks' axial diffusion (1)",
     )
+    q.add_argument(
+        "--refine",
+        action="store_true",
+        help="refine every localization by maximum likelihood on both planes "
+        "with the bundle's PSF (x, y, z, photons, background; sigma from the "
+        "Fisher information, llr and misfit columns)",
+    )
     q.set_defaults(func=cmd_localize)
+
+
+def _localizer_config(args: argparse.Namespace) -> Any:
+    """The localizer settings of ``axialtrack localize``."""
+    from axialtrack.pipeline.config import LocalizerConfig
+
+    return LocalizerConfig(refine=bool(getattr(args, "refine", False)))
 
 
 def _make_analyzer(
@@ -225,6 +246,7 @@ def _load_analyzer(
     """
     from axialtrack.engine import EngineError
     from axialtrack.model import BundleError
+    from axialtrack.optics.sampled import SampledPSFError
     from axialtrack.pipeline.process import AnalysisProcessError
 
     engine = str(kwargs.get("engine_prefer", "auto"))
@@ -237,6 +259,9 @@ def _load_analyzer(
             if name == "BundleError":
                 fail(_model_error(bundle, why))
                 return None
+            if name == "SampledPSFError":
+                fail(_model_error(bundle, why), "Leave out --refine.")
+                return None
             if name == "EngineError":
                 fail(_engine_error(engine, why))
                 return None
@@ -248,6 +273,8 @@ def _load_analyzer(
             return _make_analyzer(bundle, **kwargs)
     except BundleError as exc:
         fail(_model_error(bundle, exc))
+    except SampledPSFError as exc:
+        fail(_model_error(bundle, exc), "Leave out --refine.")
     except EngineError as exc:
         fail(_engine_error(engine, exc))
     except FileNotFoundError as exc:
@@ -386,7 +413,11 @@ def cmd_live(args: argparse.Namespace) -> int:
             frame_interval_s=period_s,
             engine_prefer=args.engine,
             axial_scale=args.axial_scale,
-            localizer=LocalizerConfig(saturation_adu=_full_scale_adu(core)),
+            localizer=LocalizerConfig(
+                saturation_adu=_full_scale_adu(core),
+                refine=args.refine,
+                refine_budget_frame_s=0.5 * period_s if args.refine else None,
+            ),
             # flat memory however long the run: the track table is made from
             # the stored rows at the end
             keep_rows=False,
@@ -622,6 +653,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         frame_interval_s=run.attrs.get("frame_interval_s"),
         engine_prefer=args.engine,
         axial_scale=args.axial_scale,
+        localizer=_localizer_config(args),
     )
     if analyzer is None:
         return 2
@@ -775,6 +807,7 @@ def _localize_movie(args: argparse.Namespace, path: Path) -> int:
         frame_interval_s=dt,
         engine_prefer=args.engine,
         axial_scale=args.axial_scale,
+        localizer=_localizer_config(args),
     )
     if analyzer is None:
         return 2

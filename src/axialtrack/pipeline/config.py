@@ -164,6 +164,35 @@ class LocalizerConfig(BaseModel):
         training labels) shrunk by this margin at both ends. Outside it the
         network extrapolates: a particle beyond the range reads as if at its edge,
         so its Z is wrong by an unknown amount.
+    uncertainty
+        Fill ``sigma_z_um`` and ``sigma_xy_um`` of every row with the Cramer-Rao
+        bound at the row's values (network ``dz``, position, photons,
+        background) from the bundle's PSF (:func:`axialtrack.optics.psf_for_bundle`;
+        one PSF evaluation per row). A model with its own ``sigma_z_um`` head
+        keeps that. Without a PSF in the bundle the columns stay NaN.
+    refine
+        Refine x, y, z, photons and backgrounds by maximum likelihood on the
+        crops of both planes with the bundle's PSF
+        (:func:`axialtrack.pipeline.refine.mle_refine`), initialized from the
+        network; ``sigma_*`` then come from the Fisher information at the
+        estimate and ``llr`` / ``misfit`` say how well the PSF explains the
+        pixels. Needs a bundle with a PSF.
+    refine_size_px
+        Odd crop side of the refinement (central part of the model's crop).
+    refine_iterations
+        Levenberg-Marquardt iterations at most.
+    refine_budget_frame_s
+        Seconds of refinement per frame of a batch at most (``axialtrack live
+        --refine`` sets half the frame period): the brightest rows of the batch
+        that fit in it at the measured rate are refined, the rest keep the
+        network's values and the bound at them (``refined`` false). ``None``:
+        refine every row.
+    refine_threads
+        Threads of the refinement (the kernel releases the GIL).
+    misfit_p
+        A refined row whose log-likelihood ratio has a chi-square tail
+        probability below this is flagged ``misfit`` (an overlapping neighbour,
+        dirt, or a PSF that no longer fits the microscope).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -181,8 +210,15 @@ class LocalizerConfig(BaseModel):
     defocus_refit_um: float | None = Field(0.35, ge=0.0)
     defocus_fit_size_px: int = Field(15, ge=3, le=63)
     detect_threads: int = Field(1, ge=1, le=64)
+    uncertainty: bool = True
+    refine: bool = False
+    refine_size_px: int = Field(11, ge=5, le=31)
+    refine_iterations: int = Field(30, ge=1, le=200)
+    refine_budget_frame_s: float | None = Field(None, gt=0.0)
+    refine_threads: int = Field(1, ge=1, le=64)
+    misfit_p: float = Field(1e-3, gt=0.0, lt=1.0)
 
-    @field_validator("fit_size_px", "defocus_fit_size_px")
+    @field_validator("fit_size_px", "defocus_fit_size_px", "refine_size_px")
     @classmethod
     def _odd_fit_size(cls, v: int) -> int:
         if v % 2 == 0:

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,9 @@ from . import _kernels
 from .config import LocalizerConfig
 from .crops import crop_centers, crop_pairs
 from .detect import Detections, detect
+
+if TYPE_CHECKING:
+    from axialtrack.optics.sampled import SampledPSF
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -70,6 +73,10 @@ TABLE_COLUMNS: dict[str, np.dtype] = {
     "saturated": np.dtype("bool"),
     "neighbour_px": np.dtype("float64"),
     "in_range": np.dtype("bool"),
+    "sigma_xy_um": np.dtype("float64"),
+    "llr": np.dtype("float64"),
+    "refined": np.dtype("bool"),
+    "misfit": np.dtype("bool"),
 }
 
 
@@ -443,6 +450,7 @@ class Localizer:
         pixel_size_um: float,
         affine: np.ndarray | None = None,
         config: LocalizerConfig | None = None,
+        psf: SampledPSF | None = None,
     ) -> None:
         self.engine = engine
         self.config = config or LocalizerConfig()
@@ -486,9 +494,75 @@ class Localizer:
         self._warned_saturation = False
         self._pool: ThreadPoolExecutor | None = None
         self.timings: dict[str, float] = dict.fromkeys(
-            ("detect", "xy", "crop", "infer", "photometry", "frames", "localizations"),
+            (
+                "detect",
+                "xy",
+                "crop",
+                "infer",
+                "photometry",
+                "refine",
+                "frames",
+                "localizations",
+                "refined",
+            ),
             0.0,
         )
+        self.psf: SampledPSF | None = self._resolve_psf(psf, bundle)
+        self.refine_size_px = 0
+        if self.psf is not None:
+            self.refine_size_px = self._refine_size(self.psf)
+            self._warm_up(self.psf)
+        # seconds per refined localization (updated as batches are refined)
+        self._s_per_refine = 1e-4
+
+    def _resolve_psf(self, psf: SampledPSF | None, bundle: Any) -> SampledPSF | None:
+        """The PSF of the uncertainty and the refinement, or ``None``."""
+        from axialtrack.optics.sampled import SampledPSFError, psf_for_bundle
+
+        cfg = self.config
+        if psf is None and (cfg.refine or cfg.uncertainty) and bundle is not None:
+            try:
+                psf = psf_for_bundle(bundle)
+            except SampledPSFError:
+                if cfg.refine:
+                    raise
+                logger.info(
+                    "the model bundle records no PSF model: sigma_z_um and "
+                    "sigma_xy_um stay NaN"
+                )
+        if cfg.refine and psf is None:
+            raise ValueError(
+                "refinement needs a PSF model: pass psf= or use a bundle that "
+                "records one"
+            )
+        if psf is not None and psf.n_planes != 2:
+            raise ValueError(f"the PSF has {psf.n_planes} plane(s); 2 are needed")
+        return psf
+
+    def _warm_up(self, psf: SampledPSF) -> None:
+        """Compile (or load from numba's cache) the kernels now, not in the
+        first batch of a live run."""
+        from .refine import crlb_at, mle_refine
+
+        size = self.refine_size_px
+        xyz = np.zeros((1, 3))
+        xyz[0, 2] = float(np.mean(psf.z_range_um))
+        crlb_at(psf, xyz, 1000.0, 10.0, size=size)
+        if self.config.refine:
+            mle_refine(psf, np.full((1, 2, size, size), 10.0), xyz, max_iter=1)
+
+    def _refine_size(self, psf: SampledPSF) -> int:
+        """Crop side of the refinement: the configured one where it fits."""
+        cfg = self.config
+        fit = min(self.crop_size, psf.size - 4)
+        fit -= 1 - fit % 2
+        if cfg.refine and cfg.refine_size_px > fit:
+            raise ValueError(
+                f"refine_size_px={cfg.refine_size_px} does not fit: the model's "
+                f"crops are {self.crop_size} px and the PSF is sampled on "
+                f"{psf.size} px (at most {fit}); use refine_size_px <= {fit}"
+            )
+        return min(cfg.refine_size_px, fit)
 
     def _check_rig(self, bundle: Any, affine_of_bundle: bool = False) -> None:
         if bundle is None:
@@ -784,6 +858,136 @@ class Localizer:
         out[idx] = new
         return out
 
+    def _uncertainty(
+        self,
+        batch: PreparedBatch,
+        xy0: np.ndarray,
+        dz: np.ndarray,
+        photons: np.ndarray,
+        background: np.ndarray,
+        sigma_z: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """CRLB of every row, and the MLE refinement of those the budget allows.
+
+        Returns the (possibly refined) ``xy0, dz, photons, background,
+        sigma_z_um`` and the columns ``sigma_xy_um, llr, refined, misfit``.
+        """
+        from .refine import CONVERGED, ITERATION_LIMIT, crlb_at, mle_refine
+
+        cfg = self.config
+        cam = cfg.camera
+        n = xy0.shape[0]
+        out: dict[str, np.ndarray] = {
+            "xy0": xy0,
+            "dz": dz,
+            "photons": photons,
+            "background": background,
+            "sigma_z_um": sigma_z,
+            "sigma_xy_um": np.full(n, np.nan),
+            "llr": np.full(n, np.nan),
+            "refined": np.zeros(n, dtype=bool),
+            "misfit": np.zeros(n, dtype=bool),
+        }
+        psf = self.psf
+        if psf is None or n == 0 or not (cfg.uncertainty or cfg.refine):
+            return out
+        size = self.refine_size_px
+        pix = self.pixel_size_um
+        qe = cam.qe
+        c0, c1 = crop_centers(batch.xy_px, self.affine)
+        lin = self.affine[:, :2]
+        offs = np.zeros((n, 2, 2))
+        offs[:, 1] = (apply_affine(self.affine, c0) - c1) * pix
+        xyz = np.empty((n, 3))
+        xyz[:, :2] = (xy0 - c0) * pix
+        zlo, zhi = psf.z_range_um
+        xyz[:, 2] = np.clip(np.nan_to_num(dz, nan=0.0), zlo, zhi - 1e-6)
+        # photoelectrons: the Poisson counts; read noise plus ADU rounding
+        rn = float(getattr(cam, "read_noise_e", 0.0) or 0.0)
+        read_noise = float(np.sqrt(rn**2 + cam.e_per_adu**2 / 12.0))
+        b0 = np.maximum(background * qe, 1e-3)
+        if batch.background1_adu is not None:
+            b1 = np.maximum(
+                (batch.background1_adu - cam.offset_adu) * cam.e_per_adu, 1e-3
+            )
+        else:
+            b1 = b0
+        n_e = np.maximum(photons * qe, 1.0)
+        finite = np.isfinite(dz)
+        bound = crlb_at(
+            psf,
+            xyz,
+            n_e,
+            np.stack([b0, b1], axis=1),
+            size=size,
+            read_noise_e=read_noise,
+            linear=lin,
+            offsets_um=offs,
+        )
+        bound[~finite] = np.nan
+        sz = np.where(np.isfinite(sigma_z), sigma_z, bound[:, 2])
+        sxy = np.sqrt(0.5 * (bound[:, 0] ** 2 + bound[:, 1] ** 2))
+        out["sigma_z_um"] = sz
+        out["sigma_xy_um"] = sxy
+        if not cfg.refine:
+            return out
+        idx = np.flatnonzero(finite)
+        if cfg.refine_budget_frame_s is not None:
+            budget = cfg.refine_budget_frame_s * len(batch.frames)
+            k = int(budget / max(self._s_per_refine, 1e-7))
+            if k < idx.size:
+                idx = idx[np.argsort(-photons[idx], kind="stable")[:k]]
+                idx.sort()
+        if idx.size == 0:
+            return out
+        t0 = time.perf_counter()
+        lo = self.crop_size // 2 - size // 2
+        win = batch.pairs[idx, :, lo : lo + size, lo : lo + size]
+        data = (win.astype(np.float64) - cam.offset_adu) * cam.e_per_adu
+        res = mle_refine(
+            psf,
+            data,
+            xyz[idx],
+            read_noise_e=read_noise,
+            linear=lin,
+            offsets_um=offs[idx],
+            max_iter=cfg.refine_iterations,
+            threads=cfg.refine_threads,
+        )
+        dt = time.perf_counter() - t0
+        self._s_per_refine = 0.5 * self._s_per_refine + 0.5 * dt / idx.size
+        good = np.isin(res.status, (CONVERGED, ITERATION_LIMIT)) & np.all(
+            np.isfinite(res.crlb[:, :3]), axis=1
+        )
+        sel = idx[good]
+        th = res.theta[good]
+        new_xy = xy0.astype(float).copy()
+        new_xy[sel] = c0[sel] + th[:, :2] / pix
+        new_dz = dz.copy()
+        new_dz[sel] = th[:, 2]
+        new_ph = photons.copy()
+        new_ph[sel] = th[:, 3] / qe
+        new_bg = background.copy()
+        new_bg[sel] = th[:, 4] / qe
+        sz = sz.copy()
+        sz[sel] = res.crlb[good, 2]
+        sxy = sxy.copy()
+        sxy[sel] = res.sigma_xy_um[good]
+        llr = out["llr"]
+        llr[sel] = res.llr[good]
+        out["misfit"][sel] = res.p_value()[good] < cfg.misfit_p
+        out["refined"][sel] = True
+        out.update(
+            xy0=new_xy,
+            dz=new_dz,
+            photons=new_ph,
+            background=new_bg,
+            sigma_z_um=sz,
+            sigma_xy_um=sxy,
+        )
+        self.timings["refined"] += int(sel.size)
+        return out
+
     def finish(self, batch: PreparedBatch) -> pd.DataFrame:
         """Infer Z for a :meth:`prepare`-d batch and build its table rows."""
         return pd.DataFrame(self.finish_columns(batch))
@@ -846,6 +1050,18 @@ class Localizer:
             )
             logger.warning(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        t5 = time.perf_counter()
+        tm["photometry"] += t5 - t4
+        extra = self._uncertainty(batch, xy0, dz, photons, bg_ph, sig)
+        xy0, dz, photons, bg_ph, sig = (
+            extra.pop("xy0"),
+            extra.pop("dz"),
+            extra.pop("photons"),
+            extra.pop("background"),
+            extra.pop("sigma_z_um"),
+        )
+        t4 = time.perf_counter()
+        tm["refine"] += t4 - t5
         if self.z_range_um is None:
             in_range = np.isfinite(dz)
         else:
@@ -871,4 +1087,5 @@ class Localizer:
             "saturated": saturated,
             "neighbour_px": nn_px,
             "in_range": in_range,
+            **extra,
         }

@@ -364,6 +364,9 @@ class LiveMetrics:
         disk (plus those waiting to be handed to it).
     localizations
         Localization rows handed to the writer.
+    refined
+        Of those, rows refined by maximum likelihood (``refined`` column; the
+        live refinement does what fits in its share of the frame period).
     tracks
         Tracks so far (the analyzer's ``n_tracks`` if it has one, else the
         distinct ``track_id >= 0``); -1 if unknown.
@@ -405,6 +408,7 @@ class LiveMetrics:
     analysis_queue_depth: int = 0
     writer_queue_depth: int = 0
     localizations: int = 0
+    refined: int = 0
     tracks: int = -1
     elapsed_s: float = 0.0
     camera_frames_lost: int = 0
@@ -435,7 +439,9 @@ class LiveMetrics:
             f"{f(self.fps_in, '.1f')} fps, analyzed "
             f"{f(self.fps_analyzed, '.1f')}, written {f(self.fps_written, '.1f')} | "
             f"latency p50 {f(self.latency_ms_p50)} p99 {f(self.latency_ms_p99)} ms | "
-            f"{self.localizations} localizations, {tracks} tracks | skipped "
+            f"{self.localizations} localizations"
+            f"{f' ({self.refined} refined)' if self.refined else ''}, "
+            f"{tracks} tracks | skipped "
             f"{self.frames_skipped} | queues a{self.analysis_queue_depth} "
             f"w{self.writer_queue_depth}"
         )
@@ -479,6 +485,11 @@ class LiveMetrics:
             ("latency p50 (ms)", num(self.latency_ms_p50)),
             ("latency p99 (ms)", num(self.latency_ms_p99)),
             ("localizations", str(self.localizations)),
+            *(
+                [("localizations refined (MLE)", str(self.refined))]
+                if self.refined
+                else []
+            ),
             ("tracks", str(self.tracks) if self.tracks >= 0 else "-"),
             ("storage (MB/s)", num(self.writer_mb_s)),
             ("run time (s)", num(self.elapsed_s)),
@@ -973,6 +984,7 @@ class LiveRunner:
         self._frames_skipped = 0
         self._camera_lost = 0
         self._rows = 0
+        self._refined = 0
         self._track_ids: set[int] = set()
         self._lat: deque[float] = deque(maxlen=cfg.latency_window)
         self._lat_lock = threading.Lock()
@@ -1242,6 +1254,7 @@ class LiveRunner:
             analysis_queue_depth=len(self._ana_q),
             writer_queue_depth=(self._frames_in - self._frames_handed) + st.queue_depth,
             localizations=self._rows,
+            refined=self._refined,
             tracks=tracks,
             elapsed_s=0.0 if math.isnan(self._t0) else now - self._t0,
             camera_frames_lost=self._camera_lost,
@@ -1646,6 +1659,8 @@ class LiveRunner:
                 if n:
                     w.append_localizations(table)
                     self._rows += n
+                    if "refined" in table:
+                        self._refined += int(np.count_nonzero(table["refined"]))
                     # counted here only for an analyzer that does not count
                     # them (the set grows with every track of the run)
                     if not counts_tracks and "track_id" in table:
