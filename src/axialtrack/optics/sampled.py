@@ -588,7 +588,7 @@ def _fitted_psf(meta: Mapping[str, Any], path: str) -> SampledPSF:
     """
     from .fit import PSFFit
 
-    key = (path, "fit", str(meta.get("sha256", {}).get("weights.pt", "")))
+    key = (path + "#psf_fit", str(meta.get("sha256", {}).get("weights.pt", "")))
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
     if hit is not None:
