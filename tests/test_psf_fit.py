@@ -209,43 +209,6 @@ def test_store_round_trip(fitted: tuple[PSFFit, int], tmp_path) -> None:
     )
 
 
-@pytest.mark.slow
-def test_bundle_carries_fit(fitted: tuple[PSFFit, int], tmp_path) -> None:
-    import zarr
-
-    from axialtrack.calibrate.examples import Examples, save_examples
-    from axialtrack.calibrate.psf import write_psf
-    from axialtrack.model import load_bundle, save_bundle
-    from axialtrack.model.train import load_calibration, train
-
-    fit, _ = fitted
-    args, _pos = render_beads(6, seed=3)
-    crops, stage, bead, refz = args
-    n = len(bead)
-    ex = Examples(
-        crops=crops,
-        dz_um=refz - stage,
-        stage_z_um=stage,
-        ref_z_um=refz,
-        xy_norm=np.zeros((n, 2)),
-        bead=bead,
-        field=np.zeros(n, np.int64),
-        split=np.where(bead < 4, 0, np.where(bead == 4, 1, 2)).astype(np.int8),
-    )
-    store = tmp_path / "cal.zarr"
-    root = zarr.open_group(str(store), mode="w")
-    save_examples(root, ex)
-    write_psf(fit, root, dz_range_um=0.3)
-    data = load_calibration(store)
-    assert data.psf_fit is not None
-    res = train(data, steps=2, batch_size=8, progress=False)
-    bundle = load_bundle(save_bundle(res, tmp_path / "m"))
-    back = bundle.psf_fit
-    assert back is not None
-    assert back.zernike == fit.zernike
-    assert back.transmission == fit.transmission
-
-
 def plain_fit(zernike: dict[int, float] | None = None) -> PSFFit:
     """A fitted-PSF object with given (default no) aberrations, fast optics."""
     import pandas as pd
@@ -267,7 +230,16 @@ def plain_fit(zernike: dict[int, float] | None = None) -> PSFFit:
         plane1_shift_um=(0.0, 0.0),
         focus_dz0_um=f0,
         crop_size=SIZE,
-        beads=pd.DataFrame({"bead": [], "photons": []}),
+        beads=pd.DataFrame(
+            {
+                "bead": np.arange(6),
+                "photons": np.full(6, 2000.0),
+                "background0": np.full(6, 10.0),
+                "background1": np.full(6, 9.0),
+                "used": np.ones(6, bool),
+                "outlier": np.zeros(6, bool),
+            }
+        ),
         converged=True,
         n_iter=0,
         time_s=0.0,
@@ -435,3 +407,51 @@ def test_psf_for_bundle_returns_the_fitted_psf(tmp_path) -> None:
     # the astigmatism is in it: the nominal PSF is rotationally symmetric
     asym = np.abs(h[0, 0] - h[0, 0].T).max() / h[0, 0].max()
     assert asym > 0.02
+
+
+def test_train_carries_fit_and_evaluate_uses_its_crlb(tmp_path) -> None:
+    import zarr
+
+    from axialtrack.calibrate.examples import Examples, save_examples
+    from axialtrack.calibrate.psf import write_psf
+    from axialtrack.model import evaluate, load_bundle, save_bundle
+    from axialtrack.model.train import load_calibration, train
+
+    fit = plain_fit({6: 0.03})
+    args, _pos = render_beads(6, seed=3)
+    crops, stage, bead, refz = args
+    n = len(bead)
+    ex = Examples(
+        crops=crops,
+        dz_um=refz - stage,
+        stage_z_um=stage,
+        ref_z_um=refz,
+        xy_norm=np.zeros((n, 2)),
+        bead=bead,
+        field=np.zeros(n, np.int64),
+        split=np.where(bead < 4, 0, np.where(bead == 4, 1, 2)).astype(np.int8),
+    )
+    store = tmp_path / "cal.zarr"
+    root = zarr.open_group(str(store), mode="w")
+    save_examples(root, ex)
+    write_psf(fit, root, dz_range_um=0.3)
+    data = load_calibration(store)
+    assert data.psf_fit is not None
+    res = train(data, steps=2, batch_size=8, progress=False)
+    bundle = load_bundle(save_bundle(res, tmp_path / "m"))
+    back = bundle.psf_fit
+    assert back is not None
+    assert back.zernike == fit.zernike
+    assert back.transmission == fit.transmission
+    # evaluate: no simulation truth, so the bound is the fitted model's
+    ev = evaluate(bundle, store, split=None, bin_width_um=0.4)
+    assert ev.summary["crlb"]["source"] == "fitted PSF"
+    assert ev.summary["crlb"]["photons"] == 2000.0
+    want = fit_crlb(
+        fit,
+        ev.bins["dz_center_um"].to_numpy(),
+        photons=2000.0,
+        background=[10.0, 9.0],
+    )
+    np.testing.assert_allclose(ev.bins["crlb_nm"], want["sigma_z_um"] * 1e3)
+    assert np.isfinite(ev.bins["ratio"]).all()
