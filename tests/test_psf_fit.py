@@ -455,3 +455,73 @@ def test_train_carries_fit_and_evaluate_uses_its_crlb(tmp_path) -> None:
     )
     np.testing.assert_allclose(ev.bins["crlb_nm"], want["sigma_z_um"] * 1e3)
     assert np.isfinite(ev.bins["ratio"]).all()
+
+
+def test_calibrate_refuses_a_fit_that_does_not_converge(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("psfmodels")
+    from psf_import import DELTA_UM, PIXEL_UM, STEP_UM, render
+
+    import axialtrack.optics.fit as fitmod
+    from axialtrack.cli import main
+
+    monkeypatch.setattr(
+        fitmod,
+        "FitConfig",
+        lambda: FitConfig(
+            pupil_samples=32, oversample=2, max_frames=5, max_beads=6, max_iter=2
+        ),
+    )
+    rendered = render(1, mirror="none", seed=5)
+    tifffile.imwrite(tmp_path / "f.tif", rendered.raw[0])
+    out = tmp_path / "cal.zarr"
+    argv = [
+        "calibrate",
+        "--from",
+        str(tmp_path / "f.tif"),
+        "--out",
+        str(out),
+        "--layout",
+        "side-by-side",
+        "--z-step",
+        str(STEP_UM),
+        "--z-start",
+        str(rendered.stage_z_um[0]),
+        "--plane-offset",
+        str(DELTA_UM),
+        "--pixel-size",
+        str(PIXEL_UM),
+        "--na",
+        "1.3",
+        "--wavelength",
+        "0.6",
+        "--n-immersion",
+        "1.515",
+        "--n-sample",
+        "1.515",
+        "--no-progress",
+    ]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "PSF fit refused" in err
+    assert "did not converge within 2 L-BFGS iterations" in err
+    assert "--no-psf-fit" in err
+    assert not out.exists()  # nothing written
+
+
+def test_calibrate_refuses_invalid_optics(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from axialtrack.cli import main
+
+    out = tmp_path / "cal.zarr"
+    rc = main(["calibrate", "--out", str(out), "--na", "1.6", "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--na" in err
+    assert not out.exists()
