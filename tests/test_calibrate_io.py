@@ -225,6 +225,7 @@ def test_cli_from_tiff(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
             str(stack.geometry.plane_offset_um),
             "--pixel-size",
             str(stack.pixel_size_um),
+            "--no-psf-fit",
         ]
     )
     assert args.func(args) == 0

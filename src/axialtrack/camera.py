@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from axialtrack.errors import AxialtrackError
 from axialtrack.pipeline.config import CAMERA_FIELDS, CameraCalibration
 
 __all__ = [
@@ -59,7 +60,7 @@ CORE_CAMERA_PROPERTIES = {
 }
 
 
-class CameraError(ValueError):
+class CameraError(AxialtrackError, ValueError):
     """A camera file or value that cannot be used (the message is one line,
     naming the file or option, the field, the value and the fix)."""
 

@@ -74,6 +74,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--report", action="store_true", help="also write the calibration report"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-psf-fit",
+        action="store_true",
+        help="skip the PSF fit (the pupil fitted to the accepted beads by maximum "
+        "likelihood, stored in the run's psf/ group and carried into bundles)",
+    )
+    o = p.add_argument_group(
+        "optics of the PSF fit (defaults: NA 1.45 oil objective, n 1.518, 670 nm, "
+        "aqueous sample n 1.33)"
+    )
+    o.add_argument("--na", type=positive_float, default=None, help="objective NA")
+    o.add_argument(
+        "--wavelength", type=positive_float, default=None, help="emission (um)"
+    )
+    o.add_argument(
+        "--n-immersion", type=positive_float, default=None, help="immersion index"
+    )
+    o.add_argument(
+        "--n-sample", type=positive_float, default=None, help="sample medium index"
+    )
     g = p.add_argument_group("import (--from)")
     g.add_argument(
         "--from",
@@ -155,6 +175,29 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         cam_sources = camera_sources(args)
     except CameraError as exc:
         return fail(str(exc))
+    from pydantic import ValidationError
+
+    from axialtrack.optics import Optics
+
+    given = {
+        k: v
+        for k, v in (
+            ("na", args.na),
+            ("wavelength_um", args.wavelength),
+            ("n_immersion", args.n_immersion),
+            ("n_sample", args.n_sample),
+        )
+        if v is not None
+    }
+    try:
+        optics = Optics(**given)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        return fail(
+            f"--na/--wavelength/--n-immersion/--n-sample: {err['msg']}.",
+            "Give the objective's NA below the immersion index, and a wavelength "
+            "in um (e.g. 0.67).",
+        )
 
     if args.source is not None:
         try:
@@ -301,6 +344,23 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "was written as a calibration."
         )
         return 1
+    psf_fit = None
+    if not args.no_psf_fit:
+        from axialtrack.calibrate.psf import fit_psf
+        from axialtrack.optics.fit import PSFFitError
+
+        try:
+            psf_fit = fit_psf(
+                result,
+                result.stack or stack,
+                optics=optics,
+                progress=None if args.no_progress else console.print,
+            )
+        except PSFFitError as exc:
+            return fail(
+                f"PSF fit refused: {exc}",
+                "Nothing was written as a calibration.",
+            )
     if args.source is not None and qc_target == out:
         # an imported stack becomes a calibration run store of its own
         from axialtrack.calibrate.io import write_import_store
@@ -332,6 +392,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         except StoreError as exc:
             console.print(f"[red]Cannot write {qc_target}:[/red] {exc}", soft_wrap=True)
             return 2
+    if psf_fit is not None:
+        from axialtrack.calibrate.psf import psf_summary
+
+        result.qc["psf_fit"] = psf_summary(psf_fit)
     write_qc(result, qc_target)
     write_rig(
         result,
@@ -340,6 +404,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         camera=camera.model_dump(),
         camera_source=cam_origin,
     )
+    if psf_fit is not None:
+        from axialtrack.calibrate.psf import write_psf
+
+        write_psf(psf_fit, qc_target)
     console.print(f"Quality control written to [green]{qc_target}[/green]")
     console.print(
         f"Camera: offset {camera.offset_adu:g} ADU, gain {camera.e_per_adu:g} "
@@ -350,13 +418,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     if args.report:
         report_dir = qc_target.parent / f"{qc_target.stem}-report"
-        write_report(result, result.stack or stack, report_dir)
+        write_report(result, result.stack or stack, report_dir, psf_fit=psf_fit)
         console.print(f"Report written to [green]{report_dir}[/green]")
-    _print_summary(result)
+    _print_summary(result, psf_fit)
     return 0
 
 
-def _print_summary(result: Any) -> None:
+def _print_summary(result: Any, psf_fit: Any = None) -> None:
     """Print the quality-control summary a microscopist checks after a run."""
     from rich.table import Table
 
@@ -398,4 +466,21 @@ def _print_summary(result: Any) -> None:
             f"{truth['rms_msd_nm']:.1f} nm (msd)",
         )
     table.add_row("analysis time", f"{qc['timing_s']['total']:.2f} s")
+    if psf_fit is not None:
+        z = psf_fit.zernike
+        big = sorted(z, key=lambda j: -abs(z[j]))[:3]
+        table.add_row(
+            "PSF fit",
+            f"{int(psf_fit.beads['used'].sum())} beads, "
+            f"{psf_fit.time_s:.0f} s, deviance/px "
+            f"{float(psf_fit.beads['reduced_deviance'].median()):.2f}, "
+            + ", ".join(f"Z{j} {z[j]:+.3f}" for j in big)
+            + " waves",
+        )
+        n_out = int(psf_fit.beads["outlier"].sum())
+        if n_out:
+            table.add_row(
+                "PSF fit outlier beads (doublets, dirt)",
+                ", ".join(str(int(b)) for b in psf_fit.outliers),
+            )
     console.print(table)

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from axialtrack.errors import AxialtrackError
+
 __all__ = ["PTCError", "PTCResult", "measure_ptc", "pair_points", "plot_ptc"]
 
 #: Variance of rounding to whole counts (ADU^2).
@@ -41,7 +43,7 @@ QUANTIZATION_VAR = 1.0 / 12.0
 MAX_FIT_POINTS = 3000
 
 
-class PTCError(ValueError):
+class PTCError(AxialtrackError, ValueError):
     """Frames from which the photon transfer curve cannot be measured."""
 
 

@@ -14,6 +14,8 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from axialtrack.optics.fit import PSFFit
+
     from .analysis import CalibrationResult
     from .stack import CalibrationStack
 
@@ -148,10 +150,142 @@ def _truth_errors(result: CalibrationResult) -> Figure | None:
     return fig
 
 
+def _bead_data(
+    result: CalibrationResult, fit: PSFFit, bead: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Measured and model photoelectrons ``(F, 2, S, S)`` of a bead, and its dz."""
+    ex = result.examples
+    sel = np.nonzero(ex.bead == bead)[0]
+    sel = sel[np.argsort(ex.dz_um[sel])]
+    cam = fit.camera
+    meas = (ex.crops[sel].astype(float) - cam["offset_adu"]) * cam["e_per_adu"]
+    model = fit.bead_model(bead, ex.stage_z_um[sel])
+    return meas, model, ex.dz_um[sel]
+
+
+def _psf_slices(result: CalibrationResult, fit: PSFFit, bead: int) -> Figure:
+    from matplotlib.figure import Figure
+
+    meas, model, dz = _bead_data(result, fit, bead)
+    c = meas.shape[-1] // 2
+    fig = Figure(figsize=(12, 6))
+    for p in (0, 1):
+        for k, name in enumerate(("x-z", "y-z")):
+            if name == "x-z":
+                m, f = meas[:, p, c, :], model[:, p, c, :]
+            else:
+                m, f = meas[:, p, :, c], model[:, p, :, c]
+            hi = float(max(m.max(), f.max()))
+            for j, (what, img) in enumerate((("measured", m), ("model", f))):
+                ax = fig.add_subplot(2, 4, 4 * p + 2 * k + j + 1)
+                ax.imshow(
+                    img,
+                    aspect="auto",
+                    origin="lower",
+                    vmin=0,
+                    vmax=hi,
+                    extent=(-c - 0.5, c + 0.5, float(dz[0]), float(dz[-1])),
+                )
+                ax.set_title(f"plane {p} {name} {what}", fontsize=8)
+                ax.set_xlabel("px", fontsize=8)
+                ax.set_ylabel("dz (um)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _psf_residuals(result: CalibrationResult, fit: PSFFit, bead: int) -> Figure:
+    from matplotlib.figure import Figure
+
+    meas, model, dz = _bead_data(result, fit, bead)
+    pick = np.unique(np.linspace(0, len(dz) - 1, 5).round().astype(int))
+    fig = Figure(figsize=(2.4 * len(pick), 5))
+    for p in (0, 1):
+        for i, k in enumerate(pick):
+            ax = fig.add_subplot(2, len(pick), p * len(pick) + i + 1)
+            # Pearson residual: (measured - model) / sqrt(model)
+            r = (meas[k, p] - model[k, p]) / np.sqrt(np.maximum(model[k, p], 1.0))
+            im = ax.imshow(r, cmap="RdBu_r", vmin=-4, vmax=4)
+            ax.set_title(f"plane {p}, dz {dz[k]:+.2f} um", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(im, ax=fig.axes, shrink=0.6, label="(data - model) / sqrt(model)")
+    return fig
+
+
+def _zernike_bars(fit: PSFFit) -> Figure:
+    from matplotlib.figure import Figure
+
+    from axialtrack.optics.zernike import NOLL_NAMES
+
+    fig = Figure(figsize=(9, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    js = sorted(set(fit.zernike) | set(fit.plane1_zernike))
+    x = np.arange(len(js))
+    ax.bar(x - 0.2, [fit.zernike.get(j, 0.0) for j in js], 0.4, label="plane 0")
+    ax.bar(
+        x + 0.2,
+        [fit.zernike.get(j, 0.0) + fit.plane1_zernike.get(j, 0.0) for j in js],
+        0.4,
+        label="plane 1",
+    )
+    ax.set_xticks(x)
+    ax.set_xticklabels(
+        [f"Z{j}\n{NOLL_NAMES.get(j, '')}" for j in js], fontsize=7, rotation=0
+    )
+    ax.set_ylabel("waves RMS")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _bead_deviance(fit: PSFFit) -> Figure:
+    from matplotlib.figure import Figure
+
+    b = fit.beads
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    out = b["outlier"].to_numpy(bool)
+    ax.scatter(b["bead"][~out], b["reduced_deviance"][~out], s=15, label="bead")
+    ax.scatter(b["bead"][out], b["reduced_deviance"][out], s=40, c="r", label="outlier")
+    ax.set_xlabel("bead")
+    ax.set_ylabel("deviance per pixel")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _crlb_plot(qc_psf: dict[str, object]) -> Figure:
+    from matplotlib.figure import Figure
+
+    cr = qc_psf["crlb"]
+    assert isinstance(cr, dict)
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for k in ("x", "y", "z"):
+        ax.plot(cr["dz_um"], cr[f"sigma_{k}_nm"], "o-", label=f"CRLB {k}")
+    ax.set_xlabel("dz (um)")
+    ax.set_ylabel("nm")
+    ax.set_title(
+        f"fitted PSF, {cr['photons']:.0f} photons, background "
+        f"{cr['background'][0]:.1f}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    return fig
+
+
 def write_report(
-    result: CalibrationResult, stack: CalibrationStack, out_dir: str | Path
+    result: CalibrationResult,
+    stack: CalibrationStack,
+    out_dir: str | Path,
+    *,
+    psf_fit: PSFFit | None = None,
 ) -> Path:
     """Write ``report.html`` with embedded PNG figures.
+
+    With ``psf_fit`` the report shows the fitted PSF too: measured vs model x-z
+    and y-z slices of a bead per plane, residual maps, the Zernike coefficients,
+    the per-bead deviance (outliers in red) and the CRLB per dz; each of these
+    figures is also written as a PNG file beside ``report.html``.
 
     Parameters
     ----------
@@ -183,6 +317,39 @@ def write_report(
     te = _truth_errors(result)
     if te is not None:
         figs.append(("Reference Z error vs simulation truth", te))
+    if psf_fit is not None:
+        b = psf_fit.beads
+        used = b[b["used"].astype(bool)]
+        bead = int(used.sort_values("photons").iloc[len(used) // 2]["bead"])
+        psf_figs = [
+            (
+                "psf_slices",
+                f"Bead {bead}: measured vs model slices",
+                _psf_slices(result, psf_fit, bead),
+            ),
+            (
+                "psf_residuals",
+                f"Bead {bead}: residual maps",
+                _psf_residuals(result, psf_fit, bead),
+            ),
+            ("psf_zernike", "Fitted Zernike phase (waves RMS)", _zernike_bars(psf_fit)),
+            (
+                "psf_deviance",
+                "PSF fit: deviance per pixel by bead",
+                _bead_deviance(psf_fit),
+            ),
+        ]
+        if "psf_fit" in result.qc:
+            psf_figs.append(
+                (
+                    "psf_crlb",
+                    "CRLB per dz from the fitted PSF",
+                    _crlb_plot(result.qc["psf_fit"]),
+                )
+            )
+        for name, title, fig in psf_figs:
+            fig.savefig(out / f"{name}.png", dpi=90, bbox_inches="tight")
+            figs.append((title, fig))
     qc = result.qc
     counts = {"accepted": qc["n_accepted"], **qc["rejected"]}
     table = "".join(

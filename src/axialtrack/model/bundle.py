@@ -25,6 +25,7 @@ from .config import ModelConfig
 # torch is imported where the network is needed, not here: reading a bundle for
 # onnxruntime (the live path on a CPU) then never imports it (about 0.8 s)
 if TYPE_CHECKING:
+    from axialtrack.optics.fit import PSFFit
     from axialtrack.pipeline.config import CameraCalibration
 
     from .network import Network
@@ -287,6 +288,16 @@ class Bundle:
         return None if v is None else (float(v[0]), float(v[1]))
 
     @property
+    def psf_fit(self) -> PSFFit | None:
+        """The fitted PSF of the calibration the bundle was trained on, if any."""
+        meta = self.meta.get("psf_fit")
+        if meta is None:
+            return None
+        from axialtrack.optics.fit import PSFFit
+
+        return PSFFit.from_json(meta)
+
+    @property
     def onnx_path(self) -> Path:
         """Path of ``model.onnx``."""
         return self.path / "model.onnx"
@@ -453,6 +464,8 @@ def save_bundle(
         meta["provenance"].update(
             {"calibration_run": d.source, "examples_sha256": examples_hash(ex)}
         )
+        if d.psf_fit is not None:
+            meta["psf_fit"] = d.psf_fit
     if camera is not None:
         meta["camera"] = (
             camera.model_dump() if hasattr(camera, "model_dump") else dict(camera)

@@ -74,6 +74,9 @@ class CalibrationData:
         :class:`~axialtrack.pipeline.config.CameraCalibration`), when known.
     z_convention
         What ``dz_um`` and ``z_um`` mean, when recorded.
+    psf_fit
+        The calibration's fitted PSF (:meth:`axialtrack.optics.fit.PSFFit.to_json`)
+        when the run carries one (``psf/`` group).
     optics
         The rig's nominal PSF model, when the calibration records one (a
         simulated rig does): ``{"optics": Optics fields, "depth_um": bead depth,
@@ -120,6 +123,7 @@ class CalibrationData:
             z_convention=Z_CONVENTION,
         )
 
+    psf_fit: dict[str, Any] | None = None
     optics: dict[str, Any] | None = None
 
 
@@ -162,6 +166,12 @@ def load_calibration(store: str | Path) -> CalibrationData:
         shp = root["frames/0"].shape  # type: ignore[union-attr]
         plane_shape = (int(shp[-2]), int(shp[-1]))
     camera = record.get("camera") or attrs.get("camera")
+    psf_fit: dict[str, Any] | None = None
+    if "psf" in root:
+        from axialtrack.calibrate.psf import PSF_ATTR
+
+        meta = root["psf"].attrs.get(PSF_ATTR)
+        psf_fit = None if meta is None else dict(meta)  # type: ignore[arg-type]
     return CalibrationData(
         examples=examples,
         pixel_size_um=None if pixel is None else float(pixel),
@@ -178,6 +188,7 @@ def load_calibration(store: str | Path) -> CalibrationData:
         mirror=splitter.get("mirror"),
         camera=dict(camera) if isinstance(camera, dict) else None,
         z_convention=record.get("z_convention"),
+        psf_fit=psf_fit,
         optics=rig.get("optics") if isinstance(rig.get("optics"), dict) else None,
     )
 

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from axialtrack.errors import AxialtrackError
+
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
@@ -44,7 +46,7 @@ __all__ = ["SampledPSF", "SampledPSFError", "optics_record", "psf_for_bundle"]
 FORMAT_VERSION = 1
 
 
-class SampledPSFError(ValueError):
+class SampledPSFError(AxialtrackError, ValueError):
     """A sampled PSF cannot be built or read (the message says why and what to do)."""
 
 
@@ -578,8 +580,52 @@ _CACHE: dict[tuple[str, str], SampledPSF] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def _fitted_psf(meta: Mapping[str, Any], path: str) -> SampledPSF:
+    """The calibration's fitted PSF (``model.json`` key ``"psf_fit"``), sampled.
+
+    Sampled as the nominal one is (the bundle's z range plus 0.3 um each side in
+    20 nm steps, 2 sub-pixel offsets per pixel, 17 px), from
+    :meth:`axialtrack.optics.fit.PSFFit.render`, whose ``z`` is ``dz_um``.
+    Cached per bundle.
+    """
+    from .fit import PSFFit
+
+    key = (path + "#psf_fit", str(meta.get("sha256", {}).get("weights.pt", "")))
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    try:
+        fit = PSFFit.from_json(dict(meta["psf_fit"]))
+    except (KeyError, TypeError, ValueError) as e:
+        first = " ".join(str(e).split())[:200]
+        raise SampledPSFError(
+            f"{Path(path) / 'model.json'}: 'psf_fit' is invalid: {first}"
+        ) from e
+    zr = meta.get("z_range_um") or [-1.2, 1.2]
+    lo = np.floor((float(zr[0]) - 0.3) / 0.02) * 0.02
+    hi = np.ceil((float(zr[1]) + 0.3) / 0.02) * 0.02
+    size = 17
+    psf = SampledPSF.from_render(
+        fit.renderer(size),
+        np.round(np.arange(lo, hi + 1e-9, 0.02), 10),
+        size,
+        2,
+        pixel_size_um=fit.optics.pixel_size_um,
+        transmission=(1.0, fit.transmission),
+        plane_offsets_um=(0.0, fit.plane_offset_um),
+        info={"source": "fitted PSF", "depth_um": fit.depth_um},
+    )
+    with _CACHE_LOCK:
+        _CACHE[key] = psf
+    return psf
+
+
 def psf_for_bundle(bundle: Any) -> SampledPSF:
     """The PSF that refinement and per-localization uncertainty use for a bundle.
+
+    The calibration's fitted PSF when the bundle carries one (``model.json``
+    key ``"psf_fit"``, :func:`_fitted_psf`); otherwise the nominal one below.
 
     Built from the nominal optics the bundle records (``model.json`` key
     ``"optics"``: the :class:`Optics`, the calibration beads' depth and plane-1
@@ -597,6 +643,8 @@ def psf_for_bundle(bundle: Any) -> SampledPSF:
 
     meta: Mapping[str, Any] = getattr(bundle, "meta", {}) or {}
     path = str(getattr(bundle, "path", ""))
+    if isinstance(meta.get("psf_fit"), Mapping):
+        return _fitted_psf(meta, path)
     rec = meta.get("optics")
     if not isinstance(rec, Mapping) or "optics" not in rec:
         raise SampledPSFError(

@@ -155,6 +155,33 @@ def calibration_lines(qc: dict[str, Any] | None) -> list[tuple[str, str]]:
                 f"{_num(truth.get('rms_msd_nm'))} nm (msd)",
             )
         )
+    psf = qc.get("psf_fit")
+    if isinstance(psf, dict):
+        z = {str(k): v for k, v in (psf.get("zernike") or {}).items()}
+        big = sorted(z, key=lambda j: -abs(float(z[j])))[:3]
+        rows.append(
+            (
+                "PSF fit",
+                f"{psf.get('n_used', '?')} of {psf.get('n_beads', '?')} beads, "
+                f"deviance/px {_num(psf.get('median_reduced_deviance'), '.2f')}, "
+                + ", ".join(f"Z{j} {float(z[j]):+.3f}" for j in big)
+                + " waves"
+                + (f"; outlier beads {psf['outliers']}" if psf.get("outliers") else ""),
+            )
+        )
+        cr = psf.get("crlb") or {}
+        if cr.get("dz_um"):
+            zs = ", ".join(
+                f"{dz:+.1f}: {_num(v)}"
+                for dz, v in zip(cr["dz_um"], cr.get("sigma_z_nm", []), strict=False)
+            )
+            rows.append(
+                (
+                    "CRLB z (nm) per dz",
+                    f"{zs} (fitted PSF, {_num(cr.get('photons'), '.0f')} photons, "
+                    f"background {_num((cr.get('background') or [None])[0])})",
+                )
+            )
     if qc.get("source"):
         rows.append(("Analyzed from", str(qc["source"])))
     return rows
