@@ -339,7 +339,7 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     argv += ["--z-start", str(rendered.stage_z_um[0])]
     argv += ["--plane-offset", str(psf_import.DELTA_UM)]
     argv += ["--pixel-size", str(psf_import.PIXEL_UM)]
-    argv += ["--camera", str(cam_file), "--camera-bit-depth", "14"]
+    argv += ["--camera", str(cam_file), "--camera-bit-depth", "14", "--no-psf-fit"]
     assert main(argv) == 0
     argv = ["train", str(cal), "--out", str(bundle), "--steps", "150"]
     assert main([*argv, "--no-progress", "--no-recalibrate"]) == 0
@@ -574,7 +574,7 @@ def test_simulated_calibration_to_bundle_records_the_rig_and_camera(
     CLI; the core's camera with an option over one field, into the bundle."""
     cal, bundle = tmp_path / "sim.zarr", tmp_path / "sim.axialmodel"
     argv = ["calibrate", "--out", str(cal), "--fields", "2", "--z-range", "0.6"]
-    argv += ["--z-step", "0.05", "--exposure", "5", "--no-progress"]
+    argv += ["--z-step", "0.05", "--exposure", "5", "--no-progress", "--no-psf-fit"]
     assert main([*argv, "--camera-read-noise", "1.6"]) == 0
     said = capsys.readouterr().out
     assert "read_noise_e from the --camera-* options" in " ".join(said.split())

@@ -437,7 +437,9 @@ def test_train_carries_fit_and_evaluate_uses_its_crlb(tmp_path) -> None:
     data = load_calibration(store)
     assert data.psf_fit is not None
     res = train(data, steps=2, batch_size=8, progress=False)
-    bundle = load_bundle(save_bundle(res, tmp_path / "m"))
+    from sim_model import SIM_RIG
+
+    bundle = load_bundle(save_bundle(res, tmp_path / "m", **SIM_RIG))
     back = bundle.psf_fit
     assert back is not None
     assert back.zernike == fit.zernike

@@ -505,7 +505,11 @@ def _score_live(
     cfg: DemoConfig,
     con: Console,
 ) -> None:
-    from axialtrack.pipeline.score import match_to_truth, score_against_truth
+    from axialtrack.pipeline.score import (
+        in_field,
+        match_to_truth,
+        score_against_truth,
+    )
     from axialtrack.pipeline.tracks import summarize_tracks
     from axialtrack.sim import to_dataframe
     from axialtrack.store import open_run
@@ -524,16 +528,16 @@ def _score_live(
     # the field the crops cover: particles within half a crop of a border of
     # either plane cannot be localized by design, and are not scored
     crop = int(json.loads((res.bundle / "model.json").read_text())["crop_size"])
+    field = (cfg.plane_size, cfg.plane_size, crop // 2)
+    truth = truth.reset_index(drop=True)
     score = score_against_truth(
-        locs,
-        truth,
-        pixel_size_um=pixel,
-        z_range_um=z_range,
-        field_px=(cfg.plane_size, cfg.plane_size, crop // 2),
+        locs, truth, pixel_size_um=pixel, z_range_um=z_range, field_px=field
     )
     res.score = score.as_dict()
-    # matched pairs within the scored range, with their true values
-    pairs = _matched_pairs(match_to_truth(locs, truth), locs, truth, z_range)
+    # matched pairs within the scored range and field, with their true values
+    m = match_to_truth(locs, truth)
+    m = m[in_field(truth, field)[m["truth_row"].to_numpy()]]
+    pairs = _matched_pairs(m, locs, truth, z_range)
     exposure_s = cfg.exposure_ms / 1e3
     res.crlb = crlb_by_dz_bin(
         renderer, pairs, truth, stage_z=stage_z, exposure_s=exposure_s, z_range=z_range

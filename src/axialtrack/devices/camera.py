@@ -162,6 +162,7 @@ class SimCamera(PacedCamera):
         self._auto_shutter = True
         self._record_truth = False
         self._sequence_start_s = -1.0
+        self._last_sample_s = 0.0  # the latest sample time a sequence rendered
         self._sample: Sample | None = None
         self._sample_key: tuple[Any, ...] | None = None
         self._renderer: Renderer | None = None
@@ -558,10 +559,16 @@ class SimCamera(PacedCamera):
         """
         exposure_s = self._exposure_ms / 1e3
         period_s = max(exposure_s, self._interval_ms / 1e3)
-        self.renderer()  # build before the clock starts (first use, new settings)
         # wall0: when frame 0 starts on the camera clock; t0: its sample time
         wall0 = max(self.now_s(), self._last_end_s)
         t0 = self._sequence_start_s if self._sequence_start_s >= 0 else wall0
+        if t0 < self._last_sample_s:
+            # back in sample time (a fixed start again, or the clock after one):
+            # the sample keeps a short history only, so it starts afresh (the
+            # particles are a function of seed and time: the same positions)
+            with self._render_lock:
+                self._sample = None
+        self.renderer()  # build before the clock starts (first use, new settings)
         k = 0
         while n is None or k < n:
             start = t0 + k * period_s
@@ -571,6 +578,7 @@ class SimCamera(PacedCamera):
                 frame, meta = self._frame(start, exposure_s)
             _sleep_until(self._t0 + wall + exposure_s)
             self._last_end_s = wall + exposure_s
+            self._last_sample_s = start + exposure_s
             buf = get_buffer(frame.shape, frame.dtype)
             buf[...] = frame
             if k:

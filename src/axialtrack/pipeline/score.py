@@ -10,7 +10,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
-__all__ = ["TruthScore", "match_to_truth", "score_against_truth"]
+__all__ = ["TruthScore", "in_field", "match_to_truth", "score_against_truth"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,21 @@ def match_to_truth(
     ).astype({"truth_id": np.int64, "truth_row": np.int64})
 
 
+def in_field(truth: pd.DataFrame, field_px: tuple[int, int, int]) -> np.ndarray:
+    """Which truth rows lie at least ``margin`` px inside a ``height x width``
+    plane in both planes (``field_px = (height, width, margin)``; columns
+    ``x_px0, y_px0`` and, when present, ``x_px1, y_px1``)."""
+    h, w, margin = field_px
+    ok = np.ones(len(truth), dtype=bool)
+    for xc, yc in (("x_px0", "y_px0"), ("x_px1", "y_px1")):
+        if xc in truth and yc in truth:
+            x = truth[xc].to_numpy(float)
+            y = truth[yc].to_numpy(float)
+            ok &= (x >= margin) & (x <= w - 1 - margin)
+            ok &= (y >= margin) & (y <= h - 1 - margin)
+    return ok
+
+
 def score_against_truth(
     locs: pd.DataFrame,
     truth: pd.DataFrame,
@@ -192,13 +207,7 @@ def score_against_truth(
         lo, hi = z_range_um
         counted &= truth["z_focus_um"].between(lo, hi).to_numpy()
     if field_px is not None:
-        h, w, margin = field_px
-        for xc, yc in (("x_px0", "y_px0"), ("x_px1", "y_px1")):
-            if xc in truth and yc in truth:
-                x = truth[xc].to_numpy(float)
-                y = truth[yc].to_numpy(float)
-                counted &= (x >= margin) & (x <= w - 1 - margin)
-                counted &= (y >= margin) & (y <= h - 1 - margin)
+        counted &= in_field(truth, field_px)
     n_truth = int(counted.sum())
     if not counted.all():
         keep = counted[m["truth_row"].to_numpy()]
