@@ -27,6 +27,7 @@ __all__ = [
     "direct_ok",
     "filesystem_type",
     "make_sink",
+    "with_capacity",
 ]
 
 Backend = Literal["direct", "zarr", "tensorstore"]
@@ -215,7 +216,8 @@ class FrameSink:
         raise NotImplementedError
 
     def resized(self, capacity: int) -> None:
-        """The array now holds ``capacity`` frames (its metadata was rewritten)."""
+        """Frames ``[0, capacity)`` may be written now (the array's metadata on
+        disk keeps the committed shape)."""
 
     def close(self) -> None:
         """Release resources."""
@@ -233,6 +235,20 @@ class DirectSink(FrameSink):
         return self._files.write((index, 0, 0, 0), frame)
 
 
+def with_capacity(array: zarr.Array, capacity: int) -> zarr.Array:
+    """A handle on ``array``'s chunks that accepts frames ``[0, capacity)``.
+
+    Only this handle's shape changes: the array's ``zarr.json`` on disk keeps
+    the committed shape, which the writer sets at each commit, so a reader
+    never sees frames past the committed ones.
+    """
+    from zarr.core.array import AsyncArray
+
+    a = array.async_array
+    meta = a.metadata.update_shape((int(capacity), *array.shape[1:]))
+    return zarr.Array(AsyncArray(meta, a.store_path, a.config))
+
+
 class ZarrSink(FrameSink):
     """Write through zarr-python's public API (``array[t] = frame``)."""
 
@@ -242,20 +258,28 @@ class ZarrSink(FrameSink):
         self._array = array
         self._nbytes = int(np.prod(array.shape[1:])) * array.dtype.itemsize
 
+    def resized(self, capacity: int) -> None:
+        self._array = with_capacity(self._array, capacity)
+
     def write(self, index: int, frame: np.ndarray) -> int:
         self._array[index] = frame
         return self._nbytes
 
 
 class TensorstoreSink(FrameSink):
-    """Write through tensorstore's zarr3 driver (reopened after every resize)."""
+    """Write through tensorstore's zarr3 driver (reopened after every resize,
+    with the grown shape assumed, not read from disk)."""
 
     name = "tensorstore"
 
     def __init__(self, directory: Path) -> None:
+        import json
+
         import tensorstore as ts
 
         self._ts = ts
+        with open(os.path.join(directory, "zarr.json"), encoding="utf-8") as f:
+            self._meta = json.load(f)
         self._spec = {
             "driver": "zarr3",
             "kvstore": {"driver": "file", "path": os.fspath(directory)},
@@ -264,8 +288,13 @@ class TensorstoreSink(FrameSink):
         self._handle: Any = None
 
     def resized(self, capacity: int) -> None:
+        skip = ("attributes", "zarr_format", "node_type", "storage_transformers")
+        meta = {k: v for k, v in self._meta.items() if k not in skip}
+        meta["shape"] = [int(capacity), *self._meta["shape"][1:]]
         self._handle = self._ts.open(
-            self._spec, open=True, context=self._context
+            {**self._spec, "metadata": meta},
+            assume_metadata=True,
+            context=self._context,
         ).result()
 
     def write(self, index: int, frame: np.ndarray) -> int:
@@ -286,7 +315,7 @@ def make_sink(
     if backend == "direct":
         return DirectSink(ChunkFiles(array, directory, encode, direct_io=direct_io))
     if backend == "zarr":
-        return ZarrSink(array)
+        return ZarrSink(with_capacity(array, array.shape[0]))
     if backend == "tensorstore":
         return TensorstoreSink(directory)
     raise ValueError(f"unknown frame backend {backend!r}; choose one of {BACKENDS}")

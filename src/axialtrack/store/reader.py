@@ -10,6 +10,7 @@ or closed cleanly.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from axialtrack.store.layout import (
     TRACKS,
     ome_image_attrs,
     read_json,
+    with_time_scale,
 )
 from axialtrack.store.writer import writer_alive
 
@@ -404,6 +406,10 @@ class Leftovers:
 
     frame_chunks: int = 0
     temp_files: list[str] = field(default_factory=list)
+    #: the chunk files (or, for nested keys, the ``c/<t>`` directories) past
+    #: ``n_frames``; the array's shape may not cover them (it is the committed
+    #: shape), so removing them is not left to zarr's resize
+    chunk_paths: list[str] = field(default_factory=list)
 
 
 def find_leftovers(path: Path, n_frames: int) -> Leftovers:
@@ -422,6 +428,7 @@ def find_leftovers(path: Path, n_frames: int) -> Leftovers:
                 t = parts[0] if nested else parts[1]
                 if t.isdigit() and int(t) >= n_frames:
                     out.frame_chunks += 1
+                    out.chunk_paths.append(entry.path)
     for dirpath, _dirs, files in os.walk(path):
         for name in files:
             if name.endswith(TEMP_SUFFIXES):
@@ -495,6 +502,11 @@ def recover(path: str | os.PathLike[str]) -> RecoveryReport:
     try:
         for f in left.temp_files:
             Path(f).unlink(missing_ok=True)
+        for f in left.chunk_paths:
+            if os.path.isdir(f):
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                Path(f).unlink(missing_ok=True)
         root = zarr.open_group(LocalStore(p), mode="r+")
         frames = root[f"{FRAMES}/{FRAME_ARRAY}"]
         assert isinstance(frames, zarr.Array)
@@ -511,14 +523,21 @@ def recover(path: str | os.PathLike[str]) -> RecoveryReport:
             dt = span / (n - 1) if span > 0 else None
         frames_group = root[FRAMES]
         if dt:
-            frames_group.update_attributes(
-                {
-                    "ome": ome_image_attrs(
-                        pixel_size_um=float(attrs["pixel_size_um"]),
-                        frame_interval_s=dt,
-                    )
-                }
-            )
+            ome = frames_group.attrs.get("ome")
+            if isinstance(ome, dict):
+                frames_group.update_attributes({"ome": with_time_scale(ome, dt)})
+            else:
+                frames_group.update_attributes(
+                    {
+                        "ome": ome_image_attrs(
+                            pixel_size_um=float(attrs["pixel_size_um"]),
+                            frame_interval_s=dt,
+                        )
+                    }
+                )
+            root_ome = root.attrs.get("ome")
+            if isinstance(root_ome, dict):
+                root.update_attributes({"ome": with_time_scale(root_ome, dt)})
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         report = RecoveryReport(
             p, True, n, n_rows, len(run.tracks), left.frame_chunks, len(left.temp_files)

@@ -82,6 +82,8 @@ from axialtrack.store.layout import (
     Kind,
     chunk_encoder,
     frame_codecs,
+    frame_window_sample,
+    merge_windows,
     ome_image_attrs,
     read_json,
 )
@@ -250,6 +252,11 @@ _TICK = 4
 _ROWS = 5
 
 _OPEN_WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
+
+#: frames sampled for the display window: 0, 1, 2, 4, ... and then every N-th
+_WINDOW_EVERY = 256
+#: least time between two rewrites of the OME metadata while a run is written
+_OME_EVERY_S = 1.0
 
 
 def _close_open_writers() -> None:  # pragma: no cover - interpreter exit
@@ -563,6 +570,13 @@ class RunWriter:
         self._t0 = time.perf_counter()
         self._attrs_dirty = False
         self._tracks: dict[str, np.ndarray] | None = None
+        # the OME metadata: display windows sampled from frames as they are
+        # written, the time scale once known; rewritten at commits when changed
+        self._window_samples: list[np.ndarray] = []
+        self._windows: list[tuple[float, float, float, float]] | None = None
+        self._ome_dirty = False
+        self._ome_written_at = -math.inf
+        self._ome_dt: float | None = frame_interval_s
 
         _check_location(self.path)
         replacing = _prepare_path(self.path, overwrite)
@@ -702,7 +716,7 @@ class RunWriter:
         opts = self.options
         store = LocalStore(directory)
         root = zarr.open_group(store, mode="w-", zarr_format=3)
-        root.update_attributes({ATTRS_KEY: self._attrs})
+        root.update_attributes({ATTRS_KEY: self._attrs, "ome": self._root_ome()})
 
         frames = root.create_group(
             FRAMES,
@@ -743,6 +757,26 @@ class RunWriter:
 
         tracks = root.create_group(TRACKS)
         tracks.update_attributes({"n_rows": 0, "columns": [], "dtypes": []})
+
+    def _frames_ome(self) -> dict[str, Any]:
+        """The ``ome`` attribute of ``frames`` (the image, dataset ``"0"``)."""
+        return ome_image_attrs(
+            pixel_size_um=self.pixel_size_um,
+            frame_interval_s=self._ome_dt,
+            windows=self._windows,
+        )
+
+    def _root_ome(self) -> dict[str, Any]:
+        """The ``ome`` attribute of the root: the same image (dataset
+        ``"frames/0"``), so that OME-Zarr readers given the store's own path
+        open it."""
+        return ome_image_attrs(
+            pixel_size_um=self.pixel_size_um,
+            frame_interval_s=self._ome_dt,
+            name=self.path.stem,
+            path=f"{FRAMES}/{FRAME_ARRAY}",
+            windows=self._windows,
+        )
 
     @staticmethod
     def _table_attrs(table: ColumnTable) -> dict[str, Any]:
@@ -1193,14 +1227,10 @@ class RunWriter:
         if dt is None and n > 1 and self._t_first is not None:
             span = self._t_last - self._t_first
             dt = span / (n - 1) if span > 0 else None
-        if dt is not None:
-            self._frames_group.update_attributes(
-                {
-                    "ome": ome_image_attrs(
-                        pixel_size_um=self.pixel_size_um, frame_interval_s=dt
-                    )
-                }
-            )
+        self._ome_dt = dt
+        self._update_ome(n, final=True)
+        self._ome_dt = dt  # exactly the measured interval, not the last within 1 %
+        self._frames_group.update_attributes({"ome": self._frames_ome()})
         st = self.stats
         with self._lock:
             self._attrs.update(
@@ -1215,7 +1245,7 @@ class RunWriter:
                 },
             )
             attrs = dict(self._attrs)
-        self._root.update_attributes({ATTRS_KEY: attrs})
+        self._root.update_attributes({ATTRS_KEY: attrs, "ome": self._root_ome()})
 
     def __enter__(self) -> RunWriter:
         return self
@@ -1271,6 +1301,12 @@ class RunWriter:
             if self._failure is None:
                 nbytes = self._sink.write(index, self._pool[slot])
                 t1 = time.perf_counter()
+                if index & (index - 1) == 0 or index % _WINDOW_EVERY == 0:
+                    # frames 0, 1, 2, 4, 8, ... then every _WINDOW_EVERY-th
+                    sample = frame_window_sample(self._pool[slot])
+                    with self._stats_lock:
+                        self._window_samples.append(sample)
+                        self._ome_dirty = True
                 with self._stats_lock:
                     self._write_times.append(t1 - t0)
                     self._latencies.append(t1 - t_in)
@@ -1457,9 +1493,10 @@ class RunWriter:
     def _grow_frames(self, need: int) -> None:
         block = self.options.time_block
         new = round_up(max(need, self._capacity + block), block)
-        self._frames_arr.resize((new, *self.frame_shape))
-        self._capacity = new
+        # the sink's handle grows; the shape on disk stays the committed one
+        # (set by _commit), so that readers never see uncommitted frames
         self._sink.resized(new)
+        self._capacity = new
 
     def _commit(
         self,
@@ -1499,14 +1536,52 @@ class RunWriter:
                     meta.set_values("analyzed", late, value)
         if meta.dirty:
             meta.append({}, 0)
+        if n != self._frames_arr.shape[0]:
+            # the frames are on disk: the array's shape may cover them now
+            shrink(self._frames_arr, (n, *self.frame_shape))
+        root_attrs: dict[str, Any] = {}
+        if self._update_ome(n):
+            ome = self._frames_ome()
+            self._frames_group.update_attributes({"ome": ome})
+            root_attrs["ome"] = self._root_ome()
         with self._lock:
             self._attrs["n_frames"] = n
             self._attrs["updated"] = _now_iso()
             self._attrs_dirty = False
             attrs = dict(self._attrs)
-        self._root.update_attributes({ATTRS_KEY: attrs})
+        self._root.update_attributes({ATTRS_KEY: attrs, **root_attrs})
         self._committed_frames = n
         self._table_q.put(None)  # rows of these frames may be written now
+
+    def _update_ome(self, n: int, final: bool = False) -> bool:
+        """Take new display windows and the measured frame interval into the
+        OME metadata; True if it changed and is due to be written: at once for
+        the first window and the first interval, then at most every
+        ``_OME_EVERY_S`` while the run is written, and at close."""
+        now = time.perf_counter()
+        first = self._windows is None or self._ome_dt is None
+        if not (final or first) and now - self._ome_written_at < _OME_EVERY_S:
+            return False
+        changed = False
+        if self._frame_interval_s is None and n > 1 and self._t_first is not None:
+            span = self._t_last - self._t_first
+            if span > 0 and math.isfinite(span):
+                dt = span / (n - 1)
+                # rewritten when it moves by more than 1 %
+                if self._ome_dt is None or abs(dt - self._ome_dt) > 0.01 * dt:
+                    self._ome_dt = dt
+                    changed = True
+        with self._stats_lock:
+            dirty, self._ome_dirty = self._ome_dirty, False
+            samples = list(self._window_samples)
+        if dirty and samples:
+            windows = merge_windows(np.stack(samples))
+            if windows != self._windows:
+                self._windows = windows
+                changed = True
+        if changed:
+            self._ome_written_at = now
+        return changed
 
     # ---------------------------------------------------------- table thread
 
