@@ -1,0 +1,210 @@
+"""The napari plugin, headless: a run store opens as co-registered layers."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from axialtrack.store import RunWriter, WriterOptions, open_run
+from axialtrack.store.world import world_localizations
+
+napari = pytest.importorskip("napari")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+H, W = 20, 30
+PX = 0.25
+DT = 0.01
+T0 = 143.0  # the camera clock at the first frame
+STAGE = (100.0, -50.0)  # stage x, y (um)
+FAST = WriterOptions(commit_interval_s=0.01, table_flush_interval_s=0.01)
+MANIFEST = (
+    Path(__file__).parents[1] / "src" / "axialtrack" / "napari_plugin" / "napari.yaml"
+)
+
+
+def _spots(i: int) -> list[tuple[int, int, int]]:
+    """(track_id, row, column) of the spots of frame ``i``."""
+    return [(0, 3 + i, 4 + 2 * i), (1, 15 - i, 25 - i)]
+
+
+def _frame(i: int) -> np.ndarray:
+    f = np.full((2, H, W), 100, np.uint16)
+    for _, r, c in _spots(i):
+        f[:, r, c] = 1000
+    return f
+
+
+def _locs(i: int) -> dict[str, np.ndarray]:
+    """The spots of frame ``i`` as the live pipeline stores them (stage frame,
+    camera clock)."""
+    s = _spots(i)
+    r = np.array([v[1] for v in s], float)
+    c = np.array([v[2] for v in s], float)
+    return {
+        "frame": np.full(len(s), i, np.int64),
+        "t_s": np.full(len(s), T0 + DT * i),
+        "x_um": STAGE[0] + (c - (W - 1) / 2) * PX,
+        "y_um": STAGE[1] + (r - (H - 1) / 2) * PX,
+        "z_um": np.array([1.0, 2.0]) + 0.01 * i,
+        "dz_um": np.zeros(len(s)),
+        "sigma_z_um": np.full(len(s), 0.03),
+        "photons": np.array([1500.0, 2500.0]),
+        "background": np.full(len(s), 10.0),
+        "track_id": np.array([v[0] for v in s], np.int64),
+    }
+
+
+def _write(path: Path, n: int = 6) -> None:
+    with RunWriter(
+        path, kind="live", plane_shape=(H, W), pixel_size_um=PX, options=FAST
+    ) as w:
+        for i in range(n):
+            w.append_frame(
+                _frame(i),
+                {"t_s": T0 + DT * i, "stage_x_um": STAGE[0], "stage_y_um": STAGE[1]},
+            )
+            w.append_localizations(_locs(i))
+
+
+@pytest.fixture
+def viewer() -> Any:
+    """napari's viewer model with the plugin registered (the Qt viewer needs an
+    OpenGL context, which Qt's offscreen platform does not give here; the
+    layers, their transforms and the reader are the same)."""
+    from napari.components import ViewerModel
+    from npe2 import PluginManager, PluginManifest
+
+    pm = PluginManager.instance()
+    if "axialtrack" not in pm._manifests:  # not installed: register the manifest
+        pm.register(PluginManifest.from_file(MANIFEST))
+    return ViewerModel()
+
+
+def test_world_frame_columns(tmp_path: Path) -> None:
+    path = tmp_path / "run.zarr"
+    _write(path)
+    run = open_run(path)
+    world = world_localizations(run)
+    want_c = np.concatenate([[v[2] for v in _spots(i)] for i in range(6)])
+    want_r = np.concatenate([[v[1] for v in _spots(i)] for i in range(6)])
+    np.testing.assert_allclose(world["x_um"], want_c * PX, atol=1e-9)
+    np.testing.assert_allclose(world["y_um"], want_r * PX, atol=1e-9)
+    np.testing.assert_allclose(world["t_s"], np.repeat(np.arange(6) * DT, 2), atol=1e-9)
+    np.testing.assert_allclose(world["t_camera_s"], run.localizations["t_s"])
+    np.testing.assert_allclose(world["x_stage_um"], run.localizations["x_um"])
+
+
+def test_reader_layers_are_co_registered(tmp_path: Path, viewer: Any) -> None:
+    path = tmp_path / "run.zarr"
+    _write(path)
+    layers = viewer.open(str(path), plugin="axialtrack")
+    kinds = [type(layer).__name__ for layer in layers]
+    assert kinds == ["Image", "Image", "Points", "Tracks"]
+    img0, img1, pts, trk = layers
+    import dask.array as da
+
+    assert isinstance(img0.data, da.Array)  # lazy
+    assert img0.data.shape == (6, H, W)
+    np.testing.assert_allclose(img0.scale, [DT, PX, PX])
+    np.testing.assert_allclose(img0.translate, [0, 0, 0])
+    assert img0.contrast_limits[0] >= 100
+    assert img0.contrast_limits[1] == pytest.approx(1000, abs=1)
+    assert img1.contrast_limits == img0.contrast_limits
+
+    # every localization lies, in world coordinates, on its spot's pixel
+    frames = pts.data[:, 0].astype(int)
+    for k, p in enumerate(pts.data):
+        world = np.asarray(pts.data_to_world(p))
+        idx = np.asarray(img0.world_to_data(world))
+        np.testing.assert_allclose(idx, np.round(idx), atol=1e-9)
+        t, r, c = np.round(idx).astype(int).tolist()
+        assert t == frames[k]
+        assert img0.data[t, r, c].compute() == 1000
+    # the tracks too
+    for row in trk.data:
+        world = np.asarray(trk._data_to_world(row[1:]))
+        idx = np.round(np.asarray(img0.world_to_data(world))).astype(int)
+        assert img0.data[tuple(idx)].compute() == 1000
+    # the layers' extents: points and tracks lie in the images' world box, and
+    # the time axes are the same
+    box = img0.extent.world
+    np.testing.assert_allclose(box, img1.extent.world)
+    for layer in (pts, trk):
+        ext = layer.extent.world
+        assert ext[0][0] == box[0][0] == 0.0
+        np.testing.assert_allclose(ext[1][0], box[1][0])
+        assert (ext[0][1:] >= box[0][1:] - 1e-9).all()
+        assert (ext[1][1:] <= box[1][1:] + 1e-9).all()
+    assert list(pts.features.columns)[:3] == ["frame", "t_s", "x_um"]
+    assert {"sigma_z_um", "photons", "z_um"} <= set(pts.features.columns)
+    # colored by z: the two tracks' points differ in color
+    assert not np.allclose(pts.face_color[0], pts.face_color[1])
+
+
+def test_reader_refuses_other_paths(tmp_path: Path) -> None:
+    from axialtrack.napari_plugin import get_reader
+
+    (tmp_path / "other.zarr").mkdir()
+    assert get_reader(str(tmp_path / "other.zarr")) is None
+    assert get_reader(str(tmp_path / "missing.zarr")) is None
+    path = tmp_path / "run.zarr"
+    _write(path, 2)
+    assert get_reader(str(path)) is not None
+
+
+def test_tracks_writer_round_trip(tmp_path: Path, viewer: Any) -> None:
+    path = tmp_path / "run.zarr"
+    _write(path)
+    layers = viewer.open(str(path), plugin="axialtrack")
+    out = tmp_path / "tracks.csv"
+    from axialtrack.napari_plugin import write_tracks
+
+    trk = layers[3]
+    written = write_tracks(str(out), trk.data, trk._get_state())
+    table = pd.read_csv(written[0])
+    world = world_localizations(open_run(path)).sort_values(["track_id", "frame"])
+    np.testing.assert_allclose(table["x_um"], world["x_um"], atol=1e-9)
+    np.testing.assert_allclose(table["t_frame_s"], world["frame"] * DT, atol=1e-9)
+    np.testing.assert_allclose(table["z_um"], world["z_um"])
+
+
+def test_follow_widget_adds_new_frames(tmp_path: Path, viewer: Any) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    from axialtrack.napari_plugin._widget import FollowRunWidget
+
+    _app = QApplication.instance() or QApplication([])
+
+    path = tmp_path / "run.zarr"
+    w = RunWriter(path, kind="live", plane_shape=(H, W), pixel_size_um=PX, options=FAST)
+    try:
+        for i in range(2):
+            w.append_frame(_frame(i), {"t_s": T0 + DT * i})
+            w.append_localizations(_locs(i))
+        deadline = time.monotonic() + 60
+        while w.rows_committed < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        layers = viewer.open(str(path), plugin="axialtrack")
+        assert layers[0].data.shape[0] == 2
+        widget = FollowRunWidget(viewer)
+        widget.timer.stop()  # driven by hand here
+        assert widget.update_layers() == 0
+        for i in range(2, 5):
+            w.append_frame(_frame(i), {"t_s": T0 + DT * i})
+            w.append_localizations(_locs(i))
+        while w.rows_committed < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert widget.update_layers() == 1
+        assert layers[0].data.shape[0] == 5
+        assert len(layers[2].data) == 10
+        assert "5 frames, 10 localizations, open" in widget.status.text()
+    finally:
+        w.close()
