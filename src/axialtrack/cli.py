@@ -291,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     from axialtrack.pipeline.cli import add_parsers as add_pipeline
 
     add_pipeline(sub)
+
+    from axialtrack.store.cli_export import add_parser as add_export
+
+    add_export(sub)
     return parser
 
 
