@@ -19,9 +19,16 @@ Between runs the output is deleted and ``os.sync()`` flushes the page cache, so
 each run starts with no pending write-back. Nothing is fsync'ed during a run, in
 the baseline or in the writer.
 
+With ``--shards``, only the sharded writer is compared with one file per frame
+(2x512x512, uncompressed, interleaved runs): MB/s, files written per frame and
+per hour at 400 frames/s, and the time ``recover()`` takes on a run whose
+writer process ended without closing it (the tail of an unfinished shard is
+cut, the shards past the last commit deleted).
+
 Usage::
 
     python benchmarks/bench_store.py [--dir DIR] [--mb 600] [--quick]
+    python benchmarks/bench_store.py --shards 64,128,255 [--mb 500] [--reps 3]
 """
 
 from __future__ import annotations
@@ -115,6 +122,7 @@ def bench_writer(
     localizations: bool = False,
     to_disk: bool = False,
     fps: float | None = None,
+    shard_frames: int | None = None,
 ) -> dict[str, Any]:
     """Feed a RunWriter as fast as it accepts frames; time until close returns.
 
@@ -163,7 +171,10 @@ def bench_writer(
         loc_stats["batches"] = b
         loc_stats["t_stop"] = time.perf_counter()
 
-    opts = WriterOptions(backend=backend)  # type: ignore[arg-type]
+    opts = WriterOptions(
+        backend=backend,  # type: ignore[arg-type]
+        shard_frames=shard_frames,
+    )
     append = []
     t0 = time.perf_counter()
     writer = RunWriter(
@@ -202,6 +213,9 @@ def bench_writer(
     size = sum(
         os.stat(os.path.join(d, f)).st_size for d, _, fs in os.walk(path) for f in fs
     )
+    frame_files = sum(
+        1 for f in os.listdir(path / "frames" / "0") if f.startswith("c.")
+    )
     res: dict[str, Any] = {
         "mb_s": round(n * frames[0].nbytes / 1e6 / dt, 1),
         "append_ms_p50": _pct(append, 50),
@@ -213,6 +227,8 @@ def bench_writer(
         "latency_ms_p99": round(stats.latency_ms_p99, 3),
         "compression_ratio": round(n * frames[0].nbytes / max(size, 1), 2),
         "frames": n,
+        "frame_files": frame_files,
+        "frame_files_per_hour_at_400fps": round(frame_files / n * 400 * 3600),
     }
     if fps:
         res["fps"] = fps
@@ -229,6 +245,83 @@ def bench_writer(
         res["localization_append_calls"] = loc_stats["calls"]
     _reset(path)
     return res
+
+
+_UNCLOSED = """
+import os, sys, time, numpy as np
+from axialtrack.store import RunWriter, WriterOptions
+path, n, h, w, shards = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \
+    int(sys.argv[4]), int(sys.argv[5])
+opts = WriterOptions(shard_frames=shards or None)
+wr = RunWriter(path, kind="live", plane_shape=(h, w), pixel_size_um=0.1, options=opts)
+frame = np.random.default_rng(0).poisson(100, (2, h, w)).astype(np.uint16)
+for i in range(n):
+    wr.append_frame(frame, {"t_s": i * 0.0025})
+while wr.frames_committed < n - n // 7:
+    time.sleep(0.001)
+os._exit(0)  # ended without close(): the run stays open, as after a kill
+"""
+
+
+def bench_recover(
+    out: Path, shape: tuple[int, int, int], n: int, shard_frames: int | None
+) -> dict[str, Any]:
+    """Time ``recover()`` on a run whose writer process ended without closing."""
+    import subprocess
+    import sys
+
+    from axialtrack.store import open_run, recover
+
+    path = out / "unclosed.zarr"
+    _reset(path)
+    _, h, w = shape
+    argv = [str(v) for v in (path, n, h, w, shard_frames or 0)]
+    subprocess.run([sys.executable, "-c", _UNCLOSED, *argv], check=True)
+    t0 = time.perf_counter()
+    report = recover(path)
+    dt = time.perf_counter() - t0
+    run = open_run(path)
+    res = {
+        "recover_s": round(dt, 3),
+        "frames_kept": report.frames,
+        "dropped_frame_files": report.dropped_frame_chunks,
+        "frames_read_back": int(np.asarray(run.frames[run.n_frames - 1]).size > 0),
+    }
+    _reset(path)
+    return res
+
+
+def bench_shards(tmp: Path, mb: float, reps: int, sizes: list[int]) -> dict[str, Any]:
+    """One file per frame against shards of ``sizes`` frames (interleaved)."""
+    shape = (2, 512, 512)
+    frames = make_frames(shape)
+    n = max(16, int(mb * 1e6 // frames[0].nbytes))
+    cases: list[int | None] = [None, *sizes]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for _ in range(reps):
+        for sf in cases:
+            name = "per_frame" if sf is None else f"shard_{sf}"
+            runs.setdefault(name, []).append(
+                bench_writer(tmp, frames, n, compression=None, shard_frames=sf)
+            )
+    out: dict[str, Any] = {"frames_per_case": n}
+    for name, rs in runs.items():
+        best = max(rs, key=lambda r: r["mb_s"])
+        out[name] = {**best, "mb_s_runs": [r["mb_s"] for r in rs]}
+    base = out["per_frame"]["mb_s"]
+    out["mb_s_ratio_vs_per_frame"] = {
+        k: round(v["mb_s"] / base, 2)
+        for k, v in out.items()
+        if isinstance(v, dict) and "mb_s" in v
+    }
+    nrec = max(64, n // 2)
+    out["recover"] = {
+        ("per_frame" if sf is None else f"shard_{sf}"): bench_recover(
+            tmp, shape, nrec, sf
+        )
+        for sf in cases
+    }
+    return out
 
 
 def best_of(reps: int, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -253,6 +346,12 @@ def main() -> None:
         "--paced-s", type=float, default=3, help="seconds of the paced case (0: skip)"
     )
     parser.add_argument("--quick", action="store_true", help="small run, for CI")
+    parser.add_argument(
+        "--shards",
+        default="",
+        help="only compare shards of these frame counts (e.g. 64,128,255) with "
+        "one file per frame",
+    )
     parser.add_argument(
         "--backends",
         default="direct,zarr,tensorstore",
@@ -283,6 +382,17 @@ def main() -> None:
         "reps": reps,
         "cases": {},
     }
+    if args.shards:
+        try:
+            sizes = [int(v) for v in args.shards.split(",") if v]
+            result["shards_2x512x512"] = bench_shards(tmp, mb, reps, sizes)
+        finally:
+            if args.dir is None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        result["seconds"] = round(time.perf_counter() - t_start, 1)
+        result["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(result, indent=2))
+        return
     try:
         # warm up the file system and page allocator; not reported
         warm = make_frames((2, 512, 512), 2)

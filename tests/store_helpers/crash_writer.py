@@ -1,6 +1,6 @@
 """Write a run store forever (until killed): deterministic frames and batches.
 
-Usage: python crash_writer.py PATH [H W]
+Usage: python crash_writer.py PATH [H W [SHARD_FRAMES]]
 
 Frame ``i`` and localization batch ``i`` are functions of ``i`` alone
 (:func:`make_frame`, :func:`make_batch`), so a test can check what it reads back
@@ -59,6 +59,7 @@ def main() -> None:
 
     path = sys.argv[1]
     h, w = (int(sys.argv[2]), int(sys.argv[3])) if len(sys.argv) > 3 else (16, 24)
+    shards = int(sys.argv[4]) if len(sys.argv) > 4 else None
     writer = RunWriter(
         path,
         kind="live",
@@ -66,7 +67,10 @@ def main() -> None:
         pixel_size_um=0.1,
         rig={"config": "crash-test"},
         options=WriterOptions(
-            commit_interval_s=0.02, table_flush_interval_s=0.02, time_block=16
+            commit_interval_s=0.02,
+            table_flush_interval_s=0.02,
+            time_block=16,
+            shard_frames=shards,
         ),
     )
     print("ready", flush=True)

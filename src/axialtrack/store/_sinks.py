@@ -20,13 +20,17 @@ import zarr
 __all__ = [
     "BACKENDS",
     "DIRECT_FILESYSTEMS",
+    "MAX_SHARD_FRAMES",
     "Backend",
     "ChunkFiles",
     "FrameSink",
+    "ShardSink",
     "atomic_write",
     "direct_ok",
     "filesystem_type",
     "make_sink",
+    "read_shard_index",
+    "recover_shards",
     "with_capacity",
 ]
 
@@ -219,6 +223,10 @@ class FrameSink:
         """Frames ``[0, capacity)`` may be written now (the array's metadata on
         disk keeps the committed shape)."""
 
+    def commit(self, n_frames: int) -> None:
+        """Frames ``[0, n_frames)`` are written: make them readable (sinks
+        whose chunks are readable once written do nothing)."""
+
     def close(self) -> None:
         """Release resources."""
 
@@ -309,9 +317,15 @@ def make_sink(
     encode: Callable,
     *,
     direct_io: bool = False,
+    shard_frames: int | None = None,
 ) -> FrameSink:
     """The frame sink of ``backend`` for ``array`` stored in ``directory``
-    (``direct_io``: see :class:`ChunkFiles`; the ``"direct"`` backend only)."""
+    (``direct_io``: see :class:`ChunkFiles`; the ``"direct"`` backend only;
+    ``shard_frames``: a :class:`ShardSink`, the ``"direct"`` backend only)."""
+    if shard_frames:
+        if backend != "direct":
+            raise ValueError("shard_frames needs the 'direct' backend")
+        return ShardSink(array, directory, encode, shard_frames)
     if backend == "direct":
         return DirectSink(ChunkFiles(array, directory, encode, direct_io=direct_io))
     if backend == "zarr":
@@ -319,3 +333,195 @@ def make_sink(
     if backend == "tensorstore":
         return TensorstoreSink(directory)
     raise ValueError(f"unknown frame backend {backend!r}; choose one of {BACKENDS}")
+
+
+#: the index entry of an inner chunk not (yet) in a shard
+SHARD_MISSING = np.uint64(2**64 - 1)
+#: most frames per shard: the shard's index (16 bytes per frame and a 4-byte
+#: checksum, at the start of the file) then fits in one 4 KiB page, which one
+#: ``write`` replaces whole even if the process is killed during it
+MAX_SHARD_FRAMES = (DIRECT_ALIGN - 4) // 16
+
+
+def shard_index_bytes(entries: np.ndarray) -> bytes:
+    """Encode a shard index ``(N, 2)`` uint64 (offset, nbytes) as zarr's
+    ``sharding_indexed`` codec reads it: little-endian, then CRC32C."""
+    import google_crc32c
+
+    raw = np.ascontiguousarray(entries, dtype="<u8").tobytes()
+    return raw + int(google_crc32c.value(raw)).to_bytes(4, "little")
+
+
+def read_shard_index(path: str, n: int) -> np.ndarray | None:
+    """The ``(n, 2)`` index of the shard file at ``path``, or None if it is
+    missing, short, or its checksum does not match."""
+    import google_crc32c
+
+    size = n * 16 + 4
+    try:
+        with open(path, "rb") as f:
+            head = f.read(size)
+    except OSError:
+        return None
+    if len(head) != size:
+        return None
+    if int.from_bytes(head[-4:], "little") != google_crc32c.value(head[:-4]):
+        return None
+    return np.frombuffer(head[:-4], dtype="<u8").reshape(n, 2).copy()
+
+
+def _pwrite(fd: int, data: Any, offset: int, lock: Any) -> None:
+    """Write all of ``data`` at ``offset`` (``os.pwrite`` where the OS has it;
+    elsewhere seek and write under ``lock``)."""
+    view = memoryview(data).cast("B")
+    pwrite = getattr(os, "pwrite", None)
+    if pwrite is not None and not portable_io():
+        while view:
+            written = pwrite(fd, view, offset)
+            if written <= 0:
+                raise OSError(errno.EIO, "writing a shard: the write made no progress")
+            view, offset = view[written:], offset + written
+        return
+    with lock:
+        os.lseek(fd, offset, os.SEEK_SET)
+        while view:
+            written = os.write(fd, view)
+            if written <= 0:
+                raise OSError(errno.EIO, "writing a shard: the write made no progress")
+            view = view[written:]
+
+
+class ShardSink(FrameSink):
+    """Frames into zarr v3 shards of ``shard_frames`` frames, one file each.
+
+    A shard file starts with its index (``index_location: "start"``), then the
+    frames' encoded chunks, appended as they are written (by several threads:
+    each takes its place at the end of the file under a lock, then writes
+    there). :meth:`commit` rewrites the index of each shard that gained frames
+    below the committed count, in one ``write`` of less than a page, so the
+    index on disk always names complete chunks only: a reader (or a crash)
+    sees a shard's committed frames and nothing after them. A new shard file
+    is created with an index that names no chunk, under a temporary name, and
+    renamed into place.
+    """
+
+    name = "sharded"
+
+    def __init__(
+        self, array: zarr.Array, directory: Path, encode: Callable, shard_frames: int
+    ) -> None:
+        import threading
+
+        self._key = array.metadata.encode_chunk_key
+        self._dir = os.fspath(directory)
+        self._encode = encode
+        self._n = int(shard_frames)
+        self._lock = threading.Lock()
+        self._io_lock = threading.Lock()  # seek + write where pwrite is missing
+        self._fds: dict[int, int] = {}
+        self._end: dict[int, int] = {}
+        self._entries: dict[int, np.ndarray] = {}
+        self._indexed: dict[int, int] = {}  # frames of each shard in its index
+        self.files_created = 0
+
+    def _path(self, shard: int) -> str:
+        return os.path.join(self._dir, self._key((shard, 0, 0, 0)))
+
+    def _open(self, shard: int) -> int:
+        """The shard's file descriptor; a new shard's file is created (with an
+        empty index) first. Called under ``_lock``."""
+        fd = self._fds.get(shard)
+        if fd is not None:
+            return fd
+        path = self._path(shard)
+        entries = np.full((self._n, 2), SHARD_MISSING, dtype=np.uint64)
+        head = shard_index_bytes(entries)
+        atomic_write(path, head)
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+        self._fds[shard] = fd
+        self._end[shard] = len(head)
+        self._entries[shard] = entries
+        self._indexed[shard] = 0
+        self.files_created += 1
+        return fd
+
+    def write(self, index: int, frame: np.ndarray) -> int:
+        data = self._encode(frame)
+        size = memoryview(data).nbytes
+        shard, j = divmod(index, self._n)
+        with self._lock:
+            fd = self._open(shard)
+            offset = self._end[shard]
+            self._end[shard] = offset + size
+        _pwrite(fd, data, offset, self._io_lock)
+        with self._lock:
+            self._entries[shard][j] = (offset, size)
+        return size
+
+    def commit(self, n_frames: int) -> None:
+        """Make frames ``[0, n_frames)`` (all written) readable: rewrite the
+        index of each shard that gained some; close the shards now full."""
+        with self._lock:
+            todo = []
+            for shard in sorted(self._fds):
+                k = min(self._n, max(0, n_frames - shard * self._n))
+                if k > self._indexed[shard]:
+                    entries = self._entries[shard].copy()
+                    entries[k:] = SHARD_MISSING
+                    todo.append((shard, k, self._fds[shard], entries))
+        for shard, k, fd, entries in todo:
+            _pwrite(fd, shard_index_bytes(entries), 0, self._io_lock)
+            with self._lock:
+                self._indexed[shard] = k
+                if k == self._n:  # full: no more writes to it
+                    os.close(self._fds.pop(shard))
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._fds.clear()
+
+
+def recover_shards(
+    directory: Path, key: Callable, shard_frames: int, n_frames: int
+) -> tuple[int, int]:
+    """Trim a sharded frame array's files to ``n_frames`` committed frames.
+
+    Shards past the last committed frame are deleted; the shard holding it
+    keeps the index entries below ``n_frames`` (rewritten without those past
+    it) and is cut after its last kept chunk. Returns (shard files removed,
+    bytes cut from the last shard).
+    """
+    n = int(shard_frames)
+    removed, cut = 0, 0
+    last = (n_frames - 1) // n if n_frames else -1
+    d = os.fspath(directory)
+    with os.scandir(d) as it:
+        names = [e.name for e in it if e.is_file()]
+    for name in names:
+        parts = name.split(".")
+        shard_key = len(parts) == 5 and parts[0] == "c" and parts[1].isdigit()
+        if shard_key and int(parts[1]) > last:
+            os.unlink(os.path.join(d, name))
+            removed += 1
+    if last < 0:
+        return removed, cut
+    path = os.path.join(d, key((last, 0, 0, 0)))
+    entries = read_shard_index(path, n)
+    if entries is None:
+        return removed, cut
+    k = n_frames - last * n
+    entries[k:] = SHARD_MISSING
+    kept = entries[:k]
+    present = kept[:, 0] != SHARD_MISSING
+    end = int((kept[present, 0] + kept[present, 1]).max()) if present.any() else 0
+    end = max(end, n * 16 + 4)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.write(shard_index_bytes(entries))
+        if size > end:
+            f.truncate(end)
+            cut = size - end
+    return removed, cut

@@ -34,6 +34,7 @@ from axialtrack.store._sinks import ChunkFiles
 from axialtrack.store._tables import ColumnTable
 from axialtrack.store.errors import (
     InvalidTableError,
+    NotARunStoreError,
     StoreError,
     StoreInUseError,
     write_error,
@@ -48,6 +49,7 @@ from axialtrack.store.layout import (
     TRACKS,
     chunk_encoder,
     fill_for,
+    units_of,
 )
 from axialtrack.store.reader import read_attrs
 from axialtrack.store.writer import (
@@ -193,6 +195,7 @@ def _write_group(root: zarr.Group, name: str, cols: dict[str, np.ndarray]) -> No
             "n_rows": table.n,
             "columns": table.columns,
             "dtypes": [table.dtypes[c].str for c in table.columns],
+            "units": units_of(table.columns),
         }
     )
 
@@ -279,6 +282,7 @@ def _append_rows(
             "n_rows": n0 + k,
             "columns": names,
             "dtypes": [np.dtype(arrays[c].dtype).str for c in names],
+            "units": units_of(names),
         }
     )
 
@@ -380,6 +384,11 @@ def append_localizations_to_run(
         )
     what = f"append_localizations_to_run on {p}"
     root = zarr.open_group(LocalStore(p), mode="r+")
+    if LOCALIZATIONS not in root:
+        raise NotARunStoreError(
+            f"{p} is a calibration run (frames only); localize a live run, or "
+            "write the localizations to a new store with --out."
+        )
     loc = root[LOCALIZATIONS]
     meta = root[FRAME_META]
     assert isinstance(loc, zarr.Group)

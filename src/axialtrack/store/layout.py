@@ -27,6 +27,7 @@ import numpy as np
 
 __all__ = [
     "ATTRS_KEY",
+    "COLUMN_UNITS",
     "COMPRESSIONS",
     "FORMAT_VERSION",
     "FRAMES",
@@ -84,6 +85,45 @@ LOCALIZATION_COLUMNS: dict[str, np.dtype] = {
     "background": np.dtype("float64"),
     "track_id": np.dtype("int64"),
 }
+
+#: Units of the columns of the run's tables (``units`` in each table group's
+#: attributes; columns not named here have none).
+COLUMN_UNITS: dict[str, str] = {
+    "t_s": "s",
+    "host_t_s": "s",
+    "stage_z_um": "um",
+    "stage_x_um": "um",
+    "stage_y_um": "um",
+    "x_um": "um",
+    "y_um": "um",
+    "z_um": "um",
+    "dz_um": "um",
+    "sigma_z_um": "um",
+    "sigma_xy_um": "um",
+    "photons": "photons",
+    "background": "photons/pixel",
+    "x_px": "pixel",
+    "y_px": "pixel",
+    "neighbour_px": "pixel",
+    "duration_s": "s",
+    "D_um2_s": "um^2/s",
+    "D_se_um2_s": "um^2/s",
+    "D_xy_um2_s": "um^2/s",
+    "D_z_um2_s": "um^2/s",
+    "loc_error_xy_um": "um",
+    "loc_error_z_um": "um",
+    # the world-frame columns readers add (axialtrack.store.world)
+    "t_frame_s": "s",
+    "t_camera_s": "s",
+    "x_stage_um": "um",
+    "y_stage_um": "um",
+}
+
+
+def units_of(columns: Any) -> dict[str, str]:
+    """Units of those of ``columns`` that have one (:data:`COLUMN_UNITS`)."""
+    return {str(c): COLUMN_UNITS[c] for c in columns if c in COLUMN_UNITS}
+
 
 #: Localization columns that may be left out of a batch, and their value then.
 LOCALIZATION_DEFAULTS: dict[str, float | int] = {"sigma_z_um": math.nan, "track_id": -1}

@@ -34,6 +34,7 @@ from axialtrack.store.layout import (
     FRAME_ARRAY,
     FRAME_META,
     FRAMES,
+    LOCALIZATION_COLUMNS,
     LOCALIZATIONS,
     TRACKS,
     ome_image_attrs,
@@ -102,6 +103,13 @@ def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{FORMAT_VERSION}. {fix}"
         )
     return attrs
+
+
+def _group(root: zarr.Group, name: str, optional: bool) -> Any:
+    """``root[name]``, or None where it may be missing and is."""
+    if optional and name not in root:
+        return None
+    return root[name]
 
 
 def _key_tuple(key: Any, ndim: int) -> tuple[Any, ...]:
@@ -243,15 +251,24 @@ class Run:
             root = zarr.open_group(LocalStore(self.path, read_only=True), mode="r")
             frames = root[f"{FRAMES}/{FRAME_ARRAY}"]
             meta_group = root[FRAME_META]
-            loc_group = root[LOCALIZATIONS]
-            tracks_group = root[TRACKS]
+            # calibration runs hold no localization or track groups (stores
+            # written before that hold empty ones)
+            optional = attrs.get("kind") == "calibration"
+            loc_group = _group(root, LOCALIZATIONS, optional)
+            tracks_group = _group(root, TRACKS, optional)
             for g in (meta_group, loc_group, tracks_group):
-                if not isinstance(g, zarr.Group):
+                if g is not None and not isinstance(g, zarr.Group):
                     raise ValueError(g.path)
             loc_attrs: dict[str, Any] = (
-                dict(loc_group.attrs) if first_loc_attrs is None else first_loc_attrs
+                {}
+                if loc_group is None
+                else dict(loc_group.attrs)
+                if first_loc_attrs is None
+                else first_loc_attrs
             )
-            tracks_attrs: dict[str, Any] = dict(tracks_group.attrs)
+            tracks_attrs: dict[str, Any] = (
+                {} if tracks_group is None else dict(tracks_group.attrs)
+            )
         except (KeyError, FileNotFoundError, ValueError) as exc:
             raise NotARunStoreError(
                 f"{self.path} is an incomplete run store (missing {exc}); it was "
@@ -269,8 +286,6 @@ class Run:
         self._root = root
         self._frames = FrameArray(frames, n)
         assert isinstance(meta_group, zarr.Group)
-        assert isinstance(loc_group, zarr.Group)
-        assert isinstance(tracks_group, zarr.Group)
         self._meta_group = meta_group
         self._loc_group = loc_group
         self._loc_attrs = loc_attrs
@@ -318,10 +333,21 @@ class Run:
         """The committed frames ``(T, 2, H, W)`` uint16, read lazily."""
         return self._frames
 
-    def _table(self, group: zarr.Group, attrs: dict[str, Any], n: int) -> pd.DataFrame:
+    def _table(
+        self, group: zarr.Group | None, attrs: dict[str, Any], n: int
+    ) -> pd.DataFrame:
         import pandas as pd
 
         data: dict[str, np.ndarray] = {}
+        if group is None:  # a calibration run: no table
+            return pd.DataFrame(
+                {
+                    c: np.zeros(0, d)
+                    for c, d in (
+                        LOCALIZATION_COLUMNS.items() if attrs is self._loc_attrs else ()
+                    )
+                }
+            )
         for name in attrs.get("columns", []):
             arr = group[name]
             if not isinstance(arr, zarr.Array) or arr.shape[0] < n:
@@ -412,10 +438,25 @@ class Leftovers:
     chunk_paths: list[str] = field(default_factory=list)
 
 
+def shard_frames_of(array_dir: Path) -> int:
+    """Frames per file of a frame array: its shard size if it is sharded
+    (``sharding_indexed``), else 1."""
+    try:
+        meta = read_json(array_dir / "zarr.json")
+        codecs = meta.get("codecs") or []
+        if codecs and codecs[0].get("name") == "sharding_indexed":
+            return int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        pass
+    return 1
+
+
 def find_leftovers(path: Path, n_frames: int) -> Leftovers:
-    """Frame chunks past ``n_frames`` and temporary files under ``path``."""
+    """Frame chunks (or shards) past ``n_frames`` and temporary files under
+    ``path``."""
     out = Leftovers()
     array_dir = path / FRAMES / FRAME_ARRAY
+    per_file = shard_frames_of(array_dir)
     # chunk keys "c.<t>.0.0.0" (this writer) or "c/<t>/0/0/0" (other writers)
     for d, nested in ((array_dir, False), (array_dir / "c", True)):
         if not d.is_dir():
@@ -426,7 +467,7 @@ def find_leftovers(path: Path, n_frames: int) -> Leftovers:
                 if not nested and (len(parts) != 5 or parts[0] != "c"):
                     continue
                 t = parts[0] if nested else parts[1]
-                if t.isdigit() and int(t) >= n_frames:
+                if t.isdigit() and int(t) * per_file >= n_frames:
                     out.frame_chunks += 1
                     out.chunk_paths.append(entry.path)
     for dirpath, _dirs, files in os.walk(path):
@@ -507,11 +548,21 @@ def recover(path: str | os.PathLike[str]) -> RecoveryReport:
                 shutil.rmtree(f, ignore_errors=True)
             else:
                 Path(f).unlink(missing_ok=True)
+        array_dir = p / FRAMES / FRAME_ARRAY
+        per_file = shard_frames_of(array_dir)
+        if per_file > 1:
+            from axialtrack.store._sinks import recover_shards
+
+            frames_arr = zarr.open_array(LocalStore(array_dir), mode="r")
+            recover_shards(array_dir, frames_arr.metadata.encode_chunk_key, per_file, n)
         root = zarr.open_group(LocalStore(p), mode="r+")
         frames = root[f"{FRAMES}/{FRAME_ARRAY}"]
         assert isinstance(frames, zarr.Array)
         frames.resize((n, *frames.shape[1:]))
-        for group, rows in ((root[FRAME_META], n), (root[LOCALIZATIONS], n_rows)):
+        for name, rows in ((FRAME_META, n), (LOCALIZATIONS, n_rows)):
+            if name not in root:  # a calibration run: no localizations
+                continue
+            group = root[name]
             assert isinstance(group, zarr.Group)
             for _, arr in group.arrays():
                 arr.resize((rows,))

@@ -13,7 +13,9 @@ boundary, with :func:`world_localizations`:
 - ``t_s``: seconds from the run start, the camera time of frame 0 being 0;
 - ``t_frame_s``: ``frame * dt``, the time of the localization's frame on the
   OME-Zarr time axis (``dt`` its scale), for overlays that must sit on a frame;
-- ``x_stage_um``, ``y_stage_um``, ``t_camera_s``: the stored values, kept.
+- ``x_stage_um``, ``y_stage_um``, ``t_camera_s``: the stored values, kept;
+- ``flags``: :class:`axialtrack.store.flags.LocFlag` bits (saturated, low
+  photons, out of the calibrated range, overlapping).
 
 ``z_um`` stays the focus-stage position (the design's Z convention).
 """
@@ -25,31 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from axialtrack.store.flags import localization_flags, overlap_px
+from axialtrack.store.layout import units_of
+
 if TYPE_CHECKING:
     import pandas as pd
 
     from axialtrack.store.reader import Run
 
-__all__ = ["WORLD_UNITS", "frame_interval", "run_start_s", "world_localizations"]
-
-#: Units of the world-frame columns (and of the stored ones they replace).
-WORLD_UNITS: dict[str, str] = {
-    "frame": "",
-    "t_s": "s",
-    "t_frame_s": "s",
-    "t_camera_s": "s",
-    "x_um": "um",
-    "y_um": "um",
-    "z_um": "um",
-    "dz_um": "um",
-    "sigma_z_um": "um",
-    "x_stage_um": "um",
-    "y_stage_um": "um",
-    "photons": "photons",
-    "background": "photons/pixel",
-    "track_id": "",
-    "flags": "",
-}
+__all__ = ["frame_interval", "run_start_s", "table_units", "world_localizations"]
 
 
 def run_start_s(run: Run) -> float:
@@ -90,8 +76,8 @@ def world_localizations(
     -------
     pd.DataFrame
         The same rows with ``x_um``, ``y_um``, ``t_s`` in the world frame and
-        ``t_frame_s``, ``x_stage_um``, ``y_stage_um``, ``t_camera_s`` added (see
-        the module docstring).
+        ``t_frame_s``, ``x_stage_um``, ``y_stage_um``, ``t_camera_s`` and
+        ``flags`` added (see the module docstring).
     """
     locs = run.localizations if table is None else table
     out = locs.copy()
@@ -117,9 +103,13 @@ def world_localizations(
     out["t_camera_s"] = t
     out["t_s"] = t - run_start_s(run)
     out["t_frame_s"] = frames * (frame_interval(run) if dt is None else float(dt))
+    out["flags"] = localization_flags(
+        locs, pixel_size_um=px, overlap=overlap_px(run.attrs)
+    )
     return out
 
 
 def table_units(columns: Any) -> dict[str, str]:
-    """Units of ``columns`` that have one (see :data:`WORLD_UNITS`)."""
-    return {c: WORLD_UNITS[c] for c in columns if c in WORLD_UNITS}
+    """Units of ``columns`` that have one (see
+    :data:`axialtrack.store.layout.COLUMN_UNITS`)."""
+    return units_of(columns)

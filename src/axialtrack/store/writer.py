@@ -48,10 +48,16 @@ from typing import Any, Literal
 
 import numpy as np
 import zarr
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from zarr.storage import LocalStore
 
-from axialtrack.store._sinks import DIRECT_ALIGN, Backend, FrameSink, make_sink
+from axialtrack.store._sinks import (
+    DIRECT_ALIGN,
+    MAX_SHARD_FRAMES,
+    Backend,
+    FrameSink,
+    make_sink,
+)
 from axialtrack.store._tables import ColumnTable, round_up, shrink
 from axialtrack.store.errors import (
     InvalidFrameError,
@@ -86,6 +92,7 @@ from axialtrack.store.layout import (
     merge_windows,
     ome_image_attrs,
     read_json,
+    units_of,
 )
 
 __all__ = ["FrameMeta", "RunWriter", "WriterOptions", "WriterStats"]
@@ -122,6 +129,10 @@ class WriterOptions(BaseModel):
         Level of the frame compressor (default: zstd 1, blosc-lz4 5, blosc-zstd 1).
     time_block
         Frames added to the frame array at each resize.
+    shard_frames
+        Frames per file: the frame array is a zarr v3 sharded array with one
+        shard of ``shard_frames`` frames per file (2 to 255; the ``"direct"``
+        backend only). ``None``: one file per frame.
     meta_chunk
         Frames per chunk of the ``frame_meta`` arrays.
     table_chunk
@@ -150,11 +161,20 @@ class WriterOptions(BaseModel):
     commit_interval_s: float = Field(0.1, gt=0)
     compression_level: int | None = None
     time_block: int = Field(256, ge=1)
+    shard_frames: int | None = Field(None, ge=2, le=MAX_SHARD_FRAMES)
     meta_chunk: int = Field(4096, ge=1)
     table_chunk: int = Field(16384, ge=1)
     table_flush_interval_s: float = Field(0.25, gt=0)
     max_pending_rows: int = Field(2_000_000, ge=1)
     direct_io: bool = True
+
+    @model_validator(mode="after")
+    def _shards_need_direct(self) -> WriterOptions:
+        if self.shard_frames and self.backend != "direct":
+            raise ValueError(
+                f"shard_frames needs backend='direct', got backend={self.backend!r}"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -524,6 +544,8 @@ class RunWriter:
         if frame_interval_s is not None and not frame_interval_s > 0:
             raise ValueError(f"frame_interval_s must be > 0, got {frame_interval_s!r}")
         self.kind = kind
+        # calibration runs hold frames only: no localization or track groups
+        self._has_tables = kind != "calibration"
         self.frame_shape: tuple[int, int, int] = (2, h, w)
         self.pixel_size_um = float(pixel_size_um)
         self.compression = compression
@@ -690,15 +712,19 @@ class RunWriter:
         self._root = root
         frames = root[FRAMES]
         arr = root[f"{FRAMES}/{FRAME_ARRAY}"]
-        tracks = root[TRACKS]
         assert isinstance(frames, zarr.Group)
         assert isinstance(arr, zarr.Array)
-        assert isinstance(tracks, zarr.Group)
         self._frames_group = frames
         self._frames_arr = arr
-        self._tracks_group = tracks
+        if self._has_tables:
+            tracks = root[TRACKS]
+            assert isinstance(tracks, zarr.Group)
+            self._tracks_group = tracks
         direct = opts.backend != "zarr"
-        for table, name in ((self._meta, FRAME_META), (self._locs, LOCALIZATIONS)):
+        bound = [(self._meta, FRAME_META)]
+        if self._has_tables:
+            bound.append((self._locs, LOCALIZATIONS))
+        for table, name in bound:
             group = root[name]
             assert isinstance(group, zarr.Group)
             table.rebind(group, path / name if direct else None)
@@ -708,6 +734,7 @@ class RunWriter:
             path / FRAMES / FRAME_ARRAY,
             chunk_encoder(self.compression, opts.compression_level),
             direct_io=opts.direct_io,
+            shard_frames=opts.shard_frames,
         )
 
     def _create(self, directory: Path, extra_cols: Mapping[str, np.dtype]) -> None:
@@ -728,10 +755,24 @@ class RunWriter:
             },
         )
         serializer, compressors = frame_codecs(self.compression, opts.compression_level)
+        chunks: tuple[int, ...] = (1, *self.frame_shape)
+        if opts.shard_frames:
+            from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+
+            # one file per shard of frames; the index first, so that it stays
+            # in place while frames are appended after it
+            serializer = ShardingCodec(
+                chunk_shape=chunks,
+                codecs=[serializer, *compressors],
+                index_codecs=[BytesCodec(endian="little"), Crc32cCodec()],
+                index_location="start",
+            )
+            compressors = ()
+            chunks = (opts.shard_frames, *self.frame_shape)
         frames.create_array(
             FRAME_ARRAY,
             shape=(0, *self.frame_shape),
-            chunks=(1, *self.frame_shape),
+            chunks=chunks,
             dtype="uint16",
             fill_value=0,
             serializer=serializer,
@@ -742,12 +783,19 @@ class RunWriter:
         )
         self._capacity = 0
 
-        meta_group = root.create_group(FRAME_META)
+        meta_group = root.create_group(
+            FRAME_META, attributes={"units": units_of(FRAME_META_COLUMNS)}
+        )
         self._meta = ColumnTable(meta_group, chunk=opts.meta_chunk)
         for name, dtype in FRAME_META_COLUMNS.items():
             self._meta.add_column(name, dtype)
 
-        loc_group = root.create_group(LOCALIZATIONS)
+        # a calibration run's (empty) localization table lives in memory only
+        loc_group = (
+            root.create_group(LOCALIZATIONS)
+            if self._has_tables
+            else zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+        )
         self._locs = ColumnTable(loc_group, chunk=opts.table_chunk)
         for name, dtype in {**LOCALIZATION_COLUMNS, **extra_cols}.items():
             self._locs.add_column(name, dtype)
@@ -755,8 +803,9 @@ class RunWriter:
         self._loc_schema_fixed = bool(extra_cols)
         loc_group.update_attributes(self._table_attrs(self._locs))
 
-        tracks = root.create_group(TRACKS)
-        tracks.update_attributes({"n_rows": 0, "columns": [], "dtypes": []})
+        if self._has_tables:
+            tracks = root.create_group(TRACKS)
+            tracks.update_attributes({"n_rows": 0, "columns": [], "dtypes": []})
 
     def _frames_ome(self) -> dict[str, Any]:
         """The ``ome`` attribute of ``frames`` (the image, dataset ``"0"``)."""
@@ -784,6 +833,7 @@ class RunWriter:
             "n_rows": table.n,
             "columns": table.columns,
             "dtypes": [table.dtypes[c].str for c in table.columns],
+            "units": units_of(table.columns),
         }
 
     # ------------------------------------------------------------- public API
@@ -859,6 +909,13 @@ class RunWriter:
                 rows_safe=self._committed_rows,
                 doing=doing,
             ) from exc
+
+    def _check_tables(self, what: str) -> None:
+        if not self._has_tables:
+            raise InvalidTableError(
+                f"{what}: a calibration run holds frames only, no localizations "
+                "or tracks; write them to a live run (kind='live')."
+            )
 
     def _check_open(self, what: str) -> None:
         if self._closed:
@@ -1050,6 +1107,7 @@ class RunWriter:
         """
         self._check_open("append_localizations")
         what = f"append_localizations on {self.path}"
+        self._check_tables(what)
         cols = _to_columns(table, what)
         lengths = {k: v.shape for k, v in cols.items()}
         if any(len(s) != 1 for s in lengths.values()):
@@ -1139,6 +1197,7 @@ class RunWriter:
         """
         self._check_open("write_tracks")
         what = f"write_tracks on {self.path}"
+        self._check_tables(what)
         cols = _to_columns(table, what)
         lens = {v.shape for v in cols.values()}
         if any(len(s) != 1 for s in lens) or len(lens) > 1:
@@ -1209,7 +1268,7 @@ class RunWriter:
             self._raise_if_failed()
 
     def _finalize(self) -> None:
-        if self._tracks is not None:
+        if self._tracks is not None and self._has_tables:
             cols = self._tracks
             n = len(next(iter(cols.values()))) if cols else 0
             table = ColumnTable(self._tracks_group, chunk=self.options.table_chunk)
@@ -1511,6 +1570,8 @@ class RunWriter:
         appended (by an earlier commit whose attribute write then failed) are
         not appended again.
         """
+        # sharded frames: their shards' indices name them now
+        self._sink.commit(n)
         meta = self._meta
         old_n = meta.n
         if old_n < base:  # pragma: no cover - rows are committed in order

@@ -1,0 +1,190 @@
+"""Sharded frame arrays: a file per shard of frames, with the same guarantees."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+from axialtrack.store import (
+    RunWriter,
+    WriterOptions,
+    open_run,
+    read_attrs,
+    recover,
+    summarize,
+)
+
+HELPER = Path(__file__).parent / "store_helpers" / "crash_writer.py"
+_spec = importlib.util.spec_from_file_location("crash_writer", HELPER)
+assert _spec is not None
+assert _spec.loader is not None
+crash_writer = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(crash_writer)
+make_frame = crash_writer.make_frame
+make_meta = crash_writer.make_meta
+
+H, W = 16, 24
+N = 8  # frames per shard
+
+
+def _opts(**kw: Any) -> WriterOptions:
+    return WriterOptions(
+        commit_interval_s=0.01, table_flush_interval_s=0.01, shard_frames=N, **kw
+    )
+
+
+def _wait_for(cond: Any, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def _chunk_files(path: Path) -> list[str]:
+    return sorted(p.name for p in (path / "frames" / "0").glob("c.*"))
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("compression", [None, "zstd", "blosc-lz4"])
+def test_sharded_round_trip_and_foreign_readers(
+    tmp_path: Path,
+    compression: str | None,
+    portable: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Also with what Windows gets (no ``os.pwrite``: seek and write)."""
+    if portable:
+        from axialtrack.store import _sinks
+
+        monkeypatch.setenv(_sinks.PORTABLE_ENV, "1")
+    path = tmp_path / "run.zarr"
+    n = 21  # two full shards and a partial one
+    with RunWriter(
+        path,
+        kind="live",
+        plane_shape=(H, W),
+        pixel_size_um=0.1,
+        compression=compression,  # type: ignore[arg-type]
+        options=_opts(),
+    ) as w:
+        for i in range(n):
+            w.append_frame(make_frame(i, H, W), make_meta(i))
+    assert _chunk_files(path) == ["c.0.0.0.0", "c.1.0.0.0", "c.2.0.0.0"]
+    run = open_run(path)
+    assert run.frames.shape == (n, 2, H, W)
+    for i in range(n):
+        np.testing.assert_array_equal(run.frames[i], make_frame(i, H, W))
+    arr = zarr.open_array(str(path / "frames" / "0"), mode="r")
+    np.testing.assert_array_equal(arr[20], make_frame(20, H, W))
+    meta = json.loads((path / "frames" / "0" / "zarr.json").read_text())
+    assert meta["codecs"][0]["name"] == "sharding_indexed"
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [N, 2, H, W]
+    yaozarrs = pytest.importorskip("yaozarrs")
+    yaozarrs.validate_zarr_store(str(path))
+    ts = pytest.importorskip("tensorstore")
+    t = ts.open(
+        {
+            "driver": "zarr3",
+            "kvstore": {"driver": "file", "path": str(path / "frames/0")},
+        }
+    ).result()
+    np.testing.assert_array_equal(t[13].read().result(), make_frame(13, H, W))
+
+
+def test_growing_sharded_run_shows_committed_frames(tmp_path: Path) -> None:
+    path = tmp_path / "run.zarr"
+    with RunWriter(
+        path, kind="live", plane_shape=(H, W), pixel_size_um=0.1, options=_opts()
+    ) as w:
+        for i in range(5):
+            w.append_frame(make_frame(i, H, W), make_meta(i))
+        _wait_for(lambda: w.frames_committed == 5, "5 frames committed")
+        arr = zarr.open_array(str(path / "frames" / "0"), mode="r")
+        assert arr.shape[0] == 5
+        np.testing.assert_array_equal(
+            arr[:5], np.stack([make_frame(i, H, W) for i in range(5)])
+        )
+        for i in range(5, 12):
+            w.append_frame(make_frame(i, H, W), make_meta(i))
+        _wait_for(lambda: w.frames_committed == 12, "12 frames committed")
+        arr = zarr.open_array(str(path / "frames" / "0"), mode="r")
+        assert arr.shape[0] == 12
+        np.testing.assert_array_equal(arr[11], make_frame(11, H, W))
+        yaozarrs = pytest.importorskip("yaozarrs")
+        yaozarrs.validate_zarr_store(str(path))
+
+
+def test_shard_frames_needs_the_direct_backend() -> None:
+    with pytest.raises(ValueError, match="shard_frames needs backend='direct'"):
+        WriterOptions(backend="zarr", shard_frames=8)
+    with pytest.raises(ValueError, match="less than or equal to 255"):
+        WriterOptions(shard_frames=256)  # its index would not fit in a page
+
+
+def test_sharded_crash_sigkill_keeps_committed_frames_and_recovers_the_tail(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "crash.zarr"
+    proc = subprocess.Popen(
+        [sys.executable, str(HELPER), str(path), str(H), str(W), str(N)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        committed = 0
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"writer exited early: {proc.stderr.read()}")  # type: ignore[union-attr]
+            try:
+                committed = read_attrs(path)["n_frames"]
+            except Exception:
+                committed = 0
+            # stop inside a shard, not at its end
+            if committed >= 3 * N and committed % N not in (0, N - 1):
+                break
+            time.sleep(0.002)
+        assert committed >= 3 * N, "the writer did not commit frames in time"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    run = open_run(path)
+    n = run.n_frames
+    assert n >= committed
+    for i in range(n):
+        np.testing.assert_array_equal(run.frames[i], make_frame(i, H, W))
+    assert summarize(path)["state"] == "open"
+    report = recover(path)
+    assert report.frames == n
+    run = open_run(path)
+    assert run.state == "closed"
+    assert run.frames.shape == (n, 2, H, W)
+    for i in range(n):
+        np.testing.assert_array_equal(run.frames[i], make_frame(i, H, W))
+    # no shard past the last committed frame; the last one ends at its last frame
+    files = _chunk_files(path)
+    assert files == [f"c.{s}.0.0.0" for s in range((n - 1) // N + 1)]
+    last = path / "frames" / "0" / files[-1]
+    from axialtrack.store._sinks import read_shard_index
+
+    idx = read_shard_index(str(last), N)
+    assert idx is not None
+    k = n - (len(files) - 1) * N
+    assert (idx[k:] == np.uint64(2**64 - 1)).all()
+    assert last.stat().st_size == int((idx[:k, 0] + idx[:k, 1]).max())
+    assert not list(path.rglob("*.partial"))
