@@ -228,7 +228,8 @@ def bench_writer(
         "compression_ratio": round(n * frames[0].nbytes / max(size, 1), 2),
         "frames": n,
         "frame_files": frame_files,
-        "frame_files_per_hour_at_400fps": round(frame_files / n * 400 * 3600),
+        # one file per shard_frames frames (per frame without shards)
+        "frame_files_per_hour_at_400fps": -(-400 * 3600 // (shard_frames or 1)),
     }
     if fps:
         res["fps"] = fps
