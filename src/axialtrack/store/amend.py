@@ -30,6 +30,10 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from axialtrack.store._registry import pid_alive as _pid_alive
+from axialtrack.store._registry import writer_alive
+from axialtrack.store._schema import check_dtype as _check_dtype
+from axialtrack.store._schema import to_columns as _to_columns
 from axialtrack.store._sinks import ChunkFiles
 from axialtrack.store._tables import ColumnTable
 from axialtrack.store.errors import (
@@ -52,12 +56,6 @@ from axialtrack.store.layout import (
     units_of,
 )
 from axialtrack.store.reader import read_attrs
-from axialtrack.store.writer import (
-    _check_dtype,
-    _pid_alive,
-    _to_columns,
-    writer_alive,
-)
 
 __all__ = ["amend_leftovers", "append_localizations_to_run", "settle_amend_leftovers"]
 

@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from axialtrack.store._registry import writer_alive
 from axialtrack.store.errors import (
     NotARunStoreError,
     StoreError,
@@ -41,7 +42,6 @@ from axialtrack.store.layout import (
     read_json,
     with_time_scale,
 )
-from axialtrack.store.writer import writer_alive
 
 if TYPE_CHECKING:
     import pandas as pd

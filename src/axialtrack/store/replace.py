@@ -188,7 +188,7 @@ class Leftover:
 
 
 def _pid_alive(pid: int) -> bool:
-    from axialtrack.store.writer import _pid_alive as alive
+    from axialtrack.store._registry import pid_alive as alive
 
     return pid == os.getpid() or alive(pid)
 

@@ -8,10 +8,18 @@ each queued frame to a small pool of I/O threads that encode it and write its ch
 (atomically: temporary file, then rename), and every ``commit_interval_s`` asks the
 *committer thread* to commit: write the metadata rows of the frames that are on
 disk (contiguously), then the committed frame count ``n_frames`` in the root
-attributes. The committer also grows the arrays ahead of the frames. The *table
-thread* collects localization batches and writes them in whole batches, then
-commits ``n_rows``. A reader that reads a count first and only that many frames or
-rows never sees anything half written.
+attributes. The *table thread* collects localization batches and writes them in
+whole batches, then commits ``n_rows``. A reader that reads a count first and only
+that many frames or rows never sees anything half written.
+
+The pieces, one module each: :mod:`~axialtrack.store.options` (options, frame
+metadata, statistics), :mod:`~axialtrack.store._pool` (the frame buffers),
+:mod:`~axialtrack.store._threads` (the thread roles),
+:mod:`~axialtrack.store._commit` (atomic creation, the commit protocol, close),
+:mod:`~axialtrack.store._schema` (checking tables and provenance),
+:mod:`~axialtrack.store._location` (where a store may be created),
+:mod:`~axialtrack.store._registry` (open writers, closed at exit; is a writer
+alive), :mod:`~axialtrack.store._sinks` (chunk and shard files).
 
 Memory is bounded: the frame pool holds ``queue_mb`` of frames. When it is full,
 ``append_frame`` waits up to ``block_timeout_s`` for a buffer (``on_full="block"``)
@@ -26,438 +34,73 @@ are safe.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import json
 import math
 import os
 import queue
 import socket
 import threading
 import time
-import warnings
-import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import zarr
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from zarr.storage import LocalStore
+from pydantic import BaseModel
 
-from axialtrack.store._sinks import (
-    DIRECT_ALIGN,
-    MAX_SHARD_FRAMES,
-    Backend,
-    FrameSink,
-    make_sink,
+from axialtrack.store import _commit, _threads
+from axialtrack.store._location import (
+    check_location,
+    prepare_path,
+    warn_hidden_copies,
 )
-from axialtrack.store._tables import ColumnTable, round_up, shrink
+from axialtrack.store._pool import make_frame_pool
+from axialtrack.store._registry import OPEN_WRITERS, pid_alive, writer_alive
+from axialtrack.store._schema import check_dtype, json_dict, now_iso, to_columns
+from axialtrack.store._sinks import FrameSink
+from axialtrack.store._tables import ColumnTable
+from axialtrack.store._threads import _ANALYZED, _FRAME, _ROWS, _STOP, _TICK
 from axialtrack.store.errors import (
     InvalidFrameError,
     InvalidTableError,
     StoreClosedError,
     StoreError,
-    StoreExistsError,
-    StoreInUseError,
-    UnwritableStoreError,
     WriterTooSlowError,
     write_error,
 )
 from axialtrack.store.layout import (
-    ATTRS_KEY,
-    CHUNK_KEY_ENCODING,
     COMPRESSIONS,
     FORMAT_VERSION,
-    FRAME_ARRAY,
-    FRAME_META,
-    FRAME_META_COLUMNS,
-    FRAMES,
     KINDS,
     LOCALIZATION_COLUMNS,
     LOCALIZATION_DEFAULTS,
-    LOCALIZATIONS,
-    TRACKS,
     Compression,
     Kind,
-    chunk_encoder,
-    frame_codecs,
-    frame_window_sample,
-    merge_windows,
-    ome_image_attrs,
-    read_json,
     units_of,
 )
+from axialtrack.store.options import (
+    _ANALYZED_COL,
+    _HOST_T,
+    _META_FIELDS,
+    FrameMeta,
+    WriterOptions,
+    WriterStats,
+    astuple_meta,
+)
 
-__all__ = ["FrameMeta", "RunWriter", "WriterOptions", "WriterStats"]
+__all__ = ["FrameMeta", "RunWriter", "WriterOptions", "WriterStats", "writer_alive"]
+
+# the names other modules imported from here before the writer was split
+_pid_alive = pid_alive
+_check_dtype = check_dtype
+_to_columns = to_columns
 
 _RESERVED_ATTRS = frozenset(
     {"format", "kind", "created", "state", "n_frames", "updated", "closed", "writer"}
 )
-
-
-class WriterOptions(BaseModel):
-    """Tuning of a :class:`RunWriter`; the defaults suit a live camera.
-
-    Parameters
-    ----------
-    backend
-        How frame chunks are written: ``"direct"`` (encode with numcodecs, one
-        ``write`` per chunk file; fastest, the default), ``"zarr"`` (zarr-python's
-        ``array[t] = frame``) or ``"tensorstore"`` (needs the ``tensorstore``
-        package). All three produce the same store.
-    queue_mb
-        Memory of the frame pool: frames accepted but not yet on disk.
-    on_full
-        What ``append_frame`` does when every pool buffer is still queued:
-        ``"block"`` waits up to ``block_timeout_s`` for one, ``"raise"`` raises at
-        once. Both raise :class:`WriterTooSlowError` instead of dropping a frame.
-    block_timeout_s
-        Longest wait for a free buffer (or for room in the localization queue).
-    io_threads
-        Threads that encode and write frame chunks concurrently.
-    commit_interval_s
-        Longest time between commits while frames arrive: frames written to disk
-        become visible to readers (and survive a crash) within about this time.
-    compression_level
-        Level of the frame compressor (default: zstd 1, blosc-lz4 5, blosc-zstd 1).
-    time_block
-        Frames added to the frame array at each resize.
-    shard_frames
-        Frames per file: the frame array is a zarr v3 sharded array with one
-        shard of ``shard_frames`` frames per file (2 to 255; the ``"direct"``
-        backend only). ``None``: one file per frame.
-    meta_chunk
-        Frames per chunk of the ``frame_meta`` arrays.
-    table_chunk
-        Rows per chunk of the localization and track arrays.
-    table_flush_interval_s
-        Longest time localization batches wait in memory before being written.
-    max_pending_rows
-        Localization rows that may wait in memory; beyond, ``append_localizations``
-        waits (or raises) like ``append_frame`` does.
-    direct_io
-        Write uncompressed frame chunks whose size is a multiple of 4 KiB with
-        ``O_DIRECT`` (``"direct"`` backend, where the OS and file system allow
-        it): straight from the frame pool to the disk, without a copy into the
-        page cache. Compressed chunks, other sizes, file systems other than
-        local-disk ones (ext4, XFS, btrfs, ...; not network file systems) and
-        file systems that refuse it go through the page cache as before.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    backend: Backend = "direct"
-    queue_mb: float = Field(256.0, gt=0)
-    on_full: Literal["block", "raise"] = "block"
-    block_timeout_s: float = Field(5.0, ge=0)
-    io_threads: int = Field(2, ge=1, le=32)
-    commit_interval_s: float = Field(0.1, gt=0)
-    compression_level: int | None = None
-    time_block: int = Field(256, ge=1)
-    shard_frames: int | None = Field(None, ge=2, le=MAX_SHARD_FRAMES)
-    meta_chunk: int = Field(4096, ge=1)
-    table_chunk: int = Field(16384, ge=1)
-    table_flush_interval_s: float = Field(0.25, gt=0)
-    max_pending_rows: int = Field(2_000_000, ge=1)
-    direct_io: bool = True
-
-    @model_validator(mode="after")
-    def _shards_need_direct(self) -> WriterOptions:
-        if self.shard_frames and self.backend != "direct":
-            raise ValueError(
-                f"shard_frames needs backend='direct', got backend={self.backend!r}"
-            )
-        return self
-
-
-@dataclass(frozen=True)
-class FrameMeta:
-    """Metadata of one dual-plane frame (one row of ``frame_meta``).
-
-    Parameters
-    ----------
-    t_s
-        Acquisition time (camera timestamp) in seconds. ``None`` records the
-        frame's arrival time, in seconds since the writer was opened.
-    stage_z_um, stage_x_um, stage_y_um
-        Stage positions when the frame was exposed (NaN if unknown).
-    image_number
-        The camera's image counter (-1 if unknown).
-    position_index
-        Index of the stage position (field) in a multi-position run.
-    analyzed
-        Whether the live pipeline analyzed this frame. ``True`` here is made
-        durable only after every localization row appended before this frame
-        (as :meth:`RunWriter.set_analyzed` is).
-    host_t_s
-        When the frame reached the host, in seconds on the host's monotonic
-        clock since the writer was opened. ``None`` records the time
-        ``append_frame`` received it. Unlike ``t_s`` (the camera's clock, which
-        a simulated camera may run at its nominal rate), this measures the rate
-        the run really had.
-    """
-
-    t_s: float | None = None
-    stage_z_um: float = math.nan
-    stage_x_um: float = math.nan
-    stage_y_um: float = math.nan
-    image_number: int = -1
-    position_index: int = 0
-    analyzed: bool = False
-    host_t_s: float | None = None
-
-
-_META_FIELDS = tuple(f.name for f in fields(FrameMeta))
-_META_DTYPE = np.dtype([(k, FRAME_META_COLUMNS[k]) for k in _META_FIELDS])
-_ANALYZED_COL = _META_FIELDS.index("analyzed")
-_HOST_T = _META_FIELDS.index("host_t_s")
-
-
-@dataclass(frozen=True)
-class WriterStats:
-    """A snapshot of a :class:`RunWriter`'s progress.
-
-    Attributes
-    ----------
-    frames_appended
-        Frames accepted by ``append_frame``.
-    frames_written
-        Frames whose chunk is on disk.
-    frames_committed
-        Frames a reader sees (and a crash keeps).
-    queue_depth, queue_capacity
-        Frames accepted but not on disk, and the pool size.
-    bytes_written
-        Bytes of frame chunks written (after compression).
-    elapsed_s
-        Seconds since the writer was opened.
-    write_mb_s
-        Raw frame megabytes (1e6 bytes) written per second since opening.
-    write_ms_p50, write_ms_p99
-        Time to encode and write one frame chunk (recent frames).
-    latency_ms_p50, latency_ms_p99
-        Time from ``append_frame`` to the chunk being on disk (recent frames).
-    rows_appended, rows_committed
-        Localization rows accepted and committed.
-    """
-
-    frames_appended: int
-    frames_written: int
-    frames_committed: int
-    queue_depth: int
-    queue_capacity: int
-    bytes_written: int
-    elapsed_s: float
-    write_mb_s: float
-    write_ms_p50: float
-    write_ms_p99: float
-    latency_ms_p50: float
-    latency_ms_p99: float
-    rows_appended: int
-    rows_committed: int
-
-
-_STOP = object()
-_DONE = 1
-_FRAME = 2
-_ANALYZED = 3
-_TICK = 4
-_ROWS = 5
-
-_OPEN_WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
-
-#: frames sampled for the display window: 0, 1, 2, 4, ... and then every N-th
-_WINDOW_EVERY = 256
-#: least time between two rewrites of the OME metadata while a run is written
-_OME_EVERY_S = 1.0
-
-
-def _close_open_writers() -> None:  # pragma: no cover - interpreter exit
-    for writer in list(_OPEN_WRITERS):
-        with contextlib.suppress(Exception):
-            writer.close()
-
-
-# Writers left open are closed (their queues written) when the interpreter exits.
-# This must run before thread pools refuse new work at exit (zarr and the I/O
-# threads need them), hence the hook ``concurrent.futures`` itself uses.
-_register_exit = getattr(threading, "_register_atexit", atexit.register)
-try:
-    _register_exit(_close_open_writers)
-except RuntimeError:  # pragma: no cover - registered while shutting down
-    atexit.register(_close_open_writers)
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _json_dict(value: Any, field: str) -> dict[str, Any]:
-    """A JSON-compatible dict from a dict or pydantic model; clear error if not."""
-    if value is None:
-        return {}
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    if not isinstance(value, Mapping):
-        raise TypeError(
-            f"{field} must be a dict (or a pydantic model), got {type(value).__name__}"
-        )
-    try:
-        out = json.loads(json.dumps(dict(value), allow_nan=True))
-    except (TypeError, ValueError) as exc:
-        raise TypeError(
-            f"{field} must be JSON-serializable (str, numbers, lists, dicts): {exc}"
-        ) from None
-    return dict(out)
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this host."""
-    if os.name == "nt":  # pragma: no cover - Windows: os.kill(pid, 0) kills it
-        return _pid_alive_windows(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def _pid_alive_windows(pid: int) -> bool:  # pragma: no cover - Windows only
-    import ctypes
-
-    win: Any = ctypes  # WinDLL and get_last_error exist on Windows only
-    kernel32 = win.WinDLL("kernel32", use_last_error=True)
-    handle = kernel32.OpenProcess(0x1000, False, pid)  # QUERY_LIMITED_INFORMATION
-    if not handle:
-        return bool(win.get_last_error() == 5)  # access denied: it exists
-    try:
-        code = ctypes.c_ulong()
-        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
-            return True
-        return code.value == 259  # STILL_ACTIVE
-    finally:
-        kernel32.CloseHandle(handle)
-
-
-def writer_alive(attrs: Mapping[str, Any], path: Path) -> bool | None:
-    """Whether a run store at ``path`` (with these attrs) is still being written.
-
-    True if the writing process runs (in this process: if a :class:`RunWriter`
-    for ``path`` is open); ``None`` when it cannot be told (another host, or no
-    writer record).
-    """
-    w = attrs.get("writer") or {}
-    pid, host = w.get("pid"), w.get("host")
-    if not isinstance(pid, int) or host != socket.gethostname():
-        return None
-    if pid == os.getpid():
-        target = Path(path).expanduser().absolute()
-        return any(wr.path == target for wr in list(_OPEN_WRITERS))
-    return _pid_alive(pid)
-
-
-def _prepare_path(path: Path, overwrite: bool) -> bool:
-    """Check that a store may be created at ``path``; return whether something
-    (a run store of ours, or an empty directory) is there to be replaced.
-
-    Nothing is deleted here: the new store is built beside it and swapped in.
-    """
-    from axialtrack.store.replace import is_run_store, refusal
-
-    why = refusal(path, overwrite, "store")
-    if why is not None:
-        raise StoreExistsError(why.replace("--overwrite", "overwrite=True"))
-    if not (path.exists() or path.is_symlink()):
-        return False
-    if is_run_store(path):
-        try:
-            attrs = read_json(path / "zarr.json")["attributes"][ATTRS_KEY]
-        except (OSError, ValueError, KeyError, TypeError):
-            attrs = {}
-        if (
-            isinstance(attrs, dict)
-            and attrs.get("state") == "open"
-            and writer_alive(attrs, path)
-        ):
-            raise StoreInUseError(
-                f"{path} is being written by process "
-                f"{attrs['writer']['pid']}; stop that run before overwriting it."
-            )
-    return True
-
-
-def _warn_hidden_copies(path: Path) -> None:
-    """Warn about a previous store an interrupted ``--overwrite`` hid beside
-    ``path``: it is kept, and must not be forgotten."""
-    from axialtrack.store.replace import find_leftovers_beside
-
-    for left in find_leftovers_beside(path):
-        if left.what == "replaced" and not left.alive:
-            warnings.warn(
-                f"{left.path} holds a previous {path.name}, set aside by an "
-                f"--overwrite that was interrupted (process {left.pid}); it is "
-                f"kept. Run `axialtrack recover {path}` to restore or delete it.",
-                stacklevel=4,
-            )
-
-
-def _check_location(path: Path) -> None:
-    """Fail early, and clearly, when ``path`` cannot be created."""
-    anc = path.parent
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise UnwritableStoreError(
-            f"Cannot create run store {path}: {anc} is a file, not a directory. "
-            "Choose an output path inside a directory.",
-            path=path,
-            frames_safe=0,
-            rows_safe=0,
-        )
-    if not os.access(anc, os.W_OK):
-        raise UnwritableStoreError(
-            f"Cannot create run store {path}: {anc} is not writable (permissions "
-            "or a read-only mount). Choose a writable location.",
-            path=path,
-            frames_safe=0,
-            rows_safe=0,
-        )
-
-
-def _to_columns(table: Any, what: str) -> dict[str, np.ndarray]:
-    """Columns of a DataFrame, a mapping of arrays or a structured array."""
-    if isinstance(table, np.ndarray) and table.dtype.names:
-        return {k: np.asarray(table[k]) for k in table.dtype.names}
-    if hasattr(table, "columns") and hasattr(table, "to_numpy"):
-        return {str(k): np.asarray(table[k].to_numpy()) for k in table.columns}
-    if isinstance(table, Mapping):
-        return {str(k): np.asarray(v) for k, v in table.items()}
-    raise InvalidTableError(
-        f"{what}: expected a pandas DataFrame, a dict of 1-D arrays or a structured "
-        f"array, got {type(table).__name__}"
-    )
-
-
-def _check_dtype(name: str, col: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
-    if col.dtype.kind not in "biuf" or not np.can_cast(
-        col.dtype, dtype, casting="same_kind"
-    ):
-        raise InvalidTableError(
-            f"{what}: column {name!r} has dtype {col.dtype}, which cannot be stored "
-            f"as {dtype} without losing information; convert it to {dtype}."
-        )
-    return np.ascontiguousarray(col, dtype=dtype)
 
 
 class RunWriter:
@@ -553,10 +196,10 @@ class RunWriter:
         self._attrs: dict[str, Any] = {
             "format": FORMAT_VERSION,
             "kind": kind,
-            "created": _now_iso(),
-            "rig": _json_dict(rig, "rig"),
-            "splitter": _json_dict(splitter, "splitter"),
-            "model": _json_dict(model, "model"),
+            "created": now_iso(),
+            "rig": json_dict(rig, "rig"),
+            "splitter": json_dict(splitter, "splitter"),
+            "model": json_dict(model, "model"),
             "state": "open",
             "n_frames": 0,
             "plane_shape": [h, w],
@@ -600,27 +243,13 @@ class RunWriter:
         self._ome_written_at = -math.inf
         self._ome_dt: float | None = frame_interval_s
 
-        _check_location(self.path)
-        replacing = _prepare_path(self.path, overwrite)
-        _warn_hidden_copies(self.path)
+        check_location(self.path)
+        replacing = prepare_path(self.path, overwrite)
+        warn_hidden_copies(self.path)
         self._create_atomically(extra_cols, replacing)
 
-        frame_bytes = int(np.prod(self.frame_shape)) * 2
-        n_slots = max(2, int(opts.queue_mb * 1e6 // frame_bytes))
-        # page-aligned, so that whole frames can go to disk with direct I/O
-        raw = np.empty(n_slots * frame_bytes + DIRECT_ALIGN, dtype=np.uint8)
-        off = -raw.ctypes.data % DIRECT_ALIGN
-        self._pool = (
-            raw[off : off + n_slots * frame_bytes]
-            .view("<u2")
-            .reshape(n_slots, *self.frame_shape)
-        )
-        # LIFO: the most recently written buffer is reused first, so a writer that
-        # keeps up touches (and page-faults) only a few buffers of the pool.
-        self._free: queue.LifoQueue[int] = queue.LifoQueue()
-        for i in reversed(range(n_slots)):
-            self._free.put(i)
-        self._n_slots = n_slots
+        self._pool, self._free = make_frame_pool(self.frame_shape, opts.queue_mb)
+        self._n_slots = len(self._pool)
         self._frame_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._table_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._rows_cv = threading.Condition()
@@ -647,7 +276,7 @@ class RunWriter:
         )
         self._frame_thread.start()
         self._table_thread.start()
-        _OPEN_WRITERS.add(self)
+        OPEN_WRITERS.add(self)
 
     # ------------------------------------------------------------------ setup
 
@@ -665,167 +294,19 @@ class RunWriter:
     def _create_atomically(
         self, extra_cols: Mapping[str, np.dtype], replacing: bool
     ) -> None:
-        """Build the empty store beside ``path`` and rename it into place.
-
-        A reader (or a crash) sees no store or a complete one, with every group
-        and table; a failure leaves nothing at ``path`` (a kill leaves the hidden
-        ``.NAME.creating-PID``, which ``info`` and ``recover`` report and
-        remove). A replaced store is renamed aside first and deleted after.
-        """
-        from axialtrack.store.replace import hidden_name, remove_path
-
-        path = self.path
-        tmp = hidden_name(path, "creating")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if tmp.exists() or tmp.is_symlink():
-                remove_path(tmp)
-            self._create(tmp, extra_cols)
-            if replacing:
-                if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
-                    path.rmdir()
-                else:
-                    aside = hidden_name(path, "replaced")
-                    if aside.exists() or aside.is_symlink():
-                        remove_path(aside)
-                    os.replace(path, aside)
-                    os.replace(tmp, path)
-                    remove_path(aside)
-            if not path.exists():
-                os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                remove_path(tmp)
-            raise write_error(
-                exc, path=path, frames_safe=0, rows_safe=0, doing="creating it"
-            ) from exc
-        except BaseException:
-            with contextlib.suppress(OSError):
-                remove_path(tmp)
-            raise
-        self._bind(path)
+        _commit.create_atomically(self, extra_cols, replacing)
 
     def _bind(self, path: Path) -> None:
-        """Open the created store at its final place for writing."""
-        opts = self.options
-        root = zarr.open_group(LocalStore(path), mode="r+")
-        self._root = root
-        frames = root[FRAMES]
-        arr = root[f"{FRAMES}/{FRAME_ARRAY}"]
-        assert isinstance(frames, zarr.Group)
-        assert isinstance(arr, zarr.Array)
-        self._frames_group = frames
-        self._frames_arr = arr
-        if self._has_tables:
-            tracks = root[TRACKS]
-            assert isinstance(tracks, zarr.Group)
-            self._tracks_group = tracks
-        direct = opts.backend != "zarr"
-        bound = [(self._meta, FRAME_META)]
-        if self._has_tables:
-            bound.append((self._locs, LOCALIZATIONS))
-        for table, name in bound:
-            group = root[name]
-            assert isinstance(group, zarr.Group)
-            table.rebind(group, path / name if direct else None)
-        self._sink: FrameSink = make_sink(
-            opts.backend,
-            self._frames_arr,
-            path / FRAMES / FRAME_ARRAY,
-            chunk_encoder(self.compression, opts.compression_level),
-            direct_io=opts.direct_io,
-            shard_frames=opts.shard_frames,
-        )
+        _commit.bind(self, path)
 
     def _create(self, directory: Path, extra_cols: Mapping[str, np.dtype]) -> None:
-        """Create the empty store (every group, array and table) in
-        ``directory``."""
-        opts = self.options
-        store = LocalStore(directory)
-        root = zarr.open_group(store, mode="w-", zarr_format=3)
-        root.update_attributes({ATTRS_KEY: self._attrs, "ome": self._root_ome()})
-
-        frames = root.create_group(
-            FRAMES,
-            attributes={
-                "ome": ome_image_attrs(
-                    pixel_size_um=self.pixel_size_um,
-                    frame_interval_s=self._frame_interval_s,
-                )
-            },
-        )
-        serializer, compressors = frame_codecs(self.compression, opts.compression_level)
-        chunks: tuple[int, ...] = (1, *self.frame_shape)
-        if opts.shard_frames:
-            from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-
-            # one file per shard of frames; the index first, so that it stays
-            # in place while frames are appended after it
-            serializer = ShardingCodec(
-                chunk_shape=chunks,
-                codecs=[serializer, *compressors],
-                index_codecs=[BytesCodec(endian="little"), Crc32cCodec()],
-                index_location="start",
-            )
-            compressors = ()
-            chunks = (opts.shard_frames, *self.frame_shape)
-        frames.create_array(
-            FRAME_ARRAY,
-            shape=(0, *self.frame_shape),
-            chunks=chunks,
-            dtype="uint16",
-            fill_value=0,
-            serializer=serializer,
-            compressors=compressors,
-            dimension_names=["t", "c", "y", "x"],
-            chunk_key_encoding=CHUNK_KEY_ENCODING,  # type: ignore[arg-type]
-            config={"write_empty_chunks": True},
-        )
-        self._capacity = 0
-
-        meta_group = root.create_group(
-            FRAME_META, attributes={"units": units_of(FRAME_META_COLUMNS)}
-        )
-        self._meta = ColumnTable(meta_group, chunk=opts.meta_chunk)
-        for name, dtype in FRAME_META_COLUMNS.items():
-            self._meta.add_column(name, dtype)
-
-        # a calibration run's (empty) localization table lives in memory only
-        loc_group = (
-            root.create_group(LOCALIZATIONS)
-            if self._has_tables
-            else zarr.open_group(zarr.storage.MemoryStore(), mode="w")
-        )
-        self._locs = ColumnTable(loc_group, chunk=opts.table_chunk)
-        for name, dtype in {**LOCALIZATION_COLUMNS, **extra_cols}.items():
-            self._locs.add_column(name, dtype)
-        self._loc_schema: dict[str, np.dtype] = dict(self._locs.dtypes)
-        self._loc_schema_fixed = bool(extra_cols)
-        loc_group.update_attributes(self._table_attrs(self._locs))
-
-        if self._has_tables:
-            tracks = root.create_group(TRACKS)
-            tracks.update_attributes({"n_rows": 0, "columns": [], "dtypes": []})
+        _commit.create(self, directory, extra_cols)
 
     def _frames_ome(self) -> dict[str, Any]:
-        """The ``ome`` attribute of ``frames`` (the image, dataset ``"0"``)."""
-        return ome_image_attrs(
-            pixel_size_um=self.pixel_size_um,
-            frame_interval_s=self._ome_dt,
-            windows=self._windows,
-        )
+        return _commit.frames_ome(self)
 
     def _root_ome(self) -> dict[str, Any]:
-        """The ``ome`` attribute of the root: the same image (dataset
-        ``"frames/0"``), so that OME-Zarr readers given the store's own path
-        open it."""
-        return ome_image_attrs(
-            pixel_size_um=self.pixel_size_um,
-            frame_interval_s=self._ome_dt,
-            name=self.path.stem,
-            path=f"{FRAMES}/{FRAME_ARRAY}",
-            windows=self._windows,
-        )
+        return _commit.root_ome(self)
 
     @staticmethod
     def _table_attrs(table: ColumnTable) -> dict[str, Any]:
@@ -1077,7 +558,7 @@ class RunWriter:
         bad = _RESERVED_ATTRS & set(values)
         if bad:
             raise ValueError(f"set_attrs: {sorted(bad)} are managed by the writer")
-        new = {k: _json_dict({k: v}, k)[k] for k, v in values.items()}
+        new = {k: json_dict({k: v}, k)[k] for k, v in values.items()}
         with self._put_lock:
             self._check_open("set_attrs")
             with self._lock:
@@ -1108,7 +589,7 @@ class RunWriter:
         self._check_open("append_localizations")
         what = f"append_localizations on {self.path}"
         self._check_tables(what)
-        cols = _to_columns(table, what)
+        cols = to_columns(table, what)
         lengths = {k: v.shape for k, v in cols.items()}
         if any(len(s) != 1 for s in lengths.values()):
             raise InvalidTableError(f"{what}: every column must be 1-D, got {lengths}")
@@ -1146,7 +627,7 @@ class RunWriter:
         out: dict[str, np.ndarray] = {}
         for name, dtype in schema.items():
             if name in cols:
-                out[name] = _check_dtype(name, cols[name], dtype, what)
+                out[name] = check_dtype(name, cols[name], dtype, what)
             elif name in LOCALIZATION_DEFAULTS:
                 out[name] = np.full(k, LOCALIZATION_DEFAULTS[name], dtype=dtype)
             else:
@@ -1198,7 +679,7 @@ class RunWriter:
         self._check_open("write_tracks")
         what = f"write_tracks on {self.path}"
         self._check_tables(what)
-        cols = _to_columns(table, what)
+        cols = to_columns(table, what)
         lens = {v.shape for v in cols.values()}
         if any(len(s) != 1 for s in lens) or len(lens) > 1:
             raise InvalidTableError(
@@ -1259,7 +740,7 @@ class RunWriter:
         self._committer.shutdown(wait=True)
         self._sink.close()
         self._finished = True
-        _OPEN_WRITERS.discard(self)
+        OPEN_WRITERS.discard(self)
         self._raise_if_failed()
         try:
             self._finalize()
@@ -1268,43 +749,7 @@ class RunWriter:
             self._raise_if_failed()
 
     def _finalize(self) -> None:
-        if self._tracks is not None and self._has_tables:
-            cols = self._tracks
-            n = len(next(iter(cols.values()))) if cols else 0
-            table = ColumnTable(self._tracks_group, chunk=self.options.table_chunk)
-            for name, arr in cols.items():
-                table.add_column(name, arr.dtype)
-            table.append(cols, n)
-            table.truncate()
-            self._tracks_group.update_attributes(self._table_attrs(table))
-        n = self._committed_frames
-        # every frame written is committed: no chunk lies past n
-        shrink(self._frames_arr, (n, *self.frame_shape))
-        self._meta.truncate()
-        self._locs.truncate()
-        dt = self._frame_interval_s
-        if dt is None and n > 1 and self._t_first is not None:
-            span = self._t_last - self._t_first
-            dt = span / (n - 1) if span > 0 else None
-        self._ome_dt = dt
-        self._update_ome(n, final=True)
-        self._ome_dt = dt  # exactly the measured interval, not the last within 1 %
-        self._frames_group.update_attributes({"ome": self._frames_ome()})
-        st = self.stats
-        with self._lock:
-            self._attrs.update(
-                state="closed",
-                n_frames=n,
-                closed=_now_iso(),
-                updated=_now_iso(),
-                frame_interval_s=dt,
-                stats={
-                    k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                    for k, v in asdict(st).items()
-                },
-            )
-            attrs = dict(self._attrs)
-        self._root.update_attributes({ATTRS_KEY: attrs, "ome": self._root_ome()})
+        _commit.finalize(self)
 
     def __enter__(self) -> RunWriter:
         return self
@@ -1332,230 +777,34 @@ class RunWriter:
 
     # ---------------------------------------------------------- frame thread
 
+    # set when the store is created and bound (see _commit)
+    _root: zarr.Group
+    _frames_group: zarr.Group
+    _frames_arr: zarr.Array
+    _tracks_group: zarr.Group
+    _sink: FrameSink
+    _capacity: int
+    _meta: ColumnTable
+    _locs: ColumnTable
+    _loc_schema: dict[str, np.dtype]
+    _loc_schema_fixed: bool
     _t_first: float | None = None
     _t_last: float = math.nan
 
     def _fail(self, exc: BaseException, doing: str) -> None:
-        with self._rows_cv:
-            if self._failure is None:  # the first failure is the one reported
-                self._failure = (exc, doing)
-            self._rows_cv.notify_all()
+        _threads.fail(self, exc, doing)
 
     def _guarded(self, loop: Callable[[], None], doing: str) -> Callable[[], None]:
-        """``loop`` for a writer thread: an error it does not handle itself is
-        the writer's failure (reported by the next call and by close()), not a
-        thread that ends in silence."""
-
-        def run() -> None:
-            try:
-                loop()
-            except BaseException as exc:
-                self._fail(exc, doing)
-
-        return run
+        return _threads.guarded(self, loop, doing)
 
     def _write_job(self, index: int, slot: int, t_in: float) -> None:
-        t0 = time.perf_counter()
-        try:
-            if self._failure is None:
-                nbytes = self._sink.write(index, self._pool[slot])
-                t1 = time.perf_counter()
-                if index & (index - 1) == 0 or index % _WINDOW_EVERY == 0:
-                    # frames 0, 1, 2, 4, 8, ... then every _WINDOW_EVERY-th
-                    sample = frame_window_sample(self._pool[slot])
-                    with self._stats_lock:
-                        self._window_samples.append(sample)
-                        self._ome_dirty = True
-                with self._stats_lock:
-                    self._write_times.append(t1 - t0)
-                    self._latencies.append(t1 - t_in)
-                    self._bytes_written += nbytes
-                err: BaseException | None = None
-            else:
-                err = None
-                index = -1
-        except BaseException as exc:  # reported through the frame thread
-            err = exc
-            # and recorded before the buffer is free again, so a frame that
-            # waited for it is refused, not accepted and then dropped
-            self._fail(exc, f"writing frame {index}")
-        finally:
-            self._free.put(slot)
-        self._frame_q.put((_DONE, index, err))
+        _threads.write_job(self, index, slot, t_in)
 
     def _frame_loop(self) -> None:
-        """Dispatch frames to the I/O threads; schedule commits on the committer.
-
-        Commits run on their own thread so that a slow metadata write (a file
-        system stall) never holds up frames on their way to the I/O threads.
-        Frame metadata rows stay here (``pending``, starting at frame
-        ``pending_base``) until the commit that writes them has succeeded.
-        """
-        interval = self.options.commit_interval_s
-        pending: list[tuple] = []
-        pending_base = 0
-        done: set[int] = set()
-        next_done = 0  # frames [0, next_done) are on disk
-        inflight = 0
-        stopping = False
-        last_commit = time.perf_counter()
-        deferred: list[tuple[np.ndarray, bool]] = []  # flags of rows past pending
-        commit_fut: Future[None] | None = None
-        commit_k = 0
-        commit_updates: list[tuple[np.ndarray, bool]] = []
-        grow_fut: Future[None] | None = None
-        block = self.options.time_block
-        # flag changes waiting for the rows appended before them to be committed
-        waiting: deque[tuple[int, np.ndarray, bool]] = deque()
-
-        def apply_flags(idx: np.ndarray, value: bool) -> None:
-            # rows of a commit in flight are written already: change them
-            # with the next commit, like older rows
-            first_free = pending_base + (commit_k if commit_fut else 0)
-            rel = idx - pending_base
-            mine = (idx >= first_free) & (rel < len(pending))
-            for r in rel[mine]:
-                row = pending[r]
-                pending[r] = (*row[:_ANALYZED_COL], value, *row[_ANALYZED_COL + 1 :])
-            if (~mine).any():
-                deferred.append((idx[~mine], value))
-
-        def release_flags() -> None:
-            # in order, so that later changes of a frame win
-            rows = self._committed_rows
-            while waiting and waiting[0][0] <= rows:
-                _, idx, value = waiting.popleft()
-                apply_flags(idx, value)
-
-        def settle(wait: bool) -> bool:
-            """Account for the commit in flight; True if none is in flight now."""
-            nonlocal commit_fut, pending_base, deferred
-            if commit_fut is None:
-                return True
-            if not wait and not commit_fut.done():
-                return False
-            exc = commit_fut.exception()
-            commit_fut = None
-            if exc is not None:
-                self._fail(exc, "committing frames")
-                # its rows stay pending and its flag changes deferred: the last
-                # (best-effort) commit writes what this one did not, once
-                deferred = commit_updates + deferred
-                return True
-            del pending[:commit_k]
-            pending_base += commit_k
-            return True
-
-        def schedule() -> None:
-            nonlocal commit_fut, commit_k, deferred, commit_updates
-            k = next_done - pending_base
-            if k <= 0 and not deferred and not self._attrs_dirty:
-                return
-            commit_k = max(k, 0)
-            rows = pending[:commit_k]
-            commit_updates, deferred = deferred, []
-            commit_fut = self._committer.submit(
-                self._commit, next_done, rows, commit_updates, pending_base
-            )
-            # wake this loop when the commit is done
-            commit_fut.add_done_callback(lambda _: self._frame_q.put((_TICK,)))
-
-        while True:
-            if commit_fut is not None:
-                settle(wait=False)
-            uncommitted = (
-                self._failure is None
-                and commit_fut is None
-                and (
-                    next_done > self._committed_frames
-                    or bool(deferred)
-                    or self._attrs_dirty
-                )
-            )
-            timeout = None  # a commit in flight wakes the loop when done
-            if uncommitted:
-                timeout = max(0.0, last_commit + interval - time.perf_counter())
-            try:
-                item = self._frame_q.get(timeout=timeout)
-            except queue.Empty:
-                item = (_TICK,)
-            if item is _STOP:
-                stopping = True
-            elif item[0] == _FRAME:
-                _, index, slot, row, t_in = item
-                if self._failure is not None:
-                    self._free.put(slot)
-                    continue
-                try:
-                    # grow ahead, on the committer thread, so that a slow
-                    # metadata write does not hold up frames
-                    if grow_fut is None and index >= self._capacity - block // 2:
-                        grow_fut = self._committer.submit(
-                            self._grow_frames, self._capacity + 1
-                        )
-                    if index >= self._capacity and grow_fut is not None:
-                        grow_fut.result()
-                    if grow_fut is not None and grow_fut.done():
-                        grow_fut.result()
-                        grow_fut = None
-                    if index >= self._capacity:
-                        self._grow_frames(index + 1)
-                except BaseException as exc:
-                    grow_fut = None
-                    self._fail(exc, f"growing the frame array to frame {index}")
-                    self._free.put(slot)
-                    continue
-                pending.append(row)
-                inflight += 1
-                self._io.submit(self._write_job, index, slot, t_in)
-            elif item[0] == _DONE:
-                inflight -= 1
-                _, index, err = item
-                if err is not None:
-                    self._fail(err, f"writing frame {index}")
-                elif index >= 0:
-                    done.add(index)
-                    self._n_written += 1
-                    while next_done in done:
-                        done.discard(next_done)
-                        next_done += 1
-            elif item[0] == _ANALYZED:
-                waiting.append((item[3], item[1], item[2]))
-            release_flags()
-            now = time.perf_counter()
-            drained = stopping and inflight == 0 and self._frame_q.empty()
-            if drained:
-                # flags still waiting for their rows: close() commits them after
-                # the last rows (or never, if those are not written)
-                self._late_flags = list(waiting)
-                # the last commit: after a failure too (best effort) for the
-                # frames fully written before it; a failed commit changes nothing
-                settle(wait=True)
-                failed = self._failure is not None
-                schedule()
-                if commit_fut is not None:
-                    if failed:
-                        with contextlib.suppress(BaseException):
-                            commit_fut.result()
-                        commit_fut = None
-                    else:
-                        settle(wait=True)
-                break
-            if (
-                self._failure is None
-                and now - last_commit >= interval
-                and settle(wait=False)
-            ):
-                schedule()
-                last_commit = now
+        _threads.frame_loop(self)
 
     def _grow_frames(self, need: int) -> None:
-        block = self.options.time_block
-        new = round_up(max(need, self._capacity + block), block)
-        # the sink's handle grows; the shape on disk stays the committed one
-        # (set by _commit), so that readers never see uncommitted frames
-        self._sink.resized(new)
-        self._capacity = new
+        _threads.grow_frames(self, need)
 
     def _commit(
         self,
@@ -1564,181 +813,17 @@ class RunWriter:
         updates: list[tuple[np.ndarray, bool]],
         base: int = 0,
     ) -> None:
-        """On the committer thread: write metadata rows, then ``n_frames = n``.
-
-        ``rows`` are those of frames ``base, base + 1, ...``; those already
-        appended (by an earlier commit whose attribute write then failed) are
-        not appended again.
-        """
-        # sharded frames: their shards' indices name them now
-        self._sink.commit(n)
-        meta = self._meta
-        old_n = meta.n
-        if old_n < base:  # pragma: no cover - rows are committed in order
-            raise RuntimeError(f"metadata holds {old_n} rows, expected >= {base}")
-        rows = rows[old_n - base :]
-        k = len(rows)
-        # flag changes of rows appended before: made now, written with the rows
-        for idx, value in updates:
-            idx = np.asarray(idx)
-            meta.set_values("analyzed", idx[idx < old_n], value)
-        if k:
-            table = np.array(rows, dtype=_META_DTYPE)
-            meta.append({name: table[name] for name in _META_FIELDS}, k)
-            t = table["t_s"]
-            if self._t_first is None:
-                self._t_first = float(t[0])
-            self._t_last = float(t[-1])
-            # flag changes of these rows (this retries a failed commit)
-            for idx, value in updates:
-                idx = np.asarray(idx)
-                late = idx[(idx >= old_n) & (idx < meta.n)]
-                if late.size:
-                    meta.set_values("analyzed", late, value)
-        if meta.dirty:
-            meta.append({}, 0)
-        if n != self._frames_arr.shape[0]:
-            # the frames are on disk: the array's shape may cover them now
-            shrink(self._frames_arr, (n, *self.frame_shape))
-        root_attrs: dict[str, Any] = {}
-        if self._update_ome(n):
-            ome = self._frames_ome()
-            self._frames_group.update_attributes({"ome": ome})
-            root_attrs["ome"] = self._root_ome()
-        with self._lock:
-            self._attrs["n_frames"] = n
-            self._attrs["updated"] = _now_iso()
-            self._attrs_dirty = False
-            attrs = dict(self._attrs)
-        self._root.update_attributes({ATTRS_KEY: attrs, **root_attrs})
-        self._committed_frames = n
-        self._table_q.put(None)  # rows of these frames may be written now
+        _commit.commit(self, n, rows, updates, base)
 
     def _update_ome(self, n: int, final: bool = False) -> bool:
-        """Take new display windows and the measured frame interval into the
-        OME metadata; True if it changed and is due to be written: at once for
-        the first window and the first interval, then at most every
-        ``_OME_EVERY_S`` while the run is written, and at close."""
-        now = time.perf_counter()
-        first = self._windows is None or self._ome_dt is None
-        if not (final or first) and now - self._ome_written_at < _OME_EVERY_S:
-            return False
-        changed = False
-        if self._frame_interval_s is None and n > 1 and self._t_first is not None:
-            span = self._t_last - self._t_first
-            if span > 0 and math.isfinite(span):
-                dt = span / (n - 1)
-                # rewritten when it moves by more than 1 %
-                if self._ome_dt is None or abs(dt - self._ome_dt) > 0.01 * dt:
-                    self._ome_dt = dt
-                    changed = True
-        with self._stats_lock:
-            dirty, self._ome_dirty = self._ome_dirty, False
-            samples = list(self._window_samples)
-        if dirty and samples:
-            windows = merge_windows(np.stack(samples))
-            if windows != self._windows:
-                self._windows = windows
-                changed = True
-        if changed:
-            self._ome_written_at = now
-        return changed
+        return _commit.update_ome(self, n, final)
 
     # ---------------------------------------------------------- table thread
 
     def _table_loop(self) -> None:
-        """Write localization batches, in order, once their frames are committed.
-
-        A batch is written only when every frame it refers to is committed
-        (``frame < n_frames``), so a reader (or a crash) never has rows of a
-        frame it cannot read. When the writer stops (after its last frame
-        commit) every batch left is written; after a failure, only those of
-        committed frames.
-        """
-        interval = self.options.table_flush_interval_s
-        batches: deque[tuple[dict[str, np.ndarray], int, int]] = deque()
-        last_flush = time.perf_counter()
-        stopping = False
-
-        def ready() -> int:
-            """How many of the first batches may be written now."""
-            n_frames = self._committed_frames
-            count = 0
-            for _, _, last in batches:
-                if last >= n_frames and not (stopping and self._failure is None):
-                    break
-                count += 1
-            return count
-
-        while True:
-            n_ready = ready()
-            timeout = None  # woken by new batches, frame commits and the stop
-            if n_ready and self._failure is None:
-                timeout = max(0.0, last_flush + interval - time.perf_counter())
-            try:
-                item = self._table_q.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                stopping = True
-            elif item is not None:
-                batches.append((item[1], item[2], item[3]))
-            n_ready = ready()
-            now = time.perf_counter()
-            rows_ready = sum(batches[i][1] for i in range(n_ready))
-            due = now - last_flush >= interval or rows_ready >= self.options.table_chunk
-            if n_ready and (due or stopping):
-                out = [batches.popleft() for _ in range(n_ready)]
-                k = sum(b[1] for b in out)
-                if self._failure is None:
-                    try:
-                        self._flush_rows(out, k)
-                    except BaseException as exc:
-                        self._fail(exc, "writing localizations")
-                else:
-                    # best effort, as for frames (a failed flush changes nothing)
-                    with contextlib.suppress(BaseException):
-                        self._flush_rows(out, k)
-                with self._rows_cv:
-                    self._pending_rows -= k
-                    self._rows_cv.notify_all()
-                last_flush = now
-                self._frame_q.put((_TICK,))  # flags waiting for these rows
-            if stopping and self._table_q.empty() and not ready():
-                # what is left belongs to frames that were never committed
-                # (the writer failed): it is not written
-                k = sum(b[1] for b in batches)
-                batches.clear()
-                with self._rows_cv:
-                    self._pending_rows -= k
-                    self._rows_cv.notify_all()
-                break
+        _threads.table_loop(self)
 
     def _flush_rows(
         self, batches: Sequence[tuple[dict[str, np.ndarray], int, int]], k: int
     ) -> None:
-        locs = self._locs
-        for name in self._loc_schema:
-            if name not in locs.arrays:
-                locs.add_column(name, self._loc_schema[name])
-        cols = {
-            name: np.concatenate([b[name] for b, _, _ in batches])
-            for name in locs.columns
-        }
-        locs.append(cols, k)
-        locs.group.update_attributes(self._table_attrs(locs))
-        self._committed_rows = locs.n
-
-
-def astuple_meta(meta: FrameMeta) -> tuple:
-    """The fields of a :class:`FrameMeta` as a tuple in ``frame_meta`` order."""
-    return (
-        None if meta.t_s is None else float(meta.t_s),
-        float(meta.stage_z_um),
-        float(meta.stage_x_um),
-        float(meta.stage_y_um),
-        int(meta.image_number),
-        int(meta.position_index),
-        bool(meta.analyzed),
-        None if meta.host_t_s is None else float(meta.host_t_s),
-    )
+        _threads.flush_rows(self, batches, k)
