@@ -77,14 +77,34 @@ def image_windows(run: Run) -> list[tuple[float, float]]:
     return out
 
 
+class _PlaneView:
+    """Plane ``plane`` of the first ``n`` frames of a ``(T, 2, H, W)`` array,
+    as a ``(n, H, W)`` array-like that dask wraps without slicing (a slice of
+    a dask array with one chunk per frame costs a graph key per frame)."""
+
+    def __init__(self, array: Any, plane: int, n: int) -> None:
+        self._array = array
+        self._plane = plane
+        self.shape = (int(n), *array.shape[2:])
+        self.dtype = array.dtype
+        self.ndim = 3
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        return np.asarray(self._array[key[0], self._plane, key[1], key[2]])
+
+
 def _plane_data(run: Run, plane: int) -> Any:
     """Plane ``plane`` of the committed frames, ``(T, H, W)``, as a dask array
     with one chunk per frame (nothing is read until a frame is shown)."""
     import dask.array as da
 
     arr = run.frames.zarr_array
-    d = da.from_array(arr, chunks=(1, 1, *arr.shape[2:]), asarray=False, fancy=False)
-    return d[: run.n_frames, plane]
+    view = _PlaneView(arr, plane, run.n_frames)
+    return da.from_array(
+        view, chunks=(1, *view.shape[1:]), asarray=False, fancy=False, name=False
+    )
 
 
 def run_layers(

@@ -52,22 +52,22 @@ def overlap_px(attrs: Mapping[str, Any]) -> float:
 
 def _nearest_in_frame(frames: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Distance from each row to the nearest other row of its frame (inf if
-    alone)."""
+    alone). One KD-tree over ``(x, y, frame * far)``: rows of other frames are
+    ``far`` apart, farther than any two rows of one frame."""
     from scipy.spatial import cKDTree
 
     out = np.full(len(frames), np.inf)
-    order = np.argsort(frames, kind="stable")
-    f = frames[order]
-    cuts = np.flatnonzero(np.diff(f)) + 1
-    for rows in np.split(order, cuts):
-        if len(rows) < 2:
-            continue
-        pts = np.column_stack([x[rows], y[rows]])
-        ok = np.isfinite(pts).all(axis=1)
-        if ok.sum() < 2:
-            continue
-        d, _ = cKDTree(pts[ok]).query(pts[ok], k=2)
-        out[rows[ok]] = d[:, 1]
+    pts = np.column_stack([x, y])
+    ok = np.isfinite(pts).all(axis=1)
+    if ok.sum() < 2:
+        return out
+    span = float(np.ptp(pts[ok], axis=0).max())
+    far = 10.0 * (span + 1.0)
+    p3 = np.column_stack([pts[ok], frames[ok].astype(np.float64) * far])
+    d, _ = cKDTree(p3).query(p3, k=2)
+    near = d[:, 1]
+    near[near >= far / 2] = np.inf  # the nearest is in another frame
+    out[ok] = near
     return out
 
 
