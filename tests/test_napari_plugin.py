@@ -212,3 +212,28 @@ def test_follow_widget_adds_new_frames(tmp_path: Path, viewer: Any) -> None:
         assert "5 frames, 10 localizations, open" in widget.status.text()
     finally:
         w.close()
+
+
+def test_save_tracks_of_selected_points(tmp_path: Path, viewer: Any) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    from axialtrack.napari_plugin._widget import FollowRunWidget
+
+    _app = QApplication.instance() or QApplication([])
+    path = tmp_path / "run.zarr"
+    _write(path)
+    layers = viewer.open(str(path), plugin="axialtrack")
+    pts = layers[2]
+    # select one point of track 1 (the second spot of frame 2)
+    k = int(np.flatnonzero((pts.features["track_id"] == 1) & (pts.data[:, 0] == 2))[0])
+    pts.selected_data = {k}
+    widget = FollowRunWidget(viewer)
+    widget.timer.stop()
+    out = tmp_path / "sel.csv"
+    assert widget.save_selected_tracks(str(out)) == 6
+    table = pd.read_csv(out)
+    assert set(table["track_id"]) == {1}
+    assert table["frame"].tolist() == list(range(6))
+    want = world_localizations(open_run(path))
+    want = want[want["track_id"] == 1]
+    np.testing.assert_allclose(table["x_um"], want["x_um"])

@@ -5,13 +5,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QCheckBox, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from axialtrack.napari_plugin._reader import run_layers
 from axialtrack.store import StoreError, open_run
 
 if TYPE_CHECKING:
     import napari
+    import pandas as pd
 
     from axialtrack.store import Run
 
@@ -43,7 +51,10 @@ class FollowRunWidget(QWidget):
         self.follow.setChecked(True)
         self.status = QLabel("")
         lay = QVBoxLayout(self)
+        self.save_button = QPushButton("Save tracks of selected points...")
+        self.save_button.clicked.connect(self._save_clicked)
         lay.addWidget(self.follow)
+        lay.addWidget(self.save_button)
         lay.addWidget(self.status)
         lay.addStretch(1)
         self.timer = QTimer(self)
@@ -88,6 +99,48 @@ class FollowRunWidget(QWidget):
                 changed += 1
         self.status.setText("\n".join(lines))
         return changed
+
+    def selected_tracks(self) -> pd.DataFrame:
+        """Every localization (world frame) of the tracks that the selected
+        points of the viewer's axialtrack localization layers belong to."""
+        import pandas as pd
+
+        from axialtrack.store.world import world_localizations
+
+        parts = []
+        for layer in self.viewer.layers:
+            meta = layer.metadata
+            if meta.get("axialtrack_layer") != "localizations":
+                continue
+            sel = sorted(getattr(layer, "selected_data", ()) or ())
+            if not sel:
+                continue
+            ids = set(layer.features["track_id"].to_numpy()[sel].tolist()) - {-1}
+            if not ids:
+                continue
+            path = str(meta["axialtrack_path"])
+            run = self._runs.get(path) or open_run(path)
+            world = world_localizations(run, dt=meta.get("frame_interval_s"))
+            rows = world[world["track_id"].isin(sorted(ids))]
+            parts.append(rows.assign(run=run.path.name))
+        if not parts:
+            return pd.DataFrame()
+        out = pd.concat(parts, ignore_index=True)
+        return out.sort_values(["run", "track_id", "frame"], kind="stable")
+
+    def save_selected_tracks(self, path: str) -> int:
+        """Write :meth:`selected_tracks` to ``path`` (CSV); return the rows."""
+        table = self.selected_tracks()
+        table.to_csv(path, index=False)
+        return len(table)
+
+    def _save_clicked(self) -> None:  # pragma: no cover - a file dialog
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save tracks of the selected points", "", "CSV (*.csv)"
+        )
+        if path:
+            n = self.save_selected_tracks(path)
+            self.status.setText(f"{n} localizations written to {path}")
 
     def _apply(self, path: str, run: Run) -> None:
         by_role: dict[str, Any] = {
