@@ -334,7 +334,8 @@ def _meta_float(meta: dict[str, Any], key: str) -> float | None:
 
 
 class CalibrationFrameHandler:
-    """Output handler for ``core.mda.events.frameReady``: frames into a run store.
+    """MDA output handler (``core.mda.run(sequence, output=handler)``): frames
+    into a run store.
 
     Each frame is split into its two planes (a view where possible) and handed to
     :meth:`RunWriter.append_frame`, which copies it into the writer's pool and
@@ -392,13 +393,13 @@ class CalibrationFrameHandler:
         return self.field_index[key]
 
     def frameReady(
-        self, img: np.ndarray, event: useq.MDAEvent, meta: dict[str, Any]
+        self, img: np.ndarray, event: useq.MDAEvent, meta: Mapping[str, Any]
     ) -> None:
-        """Store one frame (connected to ``core.mda.events.frameReady``)."""
+        """Store one frame (called by the MDA runner for each frame)."""
         if self.error is not None:
             return
         try:
-            self._store(img, event, meta or {})
+            self._store(img, event, dict(meta or {}))
         except Exception as exc:
             self.error = exc
             logger.error("calibration run: cannot store a frame: %s", exc)
@@ -726,11 +727,12 @@ def run_calibration(
 
     def _run() -> None:
         try:
-            core.mda.run(sequence)
+            # the handler is the MDA's output: pymmcore-plus hands it each
+            # frame from its relay thread, never holding up the acquisition
+            core.mda.run(sequence, output=handler)
         except BaseException as exc:
             mda_error.append(exc)
 
-    core.mda.events.frameReady.connect(handler.frameReady)
     core.mda.events.sequenceCanceled.connect(_on_cancel)
     t0 = time.perf_counter()
     interrupted = False
@@ -749,7 +751,6 @@ def run_calibration(
     finally:
         if bar is not None:
             bar.stop()
-        core.mda.events.frameReady.disconnect(handler.frameReady)
         core.mda.events.sequenceCanceled.disconnect(_on_cancel)
         if engine is not None and old_hw is not None:
             engine.use_hardware_sequencing = old_hw

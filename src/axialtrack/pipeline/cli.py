@@ -537,16 +537,19 @@ def _run_live(
     """
     from rich.live import Live
 
-    from axialtrack.pipeline.runner import (
-        AnalysisError,
-        CameraStalledError,
-        CoreSource,
-        LiveRunner,
-        RunnerConfig,
-    )
+    from axialtrack.pipeline.mda import TrackingHandler, live_sequence
+    from axialtrack.pipeline.runner import RunnerConfig
     from axialtrack.store import StoreError
 
-    source = CoreSource(core, interval_ms=args.interval_ms, two_cameras=two)
+    # one acquisition path: the run is a useq time-lapse that pymmcore-plus's
+    # MDA runner executes (one hardware sequence where the interval is 0),
+    # with the TrackingHandler as its output
+    sequence = live_sequence(
+        core,
+        n_frames=args.frames,
+        duration_s=args.duration,
+        interval_ms=args.interval_ms,
+    )
     # a terminal gets one line updated in place; a log file or pipe one line
     # a second (rich would show nothing there until the end)
     tty = console.is_terminal
@@ -570,25 +573,53 @@ def _run_live(
             )
 
     config = RunnerConfig(log_status=False, status_interval_s=0.5 if tty else 1.0)
-    runner = LiveRunner(source, analyzer, writer, geometry=geo, config=config)
-    runner.events.status.connect(on_status)
-    stops.attach(runner)
+    handler = TrackingHandler(
+        out,
+        analyzer,
+        core=core,
+        geometry=geo,
+        pixel_size_um=float(core.getPixelSizeUm()),
+        config=config,
+        writer=writer,
+        duration_s=args.duration,
+        n_frames=args.frames,
+    )
+    handler.events.status.connect(on_status)
+    stops.attach(handler)
     status = 0
     metrics = None
     try:
         with live if (tty and show) else contextlib.nullcontext():
-            metrics = runner.run(duration_s=args.duration, n_frames=args.frames)
-    except (CameraStalledError, AnalysisError, StoreError) as exc:
-        console.print(f"[red]{type(exc).__name__}:[/red] {exc}")
+            core.mda.run(sequence, output=handler)
+    except Exception as exc:  # the MDA itself failed (camera, timeout)
+        console.print(f"[red]The acquisition failed:[/red] {escape(str(exc))}")
         status = 1
     finally:
+        handler.wait()
         if core.isSequenceRunning():
             core.stopSequenceAcquisition()
         _close(analyzer)
+    if handler.error is not None:
+        err = handler.error
+        console.print(f"[red]{type(err).__name__}:[/red] {escape(str(err))}")
+        status = 1
+    metrics = handler.metrics
+    if metrics is None and handler.runner is not None:
+        metrics = handler.runner.metrics()
+    if metrics is None:
+        # no frame came: the store the run was given is closed empty
+        with contextlib.suppress(StoreError):
+            writer.close()
         if replacing is not None:
             replacing.settle()
-    if metrics is None:
-        metrics = runner.metrics()
+        console.print(
+            "[red]No frame was stored:[/red] the camera delivered none before "
+            "the run ended. Check the camera (exposure, trigger, --source) and "
+            "run again."
+        )
+        return stops.exit_code if stops.exit_code is not None else 1
+    if replacing is not None:
+        replacing.settle()
     console.print(summary_table(metrics))
     for w in metrics.warnings:
         console.print(f"[yellow]{w}[/yellow]")

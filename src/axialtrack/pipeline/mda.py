@@ -25,7 +25,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,9 @@ from axialtrack.pipeline.runner import (
     SourceFrame,
     open_live_writer,
 )
-from axialtrack.store import StoreExistsError, WriterOptions
+from axialtrack.store import RunWriter, StoreExistsError, WriterOptions
 
-__all__ = ["TrackingHandler", "geometry_from_core"]
+__all__ = ["TrackingHandler", "geometry_from_core", "live_sequence", "nominal_fps"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,21 @@ def _first(md: Mapping[str, Any], keys: tuple[str, ...]) -> float:
     return math.nan
 
 
+def _frame_perf_s(core: Any, md: Mapping[str, Any], default: float) -> float:
+    """When the MDA took the frame, on ``time.perf_counter``'s clock.
+
+    pymmcore-plus stamps each frame with ``runner_time_ms``, counted from its
+    runner's sequence start, which it keeps (as a ``perf_counter`` reading) in
+    the private ``MDARunner._sequence_t0`` (pymmcore-plus 0.18); ``default``
+    where either is missing.
+    """
+    t0 = getattr(getattr(core, "mda", None), "_sequence_t0", None)
+    ms = _num(md.get("runner_time_ms"))
+    if isinstance(t0, float) and math.isfinite(ms):
+        return t0 + ms / 1e3
+    return default
+
+
 _SPLITTER_PROPS = ("Layout", "PlaneOffsetUm", "Mirror", "ShiftXPx", "ShiftYPx")
 
 
@@ -93,14 +108,75 @@ def geometry_from_core(core: Any) -> SplitterGeometry:
     return read_splitter_geometry(core, label)
 
 
+def nominal_fps(core: Any, interval_ms: float = 0.0) -> float:
+    """The frame rate asked of the core's camera: its ``FrameRateHz`` where it
+    has one (the replay camera; NaN when 0, as fast as it can), else
+    ``1000 / max(exposure_ms, interval_ms)``, the fastest a camera whose
+    frames follow one another can go; NaN if unknown."""
+    period_ms = float(interval_ms)
+    with contextlib.suppress(Exception):
+        cam = core.getCameraDevice()
+        if cam and core.hasProperty(cam, "FrameRateHz"):
+            hz = float(core.getProperty(cam, "FrameRateHz"))
+            if hz > 0:
+                return 1e3 / max(period_ms, 1e3 / hz)
+            return math.nan
+        period_ms = max(period_ms, float(core.getExposure()))
+    return 1e3 / period_ms if period_ms > 0 else math.nan
+
+
+#: frames a duration-bound live sequence plans per second where the camera's
+#: rate is unknown (an unpaced replay): the run stops at its duration first
+#: unless the camera delivers more than this
+UNKNOWN_RATE_FPS = 1000.0
+
+
+def live_sequence(
+    core: Any,
+    *,
+    n_frames: int | None = None,
+    duration_s: float | None = None,
+    interval_ms: float = 0.0,
+) -> Any:
+    """The ``useq.MDASequence`` of a live run: a time-lapse at the stage's
+    current position.
+
+    ``n_frames`` frames, or enough for ``duration_s`` seconds at 1.25 times
+    the camera's :func:`nominal_fps` (:data:`UNKNOWN_RATE_FPS` where unknown;
+    :class:`TrackingHandler` given the same ``duration_s`` stops the run at
+    its duration and cancels the rest). ``interval_ms = 0`` lets
+    pymmcore-plus's engine run the whole time-lapse as one hardware sequence
+    (``startSequenceAcquisition``); a positive interval is timed by the MDA
+    runner, one snap per frame (pymmcore-plus 0.18 does not sequence
+    time-lapses with an interval).
+    """
+    import useq
+
+    if n_frames is None:
+        if duration_s is None or not duration_s > 0:
+            raise ValueError("live_sequence needs n_frames or duration_s > 0")
+        fps = nominal_fps(core, interval_ms)
+        if not math.isfinite(fps):
+            fps = UNKNOWN_RATE_FPS
+        n_frames = math.ceil(1.25 * duration_s * fps) + 8
+    if not n_frames > 0:
+        raise ValueError(f"n_frames must be > 0, got {n_frames}")
+    return useq.MDASequence(
+        time_plan={"interval": float(interval_ms) / 1e3, "loops": int(n_frames)},
+        metadata={"axialtrack": {"kind": "live"}},
+    )
+
+
 class _QueueSource:
     """A FrameSource fed by ``frameReady`` (unbounded; the runner drains it)."""
 
     natural_end = True  # the sequence ending is the end of the run
 
-    def __init__(self) -> None:
+    def __init__(self, on_stop: Callable[[], None] | None = None) -> None:
         self._q: queue.SimpleQueue[SourceFrame] = queue.SimpleQueue()
         self._closed = False
+        self._on_stop = on_stop
+        self.requested_fps = math.nan  # what the runner reports and checks
         # why the sequence ended, when not by completing (the run's stop_reason)
         self.end_reason: str | None = None
 
@@ -114,7 +190,11 @@ class _QueueSource:
         """Nothing to start: the MDA runs the camera."""
 
     def stop(self) -> None:
-        """Nothing to stop here (the MDA owns the camera)."""
+        """The run stopped before the sequence ended (its duration, frame
+        count or a signal): cancel the MDA, whose frames still queued are
+        then taken until the sequence says it finished."""
+        if not self._closed and self._on_stop is not None:
+            self._on_stop()
 
     def next(self, timeout_s: float) -> SourceFrame | None:
         try:
@@ -161,6 +241,16 @@ class TrackingHandler:
     events
         The :class:`~axialtrack.events.RunSignals` every sequence's run
         emits (default: a new group); subscribe through :attr:`events`.
+    frame_interval_s
+        The nominal frame interval recorded in the store (default: none).
+    writer
+        An open :class:`~axialtrack.store.RunWriter` for the first sequence
+        (its store is then the caller's: ``out`` should name it); later
+        sequences open their own stores.
+    duration_s, n_frames
+        Stop each sequence's run after this many seconds from its first frame
+        or this many frames (:meth:`LiveRunner.run`): the MDA is canceled,
+        what it delivered is stored. ``None``: the sequence decides.
     channel
         The channel (preset of the sequence's channel group) whose frames are
         stored and tracked. A run store holds one channel: frames of the other
@@ -206,8 +296,20 @@ class TrackingHandler:
         rig: Mapping[str, Any] | None = None,
         events: RunSignals | None = None,
         channel: str | None = None,
+        frame_interval_s: float | None = None,
+        writer: RunWriter | None = None,
+        duration_s: float | None = None,
+        n_frames: int | None = None,
     ) -> None:
         self._out = os.fspath(out)
+        self.frame_interval_s = frame_interval_s
+        self._writer = writer
+        self.duration_s = duration_s
+        self.n_frames = n_frames
+        self._stop_lock = threading.Lock()
+        self._stop_reason: str | None = None
+        # two cameras: each camera's frame of an event, until its pair comes
+        self._pending: dict[tuple[tuple[str, int], ...], dict[int, Any]] = {}
         self.channel = channel
         self.tracked_channel: str | None = channel
         self.frames_other_channels = 0
@@ -238,7 +340,7 @@ class TrackingHandler:
         self._dropped = 0
         self._attached: Any = None
         first = self._path_for(0)
-        if first.exists() and not overwrite:
+        if writer is None and first.exists() and not overwrite:
             raise StoreExistsError(
                 f"{first} already exists. Pass overwrite=True to replace it, or "
                 "choose another output path."
@@ -286,6 +388,27 @@ class TrackingHandler:
             with contextlib.suppress(Exception):  # not connected
                 getattr(ev, name).disconnect(getattr(self, name))
 
+    # -------------------------------------------------------- control
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop the current run as its duration would (safe from a signal
+        handler): the MDA is canceled, every frame it delivered is stored,
+        the tracks are written and the store is closed. ``reason`` becomes the
+        run's ``stop_reason``. :class:`~axialtrack.pipeline.runner.StopSignals`
+        can be attached to a handler as to a runner."""
+        with self._stop_lock:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+            runner = self._runner
+        if runner is not None:
+            runner.stop(reason)
+        else:
+            self._cancel()
+
+    @property
+    def runner(self) -> LiveRunner | None:
+        """The :class:`LiveRunner` of the current (or last) sequence."""
+        return self._runner
+
     # -------------------------------------------------- MDA callbacks
     def sequenceStarted(self, sequence: Any = None, meta: Any = None) -> None:
         """Prepare a new run (the store is created with the first frame)."""
@@ -293,7 +416,9 @@ class TrackingHandler:
         self.metrics = None
         self.error = None
         self._dropped = 0
-        self._source = _QueueSource()
+        self._pending = {}
+        self._source = _QueueSource(on_stop=self._cancel)
+        self._source.requested_fps = self._sequence_fps(sequence)
         self._runner = None
         self._started = False
         self._thread = None
@@ -326,6 +451,15 @@ class TrackingHandler:
             self.error = ValueError(self._no_channel_error)
             logger.error(self._no_channel_error)
 
+    def _sequence_fps(self, sequence: Any) -> float:
+        """The rate a time-lapse asks of the camera (see :func:`nominal_fps`);
+        NaN for other sequences or without a core."""
+        tp = getattr(sequence, "time_plan", None)
+        interval = getattr(tp, "interval", None)
+        if self.core is None or interval is None:
+            return math.nan
+        return nominal_fps(self.core, 1e3 * interval.total_seconds())
+
     def frameReady(
         self, img: np.ndarray, event: Any = None, meta: Mapping[str, Any] | None = None
     ) -> None:
@@ -342,6 +476,14 @@ class TrackingHandler:
         ):
             self.frames_other_channels += 1
             return
+        cam_index = getattr(event, "index", {}).get("cam") if event else None
+        if cam_index is not None:
+            # Multi Camera: one frame per camera and event; the planes of
+            # one event go together, plane 0 from camera channel 0
+            paired = self._pair(int(cam_index), img, event, meta, t_host)
+            if paired is None:
+                return
+            img, meta, t_host = paired
         if not self._started:
             self._started = True  # once: a start that failed is not retried
             try:
@@ -389,6 +531,13 @@ class TrackingHandler:
             if not math.isfinite(y) and event is not None:
                 y = _num(getattr(event, "y_pos", None))
         num = _num(cam.get("ImageNumber"))
+        # the latency is counted from when the frame was taken, not from when
+        # it reached this handler (the MDA thread and its relay come between)
+        due = _first(cam, ("ReplayDue_perf_s",))
+        if math.isfinite(due):
+            t_host = due
+        else:
+            t_host = min(t_host, _frame_perf_s(self.core, md, t_host))
         p_index = 0
         if event is not None:
             p_index = int(getattr(event, "index", {}).get("p", 0))
@@ -405,6 +554,34 @@ class TrackingHandler:
             )
         )
 
+    def _pair(
+        self,
+        cam: int,
+        img: np.ndarray,
+        event: Any,
+        meta: Mapping[str, Any] | None,
+        t_host: float,
+    ) -> tuple[np.ndarray, Mapping[str, Any] | None, float] | None:
+        """The two cameras' frames of ``event`` stacked, once both came."""
+        if cam not in (0, 1):
+            raise ValueError(
+                f"a frame of camera channel {cam}: a two-cameras rig has two "
+                "(Multi Camera with Physical Camera 1 and 2 set, and no third)"
+            )
+        key = tuple(sorted((k, int(v)) for k, v in event.index.items() if k != "cam"))
+        got = self._pending.setdefault(key, {})
+        got[cam] = (img, meta, t_host)
+        if len(got) < 2:
+            return None
+        del self._pending[key]
+        (img0, meta0, t0), (img1, _, t1) = got[0], got[1]
+        return np.stack([np.asarray(img0), np.asarray(img1)]), meta0, min(t0, t1)
+
+    @property
+    def frames_unpaired(self) -> int:
+        """Two cameras: frames still waiting for the other camera's."""
+        return len(self._pending)
+
     def sequenceCanceled(self, sequence: Any = None) -> None:
         """The sequence was canceled: the run's ``stop_reason`` says so
         (``"sequence-canceled"``); what was acquired is stored as usual."""
@@ -419,6 +596,12 @@ class TrackingHandler:
         reason = str(getattr(status, "finish_reason", None) or "")
         if reason in ("canceled", "errored") and self._source is not None:
             self._source.end_reason = f"sequence-{reason}"
+        if self._pending:
+            logger.warning(
+                "%d frame(s) of one camera came without the other camera's "
+                "frame of the same event and were not stored",
+                len(self._pending),
+            )
         if self._source is not None:
             self._source.close()
         self.wait()
@@ -433,6 +616,8 @@ class TrackingHandler:
                 self.error,
             )
         self._source = None
+        with self._stop_lock:
+            self._stop_reason = None  # a stop ends one sequence's run
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the current run has closed its store."""
@@ -460,7 +645,11 @@ class TrackingHandler:
                     "no pixel size: define a pixel-size preset in the hardware "
                     "config or pass pixel_size_um="
                 )
-        plane_shape = geo.plane_shape(img.shape)
+        two = geo.layout == "two-cameras"
+        plane_shape = img.shape[-2:] if two else geo.plane_shape(img.shape)
+        given, self._writer = self._writer, None
+        if given is not None:
+            self.path = Path(given.path)
         assert self.path is not None
         path = self.path
         rig = (
@@ -476,7 +665,7 @@ class TrackingHandler:
             # takes 0.2 s, more when overwrite deletes an earlier run); the
             # frames wait in the queue meanwhile
             try:
-                writer = open_live_writer(
+                writer = given or open_live_writer(
                     path,
                     geometry=geo,
                     plane_shape=plane_shape,
@@ -486,6 +675,7 @@ class TrackingHandler:
                     overwrite=self.overwrite,
                     compression=self.compression,
                     options=self.writer_options,
+                    frame_interval_s=self.frame_interval_s,
                 )
                 runner = LiveRunner(
                     source,
@@ -495,8 +685,13 @@ class TrackingHandler:
                     config=self.config,
                     events=self.events,
                 )
-                self._runner = runner
-                self.metrics = runner.run()
+                with self._stop_lock:
+                    self._runner = runner
+                    if self._stop_reason is not None:
+                        runner.stop(self._stop_reason)
+                self.metrics = runner.run(
+                    duration_s=self.duration_s, n_frames=self.n_frames
+                )
             except BaseException as exc:
                 self.error = exc
                 logger.error("live tracking of the MDA stopped: %s", exc)

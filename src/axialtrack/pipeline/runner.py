@@ -594,6 +594,14 @@ STOP_SIGNALS: dict[str, str] = {
 }
 
 
+class Stoppable(Protocol):
+    """What :class:`StopSignals` stops: a :class:`LiveRunner` or a
+    :class:`~axialtrack.pipeline.TrackingHandler`."""
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the run to stop, storing what was acquired."""
+
+
 class StopSignals:
     """Stop a live run on SIGINT, SIGTERM or SIGHUP as on Ctrl-C.
 
@@ -621,7 +629,7 @@ class StopSignals:
 
     def __init__(
         self,
-        runner: LiveRunner | None = None,
+        runner: Stoppable | None = None,
         *,
         on_repeat: Callable[[int], None] | None = None,
         names: Sequence[str] = tuple(STOP_SIGNALS),
@@ -648,7 +656,7 @@ class StopSignals:
 
         return STOP_SIGNALS.get(signal.Signals(self.signum).name, "stopped")
 
-    def attach(self, runner: LiveRunner) -> None:
+    def attach(self, runner: Stoppable) -> None:
         """Stop ``runner`` on a signal (at once if one came already)."""
         self.runner = runner
         reason = self.reason
