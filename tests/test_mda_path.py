@@ -181,3 +181,40 @@ def test_cli_live_runs_through_the_mda(tmp_path: Path, monkeypatch) -> None:
     run = open_run(out)
     assert len(run.frame_meta) == 25
     assert run.frame_meta["image_number"].tolist() == list(range(25))
+
+
+def test_handler_fields_of_grid_and_z_plan(tmp_path: Path) -> None:
+    """Frames of a sequence with stage positions, a grid and a z plan are
+    stored with one ``position_index`` per (p, g, z): each is linked on its
+    own; without grid and z plan the index is the stage position."""
+    geo = SplitterGeometry(layout="side-by-side")
+    handler = TrackingHandler(tmp_path / "f.zarr", None, geometry=geo, pixel_size_um=1)
+    seq = useq.MDASequence(
+        time_plan={"interval": 0, "loops": 2},
+        stage_positions=[(0, 0, 0), (100, 0, 0)],
+        z_plan={"range": 1.0, "step": 1.0},
+        axis_order="tpz",
+    )
+    handler.sequenceStarted(seq)
+    events = list(seq)
+    for ev in events:
+        handler.frameReady(np.zeros((4, 8), np.uint16), ev, {})
+    handler.sequenceFinished(seq)
+    assert handler.error is None
+    keys = [(e.index.get("p", 0), 0, e.index.get("z", 0)) for e in events]
+    assert handler.fields == {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    assert len(handler.fields) == 4
+    stored = open_run(tmp_path / "f.zarr").frame_meta["position_index"].tolist()
+    assert stored == [handler.fields[k] for k in keys]
+    # positions only: the index is p
+    handler2 = TrackingHandler(tmp_path / "p.zarr", None, geometry=geo, pixel_size_um=1)
+    seq2 = useq.MDASequence(
+        time_plan={"interval": 0, "loops": 2}, stage_positions=[(0, 0), (9, 0)]
+    )
+    handler2.sequenceStarted(seq2)
+    for ev in seq2:
+        handler2.frameReady(np.zeros((4, 8), np.uint16), ev, {})
+    handler2.sequenceFinished(seq2)
+    stored = open_run(tmp_path / "p.zarr").frame_meta["position_index"].tolist()
+    assert stored == [0, 1, 0, 1]
+    assert handler2.fields == {}

@@ -248,17 +248,27 @@ class TrackingAnalyzer:
         or when no rows were kept: see ``keep_rows``)."""
         return self.summarize(self.localizations())
 
-    def summarize(self, locs: pd.DataFrame) -> pd.DataFrame | None:
+    def summarize(
+        self, locs: pd.DataFrame, frame_positions: np.ndarray | None = None
+    ) -> pd.DataFrame | None:
         """The per-track summary of localizations ``locs`` (e.g. those a run
         store holds), with this analyzer's frame interval and axial scale;
-        ``None`` when none is linked."""
+        ``None`` when none is linked. ``frame_positions``: the field of every
+        frame (see :func:`~.tracks.summarize_tracks`)."""
         return summarize_linked(
-            locs, frame_interval_s=self.frame_interval_s, axial_scale=self.axial_scale
+            locs,
+            frame_interval_s=self.frame_interval_s,
+            axial_scale=self.axial_scale,
+            frame_positions=frame_positions,
         )
 
 
 def summarize_linked(
-    locs: pd.DataFrame, *, frame_interval_s: float | None, axial_scale: float
+    locs: pd.DataFrame,
+    *,
+    frame_interval_s: float | None,
+    axial_scale: float,
+    frame_positions: np.ndarray | None = None,
 ) -> pd.DataFrame | None:
     """:func:`~.tracks.summarize_tracks` of ``locs``, or ``None`` when no row
     has a track (``track_id >= 0``)."""
@@ -267,7 +277,10 @@ def summarize_linked(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return summarize_tracks(
-            locs, frame_interval_s=frame_interval_s, axial_scale=axial_scale
+            locs,
+            frame_interval_s=frame_interval_s,
+            axial_scale=axial_scale,
+            frame_positions=frame_positions,
         )
 
 

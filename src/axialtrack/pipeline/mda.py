@@ -310,6 +310,7 @@ class TrackingHandler:
         self._stop_reason: str | None = None
         # two cameras: each camera's frame of an event, until its pair comes
         self._pending: dict[tuple[tuple[str, int], ...], dict[int, Any]] = {}
+        self._fields: dict[tuple[int, int, int], int] = {}
         self.channel = channel
         self.tracked_channel: str | None = channel
         self.frames_other_channels = 0
@@ -417,6 +418,7 @@ class TrackingHandler:
         self.error = None
         self._dropped = 0
         self._pending = {}
+        self._fields = {}
         self._source = _QueueSource(on_stop=self._cancel)
         self._source.requested_fps = self._sequence_fps(sequence)
         self._runner = None
@@ -450,6 +452,25 @@ class TrackingHandler:
             )
             self.error = ValueError(self._no_channel_error)
             logger.error(self._no_channel_error)
+
+    def _field_of(self, index: Mapping[str, Any]) -> int:
+        """The frame's field: its stage position ``p`` alone, or, where the
+        sequence also has a grid (``g``) or a z plan (``z``), one number per
+        ``(p, g, z)`` in the order first seen. Each field is linked on its
+        own and its tracks step from one visit of it to the next."""
+        p = int(index.get("p", 0))
+        g, z = index.get("g"), index.get("z")
+        if g is None and z is None:
+            return p
+        key = (p, int(g or 0), int(z or 0))
+        return self._fields.setdefault(key, len(self._fields))
+
+    @property
+    def fields(self) -> dict[tuple[int, int, int], int]:
+        """The current (or last) sequence's fields: ``(p, g, z)`` -> the
+        ``position_index`` its frames are stored with (empty: no grid and no
+        z plan, ``position_index`` is ``p``)."""
+        return dict(self._fields)
 
     def _sequence_fps(self, sequence: Any) -> float:
         """The rate a time-lapse asks of the camera (see :func:`nominal_fps`);
@@ -540,7 +561,7 @@ class TrackingHandler:
             t_host = min(t_host, _frame_perf_s(self.core, md, t_host))
         p_index = 0
         if event is not None:
-            p_index = int(getattr(event, "index", {}).get("p", 0))
+            p_index = self._field_of(getattr(event, "index", None) or {})
         self._source.put(
             SourceFrame(
                 raw=img,

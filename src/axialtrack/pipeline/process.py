@@ -450,15 +450,21 @@ class AnalysisProcess:
         self.timings = {k: float(v) for k, v in timings.items()}
         return summary
 
-    def summarize(self, locs: pd.DataFrame) -> pd.DataFrame | None:
+    def summarize(
+        self, locs: pd.DataFrame, frame_positions: np.ndarray | None = None
+    ) -> pd.DataFrame | None:
         """The per-track summary of localizations ``locs`` (e.g. those a run
         store holds), made in this process: it works when the child has died,
         and with ``keep_rows=False`` the child keeps no rows for
-        :meth:`finish` (see :class:`~axialtrack.pipeline.TrackingAnalyzer`)."""
+        :meth:`finish` (see :class:`~axialtrack.pipeline.TrackingAnalyzer`).
+        ``frame_positions``: the field of every frame."""
         from .analyzer import summarize_linked
 
         return summarize_linked(
-            locs, frame_interval_s=self.frame_interval_s, axial_scale=self.axial_scale
+            locs,
+            frame_interval_s=self.frame_interval_s,
+            axial_scale=self.axial_scale,
+            frame_positions=frame_positions,
         )
 
     def reset(self, timeout_s: float = 60.0) -> None:

@@ -52,6 +52,7 @@ import os
 import queue
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -1028,6 +1029,8 @@ class LiveRunner:
         self._t_last = math.nan
         self._t_last_analyzed = math.nan  # when the last batch's rows were handed
         self._history: deque[tuple[float, int, int, int]] = deque(maxlen=64)
+        # the field (position_index) of every frame, for the track summary
+        self._frame_fields = array("q")
         self._staged = (
             cfg.pipelined
             and analyzer is not None
@@ -1497,6 +1500,7 @@ class LiveRunner:
                         self._skipped_new.append(index)
                 if not give:
                     ring.hold(slot, 1)
+                self._frame_fields.append(meta.position_index)
                 self._write_q.put((index, slot, meta))
                 self._frames_in = index + 1
                 if n_frames is not None and self._frames_in >= n_frames:
@@ -1794,18 +1798,34 @@ class LiveRunner:
             except Exception as exc:
                 self._warn(f"The analyzer failed to summarize tracks: {exc}")
         summarize = getattr(analyzer, "summarize", None)
+        # several fields (stage positions, grid tiles, z steps): each field's
+        # tracks step from one visit of it to the next, which only the
+        # positions of all frames (the skipped ones too) tell
+        fields = np.frombuffer(self._frame_fields, dtype=np.int64)
+        several = len(fields) > 0 and bool((fields != fields[0]).any())
+        if several and callable(summarize):
+            tracks_df = None
         if (
             callable(summarize)
             and tracks_df is None
             and self._rows
             and not self._writer_failed
             and failure is None
-            and (self._analysis_broken or getattr(analyzer, "keep_rows", True) is False)
+            and (
+                several
+                or self._analysis_broken
+                or getattr(analyzer, "keep_rows", True) is False
+            )
         ):
             # an analyzer that keeps no rows (flat memory on long runs), or one
             # that failed: the tracks of the rows the store holds
             try:
-                tracks_df = summarize(self._stored_localizations())
+                stored = self._stored_localizations()
+                tracks_df = (
+                    summarize(stored, frame_positions=fields)
+                    if several
+                    else summarize(stored)
+                )
             except Exception as exc:
                 self._warn(
                     f"The track table could not be made from the stored "
