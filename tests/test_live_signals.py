@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_pipeline_runner import ListSource, PeakAnalyzer, _writer
+from live_fakes import FailingAnalyzer, ListSource, PeakAnalyzer, _writer
 from test_replay import PLANE as REPLAY_PLANE
 from test_replay import _parse, fake_analyzer, recording, replay_core  # noqa: F401
 
@@ -176,13 +176,13 @@ def test_cli_live_keeps_recording_when_the_analysis_fails(
 ) -> None:
     import axialtrack.pipeline.cli as cli
 
-    class Broken(PeakAnalyzer):
-        def analyze(self, planes, indices, meta):  # type: ignore[no-untyped-def]
-            if indices[-1] >= 5:
-                raise RuntimeError("the GPU fell off the bus")
-            return super().analyze(planes, indices, meta)
-
-    monkeypatch.setattr(cli, "_make_analyzer", lambda bundle, **kw: Broken())
+    monkeypatch.setattr(
+        cli,
+        "_make_analyzer",
+        lambda bundle, **kw: FailingAnalyzer(
+            5, RuntimeError("the GPU fell off the bus")
+        ),
+    )
     monkeypatch.setattr(cli, "_model_refused", lambda *a, **kw: False)
     path, _ = recording
     out = tmp_path / "live.zarr"
