@@ -760,16 +760,54 @@ class RigCore(UniMMCore):
         if camera and self.isPyDevice(camera) and self.hasProperty(camera, _INTERVAL):
             self.setProperty(camera, _INTERVAL, max(float(interval_ms), 0.0))
 
+    def _multi_camera(self, label: str | None = None) -> Any:
+        """The :class:`~axialtrack.devices.SimMultiCamera` that is the camera
+        ``label`` (default: the core's camera), else None."""
+        from axialtrack.devices import SimMultiCamera
+
+        cam = self._py_camera(label)
+        return cam if isinstance(cam, SimMultiCamera) else None
+
     def startSequenceAcquisition(self, *args: Any) -> None:
         """Start a sequence acquisition (see ``CMMCorePlus``).
 
         Accepts ``(numImages, intervalMs, stopOnOverflow)`` or
-        ``(cameraLabel, numImages, intervalMs, stopOnOverflow)``.
+        ``(cameraLabel, numImages, intervalMs, stopOnOverflow)``. A
+        :class:`~axialtrack.devices.SimMultiCamera` delivers ``numImages``
+        frames of each physical camera, as Micro-Manager's Multi Camera does.
         """
         if len(args) in (3, 4):
             camera = str(args[0]) if len(args) == 4 else self.getCameraDevice()
             self._pass_interval(camera, float(args[-2]))
+            if self._multi_camera(camera) is not None:
+                n = int(args[-3]) * 2
+                args = (*args[:-3], n, *args[-2:])
         super().startSequenceAcquisition(*args)
+
+    def getNumberOfCameraChannels(self) -> int:
+        """Two for a :class:`~axialtrack.devices.SimMultiCamera`."""
+        if self._multi_camera() is not None:
+            return 2
+        return int(super().getNumberOfCameraChannels())
+
+    def getCameraChannelName(self, channelNr: int) -> str:
+        """The physical camera of channel ``channelNr`` of a multi camera."""
+        multi = self._multi_camera()
+        if multi is not None:
+            return str(multi.physical_labels()[int(channelNr)])
+        return str(super().getCameraChannelName(channelNr))
+
+    def getImage(self, *args: Any, **kwargs: Any) -> Any:
+        """``getImage(1)`` of a multi camera: its second camera's last snap."""
+        multi = self._multi_camera()
+        if multi is not None and args and int(args[0]) == 1:
+            img = multi.last_images[1]
+            if img is None:
+                raise RuntimeError("No image buffer available. Call snapImage() first.")
+            return img
+        if multi is not None and args:
+            args = args[1:]
+        return super().getImage(*args, **kwargs)
 
     def startContinuousSequenceAcquisition(self, intervalMs: float = 0) -> None:
         """Start a continuous acquisition at ``intervalMs`` (0: as fast as exposure)."""

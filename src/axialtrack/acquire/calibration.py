@@ -15,6 +15,7 @@ store's ``truth/`` group (simulation only; see :data:`TRUTH_COLUMNS`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -27,7 +28,7 @@ import numpy as np
 import useq
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from axialtrack.geometry import SplitterGeometry, split_frame
+from axialtrack.geometry import CameraPairs, SplitterGeometry, split_frame
 from axialtrack.store import FrameMeta, RunWriter, StoreExistsError
 
 if TYPE_CHECKING:
@@ -385,6 +386,7 @@ class CalibrationFrameHandler:
         self.t_first: float | None = None
         self.t_last: float | None = None
         self._lock = threading.Lock()
+        self._pairs = CameraPairs()
 
     def _field(self, event: useq.MDAEvent) -> int:
         key = (int(event.index.get("p", 0)), int(event.index.get("g", 0)))
@@ -399,6 +401,13 @@ class CalibrationFrameHandler:
         if self.error is not None:
             return
         try:
+            cam = event.index.get("cam") if event is not None else None
+            if cam is not None:
+                # Multi Camera: the two planes come one per camera
+                paired = self._pairs.add(int(cam), img, event, meta)
+                if paired is None:
+                    return
+                img, meta = paired
             self._store(img, event, dict(meta or {}))
         except Exception as exc:
             self.error = exc
@@ -468,12 +477,19 @@ def _n_events(sequence: useq.MDASequence) -> int:
 
 def _sim_camera(core: CMMCorePlus) -> Any:
     """The core's simulated camera device, or ``None`` on a real rig."""
-    try:
-        from axialtrack.devices import SimCamera, get_device
+    from axialtrack.devices import SimCamera, get_device
 
-        return get_device(core, core.getCameraDevice(), SimCamera)
-    except Exception:
-        return None
+    labels: list[str] = [str(core.getCameraDevice())]
+    # a multi camera's first physical camera renders the same sample (a Python
+    # camera of a plain UniMMCore has no channel names)
+    with contextlib.suppress(Exception):
+        labels.append(core.getCameraChannelName(0))
+    for label in labels:
+        try:
+            return get_device(core, label, SimCamera)
+        except Exception:
+            continue
+    return None
 
 
 def _rig_record(core: CMMCorePlus) -> dict[str, Any]:
@@ -659,12 +675,6 @@ def run_calibration(
     if sequence is None:
         sequence = calibration_sequence(core=core)
     geometry = splitter_geometry(core)  # type: ignore[arg-type]
-    if geometry.layout == "two-cameras":
-        raise RuntimeError(
-            "run_calibration acquires single-sensor splitters (side-by-side, "
-            "top-bottom); for two cameras, record one stack per camera and import "
-            "them with axialtrack.calibrate.io.load_stack(..., layout='two-files')"
-        )
     plan_meta = dict(sequence.metadata.get(_META_KEY, {}))
     exposure_ms = (plan_meta.get("plan") or {}).get("exposure_ms")
     if exposure_ms is not None:
@@ -677,8 +687,10 @@ def run_calibration(
             "the core has no pixel size (no pixel-size preset is active); define "
             "one in the hardware config (ConfigPixelSize / PixelSize_um)"
         )
-    plane_shape = geometry.plane_shape(
-        (int(core.getImageHeight()), int(core.getImageWidth()))
+    sensor = (int(core.getImageHeight()), int(core.getImageWidth()))
+    # two cameras (Multi Camera): each camera's image is one plane
+    plane_shape = (
+        sensor if geometry.layout == "two-cameras" else geometry.plane_shape(sensor)
     )
     n_total = _n_events(sequence)
     writer = RunWriter(

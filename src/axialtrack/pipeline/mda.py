@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from axialtrack.events import RunSignals
-from axialtrack.geometry import SplitterGeometry, read_splitter_geometry
+from axialtrack.geometry import CameraPairs, SplitterGeometry, read_splitter_geometry
 from axialtrack.pipeline.analyzer import TrackingAnalyzer
 from axialtrack.pipeline.runner import (
     FrameAnalyzer,
@@ -44,7 +44,13 @@ from axialtrack.pipeline.runner import (
 )
 from axialtrack.store import RunWriter, StoreExistsError, WriterOptions
 
-__all__ = ["TrackingHandler", "geometry_from_core", "live_sequence", "nominal_fps"]
+__all__ = [
+    "CameraPairs",
+    "TrackingHandler",
+    "geometry_from_core",
+    "live_sequence",
+    "nominal_fps",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +315,7 @@ class TrackingHandler:
         self._stop_lock = threading.Lock()
         self._stop_reason: str | None = None
         # two cameras: each camera's frame of an event, until its pair comes
-        self._pending: dict[tuple[tuple[str, int], ...], dict[int, Any]] = {}
+        self._pairs = CameraPairs()
         self._fields: dict[tuple[int, int, int], int] = {}
         self.channel = channel
         self.tracked_channel: str | None = channel
@@ -417,7 +423,7 @@ class TrackingHandler:
         self.metrics = None
         self.error = None
         self._dropped = 0
-        self._pending = {}
+        self._pairs = CameraPairs()
         self._fields = {}
         self._source = _QueueSource(on_stop=self._cancel)
         self._source.requested_fps = self._sequence_fps(sequence)
@@ -498,13 +504,18 @@ class TrackingHandler:
             self.frames_other_channels += 1
             return
         cam_index = getattr(event, "index", {}).get("cam") if event else None
+        pair_number = -1
         if cam_index is not None:
             # Multi Camera: one frame per camera and event; the planes of
             # one event go together, plane 0 from camera channel 0
-            paired = self._pair(int(cam_index), img, event, meta, t_host)
+            paired = self._pairs.add(int(cam_index), img, event, meta, t_host)
             if paired is None:
                 return
             img, meta, t_host = paired
+            # the core numbers the images of both cameras together: a pair's
+            # number is its place in the sequence (missing frames are the
+            # MDA engine's to count)
+            pair_number = self._pairs.done - 1
         if not self._started:
             self._started = True  # once: a start that failed is not retried
             try:
@@ -551,7 +562,7 @@ class TrackingHandler:
             y = _num(pos.get("y"))
             if not math.isfinite(y) and event is not None:
                 y = _num(getattr(event, "y_pos", None))
-        num = _num(cam.get("ImageNumber"))
+        num = _num(cam.get("ImageNumber")) if pair_number < 0 else pair_number
         # the latency is counted from when the frame was taken, not from when
         # it reached this handler (the MDA thread and its relay come between)
         due = _first(cam, ("ReplayDue_perf_s",))
@@ -575,33 +586,10 @@ class TrackingHandler:
             )
         )
 
-    def _pair(
-        self,
-        cam: int,
-        img: np.ndarray,
-        event: Any,
-        meta: Mapping[str, Any] | None,
-        t_host: float,
-    ) -> tuple[np.ndarray, Mapping[str, Any] | None, float] | None:
-        """The two cameras' frames of ``event`` stacked, once both came."""
-        if cam not in (0, 1):
-            raise ValueError(
-                f"a frame of camera channel {cam}: a two-cameras rig has two "
-                "(Multi Camera with Physical Camera 1 and 2 set, and no third)"
-            )
-        key = tuple(sorted((k, int(v)) for k, v in event.index.items() if k != "cam"))
-        got = self._pending.setdefault(key, {})
-        got[cam] = (img, meta, t_host)
-        if len(got) < 2:
-            return None
-        del self._pending[key]
-        (img0, meta0, t0), (img1, _, t1) = got[0], got[1]
-        return np.stack([np.asarray(img0), np.asarray(img1)]), meta0, min(t0, t1)
-
     @property
     def frames_unpaired(self) -> int:
         """Two cameras: frames still waiting for the other camera's."""
-        return len(self._pending)
+        return len(self._pairs)
 
     def sequenceCanceled(self, sequence: Any = None) -> None:
         """The sequence was canceled: the run's ``stop_reason`` says so
@@ -617,11 +605,11 @@ class TrackingHandler:
         reason = str(getattr(status, "finish_reason", None) or "")
         if reason in ("canceled", "errored") and self._source is not None:
             self._source.end_reason = f"sequence-{reason}"
-        if self._pending:
+        if len(self._pairs):
             logger.warning(
                 "%d frame(s) of one camera came without the other camera's "
                 "frame of the same event and were not stored",
-                len(self._pending),
+                len(self._pairs),
             )
         if self._source is not None:
             self._source.close()
