@@ -397,9 +397,11 @@ def test_cli_live_that_stores_no_frame_exits_1(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A camera whose sequence ends before its first frame: exit 1, said so."""
-    monkeypatch.setattr(CoreSource, "next", lambda self, timeout_s: None)
-    monkeypatch.setattr(CoreSource, "finished", lambda self: True)
+    """A camera whose sequence ends before its first frame: exit 1, said so,
+    and the store it was given is closed with no frame."""
+    from axialtrack.pipeline import TrackingHandler
+
+    monkeypatch.setattr(TrackingHandler, "frameReady", lambda self, *a, **kw: None)
     path, _ = recording
     out = tmp_path / "live.zarr"
     args = _parse(
@@ -419,7 +421,10 @@ def test_cli_live_that_stores_no_frame_exits_1(
     assert args.func(args) == 1
     text = " ".join(capsys.readouterr().out.split())
     assert "No frame was stored" in text
-    assert "source-ended" in text
+    assert "the camera delivered none" in text
+    run = open_run(out)
+    assert run.state == "closed"
+    assert run.n_frames == 0
 
 
 @posix_signals

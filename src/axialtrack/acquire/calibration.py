@@ -737,6 +737,8 @@ def run_calibration(
     if events is not None:
         events.started.emit(out, n_total)
 
+    done = threading.Event()
+
     def _run() -> None:
         try:
             # the handler is the MDA's output: pymmcore-plus hands it each
@@ -744,6 +746,8 @@ def run_calibration(
             core.mda.run(sequence, output=handler)
         except BaseException as exc:
             mda_error.append(exc)
+        finally:
+            done.set()
 
     core.mda.events.sequenceCanceled.connect(_on_cancel)
     t0 = time.perf_counter()
@@ -753,9 +757,13 @@ def run_calibration(
             bar.start()
         thread = threading.Thread(target=_run, name="calibration-mda", daemon=True)
         thread.start()
-        while thread.is_alive():
+        # waits on an event the thread sets as it ends: a Thread.join()
+        # interrupted by Ctrl-C can mark the thread as stopped (CPython 3.11),
+        # and the store was then closed while the MDA's relay thread still
+        # handed it the frames acquired before the cancel
+        while not done.is_set():
             try:
-                thread.join(0.1)
+                done.wait(0.1)
             except KeyboardInterrupt:
                 interrupted = True
                 cancelled.set()

@@ -538,7 +538,11 @@ def _run_live(
     from rich.live import Live
 
     from axialtrack.pipeline.mda import TrackingHandler, live_sequence
-    from axialtrack.pipeline.runner import RunnerConfig
+    from axialtrack.pipeline.runner import (
+        AnalysisError,
+        CameraStalledError,
+        RunnerConfig,
+    )
     from axialtrack.store import StoreError
 
     # one acquisition path: the run is a useq time-lapse that pymmcore-plus's
@@ -604,7 +608,14 @@ def _run_live(
         console.print(f"[red]{type(err).__name__}:[/red] {escape(str(err))}")
         status = 1
     metrics = handler.metrics
-    if metrics is None and handler.runner is not None:
+    # a run the runner stopped (camera, storage, analysis) has its metrics;
+    # one that broke otherwise has none
+    told = (CameraStalledError, AnalysisError, StoreError)
+    if (
+        metrics is None
+        and handler.runner is not None
+        and (handler.error is None or isinstance(handler.error, told))
+    ):
         metrics = handler.runner.metrics()
     if metrics is None:
         # no frame came: the store the run was given is closed empty
@@ -612,11 +623,12 @@ def _run_live(
             writer.close()
         if replacing is not None:
             replacing.settle()
-        console.print(
-            "[red]No frame was stored:[/red] the camera delivered none before "
-            "the run ended. Check the camera (exposure, trigger, --source) and "
-            "run again."
-        )
+        if handler.error is None:
+            console.print(
+                "[red]No frame was stored:[/red] the camera delivered none before "
+                "the run ended. Check the camera (exposure, trigger, --source) "
+                "and run again."
+            )
         return stops.exit_code if stops.exit_code is not None else 1
     if replacing is not None:
         replacing.settle()

@@ -673,6 +673,7 @@ class TrackingHandler:
             # the store is created here, not on the acquisition thread (it
             # takes 0.2 s, more when overwrite deletes an earlier run); the
             # frames wait in the queue meanwhile
+            writer: RunWriter | None = given
             try:
                 writer = given or open_live_writer(
                     path,
@@ -705,6 +706,9 @@ class TrackingHandler:
                 self.error = exc
                 logger.error("live tracking of the MDA stopped: %s", exc)
                 self._cancel()
+                if writer is not None:  # the runner closes it, unless it broke
+                    with contextlib.suppress(Exception):
+                        writer.close()
 
         self._thread = threading.Thread(target=_run, name="mda-tracking", daemon=True)
         self._thread.start()
