@@ -305,3 +305,17 @@ def test_sim_twocam_live_cli(tmp_path: Path) -> None:
     assert run.frames.shape == (8, 2, 256, 256)
     assert run.frame_meta["image_number"].tolist() == list(range(8))
     assert run.attrs["live_metrics"]["camera_frames_lost"] == 0
+
+
+def test_one_splitter_lookup(core: Any) -> None:
+    """The rig, the MDA handler and scripts read the splitter one way."""
+    import axialtrack.geometry as g
+    import axialtrack.rig as rig
+    from axialtrack.pipeline import mda
+
+    assert rig.splitter_geometry is g.splitter_geometry
+    assert mda.geometry_from_core is g.splitter_geometry
+    assert g.splitter_label(core) == "Splitter"
+    core.unloadDevice("Splitter")
+    with pytest.raises(LookupError, match="no DualPlaneSplitter device is loaded"):
+        g.splitter_geometry(core)

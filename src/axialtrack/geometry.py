@@ -234,6 +234,61 @@ def compose_frame(planes: np.ndarray, geometry: SplitterGeometry) -> np.ndarray:
     return out
 
 
+#: The properties of a dual-plane splitter device
+#: (:class:`~axialtrack.devices.DualPlaneSplitter`).
+SPLITTER_PROPERTIES = (
+    "PlaneOffsetUm",
+    "Layout",
+    "Mirror",
+    "ShiftXPx",
+    "ShiftYPx",
+    "RotationDeg",
+    "Scale",
+    "Transmission",
+)
+
+
+def splitter_label(core: Any) -> str:
+    """Label of the dual-plane splitter device loaded in ``core`` (any device
+    with the :data:`SPLITTER_PROPERTIES`).
+
+    Raises
+    ------
+    LookupError
+        If none, or more than one, is loaded.
+    """
+    found = [
+        label
+        for label in core.getLoadedDevices()
+        if all(core.hasProperty(label, p) for p in SPLITTER_PROPERTIES)
+    ]
+    if not found:
+        raise LookupError(
+            "no DualPlaneSplitter device is loaded; add "
+            "'#py pyDevice,Splitter,axialtrack.devices,DualPlaneSplitter' and its "
+            "Property lines to the hardware config"
+        )
+    if len(found) > 1:
+        raise LookupError(
+            f"several splitter devices are loaded ({', '.join(found)}); pass "
+            "label= to choose one"
+        )
+    return str(found[0])
+
+
+def splitter_geometry(core: Any, label: str | None = None) -> SplitterGeometry:
+    """The :class:`SplitterGeometry` the rig's splitter device describes.
+
+    Parameters
+    ----------
+    core
+        A loaded core (pymmcore-plus ``CMMCorePlus`` / ``UniMMCore``).
+    label
+        Splitter device label; found by :func:`splitter_label` if omitted.
+    """
+    return read_splitter_geometry(core, label or splitter_label(core))
+
+
 def read_splitter_geometry(core: Any, label: str) -> SplitterGeometry:
     """The :class:`SplitterGeometry` of splitter ``label``, read through ``core``.
 

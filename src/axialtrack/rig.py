@@ -29,7 +29,10 @@ from pymmcore_plus.experimental.unicore import Device, UniMMCore
 
 from axialtrack.devices import AxialDevice
 from axialtrack.errors import AxialtrackError
-from axialtrack.geometry import SplitterGeometry, read_splitter_geometry
+from axialtrack.geometry import (
+    splitter_geometry,
+    splitter_label,
+)
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -56,16 +59,6 @@ _PY_PREFIX = "#py "
 _INTERVAL = Keyword.Interval_ms.value  # "Interval-ms"
 _PY_DEVICE = "pyDevice"
 _CORE = "Core"
-_SPLITTER_PROPS = (
-    "PlaneOffsetUm",
-    "Layout",
-    "Mirror",
-    "ShiftXPx",
-    "ShiftYPx",
-    "RotationDeg",
-    "Scale",
-    "Transmission",
-)
 # Core properties a config may set, and what each one does.
 _CORE_ROLES = {
     Keyword.CoreCamera.value: DeviceType.Camera,
@@ -1018,42 +1011,3 @@ def load_rig(
 
 
 # ------------------------------------------------------------------ splitter
-def splitter_label(core: UniMMCore) -> str:
-    """Label of the loaded dual-plane splitter device.
-
-    Raises
-    ------
-    LookupError
-        If none, or more than one, is loaded.
-    """
-    found = [
-        label
-        for label in core.getLoadedDevicesOfType(DeviceType.Generic)
-        if all(core.hasProperty(label, p) for p in _SPLITTER_PROPS)
-    ]
-    if not found:
-        raise LookupError(
-            "no DualPlaneSplitter device is loaded; add "
-            "'#py pyDevice,Splitter,axialtrack.devices,DualPlaneSplitter' and its "
-            "Property lines to the hardware config"
-        )
-    if len(found) > 1:
-        raise LookupError(
-            f"several splitter devices are loaded ({', '.join(found)}); pass "
-            "label= to choose one"
-        )
-    return found[0]
-
-
-def splitter_geometry(core: UniMMCore, label: str | None = None) -> SplitterGeometry:
-    """The :class:`SplitterGeometry` described by the rig's splitter device.
-
-    Parameters
-    ----------
-    core
-        A loaded core.
-    label
-        Splitter device label; found automatically if omitted.
-    """
-    label = label or splitter_label(core)
-    return read_splitter_geometry(core, label)

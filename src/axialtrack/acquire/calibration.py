@@ -674,7 +674,7 @@ def run_calibration(
         raise RuntimeError("an MDA is already running on this core; wait or cancel it")
     if sequence is None:
         sequence = calibration_sequence(core=core)
-    geometry = splitter_geometry(core)  # type: ignore[arg-type]
+    geometry = splitter_geometry(core)
     plan_meta = dict(sequence.metadata.get(_META_KEY, {}))
     exposure_ms = (plan_meta.get("plan") or {}).get("exposure_ms")
     if exposure_ms is not None:

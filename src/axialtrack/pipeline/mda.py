@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from axialtrack.events import RunSignals
-from axialtrack.geometry import CameraPairs, SplitterGeometry, read_splitter_geometry
+from axialtrack.geometry import CameraPairs, SplitterGeometry, splitter_geometry
 from axialtrack.pipeline.analyzer import TrackingAnalyzer
 from axialtrack.pipeline.runner import (
     FrameAnalyzer,
@@ -91,27 +91,9 @@ def _frame_perf_s(core: Any, md: Mapping[str, Any], default: float) -> float:
     return default
 
 
-_SPLITTER_PROPS = ("Layout", "PlaneOffsetUm", "Mirror", "ShiftXPx", "ShiftYPx")
-
-
-def geometry_from_core(core: Any) -> SplitterGeometry:
-    """The splitter geometry of the (one) DualPlaneSplitter device in ``core``.
-
-    Reads the device's properties through the core, like
-    :func:`axialtrack.rig.splitter_geometry`.
-    """
-    found = [
-        label
-        for label in core.getLoadedDevices()
-        if all(core.hasProperty(label, p) for p in _SPLITTER_PROPS)
-    ]
-    if len(found) != 1:
-        raise ValueError(
-            f"{'no' if not found else 'several'} dual-plane splitter device(s) "
-            "loaded; pass geometry= to TrackingHandler"
-        )
-    label = found[0]
-    return read_splitter_geometry(core, label)
+#: The splitter geometry of a core: :func:`axialtrack.geometry.splitter_geometry`
+#: (the name this module had for it).
+geometry_from_core = splitter_geometry
 
 
 def nominal_fps(core: Any, interval_ms: float = 0.0) -> float:
@@ -642,7 +624,7 @@ class TrackingHandler:
                     "TrackingHandler needs geometry= or core= (to read the "
                     "splitter device)"
                 )
-            geo = geometry_from_core(self.core)
+            geo = splitter_geometry(self.core)
             self.geometry = geo
         px = self.pixel_size_um
         if px is None:
