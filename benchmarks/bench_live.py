@@ -393,7 +393,7 @@ def live_run(
     c0 = time.process_time()
     child_c0 = _child_cpu_s(analyzer)
     try:
-        if path_kind == "mda":
+        if path_kind in ("mda", "mda-direct"):
             import useq
 
             from axialtrack.pipeline import TrackingHandler
@@ -409,7 +409,16 @@ def live_run(
                 frame_interval_s=FRAME_S,
             )
             seq = useq.MDASequence(time_plan={"interval": 0, "loops": n_frames})
-            core.mda.run(seq, output=handler)
+            if path_kind == "mda-direct":
+                # frameReady on the MDA's thread (no relay thread between)
+                handler.attach(core)
+                try:
+                    core.mda.run(seq)
+                finally:
+                    handler.detach()
+                handler.wait()
+            else:
+                core.mda.run(seq, output=handler)
             if handler.error is not None:
                 raise handler.error
             assert handler.metrics is not None
@@ -495,7 +504,7 @@ def _path_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The MDA path's figures over the CoreSource path's, run by run."""
     out = []
     for r in runs:
-        if r.get("path") != "mda":
+        if r.get("path") not in ("mda", "mda-direct"):
             continue
         base = next(
             (
@@ -510,6 +519,7 @@ def _path_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if base is None:
             continue
         row: dict[str, Any] = {
+            "path": r["path"],
             "requested_fps": r["requested_fps"],
             "analysis": r["analysis"],
         }
@@ -889,11 +899,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--path",
         nargs="+",
-        choices=["mda", "core"],
+        choices=["mda", "mda-direct", "core"],
         default=["mda", "core"],
         help="how frames reach the runner: 'mda' a useq time-lapse through "
-        "pymmcore-plus's MDA runner into TrackingHandler (axialtrack live's "
-        "path), 'core' CoreSource polling the camera buffer (the baseline); "
+        "pymmcore-plus's MDA runner into TrackingHandler as its output "
+        "(axialtrack live's path; pymmcore-plus's relay thread calls the "
+        "handler), 'mda-direct' the same with the handler attached to the MDA's "
+        "events (called on the MDA's thread), 'core' CoreSource polling the "
+        "camera buffer (the baseline); "
         "each rate and analysis mode is run with each (default both, one after "
         "the other, so their ratios come from the same machine and load)",
     )
