@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from pymmcore_plus.core import Keyword
-from pymmcore_plus.experimental.unicore import CameraDevice, Device
+from pymmcore_plus.experimental.unicore import CameraDevice, Device, pymm_property
 
 __all__ = [
     "AxialDevice",
@@ -35,6 +35,7 @@ __all__ = [
     "as_int",
     "find_peer",
     "get_device",
+    "stored_property",
 ]
 
 _TRUE = frozenset({"1", "true", "yes", "on", "open", "y", "t"})
@@ -165,6 +166,38 @@ class Choices(tuple):
         """String choices matched ignoring case and ``_``/space vs ``-``."""
         values = tuple(values)
         return cls(values, lambda v: as_choice(v, values))
+
+
+def stored_property(
+    name: str,
+    attr: str,
+    coerce: Callable[[Any, str], Any],
+    doc: str,
+    *,
+    shown: Callable[[Any], Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A device property kept in ``self.<attr>``: set through ``coerce(value,
+    name)`` (config files pass strings), reported to the core's
+    ``propertyChanged`` listeners on every set, read back as ``shown(value)``
+    (default: as stored). ``kwargs`` go to ``pymm_property`` (``limits``,
+    ``allowed_values``, ``property_type``).
+
+    What one property of a Python device takes in pymmcore-plus: a getter, a
+    setter that coerces the value and reports it
+    (:meth:`AxialDevice._emit_property`).
+    """
+    show = shown if shown is not None else (lambda v: v)
+
+    def fget(self: Any) -> Any:
+        return show(getattr(self, attr))
+
+    def fset(self: Any, value: Any) -> None:
+        setattr(self, attr, coerce(value, name))
+        self._emit_property(name, show(getattr(self, attr)))
+
+    fget.__doc__ = doc
+    return pymm_property(name=name, **kwargs)(fget).setter(fset)
 
 
 # ------------------------------------------------------------ peer registry
