@@ -21,12 +21,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pymmcore_plus import CFGCommand, DeviceType, Keyword
 from pymmcore_plus.core import DeviceInitializationState
 from pymmcore_plus.experimental.unicore import Device, UniMMCore
 
+from axialtrack._pymmcore_compat import RigCore
+from axialtrack._pymmcore_compat import quiet_discovery as _quiet_discovery
 from axialtrack.devices import AxialDevice
 from axialtrack.errors import AxialtrackError
 from axialtrack.geometry import (
@@ -763,92 +764,6 @@ def _check_peers(
 
 
 # ------------------------------------------------------------------ the core
-class _DropNoInstallation(logging.Filter):
-    """Drop the 'could not find a compatible Micro-Manager installation' record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "compatible Micro-Manager installation" not in record.getMessage()
-
-
-@contextmanager
-def _quiet_discovery() -> Iterator[None]:
-    log = logging.getLogger("pymmcore-plus")
-    filt = _DropNoInstallation()
-    log.addFilter(filt)
-    try:
-        yield
-    finally:
-        log.removeFilter(filt)
-
-
-class RigCore(UniMMCore):
-    """A UniMMCore that hands the sequence interval to Python cameras.
-
-    ``UniMMCore.startSequenceAcquisition(n, intervalMs, stop)`` does not pass
-    ``intervalMs`` to a Python camera (nor does any core event carry it). This
-    core copies it into the camera's standard ``Interval-ms`` property first, so
-    the simulated camera paces its frames at ``max(exposure, interval)``.
-    """
-
-    def _pass_interval(self, camera: str, interval_ms: float) -> None:
-        if camera and self.isPyDevice(camera) and self.hasProperty(camera, _INTERVAL):
-            self.setProperty(camera, _INTERVAL, max(float(interval_ms), 0.0))
-
-    def _multi_camera(self, label: str | None = None) -> Any:
-        """The :class:`~axialtrack.devices.SimMultiCamera` that is the camera
-        ``label`` (default: the core's camera), else None."""
-        from axialtrack.devices import SimMultiCamera
-
-        cam = self._py_camera(label)
-        return cam if isinstance(cam, SimMultiCamera) else None
-
-    def startSequenceAcquisition(self, *args: Any) -> None:
-        """Start a sequence acquisition (see ``CMMCorePlus``).
-
-        Accepts ``(numImages, intervalMs, stopOnOverflow)`` or
-        ``(cameraLabel, numImages, intervalMs, stopOnOverflow)``. A
-        :class:`~axialtrack.devices.SimMultiCamera` delivers ``numImages``
-        frames of each physical camera, as Micro-Manager's Multi Camera does.
-        """
-        if len(args) in (3, 4):
-            camera = str(args[0]) if len(args) == 4 else self.getCameraDevice()
-            self._pass_interval(camera, float(args[-2]))
-            if self._multi_camera(camera) is not None:
-                n = int(args[-3]) * 2
-                args = (*args[:-3], n, *args[-2:])
-        super().startSequenceAcquisition(*args)
-
-    def getNumberOfCameraChannels(self) -> int:
-        """Two for a :class:`~axialtrack.devices.SimMultiCamera`."""
-        if self._multi_camera() is not None:
-            return 2
-        return int(super().getNumberOfCameraChannels())
-
-    def getCameraChannelName(self, channelNr: int) -> str:
-        """The physical camera of channel ``channelNr`` of a multi camera."""
-        multi = self._multi_camera()
-        if multi is not None:
-            return str(multi.physical_labels()[int(channelNr)])
-        return str(super().getCameraChannelName(channelNr))
-
-    def getImage(self, *args: Any, **kwargs: Any) -> Any:
-        """``getImage(1)`` of a multi camera: its second camera's last snap."""
-        multi = self._multi_camera()
-        if multi is not None and args and int(args[0]) == 1:
-            img = multi.last_images[1]
-            if img is None:
-                raise RuntimeError("No image buffer available. Call snapImage() first.")
-            return img
-        if multi is not None and args:
-            args = args[1:]
-        return super().getImage(*args, **kwargs)
-
-    def startContinuousSequenceAcquisition(self, intervalMs: float = 0) -> None:
-        """Start a continuous acquisition at ``intervalMs`` (0: as fast as exposure)."""
-        self._pass_interval(self.getCameraDevice(), intervalMs)
-        super().startContinuousSequenceAcquisition(intervalMs)
-
-
 def new_core(mm_path: str | Path | None = None) -> RigCore:
     """A new, empty core without the 'no Micro-Manager installation' log line.
 

@@ -77,16 +77,16 @@ def _first(md: Mapping[str, Any], keys: tuple[str, ...]) -> float:
 
 
 def _frame_perf_s(core: Any, md: Mapping[str, Any], default: float) -> float:
-    """When the MDA took the frame, on ``time.perf_counter``'s clock.
+    """When the MDA took the frame, on ``time.perf_counter``'s clock: its
+    ``runner_time_ms`` from the runner's sequence start
+    (:func:`axialtrack._pymmcore_compat.mda_sequence_t0`); ``default`` where
+    either is missing."""
+    # imported here: the pipeline itself does not need pymmcore-plus
+    from axialtrack._pymmcore_compat import mda_sequence_t0
 
-    pymmcore-plus stamps each frame with ``runner_time_ms``, counted from its
-    runner's sequence start, which it keeps (as a ``perf_counter`` reading) in
-    the private ``MDARunner._sequence_t0`` (pymmcore-plus 0.18); ``default``
-    where either is missing.
-    """
-    t0 = getattr(getattr(core, "mda", None), "_sequence_t0", None)
+    t0 = mda_sequence_t0(core)
     ms = _num(md.get("runner_time_ms"))
-    if isinstance(t0, float) and math.isfinite(ms):
+    if t0 is not None and math.isfinite(ms):
         return t0 + ms / 1e3
     return default
 
