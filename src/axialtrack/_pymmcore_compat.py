@@ -238,12 +238,15 @@ class RigCore(UniMMCore):
             self.setProperty(camera, _INTERVAL, max(float(interval_ms), 0.0))
 
     def _multi_camera(self, label: str | None = None) -> Any:
-        """The :class:`~axialtrack.devices.SimMultiCamera` that is the camera
-        ``label`` (default: the core's camera), else None."""
-        from axialtrack.devices import SimMultiCamera
-
+        """The Python multi camera (one with ``physical_labels()`` and
+        ``last_images``, as :class:`~axialtrack.devices.SimMultiCamera`) that
+        is the camera ``label`` (default: the core's camera), else None."""
         cam = self._py_camera(label)
-        return cam if isinstance(cam, SimMultiCamera) else None
+        if callable(getattr(cam, "physical_labels", None)) and hasattr(
+            cam, "last_images"
+        ):
+            return cam
+        return None
 
     def startSequenceAcquisition(self, *args: Any) -> None:
         """Start a sequence acquisition (see ``CMMCorePlus``).
