@@ -171,9 +171,20 @@ def test_cli_live_runs_through_the_mda(tmp_path: Path, monkeypatch) -> None:
         real_run(self, sequence, meta)
 
     monkeypatch.setattr(mda_mod.TrackingHandler, "sequenceStarted", spy)
+    from pymmcore_plus.mda import MDAEngine
+
+    sequenced: list[int] = []
+    real_exec = MDAEngine.exec_sequenced_event
+
+    def exec_spy(self: Any, event: Any) -> Any:
+        sequenced.append(len(event.events))
+        return real_exec(self, event)
+
+    monkeypatch.setattr(MDAEngine, "exec_sequenced_event", exec_spy)
     out = tmp_path / "live.zarr"
     rc = main(["live", "--frames", "25", "--out", str(out), "--no-status"])
     assert rc == 0
+    assert sequenced == [25]  # one hardware sequence of every frame
     assert len(seen) == 1
     seq, _ = seen[0]
     assert isinstance(seq, useq.MDASequence)
