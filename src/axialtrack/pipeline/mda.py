@@ -159,6 +159,10 @@ class _QueueSource:
     """A FrameSource fed by ``frameReady`` (unbounded; the runner drains it)."""
 
     natural_end = True  # the sequence ending is the end of the run
+    #: how long the runner takes frames after a stop, until the canceled
+    #: sequence ends: its frames come through the MDA's relay thread, which a
+    #: loaded machine delays by seconds, and every one is stored
+    drain_timeout_s = 120.0
 
     def __init__(self, on_stop: Callable[[], None] | None = None) -> None:
         self._q: queue.SimpleQueue[SourceFrame] = queue.SimpleQueue()

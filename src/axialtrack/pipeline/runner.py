@@ -1408,6 +1408,9 @@ class LiveRunner:
         last_number: int | None = None
         analyze = self.analyzer is not None
         drain_s = max(cfg.stall_timeout_s or 0.0, 5.0)
+        # a source that ends on its own (the MDA's sequence) says how long
+        # its frames may take to come in after a stop (its cancel)
+        drain_s = max(drain_s, float(getattr(src, "drain_timeout_s", 0.0)))
         stop_at = math.inf
         try:
             while True:
