@@ -25,6 +25,9 @@ def _run_in_thread(core: Any, seq: Any, handler: Any, timeout_s: float = 300) ->
     whose ``sequenceFinished`` never comes hangs pymmcore-plus's relay thread
     (and the test would hang with it)."""
     errors: list[BaseException] = []
+    # the engine gives up on a camera silent for 5 s; a simulated camera
+    # starved by a loaded machine can be (the test waits on the run instead)
+    core.mda.engine.timeout_base = max(core.mda.engine.timeout_base, 120.0)
 
     def body() -> None:
         try:
