@@ -1,6 +1,6 @@
-"""The child side of :class:`~axialtrack.pipeline.process.AnalysisProcess`.
+"""The child side of :class:`~axialtrack.live.process.AnalysisProcess`.
 
-Run as ``python -m axialtrack.pipeline._analysis_child ADDRESS``: connects back
+Run as ``python -m axialtrack.live._analysis_child ADDRESS``: connects back
 to the parent (authentication key in ``AXIALTRACK_ANALYSIS_KEY``), receives the
 arguments of :func:`~axialtrack.pipeline.make_analyzer` and the shared-memory
 block, then analyzes batches in order until told to stop or the parent is gone.

@@ -33,8 +33,7 @@ import numpy as np
 
 from axialtrack.events import RunSignals
 from axialtrack.geometry import CameraPairs, SplitterGeometry, splitter_geometry
-from axialtrack.pipeline.analyzer import TrackingAnalyzer
-from axialtrack.pipeline.runner import (
+from axialtrack.live.runner import (
     FrameAnalyzer,
     LiveMetrics,
     LiveRunner,
@@ -42,6 +41,7 @@ from axialtrack.pipeline.runner import (
     SourceFrame,
     open_live_writer,
 )
+from axialtrack.pipeline.analyzer import TrackingAnalyzer
 from axialtrack.store import RunWriter, StoreExistsError, WriterOptions
 
 __all__ = [
@@ -211,7 +211,7 @@ class TrackingHandler:
         sequence gets its own store; otherwise sequences after the first get
         ``-1``, ``-2``, ... before the suffix.
     analyzer
-        The :class:`~axialtrack.pipeline.runner.FrameAnalyzer` (None: record
+        The :class:`~axialtrack.live.runner.FrameAnalyzer` (None: record
         only). A :class:`~axialtrack.pipeline.analyzer.TrackingAnalyzer` is set
         to keep no rows (``keep_rows = False``): the store holds every row and
         the track table is made from them at the end, so memory stays flat over
@@ -386,7 +386,7 @@ class TrackingHandler:
         """Stop the current run as its duration would (safe from a signal
         handler): the MDA is canceled, every frame it delivered is stored,
         the tracks are written and the store is closed. ``reason`` becomes the
-        run's ``stop_reason``. :class:`~axialtrack.pipeline.runner.StopSignals`
+        run's ``stop_reason``. :class:`~axialtrack.live.runner.StopSignals`
         can be attached to a handler as to a runner."""
         with self._stop_lock:
             if self._stop_reason is None:

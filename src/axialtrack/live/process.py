@@ -9,13 +9,13 @@ threads used 1.3-1.9x the CPU per frame of the same code run in one thread.
 :class:`AnalysisProcess` runs a :class:`~axialtrack.pipeline.TrackingAnalyzer`
 in a child process instead. Batches of frames go into preallocated shared-memory
 slots (one copy); the child analyzes them in order and sends back the
-localization columns. It is a :class:`~axialtrack.pipeline.runner.StagedAnalyzer`,
+localization columns. It is a :class:`~axialtrack.live.runner.StagedAnalyzer`,
 so :class:`~axialtrack.pipeline.LiveRunner` takes it like any analyzer:
 ``prepare`` hands a batch to the child and returns at once, ``complete`` waits
 for its rows.
 
 The child is a fresh interpreter (``python -m
-axialtrack.pipeline._analysis_child``; a fork of a process running camera
+axialtrack.live._analysis_child``; a fork of a process running camera
 threads is unsafe, and ``multiprocessing``'s spawn would re-run the user's main
 script) that connects back over a local socket or pipe with a one-time key. It
 builds its analyzer from the same arguments as
@@ -276,9 +276,9 @@ class AnalysisProcess:
         self.crop_size = int(info["crop_size"])
 
     def _start_child(self, timeout_s: float) -> None:
-        """Start ``python -m axialtrack.pipeline._analysis_child`` and accept it."""
+        """Start ``python -m axialtrack.live._analysis_child`` and accept it."""
         # imported here: ``python -m`` must find it not yet imported in the child
-        from ._analysis_child import KEY_ENV
+        from axialtrack.live._analysis_child import KEY_ENV
 
         key = secrets.token_bytes(32)
         # loopback TCP (authenticated by the key): no socket file, so nothing
@@ -295,7 +295,7 @@ class AnalysisProcess:
         )
         env = dict(os.environ, **{KEY_ENV: key.hex()})
         proc = subprocess.Popen(
-            [sys.executable, "-m", "axialtrack.pipeline._analysis_child", arg],
+            [sys.executable, "-m", "axialtrack.live._analysis_child", arg],
             env=env,
         )
         self._proc = proc
@@ -329,7 +329,7 @@ class AnalysisProcess:
                         if proc.returncode is not None
                         else f"did not connect within {timeout_s:g} s"
                     )
-                    + f" ({sys.executable} -m axialtrack.pipeline._analysis_child)"
+                    + f" ({sys.executable} -m axialtrack.live._analysis_child)"
                 )
             t.join(0.1)
             waited += 0.1
@@ -458,7 +458,7 @@ class AnalysisProcess:
         and with ``keep_rows=False`` the child keeps no rows for
         :meth:`finish` (see :class:`~axialtrack.pipeline.TrackingAnalyzer`).
         ``frame_positions``: the field of every frame."""
-        from .analyzer import summarize_linked
+        from axialtrack.pipeline.analyzer import summarize_linked
 
         return summarize_linked(
             locs,

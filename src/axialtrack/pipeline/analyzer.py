@@ -67,7 +67,7 @@ class TrackingAnalyzer:
         a run of any length (kept, they took about 1.2 kB a batch, 3 MB a
         minute at 45 frames/s); the track summary is then made from the rows
         the run store holds, with :meth:`summarize` (what
-        :class:`~axialtrack.pipeline.runner.LiveRunner` does when
+        :class:`~axialtrack.live.runner.LiveRunner` does when
         ``keep_rows`` is false), and :meth:`finish` returns ``None``.
     """
 
@@ -116,7 +116,7 @@ class TrackingAnalyzer:
     def reset(self) -> None:
         """Start a new run: no open tracks, no localizations kept, counters and
         stage timings at zero (the engine and the compiled kernels stay).
-        :class:`~axialtrack.pipeline.runner.LiveRunner` calls it before each
+        :class:`~axialtrack.live.runner.LiveRunner` calls it before each
         run, so one analyzer can serve several runs (e.g. the sequences of an
         MDA output handler), each starting again at frame 0."""
         self.linker.reset()

@@ -190,7 +190,7 @@ def _make_analyzer(
     :class:`~axialtrack.pipeline.AnalysisProcess` for batches of up to
     ``process_batch`` frames."""
     if process_batch is not None:
-        from axialtrack.pipeline.process import AnalysisProcess
+        from axialtrack.live.process import AnalysisProcess
 
         return AnalysisProcess(bundle, max_batch_frames=process_batch, **kwargs)
     from axialtrack.pipeline.analyzer import make_analyzer
@@ -251,9 +251,9 @@ def _load_analyzer(
     the model or the engine (threads would stop on them too).
     """
     from axialtrack.engine import EngineError
+    from axialtrack.live.process import AnalysisProcessError
     from axialtrack.model import BundleError
     from axialtrack.optics.sampled import SampledPSFError
-    from axialtrack.pipeline.process import AnalysisProcessError
 
     engine = str(kwargs.get("engine_prefer", "auto"))
     try:
@@ -370,7 +370,7 @@ class _Replacement(Replacement):
 
 
 def summary_table(metrics: Any, title: str = "Live run") -> Table:
-    """A rich table of :class:`~axialtrack.pipeline.runner.LiveMetrics`."""
+    """A rich table of :class:`~axialtrack.live.runner.LiveMetrics`."""
     t = Table(title=title)
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -382,7 +382,7 @@ def summary_table(metrics: Any, title: str = "Live run") -> Table:
 # ------------------------------------------------------------------ live
 def cmd_live(args: argparse.Namespace) -> int:
     """Handler of ``axialtrack live``."""
-    from axialtrack.pipeline.runner import (
+    from axialtrack.live.runner import (
         RunnerConfig,
         StopSignals,
         open_live_writer,
@@ -537,8 +537,8 @@ def _run_live(
     """
     from rich.live import Live
 
-    from axialtrack.pipeline.mda import TrackingHandler, live_sequence
-    from axialtrack.pipeline.runner import (
+    from axialtrack.live.mda import TrackingHandler, live_sequence
+    from axialtrack.live.runner import (
         AnalysisError,
         CameraStalledError,
         RunnerConfig,
