@@ -335,12 +335,17 @@ def live_run(
     runner_kw: dict[str, Any] | None = None,
     analysis_process: bool = True,
     detect_threads: int = 1,
+    path_kind: str = "mda",
 ) -> tuple[dict[str, Any], Path]:
     """One replay -> runner -> writer + analyzer run; metrics and the run path.
 
     ``analysis_process``: analyze in a child process (:class:`AnalysisProcess`,
     the default of ``axialtrack live``) or in threads of this one.
     ``detect_threads``: :attr:`LocalizerConfig.detect_threads`.
+    ``path_kind``: ``"mda"`` runs a useq time-lapse through pymmcore-plus's MDA
+    runner with :class:`TrackingHandler` as its output (what ``axialtrack
+    live`` does); ``"core"`` polls the camera buffer with :class:`CoreSource`
+    (the path before the MDA runner, kept as the baseline).
     """
     from axialtrack.pipeline import AnalysisProcess, make_analyzer
     from axialtrack.pipeline.config import LocalizerConfig
@@ -381,30 +386,60 @@ def live_run(
     else:
         analyzer = make_analyzer(bundle, **make_kw)
         analyzer.warmup()  # build graphs and buffers outside the run
-    path = (
-        out_dir / f"live-{rate:g}-{'process' if analysis_process else 'threads'}.zarr"
-    )
-    writer = open_live_writer(
-        path,
-        geometry=geo,
-        plane_shape=plane_shape,
-        pixel_size_um=px,
-        overwrite=True,
-        frame_interval_s=FRAME_S,
-    )
-    runner = LiveRunner(
-        CoreSource(core),
-        analyzer,
-        writer,
-        geometry=geo,
-        config=config,
-    )
+    mode = "process" if analysis_process else "threads"
+    path = out_dir / f"live-{rate:g}-{mode}-{path_kind}.zarr"
     load0 = os.getloadavg()[0]
     stat0 = _proc_stat()
     c0 = time.process_time()
     child_c0 = _child_cpu_s(analyzer)
     try:
-        m = runner.run(n_frames=n_frames)
+        if path_kind in ("mda", "mda-direct"):
+            import useq
+
+            from axialtrack.pipeline import TrackingHandler
+
+            handler = TrackingHandler(
+                path,
+                analyzer,
+                core=core,
+                geometry=geo,
+                pixel_size_um=px,
+                overwrite=True,
+                config=config,
+                frame_interval_s=FRAME_S,
+            )
+            seq = useq.MDASequence(time_plan={"interval": 0, "loops": n_frames})
+            if path_kind == "mda-direct":
+                # frameReady on the MDA's thread (no relay thread between)
+                handler.attach(core)
+                try:
+                    core.mda.run(seq)
+                finally:
+                    handler.detach()
+                handler.wait()
+            else:
+                core.mda.run(seq, output=handler)
+            if handler.error is not None:
+                raise handler.error
+            assert handler.metrics is not None
+            m = handler.metrics
+        else:
+            writer = open_live_writer(
+                path,
+                geometry=geo,
+                plane_shape=plane_shape,
+                pixel_size_um=px,
+                overwrite=True,
+                frame_interval_s=FRAME_S,
+            )
+            runner = LiveRunner(
+                CoreSource(core),
+                analyzer,
+                writer,
+                geometry=geo,
+                config=config,
+            )
+            m = runner.run(n_frames=n_frames)
         cpu_s = time.process_time() - c0 + _child_cpu_s(analyzer) - child_c0
     finally:
         if analysis_process:
@@ -421,7 +456,8 @@ def live_run(
     res = {
         "requested_fps": rate if rate > 0 else "unpaced",
         "engine": engine_desc,
-        "analysis": "process" if analysis_process else "threads",
+        "analysis": mode,
+        "path": path_kind,
         "frames_in": md["frames_in"],
         "frames_written": md["frames_written"],
         "frames_analyzed": md["frames_analyzed"],
@@ -462,6 +498,42 @@ def live_run(
     }
     core.unloadAllDevices()
     return res, path
+
+
+def _path_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The MDA path's figures over the CoreSource path's, run by run."""
+    out = []
+    for r in runs:
+        if r.get("path") not in ("mda", "mda-direct"):
+            continue
+        base = next(
+            (
+                b
+                for b in runs
+                if b.get("path") == "core"
+                and b["requested_fps"] == r["requested_fps"]
+                and b["analysis"] == r["analysis"]
+            ),
+            None,
+        )
+        if base is None:
+            continue
+        row: dict[str, Any] = {
+            "path": r["path"],
+            "requested_fps": r["requested_fps"],
+            "analysis": r["analysis"],
+        }
+        for k in (
+            "fps_in",
+            "fps_analyzed",
+            "latency_ms_p50",
+            "latency_ms_p99",
+            "process_cpu_ms_per_frame",
+        ):
+            row[k] = round(r[k] / base[k], 3) if base[k] else None
+        row["frames_skipped"] = (r["frames_skipped"], base["frames_skipped"])
+        out.append(row)
+    return out
 
 
 # ---------------------------------------------------------------- accuracy
@@ -824,6 +896,20 @@ def main(argv: list[str] | None = None) -> int:
         "default) and/or threads of the runner's process (the baseline); each "
         "rate is run with each (default both)",
     )
+    ap.add_argument(
+        "--path",
+        nargs="+",
+        choices=["mda", "mda-direct", "core"],
+        default=["mda", "core"],
+        help="how frames reach the runner: 'mda' a useq time-lapse through "
+        "pymmcore-plus's MDA runner into TrackingHandler as its output "
+        "(axialtrack live's path; pymmcore-plus's relay thread calls the "
+        "handler), 'mda-direct' the same with the handler attached to the MDA's "
+        "events (called on the MDA's thread), 'core' CoreSource polling the "
+        "camera buffer (the baseline); "
+        "each rate and analysis mode is run with each (default both, one after "
+        "the other, so their ratios come from the same machine and load)",
+    )
     args = ap.parse_args(argv)
     tgt = TARGETS[args.device]
     args.size = args.size or tgt["size"]
@@ -873,10 +959,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(tempfile.mkdtemp(prefix="bench_live_", dir=args.store_dir))
     runs: list[dict[str, Any]] = []
     try:
-        for rate, mode in [(r, m) for r in rates for m in args.analysis]:
+        plan = [(r, m, k) for r in rates for m in args.analysis for k in args.path]
+        for rate, mode, kind in plan:
             log(
                 (f"live run at {rate:g} frames/s" if rate else "live run unpaced")
                 + f", analysis in {'a process' if mode == 'process' else 'threads'}"
+                + f", {kind} path"
             )
             runner_kw = {
                 k: v
@@ -902,6 +990,7 @@ def main(argv: list[str] | None = None) -> int:
                 runner_kw,
                 analysis_process=mode == "process",
                 detect_threads=detect_threads,
+                path_kind=kind,
             )
             res["accuracy"] = run_accuracy(
                 path, truth, z_range, args.min_track_length, ax_scale
@@ -954,6 +1043,7 @@ def main(argv: list[str] | None = None) -> int:
                 "run": i,
                 "requested_fps": r["requested_fps"],
                 "analysis": r["analysis"],
+                "path": r["path"],
                 **run_ok(r),
             }
             for i, r in enumerate(runs)
@@ -1017,8 +1107,10 @@ def main(argv: list[str] | None = None) -> int:
         "particles_in_field": args.particles,
         "frames": args.frames,
         "source": (
-            "replay camera (replay-dualplane.cfg, Preload=1, Loop=0) via CoreSource"
+            "replay camera (replay-dualplane.cfg, Preload=1, Loop=0) via the MDA "
+            "runner (useq time-lapse, TrackingHandler) and/or CoreSource"
         ),
+        "mda_over_core": _path_ratios(runs),
         "writer": "RunWriter, uncompressed, raw frames on",
         "store_dir": str(out_dir.parent),
         "detect_threads": detect_threads,

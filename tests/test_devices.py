@@ -385,3 +385,23 @@ def test_light_source_device(core: UniMMCore) -> None:
     core.setProperty("Light", "PowerPercent", 25)
     assert light.illumination() == 0.25
     assert core.getProperty("Light", "State") == 1
+
+
+def test_camera_properties_coerce_and_report(core) -> None:
+    """Each stored property of the simulated camera coerces the strings config
+    files pass, reports the change to propertyChanged and reads back typed."""
+    got: list[tuple[str, str, str]] = []
+    core.events.propertyChanged.connect(lambda *a: got.append(a))
+    for prop, value, back in (
+        ("Seed", "7", 7),
+        ("AutoShutter", "0", 0),
+        ("Scene", "diffusing", "diffusing"),
+        ("PlaneWidth", "128", 128),
+        ("Photons", "1e5", 100000.0),
+        ("Plane", "both", "both"),
+    ):
+        core.setProperty("Camera", prop, value)
+        assert core.getProperty("Camera", prop) == back
+        assert got[-1] == ("Camera", prop, str(back))
+    with pytest.raises(Exception, match="not allowed"):
+        core.setProperty("Camera", "Scene", "nope")

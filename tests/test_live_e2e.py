@@ -271,3 +271,8 @@ def test_mda_handler_keeps_no_rows_in_memory(
     by_track = locs[linked].assign(p=pos[locs.loc[linked, "frame"]])
     assert (by_track.groupby("track_id")["p"].nunique() == 1).all()
     assert by_track.groupby("track_id").size().max() >= 10
+    # their diffusion steps from one visit of their position to the next
+    # (each track alone in its frames: every step spans two frames)
+    long = run.tracks[run.tracks["n_localizations"] >= 10]
+    assert len(long)
+    assert np.isfinite(long["D_xy_um2_s"]).all()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_pipeline_runner import ListSource, PeakAnalyzer, _writer
+from live_fakes import FailingAnalyzer, ListSource, PeakAnalyzer, _writer
 from test_replay import PLANE as REPLAY_PLANE
 from test_replay import _parse, fake_analyzer, recording, replay_core  # noqa: F401
 
@@ -176,13 +176,13 @@ def test_cli_live_keeps_recording_when_the_analysis_fails(
 ) -> None:
     import axialtrack.pipeline.cli as cli
 
-    class Broken(PeakAnalyzer):
-        def analyze(self, planes, indices, meta):  # type: ignore[no-untyped-def]
-            if indices[-1] >= 5:
-                raise RuntimeError("the GPU fell off the bus")
-            return super().analyze(planes, indices, meta)
-
-    monkeypatch.setattr(cli, "_make_analyzer", lambda bundle, **kw: Broken())
+    monkeypatch.setattr(
+        cli,
+        "_make_analyzer",
+        lambda bundle, **kw: FailingAnalyzer(
+            5, RuntimeError("the GPU fell off the bus")
+        ),
+    )
     monkeypatch.setattr(cli, "_model_refused", lambda *a, **kw: False)
     path, _ = recording
     out = tmp_path / "live.zarr"
@@ -397,9 +397,11 @@ def test_cli_live_that_stores_no_frame_exits_1(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A camera whose sequence ends before its first frame: exit 1, said so."""
-    monkeypatch.setattr(CoreSource, "next", lambda self, timeout_s: None)
-    monkeypatch.setattr(CoreSource, "finished", lambda self: True)
+    """A camera whose sequence ends before its first frame: exit 1, said so,
+    and the store it was given is closed with no frame."""
+    from axialtrack.pipeline import TrackingHandler
+
+    monkeypatch.setattr(TrackingHandler, "frameReady", lambda self, *a, **kw: None)
     path, _ = recording
     out = tmp_path / "live.zarr"
     args = _parse(
@@ -419,7 +421,10 @@ def test_cli_live_that_stores_no_frame_exits_1(
     assert args.func(args) == 1
     text = " ".join(capsys.readouterr().out.split())
     assert "No frame was stored" in text
-    assert "source-ended" in text
+    assert "the camera delivered none" in text
+    run = open_run(out)
+    assert run.state == "closed"
+    assert run.n_frames == 0
 
 
 @posix_signals

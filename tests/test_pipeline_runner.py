@@ -5,12 +5,18 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from live_fakes import (
+    FailingAnalyzer,
+    ListSource,
+    PeakAnalyzer,
+    StagedPeakAnalyzer,
+    _writer,
+)
 
 from axialtrack.geometry import SplitterGeometry, compose_frame
 from axialtrack.pipeline.runner import (
@@ -19,161 +25,10 @@ from axialtrack.pipeline.runner import (
     LiveMetrics,
     LiveRunner,
     RunnerConfig,
-    SourceFrame,
     open_live_writer,
     split_into,
 )
 from axialtrack.store import FrameMeta, StoreExistsError, open_run
-
-PLANE = (64, 64)
-
-
-# ------------------------------------------------------------ fakes
-class PeakAnalyzer:
-    """Thresholded local maxima of plane 0 -> localization rows; toy linking."""
-
-    def __init__(self, pixel_size_um: float = 0.1, delay_s: float = 0.0) -> None:
-        self.px = pixel_size_um
-        self.delay_s = delay_s
-        self.calls: list[np.ndarray] = []
-        self.finished = False
-
-    def analyze(
-        self, planes: np.ndarray, indices: np.ndarray, meta: Sequence[FrameMeta]
-    ) -> pd.DataFrame:
-        assert planes.ndim == 4
-        assert planes.shape[1] == 2
-        assert planes.shape[0] == len(indices) == len(meta)
-        assert np.all(np.diff(indices) > 0)
-        self.calls.append(indices.copy())
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        rows = []
-        for frame, idx, m in zip(planes, indices, meta, strict=True):
-            p0 = frame[0].astype(np.float32)
-            thr = np.median(p0) + 5 * p0.std() if p0.std() > 0 else np.inf
-            ys, xs = np.nonzero(p0 > thr)
-            for k, (y, x) in enumerate(zip(ys[:5], xs[:5], strict=True)):
-                rows.append(
-                    {
-                        "frame": int(idx),
-                        "t_s": m.t_s,
-                        "x_um": x * self.px,
-                        "y_um": y * self.px,
-                        "z_um": m.stage_z_um,
-                        "dz_um": 0.0,
-                        "photons": float(p0[y, x]),
-                        "background": float(np.median(p0)),
-                        "track_id": k,
-                    }
-                )
-        cols = [
-            "frame",
-            "t_s",
-            "x_um",
-            "y_um",
-            "z_um",
-            "dz_um",
-            "photons",
-            "background",
-            "track_id",
-        ]
-        return pd.DataFrame(rows, columns=cols).astype(
-            {"frame": "int64", "track_id": "int64"}
-        )
-
-    def finish(self) -> pd.DataFrame:
-        self.finished = True
-        return pd.DataFrame(
-            {"track_id": np.arange(3, dtype=np.int64), "n_localizations": [1, 2, 3]}
-        )
-
-
-class StagedPeakAnalyzer(PeakAnalyzer):
-    """:class:`PeakAnalyzer` split into ``prepare`` / ``complete`` stages.
-
-    Records which thread ran each stage, and the order of ``complete`` calls.
-    """
-
-    def __init__(self, fail_prepare_at: int | None = None) -> None:
-        super().__init__()
-        self.fail_prepare_at = fail_prepare_at
-        self.threads: dict[str, set[str]] = {"prepare": set(), "complete": set()}
-        self.warmed = False
-
-    def warmup(self) -> None:
-        self.warmed = True
-
-    def prepare(self, planes, indices, meta):  # type: ignore[no-untyped-def]
-        self.threads["prepare"].add(threading.current_thread().name)
-        if self.fail_prepare_at is not None and indices[-1] >= self.fail_prepare_at:
-            raise ZeroDivisionError("prepare boom")
-        return planes.copy(), indices.copy(), list(meta)
-
-    def complete(self, prepared):  # type: ignore[no-untyped-def]
-        self.threads["complete"].add(threading.current_thread().name)
-        return PeakAnalyzer.analyze(self, *prepared)
-
-    def analyze(self, planes, indices, meta):  # type: ignore[no-untyped-def]
-        return self.complete(self.prepare(planes, indices, meta))
-
-
-class ListSource:
-    """Frames from memory at a fixed rate; optionally stalls after ``stall_after``."""
-
-    def __init__(
-        self,
-        n: int,
-        geometry: SplitterGeometry,
-        rate_hz: float = 500.0,
-        stall_after: int | None = None,
-    ) -> None:
-        rng = np.random.default_rng(1)
-        self.planes = rng.integers(100, 200, size=(n, 2, *PLANE), dtype=np.uint16)
-        self.planes[:, :, 20, 30] = 5000  # one bright spot per frame
-        self.geometry = geometry
-        self.n = n
-        self.period = 1.0 / rate_hz
-        self.stall_after = stall_after
-        self.k = 0
-        self.started = self.stopped = False
-        self.t0 = 0.0
-
-    def start(self, n_frames: int | None = None) -> None:
-        self.started = True
-        self.t0 = time.perf_counter()
-
-    def stop(self) -> None:
-        self.stopped = True
-
-    def finished(self) -> bool:
-        return self.k >= self.n or (self.stopped and self.stall_after is None)
-
-    def next(self, timeout_s: float) -> SourceFrame | None:
-        if (
-            self.stopped
-            or self.k >= self.n
-            or (self.stall_after is not None and self.k >= self.stall_after)
-        ):
-            time.sleep(timeout_s)
-            return None
-        due = self.t0 + self.k * self.period
-        wait = due - time.perf_counter()
-        if wait > timeout_s:
-            time.sleep(timeout_s)
-            return None
-        if wait > 0:
-            time.sleep(wait)
-        k = self.k
-        self.k += 1
-        raw = compose_frame(self.planes[k], self.geometry)
-        return SourceFrame(raw, k * self.period, 50.0 + 0.01 * k, 0.0, 0.0, k)
-
-
-def _writer(path: Path, geometry: SplitterGeometry, **kw):
-    return open_live_writer(
-        path, geometry=geometry, plane_shape=PLANE, pixel_size_um=0.1, **kw
-    )
 
 
 # ------------------------------------------------------------ unit tests
@@ -484,16 +339,10 @@ def test_camera_stall_raises_and_keeps_frames(tmp_path: Path) -> None:
 def test_analyzer_error_stops_the_analysis_and_the_recording_goes_on(
     tmp_path: Path,
 ) -> None:
-    class Broken(PeakAnalyzer):
-        def analyze(self, planes, indices, meta):  # type: ignore[override]
-            if indices[-1] >= 5:
-                raise ZeroDivisionError("boom")
-            return super().analyze(planes, indices, meta)
-
     geo = SplitterGeometry()
     src = ListSource(200, geo, rate_hz=200)
     w = _writer(tmp_path / "run.zarr", geo)
-    m = LiveRunner(src, Broken(), w, geometry=geo).run()
+    m = LiveRunner(src, FailingAnalyzer(5), w, geometry=geo).run()
     assert m.analysis_error == "ZeroDivisionError: boom"
     # the failing batch holds frame 5 and maybe a few before it
     assert 0 <= m.analysis_failed_at <= 5
@@ -936,19 +785,17 @@ def test_a_failure_after_the_first_goes_with_it(tmp_path: Path) -> None:
     geo = SplitterGeometry()
     src = ListSource(50, geo, stall_after=12)
 
-    class Broken(PeakAnalyzer):
-        def analyze(self, planes, indices, meta):  # type: ignore[no-untyped-def]
-            if indices[-1] >= 8:
-                # the camera stall is seen first: the runner stops the source
-                # when it declares the stall (a condition, not a sleep)
-                deadline = time.monotonic() + 120
-                while not src.stopped:
-                    assert time.monotonic() < deadline, "no stall was declared"
-                    time.sleep(0.005)
-                raise ZeroDivisionError("analyzer bug on frame >= 8")
-            return super().analyze(planes, indices, meta)
+    def stall_declared() -> None:
+        # the camera stall is seen first: the runner stops the source when it
+        # declares the stall (a condition, not a sleep)
+        deadline = time.monotonic() + 120
+        while not src.stopped:
+            assert time.monotonic() < deadline, "no stall was declared"
+            time.sleep(0.005)
 
-    ana = Broken()
+    ana = FailingAnalyzer(
+        8, ZeroDivisionError("analyzer bug on frame >= 8"), stall_declared
+    )
     runner = LiveRunner(
         src,
         ana,

@@ -609,3 +609,51 @@ def test_position_linker_live_equals_offline() -> None:
     assert live.n_tracks == offline["track_id"].max() + 1
     with pytest.raises(ValueError, match="positions for"):
         live.push_rows(frames[:0], xyz[:0], np.array([10**6]), np.array([0, 1]))
+
+
+def test_multi_position_tracks_step_between_visits_of_their_field() -> None:
+    """Frames alternating between two fields: each track steps from one visit
+    of its field to the next, so its diffusion is estimated (without the
+    fields every step spans two frames and D was NaN), at the time between
+    visits, and equals the estimate of the same track alone."""
+    rng = np.random.default_rng(3)
+    d_true, dt_visit, n_visits = 0.5, 0.02, 400
+    rows = []
+    for field in (0, 1):
+        steps = rng.normal(0, np.sqrt(2 * d_true * dt_visit), size=(n_visits, 3))
+        xyz = np.cumsum(steps, axis=0)
+        for v in range(n_visits):
+            frame = 2 * v + field
+            rows.append(
+                {
+                    "frame": frame,
+                    "t_s": frame * dt_visit / 2,
+                    "x_um": xyz[v, 0],
+                    "y_um": xyz[v, 1],
+                    "z_um": xyz[v, 2],
+                    "track_id": field,
+                }
+            )
+    locs = pd.DataFrame(rows)
+    positions = np.arange(2 * n_visits) % 2
+    old = summarize_tracks(locs)
+    assert old["D_um2_s"].isna().all()
+    s = summarize_tracks(locs, frame_positions=positions)
+    assert np.isfinite(s["D_um2_s"]).all()
+    np.testing.assert_allclose(s["D_um2_s"], d_true, rtol=0.2)
+    for field in (0, 1):
+        alone = locs[locs.track_id == field].assign(
+            frame=lambda t: t.frame // 2, t_s=lambda t: t.frame * dt_visit
+        )
+        one = summarize_tracks(alone)
+        assert s.loc[field, "D_um2_s"] == pytest.approx(one.loc[0, "D_um2_s"])
+        assert s.loc[field, "first_frame"] == field  # frames stay the run's
+    # without times: the frame interval times the frames between visits
+    s2 = summarize_tracks(
+        locs.drop(columns="t_s"),
+        frame_interval_s=dt_visit / 2,
+        frame_positions=positions,
+    )
+    np.testing.assert_allclose(s2["D_um2_s"], s["D_um2_s"])
+    with pytest.raises(ValueError, match="frame_positions holds 10 frames"):
+        summarize_tracks(locs, frame_positions=positions[:10])

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_pipeline_runner import ListSource, PeakAnalyzer, _writer
+from live_fakes import FailingAnalyzer, ListSource, PeakAnalyzer, _writer
 
 from axialtrack.geometry import SplitterGeometry
 from axialtrack.pipeline import LiveMetrics, LiveRunner, RunnerConfig, RunSignals
@@ -155,16 +155,10 @@ def test_failed_and_warning_events(tmp_path: Path) -> None:
 
 
 def test_a_warning_is_emitted_once(tmp_path: Path) -> None:
-    class Broken(PeakAnalyzer):
-        def analyze(self, planes, indices, meta):  # type: ignore[override]
-            if indices[-1] >= 5:
-                raise ZeroDivisionError("boom")
-            return super().analyze(planes, indices, meta)
-
     geo = SplitterGeometry()
     runner = LiveRunner(
         ListSource(60, geo, rate_hz=300),
-        Broken(),
+        FailingAnalyzer(5),
         _writer(tmp_path / "run.zarr", geo),
         geometry=geo,
         config=RunnerConfig(status_interval_s=0.02, log_status=False),

@@ -234,6 +234,61 @@ def compose_frame(planes: np.ndarray, geometry: SplitterGeometry) -> np.ndarray:
     return out
 
 
+#: The properties of a dual-plane splitter device
+#: (:class:`~axialtrack.devices.DualPlaneSplitter`).
+SPLITTER_PROPERTIES = (
+    "PlaneOffsetUm",
+    "Layout",
+    "Mirror",
+    "ShiftXPx",
+    "ShiftYPx",
+    "RotationDeg",
+    "Scale",
+    "Transmission",
+)
+
+
+def splitter_label(core: Any) -> str:
+    """Label of the dual-plane splitter device loaded in ``core`` (any device
+    with the :data:`SPLITTER_PROPERTIES`).
+
+    Raises
+    ------
+    LookupError
+        If none, or more than one, is loaded.
+    """
+    found = [
+        label
+        for label in core.getLoadedDevices()
+        if all(core.hasProperty(label, p) for p in SPLITTER_PROPERTIES)
+    ]
+    if not found:
+        raise LookupError(
+            "no DualPlaneSplitter device is loaded; add "
+            "'#py pyDevice,Splitter,axialtrack.devices,DualPlaneSplitter' and its "
+            "Property lines to the hardware config"
+        )
+    if len(found) > 1:
+        raise LookupError(
+            f"several splitter devices are loaded ({', '.join(found)}); pass "
+            "label= to choose one"
+        )
+    return str(found[0])
+
+
+def splitter_geometry(core: Any, label: str | None = None) -> SplitterGeometry:
+    """The :class:`SplitterGeometry` the rig's splitter device describes.
+
+    Parameters
+    ----------
+    core
+        A loaded core (pymmcore-plus ``CMMCorePlus`` / ``UniMMCore``).
+    label
+        Splitter device label; found by :func:`splitter_label` if omitted.
+    """
+    return read_splitter_geometry(core, label or splitter_label(core))
+
+
 def read_splitter_geometry(core: Any, label: str) -> SplitterGeometry:
     """The :class:`SplitterGeometry` of splitter ``label``, read through ``core``.
 
@@ -255,3 +310,37 @@ def read_splitter_geometry(core: Any, label: str) -> SplitterGeometry:
         scale=num("Scale"),
         transmission=num("Transmission"),
     )
+
+
+class CameraPairs:
+    """Pairs the frames of a two-camera rig (Multi Camera: each event's frames
+    come one per camera, with index ``cam`` 0 and 1) into the two planes of
+    one frame, whatever order they come in; plane 0 from camera channel 0."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[tuple[str, int], ...], dict[int, Any]] = {}
+        #: pairs completed so far
+        self.done = 0
+
+    def add(self, cam: int, img: np.ndarray, event: Any, *extra: Any) -> Any:
+        """Take one camera's frame; ``(planes, *extra of camera 0)`` once the
+        other camera's frame of the same event is here, else None."""
+        if cam not in (0, 1):
+            raise ValueError(
+                f"a frame of camera channel {cam}: a two-cameras rig has two "
+                "(Multi Camera with Physical Camera 1 and 2 set, and no third)"
+            )
+        key = tuple(sorted((k, int(v)) for k, v in event.index.items() if k != "cam"))
+        got = self._pending.setdefault(key, {})
+        got[cam] = (img, *extra)
+        if len(got) < 2:
+            return None
+        del self._pending[key]
+        first, second = got[0], got[1]
+        self.done += 1
+        planes = np.stack([np.asarray(first[0]), np.asarray(second[0])])
+        return (planes, *first[1:])
+
+    def __len__(self) -> int:
+        """Frames still waiting for the other camera's."""
+        return len(self._pending)

@@ -21,15 +21,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pymmcore_plus import CFGCommand, DeviceType, Keyword
 from pymmcore_plus.core import DeviceInitializationState
 from pymmcore_plus.experimental.unicore import Device, UniMMCore
 
+from axialtrack._pymmcore_compat import RigCore
+from axialtrack._pymmcore_compat import quiet_discovery as _quiet_discovery
 from axialtrack.devices import AxialDevice
 from axialtrack.errors import AxialtrackError
-from axialtrack.geometry import SplitterGeometry, read_splitter_geometry
+from axialtrack.geometry import (
+    splitter_geometry,
+    splitter_label,
+)
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -56,16 +60,6 @@ _PY_PREFIX = "#py "
 _INTERVAL = Keyword.Interval_ms.value  # "Interval-ms"
 _PY_DEVICE = "pyDevice"
 _CORE = "Core"
-_SPLITTER_PROPS = (
-    "PlaneOffsetUm",
-    "Layout",
-    "Mirror",
-    "ShiftXPx",
-    "ShiftYPx",
-    "RotationDeg",
-    "Scale",
-    "Transmission",
-)
 # Core properties a config may set, and what each one does.
 _CORE_ROLES = {
     Keyword.CoreCamera.value: DeviceType.Camera,
@@ -402,6 +396,285 @@ def _validate(dev: Device, prop: str, value: str) -> None:
             raise ValueError(f"{v:g} is outside the limits")
 
 
+class _ConfigCheck:
+    """The state of one :func:`check_config` pass and its per-command checks
+    (:data:`_CHECKS` names which command each one checks)."""
+
+    def __init__(self, path: Path, lines: list[ConfigLine], core: UniMMCore) -> None:
+        self.path = path
+        self.lines = lines
+        self.core = core
+        self.adapters: set[str] = {str(a) for a in core.getDeviceAdapterNames()}
+        self.search = ", ".join(core.getDeviceAdapterSearchPaths()) or "(none)"
+        self.declared: dict[str, _Declared] = {}
+        self.pixel_presets: set[str] = set()
+        # (device label, property) -> the line that set it last
+        self.set_by: dict[tuple[str, str], ConfigLine] = {}
+
+    def err(self, ln: ConfigLine, problem: str, fix: str) -> RigConfigError:
+        return RigConfigError(self.path, problem, fix, line=ln.lineno, text=ln.text)
+
+    def need_label(self, ln: ConfigLine, label: str) -> _Declared | None:
+        if label == _CORE:
+            return None
+        if label not in self.declared:
+            raise self.err(
+                ln,
+                f"device {label!r} is not loaded by any line above",
+                f"load it first with a Device (C++) or '#py pyDevice' (Python) line, "
+                "or fix the label (loaded so far: "
+                f"{', '.join(self.declared) or 'none'})",
+            )
+        return self.declared[label]
+
+    def check_property(
+        self, ln: ConfigLine, d: _Declared, prop: str, value: str
+    ) -> None:
+        probe = d.probe
+        if probe is None:
+            return  # C++ device: its properties are only known once loaded
+        if not probe.has_property(prop):
+            names = ", ".join(sorted(probe.get_property_names()))
+            raise self.err(
+                ln,
+                f"{d.name} device {d.line.args[0]!r} has no property {prop!r}",
+                f"use one of its properties: {names}",
+            )
+        if probe.is_property_read_only(prop):
+            raise self.err(
+                ln,
+                f"property {prop!r} of {d.line.args[0]!r} is read-only",
+                "delete the line",
+            )
+        try:
+            if isinstance(probe, AxialDevice):
+                probe.set_property_value(prop, value)  # dry run on the probe
+            else:
+                _validate(probe, prop, value)
+        except Exception as e:
+            info = probe.get_property_info(prop)
+            if info.allowed_values:
+                hint = "allowed values: " + ", ".join(map(str, info.allowed_values))
+            elif info.limits:
+                hint = f"allowed range: {info.limits[0]:g} to {info.limits[1]:g}"
+            else:
+                hint = "see the device documentation"
+            raise self.err(
+                ln,
+                f"value {value!r} is not valid for {d.line.args[0]}.{prop}: {e}",
+                f"set a valid value ({hint})",
+            ) from None
+
+    def device(self, ln: ConfigLine) -> None:
+        """``Device`` (C++) and ``#py pyDevice`` lines: the label, the class."""
+        cmd, args = ln.command, ln.args
+        label, library, name = args
+        if not label or label == _CORE:
+            raise self.err(ln, f"invalid device label {label!r}", "pick another label")
+        if label in self.declared:
+            raise self.err(
+                ln,
+                f"label {label!r} is already used on line "
+                f"{self.declared[label].line.lineno}",
+                "give each device its own label",
+            )
+        probe: Device | None = None
+        dtype: DeviceType | None = None
+        if cmd == CFGCommand.Device.value and library in self.adapters:
+            try:
+                available = tuple(self.core.getAvailableDevices(library))
+            except Exception:  # adapter fails to load: the core reports it
+                available = ()
+            if available and name not in available:
+                raise self.err(
+                    ln,
+                    f"adapter {library!r} has no device {name!r}",
+                    f"use one of: {', '.join(available)}",
+                )
+        else:
+            try:
+                cls = _import_device_class(library, name)
+            except ImportError as e:
+                if cmd == CFGCommand.Device.value:
+                    others = _other_missing_adapters(self.lines, ln, self.adapters)
+                    also = f"; this config also needs {others}" if others else ""
+                    raise self.err(
+                        ln,
+                        f"Micro-Manager device adapter {library!r} is not "
+                        f"installed (adapter search path: {self.search}){also}",
+                        "install Micro-Manager with this adapter (e.g. "
+                        "'mmcore install', or the Micro-Manager nightly build "
+                        "for your platform) and pass its folder as "
+                        "load_rig(..., mm_path=...); check the adapter name "
+                        "spelling (it is the DLL name without 'mmgr_dal_')",
+                    ) from None
+                raise self.err(
+                    ln,
+                    f"Python module {library!r} cannot be imported ({e})",
+                    "install the package that provides it in this environment "
+                    "and check the module path",
+                ) from None
+            except (LookupError, TypeError) as e:
+                raise self.err(
+                    ln, str(e), "check the class name in the config line"
+                ) from None
+            if cmd == CFGCommand.Device.value:
+                logger.info(
+                    "%s:%d: %r is not a C++ adapter here; loading the Python "
+                    "class %s.%s",
+                    self.path,
+                    ln.lineno,
+                    library,
+                    library,
+                    name,
+                )
+            try:
+                probe = cls()
+            except Exception as e:
+                raise self.err(
+                    ln,
+                    f"creating {library}.{name} failed: {e}",
+                    "check the device class; it must construct without arguments",
+                ) from None
+            dtype = probe.type()
+        self.declared[label] = _Declared(ln, library, name, probe, dtype)
+
+    def property(self, ln: ConfigLine) -> None:
+        """``Property`` lines: core roles, device properties and values."""
+        args = ln.args
+        label, prop = args[0], args[1]
+        value = args[2] if len(args) > 2 else ""
+        if label == _CORE:
+            if prop in _CORE_ROLES:
+                if value:
+                    d = self.need_label(ln, value)
+                    want = _CORE_ROLES[prop]
+                    if d and d.device_type is not None and d.device_type != want:
+                        raise self.err(
+                            ln,
+                            f"{value!r} is a {d.device_type.name} device; the "
+                            f"{prop} role needs a {want.name} device",
+                            f"name a {want.name} device here",
+                        )
+            elif prop not in _CORE_OTHER:
+                raise self.err(
+                    ln,
+                    f"the core has no property {prop!r}",
+                    "use one of: " + ", ".join(sorted({*_CORE_ROLES, *_CORE_OTHER})),
+                )
+            return
+        d = self.need_label(ln, label)
+        if d is not None:
+            self.check_property(ln, d, prop, value)
+            self.set_by[(label, prop)] = ln
+
+    def config_group(self, ln: ConfigLine) -> None:
+        """``ConfigGroup`` lines: the device and its property."""
+        args = ln.args
+        if len(args) < 4:
+            return
+        d = self.need_label(ln, args[2])
+        if d is not None and d.probe is not None and not d.probe.has_property(args[3]):
+            names = ", ".join(sorted(d.probe.get_property_names()))
+            raise self.err(
+                ln,
+                f"device {args[2]!r} has no property {args[3]!r}",
+                f"use one of its properties: {names}",
+            )
+
+    def pixel_size_preset(self, ln: ConfigLine) -> None:
+        """``ConfigPixelSize`` lines: keyed on what UniMMCore resolves."""
+        args = ln.args
+        preset, label = args[0], args[1]
+        d = self.need_label(ln, label)
+        if d is not None and d.probe is not None:
+            raise self.err(
+                ln,
+                f"pixel-size preset {preset!r} is keyed on a property of the "
+                f"Python device {label!r}; UniMMCore resolves pixel-size "
+                "presets in the C++ core, which cannot read Python-device "
+                "properties, so it would never become current",
+                "key it on a C++ device property (e.g. the objective turret's "
+                "Label) or, on a rig with one objective, on the always-empty "
+                f"core image-processor slot: ConfigPixelSize,{preset},Core,"
+                "ImageProcessor,",
+            )
+        self.pixel_presets.add(preset)
+
+    def pixel_size_value(self, ln: ConfigLine) -> None:
+        """``PixelSize_um`` and the other pixel-size lines: numbers, of a preset."""
+        args = ln.args
+        if args[0] not in self.pixel_presets:
+            raise self.err(
+                ln,
+                f"pixel-size preset {args[0]!r} is not defined above",
+                f"define it first: ConfigPixelSize,{args[0]},<device>,"
+                "<property>,<value>",
+            )
+        try:
+            [float(a) for a in args[1:]]
+        except ValueError:
+            raise self.err(
+                ln, "pixel-size values must be numbers", "fix the numbers"
+            ) from None
+
+    def device_setting(self, ln: ConfigLine) -> None:
+        """``Delay``, ``FocusDirection``, ``Label``, ``Parent`` lines."""
+        cmd, args = ln.command, ln.args
+        d = self.need_label(ln, args[0])
+        if cmd == CFGCommand.Delay.value and d is not None and d.probe:
+            try:
+                delay = float(args[1])
+            except ValueError:
+                raise self.err(ln, "delay must be a number", "write it in ms") from None
+            if delay != 0:
+                raise self.err(
+                    ln,
+                    "UniMMCore does not support delays for Python devices",
+                    "delete the line (use the device's own settle-time "
+                    "property, e.g. SettleTimeMs)",
+                )
+        if cmd == CFGCommand.FocusDirection.value and args[1] not in {
+            "1",
+            "-1",
+            "0",
+        }:
+            raise self.err(
+                ln,
+                f"focus direction must be 1, -1 or 0; got {args[1]!r}",
+                "write 1 (positive moves toward the sample), -1 or 0 (unknown)",
+            )
+
+
+#: the check of each config command (commands not listed are not checked)
+_CHECKS: dict[str, Callable[[_ConfigCheck, ConfigLine], None]] = {
+    CFGCommand.Device.value: _ConfigCheck.device,
+    _PY_DEVICE: _ConfigCheck.device,
+    CFGCommand.Property.value: _ConfigCheck.property,
+    CFGCommand.ConfigGroup.value: _ConfigCheck.config_group,
+    CFGCommand.ConfigPixelSize.value: _ConfigCheck.pixel_size_preset,
+    **{
+        c.value: _ConfigCheck.pixel_size_value
+        for c in (
+            CFGCommand.PixelSize_um,
+            CFGCommand.PixelSizeAffine,
+            CFGCommand.PixelSize_dxdz,
+            CFGCommand.PixelSize_dydz,
+            CFGCommand.PixelSize_OptimalZUm,
+        )
+    },
+    **{
+        c.value: _ConfigCheck.device_setting
+        for c in (
+            CFGCommand.Delay,
+            CFGCommand.FocusDirection,
+            CFGCommand.Label,
+            CFGCommand.ParentID,
+        )
+    },
+}
+
+
 def check_config(path: str | Path, core: UniMMCore | None = None) -> list[ConfigLine]:
     """Check a config file without loading it.
 
@@ -431,250 +704,12 @@ def check_config(path: str | Path, core: UniMMCore | None = None) -> list[Config
     """
     path = Path(path)
     lines = parse_config(path)
-    if core is None:
-        core = new_core()
-    adapters: set[str] = {str(a) for a in core.getDeviceAdapterNames()}
-    search = ", ".join(core.getDeviceAdapterSearchPaths()) or "(none)"
-    declared: dict[str, _Declared] = {}
-    pixel_presets: set[str] = set()
-    # (device label, property) -> the line that set it last
-    set_by: dict[tuple[str, str], ConfigLine] = {}
-
-    def err(ln: ConfigLine, problem: str, fix: str) -> RigConfigError:
-        return RigConfigError(path, problem, fix, line=ln.lineno, text=ln.text)
-
-    def need_label(ln: ConfigLine, label: str) -> _Declared | None:
-        if label == _CORE:
-            return None
-        if label not in declared:
-            raise err(
-                ln,
-                f"device {label!r} is not loaded by any line above",
-                f"load it first with a Device (C++) or '#py pyDevice' (Python) line, "
-                f"or fix the label (loaded so far: {', '.join(declared) or 'none'})",
-            )
-        return declared[label]
-
-    def check_property(ln: ConfigLine, d: _Declared, prop: str, value: str) -> None:
-        probe = d.probe
-        if probe is None:
-            return  # C++ device: its properties are only known once loaded
-        if not probe.has_property(prop):
-            names = ", ".join(sorted(probe.get_property_names()))
-            raise err(
-                ln,
-                f"{d.name} device {d.line.args[0]!r} has no property {prop!r}",
-                f"use one of its properties: {names}",
-            )
-        if probe.is_property_read_only(prop):
-            raise err(
-                ln,
-                f"property {prop!r} of {d.line.args[0]!r} is read-only",
-                "delete the line",
-            )
-        try:
-            if isinstance(probe, AxialDevice):
-                probe.set_property_value(prop, value)  # dry run on the probe
-            else:
-                _validate(probe, prop, value)
-        except Exception as e:
-            info = probe.get_property_info(prop)
-            if info.allowed_values:
-                hint = "allowed values: " + ", ".join(map(str, info.allowed_values))
-            elif info.limits:
-                hint = f"allowed range: {info.limits[0]:g} to {info.limits[1]:g}"
-            else:
-                hint = "see the device documentation"
-            raise err(
-                ln,
-                f"value {value!r} is not valid for {d.line.args[0]}.{prop}: {e}",
-                f"set a valid value ({hint})",
-            ) from None
-
+    check = _ConfigCheck(path, lines, core if core is not None else new_core())
     for ln in lines:
-        cmd, args = ln.command, ln.args
-        if cmd in (CFGCommand.Device.value, _PY_DEVICE):
-            label, library, name = args
-            if not label or label == _CORE:
-                raise err(ln, f"invalid device label {label!r}", "pick another label")
-            if label in declared:
-                raise err(
-                    ln,
-                    f"label {label!r} is already used on line "
-                    f"{declared[label].line.lineno}",
-                    "give each device its own label",
-                )
-            probe: Device | None = None
-            dtype: DeviceType | None = None
-            if cmd == CFGCommand.Device.value and library in adapters:
-                try:
-                    available = tuple(core.getAvailableDevices(library))
-                except Exception:  # adapter fails to load: the core reports it
-                    available = ()
-                if available and name not in available:
-                    raise err(
-                        ln,
-                        f"adapter {library!r} has no device {name!r}",
-                        f"use one of: {', '.join(available)}",
-                    )
-            else:
-                try:
-                    cls = _import_device_class(library, name)
-                except ImportError as e:
-                    if cmd == CFGCommand.Device.value:
-                        others = _other_missing_adapters(lines, ln, adapters)
-                        also = f"; this config also needs {others}" if others else ""
-                        raise err(
-                            ln,
-                            f"Micro-Manager device adapter {library!r} is not "
-                            f"installed (adapter search path: {search}){also}",
-                            "install Micro-Manager with this adapter (e.g. "
-                            "'mmcore install', or the Micro-Manager nightly build "
-                            "for your platform) and pass its folder as "
-                            "load_rig(..., mm_path=...); check the adapter name "
-                            "spelling (it is the DLL name without 'mmgr_dal_')",
-                        ) from None
-                    raise err(
-                        ln,
-                        f"Python module {library!r} cannot be imported ({e})",
-                        "install the package that provides it in this environment "
-                        "and check the module path",
-                    ) from None
-                except (LookupError, TypeError) as e:
-                    raise err(
-                        ln, str(e), "check the class name in the config line"
-                    ) from None
-                if cmd == CFGCommand.Device.value:
-                    logger.info(
-                        "%s:%d: %r is not a C++ adapter here; loading the Python "
-                        "class %s.%s",
-                        path,
-                        ln.lineno,
-                        library,
-                        library,
-                        name,
-                    )
-                try:
-                    probe = cls()
-                except Exception as e:
-                    raise err(
-                        ln,
-                        f"creating {library}.{name} failed: {e}",
-                        "check the device class; it must construct without arguments",
-                    ) from None
-                dtype = probe.type()
-            declared[label] = _Declared(ln, library, name, probe, dtype)
-
-        elif cmd == CFGCommand.Property.value:
-            label, prop = args[0], args[1]
-            value = args[2] if len(args) > 2 else ""
-            if label == _CORE:
-                if prop in _CORE_ROLES:
-                    if value:
-                        d = need_label(ln, value)
-                        want = _CORE_ROLES[prop]
-                        if d and d.device_type is not None and d.device_type != want:
-                            raise err(
-                                ln,
-                                f"{value!r} is a {d.device_type.name} device; the "
-                                f"{prop} role needs a {want.name} device",
-                                f"name a {want.name} device here",
-                            )
-                elif prop not in _CORE_OTHER:
-                    raise err(
-                        ln,
-                        f"the core has no property {prop!r}",
-                        "use one of: "
-                        + ", ".join(sorted({*_CORE_ROLES, *_CORE_OTHER})),
-                    )
-                continue
-            d = need_label(ln, label)
-            if d is not None:
-                check_property(ln, d, prop, value)
-                set_by[(label, prop)] = ln
-
-        elif cmd == CFGCommand.ConfigGroup.value and len(args) >= 4:
-            d = need_label(ln, args[2])
-            if (
-                d is not None
-                and d.probe is not None
-                and not d.probe.has_property(args[3])
-            ):
-                names = ", ".join(sorted(d.probe.get_property_names()))
-                raise err(
-                    ln,
-                    f"device {args[2]!r} has no property {args[3]!r}",
-                    f"use one of its properties: {names}",
-                )
-
-        elif cmd == CFGCommand.ConfigPixelSize.value:
-            preset, label = args[0], args[1]
-            d = need_label(ln, label)
-            if d is not None and d.probe is not None:
-                raise err(
-                    ln,
-                    f"pixel-size preset {preset!r} is keyed on a property of the "
-                    f"Python device {label!r}; UniMMCore resolves pixel-size "
-                    "presets in the C++ core, which cannot read Python-device "
-                    "properties, so it would never become current",
-                    "key it on a C++ device property (e.g. the objective turret's "
-                    "Label) or, on a rig with one objective, on the always-empty "
-                    f"core image-processor slot: ConfigPixelSize,{preset},Core,"
-                    "ImageProcessor,",
-                )
-            pixel_presets.add(preset)
-
-        elif cmd in (
-            CFGCommand.PixelSize_um.value,
-            CFGCommand.PixelSizeAffine.value,
-            CFGCommand.PixelSize_dxdz.value,
-            CFGCommand.PixelSize_dydz.value,
-            CFGCommand.PixelSize_OptimalZUm.value,
-        ):
-            if args[0] not in pixel_presets:
-                raise err(
-                    ln,
-                    f"pixel-size preset {args[0]!r} is not defined above",
-                    f"define it first: ConfigPixelSize,{args[0]},<device>,"
-                    "<property>,<value>",
-                )
-            try:
-                [float(a) for a in args[1:]]
-            except ValueError:
-                raise err(
-                    ln, "pixel-size values must be numbers", "fix the numbers"
-                ) from None
-
-        elif cmd in (
-            CFGCommand.Delay.value,
-            CFGCommand.FocusDirection.value,
-            CFGCommand.Label.value,
-            CFGCommand.ParentID.value,
-        ):
-            d = need_label(ln, args[0])
-            if cmd == CFGCommand.Delay.value and d is not None and d.probe:
-                try:
-                    delay = float(args[1])
-                except ValueError:
-                    raise err(ln, "delay must be a number", "write it in ms") from None
-                if delay != 0:
-                    raise err(
-                        ln,
-                        "UniMMCore does not support delays for Python devices",
-                        "delete the line (use the device's own settle-time "
-                        "property, e.g. SettleTimeMs)",
-                    )
-            if cmd == CFGCommand.FocusDirection.value and args[1] not in {
-                "1",
-                "-1",
-                "0",
-            }:
-                raise err(
-                    ln,
-                    f"focus direction must be 1, -1 or 0; got {args[1]!r}",
-                    "write 1 (positive moves toward the sample), -1 or 0 (unknown)",
-                )
-    _check_peers(declared, set_by, err)
+        step = _CHECKS.get(ln.command)
+        if step is not None:
+            step(check, ln)
+    _check_peers(check.declared, check.set_by, check.err)
     return lines
 
 
@@ -729,54 +764,6 @@ def _check_peers(
 
 
 # ------------------------------------------------------------------ the core
-class _DropNoInstallation(logging.Filter):
-    """Drop the 'could not find a compatible Micro-Manager installation' record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "compatible Micro-Manager installation" not in record.getMessage()
-
-
-@contextmanager
-def _quiet_discovery() -> Iterator[None]:
-    log = logging.getLogger("pymmcore-plus")
-    filt = _DropNoInstallation()
-    log.addFilter(filt)
-    try:
-        yield
-    finally:
-        log.removeFilter(filt)
-
-
-class RigCore(UniMMCore):
-    """A UniMMCore that hands the sequence interval to Python cameras.
-
-    ``UniMMCore.startSequenceAcquisition(n, intervalMs, stop)`` does not pass
-    ``intervalMs`` to a Python camera (nor does any core event carry it). This
-    core copies it into the camera's standard ``Interval-ms`` property first, so
-    the simulated camera paces its frames at ``max(exposure, interval)``.
-    """
-
-    def _pass_interval(self, camera: str, interval_ms: float) -> None:
-        if camera and self.isPyDevice(camera) and self.hasProperty(camera, _INTERVAL):
-            self.setProperty(camera, _INTERVAL, max(float(interval_ms), 0.0))
-
-    def startSequenceAcquisition(self, *args: Any) -> None:
-        """Start a sequence acquisition (see ``CMMCorePlus``).
-
-        Accepts ``(numImages, intervalMs, stopOnOverflow)`` or
-        ``(cameraLabel, numImages, intervalMs, stopOnOverflow)``.
-        """
-        if len(args) in (3, 4):
-            camera = str(args[0]) if len(args) == 4 else self.getCameraDevice()
-            self._pass_interval(camera, float(args[-2]))
-        super().startSequenceAcquisition(*args)
-
-    def startContinuousSequenceAcquisition(self, intervalMs: float = 0) -> None:
-        """Start a continuous acquisition at ``intervalMs`` (0: as fast as exposure)."""
-        self._pass_interval(self.getCameraDevice(), intervalMs)
-        super().startContinuousSequenceAcquisition(intervalMs)
-
-
 def new_core(mm_path: str | Path | None = None) -> RigCore:
     """A new, empty core without the 'no Micro-Manager installation' log line.
 
@@ -980,42 +967,3 @@ def load_rig(
 
 
 # ------------------------------------------------------------------ splitter
-def splitter_label(core: UniMMCore) -> str:
-    """Label of the loaded dual-plane splitter device.
-
-    Raises
-    ------
-    LookupError
-        If none, or more than one, is loaded.
-    """
-    found = [
-        label
-        for label in core.getLoadedDevicesOfType(DeviceType.Generic)
-        if all(core.hasProperty(label, p) for p in _SPLITTER_PROPS)
-    ]
-    if not found:
-        raise LookupError(
-            "no DualPlaneSplitter device is loaded; add "
-            "'#py pyDevice,Splitter,axialtrack.devices,DualPlaneSplitter' and its "
-            "Property lines to the hardware config"
-        )
-    if len(found) > 1:
-        raise LookupError(
-            f"several splitter devices are loaded ({', '.join(found)}); pass "
-            "label= to choose one"
-        )
-    return found[0]
-
-
-def splitter_geometry(core: UniMMCore, label: str | None = None) -> SplitterGeometry:
-    """The :class:`SplitterGeometry` described by the rig's splitter device.
-
-    Parameters
-    ----------
-    core
-        A loaded core.
-    label
-        Splitter device label; found automatically if omitted.
-    """
-    label = label or splitter_label(core)
-    return read_splitter_geometry(core, label)

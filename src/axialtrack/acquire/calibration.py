@@ -15,6 +15,7 @@ store's ``truth/`` group (simulation only; see :data:`TRUTH_COLUMNS`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -27,7 +28,7 @@ import numpy as np
 import useq
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from axialtrack.geometry import SplitterGeometry, split_frame
+from axialtrack.geometry import CameraPairs, SplitterGeometry, split_frame
 from axialtrack.store import FrameMeta, RunWriter, StoreExistsError
 
 if TYPE_CHECKING:
@@ -334,7 +335,8 @@ def _meta_float(meta: dict[str, Any], key: str) -> float | None:
 
 
 class CalibrationFrameHandler:
-    """Output handler for ``core.mda.events.frameReady``: frames into a run store.
+    """MDA output handler (``core.mda.run(sequence, output=handler)``): frames
+    into a run store.
 
     Each frame is split into its two planes (a view where possible) and handed to
     :meth:`RunWriter.append_frame`, which copies it into the writer's pool and
@@ -384,6 +386,7 @@ class CalibrationFrameHandler:
         self.t_first: float | None = None
         self.t_last: float | None = None
         self._lock = threading.Lock()
+        self._pairs = CameraPairs()
 
     def _field(self, event: useq.MDAEvent) -> int:
         key = (int(event.index.get("p", 0)), int(event.index.get("g", 0)))
@@ -392,13 +395,20 @@ class CalibrationFrameHandler:
         return self.field_index[key]
 
     def frameReady(
-        self, img: np.ndarray, event: useq.MDAEvent, meta: dict[str, Any]
+        self, img: np.ndarray, event: useq.MDAEvent, meta: Mapping[str, Any]
     ) -> None:
-        """Store one frame (connected to ``core.mda.events.frameReady``)."""
+        """Store one frame (called by the MDA runner for each frame)."""
         if self.error is not None:
             return
         try:
-            self._store(img, event, meta or {})
+            cam = event.index.get("cam") if event is not None else None
+            if cam is not None:
+                # Multi Camera: the two planes come one per camera
+                paired = self._pairs.add(int(cam), img, event, meta)
+                if paired is None:
+                    return
+                img, meta = paired
+            self._store(img, event, dict(meta or {}))
         except Exception as exc:
             self.error = exc
             logger.error("calibration run: cannot store a frame: %s", exc)
@@ -467,12 +477,19 @@ def _n_events(sequence: useq.MDASequence) -> int:
 
 def _sim_camera(core: CMMCorePlus) -> Any:
     """The core's simulated camera device, or ``None`` on a real rig."""
-    try:
-        from axialtrack.devices import SimCamera, get_device
+    from axialtrack.devices import SimCamera, get_device
 
-        return get_device(core, core.getCameraDevice(), SimCamera)
-    except Exception:
-        return None
+    labels: list[str] = [str(core.getCameraDevice())]
+    # a multi camera's first physical camera renders the same sample (a Python
+    # camera of a plain UniMMCore has no channel names)
+    with contextlib.suppress(Exception):
+        labels.append(core.getCameraChannelName(0))
+    for label in labels:
+        try:
+            return get_device(core, label, SimCamera)
+        except Exception:
+            continue
+    return None
 
 
 def _rig_record(core: CMMCorePlus) -> dict[str, Any]:
@@ -657,13 +674,7 @@ def run_calibration(
         raise RuntimeError("an MDA is already running on this core; wait or cancel it")
     if sequence is None:
         sequence = calibration_sequence(core=core)
-    geometry = splitter_geometry(core)  # type: ignore[arg-type]
-    if geometry.layout == "two-cameras":
-        raise RuntimeError(
-            "run_calibration acquires single-sensor splitters (side-by-side, "
-            "top-bottom); for two cameras, record one stack per camera and import "
-            "them with axialtrack.calibrate.io.load_stack(..., layout='two-files')"
-        )
+    geometry = splitter_geometry(core)
     plan_meta = dict(sequence.metadata.get(_META_KEY, {}))
     exposure_ms = (plan_meta.get("plan") or {}).get("exposure_ms")
     if exposure_ms is not None:
@@ -676,8 +687,10 @@ def run_calibration(
             "the core has no pixel size (no pixel-size preset is active); define "
             "one in the hardware config (ConfigPixelSize / PixelSize_um)"
         )
-    plane_shape = geometry.plane_shape(
-        (int(core.getImageHeight()), int(core.getImageWidth()))
+    sensor = (int(core.getImageHeight()), int(core.getImageWidth()))
+    # two cameras (Multi Camera): each camera's image is one plane
+    plane_shape = (
+        sensor if geometry.layout == "two-cameras" else geometry.plane_shape(sensor)
     )
     n_total = _n_events(sequence)
     writer = RunWriter(
@@ -724,13 +737,18 @@ def run_calibration(
     if events is not None:
         events.started.emit(out, n_total)
 
+    done = threading.Event()
+
     def _run() -> None:
         try:
-            core.mda.run(sequence)
+            # the handler is the MDA's output: pymmcore-plus hands it each
+            # frame from its relay thread, never holding up the acquisition
+            core.mda.run(sequence, output=handler)
         except BaseException as exc:
             mda_error.append(exc)
+        finally:
+            done.set()
 
-    core.mda.events.frameReady.connect(handler.frameReady)
     core.mda.events.sequenceCanceled.connect(_on_cancel)
     t0 = time.perf_counter()
     interrupted = False
@@ -739,9 +757,13 @@ def run_calibration(
             bar.start()
         thread = threading.Thread(target=_run, name="calibration-mda", daemon=True)
         thread.start()
-        while thread.is_alive():
+        # waits on an event the thread sets as it ends: a Thread.join()
+        # interrupted by Ctrl-C can mark the thread as stopped (CPython 3.11),
+        # and the store was then closed while the MDA's relay thread still
+        # handed it the frames acquired before the cancel
+        while not done.is_set():
             try:
-                thread.join(0.1)
+                done.wait(0.1)
             except KeyboardInterrupt:
                 interrupted = True
                 cancelled.set()
@@ -749,7 +771,6 @@ def run_calibration(
     finally:
         if bar is not None:
             bar.stop()
-        core.mda.events.frameReady.disconnect(handler.frameReady)
         core.mda.events.sequenceCanceled.disconnect(_on_cancel)
         if engine is not None and old_hw is not None:
             engine.use_hardware_sequencing = old_hw

@@ -13,6 +13,8 @@ Load them from a hardware config with ``#py`` lines, e.g.::
 - :class:`SimLightSource`: excitation light with a shutter and a power setting.
 - :class:`DualPlaneSplitter`: the dual-plane splitter description, used by real
   rigs too.
+- :class:`SimMultiCamera`: two simulated cameras (one per plane) as one, as
+  Micro-Manager's Utilities ``Multi Camera`` combines two real ones.
 - :class:`ReplayCamera`: streams a recorded run or movie at a set frame rate as if
   live.
 
@@ -33,6 +35,7 @@ from ._base import (
 )
 from .camera import SCENES, SimCamera
 from .light import SimLightSource
+from .multicamera import SimMultiCamera
 from .replay import ReplayCamera, open_movie
 from .splitter import DualPlaneSplitter
 from .stages import SimXYStage, SimZPiezo
@@ -45,6 +48,7 @@ __all__ = [
     "ReplayCamera",
     "SimCamera",
     "SimLightSource",
+    "SimMultiCamera",
     "SimXYStage",
     "SimZPiezo",
     "as_bool",

@@ -8,22 +8,28 @@
   ``"Side-By-Side"`` for ``"side-by-side"``). UniMMCore checks allowed values with
   ``value in allowed_values`` *before* calling the setter, so without this a config
   line ``Property,Light,State,1`` would be refused for an integer property.
-- Peer lookup: a UniMMCore Python device sees only ``core.events`` (emit-only), not
-  the core itself, so it cannot ask the core for another device. Our devices add
-  themselves to a process-wide weak registry and find each other by label, scoped
-  to the core that loaded them (see :func:`find_peer`).
+- Peer lookup and ``propertyChanged``: what UniMMCore does not give Python
+  devices (a handle to the core's other devices, property-change reports) is in
+  :mod:`axialtrack._pymmcore_compat`, with the pymmcore-plus version it is for;
+  :func:`find_peer` and :func:`get_device` are re-exported here.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from pymmcore_plus.core import Keyword
-from pymmcore_plus.experimental.unicore import CameraDevice, Device
+from pymmcore_plus.experimental.unicore import CameraDevice, Device, pymm_property
+
+from axialtrack._pymmcore_compat import (
+    emit_property_changed,
+    find_peer,
+    get_device,
+    register,
+)
 
 __all__ = [
     "AxialDevice",
@@ -35,6 +41,7 @@ __all__ = [
     "as_int",
     "find_peer",
     "get_device",
+    "stored_property",
 ]
 
 _TRUE = frozenset({"1", "true", "yes", "on", "open", "y", "t"})
@@ -167,9 +174,36 @@ class Choices(tuple):
         return cls(values, lambda v: as_choice(v, values))
 
 
-# ------------------------------------------------------------ peer registry
-_REGISTRY_LOCK = threading.Lock()
-_REGISTRY: weakref.WeakSet[Device] = weakref.WeakSet()
+def stored_property(
+    name: str,
+    attr: str,
+    coerce: Callable[[Any, str], Any],
+    doc: str,
+    *,
+    shown: Callable[[Any], Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A device property kept in ``self.<attr>``: set through ``coerce(value,
+    name)`` (config files pass strings), reported to the core's
+    ``propertyChanged`` listeners on every set, read back as ``shown(value)``
+    (default: as stored). ``kwargs`` go to ``pymm_property`` (``limits``,
+    ``allowed_values``, ``property_type``).
+
+    What one property of a Python device takes in pymmcore-plus: a getter, a
+    setter that coerces the value and reports it
+    (:meth:`AxialDevice._emit_property`).
+    """
+    show = shown if shown is not None else (lambda v: v)
+
+    def fget(self: Any) -> Any:
+        return show(getattr(self, attr))
+
+    def fset(self: Any, value: Any) -> None:
+        setattr(self, attr, coerce(value, name))
+        self._emit_property(name, show(getattr(self, attr)))
+
+    fget.__doc__ = doc
+    return pymm_property(name=name, **kwargs)(fget).setter(fset)
 
 
 class AxialDevice(Device):
@@ -185,19 +219,12 @@ class AxialDevice(Device):
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.RLock()  # type: ignore[assignment]
-        with _REGISTRY_LOCK:
-            _REGISTRY.add(self)
+        register(self)
 
     def _emit_property(self, name: str, value: Any) -> None:
-        """Report a property change to the core's listeners.
-
-        UniMMCore does not emit ``propertyChanged`` for Python devices, so the
-        device does it (as C++ adapters do through ``OnPropertyChanged``).
-        """
-        if (proxy := self._core_proxy_) is not None:
-            if isinstance(value, bool):
-                value = int(value)
-            proxy.events.propertyChanged.emit(self._label_, name, str(value))
+        """Report a property change to the core's listeners
+        (:func:`axialtrack._pymmcore_compat.emit_property_changed`)."""
+        emit_property_changed(self, name, value)
 
     def locked(self) -> bool:
         """Return ``True`` if another thread holds the device lock."""
@@ -205,104 +232,6 @@ class AxialDevice(Device):
             self._lock.release()
             return False
         return True
-
-
-def _core_token(dev: Device) -> object | None:
-    """An object identifying the core a device is loaded in, or None if unknown.
-
-    With psygnal events (the default outside Qt) every signal of a core's event
-    group knows its group (``SignalInstance.instance``), which is one object per
-    core. With Qt signals there is no such handle and lookup falls back to labels.
-    """
-    proxy = dev._core_proxy_
-    if proxy is None:
-        return None
-    try:
-        sig = proxy.events.propertyChanged
-    except AttributeError:  # pragma: no cover - proxy always exposes events
-        return None
-    return getattr(sig, "instance", None)
-
-
-def find_peer(requester: Device, label: str, kind: type[D]) -> D:
-    """Find the device loaded as ``label`` in the same core as ``requester``.
-
-    Parameters
-    ----------
-    requester
-        The device asking (it must be loaded).
-    label
-        Device label to look for.
-    kind
-        Required device class.
-
-    Raises
-    ------
-    LookupError
-        If no such device is loaded, the label is ambiguous, or the device has the
-        wrong type. The message says which property of ``requester`` to fix.
-    """
-    with _REGISTRY_LOCK:
-        live = [
-            d
-            for d in _REGISTRY
-            if d._core_proxy_ is not None and d._label_ == label and d is not requester
-        ]
-    token = _core_token(requester)
-    if token is not None:
-        live = [d for d in live if _core_token(d) is token]
-    if not live:
-        raise LookupError(f"no device labelled {label!r} is loaded in this core")
-    if len(live) > 1:
-        raise LookupError(
-            f"{len(live)} devices labelled {label!r} are loaded in different cores "
-            "and this core cannot be told apart (Qt signal backend); load the rig "
-            "in one core per process"
-        )
-    dev = live[0]
-    if not isinstance(dev, kind):
-        raise LookupError(
-            f"device {label!r} is a {type(dev).__name__}, not a {kind.__name__}"
-        )
-    return dev
-
-
-def get_device(core: Any, label: str, kind: type[D] | None = None) -> Any:
-    """The axialtrack device object loaded in ``core`` as ``label``.
-
-    Gives direct access to a device's Python API (e.g. ``SimCamera.renderer()``
-    for the ground truth) without reaching into the core's private state.
-
-    Parameters
-    ----------
-    core
-        A UniMMCore.
-    label
-        Device label.
-    kind
-        Optional required class.
-
-    Raises
-    ------
-    LookupError
-        If no axialtrack device with that label is loaded in ``core``.
-    """
-    token = getattr(core.events.propertyChanged, "instance", None)
-    with _REGISTRY_LOCK:
-        live = [
-            d for d in _REGISTRY if d._core_proxy_ is not None and d._label_ == label
-        ]
-    if token is not None:
-        live = [d for d in live if _core_token(d) is token]
-    if len(live) != 1:
-        what = "no" if not live else f"{len(live)}"
-        raise LookupError(f"{what} axialtrack device labelled {label!r} in this core")
-    dev = live[0]
-    if kind is not None and not isinstance(dev, kind):
-        raise LookupError(
-            f"device {label!r} is a {type(dev).__name__}, not a {kind.__name__}"
-        )
-    return dev
 
 
 class PacedCamera(AxialDevice, CameraDevice):

@@ -48,6 +48,7 @@ from ._base import (
     as_float,
     as_int,
     find_peer,
+    stored_property,
 )
 from .light import SimLightSource
 from .splitter import DualPlaneSplitter
@@ -199,115 +200,95 @@ class SimCamera(PacedCamera):
         return f"SIM-{self._seed:06d}"
 
     # ------------------------------------------------------- scene properties
-    @pymm_property(name="Scene", allowed_values=Choices.strings(SCENES))
-    def scene(self) -> str:
-        """What the sample holds."""
-        return self._scene
-
-    @scene.setter
-    def _set_scene(self, value: Any) -> None:
-        self._scene = as_choice(value, SCENES, "Scene")
-        self._emit_property("Scene", self._scene)
-
-    @pymm_property(name="Seed", limits=(0, 2**31 - 1))
-    def seed(self) -> int:
-        """Seed of the scene and the noise."""
-        return self._seed
-
-    @seed.setter
-    def _set_seed(self, value: Any) -> None:
-        self._seed = as_int(value, "Seed")
-        self._emit_property("Seed", self._seed)
-
-    @pymm_property(name="Photons", limits=(0.0, 1e9))
-    def photons(self) -> float:
-        """Median emitter photons per second in plane 0."""
-        return self._photons
-
-    @photons.setter
-    def _set_photons(self, value: Any) -> None:
-        self._photons = as_float(value, "Photons")
-        self._emit_property("Photons", self._photons)
-
-    @pymm_property(name="Background", limits=(0.0, 1e9))
-    def background(self) -> float:
-        """Background photons per pixel per second in plane 0."""
-        return self._background
-
-    @background.setter
-    def _set_background(self, value: Any) -> None:
-        self._background = as_float(value, "Background")
-        self._emit_property("Background", self._background)
-
-    @pymm_property(name="DiffusionUm2PerS", limits=(0.0, 100.0))
-    def diffusion_um2_s(self) -> float:
-        """Diffusion coefficient of the diffusing particles, um^2/s."""
-        return self._diffusion
-
-    @diffusion_um2_s.setter
-    def _set_diffusion(self, value: Any) -> None:
-        self._diffusion = as_float(value, "DiffusionUm2PerS")
-        self._emit_property("DiffusionUm2PerS", self._diffusion)
-
-    @pymm_property(name="ParticleDensity", limits=(0.0, 1.0))
-    def particle_density(self) -> float:
-        """Diffusing particles per um^3."""
-        return self._particle_density
-
-    @particle_density.setter
-    def _set_particle_density(self, value: Any) -> None:
-        self._particle_density = as_float(value, "ParticleDensity")
-        self._emit_property("ParticleDensity", self._particle_density)
-
-    @pymm_property(name="ParticleDepthUm", limits=(0.1, 50.0))
-    def particle_depth_um(self) -> float:
-        """Depth range (from the coverslip) of the diffusing particles, um."""
-        return self._particle_depth
-
-    @particle_depth_um.setter
-    def _set_particle_depth(self, value: Any) -> None:
-        self._particle_depth = as_float(value, "ParticleDepthUm")
-        self._emit_property("ParticleDepthUm", self._particle_depth)
-
-    @pymm_property(name="PlaneWidth", limits=(16, 4096))
-    def plane_width(self) -> int:
-        """Width of one plane, px."""
-        return self._plane_w
-
-    @plane_width.setter
-    def _set_plane_width(self, value: Any) -> None:
-        self._plane_w = as_int(value, "PlaneWidth")
-        self._emit_property("PlaneWidth", self._plane_w)
-
-    @pymm_property(name="PlaneHeight", limits=(16, 4096))
-    def plane_height(self) -> int:
-        """Height of one plane, px."""
-        return self._plane_h
-
-    @plane_height.setter
-    def _set_plane_height(self, value: Any) -> None:
-        self._plane_h = as_int(value, "PlaneHeight")
-        self._emit_property("PlaneHeight", self._plane_h)
-
-    @pymm_property(name="Plane", allowed_values=Choices.strings(PLANES))
-    def plane(self) -> str:
-        """``both``, or the plane (0/1) this camera images (two-cameras layout)."""
-        return self._plane
-
-    @plane.setter
-    def _set_plane(self, value: Any) -> None:
-        self._plane = as_choice(value, PLANES, "Plane")
-        self._emit_property("Plane", self._plane)
-
-    @pymm_property(name="AutoShutter", allowed_values=Choices.boolean())
-    def auto_shutter(self) -> int:
-        """1: light on during every exposure; 0: the light source decides."""
-        return int(self._auto_shutter)
-
-    @auto_shutter.setter
-    def _set_auto_shutter(self, value: Any) -> None:
-        self._auto_shutter = as_bool(value, "AutoShutter")
-        self._emit_property("AutoShutter", int(self._auto_shutter))
+    scene = stored_property(
+        "Scene",
+        "_scene",
+        lambda v, n: as_choice(v, SCENES, n),
+        "What the sample holds.",
+        allowed_values=Choices.strings(SCENES),
+        property_type=str,
+    )
+    seed = stored_property(
+        "Seed",
+        "_seed",
+        as_int,
+        "Seed of the scene and the noise.",
+        limits=(0, 2**31 - 1),
+        property_type=int,
+    )
+    photons = stored_property(
+        "Photons",
+        "_photons",
+        as_float,
+        "Median emitter photons per second in plane 0.",
+        limits=(0.0, 1e9),
+        property_type=float,
+    )
+    background = stored_property(
+        "Background",
+        "_background",
+        as_float,
+        "Background photons per pixel per second in plane 0.",
+        limits=(0.0, 1e9),
+        property_type=float,
+    )
+    diffusion_um2_s = stored_property(
+        "DiffusionUm2PerS",
+        "_diffusion",
+        as_float,
+        "Diffusion coefficient of the diffusing particles, um^2/s.",
+        limits=(0.0, 100.0),
+        property_type=float,
+    )
+    particle_density = stored_property(
+        "ParticleDensity",
+        "_particle_density",
+        as_float,
+        "Diffusing particles per um^3.",
+        limits=(0.0, 1.0),
+        property_type=float,
+    )
+    particle_depth_um = stored_property(
+        "ParticleDepthUm",
+        "_particle_depth",
+        as_float,
+        "Depth range (from the coverslip) of the diffusing particles, um.",
+        limits=(0.1, 50.0),
+        property_type=float,
+    )
+    plane_width = stored_property(
+        "PlaneWidth",
+        "_plane_w",
+        as_int,
+        "Width of one plane, px.",
+        limits=(16, 4096),
+        property_type=int,
+    )
+    plane_height = stored_property(
+        "PlaneHeight",
+        "_plane_h",
+        as_int,
+        "Height of one plane, px.",
+        limits=(16, 4096),
+        property_type=int,
+    )
+    plane = stored_property(
+        "Plane",
+        "_plane",
+        lambda v, n: as_choice(v, PLANES, n),
+        "``both``, or the plane (0/1) this camera images (two-cameras layout).",
+        allowed_values=Choices.strings(PLANES),
+        property_type=str,
+    )
+    auto_shutter = stored_property(
+        "AutoShutter",
+        "_auto_shutter",
+        as_bool,
+        "1: light on during every exposure; 0: the light source decides.",
+        shown=int,
+        allowed_values=Choices.boolean(),
+        property_type=int,
+    )
 
     @pymm_property(name="RecordTruth", allowed_values=Choices.boolean())
     def record_truth(self) -> int:

@@ -388,6 +388,20 @@ class ReplayCamera(PacedCamera):
             raise RuntimeError(f"replay source {self._source} holds no frames")
         return self._movie
 
+    def set_roi(self, x: int, y: int, width: int, height: int) -> None:
+        """Accept the full frame only (a recording cannot be cropped here).
+
+        pymmcore-plus's MDA engine sets the ROI it found at the start again
+        when a sequence ends; a camera that refuses even that leaves the
+        sequence without its ``sequenceFinished`` (see
+        :mod:`axialtrack._pymmcore_compat`).
+        """
+        h, w = self.shape()
+        if (int(x), int(y), int(width), int(height)) != (0, 0, w, h):
+            raise NotImplementedError(
+                "ReplayCamera does not crop the recording; crop it before replaying"
+            )
+
     def shape(self) -> tuple[int, int]:
         """Shape of the delivered frames."""
         movie = self._movie

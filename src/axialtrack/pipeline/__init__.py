@@ -6,14 +6,17 @@
 - :class:`OnlineLinker`: frame-by-frame 3D linking with gap closing.
 - :func:`summarize_tracks`, :func:`to_napari_tracks`, :func:`write_geff`: the
   per-track summary (diffusion coefficients) and exports.
-- :class:`LiveRunner`, :class:`CoreSource`, :class:`TrackingHandler`: the threaded
-  live run (acquisition -> ring -> writer and analysis) and the MDA plugin.
+- :class:`LiveRunner`, :class:`CoreSource`, :class:`TrackingHandler`,
+  :class:`AnalysisProcess`: the live machinery, which lives in
+  :mod:`axialtrack.live` and is handed out here too (imported when first
+  asked for, so the localization does not load it).
 - :class:`TrackingAnalyzer` / :func:`make_analyzer`: localize + link, what the
-  runner and ``axialtrack localize`` call; :class:`AnalysisProcess`: the same in
-  a child process fed through shared memory (live runs).
+  runner and ``axialtrack localize`` call.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from axialtrack.events import RunSignals
 
@@ -23,22 +26,53 @@ from .crops import crop_pairs
 from .detect import Detections, detect
 from .link import LinkConfig, OnlineLinker, PositionLinker, link_table
 from .localize import Localizer
-from .mda import TrackingHandler
-from .process import AnalysisProcess, AnalysisProcessError
-from .runner import (
-    AnalysisError,
-    CameraStalledError,
-    CoreSource,
-    FrameAnalyzer,
-    FrameSource,
-    LiveMetrics,
-    LiveRunner,
-    RunnerConfig,
-    SourceFrame,
-    open_live_writer,
-)
 from .score import TruthScore, score_against_truth
 from .tracks import estimate_diffusion, summarize_tracks, to_napari_tracks, write_geff
+
+if TYPE_CHECKING:
+    from axialtrack.live import (
+        AnalysisError,
+        AnalysisProcess,
+        AnalysisProcessError,
+        CameraStalledError,
+        CoreSource,
+        FrameAnalyzer,
+        FrameSource,
+        LiveMetrics,
+        LiveRunner,
+        RunnerConfig,
+        SourceFrame,
+        TrackingHandler,
+        open_live_writer,
+    )
+
+#: the live machinery's names, from :mod:`axialtrack.live` when first asked for
+_LIVE = frozenset(
+    {
+        "AnalysisError",
+        "AnalysisProcess",
+        "AnalysisProcessError",
+        "CameraStalledError",
+        "CoreSource",
+        "FrameAnalyzer",
+        "FrameSource",
+        "LiveMetrics",
+        "LiveRunner",
+        "RunnerConfig",
+        "SourceFrame",
+        "TrackingHandler",
+        "open_live_writer",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LIVE:
+        import axialtrack.live
+
+        return getattr(axialtrack.live, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AnalysisError",

@@ -67,7 +67,7 @@ class TrackingAnalyzer:
         a run of any length (kept, they took about 1.2 kB a batch, 3 MB a
         minute at 45 frames/s); the track summary is then made from the rows
         the run store holds, with :meth:`summarize` (what
-        :class:`~axialtrack.pipeline.runner.LiveRunner` does when
+        :class:`~axialtrack.live.runner.LiveRunner` does when
         ``keep_rows`` is false), and :meth:`finish` returns ``None``.
     """
 
@@ -116,7 +116,7 @@ class TrackingAnalyzer:
     def reset(self) -> None:
         """Start a new run: no open tracks, no localizations kept, counters and
         stage timings at zero (the engine and the compiled kernels stay).
-        :class:`~axialtrack.pipeline.runner.LiveRunner` calls it before each
+        :class:`~axialtrack.live.runner.LiveRunner` calls it before each
         run, so one analyzer can serve several runs (e.g. the sequences of an
         MDA output handler), each starting again at frame 0."""
         self.linker.reset()
@@ -248,17 +248,27 @@ class TrackingAnalyzer:
         or when no rows were kept: see ``keep_rows``)."""
         return self.summarize(self.localizations())
 
-    def summarize(self, locs: pd.DataFrame) -> pd.DataFrame | None:
+    def summarize(
+        self, locs: pd.DataFrame, frame_positions: np.ndarray | None = None
+    ) -> pd.DataFrame | None:
         """The per-track summary of localizations ``locs`` (e.g. those a run
         store holds), with this analyzer's frame interval and axial scale;
-        ``None`` when none is linked."""
+        ``None`` when none is linked. ``frame_positions``: the field of every
+        frame (see :func:`~.tracks.summarize_tracks`)."""
         return summarize_linked(
-            locs, frame_interval_s=self.frame_interval_s, axial_scale=self.axial_scale
+            locs,
+            frame_interval_s=self.frame_interval_s,
+            axial_scale=self.axial_scale,
+            frame_positions=frame_positions,
         )
 
 
 def summarize_linked(
-    locs: pd.DataFrame, *, frame_interval_s: float | None, axial_scale: float
+    locs: pd.DataFrame,
+    *,
+    frame_interval_s: float | None,
+    axial_scale: float,
+    frame_positions: np.ndarray | None = None,
 ) -> pd.DataFrame | None:
     """:func:`~.tracks.summarize_tracks` of ``locs``, or ``None`` when no row
     has a track (``track_id >= 0``)."""
@@ -267,7 +277,10 @@ def summarize_linked(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return summarize_tracks(
-            locs, frame_interval_s=frame_interval_s, axial_scale=axial_scale
+            locs,
+            frame_interval_s=frame_interval_s,
+            axial_scale=axial_scale,
+            frame_positions=frame_positions,
         )
 
 

@@ -190,7 +190,7 @@ def _make_analyzer(
     :class:`~axialtrack.pipeline.AnalysisProcess` for batches of up to
     ``process_batch`` frames."""
     if process_batch is not None:
-        from axialtrack.pipeline.process import AnalysisProcess
+        from axialtrack.live.process import AnalysisProcess
 
         return AnalysisProcess(bundle, max_batch_frames=process_batch, **kwargs)
     from axialtrack.pipeline.analyzer import make_analyzer
@@ -251,9 +251,9 @@ def _load_analyzer(
     the model or the engine (threads would stop on them too).
     """
     from axialtrack.engine import EngineError
+    from axialtrack.live.process import AnalysisProcessError
     from axialtrack.model import BundleError
     from axialtrack.optics.sampled import SampledPSFError
-    from axialtrack.pipeline.process import AnalysisProcessError
 
     engine = str(kwargs.get("engine_prefer", "auto"))
     try:
@@ -370,7 +370,7 @@ class _Replacement(Replacement):
 
 
 def summary_table(metrics: Any, title: str = "Live run") -> Table:
-    """A rich table of :class:`~axialtrack.pipeline.runner.LiveMetrics`."""
+    """A rich table of :class:`~axialtrack.live.runner.LiveMetrics`."""
     t = Table(title=title)
     t.add_column("metric")
     t.add_column("value", justify="right")
@@ -382,7 +382,7 @@ def summary_table(metrics: Any, title: str = "Live run") -> Table:
 # ------------------------------------------------------------------ live
 def cmd_live(args: argparse.Namespace) -> int:
     """Handler of ``axialtrack live``."""
-    from axialtrack.pipeline.runner import (
+    from axialtrack.live.runner import (
         RunnerConfig,
         StopSignals,
         open_live_writer,
@@ -537,16 +537,23 @@ def _run_live(
     """
     from rich.live import Live
 
-    from axialtrack.pipeline.runner import (
+    from axialtrack.live.mda import TrackingHandler, live_sequence
+    from axialtrack.live.runner import (
         AnalysisError,
         CameraStalledError,
-        CoreSource,
-        LiveRunner,
         RunnerConfig,
     )
     from axialtrack.store import StoreError
 
-    source = CoreSource(core, interval_ms=args.interval_ms, two_cameras=two)
+    # one acquisition path: the run is a useq time-lapse that pymmcore-plus's
+    # MDA runner executes (one hardware sequence where the interval is 0),
+    # with the TrackingHandler as its output
+    sequence = live_sequence(
+        core,
+        n_frames=args.frames,
+        duration_s=args.duration,
+        interval_ms=args.interval_ms,
+    )
     # a terminal gets one line updated in place; a log file or pipe one line
     # a second (rich would show nothing there until the end)
     tty = console.is_terminal
@@ -570,25 +577,61 @@ def _run_live(
             )
 
     config = RunnerConfig(log_status=False, status_interval_s=0.5 if tty else 1.0)
-    runner = LiveRunner(source, analyzer, writer, geometry=geo, config=config)
-    runner.events.status.connect(on_status)
-    stops.attach(runner)
+    handler = TrackingHandler(
+        out,
+        analyzer,
+        core=core,
+        geometry=geo,
+        pixel_size_um=float(core.getPixelSizeUm()),
+        config=config,
+        writer=writer,
+        duration_s=args.duration,
+        n_frames=args.frames,
+    )
+    handler.events.status.connect(on_status)
+    stops.attach(handler)
     status = 0
     metrics = None
     try:
         with live if (tty and show) else contextlib.nullcontext():
-            metrics = runner.run(duration_s=args.duration, n_frames=args.frames)
-    except (CameraStalledError, AnalysisError, StoreError) as exc:
-        console.print(f"[red]{type(exc).__name__}:[/red] {exc}")
+            core.mda.run(sequence, output=handler)
+    except Exception as exc:  # the MDA itself failed (camera, timeout)
+        console.print(f"[red]The acquisition failed:[/red] {escape(str(exc))}")
         status = 1
     finally:
+        handler.wait()
         if core.isSequenceRunning():
             core.stopSequenceAcquisition()
         _close(analyzer)
+    if handler.error is not None:
+        err = handler.error
+        console.print(f"[red]{type(err).__name__}:[/red] {escape(str(err))}")
+        status = 1
+    metrics = handler.metrics
+    # a run the runner stopped (camera, storage, analysis) has its metrics;
+    # one that broke otherwise has none
+    told = (CameraStalledError, AnalysisError, StoreError)
+    if (
+        metrics is None
+        and handler.runner is not None
+        and (handler.error is None or isinstance(handler.error, told))
+    ):
+        metrics = handler.runner.metrics()
+    if metrics is None:
+        # no frame came: the store the run was given is closed empty
+        with contextlib.suppress(StoreError):
+            writer.close()
         if replacing is not None:
             replacing.settle()
-    if metrics is None:
-        metrics = runner.metrics()
+        if handler.error is None:
+            console.print(
+                "[red]No frame was stored:[/red] the camera delivered none before "
+                "the run ended. Check the camera (exposure, trigger, --source) "
+                "and run again."
+            )
+        return stops.exit_code if stops.exit_code is not None else 1
+    if replacing is not None:
+        replacing.settle()
     console.print(summary_table(metrics))
     for w in metrics.warnings:
         console.print(f"[yellow]{w}[/yellow]")

@@ -356,6 +356,47 @@ def _frame_interval_from_t(locs: pd.DataFrame) -> float:
     return float(np.median(dtt[ok] / df[ok]))
 
 
+def _visits(frame_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's position and its visit number there (0, 1, ... counting
+    only that position's frames)."""
+    pos = np.asarray(frame_positions, dtype=np.int64).reshape(-1)
+    visit = np.empty(len(pos), dtype=np.int64)
+    for p in np.unique(pos):
+        idx = np.flatnonzero(pos == p)
+        visit[idx] = np.arange(len(idx))
+    return pos, visit
+
+
+def _visit_interval(
+    locs: pd.DataFrame,
+    pos: np.ndarray,
+    visit: np.ndarray,
+    frame_interval_s: float | None,
+) -> float:
+    """The median time between consecutive visits of a position: from the
+    rows' ``t_s`` where there are any, else ``frame_interval_s`` times the
+    median number of frames between them."""
+    if "t_s" in locs.columns:
+        ft = locs[["frame", "t_s"]].dropna().drop_duplicates("frame")
+        f = ft["frame"].to_numpy().astype(np.int64)
+        f = f[(f >= 0) & (f < len(pos))]
+        t = ft.set_index("frame").loc[f, "t_s"].to_numpy(dtype=np.float64)
+        order = np.lexsort((visit[f], pos[f]))
+        f, t = f[order], t[order]
+        same = pos[f][1:] == pos[f][:-1]
+        dv = np.diff(visit[f])
+        ok = same & (dv > 0)
+        if ok.any():
+            return float(np.median(np.diff(t)[ok] / dv[ok]))
+    if frame_interval_s is None:
+        return float("nan")
+    gaps = [np.diff(np.flatnonzero(pos == p)) for p in np.unique(pos)]
+    all_gaps = np.concatenate(gaps) if gaps else np.zeros(0)
+    if not len(all_gaps):
+        return float(frame_interval_s)
+    return float(frame_interval_s) * float(np.median(all_gaps))
+
+
 def summarize_tracks(
     locs: pd.DataFrame,
     *,
@@ -363,6 +404,7 @@ def summarize_tracks(
     min_length: int = 5,
     exposure_s: float | None = None,
     axial_scale: float = 1.0,
+    frame_positions: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One summary row per track.
 
@@ -386,6 +428,14 @@ def summarize_tracks(
         :func:`axialtrack.optics.axial_scale`). The diffusion columns and
         ``loc_error_z_um`` use ``z_um * axial_scale`` (sample units); the mean
         ``z_um`` stays in the stage frame. 1: no conversion.
+    frame_positions : np.ndarray, optional
+        The field of every frame of the run (a run store's
+        ``frame_meta["position_index"]``, indexed by frame). Each field's
+        tracks step from one visit of that field to its next: the lags of the
+        diffusion estimate count the field's own frames, and the frame
+        interval is the time between visits (from ``t_s``, else
+        ``frame_interval_s`` times the frames between visits). None: every
+        frame is of one field.
 
     Returns
     -------
@@ -396,7 +446,20 @@ def summarize_tracks(
         estimates ``loc_error_xy_um``, ``loc_error_z_um`` (float64), sorted by
         ``track_id``.
     """
-    if frame_interval_s is None:
+    step_of: np.ndarray | None = None
+    if frame_positions is not None and len(np.unique(frame_positions)) > 1:
+        pos, visit = _visits(frame_positions)
+        n_frames = len(pos)
+        if len(locs) and int(locs["frame"].max()) >= n_frames:
+            raise ValueError(
+                f"frame_positions holds {n_frames} frames; the table has frame "
+                f"{int(locs['frame'].max())}"
+            )
+        # a field's consecutive visits are one step apart, other fields'
+        # frames never are
+        step_of = visit + pos * (n_frames + 2)
+        dt = _visit_interval(locs, pos, visit, frame_interval_s)
+    elif frame_interval_s is None:
         dt = _frame_interval_from_t(locs) if len(locs) else float("nan")
     else:
         dt = float(frame_interval_s)
@@ -425,7 +488,12 @@ def summarize_tracks(
         r = _blur_r(dt, exposure_s)
         sample = xyz if axial_scale == 1.0 else xyz * np.array([1.0, 1.0, axial_scale])
         s2, n1, s11, n2 = _step_sums(
-            key, f, sample, g, t_s=t if "t_s" in locs.columns else None, dt=dt
+            key,
+            f if step_of is None else step_of[f],
+            sample,
+            g,
+            t_s=t if "t_s" in locs.columns else None,
+            dt=dt,
         )
         d, var, sig2 = _cve(s2, n1, s11, n2, dt, r)
         d3, se3, dxy, _, dz, _ = _combine(d, var)
