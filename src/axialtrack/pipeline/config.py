@@ -15,6 +15,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .psfcheck import PSFCheckConfig
+
 __all__ = [
     "CAMERA_FIELDS",
     "CameraCalibration",
@@ -230,6 +232,11 @@ class LocalizerConfig(BaseModel):
         A refined row whose log-likelihood ratio has a chi-square tail
         probability below this is flagged ``misfit`` (an overlapping neighbour,
         dirt, or a PSF that no longer fits the microscope).
+    psf_check
+        The check that the bundle's PSF still fits the microscope
+        (:mod:`axialtrack.pipeline.psfcheck`): a few isolated rows of every
+        batch are fitted and get the ``psf_check`` column; needs a PSF, like
+        ``uncertainty``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -254,6 +261,7 @@ class LocalizerConfig(BaseModel):
     refine_budget_frame_s: float | None = Field(None, gt=0.0)
     refine_threads: int = Field(1, ge=1, le=64)
     misfit_p: float = Field(1e-3, gt=0.0, lt=1.0)
+    psf_check: PSFCheckConfig = Field(default_factory=PSFCheckConfig)
 
     @field_validator("fit_size_px", "defocus_fit_size_px", "refine_size_px")
     @classmethod

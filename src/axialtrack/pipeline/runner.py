@@ -63,6 +63,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from axialtrack.errors import AxialtrackError
 from axialtrack.events import RunSignals
 from axialtrack.geometry import SplitterGeometry, unmirror
+from axialtrack.pipeline.psfcheck import PSFChangeMonitor
 from axialtrack.store import (
     FrameMeta,
     RunWriter,
@@ -378,6 +379,12 @@ class LiveMetrics:
     refined
         Of those, rows refined by maximum likelihood (``refined`` column; the
         live refinement does what fits in its share of the frame period).
+    psf_checked, psf_out_of_bounds, psf_changed
+        The check that the bundle's PSF still fits the microscope
+        (:mod:`~axialtrack.pipeline.psfcheck`): isolated localizations
+        checked, the fraction of the recent ones out of bounds, and whether it
+        says the PSF has changed (recalibration due; the status line says so
+        and a ``warning`` event is emitted).
     tracks
         Tracks so far (the analyzer's ``n_tracks`` if it has one, else the
         distinct ``track_id >= 0``); -1 if unknown.
@@ -420,6 +427,9 @@ class LiveMetrics:
     writer_queue_depth: int = 0
     localizations: int = 0
     refined: int = 0
+    psf_checked: int = 0
+    psf_out_of_bounds: float = math.nan
+    psf_changed: bool = False
     tracks: int = -1
     elapsed_s: float = 0.0
     camera_frames_lost: int = 0
@@ -456,6 +466,11 @@ class LiveMetrics:
             f"{self.frames_skipped} | queues a{self.analysis_queue_depth} "
             f"w{self.writer_queue_depth}"
         )
+        if self.psf_changed:
+            line += (
+                f" | PSF CHANGED ({f(100 * self.psf_out_of_bounds)} % of isolated "
+                "localizations misfit): recalibration due"
+            )
         if self.analysis_failed_at >= 0:
             line += (
                 f" | ANALYSIS STOPPED at frame {self.analysis_failed_at}: "
@@ -499,6 +514,17 @@ class LiveMetrics:
             *(
                 [("localizations refined (MLE)", str(self.refined))]
                 if self.refined
+                else []
+            ),
+            *(
+                [
+                    (
+                        "PSF check: recent out of bounds (%)",
+                        num(100 * self.psf_out_of_bounds)
+                        + (" - PSF CHANGED, recalibrate" if self.psf_changed else ""),
+                    )
+                ]
+                if self.psf_checked
                 else []
             ),
             ("tracks", str(self.tracks) if self.tracks >= 0 else "-"),
@@ -1011,6 +1037,7 @@ class LiveRunner:
         self._camera_lost = 0
         self._rows = 0
         self._refined = 0
+        self._psf_check = PSFChangeMonitor()
         self._track_ids: set[int] = set()
         self._lat: deque[float] = deque(maxlen=cfg.latency_window)
         self._lat_lock = threading.Lock()
@@ -1282,6 +1309,9 @@ class LiveRunner:
             writer_queue_depth=(self._frames_in - self._frames_handed) + st.queue_depth,
             localizations=self._rows,
             refined=self._refined,
+            psf_checked=self._psf_check.checked,
+            psf_out_of_bounds=self._psf_check.fraction,
+            psf_changed=self._psf_check.changed,
             tracks=tracks,
             elapsed_s=0.0 if math.isnan(self._t0) else now - self._t0,
             camera_frames_lost=self._camera_lost,
@@ -1719,6 +1749,8 @@ class LiveRunner:
                     self._rows += n
                     if "refined" in table:
                         self._refined += int(np.count_nonzero(table["refined"]))
+                    if (msg := self._psf_check.update(table)) is not None:
+                        self._warn(msg)
                     # counted here only for an analyzer that does not count
                     # them (the set grows with every track of the run)
                     if not counts_tracks and "track_id" in table:
