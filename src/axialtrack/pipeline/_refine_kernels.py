@@ -20,7 +20,7 @@ import numpy as np
 
 from axialtrack.optics._spline import eval_plane
 
-jit = numba.njit(cache=True, nogil=True, fastmath=False)
+jit = numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
 
 
 @jit
@@ -406,6 +406,18 @@ def fit_range(
                 if not _solve(damped, grad, step):
                     lam *= 10.0
                     continue
+                if (
+                    lam <= 1e-3
+                    and abs(step[0]) < tol_um
+                    and abs(step[1]) < tol_um
+                    and abs(step[2]) < tol_um
+                    and abs(step[3]) < 1e-4 * cur[3]
+                ):
+                    # a nearly undamped step this small: converged where we
+                    # are (evaluating it would only confirm that)
+                    small = True
+                    accepted = True
+                    break
                 for q in range(p):
                     trial[q] = min(max(cur[q] + step[q], lo[q]), hi[q])
                 ok = _model(
