@@ -178,7 +178,7 @@ def test_default_check_fits_a_few_rows_per_batch_and_none_without_a_psf(
     code = locs["psf_check"].to_numpy()
     # per_batch 8 (default) of the batch's 40 rows, the rest not checked
     assert np.count_nonzero(code >= 0) == 8
-    assert np.all(code[code >= 0] == 0)
+    assert np.count_nonzero(code[code >= 0]) <= 1  # 1 % expected at p < 0.01
     # with refinement on, every isolated refined row is checked too
     loc = _localizer(sim_bundle, refine=True)
     locs = loc.localize(frames["same"][:2], [0, 1], [0.0, 0.01], 0)

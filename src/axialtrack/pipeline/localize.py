@@ -523,8 +523,15 @@ class Localizer:
         )
         self.psf: SampledPSF | None = self._resolve_psf(psf, bundle)
         self.refine_size_px = 0
+        self.refine_far_size_px = 0
         if self.psf is not None:
             self.refine_size_px = self._refine_size(self.psf)
+            # far from focus: a larger window where the model's crop has one
+            fit = min(self.crop_size, self.psf.size - 4)
+            fit -= 1 - fit % 2
+            self.refine_far_size_px = max(
+                self.refine_size_px, min(self.config.refine_far_size_px, fit)
+            )
             self._warm_up(self.psf)
         # seconds per refined localization (updated as batches are refined)
         self._s_per_refine = 1e-4
@@ -889,7 +896,13 @@ class Localizer:
         psf_check``.
         """
         from .psfcheck import NOT_CHECKED, classify
-        from .refine import CONVERGED, ITERATION_LIMIT, crlb_at, mle_refine
+        from .refine import (
+            CONVERGED,
+            ITERATION_LIMIT,
+            crlb_at,
+            far_from_focus,
+            mle_refine_sized,
+        )
 
         cfg = self.config
         cam = cfg.camera
@@ -959,13 +972,20 @@ class Localizer:
         if fit.size == 0:
             return out
         t0 = time.perf_counter()
-        lo = self.crop_size // 2 - size // 2
-        win = batch.pairs[fit, :, lo : lo + size, lo : lo + size]
+        sizes = np.where(
+            far_from_focus(psf, xyz[fit, 2], cfg.refine_far_um),
+            self.refine_far_size_px,
+            size,
+        )
+        big = int(sizes.max())
+        lo = self.crop_size // 2 - big // 2
+        win = batch.pairs[fit, :, lo : lo + big, lo : lo + big]
         data = (win.astype(np.float64) - cam.offset_adu) * cam.e_per_adu
-        res = mle_refine(
+        res = mle_refine_sized(
             psf,
             data,
             xyz[fit],
+            sizes,
             read_noise_e=read_noise,
             linear=lin,
             offsets_um=offs[fit],
@@ -981,7 +1001,7 @@ class Localizer:
             at = np.searchsorted(fit, chk)
             out["psf_check"][chk] = classify(
                 res.llr[at],
-                res.dof,
+                np.broadcast_to(res.dof, fit.shape)[at],
                 dz[chk],
                 res.z_um[at],
                 res.crlb[at, 2],

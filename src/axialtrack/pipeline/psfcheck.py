@@ -127,7 +127,7 @@ def select_isolated(
 
 def classify(
     llr: ArrayLike,
-    dof: int,
+    dof: int | np.ndarray,
     dz_net_um: ArrayLike,
     dz_mle_um: ArrayLike,
     sigma_z_um: ArrayLike,
