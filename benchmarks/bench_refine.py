@@ -10,10 +10,12 @@ coverslip, delta 0.5 um) at uniform ``dz`` in 0.1 um bins over ``|dz| <= 0.8``:
   trained on the simulated calibration (``tests/sim_model.py``:
   ``train_sim_bundle``, or ``--bundle``); its ``dz`` error per bin: bias and
   standard deviation over the CRLB (the CRLB of its own crop size);
-- ``mle``: :func:`axialtrack.pipeline.refine.mle_refine` on the central
-  ``--crop`` px of the same crops, initialized at the crop centre (the
-  detection's integer position, up to 0.5 px off) and the network's ``dz``;
-  errors of x, y and z per bin, over the CRLB of that crop;
+- ``mle``: :func:`axialtrack.pipeline.refine.mle_refine_sized` on the central
+  ``--crop`` px of the same crops (``--far-crop`` px where the network's ``dz``
+  is more than ``--far-um`` from the focus of both planes, as the localizer
+  does), initialized at the crop centre (the detection's integer position, up
+  to 0.5 px off) and the network's ``dz``; errors of x, y and z per bin, over
+  the CRLB of each emitter's crop;
 - ``single_vs_dual``: the same MLE on plane 0 alone (single-plane PSF) and on
   both planes, from the true position: z precision per bin and the ratio;
 - ``speed``: refined localizations per second on this CPU (``--crop`` px crops
@@ -107,6 +109,13 @@ def main() -> None:
     ap.add_argument("--bundle", default=None, help="model bundle (.axialmodel)")
     ap.add_argument("--per-bin", type=int, default=300)
     ap.add_argument("--crop", type=int, default=11)
+    ap.add_argument(
+        "--far-crop",
+        type=int,
+        default=15,
+        help="crop of emitters far from both planes' focus (--crop: none)",
+    )
+    ap.add_argument("--far-um", type=float, default=0.55)
     ap.add_argument("--speed-n", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
@@ -116,7 +125,12 @@ def main() -> None:
     from axialtrack.optics import PSFModel
     from axialtrack.optics.sampled import SampledPSF
     from axialtrack.pipeline.config import CameraCalibration
-    from axialtrack.pipeline.refine import crlb_at, mle_refine
+    from axialtrack.pipeline.refine import (
+        crlb_at,
+        far_from_focus,
+        mle_refine,
+        mle_refine_sized,
+    )
 
     out: dict[str, Any] = {
         "benchmark": "refine",
@@ -132,6 +146,8 @@ def main() -> None:
             "psf": "nominal (default Optics, beads at 0.05 um, delta 0.5 um)",
         },
         "mle_crop_px": args.crop,
+        "mle_far_crop_px": args.far_crop,
+        "mle_far_um": args.far_um,
     }
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
@@ -174,13 +190,29 @@ def main() -> None:
     dz_net = pred[:, bundle.output_names.index("dz_um")].astype(float)
     bound_net = crlb_at(psf, truth, PHOTONS, BACKGROUND, size=s_net, read_noise_e=var_e)
     net_rows = _per_bin(centres, z, (dz_net - z)[:, None], bound_net[:, 2:3])
-    lo = s_net // 2 - args.crop // 2
-    crops = data_e[:, :, lo : lo + args.crop, lo : lo + args.crop]
     init = np.column_stack([np.zeros((n, 2)), dz_net])
+
+    def sizes_of(z_init: np.ndarray) -> np.ndarray:
+        far = far_from_focus(psf, z_init, args.far_um)
+        return np.where(far, args.far_crop, args.crop)
+
+    def bound_of(t: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        b = np.empty((len(t), 6))
+        for w in np.unique(sizes).tolist():
+            i = sizes == w
+            b[i] = crlb_at(
+                psf, t[i], PHOTONS, BACKGROUND, size=int(w), read_noise_e=var_e
+            )
+        return b
+
+    big = max(args.crop, args.far_crop)
+    lo = s_net // 2 - big // 2
+    crops = data_e[:, :, lo : lo + big, lo : lo + big]
+    sizes = sizes_of(dz_net)
     t0 = time.perf_counter()
-    res = mle_refine(psf, crops, init, read_noise_e=var_e)
+    res = mle_refine_sized(psf, crops, init, sizes, read_noise_e=var_e)
     t_mle = time.perf_counter() - t0
-    bound = crlb_at(psf, truth, PHOTONS, BACKGROUND, size=args.crop, read_noise_e=var_e)
+    bound = bound_of(truth, sizes)
     mle_rows = _per_bin(centres, z, res.theta[:, :3] - truth, bound[:, :3])
     out["network"] = {
         "crop_px": s_net,
@@ -190,6 +222,8 @@ def main() -> None:
     }
     out["mle"] = {
         "crop_px": args.crop,
+        "far_crop_px": args.far_crop,
+        "far_fraction": round(float(np.mean(sizes != args.crop)), 4),
         "init": "crop centre (x, y) and the network's dz",
         "converged_fraction": float(np.mean(res.converged)),
         "median_iterations": float(np.median(res.n_iter)),
@@ -208,7 +242,8 @@ def main() -> None:
     r2 = mle_refine(psf, d2, truth, read_noise_e=var_e)
     b1 = crlb_at(one, truth, PHOTONS, BACKGROUND, size=args.crop, read_noise_e=var_e)
     rows1 = _per_bin(centres, z, (r1.z_um - z)[:, None], b1[:, 2:3])
-    rows2 = _per_bin(centres, z, (r2.z_um - z)[:, None], bound[:, 2:3])
+    b2 = crlb_at(psf, truth, PHOTONS, BACKGROUND, size=args.crop, read_noise_e=var_e)
+    rows2 = _per_bin(centres, z, (r2.z_um - z)[:, None], b2[:, 2:3])
     sd = []
     for a, b in zip(rows1, rows2, strict=True):
         sd.append(

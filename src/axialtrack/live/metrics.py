@@ -41,6 +41,12 @@ class LiveMetrics:
     refined
         Of those, rows refined by maximum likelihood (``refined`` column; the
         live refinement does what fits in its share of the frame period).
+    psf_checked, psf_out_of_bounds, psf_changed
+        The check that the bundle's PSF still fits the microscope
+        (:mod:`~axialtrack.pipeline.psfcheck`): isolated localizations
+        checked, the fraction of the recent ones out of bounds, and whether it
+        says the PSF has changed (recalibration due; the status line says so
+        and a ``warning`` event is emitted).
     tracks
         Tracks so far (the analyzer's ``n_tracks`` if it has one, else the
         distinct ``track_id >= 0``); -1 if unknown.
@@ -83,6 +89,9 @@ class LiveMetrics:
     writer_queue_depth: int = 0
     localizations: int = 0
     refined: int = 0
+    psf_checked: int = 0
+    psf_out_of_bounds: float = math.nan
+    psf_changed: bool = False
     tracks: int = -1
     elapsed_s: float = 0.0
     camera_frames_lost: int = 0
@@ -119,6 +128,11 @@ class LiveMetrics:
             f"{self.frames_skipped} | queues a{self.analysis_queue_depth} "
             f"w{self.writer_queue_depth}"
         )
+        if self.psf_changed:
+            line += (
+                f" | PSF CHANGED ({f(100 * self.psf_out_of_bounds)} % of isolated "
+                "localizations misfit): recalibration due"
+            )
         if self.analysis_failed_at >= 0:
             line += (
                 f" | ANALYSIS STOPPED at frame {self.analysis_failed_at}: "
@@ -162,6 +176,17 @@ class LiveMetrics:
             *(
                 [("localizations refined (MLE)", str(self.refined))]
                 if self.refined
+                else []
+            ),
+            *(
+                [
+                    (
+                        "PSF check: recent out of bounds (%)",
+                        num(100 * self.psf_out_of_bounds)
+                        + (" - PSF CHANGED, recalibrate" if self.psf_changed else ""),
+                    )
+                ]
+                if self.psf_checked
                 else []
             ),
             ("tracks", str(self.tracks) if self.tracks >= 0 else "-"),

@@ -62,6 +62,7 @@ import numpy as np
 from axialtrack.errors import AxialtrackError
 from axialtrack.events import RunSignals
 from axialtrack.geometry import SplitterGeometry
+from axialtrack.pipeline.psfcheck import PSFChangeMonitor
 from axialtrack.store import (
     FrameMeta,
     RunWriter,
@@ -249,6 +250,7 @@ class LiveRunner:
         self._camera_lost = 0
         self._rows = 0
         self._refined = 0
+        self._psf_check = PSFChangeMonitor()
         self._track_ids: set[int] = set()
         self._lat: deque[float] = deque(maxlen=cfg.latency_window)
         self._lat_lock = threading.Lock()
@@ -522,6 +524,9 @@ class LiveRunner:
             writer_queue_depth=(self._frames_in - self._frames_handed) + st.queue_depth,
             localizations=self._rows,
             refined=self._refined,
+            psf_checked=self._psf_check.checked,
+            psf_out_of_bounds=self._psf_check.fraction,
+            psf_changed=self._psf_check.changed,
             tracks=tracks,
             elapsed_s=0.0 if math.isnan(self._t0) else now - self._t0,
             camera_frames_lost=self._camera_lost,
@@ -963,6 +968,8 @@ class LiveRunner:
                     self._rows += n
                     if "refined" in table:
                         self._refined += int(np.count_nonzero(table["refined"]))
+                    if (msg := self._psf_check.update(table)) is not None:
+                        self._warn(msg)
                     # counted here only for an analyzer that does not count
                     # them (the set grows with every track of the run)
                     if not counts_tracks and "track_id" in table:

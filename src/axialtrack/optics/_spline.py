@@ -16,7 +16,7 @@ import math
 import numba
 import numpy as np
 
-jit = numba.njit(cache=True, nogil=True, fastmath=False)
+jit = numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
 
 
 @jit
@@ -92,22 +92,34 @@ def eval_plane(
     bspline_weights(tx - ix, wx, dwx)
     bspline_weights(ty - iy, wy, dwy)
     bspline_weights(tz - iz, wz, dwz)
-    # contract z over the rows/columns the crop needs (inner loops run along
-    # contiguous memory so they vectorize)
+    # contract z over the rows/columns the crop needs: each entry once from
+    # the 4 planes (inner loop along contiguous memory, so it vectorizes)
+    p0 = coef[iz - 1]
+    p1 = coef[iz]
+    p2 = coef[iz + 1]
+    p3 = coef[iz + 2]
+    w0 = wz[0]
+    w1 = wz[1]
+    w2 = wz[2]
+    w3 = wz[3]
+    d0 = dwz[0]
+    d1 = dwz[1]
+    d2 = dwz[2]
+    d3 = dwz[3]
     for r in range(span):
+        q0 = p0[iy - 1 + r, ix - 1 : ix - 1 + span]
+        q1 = p1[iy - 1 + r, ix - 1 : ix - 1 + span]
+        q2 = p2[iy - 1 + r, ix - 1 : ix - 1 + span]
+        q3 = p3[iy - 1 + r, ix - 1 : ix - 1 + span]
+        ar = a[r]
+        azr = az[r]
         for c in range(span):
-            a[r, c] = 0.0
-            az[r, c] = 0.0
-    for k in range(4):
-        wk = wz[k]
-        dk = dwz[k]
-        plane = coef[iz - 1 + k]
-        for r in range(span):
-            row = plane[iy - 1 + r]
-            for c in range(span):
-                v = row[ix - 1 + c]
-                a[r, c] += v * wk
-                az[r, c] += v * dk
+            v0 = q0[c]
+            v1 = q1[c]
+            v2 = q2[c]
+            v3 = q3[c]
+            ar[c] = v0 * w0 + v1 * w1 + v2 * w2 + v3 * w3
+            azr[c] = v0 * d0 + v1 * d1 + v2 * d2 + v3 * d3
     # contract columns
     for r in range(span):
         for j in range(size):

@@ -20,7 +20,7 @@ import numpy as np
 
 from axialtrack.optics._spline import eval_plane
 
-jit = numba.njit(cache=True, nogil=True, fastmath=False)
+jit = numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
 
 
 @jit
@@ -279,6 +279,7 @@ def fit_range(
     dz: float,
     lo: np.ndarray,
     hi: np.ndarray,
+    step_max: np.ndarray,
     max_iter: int,
     tol_um: float,
     init_amplitudes: bool,
@@ -291,7 +292,10 @@ def fit_range(
     """Fit emitters ``start:stop`` in place.
 
     ``theta (N, P)`` holds the initial values and receives the estimates;
-    ``lo, hi (P,)`` bound them. ``max_iter == 0`` evaluates the CRLB at the
+    ``lo, hi (P,)`` bound them; ``step_max (P,)`` bounds a step (the whole
+    step is shortened until every parameter moves at most that far: far from
+    focus the likelihood is flat in ``z`` and a full Newton step can jump to
+    another maximum or the grid's edge). ``max_iter == 0`` evaluates the CRLB at the
     initial values only. ``init_amplitudes``: estimate photons and backgrounds
     first (backgrounds from each crop's border, photons from the sum).
     ``status``: 0 converged, 1 iteration limit, 2 off the PSF's grid,
@@ -406,6 +410,25 @@ def fit_range(
                 if not _solve(damped, grad, step):
                     lam *= 10.0
                     continue
+                shrink = 1.0
+                for q in range(p):
+                    if abs(step[q]) * shrink > step_max[q]:
+                        shrink = step_max[q] / abs(step[q])
+                if shrink < 1.0:
+                    for q in range(p):
+                        step[q] *= shrink
+                if (
+                    lam <= 1e-3
+                    and abs(step[0]) < tol_um
+                    and abs(step[1]) < tol_um
+                    and abs(step[2]) < tol_um
+                    and abs(step[3]) < 1e-4 * cur[3]
+                ):
+                    # a nearly undamped step this small: converged where we
+                    # are (evaluating it would only confirm that)
+                    small = True
+                    accepted = True
+                    break
                 for q in range(p):
                     trial[q] = min(max(cur[q] + step[q], lo[q]), hi[q])
                 ok = _model(

@@ -77,6 +77,7 @@ TABLE_COLUMNS: dict[str, np.dtype] = {
     "llr": np.dtype("float64"),
     "refined": np.dtype("bool"),
     "misfit": np.dtype("bool"),
+    "psf_check": np.dtype("int8"),
 }
 
 
@@ -522,8 +523,15 @@ class Localizer:
         )
         self.psf: SampledPSF | None = self._resolve_psf(psf, bundle)
         self.refine_size_px = 0
+        self.refine_far_size_px = 0
         if self.psf is not None:
             self.refine_size_px = self._refine_size(self.psf)
+            # far from focus: a larger window where the model's crop has one
+            fit = min(self.crop_size, self.psf.size - 4)
+            fit -= 1 - fit % 2
+            self.refine_far_size_px = max(
+                self.refine_size_px, min(self.config.refine_far_size_px, fit)
+            )
             self._warm_up(self.psf)
         # seconds per refined localization (updated as batches are refined)
         self._s_per_refine = 1e-4
@@ -561,7 +569,7 @@ class Localizer:
         xyz = np.zeros((1, 3))
         xyz[0, 2] = float(np.mean(psf.z_range_um))
         crlb_at(psf, xyz, 1000.0, 10.0, size=size)
-        if self.config.refine:
+        if self.config.refine or self.config.psf_check.per_batch:
             mle_refine(psf, np.full((1, 2, size, size), 10.0), xyz, max_iter=1)
 
     def _refine_size(self, psf: SampledPSF) -> int:
@@ -880,12 +888,21 @@ class Localizer:
         background: np.ndarray,
         sigma_z: np.ndarray,
     ) -> dict[str, np.ndarray]:
-        """CRLB of every row, and the MLE refinement of those the budget allows.
+        """CRLB of every row, the MLE refinement of those the budget allows, and
+        the PSF check (:mod:`.psfcheck`) of a few isolated ones.
 
         Returns the (possibly refined) ``xy0, dz, photons, background,
-        sigma_z_um`` and the columns ``sigma_xy_um, llr, refined, misfit``.
+        sigma_z_um`` and the columns ``sigma_xy_um, llr, refined, misfit,
+        psf_check``.
         """
-        from .refine import CONVERGED, ITERATION_LIMIT, crlb_at, mle_refine
+        from .psfcheck import NOT_CHECKED, classify
+        from .refine import (
+            CONVERGED,
+            ITERATION_LIMIT,
+            crlb_at,
+            far_from_focus,
+            mle_refine_sized,
+        )
 
         cfg = self.config
         cam = cfg.camera
@@ -900,6 +917,7 @@ class Localizer:
             "llr": np.full(n, np.nan),
             "refined": np.zeros(n, dtype=bool),
             "misfit": np.zeros(n, dtype=bool),
+            "psf_check": np.full(n, NOT_CHECKED, dtype=np.int8),
         }
         psf = self.psf
         if psf is None or n == 0 or not (cfg.uncertainty or cfg.refine):
@@ -942,38 +960,59 @@ class Localizer:
         sxy = np.sqrt(0.5 * (bound[:, 0] ** 2 + bound[:, 1] ** 2))
         out["sigma_z_um"] = sz
         out["sigma_xy_um"] = sxy
-        if not cfg.refine:
-            return out
-        idx = np.flatnonzero(finite)
-        if cfg.refine_budget_frame_s is not None:
+        idx = np.flatnonzero(finite) if cfg.refine else np.zeros(0, np.int64)
+        if cfg.refine and cfg.refine_budget_frame_s is not None:
             budget = cfg.refine_budget_frame_s * len(batch.frames)
             k = int(budget / max(self._s_per_refine, 1e-7))
             if k < idx.size:
                 idx = idx[np.argsort(-photons[idx], kind="stable")[:k]]
                 idx.sort()
-        if idx.size == 0:
+        chk = self._check_rows(batch, dz, idx)
+        fit = np.union1d(idx, chk)
+        if fit.size == 0:
             return out
         t0 = time.perf_counter()
-        lo = self.crop_size // 2 - size // 2
-        win = batch.pairs[idx, :, lo : lo + size, lo : lo + size]
+        sizes = np.where(
+            far_from_focus(psf, xyz[fit, 2], cfg.refine_far_um),
+            self.refine_far_size_px,
+            size,
+        )
+        big = int(sizes.max())
+        lo = self.crop_size // 2 - big // 2
+        win = batch.pairs[fit, :, lo : lo + big, lo : lo + big]
         data = (win.astype(np.float64) - cam.offset_adu) * cam.e_per_adu
-        res = mle_refine(
+        res = mle_refine_sized(
             psf,
             data,
-            xyz[idx],
+            xyz[fit],
+            sizes,
             read_noise_e=read_noise,
             linear=lin,
-            offsets_um=offs[idx],
+            offsets_um=offs[fit],
             max_iter=cfg.refine_iterations,
             threads=cfg.refine_threads,
         )
         dt = time.perf_counter() - t0
-        self._s_per_refine = 0.5 * self._s_per_refine + 0.5 * dt / idx.size
+        self._s_per_refine = 0.5 * self._s_per_refine + 0.5 * dt / fit.size
         good = np.isin(res.status, (CONVERGED, ITERATION_LIMIT)) & np.all(
             np.isfinite(res.crlb[:, :3]), axis=1
         )
-        sel = idx[good]
-        th = res.theta[good]
+        if chk.size:
+            at = np.searchsorted(fit, chk)
+            out["psf_check"][chk] = classify(
+                res.llr[at],
+                np.broadcast_to(res.dof, fit.shape)[at],
+                dz[chk],
+                res.z_um[at],
+                res.crlb[at, 2],
+                good[at],
+                cfg.psf_check,
+            )
+        if idx.size == 0:
+            return out
+        keep = np.isin(fit, idx) & good
+        sel = fit[keep]
+        th = res.theta[keep]
         new_xy = xy0.astype(float).copy()
         new_xy[sel] = c0[sel] + th[:, :2] / pix
         new_dz = dz.copy()
@@ -983,12 +1022,12 @@ class Localizer:
         new_bg = background.copy()
         new_bg[sel] = th[:, 4] / qe
         sz = sz.copy()
-        sz[sel] = res.crlb[good, 2]
+        sz[sel] = res.crlb[keep, 2]
         sxy = sxy.copy()
-        sxy[sel] = res.sigma_xy_um[good]
+        sxy[sel] = res.sigma_xy_um[keep]
         llr = out["llr"]
-        llr[sel] = res.llr[good]
-        out["misfit"][sel] = res.p_value()[good] < cfg.misfit_p
+        llr[sel] = res.llr[keep]
+        out["misfit"][sel] = res.p_value()[keep] < cfg.misfit_p
         out["refined"][sel] = True
         out.update(
             xy0=new_xy,
@@ -1000,6 +1039,30 @@ class Localizer:
         )
         self.timings["refined"] += int(sel.size)
         return out
+
+    def _check_rows(
+        self, batch: PreparedBatch, dz: np.ndarray, refined: np.ndarray
+    ) -> np.ndarray:
+        """Rows of the PSF check (:func:`.psfcheck.select_isolated`): isolated,
+        unsaturated, network ``dz`` in the calibrated range."""
+        from .psfcheck import select_isolated
+
+        cfg = self.config.psf_check
+        usable = np.isfinite(dz)
+        if self.z_range_um is not None:
+            m = self.config.range_margin_um
+            usable &= (dz >= self.z_range_um[0] + m) & (dz <= self.z_range_um[1] - m)
+        n = dz.size
+        peak = batch.pairs.reshape(n, -1).max(axis=1)
+        usable &= peak < self.config.saturation_adu
+        sep = cfg.min_separation_px
+        return select_isolated(
+            batch.neighbour_px,
+            usable,
+            min_separation_px=float(self.refine_size_px if sep is None else sep),
+            already=refined,
+            per_batch=cfg.per_batch,
+        )
 
     def finish(self, batch: PreparedBatch) -> pd.DataFrame:
         """Infer Z for a :meth:`prepare`-d batch and build its table rows."""

@@ -10,7 +10,11 @@ over ``theta = (x, y, z, N, b_0, ..., b_{K-1})`` (``t_k``: the plane's
 transmission from the PSF; ``L_k, o_k``: where plane ``k``'s crop sees the
 emitter), under Poisson noise plus Gaussian read noise of variance ``v`` per
 pixel (``d + v ~ Poisson(mu + v)``, the approximation of Huang et al. 2013 that
-SMAP uses), by Levenberg-Marquardt with Fisher scoring. Its output per emitter:
+SMAP uses), by Levenberg-Marquardt with Fisher scoring, each step at most a
+pixel in x and y and 0.1 um in z (far from focus the likelihood is flat in z,
+and a full step from the network's start could land on another maximum or the
+grid's edge).
+Its output per emitter:
 
 - the estimates and their Cramer-Rao bounds from the Fisher information at the
   estimate (``sqrt(diag(I^-1))``, what SMAP and DECODE report as uncertainty);
@@ -47,7 +51,9 @@ __all__ = [
     "SINGULAR",
     "RefineResult",
     "crlb_at",
+    "far_from_focus",
     "mle_refine",
+    "mle_refine_sized",
 ]
 
 CONVERGED = 0
@@ -72,7 +78,8 @@ class RefineResult:
     llr
         ``(N,)`` log-likelihood ratio against the saturated model.
     dof
-        Degrees of freedom of ``llr`` (pixels minus parameters).
+        Degrees of freedom of ``llr`` (pixels minus parameters); ``(N,)``
+        from :func:`mle_refine_sized`, where crops differ in size.
     n_iter
         ``(N,)`` iterations taken.
     status
@@ -83,7 +90,7 @@ class RefineResult:
     theta: np.ndarray
     crlb: np.ndarray
     llr: np.ndarray
-    dof: int
+    dof: int | np.ndarray
     n_iter: np.ndarray
     status: np.ndarray
 
@@ -170,6 +177,7 @@ def _run(
     init_amplitudes: bool,
     threads: int,
     tol_um: float = 1e-4,
+    max_z_step_um: float = 0.1,
 ) -> RefineResult:
     from ._refine_kernels import fit_range
 
@@ -179,6 +187,11 @@ def _run(
     zlo, zhi = psf.z_range_um
     lo = np.array([-shift, -shift, zlo, 1.0] + [1e-3] * n_planes)
     hi = np.array([shift, shift, zhi - 1e-9, 1e9] + [1e9] * n_planes)
+    # a step moves x, y at most a pixel and z at most max_z_step_um
+    step_max = np.array(
+        [psf.pixel_size_um, psf.pixel_size_um, max_z_step_um]
+        + [np.inf] * (1 + n_planes)
+    )
     theta = np.ascontiguousarray(theta0, dtype=np.float64).copy()
     crlb = np.full((n, p), np.nan)
     llr = np.full(n, np.nan)
@@ -194,6 +207,7 @@ def _run(
         *psf._kernel_args(),
         lo,
         hi,
+        step_max,
         int(max_iter),
         float(tol_um),
         bool(init_amplitudes),
@@ -345,3 +359,80 @@ def crlb_at(
         psf, data, theta0, var, lin, off, max_iter=0, init_amplitudes=False, threads=1
     )
     return res.crlb
+
+
+def far_from_focus(psf: SampledPSF, z_um: ArrayLike, far_um: float) -> np.ndarray:
+    """Emitters at ``z_um`` (the PSF's axial coordinate) farther than
+    ``far_um`` from the focus of every plane (``|z - plane offset| > far_um``
+    for each; without recorded plane offsets, from ``z = 0``)."""
+    z = np.asarray(z_um, dtype=float).reshape(-1, 1)
+    offs = np.asarray(psf.plane_offsets_um or (0.0,), dtype=float)
+    return np.all(np.abs(z - offs[None, :]) > far_um, axis=1)
+
+
+def mle_refine_sized(
+    psf: SampledPSF,
+    crops: ArrayLike,
+    xyz_um: ArrayLike,
+    sizes: ArrayLike,
+    **kwargs: Any,
+) -> RefineResult:
+    """:func:`mle_refine` of each emitter on the central ``sizes[i]`` px of its
+    crops (``(N, K, S, S)``, ``S >= max(sizes)``, odd sizes).
+
+    Far from the focus of both planes the spot outgrows a crop sized for the
+    focused one: most of its light, and of its information on ``z``, falls
+    outside, and the fit leaves the asymptotic regime (at dz -0.8 um, 2000
+    photons: z precision 1.8x the CRLB on 11 px, 1.4x on 15 px). Such emitters
+    get a larger crop, the others keep the cheap one. ``read_noise_e`` must be
+    a scalar or one value per plane; ``offsets_um`` / ``linear`` as in
+    :func:`mle_refine`.
+    """
+    data = np.asarray(crops)
+    n, k, s = data.shape[0], data.shape[1], data.shape[-1]
+    size = np.broadcast_to(np.asarray(sizes, dtype=np.int64), (n,))
+    xyz = np.asarray(xyz_um, dtype=np.float64).reshape(n, 3)
+    p = 4 + k
+    theta = np.zeros((n, p))
+    crlb = np.full((n, p), np.nan)
+    llr = np.full(n, np.nan)
+    dof = np.zeros(n, dtype=np.int64)
+    n_iter = np.zeros(n, dtype=np.int32)
+    status = np.zeros(n, dtype=np.int8)
+    offsets = kwargs.pop("offsets_um", None)
+    linear = kwargs.pop("linear", None)
+    photons = kwargs.pop("photons", None)
+    background = kwargs.pop("background", None)
+    for w in np.unique(size).tolist():
+        if w > s or w % 2 == 0:
+            raise ValueError(f"crop sizes must be odd and at most {s}; got {w}")
+        idx = np.flatnonzero(size == w)
+        lo = s // 2 - w // 2
+        lin = linear
+        if linear is not None and np.ndim(linear) == 4:
+            lin = np.asarray(linear)[idx]
+        res = mle_refine(
+            psf,
+            data[idx, :, lo : lo + w, lo : lo + w],
+            xyz[idx],
+            photons=None
+            if photons is None
+            else np.broadcast_to(np.asarray(photons, float), (n,))[idx],
+            background=None
+            if background is None
+            else np.broadcast_to(np.asarray(background, float), (n, k))[idx],
+            linear=lin,
+            offsets_um=None
+            if offsets is None
+            else np.broadcast_to(np.asarray(offsets, float), (n, k, 2))[idx],
+            **kwargs,
+        )
+        theta[idx] = res.theta
+        crlb[idx] = res.crlb
+        llr[idx] = res.llr
+        dof[idx] = res.dof
+        n_iter[idx] = res.n_iter
+        status[idx] = res.status
+    return RefineResult(
+        theta=theta, crlb=crlb, llr=llr, dof=dof, n_iter=n_iter, status=status
+    )
