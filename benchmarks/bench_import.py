@@ -48,6 +48,7 @@ import itertools
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -373,6 +374,17 @@ def score_movie(
                     "xy_rmse_over_crlb": float(xy / cx),
                 }
             )
+        ratios = []
+        fine = np.round(np.arange(-DZ_TARGET_UM, DZ_TARGET_UM + 1e-9, 0.1), 4)
+        for lo, hi in itertools.pairwise(fine):
+            b = mi[(mi["dz"] >= lo) & (mi["dz"] < hi + (1e-9 if hi == fine[-1] else 0))]
+            if len(b) >= 3:
+                ratios.append(
+                    float(b["ez"].std(ddof=1) / np.sqrt(np.mean(b["crlb_z"] ** 2)))
+                )
+        out["z_precision_over_crlb_median_0.1um_bins"] = (
+            float(np.median(ratios)) if ratios else None
+        )
         bins = []
         edges = np.round(np.arange(-MOVIE_DZ_UM, MOVIE_DZ_UM + 1e-9, 0.2), 4)
         for lo, hi in itertools.pairwise(edges):
@@ -413,6 +425,7 @@ def score_movie(
         "precision": n_matched / max(n_locs, 1),
         "isolated": group(iso),
         "neighbour_8_15px": group(nb),
+        "neighbour_lt_8px": group((t["nearest_px"] < NEIGHBOUR_PX[0]).to_numpy()),
     }
 
 
@@ -462,6 +475,119 @@ def _qc(store: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ run
+def _run_variant(
+    name: str,
+    extra: list[str],
+    *,
+    d: Path,
+    cal: Path,
+    optics: IndependentOptics,
+    table: PSFTable,
+    plane: tuple[int, int],
+    scenes: list[Scene],
+    rng: np.random.Generator,
+    quick: bool,
+    steps: int | None,
+    bead_photons: tuple[float, float],
+    diagnose: bool,
+    log: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Train one model on ``cal`` (``axialtrack train`` + ``extra``), evaluate it
+    on the held-out beads, localize the movie with it and score."""
+    import tifffile
+
+    from axialtrack.store import open_run
+
+    support = _camera_support()
+    d = d / name
+    d.mkdir(parents=True, exist_ok=True)
+    movie_tif = d.parent / "movie.tif"
+    model = d / "model.axialmodel"
+    train = ["train", str(cal), "--out", str(model), "--no-progress"]
+    if (steps is not None or quick) and "--steps" not in extra:
+        train += ["--steps", str(steps or 400)]
+    train_out = _cli([*train, *extra], log)
+    ev = d / "eval"
+    _cli(["evaluate", str(model), str(cal), "--out", str(ev)], log)
+    out = d / "movie.zarr"
+    loc = [
+        "localize",
+        str(movie_tif),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--stage-z",
+        str(STAGE_Z_UM),
+        "--pixel-size",
+        str(optics.pixel_um),
+        "--layout",
+        optics.layout,
+        "--plane-offset",
+        str(optics.plane_offset_um),
+        "--mirror",
+        optics.mirror,
+    ]
+    if support["localize"]:
+        loc += _camera_args()
+    _cli(loc, log)
+
+    locs = open_run(out).localizations
+    movie_score = score_movie(scenes, locs, optics)
+    diagnosis = None
+    if diagnose:
+        # the same emitters as bright as the beads, through the same model: what
+        # changes is the emitters' signal over the background
+        bright = float(np.mean(bead_photons))
+        scenes_b = [
+            Scene(sc.x_px, sc.y_px, sc.ref_z_um, np.full(sc.x_px.size, bright))
+            for sc in scenes
+        ]
+        bright_tif = d.parent / "movie_bright.tif"
+        if not bright_tif.exists():  # rendered once, for every variant
+            frames_b = compose_frames(
+                table,
+                scenes_b,
+                np.full(len(scenes_b), STAGE_Z_UM),
+                plane,
+                CAMERA,
+                BACKGROUND_E,
+                rng,
+            )
+            tifffile.imwrite(bright_tif, frames_b)
+        out_b = d / "movie_bright.zarr"
+        loc_b = list(loc)
+        loc_b[1] = str(bright_tif)
+        loc_b[loc_b.index("--out") + 1] = str(out_b)
+        _cli(loc_b, log)
+        sb = score_movie(scenes_b, open_run(out_b).localizations, optics, bright)
+        ib = sb["isolated"]
+        diagnosis = {
+            "emitter_photons": bright,
+            "isolated": {
+                k: ib.get(k)
+                for k in (
+                    f"recall_dz_le_{DZ_TARGET_UM}",
+                    "z_rmse_nm",
+                    "z_bias_nm",
+                    "z_precision_nm",
+                    "z_crlb_nm",
+                    "z_rmse_over_crlb",
+                    "xy_rmse_over_crlb",
+                )
+            }
+            | {"z_bias_per_bin_nm": [b["z_bias_nm"] for b in ib["bins"]]},
+        }
+    evaluation = json.loads((ev / "eval.json").read_text())["summary"]
+    return {
+        "train_args": extra,
+        "train_output": train_out,
+        "evaluation": evaluation,
+        "movie": movie_score,
+        "diagnosis": diagnosis,
+    }
+
+
 def run_optics(
     optics: IndependentOptics,
     work: Path,
@@ -470,16 +596,19 @@ def run_optics(
     bead_photons: tuple[float, float] = BEAD_PHOTONS,
     diagnose: bool = True,
     steps: int | None = None,
+    variants: list[tuple[str, list[str]]] | None = None,
 ) -> dict[str, Any]:
     """Render, run the CLI, score one optics.
+
+    ``variants``: ``(name, extra train arguments)`` of each model trained on the
+    same calibration and scored on the same movie (default: one, ``beads``,
+    with ``train``'s defaults); the first is the one the targets judge.
 
     With ``diagnose``, the movie's emitters are rendered again as bright as the
     beads (mean of ``bead_photons``) and localized with the same model
     (``movie_at_bead_brightness``).
     """
     import tifffile
-
-    from axialtrack.store import open_run
 
     rng = np.random.default_rng(seed)
     log: list[dict[str, Any]] = []
@@ -524,6 +653,17 @@ def run_optics(
         "--pixel-size",
         str(optics.pixel_um),
     ]
+    # the PSF fit starts from the rig's nominal optics, as a user states them
+    fit_optics = [
+        "--na",
+        str(optics.na),
+        "--wavelength",
+        str(optics.wavelength_um),
+        "--n-immersion",
+        str(optics.n_immersion),
+        "--n-sample",
+        str(optics.n_sample),
+    ]
     cam = _camera_args() if support["calibrate"] else []
     cal = d / "cal.zarr"
     _cli(
@@ -534,6 +674,7 @@ def run_optics(
             "--out",
             str(cal),
             *rig,
+            *fit_optics,
             *cam,
         ],
         log,
@@ -549,86 +690,36 @@ def run_optics(
             "--out",
             str(cal_one),
             *rig,
+            "--no-psf-fit",
             *cam,
         ],
         log,
     )
-    model = d / "model.axialmodel"
-    train = ["train", str(cal), "--out", str(model), "--no-progress"]
-    if steps is not None or quick:
-        train += ["--steps", str(steps or 400)]
-    train_out = _cli(train, log)
-    ev = d / "eval"
-    _cli(["evaluate", str(model), str(cal), "--out", str(ev)], log)
-    out = d / "movie.zarr"
-    loc = [
-        "localize",
-        str(d / "movie.tif"),
-        "--model",
-        str(model),
-        "--out",
-        str(out),
-        "--stage-z",
-        str(STAGE_Z_UM),
-        "--pixel-size",
-        str(optics.pixel_um),
-        "--layout",
-        optics.layout,
-        "--plane-offset",
-        str(optics.plane_offset_um),
-        "--mirror",
-        optics.mirror,
-    ]
-    if support["localize"]:
-        loc += _camera_args()
-    _cli(loc, log)
-
-    locs = open_run(out).localizations
-    movie_score = score_movie(scenes, locs, optics)
-    diagnosis = None
-    if diagnose:
-        # the same emitters as bright as the beads, through the same model: what
-        # changes is the emitters' signal over the background
-        bright = float(np.mean(bead_photons))
-        scenes_b = [
-            Scene(sc.x_px, sc.y_px, sc.ref_z_um, np.full(sc.x_px.size, bright))
-            for sc in scenes
-        ]
-        frames_b = compose_frames(
-            table,
-            scenes_b,
-            np.full(len(scenes_b), STAGE_Z_UM),
-            plane,
-            CAMERA,
-            BACKGROUND_E,
-            rng,
+    variants = list(variants or [("beads", [])])
+    per_variant: dict[str, Any] = {}
+    for name, extra in variants:
+        per_variant[name] = _run_variant(
+            name,
+            extra,
+            d=d,
+            cal=cal,
+            optics=optics,
+            table=table,
+            plane=plane,
+            scenes=scenes,
+            rng=rng,
+            quick=quick,
+            steps=steps,
+            bead_photons=bead_photons,
+            diagnose=diagnose,
+            log=log,
         )
-        tifffile.imwrite(d / "movie_bright.tif", frames_b)
-        out_b = d / "movie_bright.zarr"
-        loc_b = list(loc)
-        loc_b[1] = str(d / "movie_bright.tif")
-        loc_b[loc_b.index("--out") + 1] = str(out_b)
-        _cli(loc_b, log)
-        sb = score_movie(scenes_b, open_run(out_b).localizations, optics, bright)
-        ib = sb["isolated"]
-        diagnosis = {
-            "emitter_photons": bright,
-            "isolated": {
-                k: ib.get(k)
-                for k in (
-                    f"recall_dz_le_{DZ_TARGET_UM}",
-                    "z_rmse_nm",
-                    "z_bias_nm",
-                    "z_precision_nm",
-                    "z_crlb_nm",
-                    "z_rmse_over_crlb",
-                    "xy_rmse_over_crlb",
-                )
-            }
-            | {"z_bias_per_bin_nm": [b["z_bias_nm"] for b in ib["bins"]]},
-        }
+    first = per_variant[variants[0][0]]
+    train_out = first["train_output"]
+    evaluation = first["evaluation"]
+    movie_score = first["movie"]
+    diagnosis = first["diagnosis"]
     ref = score_ref_z(cal, bead_scenes, table, optics)
-    evaluation = json.loads((ev / "eval.json").read_text())["summary"]
     qc = _qc(cal)
     qc_one = _qc(cal_one)
     iso = movie_score["isolated"]
@@ -673,6 +764,16 @@ def run_optics(
         | {"crlb_note": evaluation.get("crlb_note")},
         "movie": movie_score,
         "movie_at_bead_brightness": diagnosis,
+        "variants": {
+            k: {kk: vv for kk, vv in v.items() if kk != "evaluation"}
+            | {
+                "evaluate": {
+                    kk: v["evaluation"].get(kk)
+                    for kk in ("n", "rmse_nm", "bias_nm", "precision_nm")
+                }
+            }
+            for k, v in per_variant.items()
+        },
         "targets": checks,
         "commands": log,
     }
@@ -706,6 +807,17 @@ def main(argv: list[str] | None = None) -> int:
         help="train --steps (default: train's own schedule; --quick: 400)",
     )
     ap.add_argument(
+        "--variant",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "ARGS"),
+        default=None,
+        help="a model to train on the same calibration and score on the same "
+        "movie: NAME and extra `axialtrack train` arguments in one string "
+        "(repeat it; the first is judged by the targets; default: one model, "
+        "'beads', train's defaults)",
+    )
+    ap.add_argument(
         "--no-diagnosis",
         action="store_true",
         help="skip localizing the movie again with emitters as bright as the beads",
@@ -725,6 +837,9 @@ def main(argv: list[str] | None = None) -> int:
             bead_photons,
             diagnose=not args.no_diagnosis,
             steps=args.steps,
+            variants=[(n, shlex.split(a)) for n, a in args.variant]
+            if args.variant
+            else None,
         )
     report = {
         "benchmark": "bench_import",

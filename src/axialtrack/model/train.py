@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from axialtrack.calibrate.examples import Examples
 from axialtrack.events import TrainSignals
+from axialtrack.sim.synthetic import SyntheticExamples
 
 from .config import DEFAULT_STEPS, ModelConfig
 from .neighbours import add_neighbours, kth_smallest
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
+    from axialtrack.optics.sampled import SampledPSF
+    from axialtrack.sim.synthetic import SyntheticConfig
+
 __all__ = [
     "CalibrationData",
     "TrainResult",
@@ -36,6 +40,7 @@ __all__ = [
     "load_calibration",
     "predict",
     "subpixel_targets",
+    "synthetic_examples",
     "train",
     "train_ensemble",
 ]
@@ -43,6 +48,10 @@ __all__ = [
 Loss = Literal["mse", "nll"]
 #: Weight of the sub-pixel (dx, dy) loss relative to the dz loss.
 SUBPIXEL_WEIGHT = 0.1
+#: Weight of the contamination (crowding flag) loss relative to the dz loss.
+CONTAMINATION_WEIGHT = 0.1
+#: Optimizer steps of one epoch when training on synthetic examples only.
+SYNTHETIC_EPOCH_STEPS = 250
 
 
 @dataclass
@@ -191,6 +200,48 @@ def load_calibration(store: str | Path) -> CalibrationData:
         psf_fit=psf_fit,
         optics=rig.get("optics") if isinstance(rig.get("optics"), dict) else None,
     )
+
+
+def synthetic_examples(
+    data: CalibrationData,
+    n: int,
+    *,
+    config: SyntheticConfig | None = None,
+    seed: int = 0,
+    psf: SampledPSF | None = None,
+) -> SyntheticExamples:
+    """``n`` crop pairs rendered from the calibration's PSF and camera.
+
+    The PSF is the calibration's fitted pupil (or the nominal optics a simulated
+    calibration records; :func:`axialtrack.sim.synthetic.psf_for_calibration`),
+    the camera the one it records (defaults otherwise). Without a ``dz_range_um``
+    in ``config``, ``dz`` covers the calibrated range: the span of the
+    examples' labels.
+    """
+    from axialtrack.pipeline.config import CameraCalibration
+    from axialtrack.sim.synthetic import (
+        SyntheticConfig,
+        SyntheticRenderer,
+        psf_for_calibration,
+    )
+
+    ex = data.examples
+    crop = int(ex.crops.shape[-1])
+    cfg = config if config is not None else SyntheticConfig(crop_size=crop)
+    if cfg.crop_size != crop:
+        cfg = cfg.model_copy(update={"crop_size": crop})
+    if cfg.dz_range_um is None and len(ex):
+        lo, hi = float(np.min(ex.dz_um)), float(np.max(ex.dz_um))
+        cfg = cfg.model_copy(update={"dz_range_um": (lo, hi)})
+    if psf is None:
+        psf = psf_for_calibration(
+            psf_fit=data.psf_fit,
+            optics=data.optics,
+            plane_offset_um=data.plane_offset_um,
+            dz_range_um=cfg.dz_range_um or (-1.0, 1.0),
+        )
+    camera = CameraCalibration.model_validate(data.camera or {})
+    return SyntheticRenderer(psf, camera, cfg).render(n, seed)
 
 
 def examples_hash(examples: Examples) -> str:
@@ -348,6 +399,7 @@ def _loss(
     has_dxy: torch.Tensor,
     cfg: ModelConfig,
     loss: str,
+    contaminated: torch.Tensor | None = None,
 ) -> torch.Tensor:
     if loss == "nll":
         value = F.gaussian_nll_loss(out[:, 0], dz, out[:, 1] ** 2, full=False)
@@ -358,6 +410,13 @@ def _loss(
         w = has_dxy.float()
         err = ((out[:, i : i + 2] - dxy) ** 2).sum(dim=1)
         value = value + SUBPIXEL_WEIGHT * (err * w).sum() / torch.clamp(w.sum(), 1)
+    if cfg.contamination and contaminated is not None:
+        known = contaminated >= 0
+        if bool(known.any()):
+            prob = out[known, -1].clamp(1e-6, 1 - 1e-6)
+            value = value + CONTAMINATION_WEIGHT * F.binary_cross_entropy(
+                prob, contaminated[known]
+            )
     return value
 
 
@@ -382,7 +441,58 @@ def _tensors(ex: Examples, dxy: np.ndarray | None) -> tuple[torch.Tensor, ...]:
         torch.from_numpy(np.ascontiguousarray(ex.dz_um, np.float32)),
         torch.from_numpy(np.ascontiguousarray(d, np.float32)),
         torch.from_numpy(has),
+        torch.full((n,), -1.0),  # contamination unknown
     )
+
+
+def _synthetic_tensors(syn: SyntheticExamples) -> tuple[torch.Tensor, ...]:
+    n = len(syn)
+    return (
+        torch.from_numpy(np.ascontiguousarray(syn.crops, np.float32)),
+        torch.from_numpy(np.ascontiguousarray(syn.xy_norm, np.float32)),
+        torch.from_numpy(np.ascontiguousarray(syn.dz_um, np.float32)),
+        torch.from_numpy(np.ascontiguousarray(syn.dxy_px, np.float32)),
+        torch.ones(n, dtype=torch.bool),
+        torch.from_numpy(np.asarray(syn.contaminated, np.float32)),
+    )
+
+
+class _Batches:
+    """Mini-batches of ``n_real`` shuffled real examples (without replacement
+    within an epoch; the last partial batch dropped when there are more than
+    ``n_real``) followed by ``n_syn`` synthetic ones (drawn with replacement),
+    ``steps`` per epoch."""
+
+    def __init__(
+        self,
+        real: tuple[torch.Tensor, ...],
+        n_real: int,
+        gen: torch.Generator,
+        steps: int,
+        syn: tuple[torch.Tensor, ...] | None,
+        n_syn: int,
+    ) -> None:
+        self.real, self.n_real, self.gen, self.steps = real, n_real, gen, steps
+        self.syn, self.n_syn = syn, n_syn
+
+    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+        n = int(self.real[0].shape[0])
+        order = torch.randperm(n, generator=self.gen)
+        pos = 0
+        for _ in range(self.steps):
+            parts: list[list[torch.Tensor]] = []
+            if self.n_real:
+                if pos + self.n_real > n and pos > 0:
+                    order = torch.randperm(n, generator=self.gen)
+                    pos = 0
+                idx = order[pos : pos + self.n_real]
+                pos += self.n_real
+                parts.append([t[idx] for t in self.real])
+            if self.syn is not None and self.n_syn:
+                m = int(self.syn[0].shape[0])
+                idx = torch.randint(0, m, (self.n_syn,), generator=self.gen)
+                parts.append([t[idx] for t in self.syn])
+            yield [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
 def _rmse_nm(model: Network, ex: Examples) -> float:
@@ -554,6 +664,9 @@ def train(
     recalibrate: bool | Literal["auto"] = "auto",
     recalibrate_dz_max_um: float | None = None,
     neighbours: float = 0.0,
+    synthetic: SyntheticExamples | None = None,
+    synthetic_fraction: float = 0.5,
+    init: Network | None = None,
     events: TrainSignals | None = None,
     stop: threading.Event | None = None,
 ) -> TrainResult:
@@ -630,6 +743,17 @@ def train(
         crowded live samples. 0: off. On the live benchmark (about 100
         particles per 512 x 512 field) 0.5 removed the out-of-range Z
         predictions of crowded crops at a cost of a few nm of bead RMSE.
+    synthetic
+        Crop pairs rendered from the calibration's PSF
+        (:func:`synthetic_examples`), mixed into every mini-batch; they get no
+        augmentation and no added neighbour (they carry their own noise and
+        neighbours). Validation stays on the real validation beads.
+    synthetic_fraction
+        Share of each mini-batch drawn from ``synthetic`` (1: synthetic only;
+        the schedule's epochs are then passes over the synthetic examples).
+    init
+        Start from these weights (same :class:`ModelConfig`) instead of a fresh
+        network: fine-tuning.
     events
         :class:`TrainSignals` to emit from the training thread: ``started``
         (the schedule), ``epochFinished`` (each epoch's history row, for a live
@@ -661,6 +785,23 @@ def train(
         )
     if not 0.0 <= neighbours <= 1.0:
         raise ValueError(f"neighbours is a probability in [0, 1]; got {neighbours}")
+    if not 0.0 <= synthetic_fraction <= 1.0:
+        raise ValueError(
+            f"synthetic_fraction must be in [0, 1]; got {synthetic_fraction}"
+        )
+    n_syn = 0
+    if cfg.contamination and (synthetic is None or synthetic_fraction == 0):
+        raise ValueError(
+            "the contamination head is trained on synthetic examples: give "
+            "synthetic examples and synthetic_fraction > 0"
+        )
+    if synthetic is not None and len(synthetic) > 0:
+        if synthetic.crops.shape[-1] != crop:
+            raise ValueError(
+                f"synthetic crops are {synthetic.crops.shape[-1]} px; the "
+                f"examples' {crop} px"
+            )
+        n_syn = round(synthetic_fraction * batch_size)
     loss_name: str = loss if loss is not None else ("nll" if cfg.uncertainty else "mse")
     if loss_name not in ("mse", "nll"):
         raise ValueError(f"loss must be 'mse' or 'nll'; got {loss_name!r}")
@@ -678,9 +819,16 @@ def train(
     if dxy_all is not None:
         dxy_tr = dxy_all[ex.split == 0]
         dxy_va = dxy_all[ex.split == 1]
-    steps_per_epoch = (
-        len(tr) // batch_size if len(tr) > batch_size else 1
-    )  # drop_last below
+    n_bead = batch_size - n_syn
+    if n_bead == 0:
+        # synthetic only: an "epoch" is SYNTHETIC_EPOCH_STEPS steps, so validation,
+        # the learning-rate schedule and the weight average keep their pace
+        assert synthetic is not None
+        steps_per_epoch = max(
+            1, min(len(synthetic) // batch_size, SYNTHETIC_EPOCH_STEPS)
+        )
+    else:
+        steps_per_epoch = len(tr) // n_bead if len(tr) > n_bead else 1
     schedule = _schedule(
         steps_per_epoch,
         epochs=epochs,
@@ -707,7 +855,12 @@ def train(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1)
-    model = AxialNet(cfg).to(dev)
+    model = AxialNet(cfg)
+    if init is not None:
+        if not isinstance(init, AxialNet) or init.config != cfg:
+            raise ValueError("init must be an AxialNet with the same ModelConfig")
+        model.load_state_dict(init.state_dict())
+    model = model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     if lr_schedule not in ("plateau", "cosine"):
         raise ValueError(
@@ -722,13 +875,25 @@ def train(
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, factor=0.5, patience=lr_patience
         )
-    loader = DataLoader(
-        TensorDataset(*_tensors(tr, dxy_tr)),
-        batch_size=batch_size,
-        shuffle=True,
-        generator=gen,
-        drop_last=len(tr) > batch_size,
-    )
+    loader: Any
+    if n_syn == 0:  # real examples only: as before synthetic examples existed
+        loader = DataLoader(
+            TensorDataset(*_tensors(tr, dxy_tr)),
+            batch_size=batch_size,
+            shuffle=True,
+            generator=gen,
+            drop_last=len(tr) > batch_size,
+        )
+    else:
+        assert synthetic is not None
+        loader = _Batches(
+            _tensors(tr, dxy_tr),
+            n_bead,
+            gen,
+            steps_per_epoch,
+            _synthetic_tensors(synthetic),
+            n_syn,
+        )
     val = [t.to(dev) for t in _tensors(va, dxy_va)]
     ema: Any = None
     if ema_decay is not None:
@@ -778,14 +943,18 @@ def train(
                 te0 = time.perf_counter()
                 model.train()
                 total, count = 0.0, 0
-                for img, xy, dz, dxy, has in loader:
-                    if augmentation:
-                        img = augment(img, aug_gen)
-                    if neighbours > 0:
-                        img = add_neighbours(img, aug_gen, p=neighbours)
+                for img, xy, dz, dxy, has, cont in loader:
+                    real = img[: len(img) - n_syn]
+                    if augmentation and len(real):
+                        real = augment(real, aug_gen)
+                    if neighbours > 0 and len(real):
+                        real = add_neighbours(real, aug_gen, p=neighbours)
+                    img = torch.cat([real, img[len(img) - n_syn :]])
                     img, xy, dz = img.to(dev), xy.to(dev), dz.to(dev)
                     out = model(img, xy)
-                    value = _loss(out, dz, dxy.to(dev), has.to(dev), cfg, loss_name)
+                    value = _loss(
+                        out, dz, dxy.to(dev), has.to(dev), cfg, loss_name, cont.to(dev)
+                    )
                     opt.zero_grad()
                     value.backward()
                     opt.step()
@@ -896,6 +1065,9 @@ def train(
             "recalibrate": recalibrate,
             "recalibrate_dz_max_um": recalibrate_dz_max_um,
             "neighbours": neighbours,
+            "synthetic_examples": 0 if synthetic is None else len(synthetic),
+            "synthetic_fraction": synthetic_fraction if n_syn else 0.0,
+            "fine_tuned": init is not None,
         },
     )
 
