@@ -500,7 +500,9 @@ def _run_variant(
 
     support = _camera_support()
     d = d / name
-    d.mkdir(parents=True, exist_ok=True)
+    if d.exists():  # this variant's own outputs of an earlier run
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
     movie_tif = d.parent / "movie.tif"
     model = d / "model.axialmodel"
     train = ["train", str(cal), "--out", str(model), "--no-progress"]
@@ -597,8 +599,13 @@ def run_optics(
     diagnose: bool = True,
     steps: int | None = None,
     variants: list[tuple[str, list[str]]] | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Render, run the CLI, score one optics.
+
+    ``reuse``: keep the files and calibrations of an earlier run in the same
+    work folder (same seed and settings: the truth is rendered again, the same)
+    and only train, localize and score.
 
     ``variants``: ``(name, extra train arguments)`` of each model trained on the
     same calibration and scored on the same movie (default: one, ``beads``,
@@ -634,13 +641,17 @@ def run_optics(
     )
     render_s = time.perf_counter() - t0
     d = work / optics.name
-    if d.exists():
-        shutil.rmtree(d)
-    (d / "fields").mkdir(parents=True)
-    for f in range(n_fields):
-        tifffile.imwrite(d / "fields" / f"field{f}.tif", stacks[f])
-    tifffile.imwrite(d / "all_fields.tif", stacks.reshape(-1, *stacks.shape[2:]))
-    tifffile.imwrite(d / "movie.tif", movie)
+    cal = d / "cal.zarr"
+    cal_one = d / "cal_one.zarr"
+    reused = reuse and cal.exists() and cal_one.exists() and (d / "movie.tif").exists()
+    if not reused:
+        if d.exists():
+            shutil.rmtree(d)
+        (d / "fields").mkdir(parents=True)
+        for f in range(n_fields):
+            tifffile.imwrite(d / "fields" / f"field{f}.tif", stacks[f])
+        tifffile.imwrite(d / "all_fields.tif", stacks.reshape(-1, *stacks.shape[2:]))
+        tifffile.imwrite(d / "movie.tif", movie)
 
     support = _camera_support()
     rig = [
@@ -665,36 +676,35 @@ def run_optics(
         str(optics.n_sample),
     ]
     cam = _camera_args() if support["calibrate"] else []
-    cal = d / "cal.zarr"
-    _cli(
-        [
-            "calibrate",
-            "--from",
-            str(d / "fields" / "field*.tif"),
-            "--out",
-            str(cal),
-            *rig,
-            *fit_optics,
-            *cam,
-        ],
-        log,
-    )
-    cal_one = d / "cal_one.zarr"
-    _cli(
-        [
-            "calibrate",
-            "--from",
-            str(d / "all_fields.tif"),
-            "--fields",
-            str(n_fields),
-            "--out",
-            str(cal_one),
-            *rig,
-            "--no-psf-fit",
-            *cam,
-        ],
-        log,
-    )
+    if not reused:
+        _cli(
+            [
+                "calibrate",
+                "--from",
+                str(d / "fields" / "field*.tif"),
+                "--out",
+                str(cal),
+                *rig,
+                *fit_optics,
+                *cam,
+            ],
+            log,
+        )
+        _cli(
+            [
+                "calibrate",
+                "--from",
+                str(d / "all_fields.tif"),
+                "--fields",
+                str(n_fields),
+                "--out",
+                str(cal_one),
+                *rig,
+                "--no-psf-fit",
+                *cam,
+            ],
+            log,
+        )
     variants = list(variants or [("beads", [])])
     per_variant: dict[str, Any] = {}
     for name, extra in variants:
@@ -818,6 +828,12 @@ def main(argv: list[str] | None = None) -> int:
         "'beads', train's defaults)",
     )
     ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --work: keep the rendered files and calibrations already "
+        "there (same --seed and --quick), only train, localize and score",
+    )
+    ap.add_argument(
         "--no-diagnosis",
         action="store_true",
         help="skip localizing the movie again with emitters as bright as the beads",
@@ -840,6 +856,7 @@ def main(argv: list[str] | None = None) -> int:
             variants=[(n, shlex.split(a)) for n, a in args.variant]
             if args.variant
             else None,
+            reuse=args.reuse,
         )
     report = {
         "benchmark": "bench_import",

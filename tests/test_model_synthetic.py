@@ -269,3 +269,128 @@ def test_crowding_flag_recall_and_precision(known_psf) -> None:
     # dz of the centre emitter still read in flagged and clean crops
     assert rmse_clean < 60
     assert rmse_flagged < 150
+
+
+def test_physics_loss_lowers_the_likelihood_term(known_psf) -> None:
+    """With the physics-informed term, the crops' Poisson deviance under the PSF
+    at the predicted dz falls during training and ends lower than that of the
+    plain loss's model at the same settings."""
+    from axialtrack.model.train import physics_deviance
+    from axialtrack.pipeline.config import CameraCalibration
+
+    torch.set_num_threads(1)
+    cfg = fixed(2000.0, 10.0, dz_range_um=(-0.6, 0.6), crop_size=11)
+    syn = SyntheticRenderer(known_psf, CAMERA, cfg).render(3000, 0)
+    data = _data(known_psf, cfg)
+    data.camera = dict(CAMERA)
+    kw = {
+        "config": ModelConfig(crop_size=11),
+        "steps": 250,
+        "synthetic": syn,
+        "synthetic_fraction": 1.0,
+        "augmentation": False,
+        "recalibrate": False,
+        "progress": False,
+    }
+    phys = train(data, physics_weight=0.005, physics_psf=known_psf, **kw)
+    dev = [h["train_deviance"] for h in phys.history]
+    assert dev[-1] < 0.5 * dev[0], dev
+    plain = train(data, **kw)
+    test = SyntheticRenderer(known_psf, CAMERA, cfg).render(400, 5)
+    cam = CameraCalibration.model_validate(CAMERA)
+
+    def deviance(model) -> float:
+        dz = torch.as_tensor(predict(model, test.crops, test.xy_norm)[:, 0])
+        d = physics_deviance(
+            dz,
+            torch.as_tensor(test.dxy_px),
+            torch.as_tensor(test.crops),
+            known_psf,
+            cam,
+        )
+        return float(d.mean())
+
+    d_phys, d_plain = deviance(phys.model), deviance(plain.model)
+    print(f"held-out deviance per pixel: physics {d_phys:.4f}, plain {d_plain:.4f}")
+    assert d_phys < d_plain
+
+
+@pytest.fixture(scope="module")
+def calib_store(tmp_path_factory):
+    """A small simulated calibration run store recording its nominal optics."""
+    import sys
+    from pathlib import Path
+
+    import zarr
+
+    from axialtrack.calibrate import analyze, write_qc, write_rig
+    from axialtrack.optics.sampled import optics_record
+    from axialtrack.pipeline.config import CameraCalibration
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from calib_sim import make_stack
+
+    stack = make_stack(n_fields=2, z_half_range_um=1.0, seed=3)
+    result = analyze(stack)
+    store = tmp_path_factory.mktemp("syn") / "calib.zarr"
+    root = zarr.open_group(str(store), mode="w")
+    root.attrs["axialtrack"] = {
+        "rig": {"pixel_size_um": 0.108333, "optics": optics_record(Optics())},
+        "splitter": {"plane_offset_um": 0.5, "layout": "side-by-side"},
+    }
+    write_qc(result, store)
+    write_rig(result, result.stack, store, camera=CameraCalibration().model_dump())
+    return store
+
+
+def _cli(*argv: str) -> int:
+    import argparse
+
+    from axialtrack.model.cli import add_parsers
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+    args = parser.parse_args(list(argv))
+    return int(args.func(args))
+
+
+def test_cli_train_synthetic(calib_store, tmp_path, capsys) -> None:
+    from axialtrack.model import load_bundle
+
+    out = tmp_path / "syn.axialmodel"
+    rc = _cli(
+        "train",
+        str(calib_store),
+        "--out",
+        str(out),
+        "--steps",
+        "60",
+        "--no-progress",
+        "--synthetic",
+        "500",
+        "--synthetic-fraction",
+        "0.5",
+        "--photons",
+        "500",
+        "3000",
+        "--contamination",
+    )
+    assert rc == 0, capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "Rendered 500 synthetic examples" in text
+    b = load_bundle(out)
+    t = b.meta["training"]
+    assert t["synthetic_examples"] == 500
+    assert t["synthetic_fraction"] == 0.5
+    assert t["synthetic"]["photons"] == "loguniform [500, 3000]"
+    assert b.output_names == ["dz_um", "contamination"]
+
+
+def test_cli_train_synthetic_refusals(calib_store, tmp_path, capsys) -> None:
+    out = tmp_path / "x.axialmodel"
+    base = ("train", str(calib_store), "--out", str(out), "--no-progress")
+    assert _cli(*base, "--synthetic", "100", "--match", str(tmp_path / "no")) == 2
+    assert "--match: no run store" in capsys.readouterr().err
+    assert _cli(*base, "--contamination") == 2  # no synthetic examples to learn
+    assert _cli(*base, "--synthetic", "100", "--finetune", "10", "--contamination") == 2
+    assert not out.exists()

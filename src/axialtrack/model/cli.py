@@ -193,6 +193,22 @@ def add_parsers(subparsers: Any) -> None:
     syn.add_argument(
         "--exposure", type=positive_float, default=0.01, help="exposure (s)"
     )
+    syn.add_argument(
+        "--contamination",
+        action="store_true",
+        help="add a crowding output: the probability that another emitter's "
+        "light is in the crop (trained on the synthetic examples; no extra "
+        "network cost)",
+    )
+    p.add_argument(
+        "--physics",
+        type=float_in(0.0, 10.0),
+        default=0.0,
+        metavar="WEIGHT",
+        help="physics-informed loss: add WEIGHT x the Poisson deviance per pixel "
+        "of each crop under the calibration's PSF at the predicted dz (0.005 "
+        "measured; 0.05 diverged); 0: off",
+    )
     p.add_argument(
         "--ensemble",
         type=positive_int,
@@ -282,6 +298,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{args.calibration}` (with --pixel-size, --plane-offset, --camera or "
             "--camera-* where the run does not record them).",
         )
+    if args.finetune and args.ensemble > 1:
+        return fail("--finetune works on one network; drop --ensemble or --finetune")
+    if args.finetune and args.contamination:
+        return fail(
+            "--finetune ends on the beads alone, which cannot train --contamination; "
+            "drop one of them"
+        )
     synthetic = None
     if args.synthetic < 0:
         return fail(f"--synthetic {args.synthetic}: give a number of examples >= 0")
@@ -313,11 +336,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 data, args.synthetic, config=syn_cfg, seed=args.seed
             )
         except FileNotFoundError as exc:
-            return fail(f"--match: {exc}", "Give a run store with localizations.")
+            return fail(f"--match: {exc}.", "Give a run store with localizations.")
         except ValueError as exc:
             msg = " ".join(str(exc).split())
             return fail(
-                f"cannot render synthetic examples from {args.calibration}: {msg}",
+                f"cannot render synthetic examples from {args.calibration}: {msg}.",
                 "Check --match/--photons/--background, or train without --synthetic.",
             )
         console.print(
@@ -332,6 +355,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             field_branch=not args.no_field,
             uncertainty=args.uncertainty,
             subpixel=args.subpixel,
+            contamination=args.contamination,
         )
         kw: dict[str, Any] = {}
         fn: Any = train
@@ -365,10 +389,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             neighbours=args.neighbours,
             synthetic=synthetic,
             synthetic_fraction=args.synthetic_fraction,
+            physics_weight=args.physics,
         )
         if args.finetune:
-            if args.ensemble > 1:
-                return fail("--finetune works on one network; drop --ensemble")
             first = result
             result = train(
                 data,

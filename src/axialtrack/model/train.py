@@ -38,6 +38,7 @@ __all__ = [
     "TrainResult",
     "examples_hash",
     "load_calibration",
+    "physics_deviance",
     "predict",
     "subpixel_targets",
     "synthetic_examples",
@@ -420,6 +421,71 @@ def _loss(
     return value
 
 
+class _RenderPSF(torch.autograd.Function):
+    """The sampled PSF ``(B, K, S, S)`` at ``xyz`` (um), differentiable in ``z``
+    through the spline's own derivative."""
+
+    @staticmethod
+    def forward(ctx: Any, xyz: torch.Tensor, psf: Any, size: int) -> torch.Tensor:
+        h, dh, ok = psf.evaluate(xyz.detach().cpu().double().numpy(), size)
+        h = np.where(ok[:, None, None, None], h, 0.0)
+        dh = np.where(ok[:, None, None, None, None], dh, 0.0)
+        ctx.save_for_backward(torch.from_numpy(dh[..., 2]).to(xyz.dtype))
+        return torch.from_numpy(h).to(xyz.dtype).to(xyz.device)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        (dz,) = ctx.saved_tensors
+        gz = (grad * dz.to(grad.device)).sum(dim=(1, 2, 3))
+        zeros = torch.zeros_like(gz)
+        return torch.stack([zeros, zeros, gz], dim=1), None, None
+
+
+def physics_deviance(
+    dz_um: torch.Tensor,
+    dxy_px: torch.Tensor,
+    crops: torch.Tensor,
+    psf: SampledPSF,
+    camera: Any,
+) -> torch.Tensor:
+    """Poisson deviance per pixel of each crop under the PSF at the predicted ``dz``.
+
+    The emitter is rendered with ``psf`` at ``(dx, dy)`` (px, the sub-pixel
+    offset when known, else 0) and the predicted ``dz``; its photons and the
+    background of each plane are the least-squares fit of ``a h + b`` to the
+    crop (not differentiated); the crops' ADU become photoelectrons through
+    ``camera`` (offset, gain), read noise as a shifted Poisson (``+ sigma^2``),
+    as the PSF fit counts them. Differentiable with respect to ``dz_um``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B,)`` mean deviance per pixel (about 1 where the model fits).
+    """
+    lo, hi = psf.z_range_um
+    s = int(crops.shape[-1])
+    px = psf.pixel_size_um
+    z = dz_um.double().clamp(lo + 1e-6, hi - 1e-6)
+    xy = dxy_px.detach().double().clamp(-0.5, 0.5) * px
+    h = _RenderPSF.apply(torch.cat([xy, z[:, None]], dim=1), psf, s)
+    gain = float(camera.e_per_adu)
+    rn2 = float(camera.read_noise_e) ** 2
+    x = (crops.detach().double() - float(camera.offset_adu)) * gain
+    b, k = x.shape[0], x.shape[1]
+    hf = h.reshape(b, k, -1)
+    xf = x.reshape(b, k, -1)
+    with torch.no_grad():
+        hm = hf.mean(dim=2, keepdim=True)
+        xm = xf.mean(dim=2, keepdim=True)
+        var = ((hf - hm) ** 2).sum(dim=2, keepdim=True).clamp(min=1e-12)
+        a = (((hf - hm) * (xf - xm)).sum(dim=2, keepdim=True) / var).clamp(min=0)
+        bg = (xm - a * hm).clamp(min=1e-3)
+    mu = a * hf + bg + rn2
+    obs = (xf + rn2).clamp(min=1e-6)
+    dev = 2 * (obs * torch.log(obs / mu) - (obs - mu))
+    return dev.mean(dim=(1, 2)).float()
+
+
 @contextmanager
 def _deterministic() -> Iterator[None]:
     prev = torch.are_deterministic_algorithms_enabled()
@@ -667,6 +733,8 @@ def train(
     synthetic: SyntheticExamples | None = None,
     synthetic_fraction: float = 0.5,
     init: Network | None = None,
+    physics_weight: float = 0.0,
+    physics_psf: SampledPSF | None = None,
     events: TrainSignals | None = None,
     stop: threading.Event | None = None,
 ) -> TrainResult:
@@ -754,6 +822,14 @@ def train(
     init
         Start from these weights (same :class:`ModelConfig`) instead of a fresh
         network: fine-tuning.
+    physics_weight
+        Physics-informed loss: add this weight times the Poisson deviance per
+        pixel of each training crop under the calibration's PSF rendered at the
+        predicted ``dz`` (:func:`physics_deviance`) to the loss. 0: off. The
+        history records its mean per epoch (``train_deviance``).
+    physics_psf
+        The PSF of the physics term (default: the calibration's,
+        :func:`axialtrack.sim.synthetic.psf_for_calibration`).
     events
         :class:`TrainSignals` to emit from the training thread: ``started``
         (the schedule), ``epochFinished`` (each epoch's history row, for a live
@@ -789,6 +865,21 @@ def train(
         raise ValueError(
             f"synthetic_fraction must be in [0, 1]; got {synthetic_fraction}"
         )
+    if physics_weight < 0:
+        raise ValueError(f"physics_weight must be >= 0; got {physics_weight}")
+    camera_model: Any = None
+    if physics_weight > 0:
+        from axialtrack.pipeline.config import CameraCalibration
+        from axialtrack.sim.synthetic import psf_for_calibration
+
+        camera_model = CameraCalibration.model_validate(data.camera or {})
+        if physics_psf is None:
+            physics_psf = psf_for_calibration(
+                psf_fit=data.psf_fit,
+                optics=data.optics,
+                plane_offset_um=data.plane_offset_um,
+                dz_range_um=(float(np.min(ex.dz_um)), float(np.max(ex.dz_um))),
+            )
     n_syn = 0
     if cfg.contamination and (synthetic is None or synthetic_fraction == 0):
         raise ValueError(
@@ -814,7 +905,9 @@ def train(
         raise ValueError("fewer than 2 training examples")
     if len(va) == 0:
         raise ValueError("no validation examples (split the beads first)")
-    dxy_all = subpixel_targets(ex, data.beads) if cfg.subpixel else None
+    dxy_all = (
+        subpixel_targets(ex, data.beads) if cfg.subpixel or physics_weight > 0 else None
+    )
     dxy_tr = dxy_va = None
     if dxy_all is not None:
         dxy_tr = dxy_all[ex.split == 0]
@@ -943,6 +1036,7 @@ def train(
                 te0 = time.perf_counter()
                 model.train()
                 total, count = 0.0, 0
+                dev_total = 0.0
                 for img, xy, dz, dxy, has, cont in loader:
                     real = img[: len(img) - n_syn]
                     if augmentation and len(real):
@@ -955,6 +1049,17 @@ def train(
                     value = _loss(
                         out, dz, dxy.to(dev), has.to(dev), cfg, loss_name, cont.to(dev)
                     )
+                    if physics_weight > 0:
+                        known = has[:, None].to(dxy.dtype)
+                        deviance = physics_deviance(
+                            out[:, 0],
+                            (dxy * known).to(dev),
+                            img,
+                            physics_psf,  # type: ignore[arg-type]
+                            camera_model,
+                        ).mean()
+                        value = value + physics_weight * deviance
+                        dev_total += float(deviance.detach()) * len(dz)
                     opt.zero_grad()
                     value.backward()
                     opt.step()
@@ -975,6 +1080,11 @@ def train(
                     {
                         "epoch": epoch,
                         "train_loss": total / max(count, 1),
+                        **(
+                            {"train_deviance": dev_total / max(count, 1)}
+                            if physics_weight > 0
+                            else {}
+                        ),
                         "val_loss": vloss,
                         "val_rmse_nm": vrmse,
                         "lr": float(opt.param_groups[0]["lr"]),
@@ -1068,6 +1178,7 @@ def train(
             "synthetic_examples": 0 if synthetic is None else len(synthetic),
             "synthetic_fraction": synthetic_fraction if n_syn else 0.0,
             "fine_tuned": init is not None,
+            "physics_weight": physics_weight,
         },
     )
 
