@@ -394,3 +394,43 @@ def test_cli_train_synthetic_refusals(calib_store, tmp_path, capsys) -> None:
     assert _cli(*base, "--contamination") == 2  # no synthetic examples to learn
     assert _cli(*base, "--synthetic", "100", "--finetune", "10", "--contamination") == 2
     assert not out.exists()
+
+
+def test_match_run_draws_the_runs_photons_and_background(tmp_path) -> None:
+    from axialtrack.sim.synthetic import match_run
+    from axialtrack.store import RunWriter
+
+    rng = np.random.default_rng(0)
+    n = 400
+    photons = rng.lognormal(np.log(1500.0), 0.4, n)
+    background = rng.uniform(5.0, 15.0, n)
+    w = RunWriter(
+        tmp_path / "live.zarr", kind="live", plane_shape=(8, 8), pixel_size_um=0.1
+    )
+    w.append_frame(np.zeros((2, 8, 8), np.uint16), {"t_s": 0.0})
+    w.append_localizations(
+        {
+            "frame": np.zeros(n, np.int64),
+            "t_s": np.zeros(n),
+            "x_um": np.zeros(n),
+            "y_um": np.zeros(n),
+            "z_um": np.zeros(n),
+            "dz_um": np.zeros(n),
+            "photons": np.concatenate([photons[:-2], [np.nan, -5.0]]),
+            "background": background,
+        }
+    )
+    w.close()
+    ph, bg = match_run(tmp_path / "live.zarr")
+    assert ph.kind == bg.kind == "empirical"
+    assert len(ph.values or []) == n - 2  # NaN and negative photons dropped
+    draw = ph.sample(np.random.default_rng(1), 20000)
+    assert np.median(draw) == pytest.approx(np.median(photons[:-2]), rel=0.03)
+    assert np.percentile(draw, 90) == pytest.approx(
+        np.percentile(photons[:-2], 90), rel=0.05
+    )
+    assert bg.sample(np.random.default_rng(2), 5000).mean() == pytest.approx(
+        10.0, rel=0.03
+    )
+    with pytest.raises(ValueError, match="at least 1000"):
+        match_run(tmp_path / "live.zarr", min_rows=1000)
