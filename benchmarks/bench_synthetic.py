@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--photons", type=float, default=2000.0)
     ap.add_argument("--background", type=float, default=10.0)
     ap.add_argument("--physics", type=float, default=0.0)
+    ap.add_argument("--dropout", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     t_render = time.perf_counter() - t0
     res = train(
         data,
-        config=ModelConfig(crop_size=args.crop),
+        config=ModelConfig(crop_size=args.crop, dropout=args.dropout),
         steps=args.steps,
         synthetic=syn,
         synthetic_fraction=1.0,

@@ -914,11 +914,17 @@ def train(
         dxy_va = dxy_all[ex.split == 1]
     n_bead = batch_size - n_syn
     if n_bead == 0:
-        # synthetic only: an "epoch" is SYNTHETIC_EPOCH_STEPS steps, so validation,
-        # the learning-rate schedule and the weight average keep their pace
+        # synthetic only: an "epoch" is a twentieth of the schedule (25-250 steps),
+        # so validation, the learning-rate schedule and the weight average (one
+        # epoch's time constant) keep their pace whatever the number of examples
         assert synthetic is not None
         steps_per_epoch = max(
-            1, min(len(synthetic) // batch_size, SYNTHETIC_EPOCH_STEPS)
+            1,
+            min(
+                len(synthetic) // batch_size,
+                SYNTHETIC_EPOCH_STEPS,
+                max(25, (steps if epochs is None else SYNTHETIC_EPOCH_STEPS) // 20),
+            ),
         )
     else:
         steps_per_epoch = len(tr) // n_bead if len(tr) > n_bead else 1
