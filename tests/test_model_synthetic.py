@@ -383,7 +383,8 @@ def test_cli_train_synthetic_refusals(calib_store, tmp_path, capsys) -> None:
     base = ("train", str(calib_store), "--out", str(out), "--no-progress")
     assert _cli(*base, "--synthetic", "100", "--match", str(tmp_path / "no")) == 2
     assert "--match: no run store" in capsys.readouterr().err
-    assert _cli(*base, "--contamination") == 2  # no synthetic examples to learn
+    # no synthetic examples to learn the flag from
+    assert _cli(*base, "--synthetic", "0", "--contamination") == 2
     assert _cli(*base, "--synthetic", "100", "--finetune", "10", "--contamination") == 2
     assert not out.exists()
 
@@ -426,3 +427,18 @@ def test_match_run_draws_the_runs_photons_and_background(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match="at least 1000"):
         match_run(tmp_path / "live.zarr", min_rows=1000)
+
+
+def test_cli_train_mixes_synthetic_pairs_by_default(calib_store, tmp_path) -> None:
+    """A calibration with a PSF gets the default mix; --synthetic 0 does not."""
+    from axialtrack.model import load_bundle
+    from axialtrack.model.cli import DEFAULT_SYNTHETIC
+
+    base = ("train", str(calib_store), "--no-progress", "--steps", "5")
+    assert _cli(*base, "--out", str(tmp_path / "d.axialmodel")) == 0
+    t = load_bundle(tmp_path / "d.axialmodel").meta["training"]
+    assert t["synthetic_examples"] == DEFAULT_SYNTHETIC
+    assert t["synthetic_fraction"] == 0.5
+    assert _cli(*base, "--synthetic", "0", "--out", str(tmp_path / "b.axialmodel")) == 0
+    t = load_bundle(tmp_path / "b.axialmodel").meta["training"]
+    assert t["synthetic_examples"] == 0
