@@ -48,6 +48,7 @@ import itertools
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -373,6 +374,17 @@ def score_movie(
                     "xy_rmse_over_crlb": float(xy / cx),
                 }
             )
+        ratios = []
+        fine = np.round(np.arange(-DZ_TARGET_UM, DZ_TARGET_UM + 1e-9, 0.1), 4)
+        for lo, hi in itertools.pairwise(fine):
+            b = mi[(mi["dz"] >= lo) & (mi["dz"] < hi + (1e-9 if hi == fine[-1] else 0))]
+            if len(b) >= 3:
+                ratios.append(
+                    float(b["ez"].std(ddof=1) / np.sqrt(np.mean(b["crlb_z"] ** 2)))
+                )
+        out["z_precision_over_crlb_median_0.1um_bins"] = (
+            float(np.median(ratios)) if ratios else None
+        )
         bins = []
         edges = np.round(np.arange(-MOVIE_DZ_UM, MOVIE_DZ_UM + 1e-9, 0.2), 4)
         for lo, hi in itertools.pairwise(edges):
@@ -413,6 +425,7 @@ def score_movie(
         "precision": n_matched / max(n_locs, 1),
         "isolated": group(iso),
         "neighbour_8_15px": group(nb),
+        "neighbour_lt_8px": group((t["nearest_px"] < NEIGHBOUR_PX[0]).to_numpy()),
     }
 
 
@@ -462,108 +475,46 @@ def _qc(store: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ run
-def run_optics(
+def _run_variant(
+    name: str,
+    extra: list[str],
+    *,
+    d: Path,
+    cal: Path,
     optics: IndependentOptics,
-    work: Path,
+    table: PSFTable,
+    plane: tuple[int, int],
+    scenes: list[Scene],
+    rng: np.random.Generator,
     quick: bool,
-    seed: int,
-    bead_photons: tuple[float, float] = BEAD_PHOTONS,
-    diagnose: bool = True,
-    steps: int | None = None,
+    steps: int | None,
+    bead_photons: tuple[float, float],
+    diagnose: bool,
+    log: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Render, run the CLI, score one optics.
-
-    With ``diagnose``, the movie's emitters are rendered again as bright as the
-    beads (mean of ``bead_photons``) and localized with the same model
-    (``movie_at_bead_brightness``).
-    """
+    """Train one model on ``cal`` (``axialtrack train`` + ``extra``), evaluate it
+    on the held-out beads, localize the movie with it and score."""
     import tifffile
 
     from axialtrack.store import open_run
 
-    rng = np.random.default_rng(seed)
-    log: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    table = PSFTable(
-        optics,
-        -(Z_HALF_RANGE_UM + 0.15),
-        Z_HALF_RANGE_UM + 0.15 + optics.plane_offset_um,
-    )
-    plane = (96, 96) if quick else (128, 128)
-    n_fields, per_field = (3, 8) if quick else (4, 10)
-    n_frames = 12 if quick else 100
-    stacks, stage, bead_scenes = render_beads(
-        table, plane, n_fields, per_field, rng, bead_photons
-    )
-    movie, scenes = render_movie(
-        table,
-        plane,
-        n_frames,
-        rng,
-        singles=4 if quick else 6,
-        pairs=2 if quick else 3,
-    )
-    render_s = time.perf_counter() - t0
-    d = work / optics.name
-    if d.exists():
-        shutil.rmtree(d)
-    (d / "fields").mkdir(parents=True)
-    for f in range(n_fields):
-        tifffile.imwrite(d / "fields" / f"field{f}.tif", stacks[f])
-    tifffile.imwrite(d / "all_fields.tif", stacks.reshape(-1, *stacks.shape[2:]))
-    tifffile.imwrite(d / "movie.tif", movie)
-
     support = _camera_support()
-    rig = [
-        "--z-step",
-        str(Z_STEP_UM),
-        "--z-start",
-        str(stage[0]),
-        "--plane-offset",
-        str(optics.plane_offset_um),
-        "--pixel-size",
-        str(optics.pixel_um),
-    ]
-    cam = _camera_args() if support["calibrate"] else []
-    cal = d / "cal.zarr"
-    _cli(
-        [
-            "calibrate",
-            "--from",
-            str(d / "fields" / "field*.tif"),
-            "--out",
-            str(cal),
-            *rig,
-            *cam,
-        ],
-        log,
-    )
-    cal_one = d / "cal_one.zarr"
-    _cli(
-        [
-            "calibrate",
-            "--from",
-            str(d / "all_fields.tif"),
-            "--fields",
-            str(n_fields),
-            "--out",
-            str(cal_one),
-            *rig,
-            *cam,
-        ],
-        log,
-    )
+    d = d / name
+    if d.exists():  # this variant's own outputs of an earlier run
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    movie_tif = d.parent / "movie.tif"
     model = d / "model.axialmodel"
     train = ["train", str(cal), "--out", str(model), "--no-progress"]
-    if steps is not None or quick:
+    if (steps is not None or quick) and "--steps" not in extra:
         train += ["--steps", str(steps or 400)]
-    train_out = _cli(train, log)
+    train_out = _cli([*train, *extra], log)
     ev = d / "eval"
     _cli(["evaluate", str(model), str(cal), "--out", str(ev)], log)
     out = d / "movie.zarr"
     loc = [
         "localize",
-        str(d / "movie.tif"),
+        str(movie_tif),
         "--model",
         str(model),
         "--out",
@@ -594,19 +545,21 @@ def run_optics(
             Scene(sc.x_px, sc.y_px, sc.ref_z_um, np.full(sc.x_px.size, bright))
             for sc in scenes
         ]
-        frames_b = compose_frames(
-            table,
-            scenes_b,
-            np.full(len(scenes_b), STAGE_Z_UM),
-            plane,
-            CAMERA,
-            BACKGROUND_E,
-            rng,
-        )
-        tifffile.imwrite(d / "movie_bright.tif", frames_b)
+        bright_tif = d.parent / "movie_bright.tif"
+        if not bright_tif.exists():  # rendered once, for every variant
+            frames_b = compose_frames(
+                table,
+                scenes_b,
+                np.full(len(scenes_b), STAGE_Z_UM),
+                plane,
+                CAMERA,
+                BACKGROUND_E,
+                rng,
+            )
+            tifffile.imwrite(bright_tif, frames_b)
         out_b = d / "movie_bright.zarr"
         loc_b = list(loc)
-        loc_b[1] = str(d / "movie_bright.tif")
+        loc_b[1] = str(bright_tif)
         loc_b[loc_b.index("--out") + 1] = str(out_b)
         _cli(loc_b, log)
         sb = score_movie(scenes_b, open_run(out_b).localizations, optics, bright)
@@ -627,8 +580,156 @@ def run_optics(
             }
             | {"z_bias_per_bin_nm": [b["z_bias_nm"] for b in ib["bins"]]},
         }
-    ref = score_ref_z(cal, bead_scenes, table, optics)
     evaluation = json.loads((ev / "eval.json").read_text())["summary"]
+    return {
+        "train_args": extra,
+        "train_output": train_out,
+        "evaluation": evaluation,
+        "movie": movie_score,
+        "diagnosis": diagnosis,
+    }
+
+
+def run_optics(
+    optics: IndependentOptics,
+    work: Path,
+    quick: bool,
+    seed: int,
+    bead_photons: tuple[float, float] = BEAD_PHOTONS,
+    diagnose: bool = True,
+    steps: int | None = None,
+    variants: list[tuple[str, list[str]]] | None = None,
+    reuse: bool = False,
+) -> dict[str, Any]:
+    """Render, run the CLI, score one optics.
+
+    ``reuse``: keep the files and calibrations of an earlier run in the same
+    work folder (same seed and settings: the truth is rendered again, the same)
+    and only train, localize and score.
+
+    ``variants``: ``(name, extra train arguments)`` of each model trained on the
+    same calibration and scored on the same movie (default: one, ``beads``,
+    with ``train``'s defaults); the first is the one the targets judge.
+
+    With ``diagnose``, the movie's emitters are rendered again as bright as the
+    beads (mean of ``bead_photons``) and localized with the same model
+    (``movie_at_bead_brightness``).
+    """
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    log: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    table = PSFTable(
+        optics,
+        -(Z_HALF_RANGE_UM + 0.15),
+        Z_HALF_RANGE_UM + 0.15 + optics.plane_offset_um,
+    )
+    plane = (96, 96) if quick else (128, 128)
+    n_fields, per_field = (3, 8) if quick else (4, 10)
+    n_frames = 12 if quick else 100
+    stacks, stage, bead_scenes = render_beads(
+        table, plane, n_fields, per_field, rng, bead_photons
+    )
+    movie, scenes = render_movie(
+        table,
+        plane,
+        n_frames,
+        rng,
+        singles=4 if quick else 6,
+        pairs=2 if quick else 3,
+    )
+    render_s = time.perf_counter() - t0
+    d = work / optics.name
+    cal = d / "cal.zarr"
+    cal_one = d / "cal_one.zarr"
+    reused = reuse and cal.exists() and cal_one.exists() and (d / "movie.tif").exists()
+    if not reused:
+        if d.exists():
+            shutil.rmtree(d)
+        (d / "fields").mkdir(parents=True)
+        for f in range(n_fields):
+            tifffile.imwrite(d / "fields" / f"field{f}.tif", stacks[f])
+        tifffile.imwrite(d / "all_fields.tif", stacks.reshape(-1, *stacks.shape[2:]))
+        tifffile.imwrite(d / "movie.tif", movie)
+
+    support = _camera_support()
+    rig = [
+        "--z-step",
+        str(Z_STEP_UM),
+        "--z-start",
+        str(stage[0]),
+        "--plane-offset",
+        str(optics.plane_offset_um),
+        "--pixel-size",
+        str(optics.pixel_um),
+    ]
+    # the PSF fit starts from the rig's nominal optics, as a user states them
+    fit_optics = [
+        "--na",
+        str(optics.na),
+        "--wavelength",
+        str(optics.wavelength_um),
+        "--n-immersion",
+        str(optics.n_immersion),
+        "--n-sample",
+        str(optics.n_sample),
+    ]
+    cam = _camera_args() if support["calibrate"] else []
+    if not reused:
+        _cli(
+            [
+                "calibrate",
+                "--from",
+                str(d / "fields" / "field*.tif"),
+                "--out",
+                str(cal),
+                *rig,
+                *fit_optics,
+                *cam,
+            ],
+            log,
+        )
+        _cli(
+            [
+                "calibrate",
+                "--from",
+                str(d / "all_fields.tif"),
+                "--fields",
+                str(n_fields),
+                "--out",
+                str(cal_one),
+                *rig,
+                "--no-psf-fit",
+                *cam,
+            ],
+            log,
+        )
+    variants = list(variants or [("beads", [])])
+    per_variant: dict[str, Any] = {}
+    for name, extra in variants:
+        per_variant[name] = _run_variant(
+            name,
+            extra,
+            d=d,
+            cal=cal,
+            optics=optics,
+            table=table,
+            plane=plane,
+            scenes=scenes,
+            rng=rng,
+            quick=quick,
+            steps=steps,
+            bead_photons=bead_photons,
+            diagnose=diagnose,
+            log=log,
+        )
+    first = per_variant[variants[0][0]]
+    train_out = first["train_output"]
+    evaluation = first["evaluation"]
+    movie_score = first["movie"]
+    diagnosis = first["diagnosis"]
+    ref = score_ref_z(cal, bead_scenes, table, optics)
     qc = _qc(cal)
     qc_one = _qc(cal_one)
     iso = movie_score["isolated"]
@@ -673,6 +774,16 @@ def run_optics(
         | {"crlb_note": evaluation.get("crlb_note")},
         "movie": movie_score,
         "movie_at_bead_brightness": diagnosis,
+        "variants": {
+            k: {kk: vv for kk, vv in v.items() if kk != "evaluation"}
+            | {
+                "evaluate": {
+                    kk: v["evaluation"].get(kk)
+                    for kk in ("n", "rmse_nm", "bias_nm", "precision_nm")
+                }
+            }
+            for k, v in per_variant.items()
+        },
         "targets": checks,
         "commands": log,
     }
@@ -706,6 +817,23 @@ def main(argv: list[str] | None = None) -> int:
         help="train --steps (default: train's own schedule; --quick: 400)",
     )
     ap.add_argument(
+        "--variant",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "ARGS"),
+        default=None,
+        help="a model to train on the same calibration and score on the same "
+        "movie: NAME and extra `axialtrack train` arguments in one string "
+        "(repeat it; the first is judged by the targets; default: one model, "
+        "'beads', train's defaults)",
+    )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --work: keep the rendered files and calibrations already "
+        "there (same --seed and --quick), only train, localize and score",
+    )
+    ap.add_argument(
         "--no-diagnosis",
         action="store_true",
         help="skip localizing the movie again with emitters as bright as the beads",
@@ -725,6 +853,10 @@ def main(argv: list[str] | None = None) -> int:
             bead_photons,
             diagnose=not args.no_diagnosis,
             steps=args.steps,
+            variants=[(n, shlex.split(a)) for n, a in args.variant]
+            if args.variant
+            else None,
+            reuse=args.reuse,
         )
     report = {
         "benchmark": "bench_import",

@@ -36,6 +36,11 @@ class ModelConfig(BaseModel):
     subpixel
         Add ``dx_px, dy_px`` outputs: the particle's sub-pixel offset from the crop
         centre in plane 0.
+    contamination
+        Add a ``contamination`` output: the probability that another emitter
+        puts a noticeable part of its light into the crop (trained on synthetic
+        examples, :mod:`axialtrack.sim.synthetic`); ``dz_um`` still reads the
+        centre emitter.
     dropout
         Dropout probability before the output layer.
     background_percentile
@@ -53,6 +58,7 @@ class ModelConfig(BaseModel):
     field_width: int = Field(16, ge=1)
     uncertainty: bool = False
     subpixel: bool = False
+    contamination: bool = False
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     background_percentile: float = Field(10.0, ge=0.0, le=50.0)
 
@@ -70,6 +76,8 @@ class ModelConfig(BaseModel):
             names.append("sigma_z_um")
         if self.subpixel:
             names += ["dx_px", "dy_px"]
+        if self.contamination:
+            names.append("contamination")
         return names
 
     @property

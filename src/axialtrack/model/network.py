@@ -63,7 +63,8 @@ class AxialNet(nn.Module):
     with the field branch, ``xy`` ``(B, 2)`` normalized field position in
     ``[-1, 1]``. Output: ``(B, K)`` with the columns
     :attr:`ModelConfig.output_names` (``dz_um`` first; ``sigma_z_um`` > 0 with the
-    uncertainty head; ``dx_px, dy_px`` with the sub-pixel head).
+    uncertainty head; ``dx_px, dy_px`` with the sub-pixel head; the
+    ``contamination`` probability in (0, 1) last with the crowding head).
 
     Parameters
     ----------
@@ -130,6 +131,8 @@ class AxialNet(nn.Module):
         if self.config.uncertainty:
             sigma = F.softplus(out[:, 1:2]) + MIN_SIGMA_UM
             out = torch.cat([out[:, :1], sigma, out[:, 2:]], dim=1)
+        if self.config.contamination:
+            out = torch.cat([out[:, :-1], torch.sigmoid(out[:, -1:])], dim=1)
         return out
 
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from axialtrack.calibrate.examples import Examples
 from axialtrack.events import TrainSignals
+from axialtrack.sim.synthetic import SyntheticExamples
 
 from .config import DEFAULT_STEPS, ModelConfig
 from .neighbours import add_neighbours, kth_smallest
@@ -29,13 +30,18 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
+    from axialtrack.optics.sampled import SampledPSF
+    from axialtrack.sim.synthetic import SyntheticConfig
+
 __all__ = [
     "CalibrationData",
     "TrainResult",
     "examples_hash",
     "load_calibration",
+    "physics_deviance",
     "predict",
     "subpixel_targets",
+    "synthetic_examples",
     "train",
     "train_ensemble",
 ]
@@ -43,6 +49,10 @@ __all__ = [
 Loss = Literal["mse", "nll"]
 #: Weight of the sub-pixel (dx, dy) loss relative to the dz loss.
 SUBPIXEL_WEIGHT = 0.1
+#: Weight of the contamination (crowding flag) loss relative to the dz loss.
+CONTAMINATION_WEIGHT = 0.1
+#: Optimizer steps of one epoch when training on synthetic examples only.
+SYNTHETIC_EPOCH_STEPS = 250
 
 
 @dataclass
@@ -191,6 +201,48 @@ def load_calibration(store: str | Path) -> CalibrationData:
         psf_fit=psf_fit,
         optics=rig.get("optics") if isinstance(rig.get("optics"), dict) else None,
     )
+
+
+def synthetic_examples(
+    data: CalibrationData,
+    n: int,
+    *,
+    config: SyntheticConfig | None = None,
+    seed: int = 0,
+    psf: SampledPSF | None = None,
+) -> SyntheticExamples:
+    """``n`` crop pairs rendered from the calibration's PSF and camera.
+
+    The PSF is the calibration's fitted pupil (or the nominal optics a simulated
+    calibration records; :func:`axialtrack.sim.synthetic.psf_for_calibration`),
+    the camera the one it records (defaults otherwise). Without a ``dz_range_um``
+    in ``config``, ``dz`` covers the calibrated range: the span of the
+    examples' labels.
+    """
+    from axialtrack.pipeline.config import CameraCalibration
+    from axialtrack.sim.synthetic import (
+        SyntheticConfig,
+        SyntheticRenderer,
+        psf_for_calibration,
+    )
+
+    ex = data.examples
+    crop = int(ex.crops.shape[-1])
+    cfg = config if config is not None else SyntheticConfig(crop_size=crop)
+    if cfg.crop_size != crop:
+        cfg = cfg.model_copy(update={"crop_size": crop})
+    if cfg.dz_range_um is None and len(ex):
+        lo, hi = float(np.min(ex.dz_um)), float(np.max(ex.dz_um))
+        cfg = cfg.model_copy(update={"dz_range_um": (lo, hi)})
+    if psf is None:
+        psf = psf_for_calibration(
+            psf_fit=data.psf_fit,
+            optics=data.optics,
+            plane_offset_um=data.plane_offset_um,
+            dz_range_um=cfg.dz_range_um or (-1.0, 1.0),
+        )
+    camera = CameraCalibration.model_validate(data.camera or {})
+    return SyntheticRenderer(psf, camera, cfg).render(n, seed)
 
 
 def examples_hash(examples: Examples) -> str:
@@ -348,6 +400,7 @@ def _loss(
     has_dxy: torch.Tensor,
     cfg: ModelConfig,
     loss: str,
+    contaminated: torch.Tensor | None = None,
 ) -> torch.Tensor:
     if loss == "nll":
         value = F.gaussian_nll_loss(out[:, 0], dz, out[:, 1] ** 2, full=False)
@@ -358,7 +411,79 @@ def _loss(
         w = has_dxy.float()
         err = ((out[:, i : i + 2] - dxy) ** 2).sum(dim=1)
         value = value + SUBPIXEL_WEIGHT * (err * w).sum() / torch.clamp(w.sum(), 1)
+    if cfg.contamination and contaminated is not None:
+        known = contaminated >= 0
+        if bool(known.any()):
+            prob = out[known, -1].clamp(1e-6, 1 - 1e-6)
+            value = value + CONTAMINATION_WEIGHT * F.binary_cross_entropy(
+                prob, contaminated[known]
+            )
     return value
+
+
+class _RenderPSF(torch.autograd.Function):
+    """The sampled PSF ``(B, K, S, S)`` at ``xyz`` (um), differentiable in ``z``
+    through the spline's own derivative."""
+
+    @staticmethod
+    def forward(ctx: Any, xyz: torch.Tensor, psf: Any, size: int) -> torch.Tensor:
+        h, dh, ok = psf.evaluate(xyz.detach().cpu().double().numpy(), size)
+        h = np.where(ok[:, None, None, None], h, 0.0)
+        dh = np.where(ok[:, None, None, None, None], dh, 0.0)
+        ctx.save_for_backward(torch.from_numpy(dh[..., 2]).to(xyz.dtype))
+        return torch.from_numpy(h).to(xyz.dtype).to(xyz.device)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        (dz,) = ctx.saved_tensors
+        gz = (grad * dz.to(grad.device)).sum(dim=(1, 2, 3))
+        zeros = torch.zeros_like(gz)
+        return torch.stack([zeros, zeros, gz], dim=1), None, None
+
+
+def physics_deviance(
+    dz_um: torch.Tensor,
+    dxy_px: torch.Tensor,
+    crops: torch.Tensor,
+    psf: SampledPSF,
+    camera: Any,
+) -> torch.Tensor:
+    """Poisson deviance per pixel of each crop under the PSF at the predicted ``dz``.
+
+    The emitter is rendered with ``psf`` at ``(dx, dy)`` (px, the sub-pixel
+    offset when known, else 0) and the predicted ``dz``; its photons and the
+    background of each plane are the least-squares fit of ``a h + b`` to the
+    crop (not differentiated); the crops' ADU become photoelectrons through
+    ``camera`` (offset, gain), read noise as a shifted Poisson (``+ sigma^2``),
+    as the PSF fit counts them. Differentiable with respect to ``dz_um``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B,)`` mean deviance per pixel (about 1 where the model fits).
+    """
+    lo, hi = psf.z_range_um
+    s = int(crops.shape[-1])
+    px = psf.pixel_size_um
+    z = dz_um.double().clamp(lo + 1e-6, hi - 1e-6)
+    xy = dxy_px.detach().double().clamp(-0.5, 0.5) * px
+    h = _RenderPSF.apply(torch.cat([xy, z[:, None]], dim=1), psf, s)
+    gain = float(camera.e_per_adu)
+    rn2 = float(camera.read_noise_e) ** 2
+    x = (crops.detach().double() - float(camera.offset_adu)) * gain
+    b, k = x.shape[0], x.shape[1]
+    hf = h.reshape(b, k, -1)
+    xf = x.reshape(b, k, -1)
+    with torch.no_grad():
+        hm = hf.mean(dim=2, keepdim=True)
+        xm = xf.mean(dim=2, keepdim=True)
+        var = ((hf - hm) ** 2).sum(dim=2, keepdim=True).clamp(min=1e-12)
+        a = (((hf - hm) * (xf - xm)).sum(dim=2, keepdim=True) / var).clamp(min=0)
+        bg = (xm - a * hm).clamp(min=1e-3)
+    mu = a * hf + bg + rn2
+    obs = (xf + rn2).clamp(min=1e-6)
+    dev = 2 * (obs * torch.log(obs / mu) - (obs - mu))
+    return dev.mean(dim=(1, 2)).float()
 
 
 @contextmanager
@@ -382,7 +507,58 @@ def _tensors(ex: Examples, dxy: np.ndarray | None) -> tuple[torch.Tensor, ...]:
         torch.from_numpy(np.ascontiguousarray(ex.dz_um, np.float32)),
         torch.from_numpy(np.ascontiguousarray(d, np.float32)),
         torch.from_numpy(has),
+        torch.full((n,), -1.0),  # contamination unknown
     )
+
+
+def _synthetic_tensors(syn: SyntheticExamples) -> tuple[torch.Tensor, ...]:
+    n = len(syn)
+    return (
+        torch.from_numpy(np.ascontiguousarray(syn.crops, np.float32)),
+        torch.from_numpy(np.ascontiguousarray(syn.xy_norm, np.float32)),
+        torch.from_numpy(np.ascontiguousarray(syn.dz_um, np.float32)),
+        torch.from_numpy(np.ascontiguousarray(syn.dxy_px, np.float32)),
+        torch.ones(n, dtype=torch.bool),
+        torch.from_numpy(np.asarray(syn.contaminated, np.float32)),
+    )
+
+
+class _Batches:
+    """Mini-batches of ``n_real`` shuffled real examples (without replacement
+    within an epoch; the last partial batch dropped when there are more than
+    ``n_real``) followed by ``n_syn`` synthetic ones (drawn with replacement),
+    ``steps`` per epoch."""
+
+    def __init__(
+        self,
+        real: tuple[torch.Tensor, ...],
+        n_real: int,
+        gen: torch.Generator,
+        steps: int,
+        syn: tuple[torch.Tensor, ...] | None,
+        n_syn: int,
+    ) -> None:
+        self.real, self.n_real, self.gen, self.steps = real, n_real, gen, steps
+        self.syn, self.n_syn = syn, n_syn
+
+    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+        n = int(self.real[0].shape[0])
+        order = torch.randperm(n, generator=self.gen)
+        pos = 0
+        for _ in range(self.steps):
+            parts: list[list[torch.Tensor]] = []
+            if self.n_real:
+                if pos + self.n_real > n and pos > 0:
+                    order = torch.randperm(n, generator=self.gen)
+                    pos = 0
+                idx = order[pos : pos + self.n_real]
+                pos += self.n_real
+                parts.append([t[idx] for t in self.real])
+            if self.syn is not None and self.n_syn:
+                m = int(self.syn[0].shape[0])
+                idx = torch.randint(0, m, (self.n_syn,), generator=self.gen)
+                parts.append([t[idx] for t in self.syn])
+            yield [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
 def _rmse_nm(model: Network, ex: Examples) -> float:
@@ -554,6 +730,11 @@ def train(
     recalibrate: bool | Literal["auto"] = "auto",
     recalibrate_dz_max_um: float | None = None,
     neighbours: float = 0.0,
+    synthetic: SyntheticExamples | None = None,
+    synthetic_fraction: float = 0.5,
+    init: Network | None = None,
+    physics_weight: float = 0.0,
+    physics_psf: SampledPSF | None = None,
     events: TrainSignals | None = None,
     stop: threading.Event | None = None,
 ) -> TrainResult:
@@ -630,6 +811,25 @@ def train(
         crowded live samples. 0: off. On the live benchmark (about 100
         particles per 512 x 512 field) 0.5 removed the out-of-range Z
         predictions of crowded crops at a cost of a few nm of bead RMSE.
+    synthetic
+        Crop pairs rendered from the calibration's PSF
+        (:func:`synthetic_examples`), mixed into every mini-batch; they get no
+        augmentation and no added neighbour (they carry their own noise and
+        neighbours). Validation stays on the real validation beads.
+    synthetic_fraction
+        Share of each mini-batch drawn from ``synthetic`` (1: synthetic only;
+        the schedule's epochs are then passes over the synthetic examples).
+    init
+        Start from these weights (same :class:`ModelConfig`) instead of a fresh
+        network: fine-tuning.
+    physics_weight
+        Physics-informed loss: add this weight times the Poisson deviance per
+        pixel of each training crop under the calibration's PSF rendered at the
+        predicted ``dz`` (:func:`physics_deviance`) to the loss. 0: off. The
+        history records its mean per epoch (``train_deviance``).
+    physics_psf
+        The PSF of the physics term (default: the calibration's,
+        :func:`axialtrack.sim.synthetic.psf_for_calibration`).
     events
         :class:`TrainSignals` to emit from the training thread: ``started``
         (the schedule), ``epochFinished`` (each epoch's history row, for a live
@@ -661,6 +861,38 @@ def train(
         )
     if not 0.0 <= neighbours <= 1.0:
         raise ValueError(f"neighbours is a probability in [0, 1]; got {neighbours}")
+    if not 0.0 <= synthetic_fraction <= 1.0:
+        raise ValueError(
+            f"synthetic_fraction must be in [0, 1]; got {synthetic_fraction}"
+        )
+    if physics_weight < 0:
+        raise ValueError(f"physics_weight must be >= 0; got {physics_weight}")
+    camera_model: Any = None
+    if physics_weight > 0:
+        from axialtrack.pipeline.config import CameraCalibration
+        from axialtrack.sim.synthetic import psf_for_calibration
+
+        camera_model = CameraCalibration.model_validate(data.camera or {})
+        if physics_psf is None:
+            physics_psf = psf_for_calibration(
+                psf_fit=data.psf_fit,
+                optics=data.optics,
+                plane_offset_um=data.plane_offset_um,
+                dz_range_um=(float(np.min(ex.dz_um)), float(np.max(ex.dz_um))),
+            )
+    n_syn = 0
+    if cfg.contamination and (synthetic is None or synthetic_fraction == 0):
+        raise ValueError(
+            "the contamination head is trained on synthetic examples: give "
+            "synthetic examples and synthetic_fraction > 0"
+        )
+    if synthetic is not None and len(synthetic) > 0:
+        if synthetic.crops.shape[-1] != crop:
+            raise ValueError(
+                f"synthetic crops are {synthetic.crops.shape[-1]} px; the "
+                f"examples' {crop} px"
+            )
+        n_syn = round(synthetic_fraction * batch_size)
     loss_name: str = loss if loss is not None else ("nll" if cfg.uncertainty else "mse")
     if loss_name not in ("mse", "nll"):
         raise ValueError(f"loss must be 'mse' or 'nll'; got {loss_name!r}")
@@ -673,14 +905,29 @@ def train(
         raise ValueError("fewer than 2 training examples")
     if len(va) == 0:
         raise ValueError("no validation examples (split the beads first)")
-    dxy_all = subpixel_targets(ex, data.beads) if cfg.subpixel else None
+    dxy_all = (
+        subpixel_targets(ex, data.beads) if cfg.subpixel or physics_weight > 0 else None
+    )
     dxy_tr = dxy_va = None
     if dxy_all is not None:
         dxy_tr = dxy_all[ex.split == 0]
         dxy_va = dxy_all[ex.split == 1]
-    steps_per_epoch = (
-        len(tr) // batch_size if len(tr) > batch_size else 1
-    )  # drop_last below
+    n_bead = batch_size - n_syn
+    if n_bead == 0:
+        # synthetic only: an "epoch" is a twentieth of the schedule (25-250 steps),
+        # so validation, the learning-rate schedule and the weight average (one
+        # epoch's time constant) keep their pace whatever the number of examples
+        assert synthetic is not None
+        steps_per_epoch = max(
+            1,
+            min(
+                len(synthetic) // batch_size,
+                SYNTHETIC_EPOCH_STEPS,
+                max(25, (steps if epochs is None else SYNTHETIC_EPOCH_STEPS) // 20),
+            ),
+        )
+    else:
+        steps_per_epoch = len(tr) // n_bead if len(tr) > n_bead else 1
     schedule = _schedule(
         steps_per_epoch,
         epochs=epochs,
@@ -707,7 +954,12 @@ def train(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1)
-    model = AxialNet(cfg).to(dev)
+    model = AxialNet(cfg)
+    if init is not None:
+        if not isinstance(init, AxialNet) or init.config != cfg:
+            raise ValueError("init must be an AxialNet with the same ModelConfig")
+        model.load_state_dict(init.state_dict())
+    model = model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     if lr_schedule not in ("plateau", "cosine"):
         raise ValueError(
@@ -722,13 +974,25 @@ def train(
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, factor=0.5, patience=lr_patience
         )
-    loader = DataLoader(
-        TensorDataset(*_tensors(tr, dxy_tr)),
-        batch_size=batch_size,
-        shuffle=True,
-        generator=gen,
-        drop_last=len(tr) > batch_size,
-    )
+    loader: Any
+    if n_syn == 0:  # real examples only: as before synthetic examples existed
+        loader = DataLoader(
+            TensorDataset(*_tensors(tr, dxy_tr)),
+            batch_size=batch_size,
+            shuffle=True,
+            generator=gen,
+            drop_last=len(tr) > batch_size,
+        )
+    else:
+        assert synthetic is not None
+        loader = _Batches(
+            _tensors(tr, dxy_tr),
+            n_bead,
+            gen,
+            steps_per_epoch,
+            _synthetic_tensors(synthetic),
+            n_syn,
+        )
     val = [t.to(dev) for t in _tensors(va, dxy_va)]
     ema: Any = None
     if ema_decay is not None:
@@ -778,14 +1042,30 @@ def train(
                 te0 = time.perf_counter()
                 model.train()
                 total, count = 0.0, 0
-                for img, xy, dz, dxy, has in loader:
-                    if augmentation:
-                        img = augment(img, aug_gen)
-                    if neighbours > 0:
-                        img = add_neighbours(img, aug_gen, p=neighbours)
+                dev_total = 0.0
+                for img, xy, dz, dxy, has, cont in loader:
+                    real = img[: len(img) - n_syn]
+                    if augmentation and len(real):
+                        real = augment(real, aug_gen)
+                    if neighbours > 0 and len(real):
+                        real = add_neighbours(real, aug_gen, p=neighbours)
+                    img = torch.cat([real, img[len(img) - n_syn :]])
                     img, xy, dz = img.to(dev), xy.to(dev), dz.to(dev)
                     out = model(img, xy)
-                    value = _loss(out, dz, dxy.to(dev), has.to(dev), cfg, loss_name)
+                    value = _loss(
+                        out, dz, dxy.to(dev), has.to(dev), cfg, loss_name, cont.to(dev)
+                    )
+                    if physics_weight > 0:
+                        known = has[:, None].to(dxy.dtype)
+                        deviance = physics_deviance(
+                            out[:, 0],
+                            (dxy * known).to(dev),
+                            img,
+                            physics_psf,  # type: ignore[arg-type]
+                            camera_model,
+                        ).mean()
+                        value = value + physics_weight * deviance
+                        dev_total += float(deviance.detach()) * len(dz)
                     opt.zero_grad()
                     value.backward()
                     opt.step()
@@ -806,6 +1086,11 @@ def train(
                     {
                         "epoch": epoch,
                         "train_loss": total / max(count, 1),
+                        **(
+                            {"train_deviance": dev_total / max(count, 1)}
+                            if physics_weight > 0
+                            else {}
+                        ),
                         "val_loss": vloss,
                         "val_rmse_nm": vrmse,
                         "lr": float(opt.param_groups[0]["lr"]),
@@ -896,6 +1181,10 @@ def train(
             "recalibrate": recalibrate,
             "recalibrate_dz_max_um": recalibrate_dz_max_um,
             "neighbours": neighbours,
+            "synthetic_examples": 0 if synthetic is None else len(synthetic),
+            "synthetic_fraction": synthetic_fraction if n_syn else 0.0,
+            "fine_tuned": init is not None,
+            "physics_weight": physics_weight,
         },
     )
 
