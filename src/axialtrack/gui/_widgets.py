@@ -1,0 +1,282 @@
+"""Small widgets the panels share: the error dialog, the dual-plane image
+view with localizations and track tails, a matplotlib plot, a path field."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QPointF, QRectF, Qt, Signal
+from qtpy.QtGui import QColor, QImage, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+__all__ = [
+    "DualPlaneView",
+    "PathField",
+    "PlotCanvas",
+    "error_text",
+    "show_error",
+]
+
+
+def error_text(exc: BaseException | str) -> str:
+    """One line for a user: ``Name: message`` with whitespace collapsed (the
+    project's errors already name the file, field, value and the fix)."""
+    if isinstance(exc, str):
+        return " ".join(exc.split())
+    msg = " ".join(str(exc).split())
+    name = type(exc).__name__
+    return f"{name}: {msg}" if msg else name
+
+
+def show_error(
+    parent: QWidget | None, exc: BaseException | str, title: str = "axialtrack"
+) -> QMessageBox:
+    """Show ``exc`` as a dialog: its one-line message, the traceback under
+    "Show Details...". Window-modal and non-blocking (``open()``); returns
+    the box (tests read its text)."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Critical)
+    box.setWindowTitle(title)
+    box.setText(error_text(exc))
+    if isinstance(exc, BaseException):
+        details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        box.setDetailedText(details)
+    box.setStandardButtons(QMessageBox.StandardButton.Ok)
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose, True)
+    box.open()
+    return box
+
+
+class PathField(QWidget):
+    """A line edit with a "Browse..." button (file or folder dialog)."""
+
+    changed = Signal(str)
+
+    def __init__(
+        self,
+        placeholder: str = "",
+        *,
+        mode: str = "save",
+        caption: str = "Choose a path",
+        filters: str = "",
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.edit = QLineEdit(self)
+        self.edit.setPlaceholderText(placeholder)
+        self.edit.textChanged.connect(self.changed)
+        self.button = QPushButton("Browse...", self)
+        self.button.clicked.connect(self._browse)
+        self._mode, self._caption, self._filters = mode, caption, filters
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.edit, 1)
+        lay.addWidget(self.button)
+
+    def text(self) -> str:
+        return self.edit.text().strip()
+
+    def setText(self, text: str) -> None:
+        self.edit.setText(text)
+
+    def _browse(self) -> None:
+        start = self.text() or str(Path.home())
+        if self._mode == "dir":
+            path = QFileDialog.getExistingDirectory(self, self._caption, start)
+        elif self._mode == "open":
+            path, _ = QFileDialog.getOpenFileName(
+                self, self._caption, start, self._filters
+            )
+        else:
+            path, _ = QFileDialog.getSaveFileName(
+                self,
+                self._caption,
+                start,
+                self._filters,
+                options=QFileDialog.Option.DontConfirmOverwrite,
+            )
+        if path:
+            self.setText(path)
+
+
+class PlotCanvas(QWidget):
+    """A matplotlib figure in the window (Qt Agg canvas)."""
+
+    def __init__(self, parent: QWidget | None = None, figsize=(5.0, 3.0)) -> None:
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=figsize, layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setSizePolicy(
+            QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding
+        )
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.canvas)
+
+    def draw(self) -> None:
+        self.canvas.draw_idle()
+
+
+def _viridis(v: np.ndarray) -> list[QColor]:
+    from matplotlib import colormaps
+
+    rgba = colormaps["viridis"](np.clip(v, 0.0, 1.0))
+    return [QColor.fromRgbF(float(r), float(g), float(b)) for r, g, b, _ in rgba]
+
+
+def _gray_qimage(plane: np.ndarray, lo: float, hi: float) -> QImage:
+    scaled = np.clip((plane.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    a = np.ascontiguousarray(scaled.astype(np.uint8))
+    h, w = a.shape
+    buf = a.tobytes()  # alive until the copy below
+    img = QImage(buf, w, h, w, QImage.Format.Format_Grayscale8)
+    return img.copy()  # owns its pixels
+
+
+class DualPlaneView(QWidget):
+    """Both planes side by side (plane 1 registered onto plane 0), with
+    localizations as dots colored by z and track tails.
+
+    Drawn with QPainter from a ``(2, H, W)`` array: cheap enough for 10 Hz and
+    renders offscreen (screenshots, tests).
+    """
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMinimumSize(360, 180)
+        self._images: list[QImage] = []
+        self._shape = (0, 0)
+        self._points = np.zeros((0, 3))  # x_px, y_px, z (0..1)
+        self._tails: list[np.ndarray] = []
+        self._caption = ""
+        self.frames_shown = 0
+        self.max_points = 0
+
+    def set_planes(self, planes: np.ndarray) -> None:
+        """Show a ``(2, H, W)`` registered dual-plane frame."""
+        lo, hi = np.percentile(planes[0], [1.0, 99.8])
+        self._images = [_gray_qimage(p, float(lo), float(hi)) for p in planes]
+        self._shape = (int(planes.shape[-2]), int(planes.shape[-1]))
+        self.frames_shown += 1
+        self.update()
+
+    def set_overlay(
+        self,
+        points_px: np.ndarray,
+        z_norm: np.ndarray,
+        tails_px: list[np.ndarray] | None = None,
+    ) -> None:
+        """Localizations ``(N, 2)`` in plane-0 pixels, their z scaled to 0..1,
+        and track tails (each ``(M, 2)`` pixels, oldest first)."""
+        pts = np.asarray(points_px, dtype=float).reshape(-1, 2)
+        self._points = np.column_stack([pts, np.asarray(z_norm, float).reshape(-1)])
+        self._tails = list(tails_px or [])
+        self.max_points = max(self.max_points, len(self._points))
+        self.update()
+
+    def set_caption(self, text: str) -> None:
+        self._caption = text
+        self.update()
+
+    @property
+    def n_points(self) -> int:
+        return len(self._points)
+
+    def paintEvent(self, event: Any) -> None:
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor(20, 20, 20))
+        if not self._images:
+            p.setPen(QColor(160, 160, 160))
+            p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "no image yet")
+            p.end()
+            return
+        h, w = self._shape
+        gap = 6.0
+        avail_w = (self.width() - gap) / 2.0
+        s = min(avail_w / w, (self.height() - 18.0) / h)
+        rects = [QRectF(i * (w * s + gap), 18.0, w * s, h * s) for i in range(2)]
+        p.setPen(QColor(200, 200, 200))
+        for i, (img, r) in enumerate(zip(self._images, rects, strict=False)):
+            p.drawImage(r, img)
+            p.drawText(QPointF(r.left() + 2, 13.0), f"plane {i}")
+        if self._caption:
+            p.drawText(QPointF(rects[1].left() + 60, 13.0), self._caption)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        for r in rects:
+            p.save()
+            p.translate(r.topLeft())
+            p.scale(s, s)
+            pen = QPen(QColor(255, 160, 0, 200))
+            pen.setWidthF(1.2 / s)
+            p.setPen(pen)
+            for tail in self._tails:
+                if len(tail) > 1:
+                    p.drawPolyline(QPolygonF([QPointF(x, y) for x, y in tail]))
+            if len(self._points):
+                colors = _viridis(self._points[:, 2])
+                rad = 3.0 / s
+                for (x, y, _z), c in zip(self._points, colors, strict=False):
+                    pen = QPen(c)
+                    pen.setWidthF(1.5 / s)
+                    p.setPen(pen)
+                    p.drawEllipse(QPointF(x, y), 2 * rad, 2 * rad)
+            p.restore()
+        p.end()
+
+
+def register_planes(planes: np.ndarray, affine: np.ndarray | None) -> np.ndarray:
+    """Resample plane 1 onto plane 0's pixels through ``affine`` (the ``(2, 3)``
+    plane-0 ``(x, y)`` to plane-1 ``(x, y)`` map of the splitter or the
+    calibration); identity: returned as is."""
+    if affine is None or np.allclose(affine, [[1, 0, 0], [0, 1, 0]]):
+        return planes
+    from scipy.ndimage import affine_transform
+
+    a = np.asarray(affine, dtype=float)
+    # (row, col) order for scipy: output (y, x) -> input (y, x)
+    m = np.array([[a[1, 1], a[1, 0]], [a[0, 1], a[0, 0]]])
+    off = np.array([a[1, 2], a[0, 2]])
+    p1 = affine_transform(planes[1].astype(np.float32), m, offset=off, order=1)
+    return np.stack([planes[0].astype(np.float32), p1])
+
+
+def run_later(callback: Callable[[], None]) -> None:
+    """Call ``callback`` on the GUI thread at the next event-loop turn."""
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, callback)
+
+
+def start_worker(
+    func: Callable[..., Any],
+    *args: Any,
+    on_done: Callable[[Any], None],
+    on_error: Callable[[BaseException], None],
+    **kwargs: Any,
+) -> Any:
+    """Run ``func(*args, **kwargs)`` in a worker thread (superqt's
+    ``create_worker``); ``on_done(result)`` or ``on_error(exc)`` run on the
+    GUI thread. Returns the worker."""
+    from superqt.utils import create_worker
+
+    worker = create_worker(func, *args, _ignore_errors=True, **kwargs)
+    worker.returned.connect(on_done)
+    worker.errored.connect(on_error)
+    worker.start()
+    return worker
