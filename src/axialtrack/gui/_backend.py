@@ -33,6 +33,7 @@ __all__ = [
     "CalibrationRequest",
     "InputError",
     "LiveSession",
+    "PeekSource",
     "cancel_calibration",
     "check_output",
     "load_config",
@@ -193,9 +194,10 @@ def run_calibration_job(
 
 
 # ------------------------------------------------------------------- live
-class _PeekSource:
+class PeekSource:
     """A frame source that keeps a reference to the last frame it handed out
-    (what the window shows); one attribute store per frame, nothing more."""
+    (what the window shows); one attribute store per frame, nothing more.
+    :meth:`last_frame` gives its raw sensor frame."""
 
     def __init__(self, source: Any) -> None:
         self._source = source
@@ -209,6 +211,10 @@ class _PeekSource:
 
     def finished(self) -> bool:
         return bool(self._source.finished())
+
+    def last_frame(self) -> Any:
+        frame = self.last
+        return None if frame is None else frame.raw
 
     def next(self, timeout_s: float) -> Any:
         frame = self._source.next(timeout_s)
@@ -240,7 +246,7 @@ class LiveSession:
     geometry: SplitterGeometry | None = None
     pixel_size_um: float = 0.0
     _runner: Any = None
-    _source: _PeekSource | None = None
+    _source: PeekSource | None = None
     _analyzer: Any = None
     _stop_early: threading.Event = field(default_factory=threading.Event)
 
@@ -319,7 +325,7 @@ class LiveSession:
             _close(analyzer)
             raise
         self._analyzer = analyzer
-        self._source = _PeekSource(CoreSource(core, two_cameras=two))
+        self._source = PeekSource(CoreSource(core, two_cameras=two))
         self._runner = LiveRunner(
             self._source,
             analyzer,

@@ -77,6 +77,7 @@ class LivePanel(QWidget):
         self._bridge = _Bridge()
         self._bridge.done.connect(self._on_done)
         self._thread: threading.Thread | None = None
+        self._attached: tuple[Any, float, Any] | None = None
 
         self.model_field = PathField(
             "model bundle (.axialmodel)", mode="dir", caption="Choose a model bundle"
@@ -187,19 +188,9 @@ class LivePanel(QWidget):
             self.error.emit(exc)
             return False
         self.session = session
-        self.metrics = None
-        self.tracks = None
-        self.status_updates = 0
-        self.rows_shown = 0
-        self._latest_status = None
-        self._recent.clear()
-        self._z_range = (np.inf, -np.inf)
-        with self._rows_lock:
-            self._rows.clear()
-        self.started_at = None
-        session.events.started.connect(self._on_started)
-        session.events.status.connect(self._on_status)
-        session.events.batchAnalyzed.connect(self._on_batch)
+        self._attached = None
+        self._reset()
+        self._connect(session.events)
         self.last_store = session.out
         self._thread = threading.Thread(
             target=self._run, args=(session,), name="axialtrack-gui-live", daemon=True
@@ -208,6 +199,55 @@ class LivePanel(QWidget):
         self._thread.start()
         self.timer.start()
         return True
+
+    def _reset(self) -> None:
+        self.metrics = None
+        self.tracks = None
+        self.status_updates = 0
+        self.rows_shown = 0
+        self._latest_status = None
+        self._recent.clear()
+        self._last_frame = -1
+        self._z_range = (np.inf, -np.inf)
+        with self._rows_lock:
+            self._rows.clear()
+        self.started_at = None
+
+    def _connect(self, events: Any) -> None:
+        events.started.connect(self._on_started)
+        events.status.connect(self._on_status)
+        events.batchAnalyzed.connect(self._on_batch)
+
+    def attach(
+        self,
+        events: Any,
+        *,
+        geometry: Any,
+        pixel_size_um: float,
+        last_frame: Any = None,
+    ) -> None:
+        """Show a run started elsewhere (a script, a benchmark): its
+        :class:`~axialtrack.events.RunSignals` drive the metrics, the overlay
+        and, at the end, the track summary; ``last_frame()`` (optional) gives
+        the raw frame to show. The panel neither starts nor stops that run."""
+        self.session = None
+        self._reset()
+        self._attached = (geometry, float(pixel_size_um), last_frame)
+        self._connect(events)
+        events.finished.connect(lambda m: self._bridge.done.emit(m, None))
+        events.failed.connect(lambda e: self._bridge.done.emit(None, e))
+        self.state_label.setText("showing a run started elsewhere")
+        self.timer.start()
+
+    def _display(self) -> tuple[Any, Any, float]:
+        """(last-frame function, geometry, pixel size) of the run shown."""
+        if self.session is not None:
+            s = self.session
+            return s.last_frame, s.geometry, float(s.pixel_size_um or 0.0)
+        if self._attached is not None:
+            geo, px, fn = self._attached
+            return fn, geo, px
+        return None, None, 0.0
 
     def stop(self) -> None:
         """Stop the run: everything received is stored and the store closed."""
@@ -228,8 +268,10 @@ class LivePanel(QWidget):
             self._bridge.done.emit(metrics, None)
 
     # subscribers: these run in the run's threads and only store references
-    def _on_started(self, _path: Any) -> None:
+    def _on_started(self, path: Any) -> None:
         self.started_at = time.monotonic()
+        if self.session is None:
+            self.last_store = Path(path)
 
     def _on_status(self, metrics: Any) -> None:
         self._latest_status = metrics
@@ -251,12 +293,11 @@ class LivePanel(QWidget):
             self._rows.clear()
         for rows in batches:
             self._add_rows(rows)
-        session = self.session
-        raw = None if session is None else session.last_frame()
-        if raw is not None and session.geometry is not None:
+        frame_fn, geo, _px = self._display()
+        raw = frame_fn() if frame_fn is not None else None
+        if raw is not None and geo is not None:
             from axialtrack.geometry import split_frame
 
-            geo = session.geometry
             planes = split_frame(np.asarray(raw), geo)
             self.view.set_planes(
                 register_planes(planes, geo.plane1_affine(planes.shape[-2:]))
@@ -289,10 +330,9 @@ class LivePanel(QWidget):
             tail.append((int(f), float(xi), float(yi), float(zi)))
 
     def _draw_overlay(self) -> None:
-        session = self.session
-        if session is None or not session.pixel_size_um:
+        _fn, _geo, px = self._display()
+        if not px:
             return
-        px = session.pixel_size_um
         newest = self._last_frame
         for key in [
             k for k, t in self._recent.items() if t[-1][0] < newest - TAIL_FRAMES
@@ -371,6 +411,10 @@ class LivePanel(QWidget):
         self.model_field.setEnabled(not on)
         if on:
             self.state_label.setText(f"running -> {self.last_store}")
+
+    def metrics_text(self, key: str) -> str:
+        """The text a live metric shows (``"-"`` before the first update)."""
+        return self.metric_labels[key].text()
 
     def wait_done(self, timeout_s: float = 60.0) -> bool:
         """Process events until the run has ended (tests, the self-test)."""

@@ -179,4 +179,10 @@ class MainWindow(QMainWindow):
             self.calibration.cancel()
         self.model._stop.set()
         self.qsettings.sync()
+        if not self._core_given and self.core.getLoadedDevices():
+            # a core this window made: its Python devices must not outlive it
+            # (one simulated rig per process)
+            if self.core.isSequenceRunning():
+                self.core.stopSequenceAcquisition()
+            self.core.unloadAllDevices()
         super().closeEvent(event)

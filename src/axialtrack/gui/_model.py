@@ -23,50 +23,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._widgets import PathField, PlotCanvas, start_worker
+from ._widgets import LinePlot, PathField, start_worker
 
-__all__ = ["ModelPanel", "train_job"]
-
-
-def train_job(
-    calibration: Path,
-    out: Path,
-    *,
-    steps: int,
-    max_time_s: float | None,
-    overwrite: bool,
-    events: Any,
-    stop: threading.Event,
-) -> tuple[Any, Path | None]:
-    """Train on ``calibration`` as ``axialtrack train`` does (its defaults)
-    and save the bundle to ``out``; cancelled (``stop`` set): the result and
-    ``None``, nothing written."""
-    from axialtrack.model import BUNDLE_SUFFIX, ModelConfig, load_calibration, train
-    from axialtrack.store.replace import refusal
-
-    from ._backend import InputError
-
-    out = Path(out).expanduser()
-    if out.suffix != BUNDLE_SUFFIX:
-        out = out.with_name(out.name + BUNDLE_SUFFIX)
-    why = refusal(out, overwrite, "bundle")
-    if why is not None:
-        raise InputError(why.replace("Pass --overwrite to replace it", "Confirm"))
-    if not Path(calibration).expanduser().exists():
-        raise InputError(f"Calibration: {calibration} does not exist.")
-    data = load_calibration(calibration)
-    result = train(
-        data,
-        config=ModelConfig(crop_size=int(data.examples.crops.shape[-1])),
-        steps=steps,
-        max_time_s=max_time_s,
-        progress=False,
-        events=events,
-        stop=stop,
-    )
-    if stop.is_set():
-        return result, None
-    return result, result.save(out, overwrite=overwrite)
+__all__ = ["ModelPanel"]
 
 
 def evaluate_job(bundle: Path, calibration: Path) -> Any:
@@ -183,10 +142,14 @@ class ModelPanel(QWidget):
         lw = QWidget()
         lw.setLayout(left)
         lw.setMaximumWidth(460)
-        self.loss_plot = PlotCanvas(figsize=(5.0, 2.6))
-        self.eval_plot = PlotCanvas(figsize=(5.0, 2.6))
+        self.loss_plot = LinePlot("loss", xlabel="epoch", log_y=True)
+        self.rmse_plot = LinePlot("validation RMSE (nm)", xlabel="epoch")
+        self.eval_plot = LinePlot(
+            "test beads: precision and bias per dz (nm)", xlabel="dz (um)"
+        )
         right = QVBoxLayout()
         right.addWidget(self.loss_plot, 1)
+        right.addWidget(self.rmse_plot, 1)
         right.addWidget(self.eval_plot, 1)
         rw = QWidget()
         rw.setLayout(right)
@@ -250,8 +213,10 @@ class ModelPanel(QWidget):
             self._pending = []
         self.state_label.setText("training...")
         self.timer.start()
+        from ._train_process import run_training
+
         self._start(
-            train_job,
+            run_training,
             Path(calib).expanduser(),
             Path(out),
             steps=self.steps.value(),
@@ -279,33 +244,22 @@ class ModelPanel(QWidget):
             return
         self.history.extend(new)
         h = self.history
-        fig = self.loss_plot.figure
-        fig.clear()
-        ax = fig.add_subplot(1, 1, 1)
         ep = [r["epoch"] for r in h]
-        ax.plot(ep, [r["train_loss"] for r in h], label="train loss")
-        ax.plot(ep, [r["val_loss"] for r in h], label="validation loss")
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax2 = ax.twinx()
-        ax2.plot(ep, [r["val_rmse_nm"] for r in h], "C2.-", label="val RMSE (nm)")
-        ax2.set_ylabel("validation RMSE (nm)")
-        ax.legend(loc="upper right", fontsize=7)
+        self.loss_plot.set_series("train loss", ep, [r["train_loss"] for r in h])
+        self.loss_plot.set_series("validation loss", ep, [r["val_loss"] for r in h])
+        self.rmse_plot.set_series("validation RMSE", ep, [r["val_rmse_nm"] for r in h])
         last = h[-1]
-        ax.set_title(
-            f"epoch {last['epoch']}/{last.get('epochs', '?')}: val RMSE "
-            f"{last['val_rmse_nm']:.1f} nm",
-            fontsize=9,
+        self.rmse_plot.title = (
+            f"validation RMSE (nm): epoch {last['epoch']}/{last.get('epochs', '?')}, "
+            f"{last['val_rmse_nm']:.1f} nm"
         )
-        self.loss_plot.draw()
 
-    def _trained(self, res: tuple[Any, Path | None]) -> None:
+    def _trained(self, res: tuple[dict[str, Any], Path | None]) -> None:
         self.timer.stop()
         self._draw_history()
         self.worker = None
         self._set_busy(False)
-        result, path = res
-        m = result.metrics
+        m, path = res
         if path is None:
             self.state_label.setText(
                 f"cancelled after {m['epochs_run']} epochs; no bundle written"
@@ -346,18 +300,12 @@ class ModelPanel(QWidget):
             "within +-50 nm"
         )
         b = res.bins
-        fig = self.eval_plot.figure
-        fig.clear()
-        ax = fig.add_subplot(1, 1, 1)
-        ax.plot(b["dz_center_um"], b["precision_nm"], "o-", label="precision")
-        ax.plot(b["dz_center_um"], b["bias_nm"], "s-", label="bias")
+        x = b["dz_center_um"]
+        self.eval_plot.clear()
+        self.eval_plot.set_series("precision", x, b["precision_nm"])
+        self.eval_plot.set_series("bias", x, b["bias_nm"])
         if "crlb_nm" in b:
-            ax.plot(b["dz_center_um"], b["crlb_nm"], "k--", label="CRLB")
-        ax.axhline(0, color="0.7", lw=0.8)
-        ax.set_xlabel("dz (um)")
-        ax.set_ylabel("nm")
-        ax.legend(fontsize=7)
-        self.eval_plot.draw()
+            self.eval_plot.set_series("CRLB", x, b["crlb_nm"], dashed=True)
         self.evaluateFinished.emit(res)
 
     # ------------------------------------------------------------ compile
