@@ -306,3 +306,54 @@ def test_self_test_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     ]
     assert all((shots / n).stat().st_size > 10_000 for n in names)
     assert out.count("ok  ") == 5
+
+
+def test_calibration_sequence_edited_in_the_mda_widget(
+    qtbot: Any, win: Any, tmp_path: Path
+) -> None:
+    """The sequence opens in pymmcore-widgets' MDA sequence widget; its
+    positions, Z range and step become the calibration's."""
+    import useq
+
+    c = win.calibration
+    c.fields.setValue(2)
+    c.z_range.setValue(1.0)
+    c.z_step.setValue(0.1)
+    seen: list[Any] = []
+
+    def edit() -> None:
+        seq = c.sequence_widget.value()
+        seen.append(seq)
+        p0 = seq.stage_positions[0]
+        extra = useq.Position(x=p0.x + 30.0, y=p0.y, z=p0.z)
+        c.sequence_widget.setValue(
+            seq.replace(
+                stage_positions=[*seq.stage_positions, extra],
+                z_plan=useq.ZRangeAround(range=1.0, step=0.1),
+            )
+        )
+        c.sequence_dialog.accept()
+
+    QTimer.singleShot(0, edit)
+    assert c.edit_sequence()
+    assert len(seen[0].stage_positions) == 2
+    assert seen[0].z_plan.range == pytest.approx(2.0)
+    assert c.positions is not None
+    assert len(c.positions) == 3
+    assert c.z_range.value() == pytest.approx(0.5)
+    assert c.z_step.value() == pytest.approx(0.1)
+    assert not c.fields.isEnabled()
+    out = _calibrate_as_set(qtbot, win, tmp_path / "cal.zarr")
+    assert out is not None, win.errors
+    # 3 positions x 11 Z steps (-0.5 .. +0.5 um in 0.1 um)
+    assert out.acquisition["n_planned"] == 33
+    assert out.acquisition["n_frames"] == 33
+    assert out.result.qc["n_fields"] == 3
+
+
+def _calibrate_as_set(qtbot: Any, w: Any, out: Path) -> Any:
+    c = w.calibration
+    c.out_field.setText(str(out))
+    c.run_button.click()
+    qtbot.waitUntil(lambda: not c.running, timeout=120_000)
+    return c.outcome

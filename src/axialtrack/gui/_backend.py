@@ -38,6 +38,7 @@ __all__ = [
     "check_output",
     "load_config",
     "prepare_core",
+    "request_from_sequence",
     "run_calibration_job",
 ]
 
@@ -101,6 +102,51 @@ class CalibrationRequest(BaseModel):
     exposure_ms: float | None = Field(None, gt=0)
     overwrite: bool = False
     psf_fit: bool = False
+    #: the fields as ``(x, y, z)`` stage positions (um), e.g. from the MDA
+    #: widget; ``None``: ``fields`` around the current position
+    positions: tuple[tuple[float, float, float], ...] | None = None
+
+    def sequence(self, core: Any) -> Any:
+        """The calibration's ``useq.MDASequence``
+        (:func:`~axialtrack.acquire.calibration_sequence`)."""
+        from axialtrack.acquire import calibration_sequence
+
+        return calibration_sequence(
+            self.z_range_um,
+            self.z_step_um,
+            fields=list(self.positions) if self.positions else self.fields,
+            spacing_um=None if self.positions else self.spacing_um,
+            exposure_ms=self.exposure_ms,
+            core=core,
+        )
+
+
+def request_from_sequence(seq: Any, base: CalibrationRequest) -> CalibrationRequest:
+    """``base`` with the Z range, step and fields of an edited
+    ``useq.MDASequence`` (a Z range around each position, as the calibration
+    takes); :class:`InputError` for another Z plan or no position."""
+    import useq
+
+    z = seq.z_plan
+    if not isinstance(z, useq.ZRangeAround) or z.step <= 0:
+        raise InputError(
+            "Calibration sequence: use a Z plan of a range around each position "
+            "(range and step); the calibration scans +-range/2 around each field."
+        )
+    pos = tuple(
+        (float(p.x or 0.0), float(p.y or 0.0), float(p.z or 0.0))
+        for p in seq.stage_positions
+    )
+    if not pos:
+        raise InputError("Calibration sequence: give at least one stage position.")
+    return base.model_copy(
+        update={
+            "z_range_um": float(z.range) / 2.0,
+            "z_step_um": float(z.step),
+            "fields": len(pos),
+            "positions": pos,
+        }
+    )
 
 
 @dataclass
@@ -140,7 +186,7 @@ def run_calibration_job(
     Blocking; run it off the GUI thread. Cancelled (:func:`cancel_calibration`):
     the store keeps its frames and is not analyzed.
     """
-    from axialtrack.acquire import calibration_sequence, run_calibration
+    from axialtrack.acquire import run_calibration
     from axialtrack.calibrate import analyze, write_qc, write_rig
     from axialtrack.calibrate.io import load_stack
     from axialtrack.camera import camera_from_core, resolve_camera
@@ -151,14 +197,7 @@ def run_calibration_job(
     camera, origin = resolve_camera(
         [(f"the camera of {config_name}", camera_from_core(core))]
     )
-    seq = calibration_sequence(
-        req.z_range_um,
-        req.z_step_um,
-        fields=req.fields,
-        spacing_um=req.spacing_um,
-        exposure_ms=req.exposure_ms,
-        core=core,
-    )
+    seq = req.sequence(core)
     store = run_calibration(
         core,
         out,

@@ -82,6 +82,12 @@ class CalibrationPanel(QWidget):
         form.addRow("Field spacing (um)", self.spacing)
         form.addRow("Exposure (ms)", self.exposure)
         form.addRow("", self.psf_fit)
+        self.positions: tuple[tuple[float, float, float], ...] | None = None
+        self.edit_button = QPushButton("Edit as MDA sequence...")
+        self.edit_button.clicked.connect(self.edit_sequence)
+        self.sequence_label = QLabel("fields around the current position")
+        self.sequence_label.setWordWrap(True)
+        form.addRow(self.edit_button, self.sequence_label)
         self.run_button = QPushButton("Run calibration")
         self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel")
@@ -139,8 +145,6 @@ class CalibrationPanel(QWidget):
         confirmed); a refusal goes to :attr:`error`, nothing written."""
         if self.running:
             return False
-        from ._backend import CalibrationRequest, run_calibration_job
-
         try:
             text = self.out_field.text()
             if not text:
@@ -157,21 +161,102 @@ class CalibrationPanel(QWidget):
                     if ans != QMessageBox.StandardButton.Yes:
                         return False
                     overwrite = True
-            req = CalibrationRequest(
-                out=out,
-                z_range_um=self.z_range.value(),
-                z_step_um=self.z_step.value(),
-                fields=self.fields.value(),
-                spacing_um=self.spacing.value() or None,
-                exposure_ms=self.exposure.value() or None,
-                overwrite=overwrite,
-                psf_fit=self.psf_fit.isChecked(),
-            )
+            req = self.request(out, overwrite)
             if self.core.isSequenceRunning():
                 self.core.stopSequenceAcquisition()
         except Exception as exc:
             self.error.emit(exc)
             return False
+        return self._start(req, out)
+
+    def request(self, out: Path, overwrite: bool = False) -> Any:
+        """The :class:`~axialtrack.gui._backend.CalibrationRequest` the
+        fields (and an edited sequence's positions) make."""
+        from ._backend import CalibrationRequest
+
+        return CalibrationRequest(
+            out=out,
+            z_range_um=self.z_range.value(),
+            z_step_um=self.z_step.value(),
+            fields=self.fields.value(),
+            spacing_um=self.spacing.value() or None,
+            exposure_ms=self.exposure.value() or None,
+            overwrite=overwrite,
+            psf_fit=self.psf_fit.isChecked(),
+            positions=self.positions,
+        )
+
+    def edit_sequence(self) -> bool:
+        """Open the calibration's sequence in pymmcore-widgets' MDA sequence
+        widget; on OK its positions, Z range and step become the calibration's
+        (a position list clears with "Reset" in the dialog)."""
+        from pymmcore_widgets import MDASequenceWidget
+        from qtpy.QtWidgets import QDialog, QDialogButtonBox
+
+        from ._backend import request_from_sequence
+
+        try:
+            base = self.request(Path("unused.zarr"))
+            seq = base.sequence(self.core)
+        except Exception as exc:
+            self.error.emit(exc)
+            return False
+        dlg = QDialog(self)
+        dlg.setWindowTitle("Calibration sequence")
+        lay = QVBoxLayout(dlg)
+        mda = MDASequenceWidget()
+        mda.setValue(seq)
+        lay.addWidget(mda)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok
+            | QDialogButtonBox.StandardButton.Cancel
+            | QDialogButtonBox.StandardButton.Reset
+        )
+        buttons.accepted.connect(dlg.accept)
+        buttons.rejected.connect(dlg.reject)
+        reset = buttons.button(QDialogButtonBox.StandardButton.Reset)
+        if reset is not None:
+            reset.clicked.connect(lambda: dlg.done(2))
+        lay.addWidget(buttons)
+        self.sequence_dialog = dlg  # tests reach the widget through it
+        self.sequence_widget = mda
+        result = dlg.exec()
+        if result == 2:
+            self.apply_sequence(None)
+            return True
+        if result != QDialog.DialogCode.Accepted:
+            return False
+        try:
+            req = request_from_sequence(mda.value(), base)
+        except Exception as exc:
+            self.error.emit(exc)
+            return False
+        self.apply_sequence(req)
+        return True
+
+    def apply_sequence(self, req: Any) -> None:
+        """Take the Z range, step and positions of ``req`` (``None``: back to
+        fields around the current position)."""
+        if req is None:
+            self.positions = None
+            self.fields.setEnabled(True)
+            self.spacing.setEnabled(True)
+            self.sequence_label.setText("fields around the current position")
+            return
+        self.positions = req.positions
+        self.z_range.setValue(req.z_range_um)
+        self.z_step.setValue(req.z_step_um)
+        self.fields.setValue(req.fields)
+        self.fields.setEnabled(False)
+        self.spacing.setEnabled(False)
+        self.sequence_label.setText(
+            f"edited sequence: {req.fields} position(s), +-{req.z_range_um:g} um "
+            f"in {req.z_step_um:g} um steps"
+        )
+
+    def _start(self, req: Any, out: Path) -> bool:
+        from ._backend import run_calibration_job
+
         self.outcome = None
         self._progress = (0, 0)
         self.state_label.setText(f"acquiring into {out} ...")
