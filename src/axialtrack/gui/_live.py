@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._widgets import DualPlaneView, PathField, register_planes
+from ._widgets import DualPlaneView, PathField, TrackPlot, register_planes
 
 __all__ = ["LivePanel"]
 
@@ -126,9 +126,13 @@ class LivePanel(QWidget):
         lw.setLayout(left)
         lw.setMaximumWidth(460)
         self.view = DualPlaneView()
+        self.track_plot = TrackPlot()
+        right = QVBoxLayout()
+        right.addWidget(self.view, 3)
+        right.addWidget(self.track_plot, 1)
         lay = QHBoxLayout(self)
         lay.addWidget(lw)
-        lay.addWidget(self.view, 1)
+        lay.addLayout(right, 1)
 
         # everything the run shows is pulled at 10 Hz on the GUI thread
         self.timer = QTimer(self)
@@ -349,6 +353,9 @@ class LivePanel(QWidget):
         lo, hi = self._z_range
         zn = (np.asarray(zs) - lo) / (hi - lo) if hi > lo else np.full(len(zs), 0.5)
         self.view.set_overlay(np.asarray(pts).reshape(-1, 2), zn, tails)
+        self.track_plot.set_tails(
+            [np.asarray(t, dtype=float) for k, t in self._recent.items() if k >= 0]
+        )
         if hi > lo:
             self.view.set_caption(f"z {lo:.2f} .. {hi:.2f} um (viridis)")
 

@@ -45,7 +45,7 @@ def run_self_test(
     *,
     log: Callable[[str], None] = print,
     train_steps: int = 400,
-    train_max_s: float = 20.0,
+    train_max_s: float = 10.0,
     live_s: float = LIVE_S,
 ) -> int:
     """Run the self-test; 0 if every step produced its result, else 1.
@@ -177,7 +177,8 @@ def run_self_test(
             (
                 f"{met.frames_written} frames stored, {met.frames_analyzed} analyzed, "
                 f"{met.localizations} localizations, {len(lv.tracks)} tracks, "
-                f"{points_seen} particles drawn, store closed: {closed}, "
+                f"{points_seen} particles drawn, up to "
+                f"{lv.track_plot.max_tracks} tracks plotted, store closed: {closed}, "
                 f"{time.perf_counter() - t0:.1f} s"
             )
             if met is not None and lv.tracks is not None

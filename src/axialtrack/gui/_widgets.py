@@ -376,3 +376,52 @@ class LinePlot(QWidget):
                 p.drawEllipse(QPointF(a, b), 2.0, 2.0)
             p.drawText(QPointF(left + w - 150, top + 14 + 14 * i), name)
         p.end()
+
+
+class TrackPlot(QWidget):
+    """XY, XZ and Z(t) of the current tracks' tails, drawn with QPainter."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMinimumHeight(150)
+        self.tails: list[np.ndarray] = []  # each (M, 4): frame, x, y, z (um)
+        self.max_tracks = 0
+
+    def set_tails(self, tails: list[np.ndarray]) -> None:
+        self.tails = [t for t in tails if len(t)]
+        self.max_tracks = max(self.max_tracks, len(self.tails))
+        self.update()
+
+    def paintEvent(self, event: Any) -> None:
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor("white"))
+        panels = (("XY (um)", 1, 2), ("XZ (um)", 1, 3), ("Z(t): z (um) vs frame", 0, 3))
+        gap = 8.0
+        w = (self.width() - 4 * gap) / 3.0
+        h = self.height() - 2 * gap - 14.0
+        allp = np.concatenate(self.tails) if self.tails else np.zeros((0, 4))
+        p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        for i, (title, cx, cy) in enumerate(panels):
+            r = QRectF(gap + i * (w + gap), gap + 14.0, w, h)
+            p.setPen(QColor("black"))
+            p.drawText(QPointF(r.left(), gap + 10.0), title)
+            p.drawRect(r)
+            if not len(allp):
+                continue
+            xs, ys = allp[:, cx], allp[:, cy]
+            x0, x1 = float(np.nanmin(xs)), float(np.nanmax(xs))
+            y0, y1 = float(np.nanmin(ys)), float(np.nanmax(ys))
+            x1, y1 = max(x1, x0 + 1e-3), max(y1, y0 + 1e-3)
+            for k, t in enumerate(self.tails):
+                pen = QPen(QColor(LinePlot.COLORS[k % len(LinePlot.COLORS)]))
+                pen.setWidthF(1.4)
+                p.setPen(pen)
+                px = r.left() + (t[:, cx] - x0) / (x1 - x0) * r.width()
+                py = r.bottom() - (t[:, cy] - y0) / (y1 - y0) * r.height()
+                ok = np.isfinite(px) & np.isfinite(py)
+                pts = [QPointF(a, b) for a, b in zip(px[ok], py[ok], strict=True)]
+                if len(pts) > 1:
+                    p.drawPolyline(QPolygonF(pts))
+                elif pts:
+                    p.drawEllipse(pts[0], 1.5, 1.5)
+        p.end()
