@@ -3,6 +3,7 @@ own widgets (pytest-qt)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
@@ -11,7 +12,10 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-pytest.importorskip("pymmcore_widgets")
+# not imported here: importing pymmcore-widgets sets PYMM_SIGNALS_BACKEND=qt
+# for the process (the panel imports it through gui._icons.import_widgets)
+if importlib.util.find_spec("pymmcore_widgets") is None:
+    pytest.skip("needs the gui extra", allow_module_level=True)
 pytest.importorskip("pytestqt")
 
 from qtpy.QtCore import QSettings, QTimer
@@ -23,6 +27,15 @@ from axialtrack.store import read_attrs
 PLANE_PX = 128
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _psygnal_cores_after() -> Any:
+    """The QApplication these tests make lives on for the session; without
+    this, cores that later tests make would get Qt signals (pymmcore-plus's
+    "auto" backend) and MDA handlers with no Qt event loop no frame."""
+    yield
+    os.environ.setdefault("PYMM_SIGNALS_BACKEND", "psygnal")
+
+
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any icon download fails the test (superqt's iconify would fetch)."""
@@ -32,6 +45,26 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError(f"network use for an icon: {a}")
 
     monkeypatch.setattr(pyconify.api, "svg", refuse)
+
+
+def test_the_panel_leaves_the_signal_backend_as_it_was(qtbot: Any) -> None:
+    """Regression: importing pymmcore-widgets set PYMM_SIGNALS_BACKEND=qt for
+    the process, and acquisition tests collected after the GUI's got cores
+    with Qt signals and no frame."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os; from axialtrack.gui._icons import offline_icons; "
+        "offline_icons(); import pymmcore_widgets; "
+        "print(os.environ.get('PYMM_SIGNALS_BACKEND'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYMM_SIGNALS_BACKEND"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "None"
 
 
 @pytest.fixture
@@ -120,6 +153,19 @@ def test_whole_flow_through_the_window(qtbot: Any, win: Any, tmp_path: Path) -> 
     assert (m.bundle_path / "model.json").exists()
     assert len(m.history) >= 1
     assert win.live.model_field.text() == str(m.bundle_path)
+    # evaluate on the test beads and compile the engine, from the panel
+    m.eval_button.click()
+    qtbot.waitUntil(lambda: not m.busy, timeout=120_000)
+    assert m.eval_result is not None, win.errors
+    n_bins = len(m.eval_result.bins)
+    assert n_bins > 0
+    assert len(m.eval_plot.series["precision"][0]) == n_bins
+    m.backend.setCurrentText("onnxruntime")
+    m.compile_button.click()
+    qtbot.waitUntil(lambda: not m.busy, timeout=120_000)
+    assert m.engine_info is not None, win.errors
+    assert m.engine_info["name"] == "onnxruntime"
+    assert "onnxruntime" in m.result_label.text()
 
     lv = win.live
     lv.out_field.setText(str(tmp_path / "live.zarr"))
@@ -156,6 +202,16 @@ def test_whole_flow_through_the_window(qtbot: Any, win: Any, tmp_path: Path) -> 
     # the Runs panel opened it
     assert win.runs.summary is not None
     assert win.runs.summary["frames"] == len(run.frames)
+    # "Open in napari": the planes, the localizations in um, the tracks
+    napari = pytest.importorskip("napari")
+    from axialtrack.gui._runs import open_in_napari
+
+    viewer = open_in_napari(tmp_path / "live.zarr", napari.components.ViewerModel())
+    layers = {layer.name: layer for layer in viewer.layers}
+    assert layers["plane 0"].data.shape[0] == len(run.frames)
+    assert layers["plane 1"].data.shape[0] == len(run.frames)
+    if len(run.localizations):
+        assert len(layers["localizations"].data) == len(run.localizations)
     # settings persist: a new window starts from them
     from axialtrack.gui import MainWindow
 

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["offline_icons"]
+__all__ = ["import_widgets", "offline_icons", "stage_roles"]
 
 _installed = False
 _dir: Path | None = None
@@ -52,11 +52,40 @@ def _local_svg(*key: str, color: str | None = None, **_kwargs: Any) -> Path:
     return path
 
 
+def import_widgets() -> None:
+    """Import pymmcore-widgets without letting it change the process's
+    environment.
+
+    Its import sets ``PYMM_SIGNALS_BACKEND=qt`` for the whole process: every
+    core made later, even without a Qt application, then got Qt signals, and a
+    calibration run with no Qt event loop received no frame (the test suite's
+    acquisition tests failed once a GUI test had been collected). The
+    variable is put back as it was; the window's core gets Qt signals anyway
+    (a Qt application runs) and psygnal MDA events
+    (:func:`~axialtrack.gui._backend.prepare_core`).
+    """
+    import os
+    import sys
+
+    if "pymmcore_widgets" in sys.modules:
+        return
+    key = "PYMM_SIGNALS_BACKEND"
+    before = os.environ.get(key)
+    try:
+        import pymmcore_widgets  # noqa: F401
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def offline_icons() -> None:
     """Make the widgets' iconify icons never use the network (idempotent)."""
     global _installed
     if _installed:
         return
+    import_widgets()
     import superqt.iconify as iconify
 
     iconify.svg_path = _no_download  # type: ignore[assignment]
@@ -98,6 +127,7 @@ def _set_role(self: Any, state: bool) -> None:
 def stage_roles() -> None:
     """Make pymmcore-widgets' StageWidget set the focus / XY stage roles with
     the core's setters (idempotent)."""
+    import_widgets()
     try:
         from pymmcore_widgets.control._stage_widget import StageWidget
     except ImportError:

@@ -36,6 +36,9 @@ class RigPanel(QWidget):
 
     def __init__(self, core: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        from ._icons import import_widgets
+
+        import_widgets()  # before any other import of pymmcore-widgets
         from pymmcore_widgets import (
             ExposureWidget,
             LiveButton,
