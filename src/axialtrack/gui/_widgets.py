@@ -170,7 +170,8 @@ class DualPlaneView(QWidget):
 
     def set_planes(self, planes: np.ndarray) -> None:
         """Show a ``(2, H, W)`` registered dual-plane frame."""
-        lo, hi = np.percentile(planes[0], [1.0, 99.8])
+        # contrast from every 4th pixel each way: 16x less work at 10 Hz
+        lo, hi = np.percentile(planes[0][::4, ::4], [1.0, 99.8])
         self._images = [_gray_qimage(p, float(lo), float(hi)) for p in planes]
         self._shape = (int(planes.shape[-2]), int(planes.shape[-1]))
         self.frames_shown += 1
