@@ -17,10 +17,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from axialtrack.errors import AxialtrackError
+
 __all__ = ["TrainingProcessError", "run_training"]
 
 
-class TrainingProcessError(RuntimeError):
+class TrainingProcessError(AxialtrackError, RuntimeError):
     """The training process ended without sending its result."""
 
 
