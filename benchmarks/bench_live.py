@@ -336,6 +336,7 @@ def live_run(
     analysis_process: bool = True,
     detect_threads: int = 1,
     path_kind: str = "mda",
+    gui: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """One replay -> runner -> writer + analyzer run; metrics and the run path.
 
@@ -346,6 +347,8 @@ def live_run(
     runner with :class:`TrackingHandler` as its output (what ``axialtrack
     live`` does); ``"core"`` polls the camera buffer with :class:`CoreSource`
     (the path before the MDA runner, kept as the baseline).
+    ``gui``: with the control panel's Live tracking panel attached and
+    displaying (offscreen), the run in a thread beside the Qt event loop.
     """
     from axialtrack.pipeline import AnalysisProcess, make_analyzer
     from axialtrack.pipeline.config import LocalizerConfig
@@ -387,11 +390,14 @@ def live_run(
         analyzer = make_analyzer(bundle, **make_kw)
         analyzer.warmup()  # build graphs and buffers outside the run
     mode = "process" if analysis_process else "threads"
-    path = out_dir / f"live-{rate:g}-{mode}-{path_kind}.zarr"
+    if gui:
+        path_kind = "core"  # the panel attaches to a LiveRunner
+    path = out_dir / f"live-{rate:g}-{mode}-{path_kind}{'-gui' if gui else ''}.zarr"
     load0 = os.getloadavg()[0]
     stat0 = _proc_stat()
     c0 = time.process_time()
     child_c0 = _child_cpu_s(analyzer)
+    panel = None
     try:
         if path_kind in ("mda", "mda-direct"):
             import useq
@@ -432,14 +438,24 @@ def live_run(
                 overwrite=True,
                 frame_interval_s=FRAME_S,
             )
+            source: Any = CoreSource(core)
+            if gui:
+                from axialtrack.gui._backend import PeekSource
+
+                source = PeekSource(source)  # as the panel's own runs do
             runner = LiveRunner(
-                CoreSource(core),
+                source,
                 analyzer,
                 writer,
                 geometry=geo,
                 config=config,
             )
-            m = runner.run(n_frames=n_frames)
+            panel = _attach_panel(runner, source, geo, px) if gui else None
+            m = (
+                runner.run(n_frames=n_frames)
+                if panel is None
+                else _run_beside_qt(runner, n_frames, panel)
+            )
         cpu_s = time.process_time() - c0 + _child_cpu_s(analyzer) - child_c0
     finally:
         if analysis_process:
@@ -455,6 +471,7 @@ def live_run(
     n_an = max(int(md["frames_analyzed"]), 1)
     res = {
         "requested_fps": rate if rate > 0 else "unpaced",
+        "gui": gui,
         "engine": engine_desc,
         "analysis": mode,
         "path": path_kind,
@@ -496,6 +513,13 @@ def live_run(
             k: int(v) for k, v in timings.items() if k in ("frames", "localizations")
         },
     }
+    if panel is not None:
+        res["gui_panel"] = {
+            "status_updates": panel.status_updates,
+            "frames_shown": panel.view.frames_shown,
+            "localizations_shown": panel.rows_shown,
+            "gui_thread_longest_stall_ms": round(panel.bench_stall_ms, 1),
+        }
     core.unloadAllDevices()
     return res, path
 
@@ -534,6 +558,56 @@ def _path_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["frames_skipped"] = (r["frames_skipped"], base["frames_skipped"])
         out.append(row)
     return out
+
+
+def _attach_panel(runner: Any, source: Any, geo: Any, px: float) -> Any:
+    """The control panel's Live tracking panel, offscreen, showing ``runner``."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from qtpy.QtWidgets import QApplication
+
+    from axialtrack.gui._icons import offline_icons
+    from axialtrack.gui._live import LivePanel
+
+    app = QApplication.instance() or QApplication(["bench_live"])
+    offline_icons()
+    panel = LivePanel(None, None)
+    panel.resize(1280, 720)
+    panel.show()
+    panel.attach(
+        runner.events, geometry=geo, pixel_size_um=px, last_frame=source.last_frame
+    )
+    panel.bench_app = app
+    return panel
+
+
+def _run_beside_qt(runner: Any, n_frames: int, panel: Any) -> Any:
+    """``runner.run`` in a thread while this (the GUI) thread runs Qt events;
+    records the GUI thread's longest stall."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            box["m"] = runner.run(n_frames=n_frames)
+        except BaseException as exc:
+            box["e"] = exc
+
+    th = threading.Thread(target=body, name="bench-live-run")
+    th.start()
+    last, worst = time.perf_counter(), 0.0
+    while th.is_alive() or panel.timer.isActive():
+        panel.bench_app.processEvents()
+        time.sleep(0.005)
+        now = time.perf_counter()
+        worst, last = max(worst, now - last), now
+        if not th.is_alive() and now - box.setdefault("t_end", now) > 30:
+            break
+    th.join()
+    panel.bench_stall_ms = 1e3 * worst
+    if "e" in box:
+        raise box["e"]
+    return box["m"]
 
 
 # ---------------------------------------------------------------- accuracy
@@ -910,6 +984,13 @@ def main(argv: list[str] | None = None) -> int:
         "each rate and analysis mode is run with each (default both, one after "
         "the other, so their ratios come from the same machine and load)",
     )
+    ap.add_argument(
+        "--gui",
+        action="store_true",
+        help="also run each live run with the control panel's Live tracking "
+        "panel attached and displaying (offscreen), right after the same run "
+        "without it; gui_vs_headless compares them",
+    )
     args = ap.parse_args(argv)
     tgt = TARGETS[args.device]
     args.size = args.size or tgt["size"]
@@ -959,12 +1040,23 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(tempfile.mkdtemp(prefix="bench_live_", dir=args.store_dir))
     runs: list[dict[str, Any]] = []
     try:
-        plan = [(r, m, k) for r in rates for m in args.analysis for k in args.path]
-        for rate, mode, kind in plan:
+        plan = [
+            (r, m, k, g)
+            for r in rates
+            for m in args.analysis
+            for k in (
+                [*args.path, "core"]
+                if args.gui and "core" not in args.path
+                else args.path
+            )
+            for g in ([False, True] if args.gui and k == "core" else [False])
+        ]
+        for rate, mode, kind, with_gui in plan:
             log(
                 (f"live run at {rate:g} frames/s" if rate else "live run unpaced")
                 + f", analysis in {'a process' if mode == 'process' else 'threads'}"
                 + f", {kind} path"
+                + (", control panel attached" if with_gui else "")
             )
             runner_kw = {
                 k: v
@@ -991,6 +1083,7 @@ def main(argv: list[str] | None = None) -> int:
                 analysis_process=mode == "process",
                 detect_threads=detect_threads,
                 path_kind=kind,
+                gui=with_gui,
             )
             res["accuracy"] = run_accuracy(
                 path, truth, z_range, args.min_track_length, ax_scale
@@ -1133,6 +1226,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours_unpaced_fps_over_trackpy_fps": round(ratio, 2),
         "ours_offline_fps_over_trackpy_fps": round(off["fps"] / tp["fps"], 2),
         "verdict": verdict,
+        "gui_vs_headless": _gui_vs_headless(runs) if args.gui else None,
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
@@ -1142,6 +1236,37 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(out, indent=2, default=float))
     return 0
+
+
+def _gui_vs_headless(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run with the panel against the same run without it (targets:
+    analyzed fps >= 95 %, p99 latency <= 1.2x, no raw frame dropped)."""
+    out = []
+    for g in (r for r in runs if r.get("gui")):
+        h = next(
+            r
+            for r in runs
+            if not r.get("gui")
+            and r.get("path") == g.get("path")
+            and r["requested_fps"] == g["requested_fps"]
+            and r["analysis"] == g["analysis"]
+        )
+        fps = g["fps_analyzed"] / h["fps_analyzed"] if h["fps_analyzed"] else None
+        p99 = g["latency_ms_p99"] / h["latency_ms_p99"] if h["latency_ms_p99"] else None
+        out.append(
+            {
+                "requested_fps": g["requested_fps"],
+                "analysis": g["analysis"],
+                "fps_analyzed_gui_over_headless": fps and round(fps, 3),
+                "p99_gui_over_headless": p99 and round(p99, 3),
+                "dropped_raw_gui": g["dropped_raw"],
+                "fps_ge_95pct": fps is not None and fps >= 0.95,
+                "p99_le_1p2x": p99 is not None and p99 <= 1.2,
+                "zero_dropped": g["dropped_raw"] == 0,
+                **g.get("gui_panel", {}),
+            }
+        )
+    return out
 
 
 if __name__ == "__main__":

@@ -179,6 +179,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return status
 
 
+def _cmd_gui(args: argparse.Namespace) -> int:
+    """Open the Qt control panel (or run its self-test)."""
+    from axialtrack.gui import main as gui_main
+
+    return gui_main(
+        args.config, self_test=args.self_test, screenshot=args.screenshot, out=args.out
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser for the ``axialtrack`` command."""
     from axialtrack import __version__
@@ -271,6 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete the previous store hidden by --overwrite",
     )
     rec.set_defaults(func=_cmd_recover, action="auto")
+
+    gui = sub.add_parser(
+        "gui",
+        help="the Qt control panel: rig, calibration, model, live tracking, runs",
+        description="Open the control panel (needs the gui extra). --self-test: "
+        "drive it offscreen through calibrate, train, live and stop on the "
+        "simulated rig; exit 0 only if every step produced its result.",
+    )
+    gui.add_argument("--config", default=None, help="hardware config (sim rig)")
+    gui.add_argument("--self-test", action="store_true", help="run the self-test")
+    gui.add_argument("--screenshot", default=None, help="self-test: screenshots here")
+    gui.add_argument("--out", default=None, help="self-test: outputs here (temp)")
+    gui.set_defaults(func=_cmd_gui)
 
     from axialtrack.acquire.cli_calibrate import add_parser as add_calibrate
 

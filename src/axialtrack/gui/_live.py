@@ -1,0 +1,434 @@
+"""The Live tracking panel: start / stop a tracked run into a run store, live
+metrics at <= 10 Hz, the image with localizations and track tails, the track
+summary at the end."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import (
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._widgets import DualPlaneView, PathField, TrackPlot, register_planes
+
+__all__ = ["LivePanel"]
+
+#: Metrics shown, as (LiveMetrics attribute, label, format).
+METRICS = (
+    ("fps_in", "fps in", "{:.1f}"),
+    ("fps_analyzed", "fps analyzed", "{:.1f}"),
+    ("fps_written", "fps written", "{:.1f}"),
+    ("latency_ms_p50", "latency p50 (ms)", "{:.0f}"),
+    ("latency_ms_p99", "latency p99 (ms)", "{:.0f}"),
+    ("frames_skipped", "frames skipped", "{:d}"),
+    ("localizations", "particles (rows)", "{:d}"),
+    ("tracks", "tracks", "{:d}"),
+)
+
+#: Frames of track tail drawn.
+TAIL_FRAMES = 30
+
+
+class _Bridge(QObject):
+    """Carries a run's end from its thread to the GUI thread (queued)."""
+
+    done = Signal(object, object)  # metrics, error
+
+
+class LivePanel(QWidget):
+    """Start and stop a live tracking run; see it while it runs."""
+
+    error = Signal(object)
+    runFinished = Signal(object)  # LiveMetrics, or the exception
+
+    def __init__(self, core: Any, rig: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.core = core
+        self.rig = rig
+        self.session: Any = None
+        self.metrics: Any = None
+        self.last_store: Path | None = None
+        self.tracks: Any = None
+        self.status_updates = 0
+        self.rows_shown = 0
+        self.started_at: float | None = None
+        self._latest_status: Any = None
+        self._rows: deque[dict[str, np.ndarray]] = deque()
+        self._rows_lock = threading.Lock()
+        self._recent: dict[int, deque[tuple[int, float, float, float]]] = {}
+        self._last_frame = -1
+        self._z_range = (np.inf, -np.inf)
+        self._bridge = _Bridge()
+        self._bridge.done.connect(self._on_done)
+        self._thread: threading.Thread | None = None
+        self._attached: tuple[Any, float, Any] | None = None
+
+        self.model_field = PathField(
+            "model bundle (.axialmodel)", mode="dir", caption="Choose a model bundle"
+        )
+        self.out_field = PathField(
+            "run store to write (.zarr)",
+            mode="save",
+            caption="Live run store",
+            filters="Run store (*.zarr)",
+        )
+        self.start_button = QPushButton("Start")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        form = QFormLayout()
+        form.addRow("Model", self.model_field)
+        form.addRow("Output", self.out_field)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.stop_button)
+        buttons.addStretch(1)
+        form.addRow(buttons)
+        self.state_label = QLabel("idle")
+        form.addRow("State", self.state_label)
+        self.metric_labels: dict[str, QLabel] = {}
+        mform = QFormLayout()
+        for key, label, _fmt in METRICS:
+            lab = QLabel("-")
+            self.metric_labels[key] = lab
+            mform.addRow(label, lab)
+        mbox = QGroupBox("Live metrics")
+        mbox.setLayout(mform)
+        self.summary = QTableWidget(0, 0)
+        self.summary_label = QLabel("")
+        sbox = QGroupBox("Tracks (summary at the end of the run)")
+        sl = QVBoxLayout(sbox)
+        sl.addWidget(self.summary_label)
+        sl.addWidget(self.summary)
+
+        left = QVBoxLayout()
+        left.addLayout(form)
+        left.addWidget(mbox)
+        left.addWidget(sbox, 1)
+        lw = QWidget()
+        lw.setLayout(left)
+        lw.setMaximumWidth(460)
+        self.view = DualPlaneView()
+        self.track_plot = TrackPlot()
+        right = QVBoxLayout()
+        right.addWidget(self.view, 3)
+        right.addWidget(self.track_plot, 1)
+        lay = QHBoxLayout(self)
+        lay.addWidget(lw)
+        lay.addLayout(right, 1)
+
+        # everything the run shows is pulled at 10 Hz on the GUI thread
+        self.timer = QTimer(self)
+        self.timer.setInterval(100)
+        self.timer.timeout.connect(self._refresh)
+
+    # --------------------------------------------------------------- run
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self, *, overwrite: bool | None = None) -> bool:
+        """Check the inputs, open the store and start the run in its own
+        thread. An existing output is replaced only once confirmed
+        (``overwrite=True`` confirms without asking). Returns whether it
+        started; a refusal goes to :attr:`error` and writes nothing."""
+        if self.running:
+            return False
+        from ._backend import LiveSession
+
+        out_text, model_text = self.out_field.text(), self.model_field.text()
+        try:
+            if not out_text:
+                raise ValueError("Output: give the run store to write (.zarr).")
+            out = Path(out_text).expanduser()
+            if out.suffix != ".zarr":
+                out = out.with_name(out.name + ".zarr")
+            if overwrite is None:
+                overwrite = False
+                if out.exists():
+                    ans = QMessageBox.question(
+                        self,
+                        "Replace the run store?",
+                        f"{out} already exists. Replace it?",
+                    )
+                    if ans != QMessageBox.StandardButton.Yes:
+                        return False
+                    overwrite = True
+            from ._backend import check_output
+
+            check_output(out, overwrite)  # refused at once, nothing written
+            bundle = Path(model_text).expanduser() if model_text else None
+            if bundle is not None:
+                from axialtrack.model import load_bundle
+
+                load_bundle(bundle)  # BundleError: refused at once
+            if self.core.isSequenceRunning():
+                self.core.stopSequenceAcquisition()
+            session = LiveSession(
+                core=self.core,
+                out=out,
+                bundle=bundle,
+                overwrite=overwrite,
+                config_name=self.rig.config_name,
+            )
+        except Exception as exc:
+            self.error.emit(exc)
+            return False
+        self.session = session
+        self._attached = None
+        self._reset()
+        self._connect(session.events)
+        self.last_store = session.out
+        self._thread = threading.Thread(
+            target=self._run, args=(session,), name="axialtrack-gui-live", daemon=True
+        )
+        self._set_running(True)
+        self._thread.start()
+        self.timer.start()
+        return True
+
+    def _reset(self) -> None:
+        self.metrics = None
+        self.tracks = None
+        self.status_updates = 0
+        self.rows_shown = 0
+        self._latest_status = None
+        self._recent.clear()
+        self._last_frame = -1
+        self._z_range = (np.inf, -np.inf)
+        with self._rows_lock:
+            self._rows.clear()
+        self.started_at = None
+
+    def _connect(self, events: Any) -> None:
+        events.started.connect(self._on_started)
+        events.status.connect(self._on_status)
+        events.batchAnalyzed.connect(self._on_batch)
+
+    def attach(
+        self,
+        events: Any,
+        *,
+        geometry: Any,
+        pixel_size_um: float,
+        last_frame: Any = None,
+    ) -> None:
+        """Show a run started elsewhere (a script, a benchmark): its
+        :class:`~axialtrack.events.RunSignals` drive the metrics, the overlay
+        and, at the end, the track summary; ``last_frame()`` (optional) gives
+        the raw frame to show. The panel neither starts nor stops that run."""
+        self.session = None
+        self._reset()
+        self._attached = (geometry, float(pixel_size_um), last_frame)
+        self._connect(events)
+        events.finished.connect(lambda m: self._bridge.done.emit(m, None))
+        events.failed.connect(lambda e: self._bridge.done.emit(None, e))
+        self.state_label.setText("showing a run started elsewhere")
+        self.timer.start()
+
+    def _display(self) -> tuple[Any, Any, float]:
+        """(last-frame function, geometry, pixel size) of the run shown."""
+        if self.session is not None:
+            s = self.session
+            return s.last_frame, s.geometry, float(s.pixel_size_um or 0.0)
+        if self._attached is not None:
+            geo, px, fn = self._attached
+            return fn, geo, px
+        return None, None, 0.0
+
+    def stop(self) -> None:
+        """Stop the run: everything received is stored and the store closed."""
+        if self.session is not None:
+            self.state_label.setText("stopping: storing what was received...")
+            self.stop_button.setEnabled(False)
+            self.session.stop()
+
+    def _run(self, session: Any) -> None:
+        try:
+            # the analysis process starts and the store opens here, off the
+            # GUI thread; a refusal writes nothing
+            session.prepare()
+            metrics = session.run()
+        except BaseException as exc:
+            self._bridge.done.emit(None, exc)
+        else:
+            self._bridge.done.emit(metrics, None)
+
+    # subscribers: these run in the run's threads and only store references
+    def _on_started(self, path: Any) -> None:
+        self.started_at = time.monotonic()
+        if self.session is None:
+            self.last_store = Path(path)
+
+    def _on_status(self, metrics: Any) -> None:
+        self._latest_status = metrics
+
+    def _on_batch(self, frames: Any, rows: Any) -> None:
+        if rows and len(rows.get("frame", ())):
+            with self._rows_lock:
+                self._rows.append(rows)
+
+    # ------------------------------------------------------------ display
+    def _refresh(self) -> None:
+        m = self._latest_status
+        if m is not None:
+            self._latest_status = None
+            self._show_metrics(m)
+            self.status_updates += 1
+        with self._rows_lock:
+            batches = list(self._rows)
+            self._rows.clear()
+        for rows in batches:
+            self._add_rows(rows)
+        frame_fn, geo, _px = self._display()
+        raw = frame_fn() if frame_fn is not None else None
+        if raw is not None and geo is not None:
+            from axialtrack.geometry import split_frame
+
+            planes = split_frame(np.asarray(raw), geo)
+            self.view.set_planes(
+                register_planes(planes, geo.plane1_affine(planes.shape[-2:]))
+            )
+        self._draw_overlay()
+
+    def _show_metrics(self, m: Any) -> None:
+        for key, _label, fmt in METRICS:
+            v = getattr(m, key, None)
+            if v is None:
+                continue
+            try:
+                self.metric_labels[key].setText(fmt.format(v))
+            except (ValueError, TypeError):
+                self.metric_labels[key].setText(str(v))
+
+    def _add_rows(self, rows: dict[str, np.ndarray]) -> None:
+        frames = np.asarray(rows["frame"])
+        self.rows_shown += len(frames)
+        x, y, z = (np.asarray(rows[k], float) for k in ("x_um", "y_um", "z_um"))
+        tid = np.asarray(rows.get("track_id", np.full(len(frames), -1)))
+        fin = np.isfinite(z)
+        if fin.any():
+            lo, hi = self._z_range
+            self._z_range = (min(lo, float(z[fin].min())), max(hi, float(z[fin].max())))
+        self._last_frame = max(self._last_frame, int(frames.max()))
+        for f, xi, yi, zi, t in zip(frames, x, y, z, tid, strict=False):
+            key = int(t) if t >= 0 else -1 - len(self._recent)
+            tail = self._recent.setdefault(key, deque(maxlen=TAIL_FRAMES))
+            tail.append((int(f), float(xi), float(yi), float(zi)))
+
+    def _draw_overlay(self) -> None:
+        _fn, _geo, px = self._display()
+        if not px:
+            return
+        newest = self._last_frame
+        for key in [
+            k for k, t in self._recent.items() if t[-1][0] < newest - TAIL_FRAMES
+        ]:
+            del self._recent[key]
+        pts, zs, tails = [], [], []
+        for tail in self._recent.values():
+            f, x, y, z = tail[-1]
+            if f >= newest - 2:
+                pts.append((x / px, y / px))
+                zs.append(z)
+            if len(tail) > 1:
+                tails.append(np.array([(t[1] / px, t[2] / px) for t in tail]))
+        lo, hi = self._z_range
+        zn = (np.asarray(zs) - lo) / (hi - lo) if hi > lo else np.full(len(zs), 0.5)
+        self.view.set_overlay(np.asarray(pts).reshape(-1, 2), zn, tails)
+        self.track_plot.set_tails(
+            [np.asarray(t, dtype=float) for k, t in self._recent.items() if k >= 0]
+        )
+        if hi > lo:
+            self.view.set_caption(f"z {lo:.2f} .. {hi:.2f} um (viridis)")
+
+    # ---------------------------------------------------------------- end
+    def _on_done(self, metrics: Any, exc: BaseException | None) -> None:
+        self.timer.stop()
+        self._refresh()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=5.0)
+        self._set_running(False)
+        if exc is not None:
+            self.state_label.setText("failed")
+            self.error.emit(exc)
+            self.runFinished.emit(exc)
+            return
+        self.metrics = metrics
+        self._show_metrics(metrics)
+        self.state_label.setText(
+            f"done ({metrics.stop_reason}): {metrics.frames_written} frames stored "
+            f"in {self.last_store}"
+        )
+        self._show_summary()
+        self.runFinished.emit(metrics)
+
+    def _show_summary(self) -> None:
+        from axialtrack.store import open_run
+
+        if self.last_store is None:
+            return
+        try:
+            tracks = open_run(self.last_store).tracks
+        except Exception as exc:
+            self.error.emit(exc)
+            return
+        self.tracks = tracks
+        if tracks is None or not len(tracks):
+            self.summary_label.setText("no track in this run")
+            self.summary.setRowCount(0)
+            return
+        cols = list(tracks.columns)[:8]
+        shown = tracks.head(200)
+        self.summary.setColumnCount(len(cols))
+        self.summary.setHorizontalHeaderLabels(cols)
+        self.summary.setRowCount(len(shown))
+        for i, (_, r) in enumerate(shown.iterrows()):
+            for j, c in enumerate(cols):
+                v = r[c]
+                text = f"{v:.4g}" if isinstance(v, float) else str(v)
+                self.summary.setItem(i, j, QTableWidgetItem(text))
+        self.summary_label.setText(
+            f"{len(tracks)} tracks"
+            + (f" (first {len(shown)} shown)" if len(shown) < len(tracks) else "")
+        )
+
+    def _set_running(self, on: bool) -> None:
+        self.start_button.setEnabled(not on)
+        self.stop_button.setEnabled(on)
+        self.out_field.setEnabled(not on)
+        self.model_field.setEnabled(not on)
+        if on:
+            self.state_label.setText(f"running -> {self.last_store}")
+
+    def metrics_text(self, key: str) -> str:
+        """The text a live metric shows (``"-"`` before the first update)."""
+        return self.metric_labels[key].text()
+
+    def wait_done(self, timeout_s: float = 60.0) -> bool:
+        """Process events until the run has ended (tests, the self-test)."""
+        from qtpy.QtWidgets import QApplication
+
+        deadline = time.monotonic() + timeout_s
+        while self.running and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.01)
+        return not self.running
