@@ -140,13 +140,15 @@ def classify(
     ``fitted``: the MLE converged (or ran to its iteration limit) with a finite
     bound; the others are :data:`NO_FIT`.
     """
-    from scipy.stats import chi2
+    # scipy.special, not scipy.stats: importing the latter takes over a second,
+    # which the first batch of a live analysis process would wait for
+    from scipy.special import chdtrc
 
     llr = np.asarray(llr, dtype=float)
     ok = np.asarray(fitted, bool) & np.isfinite(llr)
     code = np.zeros(llr.shape, dtype=np.int8)
     code[~ok] = NO_FIT
-    p = np.asarray(chi2.sf(np.where(ok, llr, 0.0), dof), dtype=float)
+    p = np.asarray(chdtrc(dof, np.where(ok, llr, 0.0)), dtype=float)
     code[ok & (p < config.p_value)] |= MISFIT
     gap = np.abs(np.asarray(dz_net_um, float) - np.asarray(dz_mle_um, float))
     bound = config.dz_floor_um + config.dz_sigmas * np.asarray(sigma_z_um, float)

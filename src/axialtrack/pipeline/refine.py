@@ -141,9 +141,9 @@ class RefineResult:
 
     def p_value(self) -> np.ndarray:
         """Chi-square upper-tail probability of ``llr`` (NaN where undefined)."""
-        from scipy.stats import chi2
+        from scipy.special import chdtrc
 
-        return np.asarray(chi2.sf(self.llr, self.dof), dtype=float)
+        return np.asarray(chdtrc(self.dof, self.llr), dtype=float)
 
 
 def _geometry(
