@@ -115,7 +115,9 @@ class PathField(QWidget):
 class PlotCanvas(QWidget):
     """A matplotlib figure in the window (Qt Agg canvas)."""
 
-    def __init__(self, parent: QWidget | None = None, figsize=(5.0, 3.0)) -> None:
+    def __init__(
+        self, parent: QWidget | None = None, figsize: tuple[float, float] = (5.0, 3.0)
+    ) -> None:
         super().__init__(parent)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
