@@ -10,12 +10,8 @@ import pytest
 import tifffile
 import zarr
 
-from axialtrack.calibrate.io import (
-    StackImportError,
-    _canonical_axes,
-    load_stack,
-    load_stacks,
-)
+from axialtrack.calibrate._readers import _canonical_axes
+from axialtrack.calibrate.io import StackImportError, load_stack, load_stacks
 from axialtrack.geometry import SplitterGeometry, compose_frame
 
 H, W = 24, 20

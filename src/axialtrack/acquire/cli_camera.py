@@ -131,11 +131,8 @@ def _read_levels(
 ) -> list[np.ndarray] | str:
     """The frames of each file (one level per file; with ``one_level`` the
     files joined as one level), or the refusal text."""
-    from axialtrack.calibrate.io import (
-        StackImportError,
-        _read_array,
-        expand_sources,
-    )
+    from axialtrack.calibrate._readers import _read_array
+    from axialtrack.calibrate.io import StackImportError, expand_sources
 
     try:
         files = expand_sources(list(paths))

@@ -1,10 +1,10 @@
-"""Errors of the calibration analysis."""
+"""Errors of the calibration: its import and its analysis."""
 
 from __future__ import annotations
 
 from axialtrack.errors import AxialtrackError
 
-__all__ = ["CalibrationError", "RegistrationError"]
+__all__ = ["CalibrationError", "RegistrationError", "StackImportError", "import_error"]
 
 
 class CalibrationError(AxialtrackError, RuntimeError):
@@ -23,3 +23,12 @@ class RegistrationError(CalibrationError):
     message gives the numbers and the likely cause. It is a problem of the input
     (layout, mirror, bead sample), not of the analysis.
     """
+
+
+class StackImportError(AxialtrackError, ValueError):
+    """A calibration stack that cannot be imported (the message names the fix)."""
+
+
+def import_error(path: object, problem: str, fix: str) -> StackImportError:
+    """``StackImportError("<path>: <problem>. Fix: <fix>")``."""
+    return StackImportError(f"{path}: {problem}. Fix: {fix}")
