@@ -172,29 +172,103 @@ def load_stack(
             "calibration stack"
         )
     if p.is_dir() and _is_run_store(p):
-        if layout not in (None, "run-store"):
-            raise _err(
-                p, f"a run store, but layout={layout!r} was given", "leave layout out"
-            )
-        if fields is not None:
-            raise _err(
-                p,
-                f"a run store records its fields, but fields={fields} was given",
-                "leave --fields out",
-            )
-        st = _load_run(
+        return _load_run_store(
             p,
+            layout=layout,
+            fields=fields,
             z_step_um=z_step_um,
             plane_offset_um=plane_offset_um,
             pixel_size_um=pixel_size_um,
         )
-        st.meta["mirror"] = st.geometry.mirror
-        return st
 
     data, info = _read_array(p)
     desc = _describe(data.shape, info)
     if data.dtype.kind not in "uif":
         raise _err(p, f"pixel type {data.dtype} is not numeric", "save pixel values")
+    layout, layout_scores = _choose_layout(p, data, info, layout, second_path, fields)
+    if plane_offset_um is None:
+        raise _err(
+            p,
+            "the plane offset is unknown",
+            "pass plane_offset_um= (delta: plane 1 is in focus at stage Z + delta)",
+        )
+    if second_path is not None and layout != "two-files":
+        raise _err(
+            p,
+            f"second_path given with layout {layout!r}",
+            "use layout='two-files' for one file per plane",
+        )
+    px = _pixel_size(p, info, pixel_size_um)
+    sensor_layout = (
+        layout if layout in ("side-by-side", "top-bottom") else "two-cameras"
+    )
+    try:
+        geometry = SplitterGeometry(
+            layout=sensor_layout, plane_offset_um=plane_offset_um, mirror=mirror
+        )
+    except ValueError as exc:
+        raise _err(
+            p, str(exc).splitlines()[0], "check plane_offset_um and mirror"
+        ) from None
+
+    meta: dict[str, Any] = {"layout": layout, "read": desc, "mirror": asked_mirror}
+    if layout_scores is not None:
+        meta["layout_scores"] = layout_scores
+    zargs = (z_step_um, z_range_um, z_start_um)
+    if layout == "single-plane-pairs":
+        single = _as_fields(data, 2, p, "layout 'single-plane-pairs'", fields, info)
+        return _single_plane_pairs(single, p, info, geometry, px, meta, zargs)
+    frames = _dual_plane_frames(
+        p, data, info, layout, geometry, fields, second_path, meta
+    )
+    n_fields, n_z = frames.shape[:2]
+    z = _z_positions(n_fields, n_z, p, info, *zargs, desc)
+    meta["z_from_file"] = info.get("z_positions") is not None
+    _check_z_axis(frames, z, p, meta, z_range_um)
+    return _finish(frames, z, px, geometry, p, meta)
+
+
+def _load_run_store(
+    p: Path,
+    *,
+    layout: str | None,
+    fields: int | None,
+    z_step_um: float | None,
+    plane_offset_um: float | None,
+    pixel_size_um: float | None,
+) -> CalibrationStack:
+    """:func:`load_stack` of a run store: it records its layout and fields."""
+    if layout not in (None, "run-store"):
+        raise _err(
+            p, f"a run store, but layout={layout!r} was given", "leave layout out"
+        )
+    if fields is not None:
+        raise _err(
+            p,
+            f"a run store records its fields, but fields={fields} was given",
+            "leave --fields out",
+        )
+    st = _load_run(
+        p,
+        z_step_um=z_step_um,
+        plane_offset_um=plane_offset_um,
+        pixel_size_um=pixel_size_um,
+    )
+    st.meta["mirror"] = st.geometry.mirror
+    return st
+
+
+def _choose_layout(
+    p: Path,
+    data: np.ndarray,
+    info: dict[str, Any],
+    layout: str | None,
+    second_path: str | Path | None,
+    fields: int | None,
+) -> tuple[str, dict[str, float] | None]:
+    """The layout asked for, else the one the file's axes or its beads show,
+    normalized and checked; with the layout scores when found from the beads."""
+    desc = _describe(data.shape, info)
     layout_scores: dict[str, float] | None = None
     if layout is None and second_path is not None:
         layout = "two-files"
@@ -233,18 +307,11 @@ def load_stack(
             f"{layout!r}",
             "pass layout dual-plane, or leave it out",
         )
-    if plane_offset_um is None:
-        raise _err(
-            p,
-            "the plane offset is unknown",
-            "pass plane_offset_um= (delta: plane 1 is in focus at stage Z + delta)",
-        )
-    if second_path is not None and layout != "two-files":
-        raise _err(
-            p,
-            f"second_path given with layout {layout!r}",
-            "use layout='two-files' for one file per plane",
-        )
+    return layout, layout_scores
+
+
+def _pixel_size(p: Path, info: dict[str, Any], pixel_size_um: float | None) -> float:
+    """The pixel size given, else the file's; refused when they disagree."""
     px = pixel_size_um if pixel_size_um is not None else info.get("pixel_size_um")
     if px is None or not px > 0:
         raise _err(
@@ -264,21 +331,22 @@ def load_stack(
             f"{pixel_size_um} um",
             "pass the pixel size the stack was recorded with, or leave it out",
         )
-    sensor_layout = (
-        layout if layout in ("side-by-side", "top-bottom") else "two-cameras"
-    )
-    try:
-        geometry = SplitterGeometry(
-            layout=sensor_layout, plane_offset_um=plane_offset_um, mirror=mirror
-        )
-    except ValueError as exc:
-        raise _err(
-            p, str(exc).splitlines()[0], "check plane_offset_um and mirror"
-        ) from None
+    return float(px)
 
-    meta: dict[str, Any] = {"layout": layout, "read": desc, "mirror": asked_mirror}
-    if layout_scores is not None:
-        meta["layout_scores"] = layout_scores
+
+def _dual_plane_frames(
+    p: Path,
+    data: np.ndarray,
+    info: dict[str, Any],
+    layout: str,
+    geometry: SplitterGeometry,
+    fields: int | None,
+    second_path: str | Path | None,
+    meta: dict[str, Any],
+) -> np.ndarray:
+    """``(P, Z, 2, H, W)`` planes of a sensor, dual-plane or two-files layout,
+    plane 1 un-mirrored."""
+    desc = _describe(data.shape, info)
     if layout in ("side-by-side", "top-bottom"):
         raw = _as_fields(data, 2, p, f"layout {layout!r}", fields, info)
         try:
@@ -291,8 +359,8 @@ def load_stack(
                 "check the layout (side-by-side needs an even width, top-bottom an "
                 "even height)",
             ) from None
-        frames = split_frame(raw, geometry)
-    elif layout == "dual-plane":
+        return split_frame(raw, geometry)
+    if layout == "dual-plane":
         frames = _as_fields(data, 3, p, "layout 'dual-plane'", fields, info)
         if frames.shape[2] != 2:
             raise _err(
@@ -300,64 +368,72 @@ def load_stack(
                 f"layout 'dual-plane' needs a plane axis of 2; got {desc}",
                 "save (Z, 2, H, W), or pass the sensor layout",
             )
-        if mirror != "none":
+        if geometry.mirror != "none":
             frames = frames.copy()
             frames[:, :, 1] = unmirror(frames[:, :, 1], geometry.mirror)
-    elif layout == "two-files":
-        if second_path is None:
-            raise _err(
-                p,
-                "layout 'two-files' needs the plane-1 file",
-                "pass second_path= (the stack of the second camera / plane 1)",
-            )
-        p2 = Path(second_path).expanduser()
-        data2, info2 = _read_array(p2)
-        a = _as_fields(data, 2, p, "layout 'two-files'", fields, info)
-        b = _as_fields(data2, 2, p2, "layout 'two-files'", fields, info2)
-        if a.shape != b.shape:
-            raise _err(
-                p,
-                f"shape {a.shape} differs from {p2}'s {b.shape}",
-                "pass two stacks of the same fields, Z steps and frame size",
-            )
-        frames = np.stack([a, unmirror(b, geometry.mirror)], axis=2)
-        meta["second_path"] = str(p2)
-    else:  # single-plane-pairs
-        single = _as_fields(data, 2, p, "layout 'single-plane-pairs'", fields, info)
-        n = single.shape[1]
-        z_all = _z_positions(
-            single.shape[0], n, p, info, z_step_um, z_range_um, z_start_um, desc
+        return frames
+    # two-files
+    if second_path is None:
+        raise _err(
+            p,
+            "layout 'two-files' needs the plane-1 file",
+            "pass second_path= (the stack of the second camera / plane 1)",
         )
-        _check_z_axis(single[:, :, None], z_all, p, meta, z_range_um)
-        step = float(np.median(np.diff(z_all, axis=1))) if n > 1 else float("nan")
-        ratio = plane_offset_um / step
-        k = round(ratio)
-        if k == 0 or abs(k * step - plane_offset_um) > _REL_TOL * abs(plane_offset_um):
-            raise _err(
-                p,
-                f"plane_offset_um={plane_offset_um} is {ratio:.3f} Z steps of "
-                f"{step:g} um, not a whole number of steps (within 1 %)",
-                "pass a delta that is a multiple of the Z step, or resample the stack",
-            )
-        lo, hi = max(0, -k), n - max(0, k)
-        if hi - lo < MIN_Z_STEPS:
-            raise _err(
-                p,
-                f"{n} frames make only {max(hi - lo, 0)} pairs {k} frames apart; a "
-                f"calibration needs at least {MIN_Z_STEPS}",
-                "record a longer Z range than the plane offset",
-            )
-        frames = np.stack([single[:, lo:hi], single[:, lo + k : hi + k]], axis=2)
-        geometry = geometry.model_copy(update={"plane_offset_um": k * step})
-        meta.update(pair_offset_frames=k, requested_plane_offset_um=plane_offset_um)
-        z = z_all[:, lo:hi].copy()
-        return _finish(frames, z, float(px), geometry, p, meta)
+    p2 = Path(second_path).expanduser()
+    data2, info2 = _read_array(p2)
+    a = _as_fields(data, 2, p, "layout 'two-files'", fields, info)
+    b = _as_fields(data2, 2, p2, "layout 'two-files'", fields, info2)
+    if a.shape != b.shape:
+        raise _err(
+            p,
+            f"shape {a.shape} differs from {p2}'s {b.shape}",
+            "pass two stacks of the same fields, Z steps and frame size",
+        )
+    meta["second_path"] = str(p2)
+    return np.stack([a, unmirror(b, geometry.mirror)], axis=2)
 
-    n_fields, n_z = frames.shape[:2]
-    z = _z_positions(n_fields, n_z, p, info, z_step_um, z_range_um, z_start_um, desc)
-    meta["z_from_file"] = info.get("z_positions") is not None
-    _check_z_axis(frames, z, p, meta, z_range_um)
-    return _finish(frames, z, float(px), geometry, p, meta)
+
+def _single_plane_pairs(
+    single: np.ndarray,
+    p: Path,
+    info: dict[str, Any],
+    geometry: SplitterGeometry,
+    px: float,
+    meta: dict[str, Any],
+    zargs: tuple[float | None, float | None, float],
+) -> CalibrationStack:
+    """Pairs of frames ``round(delta / step)`` apart of a ``(P, Z, H, W)``
+    single-plane stack; delta becomes that whole number of steps."""
+    z_step_um, z_range_um, z_start_um = zargs
+    plane_offset_um = geometry.plane_offset_um
+    n = single.shape[1]
+    z_all = _z_positions(
+        single.shape[0], n, p, info, z_step_um, z_range_um, z_start_um, meta["read"]
+    )
+    _check_z_axis(single[:, :, None], z_all, p, meta, z_range_um)
+    step = float(np.median(np.diff(z_all, axis=1))) if n > 1 else float("nan")
+    ratio = plane_offset_um / step
+    k = round(ratio)
+    if k == 0 or abs(k * step - plane_offset_um) > _REL_TOL * abs(plane_offset_um):
+        raise _err(
+            p,
+            f"plane_offset_um={plane_offset_um} is {ratio:.3f} Z steps of "
+            f"{step:g} um, not a whole number of steps (within 1 %)",
+            "pass a delta that is a multiple of the Z step, or resample the stack",
+        )
+    lo, hi = max(0, -k), n - max(0, k)
+    if hi - lo < MIN_Z_STEPS:
+        raise _err(
+            p,
+            f"{n} frames make only {max(hi - lo, 0)} pairs {k} frames apart; a "
+            f"calibration needs at least {MIN_Z_STEPS}",
+            "record a longer Z range than the plane offset",
+        )
+    frames = np.stack([single[:, lo:hi], single[:, lo + k : hi + k]], axis=2)
+    geometry = geometry.model_copy(update={"plane_offset_um": k * step})
+    meta.update(pair_offset_frames=k, requested_plane_offset_um=plane_offset_um)
+    z = z_all[:, lo:hi].copy()
+    return _finish(frames, z, px, geometry, p, meta)
 
 
 def _finish(
