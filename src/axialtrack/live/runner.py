@@ -49,47 +49,35 @@ import gc
 import logging
 import math
 import os
-import queue
 import threading
 import time
-from array import array
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from axialtrack.errors import AxialtrackError
-from axialtrack.events import RunSignals
 from axialtrack.geometry import SplitterGeometry
-from axialtrack.pipeline.psfcheck import PSFChangeMonitor
 from axialtrack.store import (
     FrameMeta,
     RunWriter,
-    StoreClosedError,
     StoreError,
-    StoreWriteError,
     WriterOptions,
 )
 
 if TYPE_CHECKING:
     import pandas as pd
 
+from ._analysis_threads import _DONE, _AnalysisThreads
 from ._protocols import (
     FrameAnalyzer,
     FrameSource,
     SourceFrame,
     StagedAnalyzer,
-    _as_columns,
-    _as_float,
-    _columns_variant,
-    _n_rows,
-    _rows_before,
 )
 from .config import RunnerConfig
 from .metrics import LiveMetrics
 from .ring import (
-    _Ring,
     split_into,
 )
 from .signals import (
@@ -117,10 +105,6 @@ __all__ = [
     "split_into",
 ]
 
-#: A camera delivering less than this fraction of the requested frame rate is
-#: warned about (once a run), judged after ``RATE_CHECK_S`` seconds of frames.
-RATE_SHORTFALL = 0.9
-RATE_CHECK_S = 3.0
 #: Longest wait at the end of a run for the writer to commit the localization
 #: rows the track summary is made from (it commits every 0.25 s by default).
 ROWS_COMMIT_WAIT_S = 30.0
@@ -176,10 +160,9 @@ def open_live_writer(
 
 
 # ----------------------------------------------------------------- runner
-_DONE = object()
 
 
-class LiveRunner:
+class LiveRunner(_AnalysisThreads):
     """Run a live acquisition: every frame stored, as many as possible analyzed.
 
     Parameters
@@ -207,81 +190,6 @@ class LiveRunner:
         ``framesSkipped``, ``warning``, ``finished``, ``failed``. No subscriber
         ever runs in the acquisition thread.
     """
-
-    def __init__(
-        self,
-        source: FrameSource,
-        analyzer: FrameAnalyzer | None,
-        writer: RunWriter,
-        *,
-        geometry: SplitterGeometry,
-        config: RunnerConfig | None = None,
-        events: RunSignals | None = None,
-    ) -> None:
-        self.source = source
-        self.analyzer = analyzer
-        self.writer = writer
-        self.geometry = geometry
-        self.config = config or RunnerConfig()
-        self.events = events if events is not None else RunSignals()
-        self._stop = threading.Event()
-        self._ran = False
-        cfg = self.config
-        self._ring = _Ring(cfg.ring_frames, writer.frame_shape)
-        self._write_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._ana_q: deque[tuple[int, int, FrameMeta, float]] = deque()
-        self._ana_cv = threading.Condition()
-        self._acq_done = False
-        self._failure: BaseException | None = None
-        self._fail_lock = threading.Lock()
-        self._stop_reason = "running"
-        self._warnings: list[str] = []
-        self._warnings_emitted = 0
-        self._emit_failed: set[str] = set()
-        # frames the analysis skipped, not yet emitted (appended by the
-        # acquisition thread, taken by the run() thread)
-        self._skipped_new: list[int] = []
-        self._stored_emitted = 0
-        # counters
-        self._frames_in = 0
-        self._frames_handed = 0
-        self._frames_analyzed = 0
-        self._frames_skipped = 0
-        self._camera_lost = 0
-        self._rows = 0
-        self._refined = 0
-        self._psf_check = PSFChangeMonitor()
-        self._track_ids: set[int] = set()
-        self._lat: deque[float] = deque(maxlen=cfg.latency_window)
-        self._lat_lock = threading.Lock()
-        self._pending_analyzed: list[np.ndarray] = []
-        self._t0 = math.nan
-        self._t_first = math.nan
-        self._t_last = math.nan
-        self._t_last_analyzed = math.nan  # when the last batch's rows were handed
-        self._history: deque[tuple[float, int, int, int]] = deque(maxlen=64)
-        # the field (position_index) of every frame, for the track summary
-        self._frame_fields = array("q")
-        self._staged = (
-            cfg.pipelined
-            and analyzer is not None
-            and callable(getattr(analyzer, "prepare", None))
-            and callable(getattr(analyzer, "complete", None))
-        )
-        # prepared batches between the two analysis stages (one in flight)
-        self._stage_q: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self._analysis_stopped = False
-        # the analysis failed (its tracks are not summarized at the end)
-        self._analysis_broken = False
-        # the writer's own append failed: it stores no more frames
-        self._writer_failed = False
-        self._stage_drained = False
-        # the analysis stopped part-way: why, and the first frame it missed
-        self._analysis_error: str | None = None
-        self._analysis_failed_at = -1
-        self._last_analyzed_index = -1
-        self._last_report = -math.inf
-        self._rate_warned = False
 
     # ------------------------------------------------------------- public
     def stop(self, reason: str = "stopped") -> None:
@@ -452,186 +360,6 @@ class LiveRunner:
             except KeyboardInterrupt:
                 self._interrupted()
 
-    def latencies_ms(self, n: int | None = None) -> np.ndarray:
-        """The end-to-end latencies (ms) of the last ``n`` frames analyzed
-        (all those kept, up to ``latency_window``, if ``n`` is None)."""
-        with self._lat_lock:
-            lat = np.array(self._lat, dtype=float)
-        if n is not None:
-            lat = lat[len(lat) - min(max(int(n), 0), len(lat)) :]
-        return lat * 1e3
-
-    @property
-    def failure(self) -> BaseException | None:
-        """The error that stopped the run, as soon as it happened (``run()``
-        raises it once everything is closed); ``None`` while all is well."""
-        return self._failure
-
-    def metrics(self) -> LiveMetrics:
-        """The current metrics (rates over the last few seconds)."""
-        now = time.perf_counter()
-        w = self.writer
-        written = w.frames_committed
-        hist = self._history
-        snap = (now, self._frames_in, self._frames_analyzed, written)
-        hist.append(snap)
-        while len(hist) > 2 and now - hist[0][0] > 3.0:
-            hist.popleft()
-        t_a, in_a, an_a, wr_a = hist[0]
-        dt = now - t_a
-        if dt <= 0 or len(hist) < 2:
-            elapsed = max(now - self._t0, 1e-9)
-            fps = (
-                self._frames_in / elapsed,
-                self._frames_analyzed / elapsed,
-                written / elapsed,
-            )
-        else:
-            fps = (
-                (self._frames_in - in_a) / dt,
-                (self._frames_analyzed - an_a) / dt,
-                (written - wr_a) / dt,
-            )
-        return self._snapshot(now, fps, written)
-
-    # ------------------------------------------------------------ helpers
-    def _snapshot(
-        self, now: float, fps: tuple[float, float, float], written: int
-    ) -> LiveMetrics:
-        with self._lat_lock:
-            lat = np.array(self._lat, dtype=float)
-        p50 = float(np.percentile(lat, 50)) * 1e3 if lat.size else math.nan
-        p99 = float(np.percentile(lat, 99)) * 1e3 if lat.size else math.nan
-        n_tracks = getattr(self.analyzer, "n_tracks", None)
-        if isinstance(n_tracks, (int, np.integer)):
-            tracks = int(n_tracks)
-        elif self.analyzer is None:
-            tracks = -1
-        else:
-            tracks = len(self._track_ids)
-        st = self.writer.stats
-        return LiveMetrics(
-            frames_in=self._frames_in,
-            frames_analyzed=self._frames_analyzed,
-            frames_written=written,
-            frames_skipped=self._frames_skipped,
-            fps_in=fps[0],
-            fps_analyzed=fps[1],
-            fps_written=fps[2],
-            latency_ms_p50=p50,
-            latency_ms_p99=p99,
-            analysis_queue_depth=len(self._ana_q),
-            writer_queue_depth=(self._frames_in - self._frames_handed) + st.queue_depth,
-            localizations=self._rows,
-            refined=self._refined,
-            psf_checked=self._psf_check.checked,
-            psf_out_of_bounds=self._psf_check.fraction,
-            psf_changed=self._psf_check.changed,
-            tracks=tracks,
-            elapsed_s=0.0 if math.isnan(self._t0) else now - self._t0,
-            camera_frames_lost=self._camera_lost,
-            stop_reason=self._stop_reason,
-            writer_mb_s=st.write_mb_s,
-            fps_requested=self._requested_fps(),
-            analysis_error=self._analysis_error,
-            analysis_failed_at=self._analysis_failed_at,
-            warnings=list(self._warnings),
-        )
-
-    def _requested_fps(self) -> float:
-        """The rate the source was asked for (its ``requested_fps``), or NaN."""
-        v = _as_float(getattr(self.source, "requested_fps", math.nan))
-        return v if v > 0 else math.nan
-
-    def _check_rate(self, final: bool = False) -> None:
-        """Warn once when the camera delivers clearly less than was asked.
-
-        Judged on the mean rate from the first frame, once frames have come for
-        ``RATE_CHECK_S`` seconds (or at the end of a run of at least 10 frames).
-        """
-        if self._rate_warned:
-            return
-        want = self._requested_fps()
-        n = self._frames_in
-        span = self._t_last - self._t_first
-        if not (want > 0) or n < 10 or not span > 0:
-            return
-        if not final and span < RATE_CHECK_S:
-            return
-        got = (n - 1) / span
-        if got < RATE_SHORTFALL * want:
-            self._rate_warned = True
-            self._warn(
-                f"The camera delivered {got:.1f} frames/s of the {want:.1f} "
-                "requested; the frame times, rates and latencies are those of "
-                "the frames as delivered. Lower the requested rate (or, for the "
-                "replay camera, set Preload = 1) if this matters."
-            )
-
-    def _report(self) -> None:
-        """Report the metrics, at most once per ``status_interval_s``."""
-        now = time.perf_counter()
-        if now - self._last_report < 0.99 * self.config.status_interval_s:
-            return
-        self._last_report = now
-        self._check_rate()
-        m = self.metrics()
-        if self.config.log_status:
-            logger.info("live: %s", m.status_line())
-        self._emit_pending(m.frames_written)
-        self._emit(self.events.status, m)
-
-    def _emit(self, signal: Any, *args: Any) -> None:
-        """Emit ``signal``; a subscriber that raises is logged, and never stops
-        the run (a display or a controller problem must not lose frames)."""
-        try:
-            signal.emit(*args)
-        except Exception as exc:
-            name = str(signal.name)
-            if name in self._emit_failed:
-                return  # said once: formatting it again costs the run time
-            self._emit_failed.add(name)
-            logger.error("a subscriber of %s failed: %s", name, exc)
-            cause = exc.__cause__ or exc
-            self._warn(
-                f"A subscriber of the run's {name} event failed "
-                f"({type(cause).__name__}: {cause}); the run goes on without "
-                "reporting its further failures"
-            )
-
-    def _emit_pending(self, written: int) -> None:
-        """Emit the warnings, skipped frames and stored count not yet emitted
-        (from the thread that called :meth:`run`)."""
-        ev = self.events
-        while self._warnings_emitted < len(self._warnings):
-            self._warnings_emitted += 1
-            self._emit(ev.warning, self._warnings[self._warnings_emitted - 1])
-        if self._skipped_new:
-            # swap, then read: the acquisition thread appends to the new list
-            taken, self._skipped_new = self._skipped_new, []
-            self._emit(ev.framesSkipped, np.asarray(taken, dtype=np.int64))
-        if written > self._stored_emitted:
-            self._stored_emitted = written
-            self._emit(ev.framesStored, int(written))
-
-    def _fail(self, exc: BaseException) -> None:
-        with self._fail_lock:
-            first = self._failure
-            if first is None:
-                self._failure = exc
-                self._stop_reason = "error"
-            elif exc is not first:
-                # the run raises the first failure; the others go with it
-                logger.error("live: a further failure after the first: %r", exc)
-                first.add_note(
-                    f"Also, while the run stopped: {type(exc).__name__}: {exc}"
-                )
-        self._stop.set()
-
-    def _warn(self, msg: str) -> None:
-        logger.warning(msg)
-        self._warnings.append(msg)
-
     # --------------------------------------------------- acquisition thread
     def _acquire_loop(self, n_frames: int | None) -> None:
         cfg = self.config
@@ -663,25 +391,7 @@ class LiveRunner:
                 item = src.next(cfg.poll_s)
                 now = time.perf_counter()
                 if item is None:
-                    if src.finished():
-                        if not stopping:
-                            self._source_ended(n_frames)
-                        break
-                    stall = cfg.stall_timeout_s
-                    if stall is not None and not self._frames_in:
-                        stall = max(stall, cfg.start_timeout_s)
-                    if not stopping and stall is not None and now - last > stall:
-                        src.stop()
-                        self._fail(
-                            CameraStalledError(
-                                f"The camera delivered no frame for {now - last:.1f} "
-                                f"s (stall timeout {stall:g} s) after "
-                                f"{self._frames_in} frames; the run was stopped. "
-                                f"All {self._frames_in} frames received are stored "
-                                f"in {self.writer.path}. Check the camera (cable, "
-                                "trigger, exposure) and start a new run."
-                            )
-                        )
+                    if self._no_frame(now - last, stopping, n_frames):
                         break
                     continue
                 last = now
@@ -719,23 +429,9 @@ class LiveRunner:
                 if not index:
                     self._t_first = now
                 self._t_last = now
-                # the queue is checked again under its lock: a failed analysis
-                # lets go of the queued frames and takes no more
-                give = False
-                ring.hold(slot, 2)
-                if analyze and not self._analysis_stopped:
-                    with self._ana_cv:
-                        if (
-                            not self._analysis_stopped
-                            and len(self._ana_q) < cfg.analysis_queue_frames
-                        ):
-                            self._ana_q.append((index, slot, meta, t_host))
-                            self._ana_cv.notify()
-                            give = True
-                    if not give and not self._analysis_stopped:
-                        self._frames_skipped += 1
-                        self._skipped_new.append(index)
-                if not give:
+                if analyze:
+                    self._queue_for_analysis(index, slot, meta, t_host)
+                else:
                     ring.hold(slot, 1)
                 self._frame_fields.append(meta.position_index)
                 self._write_q.put((index, slot, meta))
@@ -756,6 +452,57 @@ class LiveRunner:
                 "the runner could take them (gaps in the image numbers); enlarge "
                 "the circular buffer or lower the frame rate."
             )
+
+    def _no_frame(self, waited_s: float, stopping: bool, n_frames: int | None) -> bool:
+        """No frame came in ``poll_s``: True when the acquisition ends (the
+        source finished, or the camera stalled: the run fails)."""
+        cfg = self.config
+        if self.source.finished():
+            if not stopping:
+                self._source_ended(n_frames)
+            return True
+        stall = cfg.stall_timeout_s
+        if stall is not None and not self._frames_in:
+            stall = max(stall, cfg.start_timeout_s)
+        if stopping or stall is None or waited_s <= stall:
+            return False
+        self.source.stop()
+        self._fail(
+            CameraStalledError(
+                f"The camera delivered no frame for {waited_s:.1f} "
+                f"s (stall timeout {stall:g} s) after "
+                f"{self._frames_in} frames; the run was stopped. "
+                f"All {self._frames_in} frames received are stored "
+                f"in {self.writer.path}. Check the camera (cable, "
+                "trigger, exposure) and start a new run."
+            )
+        )
+        return True
+
+    def _queue_for_analysis(
+        self, index: int, slot: int, meta: FrameMeta, t_host: float
+    ) -> None:
+        """Hold ``slot`` for the writer and, if the analysis queue has room, for
+        the analysis; else the frame is skipped (counted, never waited for)."""
+        ring = self._ring
+        give = False
+        ring.hold(slot, 2)
+        # the queue is checked again under its lock: a failed analysis lets go
+        # of the queued frames and takes no more
+        if not self._analysis_stopped:
+            with self._ana_cv:
+                if (
+                    not self._analysis_stopped
+                    and len(self._ana_q) < self.config.analysis_queue_frames
+                ):
+                    self._ana_q.append((index, slot, meta, t_host))
+                    self._ana_cv.notify()
+                    give = True
+            if not give and not self._analysis_stopped:
+                self._frames_skipped += 1
+                self._skipped_new.append(index)
+        if not give:
+            ring.hold(slot, 1)
 
     def _source_ended(self, n_frames: int | None) -> None:
         if getattr(self.source, "natural_end", False):
@@ -808,206 +555,6 @@ class LiveRunner:
                 ring.release(slot)
 
     # ---------------------------------------------------- analysis thread
-    def _take_batch(self) -> list[tuple[int, int, FrameMeta, float]]:
-        cfg = self.config
-        cv = self._ana_cv
-        q = self._ana_q
-        with cv:
-            while not q and not self._acq_done:
-                cv.wait(0.1)
-            if not q:
-                return []
-            # the oldest queued frame waits at most batch_deadline_s (from its
-            # arrival, not from now: frames queued while the previous batch was
-            # analyzed are taken at once)
-            now = time.perf_counter()
-            deadline = min(q[0][3], now) + cfg.batch_deadline_s
-            while len(q) < cfg.max_batch_frames and not self._acq_done:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                cv.wait(left)
-            n = min(len(q), cfg.max_batch_frames)
-            return [q.popleft() for _ in range(n)]
-
-    def _take_planes(
-        self,
-    ) -> tuple[np.ndarray, np.ndarray, list[FrameMeta], list[float]] | None:
-        """The next batch copied out of the ring (slots freed); None at the end."""
-        ring = self._ring
-        while True:
-            batch = self._take_batch()
-            if not batch:
-                return None
-            slots = [b[1] for b in batch]
-            try:
-                planes = ring.frames[slots]  # a copy: the slots are free at once
-            finally:
-                for s in slots:
-                    ring.release(s)
-            if self._analysis_stopped:
-                continue  # drain the queue; nothing more is analyzed
-            indices = np.array([b[0] for b in batch], dtype=np.int64)
-            return planes, indices, [b[2] for b in batch], [b[3] for b in batch]
-
-    def _analysis_failed(self, indices: np.ndarray, exc: Exception) -> None:
-        if isinstance(exc, (StoreWriteError, StoreClosedError)):
-            self._analysis_stopped = True
-            self._analysis_broken = True
-            self._fail(exc)  # the store itself failed: no frame can be written
-            return
-        self._analysis_down(
-            f"the analyzer failed on frames {indices[0]}..{indices[-1]}",
-            exc,
-            int(indices[0]),
-        )
-
-    def _analysis_down(
-        self, what: str, exc: BaseException, first: int | None = None
-    ) -> None:
-        """The analysis stopped for good: the recording goes on without it.
-
-        Frames from ``first`` (the failed batch's first; default: the one after
-        the last analyzed) on keep ``analyzed = false``; batches before it that
-        are already prepared are still completed; queued frames are let go
-        (their ring slots freed).
-        """
-        with self._fail_lock:
-            if self._analysis_error is not None:
-                logger.error("live: the analysis also failed: %r", exc)
-                return
-            self._analysis_stopped = True
-            self._analysis_broken = True
-            at = self._last_analyzed_index + 1 if first is None else first
-            self._analysis_failed_at = at
-            self._analysis_error = f"{type(exc).__name__}: {exc}"
-        with self._ana_cv:
-            while self._ana_q:
-                self._ring.release(self._ana_q.popleft()[1])
-            self._ana_cv.notify_all()
-        logger.error("live: %s: %r", what, exc)
-        self._warn(
-            f"The analysis stopped at frame {at} ({what}: {type(exc).__name__}: "
-            f"{exc}). The recording goes on: every frame is stored, frames from "
-            f"{at} on unanalyzed; run `axialtrack localize {self.writer.path} "
-            "--model MODEL` afterwards to analyze them."
-        )
-
-    def _prepare_loop(self) -> None:
-        """First analysis stage (staged analyzers): detection, one batch ahead."""
-        analyzer: Any = self.analyzer
-        try:
-            while True:
-                got = self._take_planes()
-                if got is None:
-                    break
-                planes, indices, metas, t_host = got
-                try:
-                    prepared = analyzer.prepare(planes, indices, metas)
-                except Exception as exc:
-                    self._analysis_failed(indices, exc)
-                    continue
-                self._stage_q.put((indices, t_host, prepared))
-        finally:
-            self._stage_q.put(_DONE)
-
-    def _next_for_analysis(self) -> tuple[np.ndarray, list[float], Any] | None:
-        if self._staged:
-            item = self._stage_q.get()
-            if item is _DONE:
-                self._stage_drained = True
-                return None
-            return item
-        got = self._take_planes()
-        if got is None:
-            return None
-        planes, indices, metas, t_host = got
-        return indices, t_host, (planes, metas)
-
-    def _analyze_loop(self) -> None:
-        try:
-            self._analyze_batches()
-        finally:
-            # whatever happened here, never leave the detect thread blocked on
-            # the full hand-off queue (run() joins it)
-            while self._staged and not self._stage_drained:
-                if self._stage_q.get() is _DONE:
-                    self._stage_drained = True
-
-    def _analyze_batches(self) -> None:
-        analyzer: Any = self.analyzer
-        # the analyzers of this package hand over plain column arrays, which the
-        # writer takes as they are (a DataFrame costs ~1 ms a batch to build)
-        run_batch = _columns_variant(
-            analyzer, "complete" if self._staged else "analyze"
-        )
-        w = self.writer
-        counts_tracks = isinstance(
-            getattr(analyzer, "n_tracks", None), (int, np.integer)
-        )
-        while True:
-            item = self._next_for_analysis()
-            if item is None:
-                break
-            indices, t_host, work = item
-            if self._analysis_stopped and not (
-                0 <= indices[-1] < self._analysis_failed_at
-            ):
-                continue  # batches prepared before a failure are still done
-            try:
-                if self._staged:
-                    table = run_batch(work)
-                else:
-                    table = run_batch(work[0], indices, work[1])
-                if self._writer_failed:
-                    # the store holds frames 0..frames_appended-1 only
-                    table = _rows_before(table, w.frames_appended)
-                n = _n_rows(table)
-                if n:
-                    w.append_localizations(table)
-                    self._rows += n
-                    if "refined" in table:
-                        self._refined += int(np.count_nonzero(table["refined"]))
-                    if (msg := self._psf_check.update(table)) is not None:
-                        self._warn(msg)
-                    # counted here only for an analyzer that does not count
-                    # them (the set grows with every track of the run)
-                    if not counts_tracks and "track_id" in table:
-                        ids = np.unique(np.asarray(table["track_id"]))
-                        self._track_ids.update(int(i) for i in ids if i >= 0)
-            except Exception as exc:
-                self._analysis_failed(indices, exc)
-                continue
-            t_done = time.perf_counter()
-            self._t_last_analyzed = t_done
-            with self._lat_lock:
-                self._lat.extend(t_done - t for t in t_host)
-            self._frames_analyzed += len(indices)
-            self._last_analyzed_index = int(indices[-1])
-            self._pending_analyzed.append(indices)
-            self._flush_analyzed()
-            if len(self.events.batchAnalyzed):
-                # after the latency is taken: a subscriber's time is its own
-                self._emit(
-                    self.events.batchAnalyzed,
-                    np.asarray(indices, dtype=np.int64),
-                    _as_columns(table),
-                )
-
-    def _flush_analyzed(self) -> None:
-        """Mark analyzed the frames the writer has (the rest: next time)."""
-        if not self._pending_analyzed:
-            return
-        idx = np.concatenate(self._pending_analyzed)
-        n = self.writer.frames_appended
-        ready, rest = idx[idx < n], idx[idx >= n]
-        self._pending_analyzed = [rest] if rest.size else []
-        if ready.size:
-            try:
-                self.writer.set_analyzed(ready, True)
-            except StoreError as exc:
-                self._fail(exc)
-
     # --------------------------------------------------------------- end
     def _stored_localizations(self) -> pd.DataFrame:
         """The localization rows handed to the writer, read back from the store
