@@ -9,14 +9,13 @@ training examples split by bead, and a JSON QC summary. :func:`write_qc`,
 
 from __future__ import annotations
 
+from ._result_store import read_beads, write_qc, write_rig
 from .analysis import (
     AUTO_METHOD,
     REJECT_REASONS,
+    AnalysisConfig,
     CalibrationResult,
     analyze,
-    read_beads,
-    write_qc,
-    write_rig,
 )
 from .errors import CalibrationError, RegistrationError
 from .examples import (
@@ -35,6 +34,7 @@ __all__ = [
     "AUTO_METHOD",
     "REJECT_REASONS",
     "SPLITS",
+    "AnalysisConfig",
     "CalibrationDataset",
     "CalibrationError",
     "CalibrationResult",
