@@ -37,6 +37,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "store (or import recorded stacks with --from), then analyze them: plane "
         "registration, bead QC, reference Z and training examples.",
     )
+    _add_acquisition_options(p)
+    _add_optics_options(p)
+    _add_import_options(p)
+    add_camera_options(
+        p,
+        "the camera of --config (the simulated camera's noise model; another "
+        "camera's bit depth), the camera an imported run store records",
+    )
+    p.set_defaults(func=cmd_calibrate)
+    return p
+
+
+def _add_acquisition_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="hardware config (default: sim rig)")
     p.add_argument(
         "--out",
@@ -48,10 +61,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--z-range",
         type=positive_float,
         default=1.5,
-        help="scan +-Z range around focus (um)",
+        help="scan +-Z range around focus (um; default: 1.5)",
     )
     p.add_argument(
-        "--z-step", type=positive_float, default=None, help="Z step (um; 0.05)"
+        "--z-step",
+        type=positive_float,
+        default=None,
+        help="Z step (um; default: 0.05 to acquire; with --from, the file's)",
     )
     p.add_argument(
         "--fields",
@@ -64,10 +80,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--spacing",
         type=positive_float,
         default=None,
-        help="distance between fields (um)",
+        help="distance between fields (um; default: 1.2 fields of view, from the "
+        "camera's size and pixel size)",
     )
     p.add_argument(
-        "--exposure", type=positive_float, default=None, help="exposure (ms)"
+        "--exposure",
+        type=positive_float,
+        default=None,
+        help="exposure (ms; default: the camera's exposure as the config leaves it)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace --out")
     p.add_argument(
@@ -80,6 +100,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="skip the PSF fit (the pupil fitted to the accepted beads by maximum "
         "likelihood, stored in the run's psf/ group and carried into bundles)",
     )
+
+
+def _add_optics_options(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group(
         "optics of the PSF fit (defaults: NA 1.45 oil objective, n 1.518, 670 nm, "
         "aqueous sample n 1.33)"
@@ -94,6 +117,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     o.add_argument(
         "--n-sample", type=positive_float, default=None, help="sample medium index"
     )
+
+
+def _add_import_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("import (--from)")
     g.add_argument(
         "--from",
@@ -144,37 +170,74 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="Z range the imported stack covers, first to last frame (um): checked "
         "against frames x step; needed beyond 5 um",
     )
-    add_camera_options(
-        p,
-        "the camera of --config (the simulated camera's noise model; another "
-        "camera's bit depth), the camera an imported run store records",
-    )
-    p.set_defaults(func=cmd_calibrate)
-    return p
+
+
+class _Stop(Exception):
+    """Ends ``calibrate`` with an exit code (the message is printed already)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Handler of ``axialtrack calibrate``."""
-    from axialtrack.calibrate.io import StackImportError, load_stack, load_stacks
+    """Handler of ``axialtrack calibrate``: the run store (acquired, or the
+    stacks imported), the camera, the analysis, the PSF fit, and what is
+    written; each step ends the command with its exit code when it must."""
+    try:
+        out = _checked_out(args)
+        cam_sources = _camera_sources(args)
+        optics = _optics(args)
+        if args.source is not None:
+            stack, qc_target = _import_stack(args, out, cam_sources)
+            camera, cam_origin = _imported_camera(stack, cam_sources)
+        else:
+            assert out is not None  # _checked_out requires it
+            stack, qc_target, camera, cam_origin = _acquire_stack(
+                args, out, cam_sources
+            )
+        _with_camera(stack, camera, cam_origin)
+        result = _analyze(stack)
+        psf_fit = _fit_psf(args, result, stack, optics)
+        if args.source is not None and qc_target == out:
+            _write_import(args, result, stack, qc_target)
+    except _Stop as stop:
+        return stop.code
+    _write_calibration(args, result, stack, qc_target, camera, cam_origin, psf_fit)
+    return 0
 
+
+def _checked_out(args: argparse.Namespace) -> Path | None:
+    """``--out``: required to acquire; never an existing path without
+    ``--overwrite``, never an unwritable one."""
     if args.out is None and args.source is None:
         console.print("[red]--out is required[/red] (the run store to acquire into)")
-        return 2
+        raise _Stop(2)
     out = Path(args.out).expanduser() if args.out is not None else None
     if out is not None and out.exists() and not args.overwrite:
         console.print(
             f"[red]{out} already exists.[/red] Pass --overwrite to replace it, or "
             "choose another --out."
         )
-        return 2
+        raise _Stop(2)
     if out is not None and (why := unwritable(out)):
-        return fail(f"--out: {why}.", "Choose another --out. Nothing was written.")
-    from axialtrack.camera import CameraError, camera_of_attrs, resolve_camera
+        raise _Stop(
+            fail(f"--out: {why}.", "Choose another --out. Nothing was written.")
+        )
+    return out
+
+
+def _camera_sources(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    from axialtrack.camera import CameraError
 
     try:
-        cam_sources = camera_sources(args)
+        return camera_sources(args)
     except CameraError as exc:
-        return fail(str(exc))
+        raise _Stop(fail(str(exc))) from None
+
+
+def _optics(args: argparse.Namespace) -> Any:
+    """The objective and media of the PSF fit from ``--na/--wavelength/...``."""
     from pydantic import ValidationError
 
     from axialtrack.optics import Optics
@@ -190,139 +253,148 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if v is not None
     }
     try:
-        optics = Optics(**given)
+        return Optics(**given)
     except ValidationError as exc:
         err = exc.errors()[0]
-        return fail(
-            f"--na/--wavelength/--n-immersion/--n-sample: {err['msg']}.",
-            "Give the objective's NA below the immersion index, and a wavelength "
-            "in um (e.g. 0.67).",
+        raise _Stop(
+            fail(
+                f"--na/--wavelength/--n-immersion/--n-sample: {err['msg']}.",
+                "Give the objective's NA below the immersion index, and a "
+                "wavelength in um (e.g. 0.67).",
+            )
+        ) from None
+
+
+def _import_stack(
+    args: argparse.Namespace, out: Path | None, cam_sources: list[tuple[str, Any]]
+) -> tuple[Any, Path]:
+    """``--from``: the stacks read, and where the calibration goes (``--out``,
+    else the one run store imported); its recorded camera joins the sources."""
+    from axialtrack.calibrate.io import StackImportError, load_stacks
+    from axialtrack.camera import camera_of_attrs
+
+    try:
+        stack = load_stacks(
+            args.source,
+            layout=args.layout,
+            z_step_um=args.z_step,
+            plane_offset_um=args.plane_offset,
+            pixel_size_um=args.pixel_size,
+            z_start_um=args.z_start,
+            z_range_um=args.z_span,
+            second_paths=args.second,
+            mirror=args.mirror,
+            fields=args.fields,
         )
-
-    if args.source is not None:
-        try:
-            stack = load_stacks(
-                args.source,
-                layout=args.layout,
-                z_step_um=args.z_step,
-                plane_offset_um=args.plane_offset,
-                pixel_size_um=args.pixel_size,
-                z_start_um=args.z_start,
-                z_range_um=args.z_span,
-                second_paths=args.second,
-                mirror=args.mirror,
-                fields=args.fields,
-            )
-        except (StackImportError, FileNotFoundError) as exc:
-            console.print(f"[red]Cannot import the stack:[/red] {exc}", soft_wrap=True)
-            return 2
-        if out is not None:
-            qc_target = out
-        elif stack.meta.get("layout") == "run-store" and len(args.source) == 1:
-            qc_target = Path(args.source[0]).expanduser()
-        else:
-            console.print(
-                "[red]--out is required with --from an image file or several "
-                "sources[/red] (where the calibration is written)",
-                soft_wrap=True,
-            )
-            return 2
-        if stack.meta.get("layout") == "run-store":
-            from axialtrack.store.reader import read_attrs
-
-            recorded = camera_of_attrs(read_attrs(Path(args.source[0]).expanduser()))
-            if recorded:
-                cam_sources.append((f"the run store {args.source[0]}", recorded))
+    except (StackImportError, FileNotFoundError) as exc:
+        console.print(f"[red]Cannot import the stack:[/red] {exc}", soft_wrap=True)
+        raise _Stop(2) from None
+    if out is not None:
+        qc_target = out
+    elif stack.meta.get("layout") == "run-store" and len(args.source) == 1:
+        qc_target = Path(args.source[0]).expanduser()
+    else:
         console.print(
-            f"Imported {stack.n_fields} field(s) x {stack.n_z} Z steps "
-            f"({stack.plane_shape[0]} x {stack.plane_shape[1]} px per plane, step "
-            f"{stack.z_step_um:.4f} um) from [green]{stack.source}[/green]",
+            "[red]--out is required with --from an image file or several "
+            "sources[/red] (where the calibration is written)",
             soft_wrap=True,
         )
-    else:
-        from axialtrack.acquire.calibration import (
-            calibration_sequence,
-            run_calibration,
-        )
-        from axialtrack.rig import RigConfigError, load_rig
+        raise _Stop(2)
+    if stack.meta.get("layout") == "run-store":
+        from axialtrack.store.reader import read_attrs
 
-        if out is None:  # checked above; narrows the type
-            return 2
-        from axialtrack.camera import camera_from_core
-
-        try:
-            core = load_rig(args.config)
-        except RigConfigError as exc:
-            return fail(str(exc))
-        rig_name = args.config or "the simulated rig"
-        cam_sources.append((f"the camera of {rig_name}", camera_from_core(core)))
-        try:
-            camera, cam_origin = resolve_camera(cam_sources)
-        except CameraError as exc:
-            core.unloadAllDevices()
-            return fail(str(exc))
-        try:
-            # a plan the options do not allow raises a ValidationError, which
-            # the command reports in one line naming the option
-            seq = calibration_sequence(
-                args.z_range,
-                args.z_step if args.z_step is not None else 0.05,
-                fields=args.fields if args.fields is not None else 4,
-                spacing_um=args.spacing,
-                exposure_ms=args.exposure,
-                core=core,
-            )
-            store = run_calibration(
-                core,
-                out,
-                seq,
-                overwrite=args.overwrite,
-                progress=not args.no_progress,
-                camera=camera.model_dump(),
-            )
-        finally:
-            core.unloadAllDevices()
-        from axialtrack.store import open_run
-
-        run = open_run(store)
-        acq = run.attrs.get("acquisition", {})
-        fps = acq.get("frames_per_s")
-        console.print(
-            f"Acquired {acq.get('n_frames')}/{acq.get('n_planned')} frames over "
-            f"{acq.get('n_fields')} field(s) into [green]{store}[/green] "
-            f"({acq.get('status')}; "
-            f"{acq.get('hardware_triggered_frames')} hardware-triggered"
-            + (f", {fps:.1f} frames/s)" if fps else ")")
-        )
-        if acq.get("status") == "cancelled":
-            console.print("[yellow]Cancelled: the frames acquired are kept.[/yellow]")
-            return 130
-        try:
-            stack = load_stack(store)
-        except StackImportError as exc:
-            console.print(f"[red]Cannot analyze the run:[/red] {exc}")
-            return 1
-        qc_target = store
-
-    from axialtrack.calibrate import (
-        CalibrationError,
-        RegistrationError,
-        analyze,
-        write_qc,
-        write_report,
-        write_rig,
+        recorded = camera_of_attrs(read_attrs(Path(args.source[0]).expanduser()))
+        if recorded:
+            cam_sources.append((f"the run store {args.source[0]}", recorded))
+    console.print(
+        f"Imported {stack.n_fields} field(s) x {stack.n_z} Z steps "
+        f"({stack.plane_shape[0]} x {stack.plane_shape[1]} px per plane, step "
+        f"{stack.z_step_um:.4f} um) from [green]{stack.source}[/green]",
+        soft_wrap=True,
     )
+    return stack, qc_target
 
-    if args.source is not None:
-        if np.asarray(stack.frames[:1]).dtype == np.uint8:
-            # 8-bit frames say the digitizer depth (16-bit ones do not)
-            cam_sources.append(("the 8-bit frames", {"bit_depth": 8}))
-        try:
-            camera, cam_origin = resolve_camera(cam_sources)
-        except CameraError as exc:
-            return fail(str(exc))
-    # the analysis reads counts as photons with the camera: the beads' signal
-    # above the offset, and the pixel noise of the reference Z
+
+def _imported_camera(
+    stack: Any, cam_sources: list[tuple[str, Any]]
+) -> tuple[Any, dict[str, str]]:
+    from axialtrack.camera import CameraError, resolve_camera
+
+    if np.asarray(stack.frames[:1]).dtype == np.uint8:
+        # 8-bit frames say the digitizer depth (16-bit ones do not)
+        cam_sources.append(("the 8-bit frames", {"bit_depth": 8}))
+    try:
+        return resolve_camera(cam_sources)
+    except CameraError as exc:
+        raise _Stop(fail(str(exc))) from None
+
+
+def _acquire_stack(
+    args: argparse.Namespace, out: Path, cam_sources: list[tuple[str, Any]]
+) -> tuple[Any, Path, Any, dict[str, str]]:
+    """Acquire the calibration run on ``--config``'s rig into ``out``; the
+    stack read back, the store, and the camera."""
+    from axialtrack.acquire.calibration import calibration_sequence, run_calibration
+    from axialtrack.calibrate.io import StackImportError, load_stack
+    from axialtrack.camera import CameraError, camera_from_core, resolve_camera
+    from axialtrack.rig import RigConfigError, load_rig
+    from axialtrack.store import open_run
+
+    try:
+        core = load_rig(args.config)
+    except RigConfigError as exc:
+        raise _Stop(fail(str(exc))) from None
+    rig_name = args.config or "the simulated rig"
+    cam_sources.append((f"the camera of {rig_name}", camera_from_core(core)))
+    try:
+        camera, cam_origin = resolve_camera(cam_sources)
+    except CameraError as exc:
+        core.unloadAllDevices()
+        raise _Stop(fail(str(exc))) from None
+    try:
+        # a plan the options do not allow raises a ValidationError, which
+        # the command reports in one line naming the option
+        seq = calibration_sequence(
+            args.z_range,
+            args.z_step if args.z_step is not None else 0.05,
+            fields=args.fields if args.fields is not None else 4,
+            spacing_um=args.spacing,
+            exposure_ms=args.exposure,
+            core=core,
+        )
+        store = run_calibration(
+            core,
+            out,
+            seq,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            camera=camera.model_dump(),
+        )
+    finally:
+        core.unloadAllDevices()
+    acq = open_run(store).attrs.get("acquisition", {})
+    fps = acq.get("frames_per_s")
+    console.print(
+        f"Acquired {acq.get('n_frames')}/{acq.get('n_planned')} frames over "
+        f"{acq.get('n_fields')} field(s) into [green]{store}[/green] "
+        f"({acq.get('status')}; "
+        f"{acq.get('hardware_triggered_frames')} hardware-triggered"
+        + (f", {fps:.1f} frames/s)" if fps else ")")
+    )
+    if acq.get("status") == "cancelled":
+        console.print("[yellow]Cancelled: the frames acquired are kept.[/yellow]")
+        raise _Stop(130)
+    try:
+        stack = load_stack(store)
+    except StackImportError as exc:
+        console.print(f"[red]Cannot analyze the run:[/red] {exc}")
+        raise _Stop(1) from None
+    return stack, store, camera, cam_origin
+
+
+def _with_camera(stack: Any, camera: Any, cam_origin: dict[str, str]) -> None:
+    """The analysis reads counts as photons with the camera: the beads' signal
+    above the offset, and the pixel noise of the reference Z."""
     stack.meta.update(
         offset_adu=camera.offset_adu,
         gain_e_per_adu=camera.e_per_adu,
@@ -332,66 +404,93 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         # else saturation stays at the frames' own full scale (255 for 8 bits)
         stack.meta["bit_depth"] = camera.bit_depth
 
+
+def _analyze(stack: Any) -> Any:
+    from axialtrack.calibrate import CalibrationError, RegistrationError, analyze
+
     try:
-        result = analyze(stack)
+        return analyze(stack)
     except RegistrationError as exc:
         console.print(f"[red]Cannot register the planes:[/red] {exc}", soft_wrap=True)
-        return 2
+        raise _Stop(2) from None
     except CalibrationError as exc:
         console.print(
             f"[red]Calibration analysis failed:[/red] {exc}\n"
             f"The recorded frames are kept in {stack.source or 'the input'}; nothing "
             "was written as a calibration."
         )
-        return 1
-    psf_fit = None
-    if not args.no_psf_fit:
-        from axialtrack.calibrate.psf import fit_psf
-        from axialtrack.optics.fit import PSFFitError
+        raise _Stop(1) from None
 
-        try:
-            psf_fit = fit_psf(
-                result,
-                result.stack or stack,
-                optics=optics,
-                progress=None if args.no_progress else console.print,
-            )
-        except PSFFitError as exc:
-            return fail(
-                f"PSF fit refused: {exc}",
-                "Nothing was written as a calibration.",
-            )
-    if args.source is not None and qc_target == out:
-        # an imported stack becomes a calibration run store of its own
-        from axialtrack.calibrate.io import write_import_store
-        from axialtrack.store import StoreError
 
-        analyzed = result.stack or stack
-        try:
-            write_import_store(
-                analyzed,
-                qc_target,
-                overwrite=args.overwrite,
-                extra={"mirror_requested": str(stack.meta.get("mirror", "auto"))},
-            )
-        except StackImportError as exc:
-            if qc_target.exists():
-                # --overwrite of an existing store: its old frames must not get
-                # this stack's quality control
-                return fail(
+def _fit_psf(args: argparse.Namespace, result: Any, stack: Any, optics: Any) -> Any:
+    """The pupil fitted to the accepted beads (None with ``--no-psf-fit``)."""
+    if args.no_psf_fit:
+        return None
+    from axialtrack.calibrate.psf import fit_psf
+    from axialtrack.optics.fit import PSFFitError
+
+    try:
+        return fit_psf(
+            result,
+            result.stack or stack,
+            optics=optics,
+            progress=None if args.no_progress else console.print,
+        )
+    except PSFFitError as exc:
+        raise _Stop(
+            fail(f"PSF fit refused: {exc}", "Nothing was written as a calibration.")
+        ) from None
+
+
+def _write_import(
+    args: argparse.Namespace, result: Any, stack: Any, qc_target: Path
+) -> None:
+    """An imported stack becomes a calibration run store of its own."""
+    from axialtrack.calibrate.io import StackImportError, write_import_store
+    from axialtrack.store import StoreError
+
+    analyzed = result.stack or stack
+    try:
+        write_import_store(
+            analyzed,
+            qc_target,
+            overwrite=args.overwrite,
+            extra={"mirror_requested": str(stack.meta.get("mirror", "auto"))},
+        )
+    except StackImportError as exc:
+        if qc_target.exists():
+            # --overwrite of an existing store: its old frames must not get
+            # this stack's quality control
+            raise _Stop(
+                fail(
                     f"{exc}: the frames cannot be stored, and {qc_target} holds "
                     "another run, left as it was.",
                     "Give a new --out (it then holds the quality control and "
                     "training examples only).",
                 )
-            console.print(
-                f"[yellow]{exc}[/yellow]: the frames are not stored in {qc_target}, "
-                "only the quality control and training examples",
-                soft_wrap=True,
-            )
-        except StoreError as exc:
-            console.print(f"[red]Cannot write {qc_target}:[/red] {exc}", soft_wrap=True)
-            return 2
+            ) from None
+        console.print(
+            f"[yellow]{exc}[/yellow]: the frames are not stored in {qc_target}, "
+            "only the quality control and training examples",
+            soft_wrap=True,
+        )
+    except StoreError as exc:
+        console.print(f"[red]Cannot write {qc_target}:[/red] {exc}", soft_wrap=True)
+        raise _Stop(2) from None
+
+
+def _write_calibration(
+    args: argparse.Namespace,
+    result: Any,
+    stack: Any,
+    qc_target: Path,
+    camera: Any,
+    cam_origin: dict[str, str],
+    psf_fit: Any,
+) -> None:
+    """The QC, the rig record, the PSF (and the report) into ``qc_target``."""
+    from axialtrack.calibrate import write_qc, write_report, write_rig
+
     if psf_fit is not None:
         from axialtrack.calibrate.psf import psf_summary
 
@@ -421,7 +520,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         write_report(result, result.stack or stack, report_dir, psf_fit=psf_fit)
         console.print(f"Report written to [green]{report_dir}[/green]")
     _print_summary(result, psf_fit)
-    return 0
 
 
 def _print_summary(result: Any, psf_fit: Any = None) -> None:
