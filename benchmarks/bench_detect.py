@@ -5,7 +5,7 @@ Renders ``2 x 512 x 512`` uint16 frames of particles at depths 0-1.5 um (default
 frame, the stages of :class:`axialtrack.pipeline.localize.Localizer` with a
 no-op engine (inference is benchmarked by ``bench_engines.py``):
 
-- ``detect``: :func:`axialtrack.pipeline.detect.detect` (registered sum of both
+- ``detect``: :func:`axialtrack.pipeline.detect` (registered sum of both
   planes, smoothing, background map, maxima, per-plane background);
 - ``xy``: sub-pixel XY (``fit`` in both planes);
 - ``crop``: :func:`axialtrack.pipeline.crops.crop_pairs`;
@@ -75,8 +75,8 @@ def main() -> None:
     from scipy.spatial import cKDTree
 
     from axialtrack.geometry import split_frame
+    from axialtrack.pipeline import detect
     from axialtrack.pipeline.config import LocalizerConfig
-    from axialtrack.pipeline.detect import detect
     from axialtrack.pipeline.localize import Localizer
     from axialtrack.sim import Background, Beads, Renderer, Sample
 

@@ -39,11 +39,11 @@ import numpy as np
 import pandas as pd
 import trackpy as tp
 
-from axialtrack.pipeline.link import LinkConfig, OnlineLinker
-from axialtrack.pipeline.tracks import (
+from axialtrack.pipeline import (
     estimate_diffusion_population,
     summarize_tracks,
 )
+from axialtrack.pipeline.link import LinkConfig, OnlineLinker
 from axialtrack.sim.brownian import brownian_localizations
 
 

@@ -198,7 +198,7 @@ def movie_key(args: argparse.Namespace) -> str:
 def render_movie(args: argparse.Namespace) -> tuple[Path, pd.DataFrame, dict[str, Any]]:
     """Render (or reuse) the movie run store and its truth."""
     from axialtrack.geometry import split_frame
-    from axialtrack.pipeline.runner import open_live_writer
+    from axialtrack.live import open_live_writer
     from axialtrack.sim import Background, DiffusingParticles, Renderer, Sample
     from axialtrack.sim.sample import to_dataframe
     from axialtrack.store import FrameMeta
@@ -350,14 +350,15 @@ def live_run(
     ``gui``: with the control panel's Live tracking panel attached and
     displaying (offscreen), the run in a thread beside the Qt event loop.
     """
-    from axialtrack.pipeline import AnalysisProcess, make_analyzer
-    from axialtrack.pipeline.config import LocalizerConfig
-    from axialtrack.pipeline.runner import (
+    from axialtrack.live import (
+        AnalysisProcess,
         CoreSource,
         LiveRunner,
         RunnerConfig,
         open_live_writer,
     )
+    from axialtrack.pipeline import make_analyzer
+    from axialtrack.pipeline.config import LocalizerConfig
     from axialtrack.rig import load_rig, splitter_geometry
 
     core = load_rig("replay-dualplane")
@@ -402,7 +403,7 @@ def live_run(
         if path_kind in ("mda", "mda-direct"):
             import useq
 
-            from axialtrack.pipeline import TrackingHandler
+            from axialtrack.live import TrackingHandler
 
             handler = TrackingHandler(
                 path,
@@ -639,8 +640,8 @@ def accuracy(
     ``axial_scale``: sample depth per um of ``z_um`` (focal shift), so the axial
     diffusion is in the sample's units, like the truth's D.
     """
+    from axialtrack.pipeline import summarize_tracks
     from axialtrack.pipeline.score import match_to_truth, score_against_truth
-    from axialtrack.pipeline.tracks import summarize_tracks
 
     locs = locs.reset_index(drop=True)
     tr = truth[truth["frame"].isin(analyzed)].reset_index(drop=True)

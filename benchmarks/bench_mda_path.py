@@ -57,11 +57,11 @@ def one_run(movie: Path, kind: str, n: int, out: Path) -> dict[str, Any]:
     """Stream ``n`` frames of ``movie`` unpaced through path ``kind``."""
     import useq
 
-    from axialtrack.pipeline import TrackingHandler
-    from axialtrack.pipeline.runner import (
+    from axialtrack.live import (
         CoreSource,
         LiveRunner,
         RunnerConfig,
+        TrackingHandler,
         open_live_writer,
     )
     from axialtrack.rig import load_rig, splitter_geometry

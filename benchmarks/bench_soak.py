@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench_live import get_bundle
 
-    from axialtrack.pipeline import AnalysisProcess
-    from axialtrack.pipeline.runner import (
+    from axialtrack.live import (
+        AnalysisProcess,
         CoreSource,
         LiveRunner,
         RunnerConfig,
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bundle = get_bundle(args.bundle)
     if args.tracemalloc:
-        from axialtrack.pipeline._analysis_child import TRACE_ENV
+        from axialtrack.live._analysis_child import TRACE_ENV
 
         os.environ[TRACE_ENV] = str(Path(args.tracemalloc).absolute())
         import tracemalloc

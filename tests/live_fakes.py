@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from axialtrack.geometry import SplitterGeometry, compose_frame
-from axialtrack.pipeline.runner import SourceFrame, open_live_writer
+from axialtrack.live import SourceFrame, open_live_writer
 from axialtrack.store import FrameMeta
 
 PLANE = (64, 64)

@@ -502,8 +502,7 @@ def test_python_localizer_and_analyzer_take_the_bundles_camera(
 
     from axialtrack.engine import select_engine
     from axialtrack.model import AxialNet, ModelConfig, load_bundle, save_bundle
-    from axialtrack.pipeline import Localizer
-    from axialtrack.pipeline.analyzer import make_analyzer
+    from axialtrack.pipeline import Localizer, make_analyzer
     from axialtrack.pipeline.config import CameraCalibration
 
     cam = CameraCalibration(offset_adu=400, e_per_adu=2.0, qe=0.9, bit_depth=12)

@@ -19,7 +19,7 @@ from axialtrack.demo import (
     summary_table,
     training_summary,
 )
-from axialtrack.pipeline import LiveMetrics
+from axialtrack.live import LiveMetrics
 
 
 def _history(vals: list[float]) -> list[dict[str, float]]:

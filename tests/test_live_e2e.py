@@ -12,15 +12,9 @@ import pytest
 from axialtrack.cli import main
 from axialtrack.devices import SimCamera, get_device
 from axialtrack.geometry import SplitterGeometry
+from axialtrack.live import CoreSource, LiveRunner, RunnerConfig, open_live_writer
 from axialtrack.model import BundleError
-from axialtrack.pipeline import (
-    CoreSource,
-    LiveRunner,
-    RunnerConfig,
-    make_analyzer,
-    open_live_writer,
-    score_against_truth,
-)
+from axialtrack.pipeline import make_analyzer, score_against_truth
 from axialtrack.rig import splitter_geometry
 from axialtrack.sim import to_dataframe
 from axialtrack.store import open_run
@@ -233,7 +227,7 @@ def test_mda_handler_keeps_no_rows_in_memory(
     the two positions of the sequence are tracked each on its own."""
     import useq
 
-    from axialtrack.pipeline.mda import TrackingHandler
+    from axialtrack.live import TrackingHandler
 
     _diffusing_rig(core, DEPTH)
     analyzer = make_analyzer(

@@ -20,7 +20,7 @@ from test_replay import PLANE as REPLAY_PLANE
 from test_replay import _parse, fake_analyzer, recording, replay_core  # noqa: F401
 
 from axialtrack.geometry import SplitterGeometry
-from axialtrack.pipeline.runner import (
+from axialtrack.live import (
     CoreSource,
     LiveMetrics,
     LiveRunner,
@@ -134,7 +134,7 @@ def test_a_signal_closes_the_run_like_ctrl_c(
 def test_stop_signals_stop_the_runner_and_restore_the_handlers(
     tmp_path: Path,
 ) -> None:
-    from axialtrack.pipeline.runner import StopSignals
+    from axialtrack.live import StopSignals
 
     geo = SplitterGeometry()
     runner = LiveRunner(
@@ -399,7 +399,7 @@ def test_cli_live_that_stores_no_frame_exits_1(
 ) -> None:
     """A camera whose sequence ends before its first frame: exit 1, said so,
     and the store it was given is closed with no frame."""
-    from axialtrack.pipeline import TrackingHandler
+    from axialtrack.live import TrackingHandler
 
     monkeypatch.setattr(TrackingHandler, "frameReady", lambda self, *a, **kw: None)
     path, _ = recording
@@ -434,7 +434,7 @@ def test_a_killed_run_leaves_nothing_in_the_temporary_folder(
     """SIGKILL to the whole process group (main process, analysis process and
     resource tracker): no socket folder (``pymp-*``) is left in the temporary
     folder, and the shared memory the run left is removed by the next run."""
-    from axialtrack.pipeline.process import SHM_PREFIX, remove_stale_segments
+    from axialtrack.live.process import SHM_PREFIX, remove_stale_segments
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
@@ -453,7 +453,7 @@ def test_a_killed_run_leaves_nothing_in_the_temporary_folder(
 
 
 def test_stale_segments_are_those_of_dead_processes(tmp_path: Path) -> None:
-    from axialtrack.pipeline.process import SHM_PREFIX, remove_stale_segments
+    from axialtrack.live.process import SHM_PREFIX, remove_stale_segments
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

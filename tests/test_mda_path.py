@@ -14,8 +14,7 @@ import pytest
 import useq
 
 from axialtrack.geometry import SplitterGeometry
-from axialtrack.pipeline import TrackingHandler
-from axialtrack.pipeline.mda import live_sequence, nominal_fps
+from axialtrack.live import TrackingHandler, live_sequence, nominal_fps
 from axialtrack.rig import load_rig, splitter_geometry
 from axialtrack.store import FrameMeta, RunWriter, open_run
 
@@ -164,7 +163,7 @@ def test_cli_live_runs_through_the_mda(tmp_path: Path, monkeypatch) -> None:
     the TrackingHandler as its output: one hardware sequence of the frames
     asked for, every frame stored."""
     from axialtrack.cli import main
-    from axialtrack.pipeline import mda as mda_mod
+    from axialtrack.live import mda as mda_mod
 
     seen: list[tuple[Any, Any]] = []
     real_run = mda_mod.TrackingHandler.sequenceStarted
@@ -325,7 +324,7 @@ def test_one_splitter_lookup(core: Any) -> None:
     """The rig, the MDA handler and scripts read the splitter one way."""
     import axialtrack.geometry as g
     import axialtrack.rig as rig
-    from axialtrack.pipeline import mda
+    from axialtrack.live import mda
 
     assert rig.splitter_geometry is g.splitter_geometry
     assert mda.geometry_from_core is g.splitter_geometry

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from axialtrack.pipeline import _kernels
-from axialtrack.pipeline.config import DetectionConfig
-from axialtrack.pipeline.detect import (
+from axialtrack.pipeline._detect import (
     _candidates,
     _kernel,
     detect,
     detection_image,
     smooth,
 )
+from axialtrack.pipeline.config import DetectionConfig
 from axialtrack.pipeline.localize import (
     _fit_windows,
     _fit_windows_numpy,

@@ -14,6 +14,7 @@ from scipy.spatial import cKDTree
 from axialtrack.calibrate.beads import crop_stack
 from axialtrack.geometry import SplitterGeometry, apply_affine, split_frame
 from axialtrack.model import Bundle, load_bundle
+from axialtrack.pipeline import detect, smooth
 from axialtrack.pipeline import localize as localize_module
 from axialtrack.pipeline.config import (
     CameraCalibration,
@@ -21,7 +22,6 @@ from axialtrack.pipeline.config import (
     LocalizerConfig,
 )
 from axialtrack.pipeline.crops import crop_pairs
-from axialtrack.pipeline.detect import detect, smooth
 from axialtrack.pipeline.localize import (
     TABLE_COLUMNS,
     Localizer,
@@ -740,7 +740,7 @@ def test_background_of_coarsely_quantized_counts_is_unbiased(
 ) -> None:
     """A few electrons per ADU: the median absolute deviation rounds to 0, and
     clipping at it kept only the median's value (biased by the rounding)."""
-    from axialtrack.pipeline.detect import background_map
+    from axialtrack.pipeline import background_map
 
     rng = np.random.default_rng(0)
     e = rng.poisson(bg_e, (512, 512)) + rng.normal(0, 1.0, (512, 512))
@@ -754,7 +754,7 @@ def test_background_follows_a_gradient_to_the_edge_of_a_partial_block() -> None:
     background rising 0.5 ADU per px: sampled where each block's pixels lie,
     the background is right across the image, the last rows too (it was up
     to 4.6 ADU low there, and 0.75 ADU low everywhere)."""
-    from axialtrack.pipeline.detect import background_map, sample_background
+    from axialtrack.pipeline import background_map, sample_background
 
     h, w = 200, 64
     yy, _ = np.mgrid[0:h, 0:w]

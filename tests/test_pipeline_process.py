@@ -16,17 +16,17 @@ import pytest
 from test_live_e2e import PLANE, _diffusing_rig
 
 from axialtrack.geometry import SplitterGeometry
-from axialtrack.model import BundleError
-from axialtrack.pipeline import (
+from axialtrack.live import (
     AnalysisProcess,
     AnalysisProcessError,
     CoreSource,
     LiveRunner,
     RunnerConfig,
-    make_analyzer,
     open_live_writer,
 )
-from axialtrack.pipeline import process as process_module
+from axialtrack.live import process as process_module
+from axialtrack.model import BundleError
+from axialtrack.pipeline import make_analyzer
 from axialtrack.rig import splitter_geometry
 from axialtrack.store import FrameMeta, open_run
 
@@ -257,7 +257,7 @@ def test_mda_handler_tracks_through_the_process(
 ) -> None:
     import useq
 
-    from axialtrack.pipeline.mda import TrackingHandler
+    from axialtrack.live import TrackingHandler
 
     _diffusing_rig(core, 0.3)
     # a queue as long as the run: a loaded machine analyzes later, never less
@@ -291,7 +291,7 @@ def test_one_handler_and_process_serve_two_sequences(
     again, with no tracks or rows of the sequence before."""
     import useq
 
-    from axialtrack.pipeline.mda import TrackingHandler
+    from axialtrack.live import TrackingHandler
 
     _diffusing_rig(core, 0.3)
     with AnalysisProcess(sim_bundle, **_kwargs(core)) as proc:
@@ -341,7 +341,7 @@ def test_warnings_of_the_child_reach_this_process(
 def test_cli_live_analyzes_in_a_process_or_in_threads(
     sim_bundle: Path, tmp_path: Path, analysis: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import axialtrack.pipeline.runner as runner_mod
+    import axialtrack.live.runner as runner_mod
     from axialtrack.cli import main
 
     class LongQueue(runner_mod.RunnerConfig):
@@ -367,7 +367,7 @@ def test_cli_live_falls_back_to_threads_when_the_process_cannot_start(
     sim_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     from axialtrack.cli import main
-    from axialtrack.pipeline import process
+    from axialtrack.live import process
 
     def refuse(*a, **k):
         raise AnalysisProcessError("the analysis process exited with code 1")

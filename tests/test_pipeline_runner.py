@@ -19,15 +19,15 @@ from live_fakes import (
 )
 
 from axialtrack.geometry import SplitterGeometry, compose_frame
-from axialtrack.pipeline.runner import (
+from axialtrack.live import (
     CameraStalledError,
     CoreSource,
     LiveMetrics,
     LiveRunner,
     RunnerConfig,
     open_live_writer,
-    split_into,
 )
+from axialtrack.live.runner import split_into
 from axialtrack.store import FrameMeta, StoreExistsError, open_run
 
 
@@ -490,7 +490,7 @@ def test_core_source_pairs_two_cameras() -> None:
 def test_mda_handler_tracks_useq_sequence(core, tmp_path: Path) -> None:
     import useq
 
-    from axialtrack.pipeline.mda import TrackingHandler
+    from axialtrack.live import TrackingHandler
 
     core.setProperty("Camera", "PlaneWidth", 128)
     core.setProperty("Camera", "PlaneHeight", 128)
@@ -516,7 +516,7 @@ def test_mda_handler_tracks_useq_sequence(core, tmp_path: Path) -> None:
     with pytest.raises(StoreExistsError):
         TrackingHandler(tmp_path / "mda.zarr", ana, core=core)
     # attached to the core's MDA events (as for pymmcore-widgets' MDA widget)
-    import axialtrack.pipeline.mda as mda
+    import axialtrack.live.mda as mda
 
     made_on: list[str] = []
     open_writer = mda.open_live_writer
@@ -546,7 +546,7 @@ def test_mda_handler_records_a_canceled_or_failed_sequence(
 ) -> None:
     import useq
 
-    from axialtrack.pipeline.mda import TrackingHandler
+    from axialtrack.live import TrackingHandler
 
     core.setProperty("Camera", "PlaneWidth", 32)
     core.setProperty("Camera", "PlaneHeight", 32)
@@ -594,7 +594,7 @@ def test_mda_handler_stores_every_frame_when_the_analysis_fails(
 ) -> None:
     import useq
 
-    from axialtrack.pipeline.mda import TrackingHandler
+    from axialtrack.live import TrackingHandler
 
     class Bad(PeakAnalyzer):
         def analyze(self, planes, indices, meta):  # type: ignore[no-untyped-def]
@@ -634,7 +634,7 @@ def test_mda_handler_stores_every_frame_when_the_analysis_fails(
 def test_mda_handler_tracks_one_channel(core, tmp_path: Path, caplog) -> None:
     import useq
 
-    from axialtrack.pipeline.mda import TrackingHandler
+    from axialtrack.live import TrackingHandler
 
     core.setProperty("Camera", "PlaneWidth", 64)
     core.setProperty("Camera", "PlaneHeight", 64)

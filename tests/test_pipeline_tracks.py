@@ -8,15 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from axialtrack.pipeline import link as link_mod
-from axialtrack.pipeline.link import (
-    LinkConfig,
-    OnlineLinker,
-    PositionLinker,
-    drop_short_tracks,
-    link_table,
-)
-from axialtrack.pipeline.tracks import (
+from axialtrack.pipeline import (
     SUMMARY_COLUMNS,
     estimate_diffusion,
     estimate_diffusion_population,
@@ -24,6 +16,14 @@ from axialtrack.pipeline.tracks import (
     summarize_tracks,
     to_napari_tracks,
     write_geff,
+)
+from axialtrack.pipeline import link as link_mod
+from axialtrack.pipeline.link import (
+    LinkConfig,
+    OnlineLinker,
+    PositionLinker,
+    drop_short_tracks,
+    link_table,
 )
 from axialtrack.sim.brownian import brownian_localizations as simulate
 
@@ -527,7 +527,7 @@ def test_linking_keeps_its_precision_at_stage_coordinates() -> None:
 def test_steps_across_a_pause_in_the_acquisition_are_left_out() -> None:
     """Consecutive frames 0.5 s apart every 100 frames (a burst acquisition):
     those steps are not single-frame steps of dt."""
-    from axialtrack.pipeline.tracks import summarize_tracks
+    from axialtrack.pipeline import summarize_tracks
 
     rng = np.random.default_rng(1)
     d_true, dt, n = 0.5, 0.01, 4000

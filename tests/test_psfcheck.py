@@ -212,7 +212,7 @@ class _Frames:
 
     def next(self, timeout_s: float):
         from axialtrack.geometry import compose_frame
-        from axialtrack.pipeline import SourceFrame
+        from axialtrack.live import SourceFrame
 
         if self.finished():
             return None
@@ -230,13 +230,9 @@ def test_live_run_says_when_the_psf_has_changed(
     from test_pipeline_localize import PX, BundleEngine
 
     from axialtrack.geometry import SplitterGeometry
+    from axialtrack.live import LiveRunner, RunnerConfig, open_live_writer
     from axialtrack.model import load_bundle
-    from axialtrack.pipeline import (
-        LiveRunner,
-        RunnerConfig,
-        TrackingAnalyzer,
-        open_live_writer,
-    )
+    from axialtrack.pipeline import TrackingAnalyzer
     from axialtrack.pipeline.config import LocalizerConfig
 
     geo = SplitterGeometry()

@@ -330,7 +330,7 @@ def test_cli_localize_refine(sim_bundle: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_live_metrics_say_how_many_were_refined() -> None:
-    from axialtrack.pipeline.runner import LiveMetrics
+    from axialtrack.live import LiveMetrics
 
     m = LiveMetrics(localizations=120, refined=45)
     assert "120 localizations (45 refined)," in m.status_line()

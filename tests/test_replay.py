@@ -13,7 +13,7 @@ import tifffile
 
 from axialtrack.devices.replay import ReplayCamera, open_movie
 from axialtrack.geometry import split_frame
-from axialtrack.pipeline.runner import CoreSource, LiveRunner, open_live_writer
+from axialtrack.live import CoreSource, LiveRunner, open_live_writer
 from axialtrack.rig import load_rig, splitter_geometry
 from axialtrack.store import FrameMeta, RunWriter, open_run
 
@@ -204,7 +204,7 @@ def test_cli_live_on_replay_and_refuses_existing(
     args = _parse([*argv, "--overwrite"])
     args.frames = 0
     assert args.func(args) == 2
-    from axialtrack.pipeline.runner import LiveRunner
+    from axialtrack.live import LiveRunner
 
     def no_camera(self, *a, **kw):  # type: ignore[no-untyped-def]
         raise RuntimeError("camera did not start")

@@ -12,8 +12,13 @@ import pytest
 from live_fakes import FailingAnalyzer, ListSource, PeakAnalyzer, _writer
 
 from axialtrack.geometry import SplitterGeometry
-from axialtrack.pipeline import LiveMetrics, LiveRunner, RunnerConfig, RunSignals
-from axialtrack.pipeline.runner import CameraStalledError
+from axialtrack.live import (
+    CameraStalledError,
+    LiveMetrics,
+    LiveRunner,
+    RunnerConfig,
+    RunSignals,
+)
 from axialtrack.store import open_run
 
 

@@ -121,7 +121,7 @@ def test_geff_validates(run_path: Path, world: pd.DataFrame, tmp_path: Path) -> 
     )
     assert graph.number_of_nodes() == 3 * N_FRAMES
     assert graph.number_of_edges() == 3 * (N_FRAMES - 1)
-    from axialtrack.pipeline.tracks import read_geff
+    from axialtrack.pipeline import read_geff
 
     nodes, _ = read_geff(path)
     linked = world[world["track_id"] >= 0]

@@ -380,7 +380,7 @@ def _live(
     con: Console,
     progress: bool,
 ) -> None:
-    from axialtrack.pipeline.process import AnalysisProcess
+    from axialtrack.live import AnalysisProcess
     from axialtrack.rig import splitter_geometry
 
     label = core.getCameraDevice()
@@ -466,7 +466,7 @@ def _live_run(
     con: Console,
     progress: bool,
 ) -> Any:
-    from axialtrack.pipeline.runner import CoreSource, LiveRunner, RunnerConfig
+    from axialtrack.live import CoreSource, LiveRunner, RunnerConfig
     from axialtrack.store import RunWriter
 
     writer = RunWriter(
@@ -505,12 +505,12 @@ def _score_live(
     cfg: DemoConfig,
     con: Console,
 ) -> None:
+    from axialtrack.pipeline import summarize_tracks
     from axialtrack.pipeline.score import (
         in_field,
         match_to_truth,
         score_against_truth,
     )
-    from axialtrack.pipeline.tracks import summarize_tracks
     from axialtrack.sim import to_dataframe
     from axialtrack.store import open_run
 

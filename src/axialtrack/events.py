@@ -6,8 +6,8 @@
 - :class:`CalibrationSignals`: a calibration acquisition
   (``run_calibration(..., events=...)``).
 
-Every :class:`~axialtrack.pipeline.runner.LiveRunner` (and
-:class:`~axialtrack.pipeline.mda.TrackingHandler`) has an ``events`` attribute, a
+Every :class:`~axialtrack.live.LiveRunner` (and
+:class:`~axialtrack.live.TrackingHandler`) has an ``events`` attribute, a
 :class:`RunSignals` group. The CLI's status line, user scripts and the GUI all
 subscribe to it::
 
@@ -20,7 +20,7 @@ Which thread emits
 The acquisition thread never runs a subscriber: it only moves frames. The
 events come from
 
-- the thread that called :meth:`~axialtrack.pipeline.runner.LiveRunner.run`:
+- the thread that called :meth:`~axialtrack.live.LiveRunner.run`:
   ``started``, ``status``, ``framesStored``, ``framesSkipped``, ``warning``,
   ``finished`` and ``failed`` (warnings raised in other threads are emitted at
   the next status period);
@@ -50,7 +50,7 @@ class RunSignals(SignalGroup):
         ``(path)``: the run store (:class:`pathlib.Path`) is open and the camera
         started.
     status
-        ``(metrics)``: a :class:`~axialtrack.pipeline.runner.LiveMetrics` every
+        ``(metrics)``: a :class:`~axialtrack.live.LiveMetrics` every
         ``RunnerConfig.status_interval_s``.
     batchAnalyzed
         ``(frames, rows)``: the frame indices of an analyzed batch (int64
@@ -68,7 +68,7 @@ class RunSignals(SignalGroup):
         ``(message)``: a one-line warning (also in ``LiveMetrics.warnings``).
     finished
         ``(metrics)``: the run is over and its store closed; the final
-        :class:`~axialtrack.pipeline.runner.LiveMetrics`.
+        :class:`~axialtrack.live.LiveMetrics`.
     failed
         ``(error)``: the run stopped on this exception (``run()`` raises it
         once the store is closed).

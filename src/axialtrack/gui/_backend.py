@@ -293,14 +293,13 @@ class LiveSession:
         """Check everything and open the run store (nothing is written on a
         refusal)."""
         from axialtrack.camera import camera_from_core, resolve_camera
-        from axialtrack.pipeline import (
+        from axialtrack.live import (
             CoreSource,
             LiveRunner,
-            LocalizerConfig,
             RunnerConfig,
-            make_analyzer,
             open_live_writer,
         )
+        from axialtrack.pipeline import LocalizerConfig, make_analyzer
         from axialtrack.rig import splitter_geometry
 
         core = self.core
@@ -340,7 +339,7 @@ class LiveSession:
                 "keep_rows": False,
             }
             if self.analysis == "process":
-                from axialtrack.pipeline import AnalysisProcess
+                from axialtrack.live import AnalysisProcess
 
                 analyzer = AnalysisProcess(
                     self.bundle, max_batch_frames=config.max_batch_frames, **kwargs

@@ -15,10 +15,12 @@ analysis, without ever holding the camera up.
   fed through shared memory.
 
 The per-frame localization these drive (detection, crops, Z, linking, tracks)
-is :mod:`axialtrack.pipeline`, which also hands out these names.
+is :mod:`axialtrack.pipeline`: this package imports it, never the other way.
 """
 
 from __future__ import annotations
+
+from axialtrack.events import RunSignals
 
 from ._protocols import FrameAnalyzer, FrameSource, SourceFrame, StagedAnalyzer
 from .config import RunnerConfig
@@ -44,6 +46,7 @@ __all__ = [
     "FrameSource",
     "LiveMetrics",
     "LiveRunner",
+    "RunSignals",
     "RunnerConfig",
     "SourceFrame",
     "StagedAnalyzer",

@@ -116,7 +116,7 @@ def _serve(conn: Connection, make_kwargs: dict[str, Any], slots: np.ndarray) -> 
     logging.getLogger().addHandler(notices)  # the root logger: WARNING and above
     overlap = bool(make_kwargs.pop("overlap", False))
     try:
-        from axialtrack.pipeline.analyzer import make_analyzer
+        from axialtrack.pipeline import make_analyzer
 
         kwargs = dict(make_kwargs)
         bundle = kwargs.pop("bundle_path")

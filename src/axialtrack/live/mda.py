@@ -41,7 +41,7 @@ from axialtrack.live.runner import (
     SourceFrame,
     open_live_writer,
 )
-from axialtrack.pipeline.analyzer import TrackingAnalyzer
+from axialtrack.pipeline import TrackingAnalyzer
 from axialtrack.store import RunWriter, StoreExistsError, WriterOptions
 
 __all__ = [
@@ -212,11 +212,11 @@ class TrackingHandler:
         ``-1``, ``-2``, ... before the suffix.
     analyzer
         The :class:`~axialtrack.live.runner.FrameAnalyzer` (None: record
-        only). A :class:`~axialtrack.pipeline.analyzer.TrackingAnalyzer` is set
+        only). A :class:`~axialtrack.pipeline.TrackingAnalyzer` is set
         to keep no rows (``keep_rows = False``): the store holds every row and
         the track table is made from them at the end, so memory stays flat over
         a sequence of any length. Make an
-        :class:`~axialtrack.pipeline.AnalysisProcess` with ``keep_rows=False``
+        :class:`~axialtrack.live.AnalysisProcess` with ``keep_rows=False``
         for the same.
     core
         The core running the MDA: gives the splitter geometry and pixel size if

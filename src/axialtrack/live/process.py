@@ -10,7 +10,7 @@ threads used 1.3-1.9x the CPU per frame of the same code run in one thread.
 in a child process instead. Batches of frames go into preallocated shared-memory
 slots (one copy); the child analyzes them in order and sends back the
 localization columns. It is a :class:`~axialtrack.live.runner.StagedAnalyzer`,
-so :class:`~axialtrack.pipeline.LiveRunner` takes it like any analyzer:
+so :class:`~axialtrack.live.LiveRunner` takes it like any analyzer:
 ``prepare`` hands a batch to the child and returns at once, ``complete`` waits
 for its rows.
 
@@ -135,7 +135,7 @@ class AnalysisProcess:
 
     Takes the arguments of :func:`~axialtrack.pipeline.make_analyzer` plus the
     frame geometry the shared memory is sized for. Use it as the ``analyzer``
-    of a :class:`~axialtrack.pipeline.LiveRunner` (or call :meth:`analyze`
+    of a :class:`~axialtrack.live.LiveRunner` (or call :meth:`analyze`
     directly), then :meth:`finish` for the track summary and :meth:`close`
     (or a ``with`` block).
 
@@ -458,7 +458,7 @@ class AnalysisProcess:
         and with ``keep_rows=False`` the child keeps no rows for
         :meth:`finish` (see :class:`~axialtrack.pipeline.TrackingAnalyzer`).
         ``frame_positions``: the field of every frame."""
-        from axialtrack.pipeline.analyzer import summarize_linked
+        from axialtrack.pipeline import summarize_linked
 
         return summarize_linked(
             locs,

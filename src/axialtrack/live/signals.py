@@ -22,7 +22,7 @@ STOP_SIGNALS: dict[str, str] = {
 
 class Stoppable(Protocol):
     """What :class:`StopSignals` stops: a :class:`LiveRunner` or a
-    :class:`~axialtrack.pipeline.TrackingHandler`."""
+    :class:`~axialtrack.live.TrackingHandler`."""
 
     def stop(self, reason: str = "stopped") -> None:
         """Ask the run to stop, storing what was acquired."""

@@ -193,7 +193,7 @@ def _make_analyzer(
         from axialtrack.live.process import AnalysisProcess
 
         return AnalysisProcess(bundle, max_batch_frames=process_batch, **kwargs)
-    from axialtrack.pipeline.analyzer import make_analyzer
+    from axialtrack.pipeline import make_analyzer
 
     return make_analyzer(bundle, **kwargs)
 

@@ -43,9 +43,9 @@ from axialtrack.geometry import apply_affine, invert_affine
 from axialtrack.store.layout import LOCALIZATION_COLUMNS
 
 from . import _kernels
+from ._detect import Detections, detect
 from .config import CameraCalibration, LocalizerConfig
 from .crops import crop_centers, crop_pairs
-from .detect import Detections, detect
 
 if TYPE_CHECKING:
     from axialtrack.optics.sampled import SampledPSF

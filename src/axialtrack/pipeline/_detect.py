@@ -5,8 +5,8 @@ registration (``source="sum"``: a particle in focus in either plane is found). I
 smoothed with a separable Gaussian, a smooth background map is subtracted, and the
 local maxima above a threshold in photons are the detections.
 
-On one CPU core a 2 x 512 x 512 frame takes ~1.1 ms with the compiled kernels,
-~2 ms without (see ``benchmarks/bench_detect.py``):
+Two code paths, both tested against each other (``docs/pipeline.md`` gives
+their costs, ``benchmarks/bench_detect.py`` measures them):
 
 - detection image and smoothing: with numba (:mod:`._kernels`) and a
   whole-pixel registration, one compiled call streams over the rows, building
@@ -18,8 +18,7 @@ On one CPU core a 2 x 512 x 512 frame takes ~1.1 ms with the compiled kernels,
   smoothed by two depthwise convolutions in a small onnxruntime graph (one
   thread, one session per shape), the padded image cut into 16 overlapping
   strips of rows, one per channel, so onnxruntime takes its vectorized
-  blocked-channel path (~3x faster than numpy shifted slices; those remain
-  the last fallback);
+  blocked-channel path (docs/pipeline.md gives the timings of both paths);
 - background: the sigma-clipped mean of each ``background_block_px`` block
   (sub-sampled by 2), both planes at once, order statistics in int32 for 16-bit
   counts; bilinear interpolation only at the peaks;
@@ -151,7 +150,7 @@ def _strips(h: int) -> tuple[int, int]:
 
 @lru_cache(maxsize=8)
 def _ort_smoother(kernel_key: bytes, strips: int, rows: int, width: int) -> Any:
-    """onnxruntime session of the separable smoothing, or ``None`` if unavailable.
+    """onnxruntime session of the separable smoothing.
 
     The graph is two depthwise convolutions (``group = strips``) of a
     ``(1, strips, rows + 2 r, width + 2 r)`` float32 input, the edge-padded image
@@ -160,11 +159,9 @@ def _ort_smoother(kernel_key: bytes, strips: int, rows: int, width: int) -> Any:
     convolutions take onnxruntime's vectorized path (blocked channels); one
     single-channel convolution would go through im2col and be slower than numpy.
     """
-    try:
-        import onnxruntime as ort
-        from onnx import TensorProto, helper, numpy_helper
-    except ImportError:  # pragma: no cover - both are dependencies
-        return None
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
     half = np.frombuffer(kernel_key, dtype=np.float32)
     r = half.size - 1
     k = np.concatenate([half[:0:-1], half])
@@ -198,12 +195,9 @@ def _ort_smoother(kernel_key: bytes, strips: int, rows: int, width: int) -> Any:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
-    try:
-        return ort.InferenceSession(
-            model.SerializeToString(), so, providers=["CPUExecutionProvider"]
-        )
-    except Exception:  # pragma: no cover - fall back to numpy
-        return None
+    return ort.InferenceSession(
+        model.SerializeToString(), so, providers=["CPUExecutionProvider"]
+    )
 
 
 def _padded(h: int, w: int, r: int) -> np.ndarray:
@@ -224,27 +218,6 @@ def _fill_edges(pad: np.ndarray, h: int, w: int, r: int) -> None:
     pad[:, r + w :] = pad[:, r + w - 1 : r + w]
 
 
-def _smooth_numpy(
-    pad: np.ndarray, h: int, w: int, k: np.ndarray, out: np.ndarray
-) -> np.ndarray:
-    """Separable smoothing of the padded image with shifted slices (fallback)."""
-    r = k.shape[0] - 1
-    mid = _BUF.get("smooth_mid", (h, w + 2 * r), np.float32)
-    tmp = _BUF.get("smooth_tmp", (h, w + 2 * r), np.float32)
-    np.multiply(pad[r : r + h], k[0], out=mid)
-    for i in range(1, r + 1):
-        np.add(pad[r - i : r - i + h], pad[r + i : r + i + h], out=tmp)
-        tmp *= k[i]
-        mid += tmp
-    t2 = tmp[:, :w]
-    np.multiply(mid[:, r : r + w], k[0], out=out)
-    for i in range(1, r + 1):
-        np.add(mid[:, r - i : r - i + w], mid[:, r + i : r + i + w], out=t2)
-        t2 *= k[i]
-        out += t2
-    return out
-
-
 def _smooth_padded(
     pad: np.ndarray, h: int, w: int, k: np.ndarray, out: np.ndarray
 ) -> np.ndarray:
@@ -252,8 +225,6 @@ def _smooth_padded(
     r = k.shape[0] - 1
     n, rows = _strips(h)
     sess = _ort_smoother(k.tobytes(), n, rows, w)
-    if sess is None:
-        return _smooth_numpy(pad, h, w, k, out)
     x = _BUF.get("smooth_x", (1, n, rows + 2 * r, w + 2 * r), np.float32)
     s0, s1 = pad.strides
     np.copyto(
@@ -264,22 +235,19 @@ def _smooth_padded(
     )
     direct = n * rows == h and out.dtype == np.float32 and out.flags.c_contiguous
     y = out if direct else _BUF.get("smooth_y", (n * rows, w), np.float32)
-    try:
-        # a binding is reused while the session and both buffers are the same
-        key = (id(sess), x.ctypes.data, y.ctypes.data, y.shape)
-        bound = _BUF.bindings.get(key)
-        if bound is None:
-            io = sess.io_binding()
-            io.bind_cpu_input("x", x)
-            io.bind_output("y", "cpu", 0, np.float32, (1, n, rows, w), y.ctypes.data)
-            bound = (io, sess, x, y)  # keeps what the key names alive
-            if any(y is a for a in _BUF.arrays.values()):  # not a caller's array
-                if len(_BUF.bindings) > 8:
-                    _BUF.bindings.clear()
-                _BUF.bindings[key] = bound
-        sess.run_with_iobinding(bound[0])
-    except Exception:  # pragma: no cover - onnxruntime failed: numpy instead
-        return _smooth_numpy(pad, h, w, k, out)
+    # a binding is reused while the session and both buffers are the same
+    key = (id(sess), x.ctypes.data, y.ctypes.data, y.shape)
+    bound = _BUF.bindings.get(key)
+    if bound is None:
+        io = sess.io_binding()
+        io.bind_cpu_input("x", x)
+        io.bind_output("y", "cpu", 0, np.float32, (1, n, rows, w), y.ctypes.data)
+        bound = (io, sess, x, y)  # keeps what the key names alive
+        if any(y is a for a in _BUF.arrays.values()):  # not a caller's array
+            if len(_BUF.bindings) > 8:
+                _BUF.bindings.clear()
+            _BUF.bindings[key] = bound
+    sess.run_with_iobinding(bound[0])
     if not direct:
         out[...] = y[:h]
     return out

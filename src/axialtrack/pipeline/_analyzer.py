@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from . import _kernels
+from ._tracks import summarize_tracks
 from .link import LinkConfig, PositionLinker
 from .localize import Localizer, LocalizerConfig, PreparedBatch
-from .tracks import summarize_tracks
 
 if TYPE_CHECKING:
     from axialtrack.engine import Engine
@@ -54,7 +54,7 @@ class TrackingAnalyzer:
         from the frames' times).
     axial_scale
         Sample depth per unit of ``z_um`` (the focal shift) for the diffusion
-        estimates of the track summary (:func:`~.tracks.summarize_tracks`).
+        estimates of the track summary (:func:`~axialtrack.pipeline.summarize_tracks`).
     link_in_range_only
         Localizations whose ``dz`` lies outside the model's calibrated range
         (``in_range`` false) keep ``track_id = -1``: their Z is unknown (the
@@ -254,7 +254,7 @@ class TrackingAnalyzer:
         """The per-track summary of localizations ``locs`` (e.g. those a run
         store holds), with this analyzer's frame interval and axial scale;
         ``None`` when none is linked. ``frame_positions``: the field of every
-        frame (see :func:`~.tracks.summarize_tracks`)."""
+        frame (see :func:`~axialtrack.pipeline.summarize_tracks`)."""
         return summarize_linked(
             locs,
             frame_interval_s=self.frame_interval_s,
@@ -270,8 +270,8 @@ def summarize_linked(
     axial_scale: float,
     frame_positions: np.ndarray | None = None,
 ) -> pd.DataFrame | None:
-    """:func:`~.tracks.summarize_tracks` of ``locs``, or ``None`` when no row
-    has a track (``track_id >= 0``)."""
+    """:func:`~axialtrack.pipeline.summarize_tracks` of ``locs``, or ``None``
+    when no row has a track (``track_id >= 0``)."""
     if not len(locs) or not (np.asarray(locs["track_id"]) >= 0).any():
         return None
     with warnings.catch_warnings():
