@@ -6,15 +6,16 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
+from axialtrack._deprecate import renamed_keyword
 from axialtrack.model import Bundle, BundleError, load_bundle
 
 from .base import BACKENDS, Engine, EngineError
 
 __all__ = ["ENGINE_CHOICES", "available_backends", "make_engine", "select_engine"]
 
-#: Accepted values of ``prefer`` besides the backend names.
+#: Accepted values of ``engine`` besides the backend names.
 ALIASES = ("auto", "torch")
-#: Every accepted value of ``prefer`` (the ``--engine`` choices).
+#: Every accepted value of ``engine`` (the ``--engine`` choices).
 ENGINE_CHOICES: tuple[str, ...] = (*ALIASES, *BACKENDS)
 
 
@@ -99,12 +100,13 @@ def _summary(avail: dict[str, str | None]) -> str:
 
 def select_engine(
     bundle: Bundle | str | Path,
-    prefer: str = "auto",
+    engine: str = "auto",
     *,
     precision: str = "fp32",
     threads: int | None = None,
     buckets: Sequence[int] | None = None,
     cache_dir: str | Path | None = None,
+    prefer: str | None = None,
 ) -> Engine:
     """The fastest available engine for a model bundle.
 
@@ -112,7 +114,7 @@ def select_engine(
     ----------
     bundle
         A loaded :class:`~axialtrack.model.Bundle` or the path of one.
-    prefer
+    engine
         ``"auto"``: TensorRT > torch-CUDA > ONNX Runtime > torch-CPU, the first
         that is available and builds; or one backend name (``"tensorrt"``,
         ``"torch-cuda"``, ``"onnxruntime"``, ``"torch-cpu"``; ``"torch"`` is
@@ -128,6 +130,8 @@ def select_engine(
         :data:`~axialtrack.engine.base.CPU_BUCKETS` for onnxruntime).
     cache_dir
         Compiled-engine cache directory (TensorRT).
+    prefer
+        Deprecated name of ``engine`` (a ``DeprecationWarning``).
 
     Returns
     -------
@@ -142,19 +146,21 @@ def select_engine(
     axialtrack.model.BundleError
         The bundle is missing or corrupt.
     """
+    if prefer is not None:
+        engine = renamed_keyword("prefer", "engine", prefer, engine, "auto")
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be 'fp32' or 'fp16'; got {precision!r}")
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
     avail = available_backends()
     kw = {"threads": threads, "buckets": buckets, "cache_dir": cache_dir}
-    if prefer != "auto":
-        name = prefer
-        if prefer == "torch":
+    if engine != "auto":
+        name = engine
+        if engine == "torch":
             name = "torch-cuda" if avail["torch-cuda"] is None else "torch-cpu"
         if name not in BACKENDS:
             raise EngineError(
-                f"unknown backend {prefer!r}; choose from {', '.join(ENGINE_CHOICES)}"
+                f"unknown backend {engine!r}; choose from {', '.join(ENGINE_CHOICES)}"
             )
         why = avail[name]
         if why is not None:
@@ -166,7 +172,7 @@ def select_engine(
                 name,
                 bundle,
                 precision=precision,
-                reason=f"{name} requested (prefer={prefer!r})",
+                reason=f"{name} requested (engine={engine!r})",
                 **kw,  # type: ignore[arg-type]
             )
         except EngineError as exc:

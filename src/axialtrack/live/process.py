@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from axialtrack._deprecate import renamed_keyword
 from axialtrack.errors import AxialtrackError
 
 if TYPE_CHECKING:
@@ -167,8 +168,9 @@ class AnalysisProcess:
         the caller, and with it the end of a live run, for good.
     **make_kwargs
         The other arguments of :func:`~axialtrack.pipeline.make_analyzer`
-        (``pixel_size_um``, ``geometry``, ``engine_prefer``, ...). They are
-        pickled to the child.
+        (``pixel_size_um``, ``geometry``, ``engine``, ...). They are pickled
+        to the child. The former ``engine_prefer`` is accepted with a
+        ``DeprecationWarning`` (here, not in the child) and passed as ``engine``.
 
     Raises
     ------
@@ -193,6 +195,12 @@ class AnalysisProcess:
         answer_timeout_s: float = 60.0,
         **make_kwargs: Any,
     ) -> None:
+        if "engine_prefer" in make_kwargs:
+            old = str(make_kwargs.pop("engine_prefer"))
+            now = str(make_kwargs.get("engine", "auto"))
+            make_kwargs["engine"] = renamed_keyword(
+                "engine_prefer", "engine", old, now, "auto"
+            )
         if slots < 2:
             raise ValueError(f"slots must be >= 2, got {slots}")
         if max_batch_frames < 1:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from axialtrack._deprecate import renamed_keyword
+
 from . import _kernels
 from ._tracks import summarize_tracks
 from .link import LinkConfig, PositionLinker
@@ -291,7 +293,7 @@ def make_analyzer(
     pixel_size_um: float,
     geometry: SplitterGeometry | None = None,
     frame_interval_s: float | None = None,
-    engine_prefer: str = "auto",
+    engine: str = "auto",
     localizer: LocalizerConfig | None = None,
     link: LinkConfig | None = None,
     axial_scale: float = 1.0,
@@ -317,8 +319,10 @@ def make_analyzer(
         The rig's splitter geometry (plane offset, nominal plane-1 affine).
     frame_interval_s
         Frame period, for the track summary.
-    engine_prefer
-        Backend choice for :func:`axialtrack.engine.select_engine`.
+    engine
+        Backend choice for :func:`axialtrack.engine.select_engine` (its
+        former name here, ``engine_prefer``, is accepted with a
+        ``DeprecationWarning``).
     localizer, link
         Localization and linking settings.
     axial_scale
@@ -330,6 +334,10 @@ def make_analyzer(
     """
     from axialtrack.engine import select_engine
     from axialtrack.model import load_bundle
+
+    if "engine_prefer" in engine_kwargs:
+        old = str(engine_kwargs.pop("engine_prefer"))
+        engine = renamed_keyword("engine_prefer", "engine", old, engine, "auto")
 
     bundle = load_bundle(
         bundle_path,
@@ -349,10 +357,10 @@ def make_analyzer(
 
         # counts become photons with the camera the model was calibrated with
         localizer = LocalizerConfig(camera=bundle.camera)
-    engine = select_engine(bundle, prefer=engine_prefer, **engine_kwargs)
-    logger.info("inference engine: %s (%s)", engine.name, engine.reason)
+    chosen = select_engine(bundle, engine, **engine_kwargs)
+    logger.info("inference engine: %s (%s)", chosen.name, chosen.reason)
     return TrackingAnalyzer(
-        engine,
+        chosen,
         plane_shape=plane_shape,
         pixel_size_um=pixel_size_um,
         affine=affine,
