@@ -166,7 +166,7 @@ class _AnalysisThreads(_RunState):
     def _analyze_batches(self) -> None:
         analyzer: Any = self.analyzer
         # the analyzers of this package hand over plain column arrays, which the
-        # writer takes as they are (a DataFrame costs ~1 ms a batch to build)
+        # writer takes as they are (no DataFrame to build per batch)
         run_batch = _columns_variant(
             analyzer, "complete" if self._staged else "analyze"
         )

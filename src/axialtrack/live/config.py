@@ -25,9 +25,8 @@ class RunnerConfig(BaseModel):
         Longest wait for a batch to fill, counted from the arrival of its oldest
         frame (a backlog is taken at once). ``0``: a batch is what has arrived
         when the analysis is ready, so a frame never waits for later ones and
-        batches grow only while the analysis is behind (at 100 frames/s on two
-        cores, latency p50 7 ms against 25 ms with 20 ms, p99 16 against 34 ms,
-        for about 0.5 ms more CPU per frame).
+        batches grow only while the analysis is behind (lower latency for a
+        little more CPU per frame; docs/live.md gives the measurements).
     analysis_queue_frames
         Frames that may wait for analysis; beyond, new frames are skipped.
     status_interval_s
@@ -54,9 +53,9 @@ class RunnerConfig(BaseModel):
         Collect garbage once before the camera starts and move everything that
         exists then out of the collector's reach (:func:`gc.freeze`) until the
         run ends. With numpy, pandas, zarr and the camera driver loaded, a full
-        collection walks a quarter of a million objects and holds the GIL for
-        up to 170 ms (measured in the live benchmark), stalling every thread of
-        the run; after the freeze it walks only what the run itself allocates.
+        collection walks a quarter of a million objects and holds the GIL long
+        enough to stall every thread of the run (docs/live.md gives the
+        measurements); after the freeze it walks only what the run allocates.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
