@@ -110,7 +110,7 @@ def simulated_stack(
             seed=seed * 1000 + p,
         )
         truth = r.truth(0.0, (sx, sy, sample.coverslip_z_um))
-        truth = truth[truth["kind"] == BEAD]
+        truths.append(truth[truth["kind"] == BEAD])
         if zs is None:
             zf = r.z_focus_um(np.array(depth_um))
             zs = np.arange(
@@ -118,17 +118,7 @@ def simulated_stack(
                 zf[1] + z_half_range_um + z_step_um / 2,
                 z_step_um,
             )
-        stack = np.empty((len(zs), 2, h, w), dtype=np.uint16)
-        for k, z in enumerate(zs):
-            if noise:
-                raw = r.snap((sx, sy, float(z)), 0.0, exposure_s, frame_index=k)
-                stack[k] = split_frame(raw, geometry)
-            else:
-                img = r.expected((sx, sy, float(z)), 0.0, exposure_s)
-                mean = camera.qe * img / camera.gain_e_per_adu + camera.offset_adu
-                stack[k] = np.clip(np.round(mean), 0, 65535).astype(np.uint16)
-        frames.append(stack)
-        truths.append(truth)
+        frames.append(_render_field(r, camera, (sx, sy), zs, exposure_s, noise))
     assert zs is not None
     return CalibrationStack(
         frames=np.stack(frames),
@@ -147,3 +137,27 @@ def simulated_stack(
             "exposure_s": exposure_s,
         },
     )
+
+
+def _render_field(
+    r: Renderer,
+    camera: CameraModel,
+    xy_um: tuple[float, float],
+    zs: np.ndarray,
+    exposure_s: float,
+    noise: bool,
+) -> np.ndarray:
+    """``(Z, 2, H, W)`` uint16 planes of one field at the stage Z positions:
+    noisy frames, or the camera's rounded mean without noise."""
+    h, w = r.plane_shape
+    stack = np.empty((len(zs), 2, h, w), dtype=np.uint16)
+    for k, z in enumerate(zs):
+        stage = (xy_um[0], xy_um[1], float(z))
+        if noise:
+            raw = r.snap(stage, 0.0, exposure_s, frame_index=k)
+            stack[k] = split_frame(raw, r.geometry)
+        else:
+            img = r.expected(stage, 0.0, exposure_s)
+            mean = camera.qe * img / camera.gain_e_per_adu + camera.offset_adu
+            stack[k] = np.clip(np.round(mean), 0, 65535).astype(np.uint16)
+    return stack

@@ -446,23 +446,7 @@ def summarize_tracks(
         estimates ``loc_error_xy_um``, ``loc_error_z_um`` (float64), sorted by
         ``track_id``.
     """
-    step_of: np.ndarray | None = None
-    if frame_positions is not None and len(np.unique(frame_positions)) > 1:
-        pos, visit = _visits(frame_positions)
-        n_frames = len(pos)
-        if len(locs) and int(locs["frame"].max()) >= n_frames:
-            raise ValueError(
-                f"frame_positions holds {n_frames} frames; the table has frame "
-                f"{int(locs['frame'].max())}"
-            )
-        # a field's consecutive visits are one step apart, other fields'
-        # frames never are
-        step_of = visit + pos * (n_frames + 2)
-        dt = _visit_interval(locs, pos, visit, frame_interval_s)
-    elif frame_interval_s is None:
-        dt = _frame_interval_from_t(locs) if len(locs) else float("nan")
-    else:
-        dt = float(frame_interval_s)
+    step_of, dt = _steps_and_interval(locs, frame_positions, frame_interval_s)
     if not (axial_scale > 0 and math.isfinite(axial_scale)):
         raise ValueError(f"axial_scale must be finite and > 0; got {axial_scale}")
     uniq, key, f, xyz, order = _sorted_tracks(locs)
@@ -482,29 +466,17 @@ def summarize_tracks(
     else:
         duration = (f[ends] - f[starts]) * dt
 
-    nan = np.full(g, np.nan)
-    d3, se3, dxy, dz, lxy, lz = nan, nan, nan, nan, nan, nan
-    if np.isfinite(dt) and dt > 0:
-        r = _blur_r(dt, exposure_s)
-        sample = xyz if axial_scale == 1.0 else xyz * np.array([1.0, 1.0, axial_scale])
-        s2, n1, s11, n2 = _step_sums(
-            key,
-            f if step_of is None else step_of[f],
-            sample,
-            g,
-            t_s=t if "t_s" in locs.columns else None,
-            dt=dt,
-        )
-        d, var, sig2 = _cve(s2, n1, s11, n2, dt, r)
-        d3, se3, dxy, _, dz, _ = _combine(d, var)
-        with np.errstate(invalid="ignore"):
-            sxy = sig2[:, :2].mean(axis=1)
-            lxy = np.where(sxy >= 0, np.sqrt(np.abs(sxy)), np.nan)
-            lz = np.where(sig2[:, 2] >= 0, np.sqrt(np.abs(sig2[:, 2])), np.nan)
-        short = (length < min_length) | (n2 < 1)
-        d3, se3, dxy, dz, lxy, lz = (
-            np.where(short, np.nan, v) for v in (d3, se3, dxy, dz, lxy, lz)
-        )
+    d3, se3, dxy, dz, lxy, lz = _diffusion_columns(
+        key,
+        f if step_of is None else step_of[f],
+        xyz,
+        length,
+        t_s=t if "t_s" in locs.columns else None,
+        dt=dt,
+        exposure_s=exposure_s,
+        axial_scale=axial_scale,
+        min_length=min_length,
+    )
     out = pd.DataFrame(
         {
             "track_id": uniq.astype(np.int64),
@@ -524,6 +496,62 @@ def summarize_tracks(
         }
     )
     return out.astype(SUMMARY_COLUMNS)
+
+
+def _steps_and_interval(
+    locs: pd.DataFrame,
+    frame_positions: np.ndarray | None,
+    frame_interval_s: float | None,
+) -> tuple[np.ndarray | None, float]:
+    """The step index of each frame (``None``: the frame number, one field) and
+    the time of one step, for :func:`summarize_tracks`."""
+    if frame_positions is not None and len(np.unique(frame_positions)) > 1:
+        pos, visit = _visits(frame_positions)
+        n_frames = len(pos)
+        if len(locs) and int(locs["frame"].max()) >= n_frames:
+            raise ValueError(
+                f"frame_positions holds {n_frames} frames; the table has frame "
+                f"{int(locs['frame'].max())}"
+            )
+        # a field's consecutive visits are one step apart, other fields'
+        # frames never are
+        return visit + pos * (n_frames + 2), _visit_interval(
+            locs, pos, visit, frame_interval_s
+        )
+    if frame_interval_s is None:
+        return None, _frame_interval_from_t(locs) if len(locs) else float("nan")
+    return None, float(frame_interval_s)
+
+
+def _diffusion_columns(
+    key: np.ndarray,
+    steps: np.ndarray,
+    xyz: np.ndarray,
+    length: np.ndarray,
+    *,
+    t_s: np.ndarray | None,
+    dt: float,
+    exposure_s: float | None,
+    axial_scale: float,
+    min_length: int,
+) -> tuple[np.ndarray, ...]:
+    """``D``, its standard error, ``D_xy``, ``D_z`` and the localization errors
+    in xy and z of each track (NaN where the track is short or ``dt`` unknown)."""
+    g = len(length)
+    nan = np.full(g, np.nan)
+    if not (np.isfinite(dt) and dt > 0):
+        return nan, nan, nan, nan, nan, nan
+    r = _blur_r(dt, exposure_s)
+    sample = xyz if axial_scale == 1.0 else xyz * np.array([1.0, 1.0, axial_scale])
+    s2, n1, s11, n2 = _step_sums(key, steps, sample, g, t_s=t_s, dt=dt)
+    d, var, sig2 = _cve(s2, n1, s11, n2, dt, r)
+    d3, se3, dxy, _, dz, _ = _combine(d, var)
+    with np.errstate(invalid="ignore"):
+        sxy = sig2[:, :2].mean(axis=1)
+        lxy = np.where(sxy >= 0, np.sqrt(np.abs(sxy)), np.nan)
+        lz = np.where(sig2[:, 2] >= 0, np.sqrt(np.abs(sig2[:, 2])), np.nan)
+    short = (length < min_length) | (n2 < 1)
+    return tuple(np.where(short, np.nan, v) for v in (d3, se3, dxy, dz, lxy, lz))
 
 
 # ----------------------------------------------------------------------- exports
