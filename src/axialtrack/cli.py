@@ -191,8 +191,7 @@ def _cmd_gui(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser for the ``axialtrack`` command."""
     from axialtrack import __version__
-    from axialtrack._cli import OneLineParser, positive_float
-    from axialtrack.engine.select import ENGINE_CHOICES
+    from axialtrack._cli import OneLineParser
 
     parser = OneLineParser(
         prog="axialtrack",
@@ -200,6 +199,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    _add_demo(sub)
+    _add_info(sub)
+    _add_recover(sub)
+    _add_gui(sub)
+
+    from axialtrack.acquire.cli_calibrate import add_parser as add_calibrate
+
+    add_calibrate(sub)
+
+    from axialtrack.acquire.cli_camera import add_parser as add_camera
+
+    add_camera(sub)
+
+    from axialtrack.model.cli import add_parsers as add_model
+
+    add_model(sub)
+
+    from axialtrack.engine.cli import add_parser as add_compile
+
+    add_compile(sub)
+
+    from axialtrack.pipeline.cli import add_parsers as add_pipeline
+
+    add_pipeline(sub)
+
+    from axialtrack.store.cli_export import add_parser as add_export
+
+    add_export(sub)
+    return parser
+
+
+def _add_demo(sub: Any) -> None:
+    from axialtrack._cli import positive_float
+    from axialtrack.engine import ENGINE_CHOICES
 
     demo = sub.add_parser(
         "demo",
@@ -245,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo)
 
+
+def _add_info(sub: Any) -> None:
     info = sub.add_parser(
         "info",
         help="summarize a run store",
@@ -254,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("runs", nargs="+", metavar="RUN.zarr")
     info.set_defaults(func=_cmd_info)
 
+
+def _add_recover(sub: Any) -> None:
     rec = sub.add_parser(
         "recover",
         help="close a run store whose writer was killed; tidy leftovers",
@@ -281,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.set_defaults(func=_cmd_recover, action="auto")
 
+
+def _add_gui(sub: Any) -> None:
     gui = sub.add_parser(
         "gui",
         help="the Qt control panel: rig, calibration, model, live tracking, runs",
@@ -293,31 +333,6 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--screenshot", default=None, help="self-test: screenshots here")
     gui.add_argument("--out", default=None, help="self-test: outputs here (temp)")
     gui.set_defaults(func=_cmd_gui)
-
-    from axialtrack.acquire.cli_calibrate import add_parser as add_calibrate
-
-    add_calibrate(sub)
-
-    from axialtrack.acquire.cli_camera import add_parser as add_camera
-
-    add_camera(sub)
-
-    from axialtrack.model.cli import add_parsers as add_model
-
-    add_model(sub)
-
-    from axialtrack.engine.cli import add_parser as add_compile
-
-    add_compile(sub)
-
-    from axialtrack.pipeline.cli import add_parsers as add_pipeline
-
-    add_pipeline(sub)
-
-    from axialtrack.store.cli_export import add_parser as add_export
-
-    add_export(sub)
-    return parser
 
 
 def _options(parser: argparse.ArgumentParser, command: str | None) -> list[str]:
