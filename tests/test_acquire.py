@@ -172,7 +172,7 @@ def test_calibration_events_and_cancel_from_a_subscriber(
 @pytest.mark.parametrize("layout", ["side-by-side", "top-bottom"])
 @pytest.mark.parametrize("mirror", ["none", "horizontal", "vertical"])
 def test_planes_view_matches_split(layout: str, mirror: str) -> None:
-    from axialtrack.acquire.calibration import _planes_view
+    from axialtrack.acquire._frame_handler import _planes_view
     from axialtrack.geometry import SplitterGeometry, split_frame
 
     geo = SplitterGeometry(layout=layout, mirror=mirror)

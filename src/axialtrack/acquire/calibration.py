@@ -21,6 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,12 +29,14 @@ import numpy as np
 import useq
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from axialtrack.geometry import CameraPairs, SplitterGeometry, split_frame
-from axialtrack.store import FrameMeta, RunWriter, StoreExistsError
+from axialtrack.geometry import SplitterGeometry
+from axialtrack.store import RunWriter, StoreExistsError
+
+from ._frame_handler import CalibrationFrameHandler
 
 if TYPE_CHECKING:
     from pymmcore_plus import CMMCorePlus
-    from rich.progress import Progress, TaskID
+    from rich.progress import Progress
 
     from axialtrack.events import CalibrationSignals
 
@@ -306,171 +309,6 @@ def calibration_sequence(
     )
 
 
-# ----------------------------------------------------------- frame handling
-def _planes_view(raw: np.ndarray, geometry: SplitterGeometry) -> np.ndarray:
-    """The ``(2, H, W)`` planes of a raw frame, as a view where the layout allows.
-
-    Without mirroring both single-sensor layouts are a reshaped view of the
-    C-contiguous sensor frame, so the writer's copy into its pool is the only
-    copy; otherwise :func:`split_frame` copies once.
-    """
-    if geometry.mirror == "none" and raw.ndim == 2 and raw.flags.c_contiguous:
-        h, w = geometry.plane_shape(raw.shape)
-        if geometry.layout == "side-by-side":
-            return raw.reshape(h, 2, w).transpose(1, 0, 2)
-        if geometry.layout == "top-bottom":
-            return raw.reshape(2, h, w)
-    return split_frame(raw, geometry)
-
-
-def _meta_float(meta: dict[str, Any], key: str) -> float | None:
-    v = meta.get(key)
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-class CalibrationFrameHandler:
-    """MDA output handler (``core.mda.run(sequence, output=handler)``): frames
-    into a run store.
-
-    Each frame is split into its two planes (a view where possible) and handed to
-    :meth:`RunWriter.append_frame`, which copies it into the writer's pool and
-    returns; encoding and writing happen on the writer's threads. The stage Z of
-    a frame is the true position the device reports in the frame metadata
-    (``SimStageZ_um``), else the event's Z.
-
-    Parameters
-    ----------
-    writer
-        The open run writer.
-    geometry
-        The splitter geometry.
-    progress, task
-        A rich progress bar and its task to advance per frame (optional).
-    events, n_planned
-        :class:`~axialtrack.events.CalibrationSignals` whose ``frameStored``
-        is emitted per frame, with the frames planned (optional).
-    on_error
-        Called (once) with the exception if a frame cannot be stored; the run
-        should then be cancelled.
-    """
-
-    def __init__(
-        self,
-        writer: RunWriter,
-        geometry: SplitterGeometry,
-        *,
-        progress: Progress | None = None,
-        task: TaskID | None = None,
-        on_error: Any = None,
-        events: CalibrationSignals | None = None,
-        n_planned: int = 0,
-    ) -> None:
-        self.writer = writer
-        self.events = events
-        self.n_planned = int(n_planned)
-        self.geometry = geometry
-        self.progress = progress
-        self.task = task
-        self.on_error = on_error
-        self.n_frames = 0
-        self.error: BaseException | None = None
-        self.hardware_triggered = 0
-        self.field_index: dict[tuple[int, int], int] = {}
-        self.field_stage: dict[int, tuple[float, float, float, float]] = {}
-        self.t_first: float | None = None
-        self.t_last: float | None = None
-        self._lock = threading.Lock()
-        self._pairs = CameraPairs()
-
-    def _field(self, event: useq.MDAEvent) -> int:
-        key = (int(event.index.get("p", 0)), int(event.index.get("g", 0)))
-        if key not in self.field_index:
-            self.field_index[key] = len(self.field_index)
-        return self.field_index[key]
-
-    def frameReady(
-        self, img: np.ndarray, event: useq.MDAEvent, meta: Mapping[str, Any]
-    ) -> None:
-        """Store one frame (called by the MDA runner for each frame)."""
-        if self.error is not None:
-            return
-        try:
-            cam = event.index.get("cam") if event is not None else None
-            if cam is not None:
-                # Multi Camera: the two planes come one per camera
-                paired = self._pairs.add(int(cam), img, event, meta)
-                if paired is None:
-                    return
-                img, meta = paired
-            self._store(img, event, dict(meta or {}))
-        except Exception as exc:
-            self.error = exc
-            logger.error("calibration run: cannot store a frame: %s", exc)
-            if self.on_error is not None:
-                self.on_error(exc)
-
-    def _store(
-        self, img: np.ndarray, event: useq.MDAEvent, meta: dict[str, Any]
-    ) -> None:
-        cam = meta.get("camera_metadata") or {}
-        z = _meta_float(cam, "SimStageZ_um")
-        if z is None:
-            z = event.z_pos if event.z_pos is not None else math.nan
-        t = _meta_float(cam, "SimTime_s")
-        if t is None and (rt := _meta_float(meta, "runner_time_ms")) is not None:
-            t = rt / 1e3
-        number = cam.get("CameraFrameIndex", cam.get("ImageNumber", -1))
-        try:
-            image_number = int(number)
-        except (TypeError, ValueError):
-            image_number = -1
-        with self._lock:
-            field = self._field(event)
-            if field not in self.field_stage:
-                sx = _meta_float(cam, "SimStageX_um")
-                sy = _meta_float(cam, "SimStageY_um")
-                ex = event.x_pos if event.x_pos is not None else math.nan
-                ey = event.y_pos if event.y_pos is not None else math.nan
-                self.field_stage[field] = (
-                    t if t is not None else math.nan,
-                    sx if sx is not None else ex,
-                    sy if sy is not None else ey,
-                    float(z),
-                )
-            if meta.get("hardware_triggered"):
-                self.hardware_triggered += 1
-            self.writer.append_frame(
-                _planes_view(np.asarray(img), self.geometry),
-                FrameMeta(
-                    t_s=t,
-                    stage_z_um=float(z),
-                    stage_x_um=event.x_pos if event.x_pos is not None else math.nan,
-                    stage_y_um=event.y_pos if event.y_pos is not None else math.nan,
-                    image_number=image_number,
-                    position_index=field,
-                ),
-            )
-            self.n_frames += 1
-            now = time.perf_counter()
-            if self.t_first is None:
-                self.t_first = now
-            self.t_last = now
-        if self.progress is not None and self.task is not None:
-            self.progress.advance(self.task)
-        if self.events is not None:
-            try:
-                self.events.frameStored.emit(self.n_frames, self.n_planned)
-            except Exception:  # a display problem must not stop the run
-                logger.exception("a subscriber of frameStored failed")
-
-
-# ------------------------------------------------------------------ the run
 def _n_events(sequence: useq.MDASequence) -> int:
     return sum(1 for _ in sequence)
 
@@ -680,7 +518,88 @@ def run_calibration(
     if exposure_ms is not None:
         core.setExposure(float(exposure_ms))
     exposure_s = float(core.getExposure()) / 1e3
+    n_total = _n_events(sequence)
+    writer = _open_store(core, out, geometry, overwrite, compression, camera)
 
+    bar = _make_progress() if progress else None
+    task = bar.add_task("calibration", total=n_total) if bar is not None else None
+    handler = CalibrationFrameHandler(
+        writer,
+        geometry,
+        progress=bar,
+        task=task,
+        on_error=lambda exc: core.mda.cancel(),
+        events=events,
+        n_planned=n_total,
+    )
+    if events is not None:
+        events.started.emit(out, n_total)
+    run = _run_mda(core, sequence, handler, bar, hardware_sequencing)
+
+    n = handler.n_frames
+    if handler.error is not None:
+        status, reason = "error", f"storing a frame failed: {handler.error}"
+    elif run.error is not None:
+        status, reason = "error", f"the acquisition failed: {run.error}"
+    elif run.cancelled:
+        status = "cancelled"
+        reason = "interrupted (Ctrl-C)" if run.interrupted else "cancelled"
+    elif n < n_total:
+        status, reason = "incomplete", f"{n_total - n} frame(s) never arrived"
+    else:
+        status, reason = "complete", ""
+    span = (
+        (handler.t_last - handler.t_first)
+        if handler.t_first is not None and handler.t_last is not None
+        else 0.0
+    )
+    acq = {
+        "status": status,
+        "cancelled": status == "cancelled",
+        "reason": reason,
+        "n_frames": n,
+        "n_planned": n_total,
+        "n_fields": len(handler.field_index),
+        "n_z": plan_meta.get("n_z"),
+        "plan": plan_meta.get("plan"),
+        "sequence": sequence.model_dump(mode="json", exclude={"metadata"}),
+        "hardware_sequencing": bool(hardware_sequencing),
+        "hardware_triggered_frames": handler.hardware_triggered,
+        "exposure_ms": exposure_s * 1e3,
+        "elapsed_s": run.elapsed_s,
+        "frames_per_s": (n - 1) / span if n > 1 and span > 0 else None,
+    }
+    try:
+        writer.set_attrs(acquisition=acq)
+    finally:
+        writer.close()
+    if events is not None:
+        events.finished.emit(out, acq)
+
+    sim = _sim_camera(core) if record_truth else None
+    if sim is not None and handler.field_stage:
+        _write_truth(out, sim, handler.field_stage, exposure_s)
+
+    if status == "error":
+        raise RuntimeError(
+            f"calibration run {out}: {reason}. The store keeps the {n} frame(s) "
+            "acquired before."
+        ) from (handler.error or run.error)
+    if run.interrupted:
+        logger.warning("calibration run %s interrupted after %d frame(s)", out, n)
+    return out
+
+
+def _open_store(
+    core: CMMCorePlus,
+    out: Path,
+    geometry: SplitterGeometry,
+    overwrite: bool,
+    compression: str | None,
+    camera: Mapping[str, Any] | None,
+) -> RunWriter:
+    """The calibration run store for the core's camera and splitter, with the
+    camera model recorded (:func:`run_calibration`)."""
     pixel_size_um = float(core.getPixelSizeUm())
     if not pixel_size_um > 0:
         raise RuntimeError(
@@ -692,7 +611,6 @@ def run_calibration(
     plane_shape = (
         sensor if geometry.layout == "two-cameras" else geometry.plane_shape(sensor)
     )
-    n_total = _n_events(sequence)
     writer = RunWriter(
         out,
         kind="calibration",
@@ -708,36 +626,38 @@ def run_calibration(
 
         camera = resolve_camera([("core", camera_from_core(core))])[0].model_dump()
     writer.set_attrs(camera=dict(camera))
+    return writer
 
+
+@dataclass
+class _MdaRun:
+    """How :func:`_run_mda` ended."""
+
+    cancelled: bool
+    interrupted: bool
+    error: BaseException | None
+    elapsed_s: float
+
+
+def _run_mda(
+    core: CMMCorePlus,
+    sequence: useq.MDASequence,
+    handler: CalibrationFrameHandler,
+    bar: Progress | None,
+    hardware_sequencing: bool,
+) -> _MdaRun:
+    """Run ``sequence`` through ``core.mda`` on its own thread into ``handler``
+    until it ends; Ctrl-C cancels it (what was acquired stays)."""
     engine = core.mda.engine
     old_hw = getattr(engine, "use_hardware_sequencing", None)
     if engine is not None and old_hw is not None:
         engine.use_hardware_sequencing = bool(hardware_sequencing)
-
     cancelled = threading.Event()
     mda_error: list[BaseException] = []
-
-    def _on_store_error(exc: BaseException) -> None:
-        core.mda.cancel()
+    done = threading.Event()
 
     def _on_cancel(*_: Any) -> None:
         cancelled.set()
-
-    bar = _make_progress() if progress else None
-    task = bar.add_task("calibration", total=n_total) if bar is not None else None
-    handler = CalibrationFrameHandler(
-        writer,
-        geometry,
-        progress=bar,
-        task=task,
-        on_error=_on_store_error,
-        events=events,
-        n_planned=n_total,
-    )
-    if events is not None:
-        events.started.emit(out, n_total)
-
-    done = threading.Event()
 
     def _run() -> None:
         try:
@@ -774,61 +694,12 @@ def run_calibration(
         core.mda.events.sequenceCanceled.disconnect(_on_cancel)
         if engine is not None and old_hw is not None:
             engine.use_hardware_sequencing = old_hw
-    elapsed = time.perf_counter() - t0
-
-    n = handler.n_frames
-    if handler.error is not None:
-        status, reason = "error", f"storing a frame failed: {handler.error}"
-    elif mda_error:
-        status, reason = "error", f"the acquisition failed: {mda_error[0]}"
-    elif cancelled.is_set():
-        status = "cancelled"
-        reason = "interrupted (Ctrl-C)" if interrupted else "cancelled"
-    elif n < n_total:
-        status, reason = "incomplete", f"{n_total - n} frame(s) never arrived"
-    else:
-        status, reason = "complete", ""
-    span = (
-        (handler.t_last - handler.t_first)
-        if handler.t_first is not None and handler.t_last is not None
-        else 0.0
+    return _MdaRun(
+        cancelled=cancelled.is_set(),
+        interrupted=interrupted,
+        error=mda_error[0] if mda_error else None,
+        elapsed_s=time.perf_counter() - t0,
     )
-    acq = {
-        "status": status,
-        "cancelled": status == "cancelled",
-        "reason": reason,
-        "n_frames": n,
-        "n_planned": n_total,
-        "n_fields": len(handler.field_index),
-        "n_z": plan_meta.get("n_z"),
-        "plan": plan_meta.get("plan"),
-        "sequence": sequence.model_dump(mode="json", exclude={"metadata"}),
-        "hardware_sequencing": bool(hardware_sequencing),
-        "hardware_triggered_frames": handler.hardware_triggered,
-        "exposure_ms": exposure_s * 1e3,
-        "elapsed_s": elapsed,
-        "frames_per_s": (n - 1) / span if n > 1 and span > 0 else None,
-    }
-    try:
-        writer.set_attrs(acquisition=acq)
-    finally:
-        writer.close()
-    if events is not None:
-        events.finished.emit(out, acq)
-
-    camera = _sim_camera(core) if record_truth else None
-    if camera is not None and handler.field_stage:
-        _write_truth(out, camera, handler.field_stage, exposure_s)
-
-    if status == "error":
-        err = handler.error or mda_error[0]
-        raise RuntimeError(
-            f"calibration run {out}: {reason}. The store keeps the {n} frame(s) "
-            "acquired before."
-        ) from err
-    if interrupted:
-        logger.warning("calibration run %s interrupted after %d frame(s)", out, n)
-    return out
 
 
 def _make_progress() -> Progress:

@@ -61,7 +61,7 @@ def _add_acquisition_options(p: argparse.ArgumentParser) -> None:
         "--z-range",
         type=positive_float,
         default=1.5,
-        help="scan +-Z range around focus (um; default: 1.5)",
+        help="scan +-Z range around focus (um)",
     )
     p.add_argument(
         "--z-step",
