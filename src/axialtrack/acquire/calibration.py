@@ -537,38 +537,10 @@ def run_calibration(
     run = _run_mda(core, sequence, handler, bar, hardware_sequencing)
 
     n = handler.n_frames
-    if handler.error is not None:
-        status, reason = "error", f"storing a frame failed: {handler.error}"
-    elif run.error is not None:
-        status, reason = "error", f"the acquisition failed: {run.error}"
-    elif run.cancelled:
-        status = "cancelled"
-        reason = "interrupted (Ctrl-C)" if run.interrupted else "cancelled"
-    elif n < n_total:
-        status, reason = "incomplete", f"{n_total - n} frame(s) never arrived"
-    else:
-        status, reason = "complete", ""
-    span = (
-        (handler.t_last - handler.t_first)
-        if handler.t_first is not None and handler.t_last is not None
-        else 0.0
+    acq = _acquisition_record(
+        handler, run, n_total, sequence, hardware_sequencing, exposure_s
     )
-    acq = {
-        "status": status,
-        "cancelled": status == "cancelled",
-        "reason": reason,
-        "n_frames": n,
-        "n_planned": n_total,
-        "n_fields": len(handler.field_index),
-        "n_z": plan_meta.get("n_z"),
-        "plan": plan_meta.get("plan"),
-        "sequence": sequence.model_dump(mode="json", exclude={"metadata"}),
-        "hardware_sequencing": bool(hardware_sequencing),
-        "hardware_triggered_frames": handler.hardware_triggered,
-        "exposure_ms": exposure_s * 1e3,
-        "elapsed_s": run.elapsed_s,
-        "frames_per_s": (n - 1) / span if n > 1 and span > 0 else None,
-    }
+    status, reason = acq["status"], acq["reason"]
     try:
         writer.set_attrs(acquisition=acq)
     finally:
@@ -588,6 +560,52 @@ def run_calibration(
     if run.interrupted:
         logger.warning("calibration run %s interrupted after %d frame(s)", out, n)
     return out
+
+
+def _acquisition_record(
+    handler: CalibrationFrameHandler,
+    run: _MdaRun,
+    n_total: int,
+    sequence: useq.MDASequence,
+    hardware_sequencing: bool,
+    exposure_s: float,
+) -> dict[str, Any]:
+    """The run's ``acquisition`` attributes: how it ended (``status``,
+    ``reason``), what it acquired, the plan and the rate."""
+    n = handler.n_frames
+    if handler.error is not None:
+        status, reason = "error", f"storing a frame failed: {handler.error}"
+    elif run.error is not None:
+        status, reason = "error", f"the acquisition failed: {run.error}"
+    elif run.cancelled:
+        status = "cancelled"
+        reason = "interrupted (Ctrl-C)" if run.interrupted else "cancelled"
+    elif n < n_total:
+        status, reason = "incomplete", f"{n_total - n} frame(s) never arrived"
+    else:
+        status, reason = "complete", ""
+    span = (
+        (handler.t_last - handler.t_first)
+        if handler.t_first is not None and handler.t_last is not None
+        else 0.0
+    )
+    plan_meta = dict(sequence.metadata.get(_META_KEY, {}))
+    return {
+        "status": status,
+        "cancelled": status == "cancelled",
+        "reason": reason,
+        "n_frames": n,
+        "n_planned": n_total,
+        "n_fields": len(handler.field_index),
+        "n_z": plan_meta.get("n_z"),
+        "plan": plan_meta.get("plan"),
+        "sequence": sequence.model_dump(mode="json", exclude={"metadata"}),
+        "hardware_sequencing": bool(hardware_sequencing),
+        "hardware_triggered_frames": handler.hardware_triggered,
+        "exposure_ms": exposure_s * 1e3,
+        "elapsed_s": run.elapsed_s,
+        "frames_per_s": (n - 1) / span if n > 1 and span > 0 else None,
+    }
 
 
 def _open_store(

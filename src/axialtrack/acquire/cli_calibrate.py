@@ -22,6 +22,7 @@ from axialtrack._cli import (
     positive_int,
     unwritable,
 )
+from axialtrack.errors import AxialtrackError
 
 __all__ = ["add_parser", "cmd_calibrate"]
 
@@ -172,8 +173,9 @@ def _add_import_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-class _Stop(Exception):
-    """Ends ``calibrate`` with an exit code (the message is printed already)."""
+class _Stop(AxialtrackError):
+    """Ends ``calibrate`` with an exit code (the message is printed already);
+    raised by the command's steps and caught by :func:`cmd_calibrate` only."""
 
     def __init__(self, code: int) -> None:
         super().__init__(code)

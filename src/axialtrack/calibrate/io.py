@@ -186,30 +186,8 @@ def load_stack(
     if data.dtype.kind not in "uif":
         raise _err(p, f"pixel type {data.dtype} is not numeric", "save pixel values")
     layout, layout_scores = _choose_layout(p, data, info, layout, second_path, fields)
-    if plane_offset_um is None:
-        raise _err(
-            p,
-            "the plane offset is unknown",
-            "pass plane_offset_um= (delta: plane 1 is in focus at stage Z + delta)",
-        )
-    if second_path is not None and layout != "two-files":
-        raise _err(
-            p,
-            f"second_path given with layout {layout!r}",
-            "use layout='two-files' for one file per plane",
-        )
     px = _pixel_size(p, info, pixel_size_um)
-    sensor_layout = (
-        layout if layout in ("side-by-side", "top-bottom") else "two-cameras"
-    )
-    try:
-        geometry = SplitterGeometry(
-            layout=sensor_layout, plane_offset_um=plane_offset_um, mirror=mirror
-        )
-    except ValueError as exc:
-        raise _err(
-            p, str(exc).splitlines()[0], "check plane_offset_um and mirror"
-        ) from None
+    geometry = _geometry(p, layout, plane_offset_um, mirror, second_path)
 
     meta: dict[str, Any] = {"layout": layout, "read": desc, "mirror": asked_mirror}
     if layout_scores is not None:
@@ -226,6 +204,40 @@ def load_stack(
     meta["z_from_file"] = info.get("z_positions") is not None
     _check_z_axis(frames, z, p, meta, z_range_um)
     return _finish(frames, z, px, geometry, p, meta)
+
+
+def _geometry(
+    p: Path,
+    layout: str,
+    plane_offset_um: float | None,
+    mirror: str,
+    second_path: str | Path | None,
+) -> SplitterGeometry:
+    """The splitter geometry of an image file's stack: the layout on the
+    sensor (``two-cameras`` for planes read apart), delta and the mirror."""
+    if plane_offset_um is None:
+        raise _err(
+            p,
+            "the plane offset is unknown",
+            "pass plane_offset_um= (delta: plane 1 is in focus at stage Z + delta)",
+        )
+    if second_path is not None and layout != "two-files":
+        raise _err(
+            p,
+            f"second_path given with layout {layout!r}",
+            "use layout='two-files' for one file per plane",
+        )
+    sensor_layout = (
+        layout if layout in ("side-by-side", "top-bottom") else "two-cameras"
+    )
+    try:
+        return SplitterGeometry(
+            layout=sensor_layout, plane_offset_um=plane_offset_um, mirror=mirror
+        )
+    except ValueError as exc:
+        raise _err(
+            p, str(exc).splitlines()[0], "check plane_offset_um and mirror"
+        ) from None
 
 
 def _load_run_store(
