@@ -158,14 +158,20 @@ def run_layers(
     return layers
 
 
-def _features(locs: pd.DataFrame, skip: set[str]) -> pd.DataFrame:
-    cols = [
-        c
-        for c in locs.columns
-        if c not in skip
-        and (np.issubdtype(locs[c].dtype, np.number) or locs[c].dtype == np.bool_)
-    ]
-    return locs[cols].reset_index(drop=True)
+def _features(
+    locs: pd.DataFrame, skip: set[str], rows: np.ndarray | None = None
+) -> pd.DataFrame:
+    """The numeric and bool columns of ``locs`` (of ``rows`` only, in that
+    order), built from the column arrays: no consolidating copy of the table."""
+    import pandas as pd
+
+    cols = {}
+    for c in locs.columns:
+        v = locs[c].to_numpy()
+        if c in skip or not (np.issubdtype(v.dtype, np.number) or v.dtype == np.bool_):
+            continue
+        cols[c] = v if rows is None else v[rows]
+    return pd.DataFrame(cols, copy=False)
 
 
 def points_layer(
@@ -202,19 +208,22 @@ def tracks_layer(
 ) -> LayerData | None:
     """The tracks layer of world-frame localizations (rows with ``track_id >=
     0``), or None if there is no track."""
-    linked = locs[locs["track_id"].to_numpy() >= 0]
-    if linked.empty:
+    tid = locs["track_id"].to_numpy()
+    rows = np.flatnonzero(tid >= 0)
+    if rows.size == 0:
         return None
-    linked = linked.sort_values(["track_id", "frame"], kind="stable")
+    # the rows in (track_id, frame) order, each column taken once
+    frame = locs["frame"].to_numpy()
+    rows = rows[np.lexsort((frame[rows], tid[rows]))]
     data = np.column_stack(
         [
-            linked["track_id"].to_numpy(dtype=np.float64),
-            linked["frame"].to_numpy(dtype=np.float64),
-            linked["y_um"].to_numpy(dtype=np.float64),
-            linked["x_um"].to_numpy(dtype=np.float64),
+            tid[rows].astype(np.float64),
+            frame[rows].astype(np.float64),
+            locs["y_um"].to_numpy(dtype=np.float64)[rows],
+            locs["x_um"].to_numpy(dtype=np.float64)[rows],
         ]
     )
-    features = _features(linked, {"track_id", "frame"})
+    features = _features(locs, {"track_id", "frame"}, rows)
     return (
         data,
         {

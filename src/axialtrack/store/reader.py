@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from axialtrack.store._columns import read_columns
 from axialtrack.store._registry import writer_alive
 from axialtrack.store.errors import (
     NotARunStoreError,
@@ -338,7 +339,6 @@ class Run:
     ) -> pd.DataFrame:
         import pandas as pd
 
-        data: dict[str, np.ndarray] = {}
         if group is None:  # a calibration run: no table
             return pd.DataFrame(
                 {
@@ -348,15 +348,16 @@ class Run:
                     )
                 }
             )
-        for name in attrs.get("columns", []):
-            arr = group[name]
-            if not isinstance(arr, zarr.Array) or arr.shape[0] < n:
-                raise StoreError(
-                    f"{self.path}/{group.path}/{name} is shorter than the "
-                    f"committed {n} rows; the store is damaged."
-                )
-            data[name] = np.asarray(arr[:n])
-        return pd.DataFrame(data)
+        try:
+            data = read_columns(
+                group, self.path / group.path, list(attrs.get("columns", [])), n
+            )
+        except ValueError as exc:
+            raise StoreError(
+                f"{self.path}/{group.path}/{exc} is shorter than the "
+                f"committed {n} rows; the store is damaged."
+            ) from None
+        return pd.DataFrame(data, copy=False)
 
     @property
     def frame_meta(self) -> pd.DataFrame:
@@ -367,13 +368,17 @@ class Run:
             from axialtrack.store.layout import FRAME_META_COLUMNS, FRAME_META_FILLS
 
             n = self.n_frames
-            data = {}
-            for name, dtype in FRAME_META_COLUMNS.items():
-                if name in self._meta_group:
-                    data[name] = np.asarray(self._meta_group[name][:n])  # type: ignore[index]
-                else:  # a column later versions added (host_t_s)
-                    data[name] = np.full(n, FRAME_META_FILLS[name], dtype=dtype)
-            df = pd.DataFrame(data)
+            group = self._meta_group
+            present = [c for c in FRAME_META_COLUMNS if c in group]
+            got = read_columns(group, self.path / group.path, present, n)
+            data = {
+                # a column later versions added (host_t_s) reads as its fill
+                name: got[name]
+                if name in got
+                else np.full(n, FRAME_META_FILLS[name], dtype=dtype)
+                for name, dtype in FRAME_META_COLUMNS.items()
+            }
+            df = pd.DataFrame(data, copy=False)
             df.index.name = "frame"
             self._cache["meta"] = df
         return self._cache["meta"]
