@@ -223,6 +223,8 @@ class RunWriter:
         self._append_lock = threading.Lock()  # frame order, closing
         self._stats_lock = threading.Lock()
         self._closed = False
+        # held by the close() that writes; a concurrent close() waits on it
+        self._close_lock = threading.RLock()
         self._failure: tuple[BaseException, str] | None = None
         self._n_appended = 0
         self._n_written = 0
@@ -713,8 +715,15 @@ class RunWriter:
             self._closed = True
             if first:
                 self._frame_q.put(_STOP)
-        if self._finished:
-            return
+        # one close at a time, and none returns while another still writes:
+        # a caller that deletes the store once close() returned (an
+        # --overwrite that puts the old run back) must not race the last
+        # attribute writes of a close running on another thread
+        with self._close_lock:
+            if not self._finished:
+                self._close_locked()
+
+    def _close_locked(self) -> None:
         # a close interrupted here (Ctrl-C while a slow disk drains the pool)
         # is done again by the next close() or at exit
         self._frame_thread.join()
