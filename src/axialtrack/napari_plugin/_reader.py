@@ -25,6 +25,25 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 #: colormaps of plane 0 and plane 1 (as the OME ``omero`` colors)
 PLANE_COLORMAPS = ("green", "magenta")
+#: the stored localization columns the layers read (positions, times, the
+#: features, what the quality flags derive from); a long run's other columns
+#: stay on disk until asked for (``open_run(path).localizations``)
+LAYER_COLUMNS = (
+    "frame",
+    "t_s",
+    "x_um",
+    "y_um",
+    "z_um",
+    "dz_um",
+    "sigma_z_um",
+    "photons",
+    "background",
+    "track_id",
+    "flags",
+    "saturated",
+    "in_range",
+    "neighbour_px",
+)
 #: point size, in pixels of the image
 POINT_SIZE_PX = 3.0
 
@@ -148,7 +167,11 @@ def run_layers(
                 "image",
             )
         )
-    locs = world_localizations(run, dt=dt) if (localizations or tracks) else None
+    locs = (
+        world_localizations(run, run.read_localizations(LAYER_COLUMNS), dt=dt)
+        if (localizations or tracks)
+        else None
+    )
     if localizations and locs is not None and len(locs):
         layers.append(points_layer(locs, name=name, dt=dt, px=px, meta=meta_common))
     if tracks and locs is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -382,6 +382,25 @@ class Run:
             df.index.name = "frame"
             self._cache["meta"] = df
         return self._cache["meta"]
+
+    @property
+    def localization_columns(self) -> list[str]:
+        """The names of the stored localization columns."""
+        return [str(c) for c in self._loc_attrs.get("columns", [])]
+
+    def read_localizations(self, columns: Sequence[str]) -> pd.DataFrame:
+        """The committed localizations, only ``columns`` (those stored; in
+        that order): a reader that needs a few columns of a long run reads
+        only those."""
+        if "locs" in self._cache or self._loc_group is None:
+            full = self.localizations  # read already, or no table (calibration)
+            return full[[c for c in columns if c in full.columns]]
+        stored = set(self.localization_columns)
+        return self._table(
+            self._loc_group,
+            {"columns": [c for c in columns if c in stored]},
+            self.n_localizations,
+        )
 
     @property
     def localizations(self) -> pd.DataFrame:
