@@ -237,3 +237,69 @@ def test_save_tracks_of_selected_points(tmp_path: Path, viewer: Any) -> None:
     want = world_localizations(open_run(path))
     want = want[want["track_id"] == 1]
     np.testing.assert_allclose(table["x_um"], want["x_um"])
+
+
+REG = {"shift_px": (2.5, -1.5), "rotation_deg": 8.0, "scale": 1.04}
+
+
+def _gauss(shape: tuple[int, int], x: float, y: float) -> np.ndarray:
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return 100 + 2000 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.3**2))
+
+
+def _write_registered(path: Path, beads: list[tuple[float, float]]) -> None:
+    """Frames whose plane 1 shows each plane-0 bead ``(x, y)`` where the
+    splitter's registration puts it."""
+    from axialtrack.geometry import SplitterGeometry, apply_affine
+
+    geo = SplitterGeometry(layout="side-by-side", **REG)  # type: ignore[arg-type]
+    a = geo.plane1_affine((H, W))
+    f = np.zeros((2, H, W))
+    for x, y in beads:
+        x1, y1 = apply_affine(a, np.array([[x, y]]))[0]
+        f[0] += _gauss((H, W), x, y) - 100
+        f[1] += _gauss((H, W), x1, y1) - 100
+    frame = (f + 100).round().astype(np.uint16)
+    with RunWriter(
+        path,
+        kind="live",
+        plane_shape=(H, W),
+        pixel_size_um=PX,
+        splitter=geo,
+        options=FAST,
+    ) as w:
+        for i in range(2):
+            w.append_frame(frame, {"t_s": T0 + DT * i})
+
+
+def _centroid(img: np.ndarray, x: float, y: float, r: int = 4) -> np.ndarray:
+    """``(row, column)`` centroid of the spot near ``(x, y)`` (background off)."""
+    r0, c0 = round(y), round(x)
+    sub = img[r0 - r : r0 + r + 1, c0 - r : c0 + r + 1].astype(float) - 100
+    yy, xx = np.mgrid[r0 - r : r0 + r + 1, c0 - r : c0 + r + 1]
+    return np.array([(sub * yy).sum(), (sub * xx).sum()]) / sub.sum()
+
+
+def test_plane1_is_registered_in_world(tmp_path: Path, viewer: Any) -> None:
+    """A bead's spot lands on the same world position in both planes: plane 1
+    carries the splitter's registration (shift, rotation, scale) as its affine."""
+    from axialtrack.geometry import SplitterGeometry, apply_affine
+
+    path = tmp_path / "reg.zarr"
+    beads = [(9.0, 8.0), (19.0, 12.5)]
+    _write_registered(path, beads)
+    img0, img1 = viewer.open(str(path), plugin="axialtrack")
+    np.testing.assert_allclose(img0.affine.affine_matrix, np.eye(4))
+    assert not np.allclose(img1.affine.affine_matrix, np.eye(4))
+    a = SplitterGeometry(**REG).plane1_affine((H, W))  # type: ignore[arg-type]
+    for x, y in beads:
+        x1, y1 = apply_affine(a, np.array([[x, y]]))[0]
+        rc0 = _centroid(np.asarray(img0.data[1]), x, y)
+        rc1 = _centroid(np.asarray(img1.data[1]), x1, y1)
+        w0 = np.asarray(img0.data_to_world([1, *rc0]))
+        w1 = np.asarray(img1.data_to_world([1, *rc1]))
+        # the spot of plane 1 is 1-3 px away in its own pixels ...
+        assert np.hypot(*(rc1 - rc0)) > 1.0
+        # ... and within 0.05 px of plane 0's in the world
+        np.testing.assert_allclose(w1, w0, atol=0.05 * PX)
+        np.testing.assert_allclose(w0[1:], [y * PX, x * PX], atol=0.05 * PX)

@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from axialtrack.store import StoreError, open_run, read_attrs
-from axialtrack.store.world import frame_interval, world_localizations
+from axialtrack.store.world import (
+    frame_interval,
+    plane1_world_affine,
+    world_localizations,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -133,7 +137,9 @@ def run_layers(
 
     - ``<name> plane 0``, ``<name> plane 1``: image layers ``(T, H, W)``, scale
       ``(dt, px, px)`` (seconds, micrometres), translation 0, contrast limits
-      from the OME window, read lazily;
+      from the OME window, read lazily; plane 1 carries the plane registration
+      as its ``affine`` (:func:`axialtrack.store.world.plane1_world_affine`),
+      so a bead lies at the same world position in both planes;
     - ``<name> localizations``: points ``[frame, y_um, x_um]`` with scale
       ``(dt, 1, 1)``, colored by ``z_um``; features ``z_um``, ``sigma_z_um``,
       ``photons``, ``track_id`` and the others (world-frame ``t_s``);
@@ -157,6 +163,8 @@ def run_layers(
                     "name": f"{name} plane {p}",
                     "scale": (dt, px, px),
                     "translate": (0.0, 0.0, 0.0),
+                    # plane 1 registered onto plane 0 (identity for plane 0)
+                    "affine": np.eye(4) if p == 0 else plane1_world_affine(run.attrs),
                     "contrast_limits": windows[p],
                     "colormap": PLANE_COLORMAPS[p],
                     "blending": "additive",
