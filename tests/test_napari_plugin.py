@@ -303,3 +303,55 @@ def test_plane1_is_registered_in_world(tmp_path: Path, viewer: Any) -> None:
         # ... and within 0.05 px of plane 0's in the world
         np.testing.assert_allclose(w1, w0, atol=0.05 * PX)
         np.testing.assert_allclose(w0[1:], [y * PX, x * PX], atol=0.05 * PX)
+
+
+def test_real_viewer_under_a_display(tmp_path: Path) -> None:
+    """A real ``napari.Viewer(show=False)`` (Qt and OpenGL, under Xvfb where
+    ``xvfb-run`` is installed, else the session's X display) opens a run store
+    with the plugin: four layers whose world extents overlap exactly (the
+    planes' boxes equal, points and tracks inside, one time axis). Runs in a
+    subprocess: the test session's Qt application uses the offscreen
+    platform, which has no OpenGL."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent / "store_helpers" / "napari_viewer.py"
+    path = tmp_path / "run.zarr"
+    _write(path)
+    env = {**os.environ, "QT_QPA_PLATFORM": "xcb"}
+    if shutil.which("xvfb-run"):
+        cmd = ["xvfb-run", "-a", "-s", "-screen 0 1024x768x24"]
+    elif os.environ.get("DISPLAY"):
+        cmd = []
+    else:
+        pytest.skip("no X display: install Xvfb (xvfb-run) to open a real Viewer")
+    proc = subprocess.run(
+        [*cmd, sys.executable, str(script), str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    no_gl = proc.returncode == 3 or "Qt platform plugin" in proc.stderr
+    if proc.returncode != 0 and no_gl:
+        reason = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:]
+        pytest.skip(f"no OpenGL display for a napari Viewer: {reason}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["kinds"] == ["Image", "Image", "Points", "Tracks"]
+    assert got["gl_renderer"]
+    img0, img1, pts, trk = (np.asarray(e) for e in got["extents"])
+    # the planes' boxes are the same, to the last bit
+    assert img0.tolist() == img1.tolist()
+    np.testing.assert_allclose(
+        img0, [[0, 0, 0], [(6 - 1) * DT, (H - 1) * PX, (W - 1) * PX]]
+    )
+    # the viewer's world box is the images' box: nothing sticks out
+    assert got["world_extent"] == img0.tolist()
+    for ext in (pts, trk):
+        assert ext[0][0] == img0[0][0]
+        assert ext[1][0] == img0[1][0]
+        assert (ext[0][1:] >= img0[0][1:]).all()
+        assert (ext[1][1:] <= img0[1][1:]).all()
