@@ -123,8 +123,9 @@ def _plane_data(run: Run, plane: int) -> Any:
     with one chunk per frame (nothing is read until a frame is shown)."""
     import dask.array as da
 
-    arr = run.frames.zarr_array
-    view = _PlaneView(arr, plane, run.n_frames)
+    # the run's FrameArray, not its zarr array: it reads again a shard whose
+    # index a running writer was rewriting
+    view = _PlaneView(run.frames, plane, run.n_frames)
     return da.from_array(
         view, chunks=(1, *view.shape[1:]), asarray=False, fancy=False, name=False
     )

@@ -49,6 +49,11 @@ if TYPE_CHECKING:
 
 __all__ = ["FrameArray", "RecoveryReport", "Run", "open_run", "read_attrs", "recover"]
 
+#: Reads of a frame whose shard index fails its checksum before it is called
+#: damage (a read racing the writer's index rewrite fails once; see
+#: :meth:`FrameArray._read`).
+CHECKSUM_RETRIES = 20
+
 #: Suffixes of temporary files a writer leaves behind when it is killed mid-write.
 TEMP_SUFFIXES = (".partial", ".__lock")
 
@@ -204,14 +209,33 @@ class FrameArray:
                     f"frame indices out of range for {self._n} committed frames"
                 )
             k0 = idx % self._n if self._n else idx
-        full = (k0, *key[1:])
-        res: Any
-        if any(not isinstance(k, (int, np.integer, slice)) for k in full):
-            res = self._array.get_orthogonal_selection(full)
-        else:
-            res = self._array[full]
-        out = np.asarray(res)
+        out = self._read((k0, *key[1:]))
         return out[::-1] if flip else out
+
+    def _read(self, key: tuple[Any, ...]) -> np.ndarray:
+        """``key`` of the array, read again where a shard index failed its
+        checksum: a writer rewrites a growing shard's index in place at each
+        commit, and a read that meets that write can see a mix of the two
+        indexes (CRC32C mismatch). The write takes microseconds; the next read
+        sees the whole index. A checksum that fails :data:`CHECKSUM_RETRIES`
+        reads in a row is damage, reported as such."""
+        orthogonal = any(not isinstance(k, (int, np.integer, slice)) for k in key)
+        for attempt in range(CHECKSUM_RETRIES):
+            try:
+                if orthogonal:
+                    return np.asarray(self._array.get_orthogonal_selection(key))
+                return np.asarray(self._array[key])
+            except ValueError as exc:
+                if "checksum" not in str(exc):
+                    raise
+                if attempt == CHECKSUM_RETRIES - 1:
+                    raise StoreError(
+                        f"{self._array.store_path}: a shard index fails its "
+                        f"checksum on {CHECKSUM_RETRIES} reads in a row ({exc}); "
+                        "the frames are damaged. If no writer runs, run "
+                        "`axialtrack recover` on the store."
+                    ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         out = self[:]
