@@ -612,3 +612,54 @@ def test_a_second_close_waits_for_the_close_that_writes_then_overwrite_settles(
     assert replacing.settle() is True
     assert open_run(out).n_frames == 1
     assert not list(tmp_path.glob(".live.zarr.*"))
+
+
+def _store_imports() -> dict[str, set[str]]:
+    """The modules of axialtrack.store each one imports (at the top or inside a
+    function; not under ``if TYPE_CHECKING``)."""
+    import ast
+
+    root = Path(__file__).parents[1] / "src" / "axialtrack" / "store"
+    graph: dict[str, set[str]] = {}
+    for f in root.glob("*.py"):
+        if f.name == "__init__.py":
+            continue
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        skip: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skip.update(id(n) for b in node.body for n in ast.walk(b))
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and id(node) not in skip:
+                mod = node.module or ""
+                if mod.startswith("axialtrack.store."):
+                    deps.add(mod.split(".")[2])
+                elif mod == "axialtrack.store":
+                    deps.update(
+                        a.name for a in node.names if (root / f"{a.name}.py").exists()
+                    )
+        graph[f.stem] = deps - {f.stem}
+    return graph
+
+
+def test_reader_replace_and_writer_import_without_a_cycle() -> None:
+    graph = _store_imports()
+
+    def reaches(src: str, dst: str) -> bool:
+        seen, todo = set(), [src]
+        while todo:
+            m = todo.pop()
+            for d in graph.get(m, ()):
+                if d == dst:
+                    return True
+                if d not in seen:
+                    seen.add(d)
+                    todo.append(d)
+        return False
+
+    for m in ("reader", "replace", "writer"):
+        assert not reaches(m, m), f"axialtrack.store.{m} imports itself back"
+    # the replacement logic needs neither the reader nor the writer
+    assert not reaches("replace", "reader")
+    assert not reaches("replace", "writer")

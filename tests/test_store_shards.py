@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,6 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from store_common import H, W, crash_writer, make_frame, make_meta
+from store_common import wait_for as _wait_for
 
 from axialtrack.store import (
     RunWriter,
@@ -25,16 +26,8 @@ from axialtrack.store import (
     summarize,
 )
 
-HELPER = Path(__file__).parent / "store_helpers" / "crash_writer.py"
-_spec = importlib.util.spec_from_file_location("crash_writer", HELPER)
-assert _spec is not None
-assert _spec.loader is not None
-crash_writer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(crash_writer)
-make_frame = crash_writer.make_frame
-make_meta = crash_writer.make_meta
+HELPER = Path(crash_writer.__file__)
 
-H, W = 16, 24
 N = 8  # frames per shard
 
 
@@ -44,30 +37,16 @@ def _opts(**kw: Any) -> WriterOptions:
     )
 
 
-def _wait_for(cond: Any, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-
-
 def _chunk_files(path: Path) -> list[str]:
     return sorted(p.name for p in (path / "frames" / "0").glob("c.*"))
 
 
-@pytest.mark.parametrize("portable", [False, True])
 @pytest.mark.parametrize("compression", [None, "zstd", "blosc-lz4"])
 def test_sharded_round_trip_and_foreign_readers(
-    tmp_path: Path,
-    compression: str | None,
-    portable: bool,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, compression: str | None, io_paths: str
 ) -> None:
-    """Also with what Windows gets (no ``os.pwrite``: seek and write)."""
-    if portable:
-        from axialtrack.store import _sinks
-
-        monkeypatch.setenv(_sinks.PORTABLE_ENV, "1")
+    """Also with what Windows gets (no ``os.pwrite``: seek and write; the
+    ``io_paths`` fixture of conftest.py)."""
     path = tmp_path / "run.zarr"
     n = 21  # two full shards and a partial one
     with RunWriter(
