@@ -25,10 +25,19 @@ per hour at 400 frames/s, and the time ``recover()`` takes on a run whose
 writer process ended without closing it (the tail of an unfinished shard is
 cut, the shards past the last commit deleted).
 
+With ``--open``, a long run is written (``--open-gb`` of 2x512x512 frames, 100
+localizations per frame with the live pipeline's columns, linked into tracks,
+the per-track summary) and a fresh Python process times, three times over,
+importing the reader's libraries, :func:`axialtrack.store.open_run` and the
+napari reader producing its layers (planes, points, tracks); the store is
+deleted afterwards. The page cache is not dropped: the tables were just
+written.
+
 Usage::
 
     python benchmarks/bench_store.py [--dir DIR] [--mb 600] [--quick]
     python benchmarks/bench_store.py --shards 64,128,255 [--mb 500] [--reps 3]
+    python benchmarks/bench_store.py --open [--open-gb 10] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -325,6 +334,120 @@ def bench_shards(tmp: Path, mb: float, reps: int, sizes: list[int]) -> dict[str,
     return out
 
 
+#: what the fresh process of ``--open`` runs: prints one JSON line
+_OPEN_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+import dask.array, pandas  # napari has them loaded before any reader runs
+from axialtrack.store import open_run
+from axialtrack.napari_plugin import get_reader
+t1 = time.perf_counter()
+run = open_run(sys.argv[1])
+t2 = time.perf_counter()
+layers = get_reader(sys.argv[1])(sys.argv[1])
+t3 = time.perf_counter()
+print(json.dumps({
+    "import_s": t1 - t0, "open_run_s": t2 - t1, "layers_s": t3 - t2,
+    "frames": run.n_frames, "localizations": run.n_localizations,
+    "layers": {m["name"].split(" ", 1)[1]: [type(d).__name__, list(d.shape), kind]
+               for d, m, kind in layers},
+}))
+"""
+
+
+def write_long_run(
+    path: Path, gb: float, per_frame: int = 100, track_len: int = 200
+) -> dict[str, Any]:
+    """A live run of ``gb`` GB of 2x512x512 frames, ``per_frame`` localizations
+    per frame with the live pipeline's columns, in tracks of ``track_len``
+    frames, and the per-track summary."""
+    from axialtrack.pipeline.localize import TABLE_COLUMNS
+    from axialtrack.store import LOCALIZATION_COLUMNS, FrameMeta
+
+    frames = make_frames((2, 512, 512), 4)
+    n = max(track_len, int(gb * 1e9 // frames[0].nbytes))
+    rng = np.random.default_rng(1)
+    batch = 50  # frames per localization batch, as the live analysis sends them
+    t0 = time.perf_counter()
+    with RunWriter(
+        path,
+        kind="live",
+        plane_shape=(512, 512),
+        pixel_size_um=0.108,
+        frame_interval_s=0.0025,
+        localization_columns={
+            k: v for k, v in TABLE_COLUMNS.items() if k not in LOCALIZATION_COLUMNS
+        },
+    ) as w:
+        for i in range(n):
+            w.append_frame(frames[i % 4], FrameMeta(t_s=100.0 + i * 0.0025))
+            if (i + 1) % batch == 0 or i == n - 1:
+                f0 = i + 1 - ((i % batch) + 1)
+                f = np.repeat(np.arange(f0, i + 1), per_frame)
+                k = f.size
+                cols: dict[str, np.ndarray] = {}
+                for c, dt in TABLE_COLUMNS.items():
+                    if dt == np.bool_:
+                        cols[c] = rng.random(k) < 0.95
+                    elif dt.kind in "iu":
+                        cols[c] = rng.integers(0, 3, k).astype(dt)
+                    else:
+                        cols[c] = rng.normal(5.0, 2.0, k)
+                cols["frame"] = f
+                cols["t_s"] = 100.0 + f * 0.0025
+                cols["track_id"] = (
+                    np.tile(np.arange(per_frame), f.size // per_frame)
+                    + (f // track_len) * per_frame
+                ).astype(np.int64)
+                w.append_localizations(cols)
+        n_tracks = per_frame * (-(-n // track_len))
+        tid = np.arange(n_tracks, dtype=np.int64)
+        w.write_tracks(
+            {
+                "track_id": tid,
+                "n_localizations": np.full(n_tracks, track_len, np.int64),
+                "t_start_s": (tid // per_frame) * track_len * 0.0025,
+                "mean_z_um": rng.normal(5.0, 1.0, n_tracks),
+            }
+        )
+    write_s = time.perf_counter() - t0
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return {
+        "frames": n,
+        "localizations": n * per_frame,
+        "tracks": int(n_tracks),
+        "gb_on_disk": round(size / 1e9, 2),
+        "write_s": round(write_s, 1),
+    }
+
+
+def bench_open(tmp: Path, gb: float, reps: int = 3) -> dict[str, Any]:
+    """Write a long run (:func:`write_long_run`), time opening it in fresh
+    processes, delete it."""
+    import subprocess
+    import sys
+
+    path = tmp / "long.zarr"
+    try:
+        out: dict[str, Any] = {"run": write_long_run(path, gb)}
+        runs = []
+        for _ in range(reps):
+            proc = subprocess.run(
+                [sys.executable, "-c", _OPEN_SCRIPT, str(path)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        for key in ("import_s", "open_run_s", "layers_s"):
+            out[key] = [round(r[key], 3) for r in runs]
+        out["open_s"] = [round(r["open_run_s"] + r["layers_s"], 3) for r in runs]
+        out["layers"] = runs[-1]["layers"]
+        return out
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def best_of(reps: int, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Run a case ``reps`` times; keep the fastest run (machine noise is one-sided)."""
     runs = [fn(*args, **kwargs) for _ in range(reps)]
@@ -358,6 +481,14 @@ def main() -> None:
         default="direct,zarr,tensorstore",
         help="frame backends to compare (uncompressed)",
     )
+    parser.add_argument(
+        "--open",
+        action="store_true",
+        help="only time opening a long run (open_run and the napari reader)",
+    )
+    parser.add_argument(
+        "--open-gb", type=float, default=10.0, help="frames of the --open run, GB"
+    )
     args = parser.parse_args()
     mb, disk_mb, reps, paced_s = args.mb, args.disk_mb, args.reps, args.paced_s
     if args.quick:
@@ -383,6 +514,16 @@ def main() -> None:
         "reps": reps,
         "cases": {},
     }
+    if args.open:
+        try:
+            result["open_long_run"] = bench_open(tmp, args.open_gb, reps=3)
+        finally:
+            if args.dir is None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        result["seconds"] = round(time.perf_counter() - t_start, 1)
+        result["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(result, indent=2))
+        return
     if args.shards:
         try:
             sizes = [int(v) for v in args.shards.split(",") if v]

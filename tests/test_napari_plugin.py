@@ -237,3 +237,121 @@ def test_save_tracks_of_selected_points(tmp_path: Path, viewer: Any) -> None:
     want = world_localizations(open_run(path))
     want = want[want["track_id"] == 1]
     np.testing.assert_allclose(table["x_um"], want["x_um"])
+
+
+REG = {"shift_px": (2.5, -1.5), "rotation_deg": 8.0, "scale": 1.04}
+
+
+def _gauss(shape: tuple[int, int], x: float, y: float) -> np.ndarray:
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return 100 + 2000 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.3**2))
+
+
+def _write_registered(path: Path, beads: list[tuple[float, float]]) -> None:
+    """Frames whose plane 1 shows each plane-0 bead ``(x, y)`` where the
+    splitter's registration puts it."""
+    from axialtrack.geometry import SplitterGeometry, apply_affine
+
+    geo = SplitterGeometry(layout="side-by-side", **REG)  # type: ignore[arg-type]
+    a = geo.plane1_affine((H, W))
+    f = np.zeros((2, H, W))
+    for x, y in beads:
+        x1, y1 = apply_affine(a, np.array([[x, y]]))[0]
+        f[0] += _gauss((H, W), x, y) - 100
+        f[1] += _gauss((H, W), x1, y1) - 100
+    frame = (f + 100).round().astype(np.uint16)
+    with RunWriter(
+        path,
+        kind="live",
+        plane_shape=(H, W),
+        pixel_size_um=PX,
+        splitter=geo,
+        options=FAST,
+    ) as w:
+        for i in range(2):
+            w.append_frame(frame, {"t_s": T0 + DT * i})
+
+
+def _centroid(img: np.ndarray, x: float, y: float, r: int = 4) -> np.ndarray:
+    """``(row, column)`` centroid of the spot near ``(x, y)`` (background off)."""
+    r0, c0 = round(y), round(x)
+    sub = img[r0 - r : r0 + r + 1, c0 - r : c0 + r + 1].astype(float) - 100
+    yy, xx = np.mgrid[r0 - r : r0 + r + 1, c0 - r : c0 + r + 1]
+    return np.array([(sub * yy).sum(), (sub * xx).sum()]) / sub.sum()
+
+
+def test_plane1_is_registered_in_world(tmp_path: Path, viewer: Any) -> None:
+    """A bead's spot lands on the same world position in both planes: plane 1
+    carries the splitter's registration (shift, rotation, scale) as its affine."""
+    from axialtrack.geometry import SplitterGeometry, apply_affine
+
+    path = tmp_path / "reg.zarr"
+    beads = [(9.0, 8.0), (19.0, 12.5)]
+    _write_registered(path, beads)
+    img0, img1 = viewer.open(str(path), plugin="axialtrack")
+    np.testing.assert_allclose(img0.affine.affine_matrix, np.eye(4))
+    assert not np.allclose(img1.affine.affine_matrix, np.eye(4))
+    a = SplitterGeometry(**REG).plane1_affine((H, W))  # type: ignore[arg-type]
+    for x, y in beads:
+        x1, y1 = apply_affine(a, np.array([[x, y]]))[0]
+        rc0 = _centroid(np.asarray(img0.data[1]), x, y)
+        rc1 = _centroid(np.asarray(img1.data[1]), x1, y1)
+        w0 = np.asarray(img0.data_to_world([1, *rc0]))
+        w1 = np.asarray(img1.data_to_world([1, *rc1]))
+        # the spot of plane 1 is 1-3 px away in its own pixels ...
+        assert np.hypot(*(rc1 - rc0)) > 1.0
+        # ... and within 0.05 px of plane 0's in the world
+        np.testing.assert_allclose(w1, w0, atol=0.05 * PX)
+        np.testing.assert_allclose(w0[1:], [y * PX, x * PX], atol=0.05 * PX)
+
+
+def test_real_viewer_under_a_display(tmp_path: Path) -> None:
+    """A real ``napari.Viewer(show=False)`` (Qt and OpenGL, under Xvfb where
+    ``xvfb-run`` is installed, else the session's X display) opens a run store
+    with the plugin: four layers whose world extents overlap exactly (the
+    planes' boxes equal, points and tracks inside, one time axis). Runs in a
+    subprocess: the test session's Qt application uses the offscreen
+    platform, which has no OpenGL."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent / "store_helpers" / "napari_viewer.py"
+    path = tmp_path / "run.zarr"
+    _write(path)
+    env = {**os.environ, "QT_QPA_PLATFORM": "xcb"}
+    if shutil.which("xvfb-run"):
+        cmd = ["xvfb-run", "-a", "-s", "-screen 0 1024x768x24"]
+    elif os.environ.get("DISPLAY"):
+        cmd = []
+    else:
+        pytest.skip("no X display: install Xvfb (xvfb-run) to open a real Viewer")
+    proc = subprocess.run(
+        [*cmd, sys.executable, str(script), str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    no_gl = proc.returncode == 3 or "Qt platform plugin" in proc.stderr
+    if proc.returncode != 0 and no_gl:
+        reason = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:]
+        pytest.skip(f"no OpenGL display for a napari Viewer: {reason}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["kinds"] == ["Image", "Image", "Points", "Tracks"]
+    assert got["gl_renderer"]
+    img0, img1, pts, trk = (np.asarray(e) for e in got["extents"])
+    # the planes' boxes are the same, to the last bit
+    assert img0.tolist() == img1.tolist()
+    np.testing.assert_allclose(
+        img0, [[0, 0, 0], [(6 - 1) * DT, (H - 1) * PX, (W - 1) * PX]]
+    )
+    # the viewer's world box is the images' box: nothing sticks out
+    assert got["world_extent"] == img0.tolist()
+    for ext in (pts, trk):
+        assert ext[0][0] == img0[0][0]
+        assert ext[1][0] == img0[1][0]
+        assert (ext[0][1:] >= img0[0][1:]).all()
+        assert (ext[1][1:] <= img0[1][1:]).all()

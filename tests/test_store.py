@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
@@ -19,6 +18,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from store_common import (
+    BATCH_ROWS,
+    FAST,
+    H,
+    W,
+    crash_writer,
+    make_batch,
+    make_frame,
+    make_meta,
+)
+from store_common import wait_for as _wait_for
 
 from axialtrack.store import (
     DiskFullError,
@@ -42,19 +52,9 @@ from axialtrack.store import (
     summarize,
 )
 
-HELPER = Path(__file__).parent / "store_helpers" / "crash_writer.py"
-_spec = importlib.util.spec_from_file_location("crash_writer", HELPER)
-assert _spec is not None
-assert _spec.loader is not None
-crash_writer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(crash_writer)
-make_frame = crash_writer.make_frame
-make_meta = crash_writer.make_meta
-make_batch = crash_writer.make_batch
-BATCH_ROWS = crash_writer.BATCH_ROWS
-
-H, W = 16, 24
-FAST = WriterOptions(commit_interval_s=0.01, table_flush_interval_s=0.01)
+HELPER = Path(crash_writer.__file__)
+# every test twice: the Linux fast paths and the portable ones (conftest.py)
+pytestmark = pytest.mark.usefixtures("io_paths")
 
 try:
     import tensorstore  # noqa: F401
@@ -62,29 +62,6 @@ try:
     HAVE_TS = True
 except ImportError:  # pragma: no cover
     HAVE_TS = False
-
-
-@pytest.fixture(autouse=True, params=["native", "portable"])
-def io_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every store test runs twice: with the Linux fast paths (O_DIRECT, file
-    system type from /proc/self/mounts) where this machine has them, and with
-    what Windows and macOS get (neither), chosen at run time."""
-    if request.param == "portable":
-        from axialtrack.store import _sinks
-
-        monkeypatch.setenv(_sinks.PORTABLE_ENV, "1")
-        monkeypatch.delattr(os, "O_DIRECT", raising=False)
-        assert _sinks.o_direct() == 0
-        assert _sinks.filesystem_type(os.getcwd()) is None
-    return str(request.param)
-
-
-def _wait_for(cond: Any, what: str, timeout_s: float = 60.0) -> None:
-    """Poll ``cond()`` until true; fail after a generous ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 def _writer(path: Path, **kw: Any) -> RunWriter:

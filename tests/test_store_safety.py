@@ -538,3 +538,128 @@ def test_a_store_without_host_times_says_its_rate_is_the_cameras(
     from axialtrack.store import format_summary
 
     assert "(camera timestamps; no host times recorded)" in format_summary(s)
+
+
+def test_a_second_close_waits_for_the_close_that_writes_then_overwrite_settles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() on one thread while another thread's close() still writes the
+    closing attributes returns only once they are written, so that
+    ``Replacement.settle()`` (an --overwrite whose new run stored nothing)
+    deletes a store nobody writes any more. Before, the second close returned
+    at once, and the deletion raced the first close's last writes
+    (``OSError: Directory not empty``). The interleaving is forced with
+    events: the first close is held inside its final write until the second
+    close has either returned (the defect) or is waiting for it."""
+    from axialtrack.store import _commit
+    from axialtrack.store.replace import Replacement
+
+    out = tmp_path / "live.zarr"
+    with RunWriter(out, kind="live", plane_shape=(8, 8), pixel_size_um=0.1) as old:
+        old.append_frame(np.ones((2, 8, 8), np.uint16), FrameMeta(t_s=0.0))
+    replacing = Replacement(out)
+    w = RunWriter(out, kind="live", plane_shape=(8, 8), pixel_size_um=0.1)
+
+    in_finalize = threading.Event()
+    released = threading.Event()  # the second close returned, or waits
+    second_returned = threading.Event()
+    real_finalize = _commit.finalize
+
+    def held_finalize(writer: RunWriter) -> None:
+        in_finalize.set()
+        assert released.wait(60), "the second close neither returned nor waited"
+        real_finalize(writer)
+
+    monkeypatch.setattr(_commit, "finalize", held_finalize)
+
+    class SpyLock:
+        """The writer's close lock, saying when a second close waits on it."""
+
+        def __init__(self, lock: Any) -> None:
+            self.lock = lock
+            self.entries = 0
+
+        def __enter__(self) -> None:
+            self.entries += 1
+            if self.entries == 2:
+                released.set()
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    w._close_lock = SpyLock(threading.RLock())  # type: ignore[assignment]
+    first = threading.Thread(target=w.close, name="first-close")
+    first.start()
+    assert in_finalize.wait(60)
+    state_after_second: list[str] = []
+
+    def second_close() -> None:
+        w.close()
+        state_after_second.append(read_attrs(out)["state"])
+        second_returned.set()
+        released.set()
+
+    second = threading.Thread(target=second_close, name="second-close")
+    second.start()
+    second.join(60)
+    first.join(60)
+    assert not first.is_alive()
+    assert not second.is_alive()
+    # the second close returned after the first had written state: closed
+    assert state_after_second == ["closed"]
+    # the new run stored nothing: the old one is put back, nothing left beside
+    assert replacing.settle() is True
+    assert open_run(out).n_frames == 1
+    assert not list(tmp_path.glob(".live.zarr.*"))
+
+
+def _store_imports() -> dict[str, set[str]]:
+    """The modules of axialtrack.store each one imports (at the top or inside a
+    function; not under ``if TYPE_CHECKING``)."""
+    import ast
+
+    root = Path(__file__).parents[1] / "src" / "axialtrack" / "store"
+    graph: dict[str, set[str]] = {}
+    for f in root.glob("*.py"):
+        if f.name == "__init__.py":
+            continue
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        skip: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skip.update(id(n) for b in node.body for n in ast.walk(b))
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and id(node) not in skip:
+                mod = node.module or ""
+                if mod.startswith("axialtrack.store."):
+                    deps.add(mod.split(".")[2])
+                elif mod == "axialtrack.store":
+                    deps.update(
+                        a.name for a in node.names if (root / f"{a.name}.py").exists()
+                    )
+        graph[f.stem] = deps - {f.stem}
+    return graph
+
+
+def test_reader_replace_and_writer_import_without_a_cycle() -> None:
+    graph = _store_imports()
+
+    def reaches(src: str, dst: str) -> bool:
+        seen, todo = set(), [src]
+        while todo:
+            m = todo.pop()
+            for d in graph.get(m, ()):
+                if d == dst:
+                    return True
+                if d not in seen:
+                    seen.add(d)
+                    todo.append(d)
+        return False
+
+    for m in ("reader", "replace", "writer"):
+        assert not reaches(m, m), f"axialtrack.store.{m} imports itself back"
+    # the replacement logic needs neither the reader nor the writer
+    assert not reaches("replace", "reader")
+    assert not reaches("replace", "writer")

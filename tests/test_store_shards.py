@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,6 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from store_common import H, W, crash_writer, make_frame, make_meta
+from store_common import wait_for as _wait_for
 
 from axialtrack.store import (
     RunWriter,
@@ -25,16 +26,8 @@ from axialtrack.store import (
     summarize,
 )
 
-HELPER = Path(__file__).parent / "store_helpers" / "crash_writer.py"
-_spec = importlib.util.spec_from_file_location("crash_writer", HELPER)
-assert _spec is not None
-assert _spec.loader is not None
-crash_writer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(crash_writer)
-make_frame = crash_writer.make_frame
-make_meta = crash_writer.make_meta
+HELPER = Path(crash_writer.__file__)
 
-H, W = 16, 24
 N = 8  # frames per shard
 
 
@@ -44,30 +37,16 @@ def _opts(**kw: Any) -> WriterOptions:
     )
 
 
-def _wait_for(cond: Any, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-
-
 def _chunk_files(path: Path) -> list[str]:
     return sorted(p.name for p in (path / "frames" / "0").glob("c.*"))
 
 
-@pytest.mark.parametrize("portable", [False, True])
 @pytest.mark.parametrize("compression", [None, "zstd", "blosc-lz4"])
 def test_sharded_round_trip_and_foreign_readers(
-    tmp_path: Path,
-    compression: str | None,
-    portable: bool,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, compression: str | None, io_paths: str
 ) -> None:
-    """Also with what Windows gets (no ``os.pwrite``: seek and write)."""
-    if portable:
-        from axialtrack.store import _sinks
-
-        monkeypatch.setenv(_sinks.PORTABLE_ENV, "1")
+    """Also with what Windows gets (no ``os.pwrite``: seek and write; the
+    ``io_paths`` fixture of conftest.py)."""
     path = tmp_path / "run.zarr"
     n = 21  # two full shards and a partial one
     with RunWriter(
@@ -188,3 +167,75 @@ def test_sharded_crash_sigkill_keeps_committed_frames_and_recovers_the_tail(
     assert (idx[k:] == np.uint64(2**64 - 1)).all()
     assert last.stat().st_size == int((idx[:k, 0] + idx[:k, 1]).max())
     assert not list(path.rglob("*.partial"))
+
+
+def _torn_index_reads(
+    monkeypatch: pytest.MonkeyPatch, path: Path, shard: int, reads: int
+) -> list[int]:
+    """Make the next ``reads`` frame reads meet shard ``shard``'s index half
+    rewritten: the new entries with the old index's checksum, as a reader sees
+    it in the middle of the writer's in-place rewrite; after each such read
+    the rewrite completes (the whole new index is on disk). Returns the list
+    the patched reads count into."""
+    from axialtrack.store._sinks import (
+        SHARD_MISSING,
+        read_shard_index,
+        shard_index_bytes,
+    )
+
+    f = path / "frames" / "0" / f"c.{shard}.0.0.0"
+    new = read_shard_index(str(f), N)
+    assert new is not None
+    k = int((new[:, 0] != SHARD_MISSING).sum())
+    old = new.copy()
+    old[k - 1 :] = SHARD_MISSING  # the index before the last commit
+    whole = shard_index_bytes(new)
+    torn = whole[:-4] + shard_index_bytes(old)[-4:]
+    calls: list[int] = []
+    real = zarr.Array.__getitem__
+
+    def racing(self: zarr.Array, key: Any) -> Any:
+        calls.append(1)
+        if len(calls) > reads:
+            return real(self, key)
+        with open(f, "r+b") as fh:
+            fh.write(torn)
+        try:
+            return real(self, key)
+        finally:
+            with open(f, "r+b") as fh:
+                fh.write(whole)
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", racing)
+    return calls
+
+
+def test_a_read_racing_a_shard_index_rewrite_reads_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open_run's frames and the napari reader's planes never show the
+    checksum error of an index read while the writer rewrites it: they read
+    again. An index that stays bad is damage: a StoreError saying so."""
+    from axialtrack.napari_plugin._reader import _plane_data
+    from axialtrack.store import StoreError
+
+    path = tmp_path / "run.zarr"
+    with RunWriter(
+        path, kind="live", plane_shape=(H, W), pixel_size_um=0.1, options=_opts()
+    ) as w:
+        for i in range(10):
+            w.append_frame(make_frame(i, H, W), make_meta(i))
+    run = open_run(path)
+    calls = _torn_index_reads(monkeypatch, path, shard=1, reads=1)
+    np.testing.assert_array_equal(run.frames[9], make_frame(9, H, W))
+    assert len(calls) == 2  # the torn read, then the whole one
+    calls = _torn_index_reads(monkeypatch, path, shard=1, reads=1)
+    plane = _plane_data(run, 1)[8].compute()
+    np.testing.assert_array_equal(plane, make_frame(8, H, W)[1])
+    assert len(calls) == 2
+    from axialtrack.store.reader import CHECKSUM_RETRIES
+
+    calls = _torn_index_reads(monkeypatch, path, shard=1, reads=10**6)
+    with pytest.raises(StoreError, match="checksum on 20 reads in a row"):
+        run.frames[8]
+    assert len(calls) == CHECKSUM_RETRIES == 20

@@ -116,3 +116,63 @@ def test_calibration_run_has_no_table_groups(tmp_path: Path) -> None:
     assert len(run.tracks) == 0
     assert summarize(path)["state"] == "closed"
     assert not recover(path).was_open
+
+
+def test_bulk_column_read_equals_zarr(tmp_path: Path) -> None:
+    """The direct chunk-file read gives what zarr gives: values, fill of chunks
+    never written, a partial last chunk, dtypes; other codecs go through zarr."""
+    import zarr
+
+    from axialtrack.store._columns import _plain_codec, read_columns
+
+    g = zarr.open_group(tmp_path / "t.zarr", mode="w")
+    rng = np.random.default_rng(3)
+    n = 1000
+    vals = {
+        "f": rng.normal(size=n),
+        "i": rng.integers(-5, 5, n).astype(np.int64),
+        "b": rng.random(n) < 0.5,
+        "s": rng.integers(0, 9, n).astype(np.int8),
+    }
+    zstd = zarr.codecs.ZstdCodec(level=1, checksum=False)
+    for name, v in vals.items():
+        fill = -1 if v.dtype.kind == "i" else 0
+        a = g.create_array(
+            name,
+            shape=(n + 50,),
+            chunks=(128,),
+            dtype=v.dtype,
+            fill_value=fill,
+            compressors=(zstd,),
+            chunk_key_encoding={"name": "default", "separator": "."},
+        )
+        a[:n] = v
+    # a chunk never written reads as the fill value
+    (tmp_path / "t.zarr" / "i" / "c.2").unlink()
+    raw = g.create_array("raw", shape=(n,), chunks=(100,), dtype="f4", compressors=None)
+    raw[:] = np.arange(n, dtype="f4")
+    blosc = g.create_array(
+        "blosc",
+        shape=(n,),
+        chunks=(100,),
+        dtype="u2",
+        compressors=(zarr.codecs.BloscCodec(),),
+    )
+    blosc[:] = np.arange(n, dtype="u2")
+    assert _plain_codec(g["f"]) == "zstd"  # type: ignore[arg-type]
+    assert _plain_codec(g["raw"]) == "raw"  # type: ignore[arg-type]
+    assert _plain_codec(g["blosc"]) is None  # type: ignore[arg-type]
+    names = [*vals, "raw", "blosc"]
+    got = read_columns(g, tmp_path / "t.zarr", names, n - 3)
+    for name in names:
+        want = np.asarray(g[name][: n - 3])  # type: ignore[index]
+        assert got[name].dtype == want.dtype, name
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+    assert (got["i"][256:384] == -1).all()
+    # a damaged chunk (not the size its metadata promises) falls back to zarr,
+    # which raises rather than returning wrong rows
+    (tmp_path / "t.zarr" / "raw" / "c" / "0").write_bytes(b"\0" * 12)
+    with pytest.raises(ValueError, match="size"):
+        read_columns(g, tmp_path / "t.zarr", ["raw"], n)
+    with pytest.raises(ValueError, match="f"):
+        read_columns(g, tmp_path / "t.zarr", ["f"], n + 51)

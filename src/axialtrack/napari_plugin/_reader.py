@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from axialtrack.store import StoreError, open_run, read_attrs
-from axialtrack.store.world import frame_interval, world_localizations
+from axialtrack.store.world import (
+    frame_interval,
+    plane1_world_affine,
+    world_localizations,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -25,6 +29,27 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 #: colormaps of plane 0 and plane 1 (as the OME ``omero`` colors)
 PLANE_COLORMAPS = ("green", "magenta")
+#: the stored localization columns the layers read (positions, times, the
+#: features, what the quality flags derive from); a long run's other columns
+#: stay on disk until asked for (``open_run(path).localizations``)
+LAYER_COLUMNS = (
+    "frame",
+    "t_s",
+    "x_um",
+    "y_um",
+    "z_um",
+    "dz_um",
+    "sigma_z_um",
+    "photons",
+    "background",
+    "track_id",
+    "flags",
+    "saturated",
+    "in_range",
+    "neighbour_px",
+)
+#: the features of the tracks layer (the points layer has every column read)
+TRACK_FEATURES = ("z_um", "dz_um", "sigma_z_um", "photons", "t_s", "flags")
 #: point size, in pixels of the image
 POINT_SIZE_PX = 3.0
 
@@ -100,8 +125,9 @@ def _plane_data(run: Run, plane: int) -> Any:
     with one chunk per frame (nothing is read until a frame is shown)."""
     import dask.array as da
 
-    arr = run.frames.zarr_array
-    view = _PlaneView(arr, plane, run.n_frames)
+    # the run's FrameArray, not its zarr array: it reads again a shard whose
+    # index a running writer was rewriting
+    view = _PlaneView(run.frames, plane, run.n_frames)
     return da.from_array(
         view, chunks=(1, *view.shape[1:]), asarray=False, fancy=False, name=False
     )
@@ -114,7 +140,9 @@ def run_layers(
 
     - ``<name> plane 0``, ``<name> plane 1``: image layers ``(T, H, W)``, scale
       ``(dt, px, px)`` (seconds, micrometres), translation 0, contrast limits
-      from the OME window, read lazily;
+      from the OME window, read lazily; plane 1 carries the plane registration
+      as its ``affine`` (:func:`axialtrack.store.world.plane1_world_affine`),
+      so a bead lies at the same world position in both planes;
     - ``<name> localizations``: points ``[frame, y_um, x_um]`` with scale
       ``(dt, 1, 1)``, colored by ``z_um``; features ``z_um``, ``sigma_z_um``,
       ``photons``, ``track_id`` and the others (world-frame ``t_s``);
@@ -138,6 +166,8 @@ def run_layers(
                     "name": f"{name} plane {p}",
                     "scale": (dt, px, px),
                     "translate": (0.0, 0.0, 0.0),
+                    # plane 1 registered onto plane 0 (identity for plane 0)
+                    "affine": np.eye(4) if p == 0 else plane1_world_affine(run.attrs),
                     "contrast_limits": windows[p],
                     "colormap": PLANE_COLORMAPS[p],
                     "blending": "additive",
@@ -148,7 +178,11 @@ def run_layers(
                 "image",
             )
         )
-    locs = world_localizations(run, dt=dt) if (localizations or tracks) else None
+    locs = (
+        world_localizations(run, run.read_localizations(LAYER_COLUMNS), dt=dt)
+        if (localizations or tracks)
+        else None
+    )
     if localizations and locs is not None and len(locs):
         layers.append(points_layer(locs, name=name, dt=dt, px=px, meta=meta_common))
     if tracks and locs is not None:
@@ -158,14 +192,20 @@ def run_layers(
     return layers
 
 
-def _features(locs: pd.DataFrame, skip: set[str]) -> pd.DataFrame:
-    cols = [
-        c
-        for c in locs.columns
-        if c not in skip
-        and (np.issubdtype(locs[c].dtype, np.number) or locs[c].dtype == np.bool_)
-    ]
-    return locs[cols].reset_index(drop=True)
+def _features(
+    locs: pd.DataFrame, skip: set[str], rows: np.ndarray | None = None
+) -> pd.DataFrame:
+    """The numeric and bool columns of ``locs`` (of ``rows`` only, in that
+    order), built from the column arrays: no consolidating copy of the table."""
+    import pandas as pd
+
+    cols = {}
+    for c in locs.columns:
+        v = locs[c].to_numpy()
+        if c in skip or not (np.issubdtype(v.dtype, np.number) or v.dtype == np.bool_):
+            continue
+        cols[c] = v if rows is None else v[rows]
+    return pd.DataFrame(cols, copy=False)
 
 
 def points_layer(
@@ -202,19 +242,25 @@ def tracks_layer(
 ) -> LayerData | None:
     """The tracks layer of world-frame localizations (rows with ``track_id >=
     0``), or None if there is no track."""
-    linked = locs[locs["track_id"].to_numpy() >= 0]
-    if linked.empty:
+    tid = locs["track_id"].to_numpy()
+    rows = np.flatnonzero(tid >= 0)
+    if rows.size == 0:
         return None
-    linked = linked.sort_values(["track_id", "frame"], kind="stable")
+    # the rows in (track_id, frame) order, each column taken once
+    frame = locs["frame"].to_numpy()
+    rows = rows[np.lexsort((frame[rows], tid[rows]))]
     data = np.column_stack(
         [
-            linked["track_id"].to_numpy(dtype=np.float64),
-            linked["frame"].to_numpy(dtype=np.float64),
-            linked["y_um"].to_numpy(dtype=np.float64),
-            linked["x_um"].to_numpy(dtype=np.float64),
+            tid[rows].astype(np.float64),
+            frame[rows].astype(np.float64),
+            locs["y_um"].to_numpy(dtype=np.float64)[rows],
+            locs["x_um"].to_numpy(dtype=np.float64)[rows],
         ]
     )
-    features = _features(linked, {"track_id", "frame"})
+    # what a track vertex shows and is colored by (each column is taken in
+    # track order: a million rows cost ~10 ms a column)
+    keep = [c for c in TRACK_FEATURES if c in locs.columns]
+    features = _features(locs[keep], set(), rows)
     return (
         data,
         {

@@ -43,6 +43,7 @@ from axialtrack.store.options import (
     _META_DTYPE,
     _META_FIELDS,
 )
+from axialtrack.store.replace import hidden_name, remove_path
 
 if TYPE_CHECKING:
     from axialtrack.store.writer import RunWriter
@@ -61,8 +62,6 @@ def create_atomically(
     ``.NAME.creating-PID``, which ``info`` and ``recover`` report and
     remove). A replaced store is renamed aside first and deleted after.
     """
-    from axialtrack.store.replace import hidden_name, remove_path
-
     path = w.path
     tmp = hidden_name(path, "creating")
     try:

@@ -14,6 +14,7 @@ from axialtrack.store.errors import (
     UnwritableStoreError,
 )
 from axialtrack.store.layout import ATTRS_KEY, read_json
+from axialtrack.store.replace import find_leftovers_beside, is_run_store, refusal
 
 __all__ = ["check_location", "prepare_path", "warn_hidden_copies"]
 
@@ -24,8 +25,6 @@ def prepare_path(path: Path, overwrite: bool) -> bool:
 
     Nothing is deleted here: the new store is built beside it and swapped in.
     """
-    from axialtrack.store.replace import is_run_store, refusal
-
     why = refusal(path, overwrite, "store")
     if why is not None:
         raise StoreExistsError(why.replace("--overwrite", "overwrite=True"))
@@ -51,8 +50,6 @@ def prepare_path(path: Path, overwrite: bool) -> bool:
 def warn_hidden_copies(path: Path) -> None:
     """Warn about a previous store an interrupted ``--overwrite`` hid beside
     ``path``: it is kept, and must not be forgotten."""
-    from axialtrack.store.replace import find_leftovers_beside
-
     for left in find_leftovers_beside(path):
         if left.what == "replaced" and not left.alive:
             warnings.warn(

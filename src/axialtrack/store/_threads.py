@@ -103,153 +103,200 @@ def frame_loop(w: RunWriter) -> None:
     Frame metadata rows stay here (``pending``, starting at frame
     ``pending_base``) until the commit that writes them has succeeded.
     """
-    interval = w.options.commit_interval_s
-    pending: list[tuple] = []
-    pending_base = 0
-    done: set[int] = set()
-    next_done = 0  # frames [0, next_done) are on disk
-    inflight = 0
-    stopping = False
-    last_commit = time.perf_counter()
-    deferred: list[tuple[np.ndarray, bool]] = []  # flags of rows past pending
-    commit_fut: Future[None] | None = None
-    commit_k = 0
-    commit_updates: list[tuple[np.ndarray, bool]] = []
-    grow_fut: Future[None] | None = None
-    block = w.options.time_block
-    # flag changes waiting for the rows appended before them to be committed
-    waiting: deque[tuple[int, np.ndarray, bool]] = deque()
+    _FrameLoop(w).run()
 
-    def apply_flags(idx: np.ndarray, value: bool) -> None:
+
+class _FrameLoop:
+    """The frame thread's state and steps (see :func:`frame_loop`)."""
+
+    def __init__(self, w: RunWriter) -> None:
+        self.w = w
+        self.interval = w.options.commit_interval_s
+        self.block = w.options.time_block
+        self.pending: list[tuple] = []
+        self.pending_base = 0
+        self.done: set[int] = set()
+        self.next_done = 0  # frames [0, next_done) are on disk
+        self.inflight = 0
+        self.stopping = False
+        self.last_commit = time.perf_counter()
+        # flags of rows past pending
+        self.deferred: list[tuple[np.ndarray, bool]] = []
+        self.commit_fut: Future[None] | None = None
+        self.commit_k = 0
+        self.commit_updates: list[tuple[np.ndarray, bool]] = []
+        self.grow_fut: Future[None] | None = None
+        # flag changes waiting for the rows appended before them to be committed
+        self.waiting: deque[tuple[int, np.ndarray, bool]] = deque()
+
+    def apply_flags(self, idx: np.ndarray, value: bool) -> None:
         # rows of a commit in flight are written already: change them
         # with the next commit, like older rows
-        first_free = pending_base + (commit_k if commit_fut else 0)
-        rel = idx - pending_base
-        mine = (idx >= first_free) & (rel < len(pending))
+        first_free = self.pending_base + (self.commit_k if self.commit_fut else 0)
+        rel = idx - self.pending_base
+        mine = (idx >= first_free) & (rel < len(self.pending))
+        pending = self.pending
         for r in rel[mine]:
             row = pending[r]
             pending[r] = (*row[:_ANALYZED_COL], value, *row[_ANALYZED_COL + 1 :])
         if (~mine).any():
-            deferred.append((idx[~mine], value))
+            self.deferred.append((idx[~mine], value))
 
-    def release_flags() -> None:
+    def release_flags(self) -> None:
         # in order, so that later changes of a frame win
-        rows = w._committed_rows
-        while waiting and waiting[0][0] <= rows:
-            _, idx, value = waiting.popleft()
-            apply_flags(idx, value)
+        rows = self.w._committed_rows
+        while self.waiting and self.waiting[0][0] <= rows:
+            _, idx, value = self.waiting.popleft()
+            self.apply_flags(idx, value)
 
-    def settle(wait: bool) -> bool:
+    def settle(self, wait: bool) -> bool:
         """Account for the commit in flight; True if none is in flight now."""
-        nonlocal commit_fut, pending_base, deferred
-        if commit_fut is None:
+        fut = self.commit_fut
+        if fut is None:
             return True
-        if not wait and not commit_fut.done():
+        if not wait and not fut.done():
             return False
-        exc = commit_fut.exception()
-        commit_fut = None
+        exc = fut.exception()
+        self.commit_fut = None
         if exc is not None:
-            w._fail(exc, "committing frames")
+            self.w._fail(exc, "committing frames")
             # its rows stay pending and its flag changes deferred: the last
             # (best-effort) commit writes what this one did not, once
-            deferred = commit_updates + deferred
+            self.deferred = self.commit_updates + self.deferred
             return True
-        del pending[:commit_k]
-        pending_base += commit_k
+        del self.pending[: self.commit_k]
+        self.pending_base += self.commit_k
         return True
 
-    def schedule() -> None:
-        nonlocal commit_fut, commit_k, deferred, commit_updates
-        k = next_done - pending_base
-        if k <= 0 and not deferred and not w._attrs_dirty:
+    def schedule(self) -> None:
+        w = self.w
+        k = self.next_done - self.pending_base
+        if k <= 0 and not self.deferred and not w._attrs_dirty:
             return
-        commit_k = max(k, 0)
-        rows = pending[:commit_k]
-        commit_updates, deferred = deferred, []
-        commit_fut = w._committer.submit(
-            w._commit, next_done, rows, commit_updates, pending_base
+        self.commit_k = max(k, 0)
+        rows = self.pending[: self.commit_k]
+        self.commit_updates, self.deferred = self.deferred, []
+        fut = w._committer.submit(
+            w._commit, self.next_done, rows, self.commit_updates, self.pending_base
         )
+        self.commit_fut = fut
         # wake this loop when the commit is done
-        commit_fut.add_done_callback(lambda _: w._frame_q.put((_TICK,)))
+        fut.add_done_callback(lambda _: w._frame_q.put((_TICK,)))
 
-    while True:
-        if commit_fut is not None:
-            settle(wait=False)
+    def next_item(self) -> object:
+        """The next queue item; a tick when a commit is due and none came."""
+        w = self.w
+        if self.commit_fut is not None:
+            self.settle(wait=False)
         uncommitted = (
             w._failure is None
-            and commit_fut is None
-            and (next_done > w._committed_frames or bool(deferred) or w._attrs_dirty)
+            and self.commit_fut is None
+            and (
+                self.next_done > w._committed_frames
+                or bool(self.deferred)
+                or w._attrs_dirty
+            )
         )
         timeout = None  # a commit in flight wakes the loop when done
         if uncommitted:
-            timeout = max(0.0, last_commit + interval - time.perf_counter())
+            timeout = max(0.0, self.last_commit + self.interval - time.perf_counter())
         try:
-            item = w._frame_q.get(timeout=timeout)
+            return w._frame_q.get(timeout=timeout)
         except queue.Empty:
-            item = (_TICK,)
-        if item is _STOP:
-            stopping = True
-        elif item[0] == _FRAME:
-            _, index, slot, row, t_in = item
-            if w._failure is not None:
-                w._free.put(slot)
-                continue
-            try:
-                # grow ahead, on the committer thread, so that a slow
-                # metadata write does not hold up frames
-                if grow_fut is None and index >= w._capacity - block // 2:
-                    grow_fut = w._committer.submit(w._grow_frames, w._capacity + 1)
-                if index >= w._capacity and grow_fut is not None:
-                    grow_fut.result()
-                if grow_fut is not None and grow_fut.done():
-                    grow_fut.result()
-                    grow_fut = None
-                if index >= w._capacity:
-                    w._grow_frames(index + 1)
-            except BaseException as exc:
-                grow_fut = None
-                w._fail(exc, f"growing the frame array to frame {index}")
-                w._free.put(slot)
-                continue
-            pending.append(row)
-            inflight += 1
-            w._io.submit(w._write_job, index, slot, t_in)
-        elif item[0] == _DONE:
-            inflight -= 1
-            _, index, err = item
-            if err is not None:
-                w._fail(err, f"writing frame {index}")
-            elif index >= 0:
-                done.add(index)
-                w._n_written += 1
-                while next_done in done:
-                    done.discard(next_done)
-                    next_done += 1
-        elif item[0] == _ANALYZED:
-            waiting.append((item[3], item[1], item[2]))
-        release_flags()
-        now = time.perf_counter()
-        drained = stopping and inflight == 0 and w._frame_q.empty()
-        if drained:
-            # flags still waiting for their rows: close() commits them after
-            # the last rows (or never, if those are not written)
-            w._late_flags = list(waiting)
-            # the last commit: after a failure too (best effort) for the
-            # frames fully written before it; a failed commit changes nothing
-            settle(wait=True)
-            failed = w._failure is not None
-            schedule()
-            if commit_fut is not None:
-                if failed:
-                    with contextlib.suppress(BaseException):
-                        commit_fut.result()
-                    commit_fut = None
-                else:
-                    settle(wait=True)
-            break
-        if w._failure is None and now - last_commit >= interval and settle(wait=False):
-            schedule()
-            last_commit = now
+            return (_TICK,)
+
+    def grow_for(self, index: int) -> None:
+        """Make room for frame ``index``: grow ahead, on the committer thread,
+        so that a slow metadata write does not hold up frames."""
+        w = self.w
+        if self.grow_fut is None and index >= w._capacity - self.block // 2:
+            self.grow_fut = w._committer.submit(w._grow_frames, w._capacity + 1)
+        if index >= w._capacity and self.grow_fut is not None:
+            self.grow_fut.result()
+        if self.grow_fut is not None and self.grow_fut.done():
+            self.grow_fut.result()
+            self.grow_fut = None
+        if index >= w._capacity:
+            w._grow_frames(index + 1)
+
+    def on_frame(self, item: tuple) -> bool:
+        """Send a frame to the I/O threads; False if it is refused (the
+        writer failed)."""
+        w = self.w
+        _, index, slot, row, t_in = item
+        if w._failure is not None:
+            w._free.put(slot)
+            return False
+        try:
+            self.grow_for(index)
+        except BaseException as exc:
+            self.grow_fut = None
+            w._fail(exc, f"growing the frame array to frame {index}")
+            w._free.put(slot)
+            return False
+        self.pending.append(row)
+        self.inflight += 1
+        w._io.submit(w._write_job, index, slot, t_in)
+        return True
+
+    def on_done(self, item: tuple) -> None:
+        w = self.w
+        self.inflight -= 1
+        _, index, err = item
+        if err is not None:
+            w._fail(err, f"writing frame {index}")
+        elif index >= 0:
+            self.done.add(index)
+            w._n_written += 1
+            while self.next_done in self.done:
+                self.done.discard(self.next_done)
+                self.next_done += 1
+
+    def finish(self) -> None:
+        """The last commit, once every frame is written: after a failure too
+        (best effort) for the frames fully written before it; a failed commit
+        changes nothing."""
+        # flags still waiting for their rows: close() commits them after the
+        # last rows (or never, if those are not written)
+        self.w._late_flags = list(self.waiting)
+        self.settle(wait=True)
+        failed = self.w._failure is not None
+        self.schedule()
+        if self.commit_fut is not None:
+            if failed:
+                with contextlib.suppress(BaseException):
+                    self.commit_fut.result()
+                self.commit_fut = None
+            else:
+                self.settle(wait=True)
+
+    def run(self) -> None:
+        w = self.w
+        while True:
+            item = self.next_item()
+            if item is _STOP:
+                self.stopping = True
+            else:
+                assert isinstance(item, tuple)
+                if item[0] == _FRAME:
+                    if not self.on_frame(item):
+                        continue  # refused: its buffer is free again
+                elif item[0] == _DONE:
+                    self.on_done(item)
+                elif item[0] == _ANALYZED:
+                    self.waiting.append((item[3], item[1], item[2]))
+            self.release_flags()
+            now = time.perf_counter()
+            if self.stopping and self.inflight == 0 and w._frame_q.empty():
+                self.finish()
+                return
+            if (
+                w._failure is None
+                and now - self.last_commit >= self.interval
+                and self.settle(wait=False)
+            ):
+                self.schedule()
+                self.last_commit = now
 
 
 def grow_frames(w: RunWriter, need: int) -> None:

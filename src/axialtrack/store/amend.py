@@ -326,6 +326,65 @@ def _set_flags(
             arr[start:stop] = block[: stop - start]
 
 
+def _closed_run_frames(p: Path) -> int:
+    """The frame count of the closed run at ``p``; StoreInUseError if it is
+    not closed."""
+    attrs = read_attrs(p)
+    if attrs.get("state") != "closed":
+        alive = writer_alive(attrs, p)
+        hint = (
+            "wait until the run is closed"
+            if alive
+            else f"its writer stopped without closing it; run `axialtrack recover "
+            f"{p}` first"
+        )
+        raise StoreInUseError(f"{p} is not closed ({hint}).")
+    return int(attrs.get("n_frames", 0))
+
+
+def _track_columns(tracks: Any, what: str) -> dict[str, np.ndarray]:
+    """A per-track summary as 1-D numeric columns of one length, or
+    InvalidTableError (nothing written yet)."""
+    tcols = {c: np.asarray(v) for c, v in _to_columns(tracks, what).items()}
+    for c, v in tcols.items():
+        if v.ndim != 1 or v.dtype.kind not in "biuf":
+            raise InvalidTableError(
+                f"{what}: track column {c!r} must be a 1-D numeric array; got "
+                f"dtype {v.dtype}, shape {v.shape}. Nothing was changed."
+            )
+    lengths = {len(v) for v in tcols.values()}
+    if len(lengths) > 1:
+        raise InvalidTableError(
+            f"{what}: the track columns differ in length ({sorted(lengths)}). "
+            "Nothing was changed."
+        )
+    return tcols
+
+
+def _merged(
+    loc: zarr.Group, cols: dict[str, np.ndarray], frames: np.ndarray, old_n: int
+) -> dict[str, np.ndarray]:
+    """The stored rows of frames not in ``frames``, then ``cols`` (columns
+    the old table lacks read as their fill value)."""
+    old, _ = _read_table(loc)
+    keep = ~np.isin(old["frame"], frames)
+    new = {}
+    for c, v in cols.items():
+        prev = old.get(c)
+        if prev is None:
+            prev = np.full(old_n, fill_for(v.dtype), dtype=v.dtype)
+        new[c] = np.concatenate([prev[keep], v])
+    return new
+
+
+def _record_amend(p: Path, entry: dict[str, Any]) -> None:
+    """Append ``entry`` to the run's ``amended`` history attribute."""
+    root = zarr.open_group(LocalStore(p), mode="r+")
+    at: dict[str, Any] = dict(_gattrs(root)[ATTRS_KEY])
+    at["amended"] = [*at.get("amended", []), entry]
+    root.update_attributes({ATTRS_KEY: at})
+
+
 def append_localizations_to_run(
     path: str | os.PathLike[str],
     table: Any,
@@ -363,17 +422,7 @@ def append_localizations_to_run(
         Writing failed; the run keeps its previous table.
     """
     p = Path(path).expanduser().absolute()
-    attrs = read_attrs(p)
-    if attrs.get("state") != "closed":
-        alive = writer_alive(attrs, p)
-        hint = (
-            "wait until the run is closed"
-            if alive
-            else f"its writer stopped without closing it; run `axialtrack recover "
-            f"{p}` first"
-        )
-        raise StoreInUseError(f"{p} is not closed ({hint}).")
-    n_frames = int(attrs.get("n_frames", 0))
+    n_frames = _closed_run_frames(p)
     frames = np.unique(np.asarray(frames_analyzed, dtype=np.int64).ravel())
     if frames.size and (frames[0] < 0 or frames[-1] >= n_frames):
         raise IndexError(
@@ -396,37 +445,13 @@ def append_localizations_to_run(
     if k and (cols["frame"].min() < 0 or cols["frame"].max() >= n_frames):
         raise IndexError(f"{what}: frame values must be in [0, {n_frames})")
     # the track table checked before anything is written
-    tcols: dict[str, np.ndarray] | None = None
-    if tracks is not None:
-        tcols = {c: np.asarray(v) for c, v in _to_columns(tracks, what).items()}
-        for c, v in tcols.items():
-            if v.ndim != 1 or v.dtype.kind not in "biuf":
-                raise InvalidTableError(
-                    f"{what}: track column {c!r} must be a 1-D numeric array; got "
-                    f"dtype {v.dtype}, shape {v.shape}. Nothing was changed."
-                )
-        lengths = {len(v) for v in tcols.values()}
-        if len(lengths) > 1:
-            raise InvalidTableError(
-                f"{what}: the track columns differ in length ({sorted(lengths)}). "
-                "Nothing was changed."
-            )
+    tcols = None if tracks is None else _track_columns(tracks, what)
     old_n = int(_gattrs(loc).get("n_rows", 0))
     try:
         old_frames = np.asarray(loc["frame"][:old_n]) if old_n else np.zeros(0, int)  # type: ignore[index]
         overlap = bool(old_n) and bool(np.isin(old_frames, frames).any())
         if replace or overlap:
-            if replace or not old_n:
-                new = cols
-            else:
-                old, _ = _read_table(loc)
-                keep = ~np.isin(old["frame"], frames)
-                new = {}
-                for c, v in cols.items():
-                    prev = old.get(c)
-                    if prev is None:
-                        prev = np.full(old_n, fill_for(v.dtype), dtype=v.dtype)
-                    new[c] = np.concatenate([prev[keep], v])
+            new = cols if replace or not old_n else _merged(loc, cols, frames, old_n)
             order = np.argsort(new["frame"], kind="stable")
             new = {c: v[order] for c, v in new.items()}
             tmp = f"{LOCALIZATIONS}.amend-{os.getpid()}"
@@ -441,20 +466,16 @@ def append_localizations_to_run(
             tmp = f"{TRACKS}.amend-{os.getpid()}"
             _write_group(root, tmp, tcols)
             _swap_group(p, TRACKS, tmp)
-        root = zarr.open_group(LocalStore(p), mode="r+")
-        at: dict[str, Any] = dict(_gattrs(root)[ATTRS_KEY])
-        history = list(at.get("amended", []))
-        history.append(
+        _record_amend(
+            p,
             {
                 "at": _now(),
                 "rows": int(k),
                 "frames": int(frames.size),
                 "replace": bool(replace or overlap),
                 "n_rows": int(n_rows),
-            }
+            },
         )
-        at["amended"] = history
-        root.update_attributes({ATTRS_KEY: at})
     except OSError as exc:
         # a new table that was not swapped in (e.g. the disk filled up while it
         # was written) is not left behind

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from axialtrack.store._columns import read_columns
 from axialtrack.store._registry import writer_alive
 from axialtrack.store.errors import (
     NotARunStoreError,
@@ -47,6 +48,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["FrameArray", "RecoveryReport", "Run", "open_run", "read_attrs", "recover"]
+
+#: Reads of a frame whose shard index fails its checksum before it is called
+#: damage (a read racing the writer's index rewrite fails once; see
+#: :meth:`FrameArray._read`).
+CHECKSUM_RETRIES = 20
 
 #: Suffixes of temporary files a writer leaves behind when it is killed mid-write.
 TEMP_SUFFIXES = (".partial", ".__lock")
@@ -203,14 +209,33 @@ class FrameArray:
                     f"frame indices out of range for {self._n} committed frames"
                 )
             k0 = idx % self._n if self._n else idx
-        full = (k0, *key[1:])
-        res: Any
-        if any(not isinstance(k, (int, np.integer, slice)) for k in full):
-            res = self._array.get_orthogonal_selection(full)
-        else:
-            res = self._array[full]
-        out = np.asarray(res)
+        out = self._read((k0, *key[1:]))
         return out[::-1] if flip else out
+
+    def _read(self, key: tuple[Any, ...]) -> np.ndarray:
+        """``key`` of the array, read again where a shard index failed its
+        checksum: a writer rewrites a growing shard's index in place at each
+        commit, and a read that meets that write can see a mix of the two
+        indexes (CRC32C mismatch). The write takes microseconds; the next read
+        sees the whole index. A checksum that fails :data:`CHECKSUM_RETRIES`
+        reads in a row is damage, reported as such."""
+        orthogonal = any(not isinstance(k, (int, np.integer, slice)) for k in key)
+        for attempt in range(CHECKSUM_RETRIES):
+            try:
+                if orthogonal:
+                    return np.asarray(self._array.get_orthogonal_selection(key))
+                return np.asarray(self._array[key])
+            except ValueError as exc:
+                if "checksum" not in str(exc):
+                    raise
+                if attempt == CHECKSUM_RETRIES - 1:
+                    raise StoreError(
+                        f"{self._array.store_path}: a shard index fails its "
+                        f"checksum on {CHECKSUM_RETRIES} reads in a row ({exc}); "
+                        "the frames are damaged. If no writer runs, run "
+                        "`axialtrack recover` on the store."
+                    ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         out = self[:]
@@ -338,7 +363,6 @@ class Run:
     ) -> pd.DataFrame:
         import pandas as pd
 
-        data: dict[str, np.ndarray] = {}
         if group is None:  # a calibration run: no table
             return pd.DataFrame(
                 {
@@ -348,15 +372,16 @@ class Run:
                     )
                 }
             )
-        for name in attrs.get("columns", []):
-            arr = group[name]
-            if not isinstance(arr, zarr.Array) or arr.shape[0] < n:
-                raise StoreError(
-                    f"{self.path}/{group.path}/{name} is shorter than the "
-                    f"committed {n} rows; the store is damaged."
-                )
-            data[name] = np.asarray(arr[:n])
-        return pd.DataFrame(data)
+        try:
+            data = read_columns(
+                group, self.path / group.path, list(attrs.get("columns", [])), n
+            )
+        except ValueError as exc:
+            raise StoreError(
+                f"{self.path}/{group.path}/{exc} is shorter than the "
+                f"committed {n} rows; the store is damaged."
+            ) from None
+        return pd.DataFrame(data, copy=False)
 
     @property
     def frame_meta(self) -> pd.DataFrame:
@@ -367,16 +392,39 @@ class Run:
             from axialtrack.store.layout import FRAME_META_COLUMNS, FRAME_META_FILLS
 
             n = self.n_frames
-            data = {}
-            for name, dtype in FRAME_META_COLUMNS.items():
-                if name in self._meta_group:
-                    data[name] = np.asarray(self._meta_group[name][:n])  # type: ignore[index]
-                else:  # a column later versions added (host_t_s)
-                    data[name] = np.full(n, FRAME_META_FILLS[name], dtype=dtype)
-            df = pd.DataFrame(data)
+            group = self._meta_group
+            present = [c for c in FRAME_META_COLUMNS if c in group]
+            got = read_columns(group, self.path / group.path, present, n)
+            data = {
+                # a column later versions added (host_t_s) reads as its fill
+                name: got[name]
+                if name in got
+                else np.full(n, FRAME_META_FILLS[name], dtype=dtype)
+                for name, dtype in FRAME_META_COLUMNS.items()
+            }
+            df = pd.DataFrame(data, copy=False)
             df.index.name = "frame"
             self._cache["meta"] = df
         return self._cache["meta"]
+
+    @property
+    def localization_columns(self) -> list[str]:
+        """The names of the stored localization columns."""
+        return [str(c) for c in self._loc_attrs.get("columns", [])]
+
+    def read_localizations(self, columns: Sequence[str]) -> pd.DataFrame:
+        """The committed localizations, only ``columns`` (those stored; in
+        that order): a reader that needs a few columns of a long run reads
+        only those."""
+        if "locs" in self._cache or self._loc_group is None:
+            full = self.localizations  # read already, or no table (calibration)
+            return full[[c for c in columns if c in full.columns]]
+        stored = set(self.localization_columns)
+        return self._table(
+            self._loc_group,
+            {"columns": [c for c in columns if c in stored]},
+            self.n_localizations,
+        )
 
     @property
     def localizations(self) -> pd.DataFrame:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from axialtrack.store._registry import pid_alive
 from axialtrack.store.layout import ATTRS_KEY
 
 __all__ = [
@@ -188,9 +189,7 @@ class Leftover:
 
 
 def _pid_alive(pid: int) -> bool:
-    from axialtrack.store._registry import pid_alive as alive
-
-    return pid == os.getpid() or alive(pid)
+    return pid == os.getpid() or pid_alive(pid)
 
 
 def find_leftovers_beside(path: str | os.PathLike[str]) -> list[Leftover]:
@@ -259,16 +258,19 @@ class Replacement:
 
 def frames_in(path: Path) -> int:
     """Committed frames of the run store at ``path`` (0 if there is none or it
-    does not open)."""
-    from axialtrack.store.errors import StoreError
-    from axialtrack.store.reader import open_run
-
-    if not is_run_store(path):
+    is incomplete): its root's ``n_frames``, read without opening the run, so
+    that this module needs nothing of the reader or the writer."""
+    if not is_run_store(path) or not (path / "frames" / "0" / "zarr.json").is_file():
         return 0
     try:
-        return int(open_run(path).n_frames)
-    except (StoreError, OSError, ValueError):
+        meta = _read_json(path / "zarr.json")
+    except (OSError, ValueError):
         return 0
+    attrs = (
+        meta.get("attributes", {}).get(ATTRS_KEY) if isinstance(meta, dict) else None
+    )
+    n = attrs.get("n_frames") if isinstance(attrs, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0
 
 
 def settle_leftover(

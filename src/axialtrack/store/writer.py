@@ -103,6 +103,50 @@ _RESERVED_ATTRS = frozenset(
 )
 
 
+def _checked_args(
+    kind: Any,
+    plane_shape: Any,
+    pixel_size_um: float,
+    compression: Any,
+    frame_interval_s: float | None,
+) -> tuple[int, int]:
+    """Validate :class:`RunWriter`'s arguments; return ``(H, W)``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    try:
+        h, w = (int(v) for v in plane_shape)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"plane_shape must be (H, W) of one focal plane, got {plane_shape!r}"
+        ) from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"plane_shape must be positive, got {plane_shape!r}")
+    if not (pixel_size_um > 0 and math.isfinite(pixel_size_um)):
+        raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um!r}")
+    if compression is not None and compression not in COMPRESSIONS:
+        raise ValueError(
+            f"compression must be None or one of {COMPRESSIONS}, got {compression!r}"
+        )
+    if frame_interval_s is not None and not frame_interval_s > 0:
+        raise ValueError(f"frame_interval_s must be > 0, got {frame_interval_s!r}")
+    return h, w
+
+
+def _extra_columns(columns: Mapping[str, Any] | None) -> dict[str, np.dtype]:
+    """Declared extra localization columns and their dtypes (new names,
+    numeric or bool)."""
+    out: dict[str, np.dtype] = {}
+    for name, dt in (columns or {}).items():
+        dtype = np.dtype(dt)
+        if name in LOCALIZATION_COLUMNS or dtype.kind not in "biuf":
+            raise ValueError(
+                f"localization_columns[{name!r}]: extra columns must be new "
+                f"names with a numeric or bool dtype, got {dtype}"
+            )
+        out[name] = dtype
+    return out
+
+
 class RunWriter:
     """Create a run store and stream a run into it.
 
@@ -167,25 +211,9 @@ class RunWriter:
         self.path = Path(path).expanduser().absolute()
         opts = options or WriterOptions()
         self.options = opts
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        try:
-            h, w = (int(v) for v in plane_shape)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"plane_shape must be (H, W) of one focal plane, got {plane_shape!r}"
-            ) from None
-        if h <= 0 or w <= 0:
-            raise ValueError(f"plane_shape must be positive, got {plane_shape!r}")
-        if not (pixel_size_um > 0 and math.isfinite(pixel_size_um)):
-            raise ValueError(f"pixel_size_um must be > 0, got {pixel_size_um!r}")
-        if compression is not None and compression not in COMPRESSIONS:
-            raise ValueError(
-                f"compression must be None or one of {COMPRESSIONS}, "
-                f"got {compression!r}"
-            )
-        if frame_interval_s is not None and not frame_interval_s > 0:
-            raise ValueError(f"frame_interval_s must be > 0, got {frame_interval_s!r}")
+        h, w = _checked_args(
+            kind, plane_shape, pixel_size_um, compression, frame_interval_s
+        )
         self.kind = kind
         # calibration runs hold frames only: no localization or track groups
         self._has_tables = kind != "calibration"
@@ -208,21 +236,14 @@ class RunWriter:
             "compression": compression,
             "writer": self._writer_record(),
         }
-        extra_cols: dict[str, np.dtype] = {}
-        for name, dt in (localization_columns or {}).items():
-            dtype = np.dtype(dt)
-            if name in LOCALIZATION_COLUMNS or dtype.kind not in "biuf":
-                raise ValueError(
-                    f"localization_columns[{name!r}]: extra columns must be new "
-                    f"names with a numeric or bool dtype, got {dtype}"
-                )
-            extra_cols[name] = dtype
-
+        extra_cols = _extra_columns(localization_columns)
         # state shared between threads
         self._lock = threading.Lock()  # attrs, schema
         self._append_lock = threading.Lock()  # frame order, closing
         self._stats_lock = threading.Lock()
         self._closed = False
+        # held by the close() that writes; a concurrent close() waits on it
+        self._close_lock = threading.RLock()
         self._failure: tuple[BaseException, str] | None = None
         self._n_appended = 0
         self._n_written = 0
@@ -262,7 +283,14 @@ class RunWriter:
         self._table_stopped = False
         self._late_flags: list[tuple[int, np.ndarray, bool]] = []
 
-        self._io = ThreadPoolExecutor(opts.io_threads, thread_name_prefix="run-io")
+        self._start_threads()
+        OPEN_WRITERS.add(self)
+
+    def _start_threads(self) -> None:
+        """The I/O pool, the committer, the frame and the table threads."""
+        self._io = ThreadPoolExecutor(
+            self.options.io_threads, thread_name_prefix="run-io"
+        )
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="run-commit")
         self._frame_thread = threading.Thread(
             target=self._guarded(self._frame_loop, "dispatching frames"),
@@ -276,7 +304,6 @@ class RunWriter:
         )
         self._frame_thread.start()
         self._table_thread.start()
-        OPEN_WRITERS.add(self)
 
     # ------------------------------------------------------------------ setup
 
@@ -713,8 +740,15 @@ class RunWriter:
             self._closed = True
             if first:
                 self._frame_q.put(_STOP)
-        if self._finished:
-            return
+        # one close at a time, and none returns while another still writes:
+        # a caller that deletes the store once close() returned (an
+        # --overwrite that puts the old run back) must not race the last
+        # attribute writes of a close running on another thread
+        with self._close_lock:
+            if not self._finished:
+                self._close_locked()
+
+    def _close_locked(self) -> None:
         # a close interrupted here (Ctrl-C while a slow disk drains the pool)
         # is done again by the next close() or at exit
         self._frame_thread.join()
