@@ -6,6 +6,9 @@
 - :func:`axial_scale`: the focal shift (sample depth per um of stage travel).
 - :class:`SampledPSF`: the PSF of each plane sampled on a 3D grid, evaluated
   with its derivatives by cubic B-splines (fast enough for MLE refinement).
+- :func:`fit_spline`: a cubic-spline PSF measured directly from calibration
+  beads (:class:`SplinePSFFit`), the alternative to the pupil fit;
+  :func:`load_psf_fit` reads either back.
 - :func:`crlb`: Cramer-Rao lower bound of 3D localization from one or two focal
   planes under Poisson (and optional sCMOS read) noise.
 """
@@ -20,6 +23,7 @@ from .crlb import (
     fisher_information,
     psf_derivatives,
 )
+from ._splinefit import SplineConfig, SplinePSFFit, fit_spline, load_psf_fit
 from .focal_shift import axial_scale
 from .params import Optics
 from .psf import PSFModel
@@ -33,10 +37,14 @@ __all__ = [
     "PSFModel",
     "SampledPSF",
     "SampledPSFError",
+    "SplineConfig",
+    "SplinePSFFit",
     "axial_scale",
     "crlb",
     "crlb_from_derivatives",
     "fisher_information",
+    "fit_spline",
+    "load_psf_fit",
     "noll_to_nm",
     "psf_derivatives",
     "psf_for_bundle",

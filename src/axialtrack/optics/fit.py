@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 
     from numpy.typing import ArrayLike
 
+    from ._splinefit import SplinePSFFit
+
 __all__ = [
     "FitConfig",
     "PSFFit",
@@ -356,6 +358,9 @@ class PSFFit:
         ``{"offset_adu", "e_per_adu", "read_noise_e"}`` used.
     message
         Why the optimizer stopped.
+    selection
+        How the calibration chose this model over a spline PSF (held-out
+        negative log-likelihoods), when it compared them.
     """
 
     optics: Optics
@@ -378,6 +383,7 @@ class PSFFit:
     history: list[float] = field(default_factory=list)
     camera: dict[str, float] = field(default_factory=dict)
     message: str = ""
+    selection: dict[str, Any] = field(default_factory=dict)
     _model: PupilPSF | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------ rendering
@@ -525,6 +531,7 @@ class PSFFit:
             "history": list(self.history),
             "camera": dict(self.camera),
             "message": self.message,
+            "selection": dict(self.selection),
             "beads": {c: [_jsonable(v) for v in b[c].tolist()] for c in b.columns},
         }
 
@@ -564,6 +571,7 @@ class PSFFit:
             history=[float(v) for v in meta.get("history", [])],
             camera={k: float(v) for k, v in dict(meta.get("camera", {})).items()},
             message=str(meta.get("message", "")),
+            selection=dict(meta.get("selection") or {}),
         )
 
     def dumps(self) -> str:
@@ -1230,7 +1238,7 @@ def heldout_nll(
 
 # --------------------------------------------------------------------- CRLB
 def fit_crlb(
-    fit: PSFFit,
+    fit: PSFFit | SplinePSFFit,
     dz_um: ArrayLike,
     *,
     photons: float,
@@ -1250,7 +1258,8 @@ def fit_crlb(
     Parameters
     ----------
     fit
-        The fitted PSF.
+        The fitted PSF (a spline PSF: :meth:`SplinePSFFit.crlb`, NaN outside
+        its ``dz`` range).
     dz_um
         ``(M,)`` ``ref_z - stage_z`` values, um.
     photons
@@ -1271,6 +1280,11 @@ def fit_crlb(
     import torch.autograd.forward_ad as fwad
 
     from .crlb import PSFDerivatives, crlb_from_derivatives
+
+    if not isinstance(fit, PSFFit):  # a spline PSF: its own z axis is dz
+        return fit.crlb(
+            dz_um, photons=photons, background=background, read_noise_e=read_noise_e
+        )
 
     mdl = fit.model(torch.float64)
     dz = np.atleast_1d(np.asarray(dz_um, float))
