@@ -80,6 +80,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="skip the PSF fit (the pupil fitted to the accepted beads by maximum "
         "likelihood, stored in the run's psf/ group and carried into bundles)",
     )
+    p.add_argument(
+        "--psf-model",
+        choices=("auto", "pupil", "spline"),
+        default="auto",
+        help="PSF model of the fit: the pupil, a cubic-spline PSF measured from "
+        "the beads, or auto: the one with the lower held-out bead likelihood "
+        "(every 4th bead held out; a tie keeps the pupil) (default: %(default)s)",
+    )
     o = p.add_argument_group(
         "optics of the PSF fit (defaults: NA 1.45 oil objective, n 1.518, 670 nm, "
         "aqueous sample n 1.33)"
@@ -346,13 +354,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 1
     psf_fit = None
     if not args.no_psf_fit:
-        from axialtrack.calibrate.psf import fit_psf
+        from axialtrack.calibrate.psf import choose_psf
         from axialtrack.optics.fit import PSFFitError
 
         try:
-            psf_fit = fit_psf(
+            psf_fit = choose_psf(
                 result,
                 result.stack or stack,
+                model=args.psf_model,
                 optics=optics,
                 progress=None if args.no_progress else console.print,
             )
@@ -469,8 +478,16 @@ def _print_summary(result: Any, psf_fit: Any = None) -> None:
     if psf_fit is not None:
         z = psf_fit.zernike
         big = sorted(z, key=lambda j: -abs(z[j]))[:3]
+        sel = psf_fit.selection.get("heldout_nll_per_frame")
+        if sel:
+            table.add_row(
+                "PSF model",
+                f"{psf_fit.selection['model']} (held-out NLL per frame: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in sel.items())
+                + ")",
+            )
         table.add_row(
-            "PSF fit",
+            f"PSF fit ({'spline' if not z else 'pupil'})",
             f"{int(psf_fit.beads['used'].sum())} beads, "
             f"{psf_fit.time_s:.0f} s, deviance/px "
             f"{float(psf_fit.beads['reduced_deviance'].median()):.2f}, "

@@ -118,7 +118,10 @@ def fit_psf(
 
 def _inputs(
     result: CalibrationResult, stack: CalibrationStack, beads: np.ndarray | None
-) -> tuple[tuple[Any, ...], dict[int, tuple[float, float, float, float]]]:
+) -> tuple[
+    tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    dict[int, tuple[float, float, float, float]],
+]:
     ex = result.examples
     b = result.beads
     acc = b[b["status"] == "accepted"]

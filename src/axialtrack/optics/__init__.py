@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from ._splinefit import SplineConfig, SplinePSFFit, fit_spline, load_psf_fit
 from .crlb import (
     CRLBResult,
     PSFDerivatives,
@@ -23,7 +24,6 @@ from .crlb import (
     fisher_information,
     psf_derivatives,
 )
-from ._splinefit import SplineConfig, SplinePSFFit, fit_spline, load_psf_fit
 from .focal_shift import axial_scale
 from .params import Optics
 from .psf import PSFModel

@@ -40,7 +40,7 @@ from .fit import (
 from .sampled import SampledPSF
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     import torch
     from numpy.typing import ArrayLike
@@ -247,7 +247,7 @@ class SplinePSFFit:
         dz_um: ArrayLike,
         *,
         photons: float,
-        background: float | list[float],
+        background: float | Sequence[float],
         read_noise_e: float | None = None,
     ) -> dict[str, np.ndarray]:
         """CRLB of x, y and dz (stage frame) per ``dz`` at the given conditions."""

@@ -43,6 +43,7 @@ from axialtrack.geometry import apply_affine, invert_affine
 from axialtrack.store.layout import LOCALIZATION_COLUMNS
 
 from . import _kernels
+from ._camera_maps import CameraMaps, load_camera_maps
 from .config import CameraCalibration, LocalizerConfig
 from .crops import crop_centers, crop_pairs
 from .detect import Detections, detect
@@ -535,6 +536,11 @@ class Localizer:
             self._warm_up(self.psf)
         # seconds per refined localization (updated as batches are refined)
         self._s_per_refine = 1e-4
+        self.camera_maps: CameraMaps | None = None
+        self._maps_stacked: np.ndarray | None = None
+        if self.config.camera_map is not None:
+            self.camera_maps = load_camera_maps(self.config.camera_map, plane_shape)
+            self._maps_stacked = self.camera_maps.stacked()
 
     def _resolve_psf(self, psf: SampledPSF | None, bundle: Any) -> SampledPSF | None:
         """The PSF of the uncertainty and the refinement, or ``None``."""
@@ -574,6 +580,24 @@ class Localizer:
             from scipy.special import chdtrc  # the check's p-values
 
             chdtrc(3.0, 1.0)
+
+    def _map_crops(self, xy_px: np.ndarray) -> np.ndarray:
+        """``(3, N, 2, S, S)`` offset, gain and read noise (e-) of each row's
+        crops, cut from the camera maps where the pairs were cut."""
+        assert self._maps_stacked is not None
+        k = xy_px.shape[0]
+        return np.stack(
+            [
+                crop_pairs(
+                    self._maps_stacked,
+                    xy_px,
+                    self.affine,
+                    self.crop_size,
+                    frame_index=np.full(k, j),
+                )[0]
+                for j in range(3)
+            ]
+        )
 
     def _refine_size(self, psf: SampledPSF) -> int:
         """Crop side of the refinement: the configured one where it fits."""
@@ -982,14 +1006,21 @@ class Localizer:
         )
         big = int(sizes.max())
         lo = self.crop_size // 2 - big // 2
-        win = batch.pairs[fit, :, lo : lo + big, lo : lo + big]
-        data = (win.astype(np.float64) - cam.offset_adu) * cam.e_per_adu
+        win = batch.pairs[fit, :, lo : lo + big, lo : lo + big].astype(np.float64)
+        rn_fit: float | np.ndarray = read_noise
+        if self.camera_maps is None:
+            data = (win - cam.offset_adu) * cam.e_per_adu
+        else:
+            # each pixel its own offset, gain and read noise (sCMOS maps)
+            maps = self._map_crops(batch.xy_px[fit])[..., lo : lo + big, lo : lo + big]
+            data = (win - maps[0]) * maps[1]
+            rn_fit = np.sqrt(maps[2] ** 2 + maps[1] ** 2 / 12.0)
         res = mle_refine_sized(
             psf,
             data,
             xyz[fit],
             sizes,
-            read_noise_e=read_noise,
+            read_noise_e=rn_fit,
             linear=lin,
             offsets_um=offs[fit],
             max_iter=cfg.refine_iterations,
