@@ -61,7 +61,7 @@ def render(
         xyz1 = np.tile([o1[0], o1[1], DEPTH], (zs.size, 1))
         h0 = m.psf(xyz0, z - cov, SIZE).numpy()
         if ghost:
-            g = m.psf([*xyz0, 3 * pix, 0, 0], z - cov, SIZE).numpy()
+            g = m.psf(xyz0 + np.array([3 * pix, 0.0, 0.0]), z - cov, SIZE).numpy()
             h0 = (1 - ghost) * h0 + ghost * g
         mu = np.zeros((zs.size, 2, SIZE, SIZE))
         mu[:, 0] = n * h0 + 20.0
