@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from axialtrack.pipeline._camera_maps import CameraMapError, load_camera_maps
+from axialtrack.pipeline import CameraMapError, load_camera_maps
 
 
 def _scmos(

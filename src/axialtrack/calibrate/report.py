@@ -218,7 +218,7 @@ def _psf_residuals(result: CalibrationResult, fit: AnyFit, bead: int) -> Figure:
 def _zernike_bars(fit: AnyFit) -> Figure:
     from matplotlib.figure import Figure
 
-    from axialtrack.optics.zernike import NOLL_NAMES
+    from axialtrack.optics import NOLL_NAMES
 
     fig = Figure(figsize=(9, 3.5))
     ax = fig.add_subplot(1, 1, 1)

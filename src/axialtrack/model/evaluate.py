@@ -76,8 +76,7 @@ def crlb_stage_um(
     ``spec.photons``) the result is ``(P, len(dz_um))``: the PSF derivatives are
     computed once and the Fisher information for each brightness.
     """
-    from axialtrack.optics import PSFModel
-    from axialtrack.optics.crlb import crlb_from_derivatives, psf_derivatives
+    from axialtrack.optics import PSFModel, crlb_from_derivatives, psf_derivatives
 
     model = PSFModel()
     d = float(spec.depth_um)

@@ -28,15 +28,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 
-from .fit import (
-    MIN_BEADS,
-    FitConfig,
-    PSFFit,
-    PSFFitError,
-    _jsonable,
-    _outliers,
-    _prepare,
-)
+from ._fitcore import MIN_BEADS, _outliers, _prepare
+from ._fitresult import PSFFit, _jsonable
+from .fit import FitConfig, PSFFitError
 from .sampled import SampledPSF
 
 if TYPE_CHECKING:

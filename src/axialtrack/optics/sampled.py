@@ -37,7 +37,7 @@ from axialtrack.errors import AxialtrackError
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-    from .crlb import CRLBResult
+    from ._crlb import CRLBResult
     from .psf import PSFModel
 
 __all__ = ["SampledPSF", "SampledPSFError", "optics_record", "psf_for_bundle"]
@@ -281,7 +281,7 @@ class SampledPSF:
         with the derivatives from the spline. ``z`` is this grid's axial
         coordinate (stage frame for :meth:`from_model`).
         """
-        from .crlb import PSFDerivatives, crlb_from_derivatives
+        from ._crlb import PSFDerivatives, crlb_from_derivatives
 
         z = np.atleast_1d(np.asarray(z_um, dtype=float))
         m = z.size

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from axialtrack.events import RunSignals
 
+from ._camera_maps import CameraMapError, CameraMaps, load_camera_maps
 from .analyzer import TrackingAnalyzer, make_analyzer
 from .config import CameraCalibration, DetectionConfig, LocalizerConfig
 from .crops import crop_pairs
@@ -79,6 +80,8 @@ __all__ = [
     "AnalysisProcess",
     "AnalysisProcessError",
     "CameraCalibration",
+    "CameraMapError",
+    "CameraMaps",
     "CameraStalledError",
     "CoreSource",
     "DetectionConfig",
@@ -102,6 +105,7 @@ __all__ = [
     "detect",
     "estimate_diffusion",
     "link_table",
+    "load_camera_maps",
     "make_analyzer",
     "open_live_writer",
     "score_against_truth",

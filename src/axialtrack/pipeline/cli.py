@@ -288,7 +288,7 @@ def _load_analyzer(
     from axialtrack.live.process import AnalysisProcessError
     from axialtrack.model import BundleError
     from axialtrack.optics.sampled import SampledPSFError
-    from axialtrack.pipeline._camera_maps import CameraMapError
+    from axialtrack.pipeline import CameraMapError
 
     engine = str(kwargs.get("engine_prefer", "auto"))
     try:
@@ -876,7 +876,7 @@ def _localizer_config(args: argparse.Namespace, camera: Any, run: Any) -> Any:
     do not fit the run's frames)."""
     from pydantic import ValidationError
 
-    from axialtrack.pipeline._camera_maps import CameraMapError, load_camera_maps
+    from axialtrack.pipeline import CameraMapError, load_camera_maps
 
     refine = bool(getattr(args, "refine", False))
     if args.camera_map is not None and not refine:
