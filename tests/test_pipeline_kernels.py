@@ -10,6 +10,12 @@ import numpy as np
 import pytest
 
 from axialtrack.pipeline import _kernels
+from axialtrack.pipeline._xy import (
+    _fit_windows,
+    _fit_windows_numpy,
+    _windows,
+    refine_xy,
+)
 from axialtrack.pipeline.config import DetectionConfig
 from axialtrack.pipeline.detect import (
     _candidates,
@@ -17,12 +23,6 @@ from axialtrack.pipeline.detect import (
     detect,
     detection_image,
     smooth,
-)
-from axialtrack.pipeline.localize import (
-    _fit_windows,
-    _fit_windows_numpy,
-    _windows,
-    refine_xy,
 )
 
 pytestmark = pytest.mark.skipif(
