@@ -396,6 +396,10 @@ def read_psf(store: str | Path | zarr.Group) -> PSFFit | SplinePSFFit | None:
 CRLB_DZ_UM: tuple[float, ...] = tuple(round(-0.8 + 0.2 * i, 1) for i in range(9))
 
 
+def _nm(v_um: np.ndarray) -> list[float | None]:
+    return [float(v) * 1e3 if np.isfinite(v) else None for v in v_um]
+
+
 def psf_summary(fit: PSFFit | SplinePSFFit) -> dict[str, Any]:
     """JSON summary of a fit for the calibration QC (``info``, the report).
 
@@ -431,8 +435,9 @@ def psf_summary(fit: PSFFit | SplinePSFFit) -> dict[str, Any]:
             "background": bg,
             "read_noise_e": rn,
             "dz_um": list(CRLB_DZ_UM),
-            "sigma_x_nm": [float(v) * 1e3 for v in c["sigma_x_um"]],
-            "sigma_y_nm": [float(v) * 1e3 for v in c["sigma_y_um"]],
-            "sigma_z_nm": [float(v) * 1e3 for v in c["sigma_z_um"]],
+            # None where a spline PSF's dz range ends (JSON has no NaN)
+            "sigma_x_nm": _nm(c["sigma_x_um"]),
+            "sigma_y_nm": _nm(c["sigma_y_um"]),
+            "sigma_z_nm": _nm(c["sigma_z_um"]),
         },
     }

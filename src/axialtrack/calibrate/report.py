@@ -282,7 +282,8 @@ def _crlb_plot(qc_psf: dict[str, object]) -> Figure:
     fig = Figure(figsize=(6, 3.5))
     ax = fig.add_subplot(1, 1, 1)
     for k in ("x", "y", "z"):
-        ax.plot(cr["dz_um"], cr[f"sigma_{k}_nm"], "o-", label=f"CRLB {k}")
+        y = [np.nan if v is None else v for v in cr[f"sigma_{k}_nm"]]
+        ax.plot(cr["dz_um"], y, "o-", label=f"CRLB {k}")
     ax.set_xlabel("dz (um)")
     ax.set_ylabel("nm")
     ax.set_title(
