@@ -490,9 +490,9 @@ def _print_summary(result: Any, psf_fit: Any = None) -> None:
             f"PSF fit ({'spline' if not z else 'pupil'})",
             f"{int(psf_fit.beads['used'].sum())} beads, "
             f"{psf_fit.time_s:.0f} s, deviance/px "
-            f"{float(psf_fit.beads['reduced_deviance'].median()):.2f}, "
-            + ", ".join(f"Z{j} {z[j]:+.3f}" for j in big)
-            + " waves",
+            f"{float(psf_fit.beads['reduced_deviance'].median()):.2f}"
+            + (", " + ", ".join(f"Z{j} {z[j]:+.3f}" for j in big) if z else "")
+            + (" waves" if z else ""),
         )
         n_out = int(psf_fit.beads["outlier"].sum())
         if n_out:
