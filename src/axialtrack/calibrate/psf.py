@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 
 from axialtrack.optics import Optics, SplineConfig, SplinePSFFit, load_psf_fit
-from axialtrack.optics.fit import FitConfig, PSFFit, fit_beads
+from axialtrack.optics.fit import MIN_BEADS, FitConfig, PSFFit, fit_beads
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -217,8 +217,10 @@ def choose_psf(
     spline only when its held-out negative log-likelihood
     (:func:`heldout_scores`) is lower than the pupil's by more than
     :data:`SPLINE_MARGIN_PER_FRAME` per frame; both scores are recorded in the
-    returned fit's ``selection``. ``"pupil"`` / ``"spline"`` fit that model on
-    every bead, without the comparison.
+    returned fit's ``selection``. With too few beads to hold any out (fewer
+    than ``MIN_BEADS`` would remain) the pupil is fitted to all of them.
+    ``"pupil"`` / ``"spline"`` fit that model on every bead, without the
+    comparison.
 
     Raises
     ------
@@ -241,6 +243,15 @@ def choose_psf(
     acc = np.intersect1d(acc, np.unique(result.examples.bead))
     held = acc[HELDOUT_EVERY - 1 :: HELDOUT_EVERY]
     train = np.setdiff1d(acc, held)
+    if train.size < MIN_BEADS or held.size == 0:
+        # too few beads to spare any: the pupil on all of them, as before
+        fit = fit_psf(result, stack, optics=optics, config=config, progress=progress)
+        fit.selection = {
+            "model": "pupil",
+            "forced": False,
+            "why": f"{acc.size} beads: too few to hold any out for a comparison",
+        }
+        return fit
     pupil = fit_psf(
         result, stack, optics=optics, config=config, progress=progress, beads=train
     )
@@ -252,12 +263,8 @@ def choose_psf(
     except ValueError as exc:  # PSFFitError: too few beads for a spline
         spline = None
         why = str(exc)
-    if spline is None or held.size == 0:
-        pupil.selection = {
-            "model": "pupil",
-            "forced": False,
-            "why": why if spline is None else "no bead to hold out",
-        }
+    if spline is None:
+        pupil.selection = {"model": "pupil", "forced": False, "why": why}
         return pupil
     args, pos = _inputs(result, stack, held)
     scores = heldout_scores(
