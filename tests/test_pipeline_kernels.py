@@ -17,13 +17,13 @@ from axialtrack.pipeline._detect import (
     detection_image,
     smooth,
 )
-from axialtrack.pipeline.config import DetectionConfig
-from axialtrack.pipeline.localize import (
+from axialtrack.pipeline._xy import (
     _fit_windows,
     _fit_windows_numpy,
     _windows,
     refine_xy,
 )
+from axialtrack.pipeline.config import DetectionConfig
 
 pytestmark = pytest.mark.skipif(
     not _kernels.available(), reason="numba kernels unavailable"

@@ -661,7 +661,7 @@ def test_mda_handler_tracks_one_channel(core, tmp_path: Path, caplog) -> None:
     assert run.n_frames == 8
     assert run.attrs["rig"]["channel"] == "Beads"
     # default: the first channel, with a warning naming the others
-    with caplog.at_level("WARNING", logger="axialtrack.pipeline.mda"):
+    with caplog.at_level("WARNING", logger="axialtrack.live.mda"):
         h2 = TrackingHandler(tmp_path / "t.zarr", PeakAnalyzer(), core=core)
         core.mda.run(seq, output=h2)
         h2.wait()

@@ -101,6 +101,14 @@ def _add_acquisition_options(p: argparse.ArgumentParser) -> None:
         help="skip the PSF fit (the pupil fitted to the accepted beads by maximum "
         "likelihood, stored in the run's psf/ group and carried into bundles)",
     )
+    p.add_argument(
+        "--psf-model",
+        choices=("auto", "pupil", "spline"),
+        default="auto",
+        help="PSF model of the fit: the pupil, a cubic-spline PSF measured from "
+        "the beads, or auto: the one with the lower held-out bead likelihood "
+        "(every 4th bead held out; a tie keeps the pupil) (default: %(default)s)",
+    )
 
 
 def _add_optics_options(p: argparse.ArgumentParser) -> None:
@@ -425,16 +433,17 @@ def _analyze(stack: Any) -> Any:
 
 
 def _fit_psf(args: argparse.Namespace, result: Any, stack: Any, optics: Any) -> Any:
-    """The pupil fitted to the accepted beads (None with ``--no-psf-fit``)."""
+    """The PSF fitted to the beads, pupil or spline (None: ``--no-psf-fit``)."""
     if args.no_psf_fit:
         return None
-    from axialtrack.calibrate.psf import fit_psf
+    from axialtrack.calibrate.psf import choose_psf
     from axialtrack.optics.fit import PSFFitError
 
     try:
-        return fit_psf(
+        return choose_psf(
             result,
             result.stack or stack,
+            model=args.psf_model,
             optics=optics,
             progress=None if args.no_progress else console.print,
         )
@@ -569,13 +578,21 @@ def _print_summary(result: Any, psf_fit: Any = None) -> None:
     if psf_fit is not None:
         z = psf_fit.zernike
         big = sorted(z, key=lambda j: -abs(z[j]))[:3]
+        sel = psf_fit.selection.get("heldout_nll_per_frame")
+        if sel:
+            table.add_row(
+                "PSF model",
+                f"{psf_fit.selection['model']} (held-out NLL per frame: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in sel.items())
+                + ")",
+            )
         table.add_row(
-            "PSF fit",
+            f"PSF fit ({'spline' if not z else 'pupil'})",
             f"{int(psf_fit.beads['used'].sum())} beads, "
             f"{psf_fit.time_s:.0f} s, deviance/px "
-            f"{float(psf_fit.beads['reduced_deviance'].median()):.2f}, "
-            + ", ".join(f"Z{j} {z[j]:+.3f}" for j in big)
-            + " waves",
+            f"{float(psf_fit.beads['reduced_deviance'].median()):.2f}"
+            + (", " + ", ".join(f"Z{j} {z[j]:+.3f}" for j in big) if z else "")
+            + (" waves" if z else ""),
         )
         n_out = int(psf_fit.beads["outlier"].sum())
         if n_out:

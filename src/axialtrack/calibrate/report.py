@@ -14,7 +14,10 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from axialtrack.optics import SplinePSFFit
     from axialtrack.optics.fit import PSFFit
+
+    AnyFit = PSFFit | SplinePSFFit
 
     from .analysis import CalibrationResult
     from .stack import CalibrationStack
@@ -151,7 +154,7 @@ def _truth_errors(result: CalibrationResult) -> Figure | None:
 
 
 def _bead_data(
-    result: CalibrationResult, fit: PSFFit, bead: int
+    result: CalibrationResult, fit: AnyFit, bead: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Measured and model photoelectrons ``(F, 2, S, S)`` of a bead, and its dz."""
     ex = result.examples
@@ -163,7 +166,7 @@ def _bead_data(
     return meas, model, ex.dz_um[sel]
 
 
-def _psf_slices(result: CalibrationResult, fit: PSFFit, bead: int) -> Figure:
+def _psf_slices(result: CalibrationResult, fit: AnyFit, bead: int) -> Figure:
     from matplotlib.figure import Figure
 
     meas, model, dz = _bead_data(result, fit, bead)
@@ -193,7 +196,7 @@ def _psf_slices(result: CalibrationResult, fit: PSFFit, bead: int) -> Figure:
     return fig
 
 
-def _psf_residuals(result: CalibrationResult, fit: PSFFit, bead: int) -> Figure:
+def _psf_residuals(result: CalibrationResult, fit: AnyFit, bead: int) -> Figure:
     from matplotlib.figure import Figure
 
     meas, model, dz = _bead_data(result, fit, bead)
@@ -212,10 +215,10 @@ def _psf_residuals(result: CalibrationResult, fit: PSFFit, bead: int) -> Figure:
     return fig
 
 
-def _zernike_bars(fit: PSFFit) -> Figure:
+def _zernike_bars(fit: AnyFit) -> Figure:
     from matplotlib.figure import Figure
 
-    from axialtrack.optics.zernike import NOLL_NAMES
+    from axialtrack.optics import NOLL_NAMES
 
     fig = Figure(figsize=(9, 3.5))
     ax = fig.add_subplot(1, 1, 1)
@@ -238,7 +241,25 @@ def _zernike_bars(fit: PSFFit) -> Figure:
     return fig
 
 
-def _bead_deviance(fit: PSFFit) -> Figure:
+def _psf_choice(fit: AnyFit) -> str:
+    """One sentence: which PSF model the calibration keeps, and why."""
+    sel = fit.selection
+    name = sel.get("model", "pupil")
+    per = sel.get("heldout_nll_per_frame")
+    if sel.get("forced"):
+        return f"{name}, as asked (--psf-model {name}); no held-out comparison."
+    if not per:
+        return f"{name} ({sel.get('why', 'no held-out comparison')})."
+    scores = ", ".join(f"{k} {float(v):.1f}" for k, v in per.items())
+    return (
+        f"{name}: held-out negative log-likelihood per frame {scores} "
+        f"({sel.get('heldout_frames')} frames of beads "
+        f"{', '.join(str(b) for b in sel.get('heldout_beads', []))}; the spline "
+        f"is kept only when lower by more than {sel.get('margin_per_frame')})."
+    )
+
+
+def _bead_deviance(fit: AnyFit) -> Figure:
     from matplotlib.figure import Figure
 
     b = fit.beads
@@ -261,7 +282,8 @@ def _crlb_plot(qc_psf: dict[str, object]) -> Figure:
     fig = Figure(figsize=(6, 3.5))
     ax = fig.add_subplot(1, 1, 1)
     for k in ("x", "y", "z"):
-        ax.plot(cr["dz_um"], cr[f"sigma_{k}_nm"], "o-", label=f"CRLB {k}")
+        y = [np.nan if v is None else v for v in cr[f"sigma_{k}_nm"]]
+        ax.plot(cr["dz_um"], y, "o-", label=f"CRLB {k}")
     ax.set_xlabel("dz (um)")
     ax.set_ylabel("nm")
     ax.set_title(
@@ -278,7 +300,7 @@ def write_report(
     stack: CalibrationStack,
     out_dir: str | Path,
     *,
-    psf_fit: PSFFit | None = None,
+    psf_fit: AnyFit | None = None,
 ) -> Path:
     """Write ``report.html`` with embedded PNG figures.
 
@@ -332,13 +354,21 @@ def write_report(
                 f"Bead {bead}: residual maps",
                 _psf_residuals(result, psf_fit, bead),
             ),
-            ("psf_zernike", "Fitted Zernike phase (waves RMS)", _zernike_bars(psf_fit)),
             (
                 "psf_deviance",
                 "PSF fit: deviance per pixel by bead",
                 _bead_deviance(psf_fit),
             ),
         ]
+        if psf_fit.zernike or psf_fit.plane1_zernike:  # a pupil fit
+            psf_figs.insert(
+                2,
+                (
+                    "psf_zernike",
+                    "Fitted Zernike phase (waves RMS)",
+                    _zernike_bars(psf_fit),
+                ),
+            )
         if "psf_fit" in result.qc:
             psf_figs.append(
                 (
@@ -371,6 +401,8 @@ def write_report(
         table,
         "</table>",
     ]
+    if psf_fit is not None:
+        parts.append(f"<h2>PSF model</h2><p>{html.escape(_psf_choice(psf_fit))}</p>")
     for title, fig in figs:
         parts.append(f"<h2>{html.escape(title)}</h2>")
         parts.append(

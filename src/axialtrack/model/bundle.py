@@ -25,6 +25,7 @@ from .config import ModelConfig
 # torch is imported where the network is needed, not here: reading a bundle for
 # onnxruntime (the live path on a CPU) then never imports it (about 0.8 s)
 if TYPE_CHECKING:
+    from axialtrack.optics import SplinePSFFit
     from axialtrack.optics.fit import PSFFit
     from axialtrack.pipeline.config import CameraCalibration
 
@@ -288,14 +289,14 @@ class Bundle:
         return None if v is None else (float(v[0]), float(v[1]))
 
     @property
-    def psf_fit(self) -> PSFFit | None:
+    def psf_fit(self) -> PSFFit | SplinePSFFit | None:
         """The fitted PSF of the calibration the bundle was trained on, if any."""
         meta = self.meta.get("psf_fit")
         if meta is None:
             return None
-        from axialtrack.optics.fit import PSFFit
+        from axialtrack.optics import load_psf_fit
 
-        return PSFFit.from_json(meta)
+        return load_psf_fit(meta)
 
     @property
     def onnx_path(self) -> Path:

@@ -76,8 +76,7 @@ def crlb_stage_um(
     ``spec.photons``) the result is ``(P, len(dz_um))``: the PSF derivatives are
     computed once and the Fisher information for each brightness.
     """
-    from axialtrack.optics import PSFModel
-    from axialtrack.optics.crlb import crlb_from_derivatives, psf_derivatives
+    from axialtrack.optics import PSFModel, crlb_from_derivatives, psf_derivatives
 
     model = PSFModel()
     d = float(spec.depth_um)
@@ -455,9 +454,10 @@ def fitted_crlb_nm(
     camera's read noise (:func:`axialtrack.optics.fit.fit_crlb`). Returns
     ``sigma_x_nm, sigma_y_nm, sigma_z_nm`` arrays and the conditions.
     """
-    from axialtrack.optics.fit import PSFFit, fit_crlb
+    from axialtrack.optics import load_psf_fit
+    from axialtrack.optics.fit import fit_crlb
 
-    fit = PSFFit.from_json(psf_fit)
+    fit = load_psf_fit(psf_fit)
     b = fit.beads
     sel = b[b["bead"].isin(np.unique(beads))] if beads is not None else b.iloc[:0]
     if sel.empty:

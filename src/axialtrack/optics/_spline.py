@@ -63,6 +63,11 @@ def eval_plane(
 ) -> bool:  # pragma: no cover - compiled
     """PSF and its x, y, z derivatives in a ``size x size`` crop of one plane.
 
+    Kept as one compiled function (about 130 lines) on purpose: it runs once
+    per plane per iteration of every refined emitter, and the tensor-product
+    B-spline evaluation shares its weights and scratch arrays across the value
+    and the three derivatives; helpers would pass them all again per call.
+
     ``x, y`` (um): emitter offset from the centre of the crop's central pixel;
     ``z`` (um) on the grid ``z0 + k dz``. ``coef``: ``(Nz, G, G)``. Scratch:
     ``a, az`` ``(R, R)``, ``b, bx, bz`` ``(R, size)`` with

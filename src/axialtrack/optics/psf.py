@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ._zernike import zernike_phase
 from .params import Optics
-from .zernike import zernike_phase
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

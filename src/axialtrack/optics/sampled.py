@@ -37,7 +37,7 @@ from axialtrack.errors import AxialtrackError
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
-    from .crlb import CRLBResult
+    from ._crlb import CRLBResult
     from .psf import PSFModel
 
 __all__ = ["SampledPSF", "SampledPSFError", "optics_record", "psf_for_bundle"]
@@ -281,7 +281,7 @@ class SampledPSF:
         with the derivatives from the spline. ``z`` is this grid's axial
         coordinate (stage frame for :meth:`from_model`).
         """
-        from .crlb import PSFDerivatives, crlb_from_derivatives
+        from ._crlb import PSFDerivatives, crlb_from_derivatives
 
         z = np.atleast_1d(np.asarray(z_um, dtype=float))
         m = z.size
@@ -586,9 +586,10 @@ def _fitted_psf(meta: Mapping[str, Any], path: str) -> SampledPSF:
     Sampled as the nominal one is (the bundle's z range plus 0.3 um each side in
     20 nm steps, 2 sub-pixel offsets per pixel, 17 px), from
     :meth:`axialtrack.optics.fit.PSFFit.render`, whose ``z`` is ``dz_um``.
-    Cached per bundle.
+    A spline PSF (``"model": "spline"``) is its own sampled stack. Cached per
+    bundle.
     """
-    from .fit import PSFFit
+    from ._splinefit import SplinePSFFit, load_psf_fit
 
     key = (path + "#psf_fit", str(meta.get("sha256", {}).get("weights.pt", "")))
     with _CACHE_LOCK:
@@ -596,12 +597,18 @@ def _fitted_psf(meta: Mapping[str, Any], path: str) -> SampledPSF:
     if hit is not None:
         return hit
     try:
-        fit = PSFFit.from_json(dict(meta["psf_fit"]))
+        fit = load_psf_fit(dict(meta["psf_fit"]))
     except (KeyError, TypeError, ValueError) as e:
         first = " ".join(str(e).split())[:200]
         raise SampledPSFError(
             f"{Path(path) / 'model.json'}: 'psf_fit' is invalid: {first}"
         ) from e
+    if isinstance(fit, SplinePSFFit):
+        # the beads' measured stack: refinement stays within its dz range
+        psf = fit.sampled_psf()
+        with _CACHE_LOCK:
+            _CACHE[key] = psf
+        return psf
     zr = meta.get("z_range_um") or [-1.2, 1.2]
     lo = np.floor((float(zr[0]) - 0.3) / 0.02) * 0.02
     hi = np.ceil((float(zr[1]) + 0.3) / 0.02) * 0.02

@@ -17,6 +17,7 @@ The modules behind these names are private (``_detect``, ``_tracks``,
 from __future__ import annotations
 
 from ._analyzer import TrackingAnalyzer, make_analyzer, summarize_linked
+from ._camera_maps import CameraMapError, CameraMaps, load_camera_maps
 from ._detect import (
     Detections,
     background_map,
@@ -44,6 +45,8 @@ from .score import TruthScore, score_against_truth
 __all__ = [
     "SUMMARY_COLUMNS",
     "CameraCalibration",
+    "CameraMapError",
+    "CameraMaps",
     "DetectionConfig",
     "Detections",
     "DiffusionEstimate",
@@ -61,6 +64,7 @@ __all__ = [
     "estimate_diffusion",
     "estimate_diffusion_population",
     "link_table",
+    "load_camera_maps",
     "make_analyzer",
     "read_geff",
     "sample_background",

@@ -101,7 +101,7 @@ def available() -> bool:
 def fit_windows(
     img: np.ndarray, method: str, sigma_px: float, n_iter: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The compiled :func:`axialtrack.pipeline.localize._fit_windows`, or
+    """The compiled :func:`axialtrack.pipeline._xy._fit_windows`, or
     ``None`` where the kernels are unavailable (the caller uses numpy)."""
     k = _kernels()
     if k is None:

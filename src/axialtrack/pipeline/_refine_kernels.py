@@ -291,6 +291,13 @@ def fit_range(
 ) -> None:  # pragma: no cover - compiled
     """Fit emitters ``start:stop`` in place.
 
+    One function of about 200 lines on purpose: it is the compiled hot loop of
+    the refinement (every emitter's Levenberg-Marquardt iterations, the Fisher
+    information, the step control and the bound), and its scratch arrays are
+    allocated once per call and reused across emitters; split into compiled
+    helpers, each call would pass about 20 arrays and allocate its own scratch
+    per emitter.
+
     ``theta (N, P)`` holds the initial values and receives the estimates;
     ``lo, hi (P,)`` bound them; ``step_max (P,)`` bounds a step (the whole
     step is shortened until every parameter moves at most that far: far from

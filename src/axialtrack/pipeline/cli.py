@@ -27,11 +27,15 @@ from axialtrack._cli import (
     positive_int,
     unwritable,
 )
+from axialtrack.pipeline.config import LocalizerConfig
 from axialtrack.store.replace import Replacement
 
 __all__ = ["add_parsers", "cmd_live", "cmd_localize"]
 
 console = Console()
+
+#: ``localize``'s refinement defaults, shown in ``--help``.
+_LOC_DEFAULTS = LocalizerConfig()
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -180,6 +184,36 @@ def add_parsers(subparsers: Any) -> None:
         "with the bundle's PSF (x, y, z, photons, background; sigma from the "
         "Fisher information, llr and misfit columns)",
     )
+    r = q.add_argument_group("refinement (--refine)")
+    r.add_argument(
+        "--camera-map",
+        default=None,
+        metavar="FILE",
+        help="sCMOS per-pixel maps for the refinement: .npz with offset (ADU), "
+        "gain (e-/ADU) and variance (ADU^2), or a .tif of the three, each of "
+        "shape (2, H, W) like the stored frames (default: the camera's scalars)",
+    )
+    r.add_argument(
+        "--refine-far-um",
+        type=float,
+        default=_LOC_DEFAULTS.refine_far_um,
+        help="rows whose dz lies farther than this from the focus of both planes "
+        "are refined on the larger window (um, default: %(default)s)",
+    )
+    r.add_argument(
+        "--refine-far-size",
+        type=int,
+        default=_LOC_DEFAULTS.refine_far_size_px,
+        help="odd side of that larger window, px (at most the model's crop; "
+        "equal to --refine-size: no larger window) (default: %(default)s)",
+    )
+    r.add_argument(
+        "--refine-size",
+        type=int,
+        default=_LOC_DEFAULTS.refine_size_px,
+        help="odd side of the refinement's window near focus, px "
+        "(default: %(default)s)",
+    )
     q.set_defaults(func=cmd_localize)
 
 
@@ -254,6 +288,7 @@ def _load_analyzer(
     from axialtrack.live.process import AnalysisProcessError
     from axialtrack.model import BundleError
     from axialtrack.optics.sampled import SampledPSFError
+    from axialtrack.pipeline import CameraMapError
 
     engine = str(kwargs.get("engine_prefer", "auto"))
     try:
@@ -285,6 +320,8 @@ def _load_analyzer(
         fail(_engine_error(engine, exc))
     except FileNotFoundError as exc:
         fail(_model_error(bundle, exc))
+    except CameraMapError as exc:
+        fail(f"--camera-map {exc}.", "Nothing was written.")
     return None
 
 
@@ -734,14 +771,9 @@ def cmd_localize(args: argparse.Namespace) -> int:
     )
     if isinstance(camera, int):
         return camera
-    from axialtrack.pipeline.config import LocalizerConfig
-
-    full_scale = min(camera.max_adu, 65535)
-    localizer = LocalizerConfig(
-        camera=camera,
-        saturation_adu=full_scale,
-        refine=bool(getattr(args, "refine", False)),
-    )
+    localizer = _localizer_config(args, camera, run)
+    if isinstance(localizer, int):
+        return localizer
     if run is None:
         return _localize_movie(args, path, localizer)
     if args.stage_z is not None:
@@ -836,6 +868,51 @@ def cmd_localize(args: argparse.Namespace) -> int:
             "--all to relink the whole run."
         )
     return 0
+
+
+def _localizer_config(args: argparse.Namespace, camera: Any, run: Any) -> Any:
+    """``localize``'s :class:`LocalizerConfig`, or 2 after a one-line refusal
+    (refinement options without ``--refine``, invalid values, camera maps that
+    do not fit the run's frames)."""
+    from pydantic import ValidationError
+
+    from axialtrack.pipeline import CameraMapError, load_camera_maps
+
+    refine = bool(getattr(args, "refine", False))
+    if args.camera_map is not None and not refine:
+        return fail(
+            "--camera-map is used by the refinement only.",
+            "Add --refine, or leave out --camera-map. Nothing was written.",
+        )
+    try:
+        cfg = LocalizerConfig(
+            camera=camera,
+            saturation_adu=min(camera.max_adu, 65535),
+            refine=refine,
+            refine_far_um=args.refine_far_um,
+            refine_size_px=args.refine_size,
+            refine_far_size_px=max(args.refine_far_size, args.refine_size),
+            camera_map=None
+            if args.camera_map is None
+            else str(Path(args.camera_map).expanduser()),
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = {
+            "refine_far_um": "--refine-far-um",
+            "refine_size_px": "--refine-size",
+            "refine_far_size_px": "--refine-far-size",
+        }.get(str(err["loc"][0]), str(err["loc"][0]))
+        return fail(
+            f"{name} {err.get('input')!r}: {err['msg']}.", "Nothing was written."
+        )
+    if cfg.camera_map is not None and run is not None:
+        h, w = run.attrs["plane_shape"]
+        try:
+            load_camera_maps(cfg.camera_map, (int(h), int(w)))
+        except CameraMapError as exc:
+            return fail(f"--camera-map {exc}.", "Nothing was written.")
+    return cfg
 
 
 def _stage_z_of(value: str, n: int) -> np.ndarray:

@@ -235,6 +235,11 @@ class LocalizerConfig(BaseModel):
         refine every row.
     refine_threads
         Threads of the refinement (the kernel releases the GIL).
+    camera_map
+        sCMOS per-pixel offset / gain / read-noise maps
+        (:func:`axialtrack.pipeline.load_camera_maps`: an ``.npz`` or ``.tif``
+        of ``(2, H, W)`` maps): the refinement converts each crop with its own
+        pixels' offset and gain and weights them by their read noise.
     misfit_p
         A refined row whose log-likelihood ratio has a chi-square tail
         probability below this is flagged ``misfit`` (an overlapping neighbour,
@@ -269,6 +274,7 @@ class LocalizerConfig(BaseModel):
     refine_iterations: int = Field(30, ge=1, le=200)
     refine_budget_frame_s: float | None = Field(None, gt=0.0)
     refine_threads: int = Field(1, ge=1, le=64)
+    camera_map: str | None = None
     misfit_p: float = Field(1e-3, gt=0.0, lt=1.0)
     psf_check: PSFCheckConfig = Field(default_factory=PSFCheckConfig)
 

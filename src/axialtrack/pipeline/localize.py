@@ -32,18 +32,25 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from axialtrack.geometry import apply_affine, invert_affine
+from axialtrack.geometry import apply_affine
 from axialtrack.store.layout import LOCALIZATION_COLUMNS
 
-from . import _kernels
+from ._camera_maps import CameraMaps, load_camera_maps
 from ._detect import Detections, detect
+from ._uncertainty import uncertainty
+from ._xy import (
+    _combine_planes,
+    _fit_windows,
+    _inverse,
+    _window_method,
+    refine_xy,
+)
 from .config import CameraCalibration, LocalizerConfig
 from .crops import crop_centers, crop_pairs
 
@@ -166,210 +173,6 @@ def empty_columns() -> dict[str, np.ndarray]:
 def empty_table() -> pd.DataFrame:
     """A localization table with no rows and the right dtypes."""
     return pd.DataFrame(empty_columns())
-
-
-# ---------------------------------------------------------------- XY refinement
-def _windows(
-    planes: np.ndarray,
-    frame_index: np.ndarray,
-    plane: int,
-    centers: np.ndarray,
-    size: int,
-) -> np.ndarray:
-    """``size x size`` windows ``(N, k, k)`` of one plane (edge-clamped indices)."""
-    h, w = planes.shape[-2:]
-    half = size // 2
-    off = np.arange(-half, half + 1)
-    iy = np.clip(centers[:, 1, None] + off, 0, h - 1)[:, :, None]
-    ix = np.clip(centers[:, 0, None] + off, 0, w - 1)[:, None, :]
-    if planes.flags.c_contiguous:
-        base = ((frame_index * 2 + plane) * h)[:, None, None]
-        return np.take(planes.reshape(-1), (base + iy) * w + ix)
-    return planes[frame_index[:, None, None], plane, iy, ix]
-
-
-def _fit_windows(
-    img: np.ndarray, method: str, sigma_px: float, n_iter: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Offsets ``(N, 2)`` from the window centre, amplitude and validity."""
-    if method not in ("fit", "centroid"):
-        raise ValueError(f"unknown xy refinement method {method!r}")
-    compiled = _kernels.fit_windows(img, method, sigma_px, n_iter)
-    if compiled is not None:
-        return compiled
-    return _fit_windows_numpy(img, method, sigma_px, n_iter)
-
-
-def _fit_windows_numpy(
-    img: np.ndarray, method: str, sigma_px: float, n_iter: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_fit_windows` in numpy (without the compiled kernels)."""
-    _n, k, _ = img.shape
-    half = k // 2
-    pos = np.arange(-half, half + 1, dtype=np.float32)
-    plus = np.maximum(img, 0.0)
-    tot = plus.sum(axis=(1, 2))
-    good = tot > 0
-    tot = np.where(good, tot, 1.0)
-    cx = (plus.sum(axis=1) @ pos) / tot
-    cy = (plus.sum(axis=2) @ pos) / tot
-    x, y = cx, cy
-    # the weight widens for spots wider than sigma_px (defocused): second moment
-    r2 = (plus.sum(axis=1) @ (pos**2) + plus.sum(axis=2) @ (pos**2)) / tot - (
-        cx**2 + cy**2
-    )
-    sig = np.clip(
-        np.sqrt(np.maximum(r2, 0.0) / 2.0), sigma_px, max(half / 1.5, sigma_px)
-    )
-    inv2s2 = (1.0 / (2.0 * sig**2)).astype(np.float32)[:, None]
-    if method == "fit":
-        for _ in range(int(n_iter)):
-            gx = np.exp(-((pos[None, :] - x[:, None]) ** 2) * inv2s2)  # (N, k)
-            gy = np.exp(-((pos[None, :] - y[:, None]) ** 2) * inv2s2)
-            col = np.einsum("nij,ni->nj", img, gy) * gx  # weighted column sums
-            row = np.einsum("nij,nj->ni", img, gx) * gy
-            den = col.sum(axis=1)
-            ok = den > 0
-            den = np.where(ok, den, 1.0)
-            x = np.where(ok, col @ pos / den, x)
-            y = np.where(ok, row @ pos / den, y)
-        lost = (
-            ~(np.isfinite(x) & np.isfinite(y)) | (np.abs(x) > half) | (np.abs(y) > half)
-        )
-        x = np.where(lost, cx, x)
-        y = np.where(lost, cy, y)
-    # least-squares amplitude of a Gaussian of sigma_px at the estimate
-    gx = np.exp(-((pos[None, :] - x[:, None]) ** 2) * inv2s2)
-    gy = np.exp(-((pos[None, :] - y[:, None]) ** 2) * inv2s2)
-    num = np.einsum("nij,ni,nj->n", img, gy, gx)
-    amp = num / np.maximum((gx**2).sum(1) * (gy**2).sum(1), 1e-12)
-    xy = np.stack([np.where(good, x, 0.0), np.where(good, y, 0.0)], axis=1)
-    return xy.astype(float), amp.astype(float), good
-
-
-def refine_xy(
-    planes: np.ndarray,
-    frame_index: np.ndarray,
-    peaks_px: np.ndarray,
-    background_adu: np.ndarray,
-    *,
-    method: str = "fit",
-    size: int = 7,
-    sigma_px: float = 1.2,
-    n_iter: int = 3,
-    affine: np.ndarray | None = None,
-    background1_adu: np.ndarray | None = None,
-    offset_adu: float = 0.0,
-) -> np.ndarray:
-    """Sub-pixel plane-0 positions ``(N, 2)`` around integer peaks.
-
-    Parameters
-    ----------
-    planes
-        ``(F, 2, H, W)`` raw counts.
-    frame_index
-        ``(N,)`` frame of each peak.
-    peaks_px
-        ``(N, 2)`` peak pixels ``(x, y)`` in plane 0.
-    background_adu
-        ``(N,)`` plane-0 background per pixel (ADU, offset included).
-    method
-        ``"centroid"``: centroid of the positive background-subtracted counts in
-        the window. ``"fit"``: starting from the centroid, ``n_iter`` iterations of
-        the Gaussian-weighted centroid ``x = sum x_i I_i g_i / sum I_i g_i`` with
-        ``g`` a Gaussian of ``sigma_px`` at the current estimate (the Gaussian-mask
-        estimator; its fixed point is the centre of a symmetric spot, and it is
-        nearly as precise as a least-squares Gaussian fit at a fraction of the
-        cost). Estimates that leave the window fall back to the centroid.
-    size
-        Odd window side (px).
-    sigma_px
-        Width of the Gaussian weight.
-    n_iter
-        Iterations of ``"fit"``.
-    affine, background1_adu
-        With both given, plane 1 is fitted too (window at the registered
-        position, result mapped back to plane 0) and the two estimates are
-        averaged with weights ``A^2 / (A + 4 b)`` (``A``: fitted peak amplitude,
-        ``b``: background per pixel), the inverse of the approximate variance of
-        a Gaussian-spot position; so a particle in focus in plane 1 but not in
-        plane 0 is placed by plane 1.
-    offset_adu
-        Camera offset, for the weights.
-    """
-    peaks = np.rint(np.asarray(peaks_px, dtype=float).reshape(-1, 2)).astype(np.int64)
-    n = peaks.shape[0]
-    if n == 0:
-        return np.zeros((0, 2))
-    fi = np.asarray(frame_index, np.int64)
-    bg0 = np.asarray(background_adu, np.float32)[:, None, None]
-    if affine is None or background1_adu is None:
-        img = np.empty((n, size, size), np.float32)
-        if not _kernels.windows(planes, fi, 0, peaks, size, bg0, img):
-            np.subtract(_windows(planes, fi, 0, peaks, size), bg0, out=img)
-        d0, _, _ = _fit_windows(img, method, sigma_px, n_iter)
-        return peaks + d0
-    # both planes in one vectorized fit
-    a = np.asarray(affine, dtype=float)
-    c1 = np.rint(apply_affine(a, peaks)).astype(np.int64)
-    bg1 = np.asarray(background1_adu, np.float32)[:, None, None]
-    img = np.empty((2 * n, size, size), np.float32)
-    if not (
-        _kernels.windows(planes, fi, 0, peaks, size, bg0, img[:n])
-        and _kernels.windows(planes, fi, 1, c1, size, bg1, img[n:])
-    ):
-        np.subtract(_windows(planes, fi, 0, peaks, size), bg0, out=img[:n])
-        np.subtract(_windows(planes, fi, 1, c1, size), bg1, out=img[n:])
-    d, amp, ok = _fit_windows(img, method, sigma_px, n_iter)
-    return _combine_planes(
-        peaks + d[:n],
-        apply_affine(_inverse(a), c1 + d[n:]),
-        amp[:n],
-        amp[n:],
-        ok[:n],
-        ok[n:],
-        np.maximum(np.asarray(background_adu, float) - offset_adu, 0.0),
-        np.maximum(np.asarray(background1_adu, float) - offset_adu, 0.0),
-    )
-
-
-def _inverse(affine: np.ndarray) -> np.ndarray:
-    """:func:`~axialtrack.geometry.invert_affine`, cached (once per run, not
-    per batch)."""
-    a = np.ascontiguousarray(affine, dtype=np.float64)
-    return _inverse_cached(a.tobytes())
-
-
-@lru_cache(maxsize=8)
-def _inverse_cached(key: bytes) -> np.ndarray:
-    inv = invert_affine(np.frombuffer(key, dtype=np.float64).reshape(2, 3))
-    inv.setflags(write=False)
-    return inv
-
-
-def _window_method(method: str) -> str:
-    """The window-fit method of an XY method (``"fit"`` or ``"centroid"``)."""
-    return "centroid" if method == "centroid" else "fit"
-
-
-def _combine_planes(
-    xy0: np.ndarray,
-    xy1: np.ndarray,
-    a0: np.ndarray,
-    a1: np.ndarray,
-    ok0: np.ndarray,
-    ok1: np.ndarray,
-    b0: np.ndarray,
-    b1: np.ndarray,
-) -> np.ndarray:
-    """Plane-0 and plane-1 estimates averaged with weights ``A^2 / (A + 4 b)``."""
-    w0 = np.where(ok0 & (a0 > 0), a0**2 / np.maximum(a0 + 4.0 * b0, 1e-9), 0.0)
-    w1 = np.where(ok1 & (a1 > 0), a1**2 / np.maximum(a1 + 4.0 * b1, 1e-9), 0.0)
-    tot = w0 + w1
-    use = tot > 0
-    tot = np.where(use, tot, 1.0)
-    comb = (w0[:, None] * xy0 + w1[:, None] * xy1) / tot[:, None]
-    return np.where(use[:, None], comb, xy0)
 
 
 @dataclass
@@ -535,6 +338,11 @@ class Localizer:
             self._warm_up(self.psf)
         # seconds per refined localization (updated as batches are refined)
         self._s_per_refine = 1e-4
+        self.camera_maps: CameraMaps | None = None
+        self._maps_stacked: np.ndarray | None = None
+        if self.config.camera_map is not None:
+            self.camera_maps = load_camera_maps(self.config.camera_map, plane_shape)
+            self._maps_stacked = self.camera_maps.stacked()
 
     def _resolve_psf(self, psf: SampledPSF | None, bundle: Any) -> SampledPSF | None:
         """The PSF of the uncertainty and the refinement, or ``None``."""
@@ -891,181 +699,8 @@ class Localizer:
         background: np.ndarray,
         sigma_z: np.ndarray,
     ) -> dict[str, np.ndarray]:
-        """CRLB of every row, the MLE refinement of those the budget allows, and
-        the PSF check (:mod:`.psfcheck`) of a few isolated ones.
-
-        Returns the (possibly refined) ``xy0, dz, photons, background,
-        sigma_z_um`` and the columns ``sigma_xy_um, llr, refined, misfit,
-        psf_check``.
-        """
-        from .psfcheck import NOT_CHECKED, classify
-        from .refine import (
-            CONVERGED,
-            ITERATION_LIMIT,
-            crlb_at,
-            far_from_focus,
-            mle_refine_sized,
-        )
-
-        cfg = self.config
-        cam = cfg.camera
-        n = xy0.shape[0]
-        out: dict[str, np.ndarray] = {
-            "xy0": xy0,
-            "dz": dz,
-            "photons": photons,
-            "background": background,
-            "sigma_z_um": sigma_z,
-            "sigma_xy_um": np.full(n, np.nan),
-            "llr": np.full(n, np.nan),
-            "refined": np.zeros(n, dtype=bool),
-            "misfit": np.zeros(n, dtype=bool),
-            "psf_check": np.full(n, NOT_CHECKED, dtype=np.int8),
-        }
-        psf = self.psf
-        if psf is None or n == 0 or not (cfg.uncertainty or cfg.refine):
-            return out
-        size = self.refine_size_px
-        pix = self.pixel_size_um
-        qe = cam.qe
-        c0, c1 = crop_centers(batch.xy_px, self.affine)
-        lin = self.affine[:, :2]
-        offs = np.zeros((n, 2, 2))
-        offs[:, 1] = (apply_affine(self.affine, c0) - c1) * pix
-        xyz = np.empty((n, 3))
-        xyz[:, :2] = (xy0 - c0) * pix
-        zlo, zhi = psf.z_range_um
-        xyz[:, 2] = np.clip(np.nan_to_num(dz, nan=0.0), zlo, zhi - 1e-6)
-        # photoelectrons: the Poisson counts; read noise plus ADU rounding
-        rn = float(getattr(cam, "read_noise_e", 0.0) or 0.0)
-        read_noise = float(np.sqrt(rn**2 + cam.e_per_adu**2 / 12.0))
-        b0 = np.maximum(background * qe, 1e-3)
-        if batch.background1_adu is not None:
-            b1 = np.maximum(
-                (batch.background1_adu - cam.offset_adu) * cam.e_per_adu, 1e-3
-            )
-        else:
-            b1 = b0
-        n_e = np.maximum(photons * qe, 1.0)
-        finite = np.isfinite(dz)
-        bound = crlb_at(
-            psf,
-            xyz,
-            n_e,
-            np.stack([b0, b1], axis=1),
-            size=size,
-            read_noise_e=read_noise,
-            linear=lin,
-            offsets_um=offs,
-        )
-        bound[~finite] = np.nan
-        sz = np.where(np.isfinite(sigma_z), sigma_z, bound[:, 2])
-        sxy = np.sqrt(0.5 * (bound[:, 0] ** 2 + bound[:, 1] ** 2))
-        out["sigma_z_um"] = sz
-        out["sigma_xy_um"] = sxy
-        idx = np.flatnonzero(finite) if cfg.refine else np.zeros(0, np.int64)
-        if cfg.refine and cfg.refine_budget_frame_s is not None:
-            budget = cfg.refine_budget_frame_s * len(batch.frames)
-            k = int(budget / max(self._s_per_refine, 1e-7))
-            if k < idx.size:
-                idx = idx[np.argsort(-photons[idx], kind="stable")[:k]]
-                idx.sort()
-        chk = self._check_rows(batch, dz, idx)
-        fit = np.union1d(idx, chk)
-        if fit.size == 0:
-            return out
-        t0 = time.perf_counter()
-        sizes = np.where(
-            far_from_focus(psf, xyz[fit, 2], cfg.refine_far_um),
-            self.refine_far_size_px,
-            size,
-        )
-        big = int(sizes.max())
-        lo = self.crop_size // 2 - big // 2
-        win = batch.pairs[fit, :, lo : lo + big, lo : lo + big]
-        data = (win.astype(np.float64) - cam.offset_adu) * cam.e_per_adu
-        res = mle_refine_sized(
-            psf,
-            data,
-            xyz[fit],
-            sizes,
-            read_noise_e=read_noise,
-            linear=lin,
-            offsets_um=offs[fit],
-            max_iter=cfg.refine_iterations,
-            threads=cfg.refine_threads,
-        )
-        dt = time.perf_counter() - t0
-        self._s_per_refine = 0.5 * self._s_per_refine + 0.5 * dt / fit.size
-        good = np.isin(res.status, (CONVERGED, ITERATION_LIMIT)) & np.all(
-            np.isfinite(res.crlb[:, :3]), axis=1
-        )
-        if chk.size:
-            at = np.searchsorted(fit, chk)
-            out["psf_check"][chk] = classify(
-                res.llr[at],
-                np.broadcast_to(res.dof, fit.shape)[at],
-                dz[chk],
-                res.z_um[at],
-                res.crlb[at, 2],
-                good[at],
-                cfg.psf_check,
-            )
-        if idx.size == 0:
-            return out
-        keep = np.isin(fit, idx) & good
-        sel = fit[keep]
-        th = res.theta[keep]
-        new_xy = xy0.astype(float).copy()
-        new_xy[sel] = c0[sel] + th[:, :2] / pix
-        new_dz = dz.copy()
-        new_dz[sel] = th[:, 2]
-        new_ph = photons.copy()
-        new_ph[sel] = th[:, 3] / qe
-        new_bg = background.copy()
-        new_bg[sel] = th[:, 4] / qe
-        sz = sz.copy()
-        sz[sel] = res.crlb[keep, 2]
-        sxy = sxy.copy()
-        sxy[sel] = res.sigma_xy_um[keep]
-        llr = out["llr"]
-        llr[sel] = res.llr[keep]
-        out["misfit"][sel] = res.p_value()[keep] < cfg.misfit_p
-        out["refined"][sel] = True
-        out.update(
-            xy0=new_xy,
-            dz=new_dz,
-            photons=new_ph,
-            background=new_bg,
-            sigma_z_um=sz,
-            sigma_xy_um=sxy,
-        )
-        self.timings["refined"] += int(sel.size)
-        return out
-
-    def _check_rows(
-        self, batch: PreparedBatch, dz: np.ndarray, refined: np.ndarray
-    ) -> np.ndarray:
-        """Rows of the PSF check (:func:`.psfcheck.select_isolated`): isolated,
-        unsaturated, network ``dz`` in the calibrated range."""
-        from .psfcheck import select_isolated
-
-        cfg = self.config.psf_check
-        usable = np.isfinite(dz)
-        if self.z_range_um is not None:
-            m = self.config.range_margin_um
-            usable &= (dz >= self.z_range_um[0] + m) & (dz <= self.z_range_um[1] - m)
-        n = dz.size
-        peak = batch.pairs.reshape(n, -1).max(axis=1)
-        usable &= peak < self.config.saturation_adu
-        sep = cfg.min_separation_px
-        return select_isolated(
-            batch.neighbour_px,
-            usable,
-            min_separation_px=float(self.refine_size_px if sep is None else sep),
-            already=refined,
-            per_batch=cfg.per_batch,
-        )
+        """:func:`._uncertainty.uncertainty` of a batch's rows."""
+        return uncertainty(self, batch, xy0, dz, photons, background, sigma_z)
 
     def finish(self, batch: PreparedBatch) -> pd.DataFrame:
         """Infer Z for a :meth:`prepare`-d batch and build its table rows."""

@@ -384,9 +384,10 @@ def mle_refine_sized(
     focused one: most of its light, and of its information on ``z``, falls
     outside, and the fit leaves the asymptotic regime (at dz -0.8 um, 2000
     photons: z precision 1.8x the CRLB on 11 px, 1.4x on 15 px). Such emitters
-    get a larger crop, the others keep the cheap one. ``read_noise_e`` must be
-    a scalar or one value per plane; ``offsets_um`` / ``linear`` as in
-    :func:`mle_refine`.
+    get a larger crop, the others keep the cheap one. ``read_noise_e``: a
+    scalar, one value per plane, or ``(N, K, S, S)`` maps cropped like the data
+    (sCMOS; each emitter's central part is used); ``offsets_um`` / ``linear``
+    as in :func:`mle_refine`.
     """
     data = np.asarray(crops)
     n, k, s = data.shape[0], data.shape[1], data.shape[-1]
@@ -403,6 +404,7 @@ def mle_refine_sized(
     linear = kwargs.pop("linear", None)
     photons = kwargs.pop("photons", None)
     background = kwargs.pop("background", None)
+    rn = np.asarray(kwargs.pop("read_noise_e", 0.0), dtype=np.float64)
     for w in np.unique(size).tolist():
         if w > s or w % 2 == 0:
             raise ValueError(f"crop sizes must be odd and at most {s}; got {w}")
@@ -425,6 +427,7 @@ def mle_refine_sized(
             offsets_um=None
             if offsets is None
             else np.broadcast_to(np.asarray(offsets, float), (n, k, 2))[idx],
+            read_noise_e=rn[idx, :, lo : lo + w, lo : lo + w] if rn.ndim == 4 else rn,
             **kwargs,
         )
         theta[idx] = res.theta
