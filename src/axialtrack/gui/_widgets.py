@@ -135,6 +135,47 @@ class PlotCanvas(QWidget):
         self.canvas.draw_idle()
 
 
+class FigureImage(QWidget):
+    """A figure rendered elsewhere (an RGBA array, e.g. a matplotlib figure
+    drawn in a worker thread), shown scaled to the widget: the GUI thread
+    only paints a pixmap."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMinimumSize(200, 120)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self._image: QImage | None = None
+        self.shape: tuple[int, ...] = ()
+
+    def set_rgba(self, rgba: np.ndarray | None) -> None:
+        """Show an ``(H, W, 4)`` uint8 image (``None``: clear)."""
+        if rgba is None:
+            self._image, self.shape = None, ()
+        else:
+            a = np.ascontiguousarray(rgba, dtype=np.uint8)
+            h, w = a.shape[:2]
+            self._image = QImage(
+                a.tobytes(), w, h, 4 * w, QImage.Format.Format_RGBA8888
+            ).copy()
+            self.shape = a.shape
+        self.update()
+
+    def paintEvent(self, event: Any) -> None:
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), QColor("white"))
+        img = self._image
+        if img is not None:
+            scaled = img.scaled(
+                self.size(),
+                Qt.AspectRatioMode.KeepAspectRatio,
+                Qt.TransformationMode.SmoothTransformation,
+            )
+            x = (self.width() - scaled.width()) // 2
+            y = (self.height() - scaled.height()) // 2
+            painter.drawImage(x, y, scaled)
+        painter.end()
+
+
 def _viridis(v: np.ndarray) -> list[QColor]:
     from matplotlib import colormaps
 
