@@ -85,7 +85,7 @@ def test_import_recorded_stacks_as_calibrate_from(
     qtbot.waitUntil(lambda: not panel.running, timeout=120_000)
     assert panel.test_errors == []
     oc = panel.outcome
-    qc = oc.result.qc
+    qc = oc.qc
     assert qc["n_fields"] == N_FIELDS
     assert qc["n_z"] == N_Z
     assert qc["n_accepted"] == N_FIELDS * BEADS_PER_FIELD

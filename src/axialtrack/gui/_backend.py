@@ -70,10 +70,19 @@ def prepare_core(core: Any) -> None:
 
 def load_config(core: Any, config: str | Path | None) -> None:
     """Load a hardware config into ``core`` (its previous devices unloaded);
-    ``None``: the simulated rig. Raises ``RigConfigError`` (one line)."""
+    ``None``: the simulated rig. Raises ``RigConfigError`` (one line).
+
+    The camera model is read here too: the simulated camera builds its
+    renderer (torch imported, the PSF's focus table computed) with the
+    config, where the window waits anyway, rather than in the first
+    acquisition's worker thread, where those imports held the interpreter
+    lock, and so the GUI thread, for up to 0.9 s at a time.
+    """
+    from axialtrack.camera import camera_from_core
     from axialtrack.rig import load_rig
 
     load_rig(config, core=core)
+    camera_from_core(core)
 
 
 def check_output(path: Path, overwrite: bool, kind: str = "store") -> None:
@@ -153,16 +162,15 @@ def request_from_sequence(seq: Any, base: CalibrationRequest) -> CalibrationRequ
 
 @dataclass
 class CalibrationOutcome:
-    """A calibration the panel ran: its store, the acquisition attributes and,
-    unless cancelled, the analysis (``result``: a
-    :class:`~axialtrack.calibrate.CalibrationResult`) and the PSF fit."""
+    """A calibration the panel ran or imported: its store, the acquisition
+    attributes and, unless cancelled, the quality control (``qc``: the
+    ``axialtrack_calibration`` attributes written into the store) and its
+    figures as RGBA images (:func:`qc_images`). The analysis runs in a child
+    process; everything else it made is in the store."""
 
     path: Path
     acquisition: dict[str, Any]
-    result: Any = None
-    stack: Any = None
-    psf_fit: Any = None
-    #: the quality-control figures as RGBA images (:func:`qc_images`)
+    qc: dict[str, Any] | None = None
     figures: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -185,14 +193,13 @@ def run_calibration_job(
 ) -> CalibrationOutcome:
     """Acquire a calibration run on ``core`` and analyze it, as ``axialtrack
     calibrate`` does: registration, bead QC, reference Z, training examples,
-    the QC and rig written into the store (and the PSF fit if asked).
+    the QC and rig written into the store (and the PSF fit if asked); the
+    analysis in a child process (:func:`analyze_calibration`).
 
     Blocking; run it off the GUI thread. Cancelled (:func:`cancel_calibration`):
     the store keeps its frames and is not analyzed.
     """
     from axialtrack.acquire import run_calibration
-    from axialtrack.calibrate import analyze, write_qc, write_rig
-    from axialtrack.calibrate.io import load_stack
     from axialtrack.camera import camera_from_core, resolve_camera
     from axialtrack.store import open_run
 
@@ -215,26 +222,45 @@ def run_calibration_job(
     outcome = CalibrationOutcome(path=store, acquisition=acq)
     if outcome.cancelled:
         return outcome
+    from ._train_process import call_in_process
+
+    outcome.qc, outcome.figures = call_in_process(
+        analyze_calibration, store, camera.model_dump(), origin, req.psf_fit
+    )
+    return outcome
+
+
+def analyze_calibration(
+    store: Path, camera: dict[str, Any], origin: dict[str, str], psf_fit: bool
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Analyze an acquired calibration run store as ``axialtrack calibrate``
+    does (registration, bead QC, reference Z, training examples, the QC and
+    rig written into the store, and the PSF fit if asked); the QC and its
+    figures (:func:`qc_images`). What :func:`run_calibration_job` runs in a
+    child process."""
+    from axialtrack.calibrate import analyze, write_qc, write_rig
+    from axialtrack.calibrate.io import load_stack
+    from axialtrack.camera import CameraCalibration
+
+    cam = CameraCalibration(**camera)
     stack = load_stack(store)
     stack.meta.update(
-        offset_adu=camera.offset_adu,
-        gain_e_per_adu=camera.e_per_adu,
-        read_noise_e=camera.read_noise_e,
+        offset_adu=cam.offset_adu,
+        gain_e_per_adu=cam.e_per_adu,
+        read_noise_e=cam.read_noise_e,
     )
     result = analyze(stack)
-    psf_fit = None
-    if req.psf_fit:
+    fit = None
+    if psf_fit:
         from axialtrack.calibrate.psf import fit_psf, psf_summary, write_psf
 
-        psf_fit = fit_psf(result, result.stack or stack)
-        result.qc["psf_fit"] = psf_summary(psf_fit)
+        fit = fit_psf(result, result.stack or stack)
+        result.qc["psf_fit"] = psf_summary(fit)
     write_qc(result, store)
-    write_rig(result, stack, store, camera=camera.model_dump(), camera_source=origin)
-    if psf_fit is not None:
-        write_psf(psf_fit, store)
-    outcome.result, outcome.stack, outcome.psf_fit = result, stack, psf_fit
-    outcome.figures = qc_images(outcome)
-    return outcome
+    write_rig(result, stack, store, camera=camera, camera_source=origin)
+    if fit is not None:
+        write_psf(fit, store)
+    return dict(result.qc), qc_images(result, result.stack or stack, fit)
 
 
 class CalibrationImport(BaseModel):
@@ -269,6 +295,14 @@ class CalibrationImport(BaseModel):
 
 
 def import_calibration_job(req: CalibrationImport) -> CalibrationOutcome:
+    """:func:`import_calibration` in a child process (its imports and
+    analysis would hold this process's interpreter lock)."""
+    from ._train_process import call_in_process
+
+    return call_in_process(import_calibration, req)
+
+
+def import_calibration(req: CalibrationImport) -> CalibrationOutcome:
     """Analyze recorded stacks as ``axialtrack calibrate --from`` does, with
     its functions (``load_stacks``, ``resolve_camera``, ``analyze``,
     ``fit_psf``, ``write_import_store``, ``write_qc``, ``write_rig``,
@@ -355,18 +389,15 @@ def import_calibration_job(req: CalibrationImport) -> CalibrationOutcome:
     write_rig(result, stack, out, camera=camera.model_dump(), camera_source=origin)
     if psf_fit is not None:
         write_psf(psf_fit, out)
-    outcome = CalibrationOutcome(
+    return CalibrationOutcome(
         path=out,
         acquisition={"status": "imported", "source": str(stack.source)},
-        result=result,
-        stack=result.stack or stack,
-        psf_fit=psf_fit,
+        qc=dict(result.qc),
+        figures=qc_images(result, result.stack or stack, psf_fit),
     )
-    outcome.figures = qc_images(outcome)
-    return outcome
 
 
-def qc_images(outcome: CalibrationOutcome) -> dict[str, np.ndarray]:
+def qc_images(result: Any, stack: Any, psf_fit: Any = None) -> dict[str, np.ndarray]:
     """The quality-control figures of ``axialtrack calibrate --report``
     (:func:`axialtrack.calibrate.report.qc_figures`: the bead map, and with a
     PSF fit the measured vs model slices and the residuals) rendered to RGBA
@@ -377,9 +408,7 @@ def qc_images(outcome: CalibrationOutcome) -> dict[str, np.ndarray]:
     from axialtrack.calibrate.report import qc_figures
 
     images: dict[str, np.ndarray] = {}
-    for name, fig in qc_figures(
-        outcome.result, outcome.stack, psf_fit=outcome.psf_fit
-    ).items():
+    for name, fig in qc_figures(result, stack, psf_fit=psf_fit).items():
         fig.set_dpi(80)
         canvas = FigureCanvasAgg(fig)
         canvas.draw()

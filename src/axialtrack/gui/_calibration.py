@@ -493,7 +493,7 @@ class CalibrationPanel(QWidget):
         figures, rendered in the worker (:func:`~axialtrack.gui._backend.qc_images`):
         the bead map (accepted / rejected with the reason), and the fitted-PSF
         slices and residuals where the calibration has a PSF fit."""
-        qc = outcome.result.qc
+        qc = outcome.qc
         reg = qc["registration"]
         refz = qc["ref_z"]
         ex = qc["examples"]

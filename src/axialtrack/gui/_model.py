@@ -29,7 +29,15 @@ __all__ = ["ModelPanel"]
 
 
 def evaluate_job(bundle: Path, calibration: Path) -> Any:
-    """:func:`axialtrack.model.evaluate` on the test beads, CRLB where known."""
+    """:func:`axialtrack.model.evaluate` on the test beads, CRLB where known,
+    in a child process (its imports held the interpreter lock for 0.5 s at a
+    time in a thread: the window froze that long)."""
+    from ._train_process import call_in_process
+
+    return call_in_process(_evaluate, bundle, calibration)
+
+
+def _evaluate(bundle: Path, calibration: Path) -> Any:
     from axialtrack.model import evaluate
 
     return evaluate(bundle, calibration, "test", crlb="auto")

@@ -101,8 +101,8 @@ def run_self_test(
         c.run_button.click()
         _wait(lambda: not c.running, 120.0)
         oc = c.outcome
-        ok = oc is not None and not oc.cancelled and oc.result is not None
-        n_acc = oc.result.qc["n_accepted"] if ok else 0
+        ok = oc is not None and not oc.cancelled and oc.qc is not None
+        n_acc = oc.qc["n_accepted"] if ok else 0
         step(
             "calibrate",
             ok and n_acc > 0,

@@ -19,7 +19,7 @@ from typing import Any
 
 from axialtrack.errors import AxialtrackError
 
-__all__ = ["TrainingProcessError", "run_training"]
+__all__ = ["TrainingProcessError", "call_in_process", "run_training"]
 
 
 class TrainingProcessError(AxialtrackError, RuntimeError):
@@ -58,6 +58,22 @@ def _child(
             q.put(("error", exc))
         except Exception:
             q.put(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+def call_in_process(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """``func(*args, **kwargs)`` in a spawned child process; its result (or
+    its exception, raised here).
+
+    For work that would hold this process's interpreter lock for long:
+    importing torch, scipy or numba for the first time held it for up to
+    0.5 s at a time in a worker thread, and the GUI thread waited that long.
+    ``func`` must be importable (a module-level function) and its arguments
+    and result picklable.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(func, *args, **kwargs).result()
 
 
 def run_training(
