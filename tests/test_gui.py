@@ -294,6 +294,9 @@ def test_bad_input_gives_the_dialog_and_writes_nothing(
     assert win.last_dialog.text() == win.errors[0]
     assert win.last_dialog.detailedText()  # the traceback, expandable
     assert win.core.getCameraDevice() == "Camera"
+    # the Rig panel's camera ROI shows the simulated camera's sensor
+    assert win.rig.roi.camera == "Camera"
+    assert win.rig.roi.value()["Camera"].pixel_width == win.core.getImageWidth()
 
     # a folder that is no model bundle
     lv = win.live
