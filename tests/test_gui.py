@@ -213,16 +213,7 @@ def test_whole_flow_through_the_window(qtbot: Any, win: Any, tmp_path: Path) -> 
     # the Runs panel opened it
     assert win.runs.summary is not None
     assert win.runs.summary["frames"] == len(run.frames)
-    # "Open in napari": the planes, the localizations in um, the tracks
-    napari = pytest.importorskip("napari")
-    from axialtrack.gui._runs import open_in_napari
-
-    viewer = open_in_napari(tmp_path / "live.zarr", napari.components.ViewerModel())
-    layers = {layer.name: layer for layer in viewer.layers}
-    assert layers["plane 0"].data.shape[0] == len(run.frames)
-    assert layers["plane 1"].data.shape[0] == len(run.frames)
-    if len(run.localizations):
-        assert len(layers["localizations"].data) == len(run.localizations)
+    # "Open in napari" (the project's reader) is tested in test_gui_napari.py
     # settings persist: a new window starts from them
     from axialtrack.gui import MainWindow
 
