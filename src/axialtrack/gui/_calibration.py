@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._widgets import FigureImage, PathField, start_worker
+from ._widgets import FigureImage, PanelJob, PathField
 
 __all__ = ["CalibrationPanel"]
 
@@ -77,7 +77,6 @@ class CalibrationPanel(QWidget):
         self.core = core
         self.rig = rig
         self.outcome: Any = None
-        self.worker: Any = None
         self._progress = (0, 0)
         self.events = CalibrationSignals()
         self.events.started.connect(lambda _p, n: self._set_progress(0, n))
@@ -151,9 +150,7 @@ class CalibrationPanel(QWidget):
         rw.setLayout(right)
         lay.addWidget(rw, 1)
 
-        self.timer = QTimer(self)
-        self.timer.setInterval(100)
-        self.timer.timeout.connect(self._show_progress)
+        self.job = PanelJob(self, refresh=self._show_progress, busy=self._set_busy)
 
     def _import_box(self) -> QWidget:
         """The import of recorded stacks: the options of ``axialtrack
@@ -298,9 +295,12 @@ class CalibrationPanel(QWidget):
             return False
         self.outcome = None
         self.state_label.setText(f"importing {', '.join(req.sources)} ...")
-        self._set_busy(True)
-        self.worker = start_worker(
-            import_calibration_job, req, on_done=self._done, on_error=self._failed
+        self.job.start(
+            import_calibration_job,
+            req,
+            on_done=self._done,
+            on_error=self._failed,
+            timer=False,
         )
         return True
 
@@ -311,7 +311,7 @@ class CalibrationPanel(QWidget):
 
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        return self.job.running
 
     def _set_progress(self, n: int, total: int) -> None:
         # from the MDA thread: a tuple store, shown by the timer
@@ -440,9 +440,7 @@ class CalibrationPanel(QWidget):
         self.outcome = None
         self._progress = (0, 0)
         self.state_label.setText(f"acquiring into {out} ...")
-        self._set_busy(True)
-        self.timer.start()
-        self.worker = start_worker(
+        self.job.start(
             run_calibration_job,
             self.core,
             req,
@@ -461,20 +459,12 @@ class CalibrationPanel(QWidget):
             self.state_label.setText("cancelling...")
             cancel_calibration(self.core)
 
-    def _end(self) -> None:
-        self.timer.stop()
-        self._show_progress()
-        self.worker = None
-        self._set_busy(False)
-
     def _failed(self, exc: BaseException) -> None:
-        self._end()
         self.state_label.setText("failed")
         self.error.emit(exc)
         self.calibrationFinished.emit(exc)
 
     def _done(self, outcome: Any) -> None:
-        self._end()
         self.outcome = outcome
         acq = outcome.acquisition
         if outcome.cancelled:

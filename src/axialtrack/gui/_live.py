@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
@@ -30,7 +30,13 @@ from qtpy.QtWidgets import (
 from axialtrack.live import LiveOutcome
 
 from ._backend import InputError
-from ._widgets import DualPlaneView, PathField, TrackPlot, register_planes
+from ._widgets import (
+    DualPlaneView,
+    PanelJob,
+    PathField,
+    TrackPlot,
+    register_planes,
+)
 
 __all__ = ["LivePanel"]
 
@@ -48,6 +54,16 @@ METRICS = (
 
 #: Frames of track tail drawn.
 TAIL_FRAMES = 30
+
+
+def _run_job(session: Any) -> tuple[Any, Any]:
+    """A run of the panel, in its worker: the analysis process starts and the
+    store opens here, off the GUI thread (a refusal writes nothing; a
+    replaced store is put back); then the run, and the track table read for
+    the summary. ``(LiveOutcome, tracks)``."""
+    session.prepare()
+    outcome = session.run()
+    return outcome, _read_tracks(session.out, outcome)
 
 
 def _read_tracks(path: Path | None, outcome: Any) -> Any:
@@ -94,7 +110,6 @@ class LivePanel(QWidget):
         self._z_range = (np.inf, -np.inf)
         self._bridge = _Bridge()
         self._bridge.done.connect(self._on_done)
-        self._thread: threading.Thread | None = None
         self._attached: tuple[Any, float, Any] | None = None
 
         self.model_field = PathField(
@@ -170,14 +185,13 @@ class LivePanel(QWidget):
         lay.addLayout(right, 1)
 
         # everything the run shows is pulled at 10 Hz on the GUI thread
-        self.timer = QTimer(self)
-        self.timer.setInterval(100)
-        self.timer.timeout.connect(self._refresh)
+        self.job = PanelJob(self, refresh=self._refresh, busy=self._set_running)
+        self.timer = self.job.timer  # also drives runs shown with attach()
 
     # --------------------------------------------------------------- run
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        return self.job.running
 
     def start(self, *, overwrite: bool | None = None) -> bool:
         """Check the inputs, open the store and start the run in its own
@@ -232,12 +246,12 @@ class LivePanel(QWidget):
         self._reset()
         self._connect(session.events)
         self.last_store = session.out
-        self._thread = threading.Thread(
-            target=self._run, args=(session,), name="axialtrack-gui-live", daemon=True
+        self.job.start(
+            _run_job,
+            session,
+            on_done=lambda res: self._on_done(*res),
+            on_error=lambda exc: self._on_done(None, exc),
         )
-        self._set_running(True)
-        self._thread.start()
-        self.timer.start()
         return True
 
     def _reset(self) -> None:
@@ -304,20 +318,6 @@ class LivePanel(QWidget):
             self.state_label.setText("stopping: storing what was received...")
             self.stop_button.setEnabled(False)
             self.session.stop()
-
-    def _run(self, session: Any) -> None:
-        try:
-            # the analysis process starts and the store opens here, off the
-            # GUI thread; a refusal writes nothing (a replaced store is put
-            # back)
-            session.prepare()
-            outcome = session.run()
-        except BaseException as exc:
-            self._bridge.done.emit(None, exc)
-            return
-        # the track table is read here too: the GUI thread only fills the
-        # table widget
-        self._bridge.done.emit(outcome, _read_tracks(session.out, outcome))
 
     # subscribers: these run in the run's threads and only store references
     def _on_started(self, path: Any) -> None:
@@ -413,9 +413,6 @@ class LivePanel(QWidget):
         from a run that did not start (or an attached one that failed)."""
         self.timer.stop()
         self._refresh()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=5.0)
         self._set_running(False)
         if outcome is None:  # the run did not start, or failed attached
             outcome, extra = LiveOutcome(metrics=None, error=extra), None

@@ -43,6 +43,9 @@ def camera_roi_widget(core: Any, on_error: Any) -> QWidget:
     - the sensor's size follows the camera's size properties (the simulated
       camera's ``PlaneWidth`` / ``PlaneHeight``; it kept the size it first
       read);
+    - a camera whose size cannot be read (e.g. a second rig loaded in
+      another core of the process) leaves the widget disabled with the
+      reason, instead of raising while the window is built;
     - a crop the camera refuses (the simulated camera keeps both planes
       whole) goes to ``on_error`` (the window's dialog), not to a traceback
       on the terminal.
@@ -52,6 +55,14 @@ def camera_roi_widget(core: Any, on_error: Any) -> QWidget:
     class RigCameraRoi(CameraRoiWidget):
         def _has_camera(self) -> bool:
             return bool(self.camera) and self.camera in self._cameras
+
+        def _on_sys_cfg_loaded(self) -> None:
+            try:
+                super()._on_sys_cfg_loaded()
+            except Exception as exc:  # a camera whose size cannot be read
+                self._cameras.clear()
+                self._enable(False)
+                self.lbl_info.setText(" ".join(str(exc).split()))
 
         def _update_lbl_info(self) -> None:
             if self._has_camera():

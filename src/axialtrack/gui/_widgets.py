@@ -326,6 +326,74 @@ def start_worker(
     return worker
 
 
+class PanelJob:
+    """A panel's long operation off the GUI thread, with its display timer.
+
+    :meth:`start` runs ``func`` in a worker (:func:`start_worker`) and, with
+    a ``refresh``, calls it every ``interval_ms`` on the GUI thread while the
+    job runs (what the worker and its signals left for display: progress,
+    epochs, metrics; the subscribers only store references). When the job
+    ends the timer stops, ``refresh`` runs once more, ``busy(False)`` and
+    then ``on_done(result)`` or ``on_error(exc)``, all on the GUI thread.
+    """
+
+    def __init__(
+        self,
+        parent: QWidget,
+        *,
+        refresh: Callable[[], None] | None = None,
+        interval_ms: int = 100,
+        busy: Callable[[bool], None] | None = None,
+    ) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer(parent)
+        self.timer.setInterval(interval_ms)
+        self._refresh = refresh
+        if refresh is not None:
+            self.timer.timeout.connect(refresh)
+        self._busy = busy
+        self.worker: Any = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        on_done: Callable[[Any], None],
+        on_error: Callable[[BaseException], None],
+        timer: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Start ``func(*args, **kwargs)`` (``timer=False``: no display
+        timer for this one)."""
+        if self._busy is not None:
+            self._busy(True)
+        if timer and self._refresh is not None:
+            self.timer.start()
+
+        def end() -> None:
+            self.timer.stop()
+            if self._refresh is not None:
+                self._refresh()
+            self.worker = None
+            if self._busy is not None:
+                self._busy(False)
+
+        def done(result: Any) -> None:
+            end()
+            on_done(result)
+
+        def failed(exc: BaseException) -> None:
+            end()
+            on_error(exc)
+
+        self.worker = start_worker(func, *args, on_done=done, on_error=failed, **kwargs)
+
+
 class LinePlot(QWidget):
     """A small line plot drawn with QPainter: cheap enough to redraw every
     epoch without stalling the GUI thread (a matplotlib redraw took 1-2 s on a
