@@ -14,7 +14,6 @@ ended (:class:`LiveOutcome`). The callers differ only in how they show it.
 from __future__ import annotations
 
 import contextlib
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -239,7 +238,6 @@ class LiveRun:
     _replacing: Replacement | None = field(init=False, default=None)
     _writer: Any = field(init=False, default=None)
     _peek: FramePeek = field(init=False, default_factory=FramePeek)
-    _ran: threading.Event = field(init=False, default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         from axialtrack.store import StoreError, WriterOptions
@@ -323,7 +321,6 @@ class LiveRun:
             if core.isSequenceRunning():
                 core.stopSequenceAcquisition()
             self._close_analyzer()
-            self._ran.set()
 
     def stop(self, reason: str = "stopped") -> None:
         """Stop the run as its duration would (any thread; safe from a signal
