@@ -377,7 +377,7 @@ def live_run(
         "pixel_size_um": px,
         "geometry": geo,
         "frame_interval_s": FRAME_S,
-        "engine_prefer": engine,
+        "engine": engine,
         "localizer": LocalizerConfig(detect_threads=detect_threads),
     }
     analyzer: Any
@@ -392,7 +392,7 @@ def live_run(
         analyzer.warmup()  # build graphs and buffers outside the run
     mode = "process" if analysis_process else "threads"
     if gui:
-        path_kind = "core"  # the panel attaches to a LiveRunner
+        path_kind = "mda"  # the panel's own runs take the MDA path
     path = out_dir / f"live-{rate:g}-{mode}-{path_kind}{'-gui' if gui else ''}.zarr"
     load0 = os.getloadavg()[0]
     stat0 = _proc_stat()
@@ -416,7 +416,15 @@ def live_run(
                 frame_interval_s=FRAME_S,
             )
             seq = useq.MDASequence(time_plan={"interval": 0, "loops": n_frames})
-            if path_kind == "mda-direct":
+            if gui:
+                from axialtrack.live.session import FramePeek
+
+                # as the panel's own runs: a second output keeps the last frame
+                peek = FramePeek()
+                panel = _attach_panel(handler.events, lambda: peek.last(False), geo, px)
+                _run_beside_qt(lambda: core.mda.run(seq, output=[handler, peek]), panel)
+                handler.wait()
+            elif path_kind == "mda-direct":
                 # frameReady on the MDA's thread (no relay thread between)
                 handler.attach(core)
                 try:
@@ -439,24 +447,14 @@ def live_run(
                 overwrite=True,
                 frame_interval_s=FRAME_S,
             )
-            source: Any = CoreSource(core)
-            if gui:
-                from axialtrack.gui._backend import PeekSource
-
-                source = PeekSource(source)  # as the panel's own runs do
             runner = LiveRunner(
-                source,
+                CoreSource(core),
                 analyzer,
                 writer,
                 geometry=geo,
                 config=config,
             )
-            panel = _attach_panel(runner, source, geo, px) if gui else None
-            m = (
-                runner.run(n_frames=n_frames)
-                if panel is None
-                else _run_beside_qt(runner, n_frames, panel)
-            )
+            m = runner.run(n_frames=n_frames)
         cpu_s = time.process_time() - c0 + _child_cpu_s(analyzer) - child_c0
     finally:
         if analysis_process:
@@ -561,8 +559,9 @@ def _path_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _attach_panel(runner: Any, source: Any, geo: Any, px: float) -> Any:
-    """The control panel's Live tracking panel, offscreen, showing ``runner``."""
+def _attach_panel(events: Any, last_frame: Any, geo: Any, px: float) -> Any:
+    """The control panel's Live tracking panel, offscreen, showing the run of
+    ``events`` (:class:`~axialtrack.events.RunSignals`)."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from qtpy.QtWidgets import QApplication
 
@@ -574,30 +573,28 @@ def _attach_panel(runner: Any, source: Any, geo: Any, px: float) -> Any:
     panel = LivePanel(None, None)
     panel.resize(1280, 720)
     panel.show()
-    panel.attach(
-        runner.events, geometry=geo, pixel_size_um=px, last_frame=source.last_frame
-    )
+    panel.attach(events, geometry=geo, pixel_size_um=px, last_frame=last_frame)
     panel.bench_app = app
     return panel
 
 
-def _run_beside_qt(runner: Any, n_frames: int, panel: Any) -> Any:
-    """``runner.run`` in a thread while this (the GUI) thread runs Qt events;
-    records the GUI thread's longest stall."""
+def _run_beside_qt(run: Any, panel: Any) -> None:
+    """``run()`` in a thread while this (the GUI) thread runs Qt events until
+    the panel has shown the end; records the GUI thread's longest stall."""
     import threading
 
     box: dict[str, Any] = {}
 
     def body() -> None:
         try:
-            box["m"] = runner.run(n_frames=n_frames)
+            run()
         except BaseException as exc:
             box["e"] = exc
 
     th = threading.Thread(target=body, name="bench-live-run")
     th.start()
     last, worst = time.perf_counter(), 0.0
-    while th.is_alive() or panel.timer.isActive():
+    while th.is_alive() or panel.timer.isActive() or panel.metrics is None:
         panel.bench_app.processEvents()
         time.sleep(0.005)
         now = time.perf_counter()
@@ -608,7 +605,6 @@ def _run_beside_qt(runner: Any, n_frames: int, panel: Any) -> Any:
     panel.bench_stall_ms = 1e3 * worst
     if "e" in box:
         raise box["e"]
-    return box["m"]
 
 
 # ---------------------------------------------------------------- accuracy
@@ -822,7 +818,7 @@ def offline_pass(
         pixel_size_um=px,
         geometry=geo,
         frame_interval_s=FRAME_S,
-        engine_prefer=engine,
+        engine=engine,
         localizer=LocalizerConfig(detect_threads=detect_threads),
     )
     out = []
@@ -1046,11 +1042,11 @@ def main(argv: list[str] | None = None) -> int:
             for r in rates
             for m in args.analysis
             for k in (
-                [*args.path, "core"]
-                if args.gui and "core" not in args.path
+                [*args.path, "mda"]
+                if args.gui and "mda" not in args.path
                 else args.path
             )
-            for g in ([False, True] if args.gui and k == "core" else [False])
+            for g in ([False, True] if args.gui and k == "mda" else [False])
         ]
         for rate, mode, kind, with_gui in plan:
             log(

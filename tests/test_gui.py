@@ -102,6 +102,11 @@ def _calibrate(qtbot: Any, w: Any, out: Path, *, step: float = 0.1) -> Any:
     return c.outcome
 
 
+#: The GUI thread's longest stall asserted (ms): 100 ms is the target, met on
+#: an idle machine (docs/gui.md); a loaded 2-core CI machine needs room.
+STALL_BOUND_MS = 600.0
+
+
 class StallMeter:
     """The GUI thread's longest gap between two ticks of a 5 ms timer."""
 
@@ -129,12 +134,17 @@ class StallMeter:
 
 
 def test_whole_flow_through_the_window(qtbot: Any, win: Any, tmp_path: Path) -> None:
-    """Calibrate -> train -> live -> Stop, each from its panel's buttons; the
-    GUI thread's longest stall measured during the training and the run."""
+    """Calibrate -> train -> evaluate -> live -> Stop, each from its panel's
+    buttons; the GUI thread's longest stall measured during each (the QC
+    shown, the run's end and its track table included)."""
+    meter = StallMeter()
+    stalls: dict[str, float] = {}
+    meter.start()
     out = _calibrate(qtbot, win, tmp_path / "cal.zarr")
+    stalls["calibration"] = meter.stop()
     assert out is not None, win.errors
     assert not out.cancelled
-    assert out.result.qc["n_accepted"] > 0
+    assert out.qc["n_accepted"] > 0
     assert win.calibration.progress.value() == out.acquisition["n_planned"] == 42
     assert "beads accepted / detected" in win.calibration.report.toPlainText()
     # the calibration fills the model panel in
@@ -144,18 +154,19 @@ def test_whole_flow_through_the_window(qtbot: Any, win: Any, tmp_path: Path) -> 
     m.out_field.setText(str(tmp_path / "beads.axialmodel"))
     m.steps.setValue(300)
     m.max_time.setValue(6)
-    meter = StallMeter()
     meter.start()
     m.train_button.click()
     qtbot.waitUntil(lambda: not m.busy, timeout=180_000)
-    train_stall = meter.stop()
+    stalls["training"] = meter.stop()
     assert m.bundle_path == tmp_path / "beads.axialmodel", win.errors
     assert (m.bundle_path / "model.json").exists()
     assert len(m.history) >= 1
     assert win.live.model_field.text() == str(m.bundle_path)
     # evaluate on the test beads and compile the engine, from the panel
+    meter.start()
     m.eval_button.click()
     qtbot.waitUntil(lambda: not m.busy, timeout=120_000)
+    stalls["evaluate"] = meter.stop()
     assert m.eval_result is not None, win.errors
     n_bins = len(m.eval_result.bins)
     assert n_bins > 0
@@ -180,10 +191,10 @@ def test_whole_flow_through_the_window(qtbot: Any, win: Any, tmp_path: Path) -> 
     qtbot.waitUntil(
         lambda: lv.status_updates >= 3 and lv.view.frames_shown >= 3, timeout=60_000
     )
-    live_stall = meter.stop()
     assert read_attrs(tmp_path / "live.zarr")["state"] == "open"
     lv.stop_button.click()
     qtbot.waitUntil(lambda: not lv.running, timeout=120_000)
+    stalls["live run"] = meter.stop()
     assert win.errors == []
     met = lv.metrics
     assert met.frames_written > 0
@@ -202,16 +213,7 @@ def test_whole_flow_through_the_window(qtbot: Any, win: Any, tmp_path: Path) -> 
     # the Runs panel opened it
     assert win.runs.summary is not None
     assert win.runs.summary["frames"] == len(run.frames)
-    # "Open in napari": the planes, the localizations in um, the tracks
-    napari = pytest.importorskip("napari")
-    from axialtrack.gui._runs import open_in_napari
-
-    viewer = open_in_napari(tmp_path / "live.zarr", napari.components.ViewerModel())
-    layers = {layer.name: layer for layer in viewer.layers}
-    assert layers["plane 0"].data.shape[0] == len(run.frames)
-    assert layers["plane 1"].data.shape[0] == len(run.frames)
-    if len(run.localizations):
-        assert len(layers["localizations"].data) == len(run.localizations)
+    # "Open in napari" (the project's reader) is tested in test_gui_napari.py
     # settings persist: a new window starts from them
     from axialtrack.gui import MainWindow
 
@@ -222,12 +224,13 @@ def test_whole_flow_through_the_window(qtbot: Any, win: Any, tmp_path: Path) -> 
     w2.close()  # a window unloads the core it made
     assert list(w2.core.getLoadedDevices()) in ([], ["Core"])
     print(
-        f"GUI thread longest stall: training {train_stall:.0f} ms, "
-        f"live run {live_stall:.0f} ms"
+        "GUI thread longest stall: "
+        + ", ".join(f"{k} {v:.0f} ms" for k, v in stalls.items())
     )
-    # loose bounds for a loaded CI machine (target < 100 ms)
-    assert train_stall < 1000
-    assert live_stall < 1000
+    # the target is < 100 ms (docs/gui.md: the figures on an idle machine);
+    # the bound holds on a CI machine with two CPU burners beside the test
+    for phase, ms in stalls.items():
+        assert ms < STALL_BOUND_MS, (phase, stalls)
 
 
 def test_calibration_cancel_keeps_a_closed_store(
@@ -282,6 +285,9 @@ def test_bad_input_gives_the_dialog_and_writes_nothing(
     assert win.last_dialog.text() == win.errors[0]
     assert win.last_dialog.detailedText()  # the traceback, expandable
     assert win.core.getCameraDevice() == "Camera"
+    # the Rig panel's camera ROI shows the simulated camera's sensor
+    assert win.rig.roi.camera == "Camera"
+    assert win.rig.roi.value()["Camera"].pixel_width == win.core.getImageWidth()
 
     # a folder that is no model bundle
     lv = win.live
@@ -404,7 +410,7 @@ def test_calibration_sequence_edited_in_the_mda_widget(
     # 3 positions x 11 Z steps (-0.5 .. +0.5 um in 0.1 um)
     assert out.acquisition["n_planned"] == 33
     assert out.acquisition["n_frames"] == 33
-    assert out.result.qc["n_fields"] == 3
+    assert out.qc["n_fields"] == 3
 
 
 def _calibrate_as_set(qtbot: Any, w: Any, out: Path) -> Any:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .analysis import CalibrationResult
     from .stack import CalibrationStack
 
-__all__ = ["write_report"]
+__all__ = ["qc_figures", "write_report"]
 
 _REASON_COLORS = {
     "edge": "tab:gray",
@@ -293,6 +293,25 @@ def _crlb_plot(qc_psf: dict[str, object]) -> Figure:
     )
     ax.legend(fontsize=8)
     return fig
+
+
+def qc_figures(
+    result: CalibrationResult,
+    stack: CalibrationStack,
+    *,
+    psf_fit: PSFFit | None = None,
+) -> dict[str, Figure]:
+    """The report's figures a window shows: ``"beads"`` (the bead map), and
+    with ``psf_fit`` ``"psf_slices"`` and ``"psf_residuals"`` of the bead of
+    median photons among those the fit used (as :func:`write_report`)."""
+    figs = {"beads": _bead_maps(result, stack)}
+    if psf_fit is not None:
+        used = psf_fit.beads[psf_fit.beads["used"].astype(bool)]
+        if len(used):
+            bead = int(used.sort_values("photons").iloc[len(used) // 2]["bead"])
+            figs["psf_slices"] = _psf_slices(result, psf_fit, bead)
+            figs["psf_residuals"] = _psf_residuals(result, psf_fit, bead)
+    return figs
 
 
 def write_report(

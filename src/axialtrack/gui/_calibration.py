@@ -1,34 +1,56 @@
 """The Calibration panel: bead Z-stacks over several fields, run with progress
-and cancel, then the quality control in the window."""
+and cancel, or recorded stacks imported (``axialtrack calibrate --from``);
+then the quality control in the window, with the figures of ``axialtrack
+calibrate --report`` (bead map; fitted-PSF slices and residuals)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QMessageBox,
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QTabWidget,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
 
-from ._widgets import PathField, PlotCanvas, start_worker
+from ._widgets import FigureImage, PanelJob, PathField
 
 __all__ = ["CalibrationPanel"]
 
-#: Colors of the rejection reasons on the bead map.
-_REASON_COLORS = ("red", "orange", "magenta", "cyan", "yellow", "white")
+#: The figures shown, as (qc_images name, tab title).
+FIGURES = (
+    ("beads", "Bead map"),
+    ("psf_slices", "PSF: measured vs model"),
+    ("psf_residuals", "PSF residuals"),
+)
+
+#: The splitter layouts ``calibrate --from --layout`` takes ("" : found).
+LAYOUTS = (
+    "",
+    "side-by-side",
+    "top-bottom",
+    "two-files",
+    "single-plane-pairs",
+    "dual-plane",
+)
+
+#: The plane-1 flips ``calibrate --from --mirror`` takes.
+MIRRORS = ("auto", "none", "horizontal", "vertical", "both")
 
 
 def _spin(
@@ -55,7 +77,6 @@ class CalibrationPanel(QWidget):
         self.core = core
         self.rig = rig
         self.outcome: Any = None
-        self.worker: Any = None
         self._progress = (0, 0)
         self.events = CalibrationSignals()
         self.events.started.connect(lambda _p, n: self._set_progress(0, n))
@@ -104,15 +125,21 @@ class CalibrationPanel(QWidget):
         form.addRow("State", self.state_label)
         box = QGroupBox("Calibration run")
         box.setLayout(form)
+        ibox = self._import_box()
 
         self.report = QTextBrowser()
-        self.plot = PlotCanvas(figsize=(6.0, 3.2))
+        self.figure_tabs = QTabWidget()
+        self.figures: dict[str, FigureImage] = {}
+        for name, title in FIGURES:
+            self.figures[name] = FigureImage()
+            self.figure_tabs.addTab(self.figures[name], title)
         right = QVBoxLayout()
         right.addWidget(QLabel("Quality control"))
         right.addWidget(self.report, 1)
-        right.addWidget(self.plot, 2)
+        right.addWidget(self.figure_tabs, 2)
         left = QVBoxLayout()
         left.addWidget(box)
+        left.addWidget(ibox)
         left.addStretch(1)
         lw = QWidget()
         lw.setLayout(left)
@@ -123,13 +150,168 @@ class CalibrationPanel(QWidget):
         rw.setLayout(right)
         lay.addWidget(rw, 1)
 
-        self.timer = QTimer(self)
-        self.timer.setInterval(100)
-        self.timer.timeout.connect(self._show_progress)
+        self.job = PanelJob(self, refresh=self._show_progress, busy=self._set_busy)
+
+    def _import_box(self) -> QWidget:
+        """The import of recorded stacks: the options of ``axialtrack
+        calibrate --from`` (zero / "auto" / empty: found as the command finds
+        it)."""
+        self.import_sources = QLineEdit()
+        self.import_sources.setPlaceholderText(
+            "files or globs (field*.tif), ';' between several"
+        )
+        browse = QPushButton("...")
+        browse.clicked.connect(self._browse_sources)
+        src = QHBoxLayout()
+        src.addWidget(self.import_sources, 1)
+        src.addWidget(browse)
+        self.import_second = QLineEdit()
+        self.import_second.setPlaceholderText("plane-1 files (two-files), ';'")
+        self.import_layout = QComboBox()
+        self.import_layout.addItems(LAYOUTS)
+        self.import_layout.setItemText(0, "found (metadata, beads)")
+        self.import_mirror = QComboBox()
+        self.import_mirror.addItems(MIRRORS)
+        self.import_fields = QSpinBox()
+        self.import_fields.setRange(0, 1000)
+        self.import_fields.setSpecialValueText("one per file")
+        self.import_z_step = _spin(0.0, 10.0, 0.0, 0.01, 4)
+        self.import_z_step.setSpecialValueText("from metadata")
+        self.import_z_start = _spin(-1e4, 1e4, 0.0, 1.0, 3)
+        self.import_z_span = _spin(0.0, 1000.0, 0.0, 1.0, 3)
+        self.import_z_span.setSpecialValueText("frames x step")
+        self.import_offset = _spin(0.0, 5.0, 0.0, 0.05, 3)
+        self.import_offset.setSpecialValueText("from metadata")
+        self.import_pixel = _spin(0.0, 5.0, 0.0, 0.01, 4)
+        self.import_pixel.setSpecialValueText("from metadata")
+        self.import_camera_file = PathField(
+            "camera JSON (axialtrack camera)",
+            mode="open",
+            caption="Camera file",
+            filters="Camera (*.json)",
+        )
+        self.import_cam_offset = _spin(-1.0, 65535.0, -1.0, 1.0, 1)
+        self.import_cam_offset.setSpecialValueText("file / run store / default")
+        self.import_cam_gain = _spin(0.0, 1000.0, 0.0, 0.1, 3)
+        self.import_cam_gain.setSpecialValueText("file / run store / default")
+        self.import_cam_noise = _spin(-1.0, 1000.0, -1.0, 0.1, 2)
+        self.import_cam_noise.setSpecialValueText("file / run store / default")
+        self.import_button = QPushButton("Import and analyze")
+        self.import_button.clicked.connect(self.import_stacks)
+        f = QFormLayout()
+        f.addRow("Stacks", src)
+        f.addRow("Plane-1 files", self.import_second)
+        f.addRow("Layout", self.import_layout)
+        f.addRow("Plane-1 mirror", self.import_mirror)
+        f.addRow("Fields per file", self.import_fields)
+        f.addRow("Z step (um)", self.import_z_step)
+        f.addRow("Z of first frame (um)", self.import_z_start)
+        f.addRow("Z span (um)", self.import_z_span)
+        f.addRow("Plane offset (um)", self.import_offset)
+        f.addRow("Pixel size (um)", self.import_pixel)
+        f.addRow("Camera file", self.import_camera_file)
+        f.addRow("Camera offset (ADU)", self.import_cam_offset)
+        f.addRow("Camera gain (e-/ADU)", self.import_cam_gain)
+        f.addRow("Read noise (e-)", self.import_cam_noise)
+        f.addRow(self.import_button)
+        from superqt import QCollapsible
+
+        inner = QWidget()
+        inner.setLayout(f)
+        self.import_box = QCollapsible("Import recorded stacks (calibrate --from)")
+        self.import_box.addWidget(inner)  # folded away until wanted
+        return self.import_box
+
+    def _browse_sources(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        files, _ = QFileDialog.getOpenFileNames(self, "Recorded bead stacks")
+        if files:
+            self.import_sources.setText(";".join(files))
+
+    def import_request(self, overwrite: bool = False) -> Any:
+        """The :class:`~axialtrack.gui._backend.CalibrationImport` the import
+        fields make (the Output field: where the calibration is written;
+        empty: into an imported run store)."""
+        from ._backend import CalibrationImport, InputError
+
+        def paths(text: str) -> tuple[str, ...]:
+            return tuple(t.strip() for t in text.split(";") if t.strip())
+
+        sources = paths(self.import_sources.text())
+        if not sources:
+            raise InputError(
+                "Import: give the recorded stacks (files or globs, ';' between)."
+            )
+        cam: dict[str, float] = {}
+        if self.import_cam_offset.value() >= 0:
+            cam["offset_adu"] = self.import_cam_offset.value()
+        if self.import_cam_gain.value() > 0:
+            cam["e_per_adu"] = self.import_cam_gain.value()
+        if self.import_cam_noise.value() >= 0:
+            cam["read_noise_e"] = self.import_cam_noise.value()
+        out = self.out_field.text()
+        cam_file = self.import_camera_file.text()
+        return CalibrationImport(
+            sources=sources,
+            out=_zarr_path(out) if out else None,
+            overwrite=overwrite,
+            layout=LAYOUTS[self.import_layout.currentIndex()] or None,
+            second=paths(self.import_second.text()),
+            fields=self.import_fields.value() or None,
+            z_step_um=self.import_z_step.value() or None,
+            z_start_um=self.import_z_start.value(),
+            z_span_um=self.import_z_span.value() or None,
+            plane_offset_um=self.import_offset.value() or None,
+            pixel_size_um=self.import_pixel.value() or None,
+            mirror=self.import_mirror.currentText(),
+            camera_file=Path(cam_file).expanduser() if cam_file else None,
+            camera=cam,
+            psf_fit=self.psf_fit.isChecked(),
+        )
+
+    def import_stacks(self, *, overwrite: bool | None = None) -> bool:
+        """Import and analyze the recorded stacks in a worker (replacing an
+        existing output only once confirmed); a refusal goes to
+        :attr:`error`, nothing written."""
+        from ._backend import import_calibration_job
+
+        if self.running:
+            return False
+        try:
+            req = self.import_request()
+            if req.out is not None and overwrite is None:
+                overwrite = False
+                if req.out.exists():
+                    ans = QMessageBox.question(
+                        self, "Replace?", f"{req.out} already exists. Replace it?"
+                    )
+                    if ans != QMessageBox.StandardButton.Yes:
+                        return False
+                    overwrite = True
+            req = req.model_copy(update={"overwrite": bool(overwrite)})
+        except Exception as exc:
+            self.error.emit(exc)
+            return False
+        self.outcome = None
+        self.state_label.setText(f"importing {', '.join(req.sources)} ...")
+        self.job.start(
+            import_calibration_job,
+            req,
+            on_done=self._done,
+            on_error=self._failed,
+            timer=False,
+        )
+        return True
+
+    def _set_busy(self, on: bool) -> None:
+        self.run_button.setEnabled(not on)
+        self.import_button.setEnabled(not on)
+        self.cancel_button.setEnabled(on)
 
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        return self.job.running
 
     def _set_progress(self, n: int, total: int) -> None:
         # from the MDA thread: a tuple store, shown by the timer
@@ -149,9 +331,7 @@ class CalibrationPanel(QWidget):
             text = self.out_field.text()
             if not text:
                 raise ValueError("Output: give the calibration run store (.zarr).")
-            out = Path(text).expanduser()
-            if out.suffix != ".zarr":
-                out = out.with_name(out.name + ".zarr")
+            out = _zarr_path(text)
             if overwrite is None:
                 overwrite = False
                 if out.exists():
@@ -260,10 +440,7 @@ class CalibrationPanel(QWidget):
         self.outcome = None
         self._progress = (0, 0)
         self.state_label.setText(f"acquiring into {out} ...")
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.timer.start()
-        self.worker = start_worker(
+        self.job.start(
             run_calibration_job,
             self.core,
             req,
@@ -282,21 +459,12 @@ class CalibrationPanel(QWidget):
             self.state_label.setText("cancelling...")
             cancel_calibration(self.core)
 
-    def _end(self) -> None:
-        self.timer.stop()
-        self._show_progress()
-        self.worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-
     def _failed(self, exc: BaseException) -> None:
-        self._end()
         self.state_label.setText("failed")
         self.error.emit(exc)
         self.calibrationFinished.emit(exc)
 
     def _done(self, outcome: Any) -> None:
-        self._end()
         self.outcome = outcome
         acq = outcome.acquisition
         if outcome.cancelled:
@@ -306,14 +474,16 @@ class CalibrationPanel(QWidget):
             )
         else:
             self.state_label.setText(f"done: {outcome.path}")
-            self.show_qc(outcome.result, outcome.stack)
+            self.show_qc(outcome)
         self.calibrationFinished.emit(outcome)
 
     # ----------------------------------------------------------------- QC
-    def show_qc(self, result: Any, stack: Any) -> None:
-        """The quality control of ``axialtrack calibrate`` and the bead map
-        (accepted / rejected with the reason) of the first fields."""
-        qc = result.qc
+    def show_qc(self, outcome: Any) -> None:
+        """The quality control of ``axialtrack calibrate`` and its report's
+        figures, rendered in the worker (:func:`~axialtrack.gui._backend.qc_images`):
+        the bead map (accepted / rejected with the reason), and the fitted-PSF
+        slices and residuals where the calibration has a PSF fit."""
+        qc = outcome.qc
         reg = qc["registration"]
         refz = qc["ref_z"]
         ex = qc["examples"]
@@ -355,45 +525,14 @@ class CalibrationPanel(QWidget):
             + "</table>"
         )
         self.report.setHtml(html)
-        self._bead_map(result, stack)
+        figures = getattr(outcome, "figures", None) or {}
+        for i, (name, _title) in enumerate(FIGURES):
+            self.figures[name].set_rgba(figures.get(name))
+            self.figure_tabs.setTabEnabled(i, name in figures)
+        self.figure_tabs.setCurrentIndex(0)
 
-    def _bead_map(self, result: Any, stack: Any) -> None:
-        import numpy as np
 
-        fig = self.plot.figure
-        fig.clear()
-        beads = result.beads
-        n = min(stack.n_fields, 3)
-        reasons = [r for r in beads["reason"].unique() if r]
-        colors = dict(zip(reasons, _REASON_COLORS * 3, strict=False))
-        for p in range(n):
-            ax = fig.add_subplot(1, n, p + 1)
-            mp = np.asarray(stack.frames[p][:, 0]).max(axis=0)
-            lo, hi = np.percentile(mp, [1, 99.8])
-            ax.imshow(mp, cmap="gray", vmin=lo, vmax=hi)
-            fb = beads[beads["field"] == p]
-            acc = fb[fb["status"] == "accepted"]
-            ax.scatter(
-                acc["x_px0"],
-                acc["y_px0"],
-                s=40,
-                facecolors="none",
-                edgecolors="lime",
-                label="accepted",
-            )
-            for reason, color in colors.items():
-                rj = fb[fb["reason"] == reason]
-                if len(rj):
-                    ax.scatter(
-                        rj["x_px0"],
-                        rj["y_px0"],
-                        s=40,
-                        marker="x",
-                        c=color,
-                        label=reason,
-                    )
-            ax.set_title(f"field {p}: {len(acc)}/{len(fb)} accepted", fontsize=8)
-            ax.set_axis_off()
-            if p == 0:
-                ax.legend(loc="upper right", fontsize=6)
-        self.plot.draw()
+def _zarr_path(text: str) -> Path:
+    """The run store a path field names (``.zarr`` added)."""
+    out = Path(text).expanduser()
+    return out if out.suffix == ".zarr" else out.with_name(out.name + ".zarr")

@@ -11,21 +11,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
+    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QMessageBox,
     QPushButton,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from ._widgets import DualPlaneView, PathField, TrackPlot, register_planes
+from axialtrack.live import LiveOutcome
+
+from ._backend import InputError
+from ._widgets import (
+    DualPlaneView,
+    PanelJob,
+    PathField,
+    TrackPlot,
+    register_planes,
+)
 
 __all__ = ["LivePanel"]
 
@@ -43,6 +54,29 @@ METRICS = (
 
 #: Frames of track tail drawn.
 TAIL_FRAMES = 30
+
+
+def _run_job(session: Any) -> tuple[Any, Any]:
+    """A run of the panel, in its worker: the analysis process starts and the
+    store opens here, off the GUI thread (a refusal writes nothing; a
+    replaced store is put back); then the run, and the track table read for
+    the summary. ``(LiveOutcome, tracks)``."""
+    session.prepare()
+    outcome = session.run()
+    return outcome, _read_tracks(session.out, outcome)
+
+
+def _read_tracks(path: Path | None, outcome: Any) -> Any:
+    """The track table of a finished run store (None without one; the
+    exception where it cannot be read): read off the GUI thread."""
+    if path is None or (outcome is not None and outcome.metrics is None):
+        return None
+    from axialtrack.store import open_run
+
+    try:
+        return open_run(path).tracks
+    except Exception as exc:
+        return exc
 
 
 class _Bridge(QObject):
@@ -76,7 +110,6 @@ class LivePanel(QWidget):
         self._z_range = (np.inf, -np.inf)
         self._bridge = _Bridge()
         self._bridge.done.connect(self._on_done)
-        self._thread: threading.Thread | None = None
         self._attached: tuple[Any, float, Any] | None = None
 
         self.model_field = PathField(
@@ -93,9 +126,26 @@ class LivePanel(QWidget):
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
         self.stop_button.clicked.connect(self.stop)
+        self.duration_spin = QDoubleSpinBox()
+        self.duration_spin.setRange(1.0, 3600.0)
+        self.duration_spin.setValue(60.0)
+        self.duration_spin.setSuffix(" s")
+        self.duration_spin.setToolTip(
+            "The run stops after this long, or at Stop (axialtrack live --duration)"
+        )
+        self.shard_spin = QSpinBox()
+        self.shard_spin.setRange(1, 255)
+        self.shard_spin.setValue(1)
+        self.shard_spin.setSpecialValueText("one file per frame")
+        self.shard_spin.setToolTip(
+            "Frames per file of the frame array (axialtrack live --shard-frames): "
+            "fewer, larger files for long runs at a high frame rate"
+        )
         form = QFormLayout()
         form.addRow("Model", self.model_field)
         form.addRow("Output", self.out_field)
+        form.addRow("Duration", self.duration_spin)
+        form.addRow("Frames per file", self.shard_spin)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
@@ -135,14 +185,13 @@ class LivePanel(QWidget):
         lay.addLayout(right, 1)
 
         # everything the run shows is pulled at 10 Hz on the GUI thread
-        self.timer = QTimer(self)
-        self.timer.setInterval(100)
-        self.timer.timeout.connect(self._refresh)
+        self.job = PanelJob(self, refresh=self._refresh, busy=self._set_running)
+        self.timer = self.job.timer  # also drives runs shown with attach()
 
     # --------------------------------------------------------------- run
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        return self.job.running
 
     def start(self, *, overwrite: bool | None = None) -> bool:
         """Check the inputs, open the store and start the run in its own
@@ -151,7 +200,7 @@ class LivePanel(QWidget):
         started; a refusal goes to :attr:`error` and writes nothing."""
         if self.running:
             return False
-        from ._backend import LiveSession
+        from ._backend import LiveJob, check_output
 
         out_text, model_text = self.out_field.text(), self.model_field.text()
         try:
@@ -171,8 +220,6 @@ class LivePanel(QWidget):
                     if ans != QMessageBox.StandardButton.Yes:
                         return False
                     overwrite = True
-            from ._backend import check_output
-
             check_output(out, overwrite)  # refused at once, nothing written
             bundle = Path(model_text).expanduser() if model_text else None
             if bundle is not None:
@@ -181,12 +228,15 @@ class LivePanel(QWidget):
                 load_bundle(bundle)  # BundleError: refused at once
             if self.core.isSequenceRunning():
                 self.core.stopSequenceAcquisition()
-            session = LiveSession(
+            shards = int(self.shard_spin.value())
+            session = LiveJob(
                 core=self.core,
                 out=out,
                 bundle=bundle,
                 overwrite=overwrite,
                 config_name=self.rig.config_name,
+                duration_s=float(self.duration_spin.value()),
+                shard_frames=shards if shards >= 2 else None,
             )
         except Exception as exc:
             self.error.emit(exc)
@@ -196,12 +246,12 @@ class LivePanel(QWidget):
         self._reset()
         self._connect(session.events)
         self.last_store = session.out
-        self._thread = threading.Thread(
-            target=self._run, args=(session,), name="axialtrack-gui-live", daemon=True
+        self.job.start(
+            _run_job,
+            session,
+            on_done=lambda res: self._on_done(*res),
+            on_error=lambda exc: self._on_done(None, exc),
         )
-        self._set_running(True)
-        self._thread.start()
-        self.timer.start()
         return True
 
     def _reset(self) -> None:
@@ -238,10 +288,19 @@ class LivePanel(QWidget):
         self._reset()
         self._attached = (geometry, float(pixel_size_um), last_frame)
         self._connect(events)
-        events.finished.connect(lambda m: self._bridge.done.emit(m, None))
+        events.finished.connect(self._attached_finished)
         events.failed.connect(lambda e: self._bridge.done.emit(None, e))
         self.state_label.setText("showing a run started elsewhere")
         self.timer.start()
+
+    def _attached_finished(self, metrics: Any) -> None:
+        # the run's thread: the track table is read in another one, so that
+        # neither the run nor the GUI thread waits on it
+        def read() -> None:
+            outcome = LiveOutcome(metrics=metrics)
+            self._bridge.done.emit(outcome, _read_tracks(self.last_store, outcome))
+
+        threading.Thread(target=read, name="axialtrack-gui-tracks", daemon=True).start()
 
     def _display(self) -> tuple[Any, Any, float]:
         """(last-frame function, geometry, pixel size) of the run shown."""
@@ -259,17 +318,6 @@ class LivePanel(QWidget):
             self.state_label.setText("stopping: storing what was received...")
             self.stop_button.setEnabled(False)
             self.session.stop()
-
-    def _run(self, session: Any) -> None:
-        try:
-            # the analysis process starts and the store opens here, off the
-            # GUI thread; a refusal writes nothing
-            session.prepare()
-            metrics = session.run()
-        except BaseException as exc:
-            self._bridge.done.emit(None, exc)
-        else:
-            self._bridge.done.emit(metrics, None)
 
     # subscribers: these run in the run's threads and only store references
     def _on_started(self, path: Any) -> None:
@@ -360,17 +408,28 @@ class LivePanel(QWidget):
             self.view.set_caption(f"z {lo:.2f} .. {hi:.2f} um (viridis)")
 
     # ---------------------------------------------------------------- end
-    def _on_done(self, metrics: Any, exc: BaseException | None) -> None:
+    def _on_done(self, outcome: Any, extra: Any) -> None:
+        """The run ended: ``(LiveOutcome, tracks)``, or ``(None, error)``
+        from a run that did not start (or an attached one that failed)."""
         self.timer.stop()
         self._refresh()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=5.0)
         self._set_running(False)
-        if exc is not None:
-            self.state_label.setText("failed")
-            self.error.emit(exc)
-            self.runFinished.emit(exc)
+        if outcome is None:  # the run did not start, or failed attached
+            outcome, extra = LiveOutcome(metrics=None, error=extra), None
+        metrics, tracks, put_back = outcome.metrics, extra, outcome.put_back
+        error = outcome.error or outcome.acquisition_error
+        if metrics is None:
+            if error is None:
+                error = InputError(
+                    "No frame was stored: the camera delivered none before the "
+                    "run ended. Check the camera (exposure, trigger) and start "
+                    "again."
+                )
+            self.state_label.setText(
+                "failed" + (" (the previous store is back)" if put_back else "")
+            )
+            self.error.emit(error)
+            self.runFinished.emit(error)
             return
         self.metrics = metrics
         self._show_metrics(metrics)
@@ -378,34 +437,31 @@ class LivePanel(QWidget):
             f"done ({metrics.stop_reason}): {metrics.frames_written} frames stored "
             f"in {self.last_store}"
         )
-        self._show_summary()
+        self._show_summary(tracks)
+        if error is not None:
+            self.error.emit(error)
         self.runFinished.emit(metrics)
 
-    def _show_summary(self) -> None:
-        from axialtrack.store import open_run
-
-        if self.last_store is None:
-            return
-        try:
-            tracks = open_run(self.last_store).tracks
-        except Exception as exc:
-            self.error.emit(exc)
-            return
+    def _show_summary(self, tracks: Any) -> None:
         self.tracks = tracks
+        if isinstance(tracks, BaseException):
+            self.error.emit(tracks)
+            return
         if tracks is None or not len(tracks):
             self.summary_label.setText("no track in this run")
             self.summary.setRowCount(0)
             return
         cols = list(tracks.columns)[:8]
         shown = tracks.head(200)
+        self.summary.setUpdatesEnabled(False)
         self.summary.setColumnCount(len(cols))
         self.summary.setHorizontalHeaderLabels(cols)
         self.summary.setRowCount(len(shown))
-        for i, (_, r) in enumerate(shown.iterrows()):
-            for j, c in enumerate(cols):
-                v = r[c]
+        for i, row in enumerate(shown[cols].itertuples(index=False)):
+            for j, v in enumerate(row):
                 text = f"{v:.4g}" if isinstance(v, float) else str(v)
                 self.summary.setItem(i, j, QTableWidgetItem(text))
+        self.summary.setUpdatesEnabled(True)
         self.summary_label.setText(
             f"{len(tracks)} tracks"
             + (f" (first {len(shown)} shown)" if len(shown) < len(tracks) else "")
@@ -414,8 +470,10 @@ class LivePanel(QWidget):
     def _set_running(self, on: bool) -> None:
         self.start_button.setEnabled(not on)
         self.stop_button.setEnabled(on)
-        self.out_field.setEnabled(not on)
-        self.model_field.setEnabled(not on)
+        for w in (self.out_field, self.model_field):
+            w.setEnabled(not on)
+        for spin in (self.duration_spin, self.shard_spin):
+            spin.setEnabled(not on)
         if on:
             self.state_label.setText(f"running -> {self.last_store}")
 

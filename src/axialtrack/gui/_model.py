@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -23,13 +23,21 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._widgets import LinePlot, PathField, start_worker
+from ._widgets import LinePlot, PanelJob, PathField
 
 __all__ = ["ModelPanel"]
 
 
 def evaluate_job(bundle: Path, calibration: Path) -> Any:
-    """:func:`axialtrack.model.evaluate` on the test beads, CRLB where known."""
+    """:func:`axialtrack.model.evaluate` on the test beads, CRLB where known,
+    in a child process (its imports held the interpreter lock for 0.5 s at a
+    time in a thread: the window froze that long)."""
+    from ._train_process import call_in_process
+
+    return call_in_process(_evaluate, bundle, calibration)
+
+
+def _evaluate(bundle: Path, calibration: Path) -> Any:
     from axialtrack.model import evaluate
 
     return evaluate(bundle, calibration, "test", crlb="auto")
@@ -67,7 +75,6 @@ class ModelPanel(QWidget):
         super().__init__(parent)
         from axialtrack.events import TrainSignals
 
-        self.worker: Any = None
         self.history: list[dict[str, Any]] = []
         self._pending: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -156,29 +163,31 @@ class ModelPanel(QWidget):
         lay = QHBoxLayout(self)
         lay.addWidget(lw)
         lay.addWidget(rw, 1)
-        self.timer = QTimer(self)
-        self.timer.setInterval(200)
-        self.timer.timeout.connect(self._draw_history)
+        # the training's epochs drawn at 5 Hz; evaluate and compile draw at
+        # their end only
+        self._training = False
+        self.job = PanelJob(
+            self, refresh=self._draw_history, interval_ms=200, busy=self._set_busy
+        )
 
     @property
     def busy(self) -> bool:
-        return self.worker is not None
+        return self.job.running
 
-    def _start(self, func: Any, *args: Any, done: Any, **kwargs: Any) -> None:
-        self._set_busy(True)
-        self.worker = start_worker(
-            func, *args, on_done=done, on_error=self._failed, **kwargs
+    def _start(
+        self, func: Any, *args: Any, done: Any, timer: bool = False, **kwargs: Any
+    ) -> None:
+        self.job.start(
+            func, *args, on_done=done, on_error=self._failed, timer=timer, **kwargs
         )
 
     def _set_busy(self, on: bool) -> None:
         for b in (self.train_button, self.eval_button, self.compile_button):
             b.setEnabled(not on)
-        self.cancel_button.setEnabled(on and self.timer.isActive())
+        self.cancel_button.setEnabled(on and self._training)
 
     def _failed(self, exc: BaseException) -> None:
-        self.timer.stop()
-        self.worker = None
-        self._set_busy(False)
+        self._training = False
         self.state_label.setText("failed")
         self.error.emit(exc)
         self.trainFinished.emit(exc)
@@ -212,9 +221,9 @@ class ModelPanel(QWidget):
         with self._lock:
             self._pending = []
         self.state_label.setText("training...")
-        self.timer.start()
         from ._train_process import run_training
 
+        self._training = True
         self._start(
             run_training,
             Path(calib).expanduser(),
@@ -225,6 +234,7 @@ class ModelPanel(QWidget):
             events=self.events,
             stop=self._stop,
             done=self._trained,
+            timer=True,
         )
         return True
 
@@ -255,10 +265,7 @@ class ModelPanel(QWidget):
         )
 
     def _trained(self, res: tuple[dict[str, Any], Path | None]) -> None:
-        self.timer.stop()
-        self._draw_history()
-        self.worker = None
-        self._set_busy(False)
+        self._training = False
         m, path = res
         if path is None:
             self.state_label.setText(
@@ -290,8 +297,6 @@ class ModelPanel(QWidget):
         return True
 
     def _evaluated(self, res: Any) -> None:
-        self.worker = None
-        self._set_busy(False)
         self.eval_result = res
         s = res.summary
         self.result_label.setText(
@@ -323,8 +328,6 @@ class ModelPanel(QWidget):
         return True
 
     def _compiled(self, info: dict[str, Any]) -> None:
-        self.worker = None
-        self._set_busy(False)
         self.engine_info = info
         cache = f", engine cache: {info['cache']}" if info.get("cache") else ""
         self.result_label.setText(

@@ -23,9 +23,77 @@ from qtpy.QtWidgets import (
 
 from ._widgets import DualPlaneView, register_planes
 
-__all__ = ["RigPanel"]
+__all__ = ["RigPanel", "camera_roi_widget"]
 
 SIM_LABEL = "sim-dualplane (simulated rig)"
+
+#: Camera properties that change the sensor's size (the simulated camera's
+#: planes; binning)
+SIZE_PROPERTIES = frozenset({"PlaneWidth", "PlaneHeight", "Binning"})
+
+
+def camera_roi_widget(core: Any, on_error: Any) -> QWidget:
+    """pymmcore-widgets' ``CameraRoiWidget`` for ``core``, made safe for this
+    rig (pymmcore-widgets 0.12):
+
+    - before a camera is loaded (or while a config loads, when the pixel
+      size changes first) it has no camera: its ``self._cameras[""]`` raised
+      ``KeyError: ''`` and ``getROI("")`` a ``RuntimeError``; it now waits
+      for the config;
+    - the sensor's size follows the camera's size properties (the simulated
+      camera's ``PlaneWidth`` / ``PlaneHeight``; it kept the size it first
+      read);
+    - a camera whose size cannot be read (e.g. a second rig loaded in
+      another core of the process) leaves the widget disabled with the
+      reason, instead of raising while the window is built;
+    - a crop the camera refuses (the simulated camera keeps both planes
+      whole) goes to ``on_error`` (the window's dialog), not to a traceback
+      on the terminal.
+    """
+    from pymmcore_widgets import CameraRoiWidget
+
+    class RigCameraRoi(CameraRoiWidget):
+        def _has_camera(self) -> bool:
+            return bool(self.camera) and self.camera in self._cameras
+
+        def _on_sys_cfg_loaded(self) -> None:
+            try:
+                super()._on_sys_cfg_loaded()
+            except Exception as exc:  # a camera whose size cannot be read
+                self._cameras.clear()
+                self._enable(False)
+                self.lbl_info.setText(" ".join(str(exc).split()))
+
+        def _update_lbl_info(self) -> None:
+            if self._has_camera():
+                super()._update_lbl_info()
+
+        def _on_roi_set(
+            self, camera: str, x: int, y: int, width: int, height: int
+        ) -> None:
+            if camera in self._cameras and self._has_camera():
+                super()._on_roi_set(camera, x, y, width, height)
+
+        def _on_property_changed(self, device: str, prop: str, value: str) -> None:
+            if prop in SIZE_PROPERTIES and device in self._cameras:
+                self._on_sys_cfg_loaded()  # the sensor's new size
+                return
+            super()._on_property_changed(device, prop, value)
+
+        def _on_crop_button_clicked(self) -> None:
+            try:
+                super()._on_crop_button_clicked()
+            except Exception as exc:
+                on_error(exc)
+
+        def _on_crop_roi_mode_change(self, value: str) -> None:
+            try:
+                super()._on_crop_roi_mode_change(value)
+            except Exception as exc:  # a preset size the camera refuses
+                self._on_sys_cfg_loaded()  # back to the full chip
+                on_error(exc)
+
+    return RigCameraRoi(mmcore=core)
 
 
 class RigPanel(QWidget):
@@ -96,11 +164,15 @@ class RigPanel(QWidget):
         ctl_box.setLayout(ctl)
         stage_group = QGroupBox("Stage and Z")
         stage_group.setLayout(self.stage_box)
+        self.roi = camera_roi_widget(core, self.error.emit)
+        roi_box = QGroupBox("Camera ROI")
+        QVBoxLayout(roi_box).addWidget(self.roi)
 
         left = QVBoxLayout()
         left.addWidget(cfg_box)
         left.addWidget(ctl_box)
         left.addWidget(stage_group)
+        left.addWidget(roi_box)
         left.addStretch(1)
         self.view = DualPlaneView()
         lay = QHBoxLayout(self)

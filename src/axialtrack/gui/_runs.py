@@ -21,41 +21,34 @@ from ._widgets import PathField
 __all__ = ["RunsPanel", "open_in_napari"]
 
 
+def napari_plugin_registered() -> None:
+    """Make sure npe2 knows this package's napari plugin
+    (:mod:`axialtrack.napari_plugin`): installed, it is found by its entry
+    point; run from a source tree, its manifest is registered here."""
+    from npe2 import PluginManager, PluginManifest
+
+    pm = PluginManager.instance()
+    pm.discover()
+    if "axialtrack" not in pm._manifests:
+        import axialtrack.napari_plugin as plugin
+
+        pm.register(
+            PluginManifest.from_file(Path(plugin.__file__).parent / "napari.yaml")
+        )
+
+
 def open_in_napari(path: Path, viewer: Any = None) -> Any:
-    """Open a run store in napari: the two planes (lazily, from zarr), the
-    localizations as points (t, y, x in pixels, colored by z) and the tracks.
-    Returns the viewer (``viewer``, or a new one)."""
-    import napari
-    import numpy as np
-
-    from axialtrack.pipeline import to_napari_tracks
-    from axialtrack.store import open_run
-
-    run = open_run(path)
-    px = float(run.attrs.get("pixel_size_um") or 1.0)
+    """Open a run store in napari with this package's reader
+    (:func:`axialtrack.napari_plugin.read_run`: both planes read lazily, the
+    localizations and tracks, co-registered in the run's world frame), as
+    napari's File > Open does. Returns the viewer (``viewer``, e.g. a
+    headless ``ViewerModel``, or a new ``napari.Viewer`` window)."""
+    napari_plugin_registered()
     if viewer is None:
+        import napari
+
         viewer = napari.Viewer(title=f"axialtrack: {Path(path).name}")
-    frames = run.frames
-    if len(frames):
-        viewer.add_image(
-            frames, channel_axis=1, name=["plane 0", "plane 1"], scale=(1, px, px)
-        )
-    locs = run.localizations
-    if len(locs):
-        pts = np.column_stack([locs["frame"], locs["y_um"], locs["x_um"]])
-        viewer.add_points(
-            pts,
-            name="localizations",
-            size=4 * px,
-            features={"z_um": locs["z_um"].to_numpy()},
-            face_color="z_um",
-            face_colormap="viridis",
-        )
-        linked = locs[locs["track_id"] >= 0]
-        if len(linked):
-            data, props = to_napari_tracks(linked)
-            # (track_id, t, z, y, x) -> 2D tracks over the image: (id, t, y, x)
-            viewer.add_tracks(data[:, [0, 1, 3, 4]], properties=props, name="tracks")
+    viewer.open(str(path), plugin="axialtrack")
     return viewer
 
 

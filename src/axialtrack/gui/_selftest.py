@@ -39,6 +39,140 @@ def _shoot(win: Any, index: int, path: Path | None) -> None:
         win.grab().save(str(path))
 
 
+class _SelfTest:
+    """The self-test's steps on one window; each records its result."""
+
+    def __init__(self, win: Any, out: Path, shots: Path | None, log: Any) -> None:
+        self.win, self.out, self.shots, self.log = win, out, shots, log
+        self.results: dict[str, bool] = {}
+
+    def step(self, name: str, ok: bool, detail: str) -> bool:
+        self.results[name] = ok
+        self.log(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
+        return ok
+
+    def shoot(self, index: int, name: str) -> None:
+        _shoot(self.win, index, self.shots and self.shots / f"gui-{name}.png")
+
+    def rig(self) -> bool:
+        win = self.win
+        core = win.core
+        cam = core.getCameraDevice()
+        for prop, v in (("PlaneWidth", PLANE_PX), ("PlaneHeight", PLANE_PX)):
+            core.setProperty(cam, prop, str(v))
+        win.rig.scene_combo.setCurrentText("beads")
+        win.rig.snap_button.click()
+        _wait(lambda: win.rig.view.frames_shown > 0, 10.0)
+        ok = self.step("rig", win.rig.view.frames_shown > 0, win.rig.geometry_text())
+        self.shoot(0, "rig")
+        return ok
+
+    def calibrate(self) -> bool:
+        t0 = time.perf_counter()
+        win = self.win
+        c = win.calibration
+        c.out_field.setText(str(self.out / "calibration.zarr"))
+        c.z_range.setValue(1.0)
+        c.z_step.setValue(0.1)
+        c.fields.setValue(2)
+        win.tabs.setCurrentIndex(1)
+        c.run_button.click()
+        _wait(lambda: not c.running, 120.0)
+        oc = c.outcome
+        ok = oc is not None and not oc.cancelled and oc.qc is not None
+        n_acc = oc.qc["n_accepted"] if ok else 0
+        ok = self.step(
+            "calibrate",
+            ok and n_acc > 0,
+            f"{n_acc} beads accepted, {time.perf_counter() - t0:.1f} s"
+            + ("" if ok else f"; errors: {win.errors}"),
+        )
+        self.shoot(1, "calibration")
+        return ok
+
+    def train(self, steps: int, max_s: float) -> bool:
+        t0 = time.perf_counter()
+        win = self.win
+        m = win.model
+        m.steps.setValue(steps)
+        m.max_time.setValue(max_s)
+        win.tabs.setCurrentIndex(2)
+        m.train_button.click()
+        _wait(lambda: not m.busy, 180.0)
+        ok = m.bundle_path is not None and m.bundle_path.exists()
+        ok = self.step(
+            "train",
+            ok and len(m.history) > 0,
+            f"{len(m.history)} epochs, bundle {m.bundle_path}, "
+            f"{time.perf_counter() - t0:.1f} s"
+            + ("" if ok else f"; errors: {win.errors}"),
+        )
+        self.shoot(2, "model")
+        return ok
+
+    def live(self, live_s: float) -> bool:
+        from axialtrack.store import read_attrs
+
+        t0 = time.perf_counter()
+        win = self.win
+        lv = win.live
+        win.rig.scene_combo.setCurrentText("diffusing")
+        _focus_in_particles(win.core)
+        win.tabs.setCurrentIndex(3)
+        lv.start_button.click()
+        started = lv.running
+        # stop live_s seconds after the camera started (or on a failure)
+        _wait(lambda: not lv.running or lv.started_at is not None, 120.0)
+        _wait(
+            lambda: (
+                not lv.running or time.monotonic() - (lv.started_at or 0.0) > live_s
+            ),
+            live_s + 30,
+        )
+        self.shoot(3, "live")
+        lv.stop_button.click()
+        lv.wait_done(120.0)
+        met = lv.metrics
+        points_seen = lv.view.max_points
+        closed = (
+            lv.last_store is not None
+            and read_attrs(lv.last_store).get("state") == "closed"
+        )
+        ok = (
+            started
+            and met is not None
+            and met.frames_written > 0
+            and met.frames_analyzed > 0
+            and lv.status_updates > 0
+            and points_seen > 0
+            and closed
+            and lv.tracks is not None
+            and len(lv.tracks) > 0
+        )
+        detail = (
+            (
+                f"{met.frames_written} frames stored, {met.frames_analyzed} analyzed, "
+                f"{met.localizations} localizations, {len(lv.tracks)} tracks, "
+                f"{points_seen} particles drawn, up to "
+                f"{lv.track_plot.max_tracks} tracks plotted, store closed: {closed}, "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
+            if met is not None and lv.tracks is not None
+            else f"no result; errors: {win.errors}"
+        )
+        ok = self.step("live", ok, detail)
+        self.shoot(3, "live")
+        return ok
+
+    def runs(self) -> bool:
+        win = self.win
+        ok = self.step(
+            "runs", win.runs.summary is not None, f"opened {win.live.last_store}"
+        )
+        self.shoot(4, "runs")
+        return ok
+
+
 def run_self_test(
     screenshot_dir: str | Path | None = None,
     out_dir: str | Path | None = None,
@@ -50,10 +184,11 @@ def run_self_test(
 ) -> int:
     """Run the self-test; 0 if every step produced its result, else 1.
 
-    Steps: calibrate (store with QC, beads accepted), train (bundle written,
-    loss plotted), live ``live_s`` s then Stop (store closed, frames stored and
-    analyzed, metrics shown, localizations drawn, track summary), runs (the
-    store summarized). A screenshot of each panel goes to ``screenshot_dir``.
+    Steps: rig (a snap shown), calibrate (store with QC, beads accepted),
+    train (bundle written, loss plotted), live ``live_s`` s then Stop (store
+    closed, frames stored and analyzed, metrics shown, localizations drawn,
+    track summary), runs (the store summarized). A screenshot of each panel
+    goes to ``screenshot_dir``.
     """
     from qtpy.QtCore import QSettings
     from qtpy.QtWidgets import QApplication
@@ -71,131 +206,23 @@ def run_self_test(
     qs = QSettings(str(out / "settings.ini"), QSettings.Format.IniFormat)
     win = MainWindow(config=None, qsettings=qs, dialogs=False)
     win.show()
-    results: dict[str, bool] = {}
     t_all = time.perf_counter()
-
-    def step(name: str, ok: bool, detail: str) -> bool:
-        results[name] = ok
-        log(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
-        return ok
-
+    test = _SelfTest(win, out, shots, log)
     try:
-        core = win.core
-        cam = core.getCameraDevice()
-        for prop, v in (("PlaneWidth", PLANE_PX), ("PlaneHeight", PLANE_PX)):
-            core.setProperty(cam, prop, str(v))
-        win.rig.scene_combo.setCurrentText("beads")
-        win.rig.snap_button.click()
-        _wait(lambda: win.rig.view.frames_shown > 0, 10.0)
-        step("rig", win.rig.view.frames_shown > 0, win.rig.geometry_text())
-        _shoot(win, 0, shots and shots / "gui-rig.png")
-
-        # ---------------------------------------------------- calibrate
-        t0 = time.perf_counter()
-        c = win.calibration
-        c.out_field.setText(str(out / "calibration.zarr"))
-        c.z_range.setValue(1.0)
-        c.z_step.setValue(0.1)
-        c.fields.setValue(2)
-        win.tabs.setCurrentIndex(1)
-        c.run_button.click()
-        _wait(lambda: not c.running, 120.0)
-        oc = c.outcome
-        ok = oc is not None and not oc.cancelled and oc.result is not None
-        n_acc = oc.result.qc["n_accepted"] if ok else 0
-        step(
-            "calibrate",
-            ok and n_acc > 0,
-            f"{n_acc} beads accepted, {time.perf_counter() - t0:.1f} s"
-            + ("" if ok else f"; errors: {win.errors}"),
+        # each step needs the one before (a later one is not run)
+        test.rig()
+        _ = (
+            test.calibrate()
+            and test.train(train_steps, train_max_s)
+            and test.live(live_s)
+            and test.runs()
         )
-        _shoot(win, 1, shots and shots / "gui-calibration.png")
-        if not results["calibrate"]:
-            return 1
-
-        # -------------------------------------------------------- train
-        t0 = time.perf_counter()
-        m = win.model
-        m.steps.setValue(train_steps)
-        m.max_time.setValue(train_max_s)
-        win.tabs.setCurrentIndex(2)
-        m.train_button.click()
-        _wait(lambda: not m.busy, 180.0)
-        ok = m.bundle_path is not None and m.bundle_path.exists()
-        step(
-            "train",
-            ok and len(m.history) > 0,
-            f"{len(m.history)} epochs, bundle {m.bundle_path}, "
-            f"{time.perf_counter() - t0:.1f} s"
-            + ("" if ok else f"; errors: {win.errors}"),
-        )
-        _shoot(win, 2, shots and shots / "gui-model.png")
-        if not results["train"]:
-            return 1
-
-        # --------------------------------------------------------- live
-        t0 = time.perf_counter()
-        lv = win.live
-        win.rig.scene_combo.setCurrentText("diffusing")
-        _focus_in_particles(core)
-        win.tabs.setCurrentIndex(3)
-        lv.start_button.click()
-        started = lv.running
-        # stop live_s seconds after the camera started (or on a failure)
-        _wait(lambda: not lv.running or lv.started_at is not None, 120.0)
-        _wait(
-            lambda: (
-                not lv.running or time.monotonic() - (lv.started_at or 0.0) > live_s
-            ),
-            live_s + 30,
-        )
-        _shoot(win, 3, shots and shots / "gui-live.png")
-        lv.stop_button.click()
-        lv.wait_done(120.0)
-        met = lv.metrics
-        points_seen = lv.view.max_points
-        from axialtrack.store import read_attrs
-
-        closed = (
-            lv.last_store is not None
-            and read_attrs(lv.last_store).get("state") == "closed"
-        )
-        ok = (
-            started
-            and met is not None
-            and met.frames_written > 0
-            and met.frames_analyzed > 0
-            and lv.status_updates > 0
-            and points_seen > 0
-            and closed
-            and lv.tracks is not None
-            and len(lv.tracks) > 0
-        )
-        step(
-            "live",
-            ok,
-            (
-                f"{met.frames_written} frames stored, {met.frames_analyzed} analyzed, "
-                f"{met.localizations} localizations, {len(lv.tracks)} tracks, "
-                f"{points_seen} particles drawn, up to "
-                f"{lv.track_plot.max_tracks} tracks plotted, store closed: {closed}, "
-                f"{time.perf_counter() - t0:.1f} s"
-            )
-            if met is not None and lv.tracks is not None
-            else f"no result; errors: {win.errors}",
-        )
-        _shoot(win, 3, shots and shots / "gui-live.png")
-
-        # --------------------------------------------------------- runs
-        ok = win.runs.summary is not None
-        step("runs", ok, f"opened {lv.last_store}")
-        _shoot(win, 4, shots and shots / "gui-runs.png")
     finally:
         win.close()
         app.processEvents()
         if tmp is not None:
             tmp.cleanup()
-    good = all(results.values()) and len(results) == 5
+    good = all(test.results.values()) and len(test.results) == 5
     log(
         f"self-test {'passed' if good else 'FAILED'} in "
         f"{time.perf_counter() - t_all:.1f} s"

@@ -19,7 +19,7 @@ from typing import Any
 
 from axialtrack.errors import AxialtrackError
 
-__all__ = ["TrainingProcessError", "run_training"]
+__all__ = ["TrainingProcessError", "call_in_process", "run_training"]
 
 
 class TrainingProcessError(AxialtrackError, RuntimeError):
@@ -58,6 +58,39 @@ def _child(
             q.put(("error", exc))
         except Exception:
             q.put(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+_POOL: Any = None
+_POOL_LOCK = threading.Lock()
+
+
+def call_in_process(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """``func(*args, **kwargs)`` in a child process; its result (or its
+    exception, raised here).
+
+    For work that would hold this process's interpreter lock for long:
+    importing torch, scipy or numba for the first time held it for up to
+    0.5-0.9 s at a time in a worker thread, and the GUI thread waited that
+    long. The children (spawned, up to two) are kept for the next jobs, so
+    only the first pays for a Python start and the imports; a child that
+    died is replaced at the next call. ``func`` must be importable (a
+    module-level function) and its arguments and result picklable.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ProcessPoolExecutor(2, mp_context=mp.get_context("spawn"))
+        pool = _POOL
+    try:
+        return pool.submit(func, *args, **kwargs).result()
+    except BrokenProcessPool:
+        with _POOL_LOCK:
+            if _POOL is pool:
+                _POOL = None
+        raise
 
 
 def run_training(

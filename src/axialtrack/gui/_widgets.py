@@ -135,6 +135,47 @@ class PlotCanvas(QWidget):
         self.canvas.draw_idle()
 
 
+class FigureImage(QWidget):
+    """A figure rendered elsewhere (an RGBA array, e.g. a matplotlib figure
+    drawn in a worker thread), shown scaled to the widget: the GUI thread
+    only paints a pixmap."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setMinimumSize(200, 120)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self._image: QImage | None = None
+        self.shape: tuple[int, ...] = ()
+
+    def set_rgba(self, rgba: np.ndarray | None) -> None:
+        """Show an ``(H, W, 4)`` uint8 image (``None``: clear)."""
+        if rgba is None:
+            self._image, self.shape = None, ()
+        else:
+            a = np.ascontiguousarray(rgba, dtype=np.uint8)
+            h, w = a.shape[:2]
+            self._image = QImage(
+                a.tobytes(), w, h, 4 * w, QImage.Format.Format_RGBA8888
+            ).copy()
+            self.shape = a.shape
+        self.update()
+
+    def paintEvent(self, event: Any) -> None:
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), QColor("white"))
+        img = self._image
+        if img is not None:
+            scaled = img.scaled(
+                self.size(),
+                Qt.AspectRatioMode.KeepAspectRatio,
+                Qt.TransformationMode.SmoothTransformation,
+            )
+            x = (self.width() - scaled.width()) // 2
+            y = (self.height() - scaled.height()) // 2
+            painter.drawImage(x, y, scaled)
+        painter.end()
+
+
 def _viridis(v: np.ndarray) -> list[QColor]:
     from matplotlib import colormaps
 
@@ -283,6 +324,74 @@ def start_worker(
     worker.errored.connect(on_error)
     worker.start()
     return worker
+
+
+class PanelJob:
+    """A panel's long operation off the GUI thread, with its display timer.
+
+    :meth:`start` runs ``func`` in a worker (:func:`start_worker`) and, with
+    a ``refresh``, calls it every ``interval_ms`` on the GUI thread while the
+    job runs (what the worker and its signals left for display: progress,
+    epochs, metrics; the subscribers only store references). When the job
+    ends the timer stops, ``refresh`` runs once more, ``busy(False)`` and
+    then ``on_done(result)`` or ``on_error(exc)``, all on the GUI thread.
+    """
+
+    def __init__(
+        self,
+        parent: QWidget,
+        *,
+        refresh: Callable[[], None] | None = None,
+        interval_ms: int = 100,
+        busy: Callable[[bool], None] | None = None,
+    ) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer(parent)
+        self.timer.setInterval(interval_ms)
+        self._refresh = refresh
+        if refresh is not None:
+            self.timer.timeout.connect(refresh)
+        self._busy = busy
+        self.worker: Any = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        on_done: Callable[[Any], None],
+        on_error: Callable[[BaseException], None],
+        timer: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Start ``func(*args, **kwargs)`` (``timer=False``: no display
+        timer for this one)."""
+        if self._busy is not None:
+            self._busy(True)
+        if timer and self._refresh is not None:
+            self.timer.start()
+
+        def end() -> None:
+            self.timer.stop()
+            if self._refresh is not None:
+                self._refresh()
+            self.worker = None
+            if self._busy is not None:
+                self._busy(False)
+
+        def done(result: Any) -> None:
+            end()
+            on_done(result)
+
+        def failed(exc: BaseException) -> None:
+            end()
+            on_error(exc)
+
+        self.worker = start_worker(func, *args, on_done=done, on_error=failed, **kwargs)
 
 
 class LinePlot(QWidget):

@@ -11,6 +11,9 @@ analysis, without ever holding the camera up.
   :class:`StopSignals` (:mod:`.signals`).
 - :class:`CoreSource` (:mod:`.sources`): the camera's buffer polled directly
   (scripts, and the baseline of ``benchmarks/bench_live.py --path core``).
+- :class:`LiveRun` (:mod:`.session`): a live run prepared (store opened,
+  an existing one put back if the new run stores nothing), run and
+  reported, the same for ``axialtrack live`` and the control panel.
 - :class:`AnalysisProcess` (:mod:`.process`): the analysis in a child process
   fed through shared memory.
 
@@ -33,6 +36,14 @@ from .runner import (
     LiveRunner,
     open_live_writer,
 )
+from .session import (
+    LiveOptions,
+    LiveOutcome,
+    LiveRig,
+    LiveRun,
+    analyzer_options,
+    make_live_analyzer,
+)
 from .signals import StopSignals
 from .sources import CoreSource
 
@@ -45,6 +56,10 @@ __all__ = [
     "FrameAnalyzer",
     "FrameSource",
     "LiveMetrics",
+    "LiveOptions",
+    "LiveOutcome",
+    "LiveRig",
+    "LiveRun",
     "LiveRunner",
     "RunSignals",
     "RunnerConfig",
@@ -52,7 +67,9 @@ __all__ = [
     "StagedAnalyzer",
     "StopSignals",
     "TrackingHandler",
+    "analyzer_options",
     "live_sequence",
+    "make_live_analyzer",
     "nominal_fps",
     "open_live_writer",
 ]

@@ -38,6 +38,20 @@ console = Console()
 _LOC_DEFAULTS = LocalizerConfig()
 
 
+def _shard_frames(text: str) -> int:
+    """``--shard-frames``: an integer from 2 to 255."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 2 <= n <= 255:
+        raise argparse.ArgumentTypeError(
+            f"{n} is out of range: give 2 to 255 frames per file, or leave it out "
+            "(one file per frame)"
+        )
+    return n
+
+
 def add_parsers(subparsers: Any) -> None:
     """Register ``live`` and ``localize`` on an ``add_subparsers()`` object."""
     from axialtrack.engine.select import ENGINE_CHOICES
@@ -103,6 +117,15 @@ def add_parsers(subparsers: Any) -> None:
         help="refine localizations by maximum likelihood with the bundle's PSF, "
         "as many per frame as half the frame period allows (brightest first; "
         "the status line says how many)",
+    )
+    p.add_argument(
+        "--shard-frames",
+        type=_shard_frames,
+        default=None,
+        metavar="N",
+        help="frames per file of the frame array (a zarr v3 sharded array, 2 to "
+        "255; default: one file per frame). Long runs at a high frame rate make "
+        "fewer, larger files",
     )
     p.add_argument("--no-status", action="store_true", help="no live status line")
     add_camera_options(
@@ -223,13 +246,9 @@ def _make_analyzer(
     """The analyzer of ``bundle``: in this process, or an
     :class:`~axialtrack.pipeline.AnalysisProcess` for batches of up to
     ``process_batch`` frames."""
-    if process_batch is not None:
-        from axialtrack.live.process import AnalysisProcess
+    from axialtrack.live import make_live_analyzer
 
-        return AnalysisProcess(bundle, max_batch_frames=process_batch, **kwargs)
-    from axialtrack.pipeline import make_analyzer
-
-    return make_analyzer(bundle, **kwargs)
+    return make_live_analyzer(bundle, process_batch=process_batch, **kwargs)
 
 
 def _model_error(bundle: str, exc: BaseException | str) -> str:
@@ -290,7 +309,7 @@ def _load_analyzer(
     from axialtrack.optics.sampled import SampledPSFError
     from axialtrack.pipeline import CameraMapError
 
-    engine = str(kwargs.get("engine_prefer", "auto"))
+    engine = str(kwargs.get("engine", "auto"))
     try:
         try:
             return _make_analyzer(bundle, process_batch=process_batch, **kwargs)
@@ -417,16 +436,9 @@ def summary_table(metrics: Any, title: str = "Live run") -> Table:
 
 
 # ------------------------------------------------------------------ live
-def cmd_live(args: argparse.Namespace) -> int:
-    """Handler of ``axialtrack live``."""
-    from axialtrack.live.runner import (
-        RunnerConfig,
-        StopSignals,
-        open_live_writer,
-    )
-    from axialtrack.store import StoreError
-
-    out = Path(args.out).expanduser()
+def _live_refused(args: argparse.Namespace, out: Path) -> int | None:
+    """The exit code of a refusal of ``axialtrack live``'s arguments (printed),
+    before anything is loaded or written; ``None`` if they may run."""
     if _refuse_existing(out, args.overwrite):
         return 2
     if args.duration is None and args.frames is None:
@@ -443,13 +455,12 @@ def cmd_live(args: argparse.Namespace) -> int:
         )
     if args.model and _model_refused(args.model, args.engine):
         return 2
+    return None
 
-    from axialtrack.rig import RigConfigError, load_rig, splitter_geometry
 
-    try:
-        core = load_rig(args.config)
-    except RigConfigError as exc:
-        return fail(str(exc))
+def _set_camera_properties(core: Any, args: argparse.Namespace) -> int | None:
+    """Give the camera ``--scene``, ``--source`` and ``--rate``; the exit code
+    of a refusal (printed, the rig unloaded), else ``None``."""
     cam = core.getCameraDevice()
     for prop, value in (
         ("Scene", args.scene),
@@ -471,8 +482,28 @@ def cmd_live(args: argparse.Namespace) -> int:
         except (RuntimeError, ValueError, OSError) as exc:
             core.unloadAllDevices()
             return fail(f"The camera {cam!r} refused {prop}={value!r}: {exc}")
-    from axialtrack.camera import camera_from_core
+    return None
 
+
+def cmd_live(args: argparse.Namespace) -> int:
+    """Handler of ``axialtrack live``: the run is prepared and run by
+    :class:`~axialtrack.live.LiveRun`, as the control panel's is."""
+    from axialtrack.camera import camera_from_core
+    from axialtrack.live import LiveOptions, LiveRig, LiveRun, analyzer_options
+    from axialtrack.live.runner import RunnerConfig, StopSignals
+    from axialtrack.live.session import model_metadata
+    from axialtrack.rig import RigConfigError, load_rig
+    from axialtrack.store import StoreError
+
+    out = Path(args.out).expanduser()
+    if (code := _live_refused(args, out)) is not None:
+        return code
+    try:
+        core = load_rig(args.config)
+    except RigConfigError as exc:
+        return fail(str(exc))
+    if (code := _set_camera_properties(core, args)) is not None:
+        return code
     rig_cam = camera_from_core(core)
     camera = _camera(
         args,
@@ -482,63 +513,50 @@ def cmd_live(args: argparse.Namespace) -> int:
     if isinstance(camera, int):
         core.unloadAllDevices()
         return camera
-    geo = splitter_geometry(core)
-    sensor = (core.getImageHeight(), core.getImageWidth())
-    two = geo.layout == "two-cameras"
-    plane_shape = sensor if two else geo.plane_shape(sensor)
-    px = float(core.getPixelSizeUm())
-    period_s = max(core.getExposure(), args.interval_ms) / 1e3
-    config = RunnerConfig(log_status=False)
+    rig = LiveRig.from_core(core)
+    tty = console.is_terminal
+    config = RunnerConfig(log_status=False, status_interval_s=0.5 if tty else 1.0)
     analyzer = None
-    model_meta: dict[str, Any] = {}
     if args.model:
-        from axialtrack.pipeline.config import LocalizerConfig
-
         analyzer = _load_analyzer(
             args.model,
             process_batch=(
                 config.max_batch_frames if args.analysis == "process" else None
             ),
-            plane_shape=plane_shape,
-            pixel_size_um=px,
-            geometry=geo,
-            frame_interval_s=period_s,
-            engine_prefer=args.engine,
-            axial_scale=args.axial_scale,
-            localizer=LocalizerConfig(
-                saturation_adu=min(camera.max_adu, 65535),
-                camera=camera,
+            **analyzer_options(
+                rig,
+                camera,
+                engine=args.engine,
+                interval_ms=args.interval_ms,
+                axial_scale=args.axial_scale,
                 refine=args.refine,
-                refine_budget_frame_s=0.5 * period_s if args.refine else None,
             ),
-            # flat memory however long the run: the track table is made from
-            # the stored rows at the end
-            keep_rows=False,
         )
         if analyzer is None:
             core.unloadAllDevices()
             return 2
-        model_meta = {"bundle": str(Path(args.model).expanduser().absolute())}
-        if hasattr(analyzer, "provenance"):
-            model_meta.update(dict(analyzer.provenance))
-    replacing = _Replacement(out) if args.overwrite else None
+    options = LiveOptions(
+        out=out,
+        overwrite=args.overwrite,
+        n_frames=args.frames,
+        duration_s=args.duration,
+        interval_ms=args.interval_ms,
+        compression=args.compression,
+        shard_frames=args.shard_frames,
+        config_name=args.config or "sim-dualplane",
+    )
     try:
-        writer = open_live_writer(
-            out,
-            geometry=geo,
-            plane_shape=plane_shape,
-            pixel_size_um=px,
-            rig={"config": args.config or "sim-dualplane", "camera": cam},
-            model=model_meta,
-            overwrite=args.overwrite,
-            compression=args.compression,
+        run = LiveRun(
+            core,
+            rig,
+            options,
+            analyzer=analyzer,
+            camera=camera,
+            model=model_metadata(args.model or None, analyzer),
+            config=config,
         )
-        writer.set_attrs(camera=camera.model_dump())
-    except StoreError as exc:
-        console.print(f"[red]{exc}[/red]")
-        _close(analyzer)
-        if replacing is not None:
-            replacing.settle()
+    except (StoreError, ValueError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
         return 2
     # SIGTERM (systemd, Docker, `timeout`, Slurm), SIGHUP and Ctrl-C stop the
     # run like its duration: frames stored, tracks written, store closed
@@ -548,24 +566,11 @@ def cmd_live(args: argparse.Namespace) -> int:
             "store (SIGKILL would lose the track table).[/yellow]"
         )
     )
-    stops.__enter__()
-    try:
-        return _run_live(args, core, out, geo, two, analyzer, writer, stops, replacing)
-    finally:
-        stops.__exit__(None, None, None)
+    with stops:
+        return _run_live(args, run, stops)
 
 
-def _run_live(
-    args: argparse.Namespace,
-    core: Any,
-    out: Path,
-    geo: Any,
-    two: bool,
-    analyzer: Any,
-    writer: Any,
-    stops: Any,
-    replacing: Any,
-) -> int:
+def _run_live(args: argparse.Namespace, run: Any, stops: Any) -> int:
     """Run ``axialtrack live`` once its store is open; the exit status.
 
     0 done; 1 stopped by an error, or no frame stored; 3 the analysis stopped
@@ -574,23 +579,6 @@ def _run_live(
     """
     from rich.live import Live
 
-    from axialtrack.live.mda import TrackingHandler, live_sequence
-    from axialtrack.live.runner import (
-        AnalysisError,
-        CameraStalledError,
-        RunnerConfig,
-    )
-    from axialtrack.store import StoreError
-
-    # one acquisition path: the run is a useq time-lapse that pymmcore-plus's
-    # MDA runner executes (one hardware sequence where the interval is 0),
-    # with the TrackingHandler as its output
-    sequence = live_sequence(
-        core,
-        n_frames=args.frames,
-        duration_s=args.duration,
-        interval_ms=args.interval_ms,
-    )
     # a terminal gets one line updated in place; a log file or pipe one line
     # a second (rich would show nothing there until the end)
     tty = console.is_terminal
@@ -613,62 +601,39 @@ def _run_live(
                 m.status_line(), markup=False, highlight=False, soft_wrap=True
             )
 
-    config = RunnerConfig(log_status=False, status_interval_s=0.5 if tty else 1.0)
-    handler = TrackingHandler(
-        out,
-        analyzer,
-        core=core,
-        geometry=geo,
-        pixel_size_um=float(core.getPixelSizeUm()),
-        config=config,
-        writer=writer,
-        duration_s=args.duration,
-        n_frames=args.frames,
-    )
-    handler.events.status.connect(on_status)
-    stops.attach(handler)
+    run.events.status.connect(on_status)
+    stops.attach(run.handler)
+    with live if (tty and show) else contextlib.nullcontext():
+        run.run()
+    outcome = run.finish()
+    return _report_live(args, run.out, outcome, stops)
+
+
+def _report_live(args: argparse.Namespace, out: Path, outcome: Any, stops: Any) -> int:
+    """Print how a live run ended; its exit status (see :func:`_run_live`)."""
     status = 0
-    metrics = None
-    try:
-        with live if (tty and show) else contextlib.nullcontext():
-            core.mda.run(sequence, output=handler)
-    except Exception as exc:  # the MDA itself failed (camera, timeout)
-        console.print(f"[red]The acquisition failed:[/red] {escape(str(exc))}")
+    if outcome.acquisition_error is not None:
+        why = escape(str(outcome.acquisition_error))
+        console.print(f"[red]The acquisition failed:[/red] {why}")
         status = 1
-    finally:
-        handler.wait()
-        if core.isSequenceRunning():
-            core.stopSequenceAcquisition()
-        _close(analyzer)
-    if handler.error is not None:
-        err = handler.error
+    if outcome.error is not None:
+        err = outcome.error
         console.print(f"[red]{type(err).__name__}:[/red] {escape(str(err))}")
         status = 1
-    metrics = handler.metrics
-    # a run the runner stopped (camera, storage, analysis) has its metrics;
-    # one that broke otherwise has none
-    told = (CameraStalledError, AnalysisError, StoreError)
-    if (
-        metrics is None
-        and handler.runner is not None
-        and (handler.error is None or isinstance(handler.error, told))
-    ):
-        metrics = handler.runner.metrics()
+    if outcome.put_back:
+        console.print(
+            f"[yellow]No frame was stored: the previous {out} is back as it "
+            "was.[/yellow]"
+        )
+    metrics = outcome.metrics
     if metrics is None:
-        # no frame came: the store the run was given is closed empty
-        with contextlib.suppress(StoreError):
-            writer.close()
-        if replacing is not None:
-            replacing.settle()
-        if handler.error is None:
+        if not outcome.failed:
             console.print(
                 "[red]No frame was stored:[/red] the camera delivered none before "
                 "the run ended. Check the camera (exposure, trigger, --source) "
                 "and run again."
             )
         return stops.exit_code if stops.exit_code is not None else 1
-    if replacing is not None:
-        replacing.settle()
     console.print(summary_table(metrics))
     for w in metrics.warnings:
         console.print(f"[yellow]{w}[/yellow]")
@@ -798,7 +763,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
         pixel_size_um=run.pixel_size_um,
         geometry=geo,
         frame_interval_s=run.attrs.get("frame_interval_s"),
-        engine_prefer=args.engine,
+        engine=args.engine,
         axial_scale=args.axial_scale,
         localizer=localizer,
     )
@@ -1019,7 +984,7 @@ def _localize_movie(args: argparse.Namespace, path: Path, localizer: Any) -> int
         pixel_size_um=args.pixel_size,
         geometry=geo,
         frame_interval_s=dt,
-        engine_prefer=args.engine,
+        engine=args.engine,
         axial_scale=args.axial_scale,
         localizer=localizer,
     )
