@@ -126,7 +126,7 @@ def make_live_analyzer(
         from .process import AnalysisProcess
 
         return AnalysisProcess(str(bundle), max_batch_frames=process_batch, **kwargs)
-    from axialtrack.pipeline.analyzer import make_analyzer
+    from axialtrack.pipeline import make_analyzer
 
     return make_analyzer(str(bundle), **kwargs)
 
