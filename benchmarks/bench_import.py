@@ -433,7 +433,7 @@ def score_ref_z(
     cal: Path, scenes: list[Scene], table: PSFTable, optics: IndependentOptics
 ) -> dict[str, Any]:
     """The calibration's reference Z of each accepted bead against the truth."""
-    from axialtrack.model.train import load_calibration
+    from axialtrack.model import load_calibration
 
     beads = load_calibration(cal).beads
     assert beads is not None

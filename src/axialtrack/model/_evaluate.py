@@ -12,9 +12,9 @@ import pandas as pd
 
 from axialtrack.calibrate.examples import Examples
 
+from ._data import CalibrationData, load_calibration
 from .bundle import Bundle, load_bundle
-from .network import Network
-from .train import CalibrationData, load_calibration, predict
+from .network import Network, predict
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
