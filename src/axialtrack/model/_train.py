@@ -26,6 +26,7 @@ from axialtrack.calibrate.examples import Examples
 from axialtrack.events import TrainSignals
 from axialtrack.sim.synthetic import SyntheticExamples
 
+from ._batches import Batches, deterministic, example_tensors, synthetic_tensors
 from ._data import CalibrationData, load_calibration, subpixel_targets
 from ._losses import augment, physics_deviance, supervised_loss
 from ._schedule import (
@@ -96,81 +97,6 @@ class TrainResult:
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the model bundle (:func:`axialtrack.model.save_bundle`)."""
         return save_bundle(self, path, overwrite=overwrite)
-
-
-@contextmanager
-def _deterministic() -> Iterator[None]:
-    prev = torch.are_deterministic_algorithms_enabled()
-    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
-
-
-def _tensors(ex: Examples, dxy: np.ndarray | None) -> tuple[torch.Tensor, ...]:
-    n = len(ex)
-    has = np.ones(n, bool) if dxy is not None else np.zeros(n, bool)
-    d = dxy if dxy is not None else np.zeros((n, 2))
-    return (
-        torch.from_numpy(np.ascontiguousarray(ex.crops, np.float32)),
-        torch.from_numpy(np.ascontiguousarray(ex.xy_norm, np.float32)),
-        torch.from_numpy(np.ascontiguousarray(ex.dz_um, np.float32)),
-        torch.from_numpy(np.ascontiguousarray(d, np.float32)),
-        torch.from_numpy(has),
-        torch.full((n,), -1.0),  # contamination unknown
-    )
-
-
-def _synthetic_tensors(syn: SyntheticExamples) -> tuple[torch.Tensor, ...]:
-    n = len(syn)
-    return (
-        torch.from_numpy(np.ascontiguousarray(syn.crops, np.float32)),
-        torch.from_numpy(np.ascontiguousarray(syn.xy_norm, np.float32)),
-        torch.from_numpy(np.ascontiguousarray(syn.dz_um, np.float32)),
-        torch.from_numpy(np.ascontiguousarray(syn.dxy_px, np.float32)),
-        torch.ones(n, dtype=torch.bool),
-        torch.from_numpy(np.asarray(syn.contaminated, np.float32)),
-    )
-
-
-class _Batches:
-    """Mini-batches of ``n_real`` shuffled real examples (without replacement
-    within an epoch; the last partial batch dropped when there are more than
-    ``n_real``) followed by ``n_syn`` synthetic ones (drawn with replacement),
-    ``steps`` per epoch."""
-
-    def __init__(
-        self,
-        real: tuple[torch.Tensor, ...],
-        n_real: int,
-        gen: torch.Generator,
-        steps: int,
-        syn: tuple[torch.Tensor, ...] | None,
-        n_syn: int,
-    ) -> None:
-        self.real, self.n_real, self.gen, self.steps = real, n_real, gen, steps
-        self.syn, self.n_syn = syn, n_syn
-
-    def __iter__(self) -> Iterator[list[torch.Tensor]]:
-        n = int(self.real[0].shape[0])
-        order = torch.randperm(n, generator=self.gen)
-        pos = 0
-        for _ in range(self.steps):
-            parts: list[list[torch.Tensor]] = []
-            if self.n_real:
-                if pos + self.n_real > n and pos > 0:
-                    order = torch.randperm(n, generator=self.gen)
-                    pos = 0
-                idx = order[pos : pos + self.n_real]
-                pos += self.n_real
-                parts.append([t[idx] for t in self.real])
-            if self.syn is not None and self.n_syn:
-                m = int(self.syn[0].shape[0])
-                idx = torch.randint(0, m, (self.n_syn,), generator=self.gen)
-                parts.append([t[idx] for t in self.syn])
-            yield [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
 @dataclass
@@ -376,7 +302,7 @@ def _setup(
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, factor=0.5, patience=plan.lr_patience
         )
-    tr_tensors = _tensors(plan.train, _split_dxy(plan, 0))
+    tr_tensors = example_tensors(plan.train, _split_dxy(plan, 0))
     loader: Any
     if plan.n_syn == 0:  # real examples only: as before synthetic examples existed
         loader = DataLoader(
@@ -388,12 +314,12 @@ def _setup(
         )
     else:
         assert synthetic is not None
-        loader = _Batches(
+        loader = Batches(
             tr_tensors,
             s.batch_size - plan.n_syn,
             gen,
             plan.steps_per_epoch,
-            _synthetic_tensors(synthetic),
+            synthetic_tensors(synthetic),
             plan.n_syn,
         )
     ema: Any = None
@@ -403,7 +329,7 @@ def _setup(
         ema = AveragedModel(
             model, multi_avg_fn=get_ema_multi_avg_fn(plan.ema_decay), use_buffers=True
         )
-    val = [t.to(dev) for t in _tensors(plan.validation, _split_dxy(plan, 1))]
+    val = [t.to(dev) for t in example_tensors(plan.validation, _split_dxy(plan, 1))]
     return _Setup(dev, model, opt, sched, ema, loader, val, aug_gen)
 
 
@@ -501,7 +427,7 @@ def _run_epochs(
     s = plan.settings
     history: list[dict[str, float]] = []
     best = (math.inf, 0, copy.deepcopy(st.model.state_dict()))
-    with _progress_bar(progress, plan.epochs) as update, _deterministic():
+    with _progress_bar(progress, plan.epochs) as update, deterministic():
         for epoch in range(1, plan.epochs + 1):
             if stop is not None and stop.is_set():
                 break
