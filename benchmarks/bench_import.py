@@ -133,6 +133,8 @@ def _cli(args: list[str], log: list[dict[str, Any]]) -> str:
             "time_s": round(time.perf_counter() - t0, 1),
         }
     )
+    # progress on stderr: a run stopped by a time limit shows how far it got
+    print(f"[{log[-1]['time_s']:7.1f} s] axialtrack {args[0]}", file=sys.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"axialtrack {' '.join(args)} failed:\n{out[-3000:]}")
     return out
@@ -899,6 +901,10 @@ def main(argv: list[str] | None = None) -> int:
             else None,
             reuse=args.reuse,
             refine=args.refine,
+        )
+        # each optics' result as soon as it is scored (kept with --work)
+        (work / name / "result.json").write_text(
+            json.dumps(results[name], indent=2, default=float)
         )
     report = {
         "benchmark": "bench_import",
