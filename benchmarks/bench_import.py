@@ -533,6 +533,9 @@ def _run_variant(
         str(optics.plane_offset_um),
         "--mirror",
         optics.mirror,
+        # as the network reads: localize refines by default when the bundle
+        # carries a fitted PSF; --refine scores that beside it
+        "--no-refine",
     ]
     if support["localize"]:
         loc += _camera_args()
@@ -543,7 +546,7 @@ def _run_variant(
     refined = None
     if refine:
         out_r = d / "movie_refined.zarr"
-        loc_r = [*loc, "--refine"]
+        loc_r = [a if a != "--no-refine" else "--refine" for a in loc]
         loc_r[loc_r.index("--out") + 1] = str(out_r)
         _cli(loc_r, log)
         refined = score_movie(scenes, open_run(out_r).localizations, optics)

@@ -175,10 +175,13 @@ def add_parsers(subparsers: Any) -> None:
     )
     q.add_argument(
         "--refine",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="refine every localization by maximum likelihood on both planes "
         "with the bundle's PSF (x, y, z, photons, background; sigma from the "
-        "Fisher information, llr and misfit columns)",
+        "Fisher information, llr and misfit columns); default: on when the "
+        "bundle carries its calibration's fitted PSF (isolated 2000-photon "
+        "emitters of bench_import: Z RMSE 12.9x -> 1.05x the CRLB)",
     )
     q.set_defaults(func=cmd_localize)
 
@@ -266,7 +269,7 @@ def _load_analyzer(
                 fail(_model_error(bundle, why))
                 return None
             if name == "SampledPSFError":
-                fail(_model_error(bundle, why), "Leave out --refine.")
+                fail(_model_error(bundle, why), "Leave out --refine (--no-refine).")
                 return None
             if name == "EngineError":
                 fail(_engine_error(engine, why))
@@ -280,7 +283,7 @@ def _load_analyzer(
     except BundleError as exc:
         fail(_model_error(bundle, exc))
     except SampledPSFError as exc:
-        fail(_model_error(bundle, exc), "Leave out --refine.")
+        fail(_model_error(bundle, exc), "Leave out --refine (--no-refine).")
     except EngineError as exc:
         fail(_engine_error(engine, exc))
     except FileNotFoundError as exc:
@@ -697,6 +700,18 @@ def _analyze_all(
     return pd.concat(parts, ignore_index=True) if parts else None
 
 
+def _has_psf_fit(model: str) -> bool:
+    """Whether the bundle's model.json carries a fitted PSF (``localize``
+    refines by default then); an unreadable bundle is reported by its loader."""
+    import json
+
+    try:
+        meta = json.loads((Path(model).expanduser() / "model.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("psf_fit") is not None
+
+
 def cmd_localize(args: argparse.Namespace) -> int:
     """Handler of ``axialtrack localize``."""
     from rich.progress import Progress
@@ -737,10 +752,11 @@ def cmd_localize(args: argparse.Namespace) -> int:
     from axialtrack.pipeline.config import LocalizerConfig
 
     full_scale = min(camera.max_adu, 65535)
+    refine = getattr(args, "refine", False)
+    if refine is None:  # default: refine when the bundle carries a fitted PSF
+        refine = _has_psf_fit(args.model)
     localizer = LocalizerConfig(
-        camera=camera,
-        saturation_adu=full_scale,
-        refine=bool(getattr(args, "refine", False)),
+        camera=camera, saturation_adu=full_scale, refine=bool(refine)
     )
     if run is None:
         return _localize_movie(args, path, localizer)
