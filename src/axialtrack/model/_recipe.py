@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from axialtrack.errors import AxialtrackError
+
 from ._data import CalibrationData, load_calibration, synthetic_examples
 from ._train import TrainResult, train, train_ensemble
 from .config import DEFAULT_SYNTHETIC, ModelConfig, TrainConfig
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["RecipeError", "render_synthetic", "train_from_config"]
 
 
-class RecipeError(ValueError):
+class RecipeError(AxialtrackError, ValueError):
     """The settings cannot be trained as given (one line, naming the option)."""
 
 

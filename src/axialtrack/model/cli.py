@@ -63,12 +63,10 @@ def _schedule_options(p: Any) -> None:
     opt(
         "--batch-size",
         positive_int,
-        f"mini-batch (default {_D.batch_size})",
+        "mini-batch",
         default=_D.batch_size,
     )
-    opt(
-        "--lr", positive_float, f"Adam learning rate (default {_D.lr:g})", default=_D.lr
-    )
+    opt("--lr", positive_float, "Adam learning rate", default=_D.lr)
     opt(
         "--patience",
         positive_int,
