@@ -133,6 +133,8 @@ def _cli(args: list[str], log: list[dict[str, Any]]) -> str:
             "time_s": round(time.perf_counter() - t0, 1),
         }
     )
+    # progress on stderr: a run stopped by a time limit shows how far it got
+    print(f"[{log[-1]['time_s']:7.1f} s] axialtrack {args[0]}", file=sys.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"axialtrack {' '.join(args)} failed:\n{out[-3000:]}")
     return out
@@ -433,7 +435,7 @@ def score_ref_z(
     cal: Path, scenes: list[Scene], table: PSFTable, optics: IndependentOptics
 ) -> dict[str, Any]:
     """The calibration's reference Z of each accepted bead against the truth."""
-    from axialtrack.model.train import load_calibration
+    from axialtrack.model import load_calibration
 
     beads = load_calibration(cal).beads
     assert beads is not None
@@ -491,9 +493,11 @@ def _run_variant(
     bead_photons: tuple[float, float],
     diagnose: bool,
     log: list[dict[str, Any]],
+    refine: bool = False,
 ) -> dict[str, Any]:
     """Train one model on ``cal`` (``axialtrack train`` + ``extra``), evaluate it
-    on the held-out beads, localize the movie with it and score."""
+    on the held-out beads, localize the movie with it and score (with
+    ``refine`` also ``localize --refine``: MLE with the bundle's fitted PSF)."""
     import tifffile
 
     from axialtrack.store import open_run
@@ -529,6 +533,9 @@ def _run_variant(
         str(optics.plane_offset_um),
         "--mirror",
         optics.mirror,
+        # as the network reads: localize refines by default when the bundle
+        # carries a fitted PSF; --refine scores that beside it
+        "--no-refine",
     ]
     if support["localize"]:
         loc += _camera_args()
@@ -536,6 +543,13 @@ def _run_variant(
 
     locs = open_run(out).localizations
     movie_score = score_movie(scenes, locs, optics)
+    refined = None
+    if refine:
+        out_r = d / "movie_refined.zarr"
+        loc_r = [a if a != "--no-refine" else "--refine" for a in loc]
+        loc_r[loc_r.index("--out") + 1] = str(out_r)
+        _cli(loc_r, log)
+        refined = score_movie(scenes, open_run(out_r).localizations, optics)
     diagnosis = None
     if diagnose:
         # the same emitters as bright as the beads, through the same model: what
@@ -586,8 +600,31 @@ def _run_variant(
         "train_output": train_out,
         "evaluation": evaluation,
         "movie": movie_score,
+        "movie_refined": refined,
         "diagnosis": diagnosis,
     }
+
+
+#: What the side-by-side table shows of the isolated emitters.
+SIDE_BY_SIDE = (
+    f"recall_dz_le_{DZ_TARGET_UM}",
+    "z_rmse_nm",
+    "z_bias_nm",
+    "z_precision_nm",
+    "z_rmse_over_crlb",
+    "xy_rmse_over_crlb",
+)
+
+
+def side_by_side(per_variant: dict[str, Any]) -> dict[str, Any]:
+    """Isolated-emitter figures of each variant, as localized and refined."""
+    table: dict[str, Any] = {}
+    for name, v in per_variant.items():
+        for how, score in (("", v["movie"]), ("+refine", v.get("movie_refined"))):
+            if score is not None:
+                iso = score["isolated"]
+                table[name + how] = {k: iso.get(k) for k in SIDE_BY_SIDE}
+    return table
 
 
 def run_optics(
@@ -600,6 +637,7 @@ def run_optics(
     steps: int | None = None,
     variants: list[tuple[str, list[str]]] | None = None,
     reuse: bool = False,
+    refine: bool = False,
 ) -> dict[str, Any]:
     """Render, run the CLI, score one optics.
 
@@ -723,6 +761,7 @@ def run_optics(
             bead_photons=bead_photons,
             diagnose=diagnose,
             log=log,
+            refine=refine,
         )
     first = per_variant[variants[0][0]]
     train_out = first["train_output"]
@@ -784,6 +823,7 @@ def run_optics(
             }
             for k, v in per_variant.items()
         },
+        "side_by_side_isolated": side_by_side(per_variant),
         "targets": checks,
         "commands": log,
     }
@@ -834,6 +874,12 @@ def main(argv: list[str] | None = None) -> int:
         "there (same --seed and --quick), only train, localize and score",
     )
     ap.add_argument(
+        "--refine",
+        action="store_true",
+        help="also localize the movie with `localize --refine` (MLE with the "
+        "bundle's fitted PSF) and score it beside each variant",
+    )
+    ap.add_argument(
         "--no-diagnosis",
         action="store_true",
         help="skip localizing the movie again with emitters as bright as the beads",
@@ -857,6 +903,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.variant
             else None,
             reuse=args.reuse,
+            refine=args.refine,
+        )
+        # each optics' result as soon as it is scored (kept with --work)
+        (work / name / "result.json").write_text(
+            json.dumps(results[name], indent=2, default=float)
         )
     report = {
         "benchmark": "bench_import",

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from axialtrack.calibrate.examples import Examples
-from axialtrack.model import ModelConfig
-from axialtrack.model.train import CalibrationData, predict, train
+from axialtrack.model import CalibrationData, ModelConfig, predict, train
 from axialtrack.optics import Optics, PSFModel
 from axialtrack.optics.sampled import SampledPSF
 from axialtrack.sim.synthetic import (

@@ -192,7 +192,7 @@ def test_info_and_reuse_of_an_imported_calibration(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from axialtrack.model.train import load_calibration
+    from axialtrack.model import load_calibration
 
     out = tmp_path / "cal.zarr"
     glob = str(field_files / "beads_field*.tif")
@@ -349,7 +349,7 @@ def test_evaluate_an_imported_calibration_without_truth(
     why no CRLB is shown."""
     import json
 
-    from axialtrack.model.evaluate import NO_CRLB_IMPORTED
+    from axialtrack.model._evaluate import NO_CRLB_IMPORTED
 
     cal = tmp_path / "cal.zarr"
     assert main(_args(rendered, cal, "--from", str(field_files / "*.tif"))) == 0

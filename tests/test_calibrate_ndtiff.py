@@ -58,7 +58,7 @@ def test_ndtiff_positions_and_metadata(rendered: Rendered, tmp_path: Path) -> No
         run.frame_meta["stage_z_um"].to_numpy(), _stage_z().ravel()
     )
     np.testing.assert_array_equal(run.frames[N_Z + 4, 0], rendered.raw[1, 4, :, :64])
-    from axialtrack.model.train import load_calibration
+    from axialtrack.model import load_calibration
 
     data = load_calibration(out)
     assert data.pixel_size_um == pytest.approx(PIXEL_UM)

@@ -9,9 +9,16 @@ import pytest
 import torch
 
 from axialtrack.calibrate.examples import Examples
-from axialtrack.model import AxialNet, CRLBSpec, ModelConfig, evaluate, predict
-from axialtrack.model.evaluate import crlb_stage_um, matched_crlb_nm
-from axialtrack.model.train import _fold_affine_recalibration
+from axialtrack.model import (
+    AxialNet,
+    CRLBSpec,
+    ModelConfig,
+    crlb_stage_um,
+    evaluate,
+    predict,
+)
+from axialtrack.model._evaluate import matched_crlb_nm
+from axialtrack.model._schedule import fold_affine_recalibration
 
 SPEC = CRLBSpec(plane_offset_um=0.5, photons=1600, background=8, roi_size=15)
 
@@ -102,9 +109,9 @@ def test_recalibration_fit_range():
         lim + 1 + rng.random(out.sum())
     )
     ex.dz_um = labels
-    whole = _fold_affine_recalibration(copy.deepcopy(model), ex)
+    whole = fold_affine_recalibration(copy.deepcopy(model), ex)
     assert whole["n"] == labels.size
-    info = _fold_affine_recalibration(model, ex, dz_max_um=lim)
+    info = fold_affine_recalibration(model, ex, dz_max_um=lim)
     assert info["applied"]
     assert info["n"] == int((~out).sum())
     assert info["scale"] == pytest.approx(1.3, rel=1e-4)
@@ -112,6 +119,6 @@ def test_recalibration_fit_range():
     assert abs(whole["scale"] - 1.3) > 0.05  # the outliers pull the full fit
     after = predict(model, ex.crops, ex.xy_norm)[:, 0]
     np.testing.assert_allclose(after[~out], clean[~out], atol=2e-5)
-    none = _fold_affine_recalibration(model, ex, dz_max_um=1e-6)
+    none = fold_affine_recalibration(model, ex, dz_max_um=1e-6)
     assert none["applied"] is False
     assert none["scale"] == 1.0

@@ -11,7 +11,7 @@ import pytest
 
 from axialtrack.calibrate import analyze
 from axialtrack.model import CalibrationData, train
-from axialtrack.model.train import SLOPE_TOLERANCE, _schedule
+from axialtrack.model._schedule import SLOPE_TOLERANCE, schedule
 
 sys.path.insert(0, str(Path(__file__).parent))
 from calib_sim import make_stack
@@ -25,10 +25,10 @@ def data() -> CalibrationData:
 
 
 def test_schedule_is_set_by_steps_not_epochs() -> None:
-    small = _schedule(
+    small = schedule(
         10, epochs=None, steps=4000, patience=None, lr_patience=None, ema_decay="auto"
     )
-    large = _schedule(
+    large = schedule(
         100, epochs=None, steps=4000, patience=None, lr_patience=None, ema_decay="auto"
     )
     # the same number of optimizer steps, whatever the calibration's size
@@ -38,17 +38,17 @@ def test_schedule_is_set_by_steps_not_epochs() -> None:
     assert large["ema_decay"] == pytest.approx(0.99)
     assert small["patience"] == 100
     assert large["patience"] == 10
-    fixed = _schedule(
+    fixed = schedule(
         10, epochs=7, steps=4000, patience=None, lr_patience=None, ema_decay=0.95
     )
     assert fixed["epochs"] == 7
     assert fixed["ema_decay"] == 0.95
     with pytest.raises(ValueError, match="epochs must be >= 1"):
-        _schedule(
+        schedule(
             10, epochs=0, steps=4000, patience=None, lr_patience=None, ema_decay="auto"
         )
     with pytest.raises(ValueError, match="steps must be >= 1"):
-        _schedule(
+        schedule(
             10, epochs=None, steps=0, patience=None, lr_patience=None, ema_decay="auto"
         )
 

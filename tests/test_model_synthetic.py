@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from axialtrack.calibrate.examples import Examples
-from axialtrack.model import ModelConfig
-from axialtrack.model.train import CalibrationData, predict, train
+from axialtrack.model import CalibrationData, ModelConfig, predict, train
 from axialtrack.optics import Optics, PSFModel
 from axialtrack.optics.fit import PSFFit
 from axialtrack.optics.sampled import SampledPSF
@@ -275,7 +274,7 @@ def test_physics_loss_lowers_the_likelihood_term(known_psf) -> None:
     """With the physics-informed term, the crops' Poisson deviance under the PSF
     at the predicted dz falls during training, and on held-out crops ends near
     its value at the true dz."""
-    from axialtrack.model.train import physics_deviance
+    from axialtrack.model import physics_deviance
     from axialtrack.pipeline.config import CameraCalibration
 
     torch.set_num_threads(1)
@@ -431,8 +430,7 @@ def test_match_run_draws_the_runs_photons_and_background(tmp_path) -> None:
 
 def test_cli_train_mixes_synthetic_pairs_by_default(calib_store, tmp_path) -> None:
     """A calibration with a PSF gets the default mix; --synthetic 0 does not."""
-    from axialtrack.model import load_bundle
-    from axialtrack.model.cli import DEFAULT_SYNTHETIC
+    from axialtrack.model import DEFAULT_SYNTHETIC, load_bundle
 
     base = ("train", str(calib_store), "--no-progress", "--steps", "5")
     assert _cli(*base, "--out", str(tmp_path / "d.axialmodel")) == 0

@@ -413,8 +413,13 @@ def test_train_carries_fit_and_evaluate_uses_its_crlb(tmp_path) -> None:
 
     from axialtrack.calibrate.examples import Examples, save_examples
     from axialtrack.calibrate.psf import write_psf
-    from axialtrack.model import evaluate, load_bundle, save_bundle
-    from axialtrack.model.train import load_calibration, train
+    from axialtrack.model import (
+        evaluate,
+        load_bundle,
+        load_calibration,
+        save_bundle,
+        train,
+    )
 
     fit = plain_fit({6: 0.03})
     args, _pos = render_beads(6, seed=3)

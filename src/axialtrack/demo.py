@@ -28,7 +28,7 @@ from rich.console import Console
 
 from axialtrack._json import jsonable
 from axialtrack.errors import AxialtrackError
-from axialtrack.model.config import DEFAULT_STEPS
+from axialtrack.model import DEFAULT_STEPS
 
 __all__ = ["DemoConfig", "DemoError", "DemoResult", "run_demo"]
 
@@ -193,8 +193,7 @@ def run_demo(
     from axialtrack.calibrate.io import load_stack
     from axialtrack.camera import camera_from_core, resolve_camera
     from axialtrack.devices import SimCamera, get_device
-    from axialtrack.model import ModelConfig
-    from axialtrack.model.train import load_calibration, train
+    from axialtrack.model import TrainConfig, load_calibration, train_from_config
     from axialtrack.rig import load_rig, splitter_geometry
     from axialtrack.store import StoreExistsError
 
@@ -258,14 +257,13 @@ def run_demo(
         con.rule("[bold]2. Training the axial model")
         t0 = time.perf_counter()
         data = load_calibration(calib_path)
-        # the defaults of `axialtrack train`, under a time limit
-        trained = train(
+        # the defaults of `axialtrack train` (synthetic examples included),
+        # under a time limit
+        trained = train_from_config(
             data,
-            config=ModelConfig(crop_size=int(data.examples.crops.shape[-1])),
-            steps=cfg.steps,
-            seed=cfg.seed,
+            TrainConfig(steps=cfg.steps, seed=cfg.seed, max_time_s=cfg.max_train_s),
             progress=progress,
-            max_time_s=cfg.max_train_s,
+            log=lambda line: con.print(line, highlight=False),
         )
         trained.save(bundle_path, overwrite=True)
         res.timings_s["training"] = time.perf_counter() - t0
@@ -308,7 +306,7 @@ def training_summary(
     -------
     dict
         ``epochs_run``, ``max_epochs`` (the schedule's), ``best_epoch``,
-        ``stopped_by`` (:func:`~axialtrack.model.train`'s: ``"schedule end"``,
+        ``stopped_by`` (:func:`axialtrack.model.train`'s: ``"schedule end"``,
         ``"early stop"`` or ``"time limit"``), ``max_time_s``, ``warnings``,
         ``val_rmse_nm``/``test_rmse_nm`` of the kept weights, and
         ``val_rmse_trend_nm``: the validation RMSE (per epoch) at the epoch a
@@ -417,7 +415,7 @@ def _live(
         pixel_size_um=pixel,
         geometry=geo,
         frame_interval_s=cfg.exposure_ms / 1e3,
-        engine_prefer=cfg.engine,
+        engine=cfg.engine,
     )
     res.engine = f"{analyzer.engine_name} ({analyzer.engine_reason})"
     con.print(f"Inference engine: {res.engine} (analysis process)")

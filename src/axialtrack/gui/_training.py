@@ -40,7 +40,7 @@ def train_bundle(
     and save the bundle to ``out``; the metrics and the bundle path
     (``None``: cancelled with ``stop``, an event with ``is_set()``, nothing
     written)."""
-    from axialtrack.model import ModelConfig, load_calibration, train
+    from axialtrack.model import TrainConfig, load_calibration, train_from_config
 
     from ._backend import InputError
 
@@ -48,11 +48,9 @@ def train_bundle(
     if not Path(calibration).expanduser().exists():
         raise InputError(f"Calibration: {calibration} does not exist.")
     data = load_calibration(calibration)
-    result = train(
+    result = train_from_config(
         data,
-        config=ModelConfig(crop_size=int(data.examples.crops.shape[-1])),
-        steps=steps,
-        max_time_s=max_time_s,
+        TrainConfig(steps=steps, max_time_s=max_time_s),
         progress=False,
         events=events,
         stop=stop,

@@ -4,16 +4,16 @@ The network (:class:`AxialNet`) regresses ``dz_um`` (``z_um = stage_z_um + dz_um
 from a dual-plane crop pair and, optionally, the normalized field position; it
 can also predict an uncertainty ``sigma_z_um`` and the sub-pixel offset. The input
 normalization is part of the network. :func:`train` fits it to calibration
-examples, :func:`evaluate` measures bias and precision on held-out beads against
-the Cramer-Rao bound, and :func:`save_bundle` / :func:`load_bundle` write and read
-the ``.axialmodel`` bundle (weights, verified ONNX, metadata).
+examples (:func:`train_from_config`: as ``axialtrack train`` does, with
+:class:`TrainConfig`), :func:`evaluate` measures bias and precision on held-out
+beads against the Cramer-Rao bound, and :func:`save_bundle` /
+:func:`load_bundle` write and read the ``.axialmodel`` bundle (weights,
+verified ONNX, metadata).
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from .bundle import (
@@ -26,69 +26,54 @@ from .bundle import (
     save_bundle,
     verify_onnx,
 )
-from .config import ModelConfig
+from .config import DEFAULT_STEPS, DEFAULT_SYNTHETIC, ModelConfig, TrainConfig
 
 if TYPE_CHECKING:
-    from .evaluate import (
+    from ._data import (
+        CalibrationData,
+        examples_hash,
+        load_calibration,
+        subpixel_targets,
+        synthetic_examples,
+    )
+    from ._evaluate import (
         CRLBSpec,
         EvalResult,
         crlb_stage_um,
         evaluate,
         sim_crlb_spec,
     )
-    from .network import AxialEnsemble, AxialNet, Network, PairNormalization
-    from .train import (
-        CalibrationData,
-        TrainResult,
-        augment,
-        examples_hash,
-        load_calibration,
-        predict,
-        subpixel_targets,
-        train,
-        train_ensemble,
-    )
+    from ._losses import augment, physics_deviance
+    from ._recipe import RecipeError, train_from_config
+    from ._train import TrainResult, train, train_ensemble
+    from .network import AxialEnsemble, AxialNet, Network, PairNormalization, predict
 
-# the names below need torch: their modules are imported on first use, so that
-# reading a bundle (the live path with onnxruntime) does not import torch
+# the names below need torch (or the calibration readers): their modules are
+# imported on first use, so that reading a bundle (the live path with
+# onnxruntime) does not import torch
 _LAZY = {
-    **dict.fromkeys(
-        ("CRLBSpec", "EvalResult", "crlb_stage_um", "evaluate", "sim_crlb_spec"),
-        ".evaluate",
-    ),
-    **dict.fromkeys(
-        ("AxialEnsemble", "AxialNet", "Network", "PairNormalization"), ".network"
-    ),
     **dict.fromkeys(
         (
             "CalibrationData",
-            "TrainResult",
-            "augment",
             "examples_hash",
             "load_calibration",
-            "predict",
             "subpixel_targets",
-            "train",
-            "train_ensemble",
+            "synthetic_examples",
         ),
-        ".train",
+        "._data",
+    ),
+    **dict.fromkeys(
+        ("CRLBSpec", "EvalResult", "crlb_stage_um", "evaluate", "sim_crlb_spec"),
+        "._evaluate",
+    ),
+    **dict.fromkeys(("augment", "physics_deviance"), "._losses"),
+    **dict.fromkeys(("RecipeError", "train_from_config"), "._recipe"),
+    **dict.fromkeys(("TrainResult", "train", "train_ensemble"), "._train"),
+    **dict.fromkeys(
+        ("AxialEnsemble", "AxialNet", "Network", "PairNormalization", "predict"),
+        ".network",
     ),
 }
-
-
-class _Package(types.ModuleType):
-    """This package: importing its submodule ``train`` (or ``evaluate``) must not
-    rebind the package's ``train`` (``evaluate``) from the function to the
-    module, as the import system does when a submodule is first loaded (the
-    submodule stays importable as ``axialtrack.model.train``)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _LAZY and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
@@ -106,6 +91,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BUNDLE_SUFFIX",
+    "DEFAULT_STEPS",
+    "DEFAULT_SYNTHETIC",
     "FORMAT_VERSION",
     "AxialEnsemble",
     "AxialNet",
@@ -117,6 +104,8 @@ __all__ = [
     "ModelConfig",
     "Network",
     "PairNormalization",
+    "RecipeError",
+    "TrainConfig",
     "TrainResult",
     "augment",
     "crlb_stage_um",
@@ -125,11 +114,14 @@ __all__ = [
     "export_onnx",
     "load_bundle",
     "load_calibration",
+    "physics_deviance",
     "predict",
     "save_bundle",
     "sim_crlb_spec",
     "subpixel_targets",
+    "synthetic_examples",
     "train",
     "train_ensemble",
+    "train_from_config",
     "verify_onnx",
 ]

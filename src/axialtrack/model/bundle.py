@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from axialtrack.optics.fit import PSFFit
     from axialtrack.pipeline.config import CameraCalibration
 
+    from ._data import CalibrationData
     from .network import Network
-    from .train import TrainResult
 
 __all__ = [
     "BUNDLE_SUFFIX",
@@ -316,13 +316,29 @@ class Bundle:
         batch_size: int = 1024,
     ) -> np.ndarray:
         """Outputs ``(N, K)`` for raw crop pairs ``(N, 2, S, S)`` (torch, CPU)."""
-        from .train import predict
+        from .network import predict
 
         return predict(self.model, images, xy, batch_size=batch_size)
 
 
+class Trained(Protocol):
+    """What :func:`save_bundle` reads of a :class:`~axialtrack.model.TrainResult`
+    (a protocol, so that this module does not import the training)."""
+
+    model: Network
+    data: CalibrationData
+    loss: str
+    seed: int
+    batch_size: int
+    lr: float
+    settings: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, float]]
+    train_config: Any
+
+
 def save_bundle(
-    result: TrainResult | Network,
+    result: Trained | Network,
     path: str | Path,
     *,
     overwrite: bool = False,
@@ -348,7 +364,8 @@ def save_bundle(
     ----------
     result
         A :class:`~axialtrack.model.TrainResult` (rig values, metrics and
-        provenance are taken from it) or a bare :class:`AxialNet` or
+        provenance, its :class:`~axialtrack.model.TrainConfig` included, are
+        taken from it) or a bare :class:`AxialNet` or
         :class:`AxialEnsemble` (recorded as ``ensemble_members`` in
         ``model.json``; ``weights.pt`` holds every member).
     path
@@ -371,11 +388,6 @@ def save_bundle(
     """
     import torch
 
-    from axialtrack import __version__
-
-    from .network import AxialEnsemble
-    from .train import TrainResult, examples_hash
-
     path = Path(path).expanduser()
     if path.suffix != BUNDLE_SUFFIX:
         path = path.with_name(path.name + BUNDLE_SUFFIX)
@@ -383,9 +395,52 @@ def save_bundle(
         if not overwrite:
             raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
         shutil.rmtree(path)
-    model = result.model if isinstance(result, TrainResult) else result
-    model = model.cpu().eval()
+    trained = None if isinstance(result, torch.nn.Module) else result
+    model = (trained.model if trained is not None else result).cpu().eval()  # type: ignore[union-attr]
+    meta = _base_meta(model)
+    if trained is not None:
+        _record_training(meta, trained)
+    rig = {
+        "pixel_size_um": pixel_size_um,
+        "plane_offset_um": plane_offset_um,
+        "layout": layout,
+        "mirror": mirror,
+    }
+    meta.update({k: v for k, v in rig.items() if v is not None})
+    if camera is not None:
+        meta["camera"] = (
+            camera.model_dump() if hasattr(camera, "model_dump") else dict(camera)
+        )
+    if registration_affine is not None:
+        meta["registration"] = {
+            "affine": np.asarray(registration_affine, float).reshape(2, 3).tolist(),
+            "direction": "plane0_to_plane1",
+        }
+    if plane_shape is not None:
+        meta["plane_shape"] = [int(v) for v in plane_shape]
+    if extra:
+        meta.update(extra)
+    missing = missing_rig_fields(meta)
+    if missing:
+        raise BundleError(
+            f"cannot write the bundle {path}: it would not record the rig: "
+            f"{'; '.join(missing)}. Train from a calibration run that records it "
+            "(`axialtrack calibrate` writes it), or give it to save_bundle"
+        )
+    _write_bundle(path, model, meta)
+    return path
+
+
+def _base_meta(model: Network) -> dict[str, Any]:
+    """``model.json`` of a bare network: no rig, no training."""
+    import torch
+
+    from axialtrack import __version__
+
+    from .network import AxialEnsemble
+
     cfg = model.config
+    pixel_size_um = plane_offset_um = layout = mirror = None
     meta: dict[str, Any] = {
         "format": "axialtrack-model",
         "format_version": FORMAT_VERSION,
@@ -427,66 +482,60 @@ def save_bundle(
             "torch": torch.__version__,
         },
     }
-    if isinstance(result, TrainResult):
-        d = result.data
-        ex = d.examples
-        meta["pixel_size_um"] = (
-            pixel_size_um if pixel_size_um is not None else d.pixel_size_um
-        )
-        meta["plane_offset_um"] = (
-            plane_offset_um if plane_offset_um is not None else d.plane_offset_um
-        )
-        meta["layout"] = layout if layout is not None else d.layout
-        meta["mirror"] = mirror if mirror is not None else d.mirror
-        if d.camera is not None:
-            meta["camera"] = dict(d.camera)
-        if d.z_convention:
-            meta["z_convention"] = d.z_convention
-        if len(ex):
-            meta["z_range_um"] = [float(ex.dz_um.min()), float(ex.dz_um.max())]
-        if d.registration_affine is not None:
-            meta["registration"] = {
-                "affine": np.asarray(d.registration_affine, float).tolist(),
-                "direction": "plane0_to_plane1",
-            }
-        if d.plane_shape is not None:
-            meta["plane_shape"] = [int(v) for v in d.plane_shape]
-        if d.optics is not None:
-            meta["optics"] = d.optics
-        meta["training"] = {
-            "loss": result.loss,
-            "seed": result.seed,
-            "batch_size": result.batch_size,
-            "lr": result.lr,
-            **result.settings,
-            "metrics": result.metrics,
-            "history": result.history,
-        }
-        meta["provenance"].update(
-            {"calibration_run": d.source, "examples_sha256": examples_hash(ex)}
-        )
-        if d.psf_fit is not None:
-            meta["psf_fit"] = d.psf_fit
-    if camera is not None:
-        meta["camera"] = (
-            camera.model_dump() if hasattr(camera, "model_dump") else dict(camera)
-        )
-    if registration_affine is not None:
+    return meta
+
+
+def _record_training(meta: dict[str, Any], result: Trained) -> None:
+    """Rig values, training settings, metrics and provenance of ``result``."""
+    from ._data import examples_hash
+
+    d = result.data
+    ex = d.examples
+    meta["pixel_size_um"] = d.pixel_size_um
+    meta["plane_offset_um"] = d.plane_offset_um
+    meta["layout"] = d.layout
+    meta["mirror"] = d.mirror
+    if d.camera is not None:
+        meta["camera"] = dict(d.camera)
+    if d.z_convention:
+        meta["z_convention"] = d.z_convention
+    if len(ex):
+        meta["z_range_um"] = [float(ex.dz_um.min()), float(ex.dz_um.max())]
+    if d.registration_affine is not None:
         meta["registration"] = {
-            "affine": np.asarray(registration_affine, float).reshape(2, 3).tolist(),
+            "affine": np.asarray(d.registration_affine, float).tolist(),
             "direction": "plane0_to_plane1",
         }
-    if plane_shape is not None:
-        meta["plane_shape"] = [int(v) for v in plane_shape]
-    if extra:
-        meta.update(extra)
-    missing = missing_rig_fields(meta)
-    if missing:
-        raise BundleError(
-            f"cannot write the bundle {path}: it would not record the rig: "
-            f"{'; '.join(missing)}. Train from a calibration run that records it "
-            "(`axialtrack calibrate` writes it), or give it to save_bundle"
-        )
+    if d.plane_shape is not None:
+        meta["plane_shape"] = [int(v) for v in d.plane_shape]
+    if d.optics is not None:
+        meta["optics"] = d.optics
+    config: Any = getattr(result, "train_config", None)
+    meta["training"] = {
+        "loss": result.loss,
+        "seed": result.seed,
+        "batch_size": result.batch_size,
+        "lr": result.lr,
+        **result.settings,
+        **(
+            {"config": config.model_dump(mode="json")}
+            if hasattr(config, "model_dump")
+            else {}
+        ),
+        "metrics": result.metrics,
+        "history": result.history,
+    }
+    meta["provenance"].update(
+        {"calibration_run": d.source, "examples_sha256": examples_hash(ex)}
+    )
+    if d.psf_fit is not None:
+        meta["psf_fit"] = d.psf_fit
+
+
+def _write_bundle(path: Path, model: Network, meta: dict[str, Any]) -> None:
+    """Weights, verified ONNX and ``model.json``; nothing left on failure."""
+    import torch
+
     path.mkdir(parents=True)
     try:
         torch.save(model.state_dict(), path / "weights.pt")
@@ -501,7 +550,6 @@ def save_bundle(
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
-    return path
 
 
 def _check_rig(

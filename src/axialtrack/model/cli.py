@@ -9,21 +9,22 @@ from typing import Any
 
 from rich.console import Console
 
+from .config import DEFAULT_SYNTHETIC as _DEFAULT_SYNTHETIC
+from .config import ModelConfig, TrainConfig
+
 __all__ = ["add_parsers", "cmd_evaluate", "cmd_train"]
 
 console = Console()
 
-#: Synthetic crop pairs rendered by default when the calibration carries a PSF:
-#: mixed half and half with the beads they took the isolated Z RMSE of the
-#: import benchmark's 2000-photon emitters from 126 nm (beads only, 12.9x CRLB)
-#: to 30 nm (3.1x), water-na1.2, --quick, 1500 steps.
-DEFAULT_SYNTHETIC = 20000
+#: Synthetic crop pairs rendered by default when the calibration carries a PSF
+#: (:data:`axialtrack.model.config.DEFAULT_SYNTHETIC`).
+DEFAULT_SYNTHETIC = _DEFAULT_SYNTHETIC
+#: The defaults of ``axialtrack train``: those of :class:`TrainConfig`.
+_D = TrainConfig()
 
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``train`` and ``evaluate`` on an ``add_subparsers()`` object."""
-    from axialtrack._cli import float_in, positive_float, positive_int
-
     p = subparsers.add_parser(
         "train",
         help="train the axial localization model from a calibration run",
@@ -33,40 +34,125 @@ def add_parsers(subparsers: Any) -> None:
     )
     p.add_argument("calibration", metavar="CALIB.zarr", help="calibration run store")
     p.add_argument("--out", required=True, help="bundle directory (.axialmodel)")
-    p.add_argument(
+    _schedule_options(p)
+    _model_options(p)
+    _synthetic_options(p)
+    p.add_argument("--no-augment", action="store_true", help="no augmentation")
+    p.add_argument("--overwrite", action="store_true", help="replace --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+    _evaluate_parser(subparsers)
+
+
+def _schedule_options(p: Any) -> None:
+    """Options of the schedule, optimizer and recalibration."""
+    from axialtrack._cli import float_in, positive_float, positive_int
+
+    def opt(flag: str, kind: Any, help: str, **kw: Any) -> None:
+        p.add_argument(
+            flag, type=kind, default=kw.pop("default", None), help=help, **kw
+        )
+
+    opt(
         "--steps",
-        type=positive_int,
-        default=None,
-        help="optimizer steps of the training schedule (4000: about a minute on a "
-        "2-core CPU, whatever the number of beads)",
+        positive_int,
+        f"optimizer steps of the training schedule (default {_D.steps}: a few "
+        "minutes on a 2-core CPU, whatever the number of beads)",
     )
-    p.add_argument(
-        "--epochs",
-        type=positive_int,
-        default=None,
-        help="train this many epochs instead of --steps",
+    opt("--epochs", positive_int, "train this many epochs instead of --steps")
+    opt(
+        "--batch-size",
+        positive_int,
+        "mini-batch",
+        default=_D.batch_size,
     )
-    p.add_argument(
-        "--batch-size", type=positive_int, default=64, help="mini-batch (64)"
-    )
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
-    p.add_argument(
+    opt("--lr", positive_float, "Adam learning rate", default=_D.lr)
+    opt(
         "--patience",
-        type=positive_int,
-        default=None,
-        help="early-stopping epochs (default: a quarter of the epochs, >= 10)",
+        positive_int,
+        "early-stopping epochs without a lower validation loss (default: a "
+        "quarter of the epochs, at least 10)",
     )
-    p.add_argument(
-        "--max-time",
-        type=positive_float,
-        default=None,
-        help="stop after the epoch that passes this many seconds",
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    opt("--max-time", positive_float, "stop after the epoch that passes this many s")
+    opt("--seed", int, f"random seed (default {_D.seed})", default=_D.seed)
     p.add_argument("--device", default=None, help="torch device (default: auto)")
-    p.add_argument("--dense", type=positive_int, default=128, help="dense layer width")
+    opt(
+        "--ema-decay",
+        float_in(0.0, 0.99999),
+        "decay of the moving average of the weights per step (0: off; default: "
+        "one epoch's time constant, 1 - 1/steps-per-epoch within 0.9-0.998)",
+    )
     p.add_argument(
-        "--dropout", type=float_in(0.0, 0.95), default=0.5, help="dropout probability"
+        "--lr-schedule",
+        choices=["plateau", "cosine"],
+        default=_D.lr_schedule,
+        help="cosine (default): decay to lr/100 over the schedule; plateau: halve "
+        "on a validation plateau",
+    )
+    recal = p.add_mutually_exclusive_group()
+    recal.add_argument(
+        "--recalibrate",
+        dest="recalibrate",
+        action="store_const",
+        const=True,
+        default=_D.recalibrate,
+        help="always fold an affine dz correction fitted on the validation beads "
+        "into the output layer (default: only when it lowers the error of "
+        "held-out validation beads)",
+    )
+    recal.add_argument(
+        "--no-recalibrate",
+        dest="recalibrate",
+        action="store_const",
+        const=False,
+        help="never recalibrate",
+    )
+    opt(
+        "--recalibrate-dz-max",
+        positive_float,
+        "fit the recalibration on validation examples with |dz| <= this (um)",
+    )
+    opt(
+        "--neighbours",
+        float_in(0.0, 1.0),
+        "probability of adding a neighbouring particle to a bead pair (crowded "
+        f"live samples; 0.5 on the live benchmark); default {_D.neighbours:g}",
+        default=_D.neighbours,
+    )
+    opt(
+        "--physics",
+        float_in(0.0, 10.0),
+        "physics-informed loss: add WEIGHT x the Poisson deviance per pixel of "
+        "each crop under the calibration's PSF at the predicted dz (0.005 "
+        f"measured; 0.05 diverged); default {_D.physics_weight:g}: off",
+        default=_D.physics_weight,
+        metavar="WEIGHT",
+    )
+    opt(
+        "--ensemble",
+        positive_int,
+        "train this many networks (seeds --seed, --seed+1, ...) and save their "
+        f"mean: more precise, that many times the inference (default {_D.ensemble})",
+        default=_D.ensemble,
+    )
+
+
+def _model_options(p: Any) -> None:
+    """Options of the architecture (:class:`ModelConfig`)."""
+    from axialtrack._cli import float_in, positive_int
+
+    m = ModelConfig()
+    p.add_argument(
+        "--dense",
+        type=positive_int,
+        default=m.dense_width,
+        help=f"dense layer width (default {m.dense_width})",
+    )
+    p.add_argument(
+        "--dropout",
+        type=float_in(0.0, 0.95),
+        default=m.dropout,
+        help=f"dropout probability (default {m.dropout:g})",
     )
     p.add_argument(
         "--no-field", action="store_true", help="no field-position (x, y) branch"
@@ -80,154 +166,114 @@ def add_parsers(subparsers: Any) -> None:
         "--subpixel", action="store_true", help="also predict sub-pixel dx, dy"
     )
     p.add_argument(
-        "--ema-decay",
-        type=float_in(0.0, 0.99999),
-        default=None,
-        help="decay of the moving average of the weights per step (0: off; "
-        "default: one epoch's time constant)",
-    )
-    p.add_argument(
-        "--lr-schedule",
-        choices=["plateau", "cosine"],
-        default="cosine",
-        help="cosine (default): decay to lr/100 over the schedule; plateau: halve "
-        "on a validation plateau",
-    )
-    recal = p.add_mutually_exclusive_group()
-    recal.add_argument(
-        "--recalibrate",
-        dest="recalibrate",
-        action="store_const",
-        const=True,
-        default="auto",
-        help="always fold an affine dz correction fitted on the validation beads "
-        "into the output layer (default: only when it lowers the error of "
-        "held-out validation beads)",
-    )
-    recal.add_argument(
-        "--no-recalibrate",
-        dest="recalibrate",
-        action="store_const",
-        const=False,
-        help="never recalibrate",
-    )
-    p.add_argument(
-        "--recalibrate-dz-max",
-        type=positive_float,
-        default=None,
-        help="fit the recalibration on validation examples with |dz| <= this (um)",
-    )
-    p.add_argument(
-        "--neighbours",
-        type=float_in(0.0, 1.0),
-        default=0.0,
-        help="probability of adding a neighbouring particle to a training pair "
-        "(crowded live samples; 0.5 on the live benchmark); default 0",
-    )
-    syn = p.add_argument_group(
-        "synthetic examples",
-        "crop pairs rendered from the calibration's fitted PSF and camera, mixed "
-        "with the bead examples: dim emitters, other backgrounds, neighbours, "
-        "motion blur (validation stays on the held-out beads)",
-    )
-    syn.add_argument(
-        "--synthetic",
-        type=int,
-        default=None,
-        metavar="N",
-        help="render N synthetic crop pairs (0: none; default: "
-        f"{DEFAULT_SYNTHETIC} when the calibration carries a fitted PSF or "
-        "nominal optics, else none)",
-    )
-    syn.add_argument(
-        "--synthetic-fraction",
-        type=float_in(0.0, 1.0),
-        default=0.5,
-        help="share of each mini-batch drawn from them (1: synthetic only)",
-    )
-    syn.add_argument(
-        "--finetune",
-        type=positive_int,
-        default=None,
-        metavar="STEPS",
-        help="after training, this many more steps on the bead examples only, "
-        "at a tenth of --lr",
-    )
-    syn.add_argument(
-        "--match",
-        default=None,
-        metavar="RUN",
-        help="draw photons and background from this run's localizations (a live "
-        "run or a movie localized by `axialtrack localize`) instead of the "
-        "default ranges",
-    )
-    syn.add_argument(
-        "--photons",
-        type=positive_float,
-        nargs=2,
-        default=(300.0, 20000.0),
-        metavar=("LO", "HI"),
-        help="plane-0 photons per emitter, log-uniform",
-    )
-    syn.add_argument(
-        "--background",
-        type=float,
-        nargs=2,
-        default=(1.0, 40.0),
-        metavar=("LO", "HI"),
-        help="plane-0 background photons per pixel, uniform",
-    )
-    syn.add_argument(
-        "--synthetic-neighbours",
-        type=float,
-        default=0.5,
-        metavar="MEAN",
-        help="mean number of neighbours within --neighbour-radius px (Poisson, "
-        "uniform in area: overlapping ones included)",
-    )
-    syn.add_argument(
-        "--neighbour-radius",
-        type=positive_float,
-        default=12.0,
-        help="px",
-    )
-    syn.add_argument(
-        "--diffusion",
-        type=float,
-        default=0.0,
-        metavar="D",
-        help="motion blur: diffusion coefficient (um^2/s) during --exposure",
-    )
-    syn.add_argument(
-        "--exposure", type=positive_float, default=0.01, help="exposure (s)"
-    )
-    syn.add_argument(
         "--contamination",
         action="store_true",
         help="add a crowding output: the probability that another emitter's "
         "light is in the crop (trained on the synthetic examples; no extra "
         "network cost)",
     )
-    p.add_argument(
-        "--physics",
-        type=float_in(0.0, 10.0),
-        default=0.0,
-        metavar="WEIGHT",
-        help="physics-informed loss: add WEIGHT x the Poisson deviance per pixel "
-        "of each crop under the calibration's PSF at the predicted dz (0.005 "
-        "measured; 0.05 diverged); 0: off",
+
+
+def _synthetic_options(p: Any) -> None:
+    """Options of the synthetic examples rendered from the calibration's PSF."""
+    from axialtrack._cli import float_in, positive_float, positive_int
+
+    syn = p.add_argument_group(
+        "synthetic examples",
+        "crop pairs rendered from the calibration's fitted PSF and camera, mixed "
+        "with the bead examples: dim emitters, other backgrounds, neighbours, "
+        "motion blur (validation stays on the held-out beads)",
     )
-    p.add_argument(
-        "--ensemble",
-        type=positive_int,
-        default=1,
-        help="train this many networks (seeds --seed, --seed+1, ...) and save their "
-        "mean: more precise, that many times the inference (default 1)",
+
+    def opt(flag: str, kind: Any, default: Any, help: str, **kw: Any) -> None:
+        syn.add_argument(flag, type=kind, default=default, help=help, **kw)
+
+    opt(
+        "--synthetic",
+        int,
+        None,
+        f"render N synthetic crop pairs (0: none; default {DEFAULT_SYNTHETIC} "
+        "when the calibration carries a fitted PSF or nominal optics, else none)",
+        metavar="N",
     )
-    p.add_argument("--no-augment", action="store_true", help="no augmentation")
-    p.add_argument("--overwrite", action="store_true", help="replace --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
+    opt(
+        "--synthetic-fraction",
+        float_in(0.0, 1.0),
+        _D.synthetic_fraction,
+        "share of each mini-batch drawn from them (1: synthetic only; default "
+        f"{_D.synthetic_fraction:g})",
+    )
+    opt(
+        "--finetune",
+        positive_int,
+        None,
+        "after training, this many more steps on the bead examples only, at a "
+        "tenth of --lr",
+        metavar="STEPS",
+    )
+    opt(
+        "--match",
+        str,
+        None,
+        "draw photons and background from this run's localizations (a live run "
+        "or a movie localized by `axialtrack localize`) instead of the ranges",
+        metavar="RUN",
+    )
+    # the two ranges of the synthetic emitters: LO HI each
+    for flag, kind, default, what in (
+        (
+            "--photons",
+            positive_float,
+            _D.photons,
+            "plane-0 photons per emitter, log-uniform",
+        ),
+        (
+            "--background",
+            float,
+            _D.background,
+            "plane-0 background photons per pixel, uniform",
+        ),
+    ):
+        opt(
+            flag,
+            kind,
+            default,
+            f"{what} (default {default[0]:g} {default[1]:g})",
+            nargs=2,
+            metavar=("LO", "HI"),
+        )
+    opt(
+        "--synthetic-neighbours",
+        float,
+        _D.synthetic_neighbours,
+        "mean number of neighbours within --neighbour-radius px (Poisson, uniform "
+        f"in area: overlapping ones included; default {_D.synthetic_neighbours:g})",
+        metavar="MEAN",
+    )
+    opt(
+        "--neighbour-radius",
+        positive_float,
+        _D.neighbour_radius_px,
+        f"px (default {_D.neighbour_radius_px:g})",
+    )
+    opt(
+        "--diffusion",
+        float,
+        _D.diffusion_um2_s,
+        "motion blur: diffusion coefficient (um^2/s) during --exposure "
+        f"(default {_D.diffusion_um2_s:g})",
+        metavar="D",
+    )
+    opt(
+        "--exposure",
+        positive_float,
+        _D.exposure_s,
+        f"exposure (s; default {_D.exposure_s:g})",
+    )
+
+
+def _evaluate_parser(subparsers: Any) -> None:
+    from axialtrack._cli import positive_float
 
     e = subparsers.add_parser(
         "evaluate",
@@ -245,7 +291,9 @@ def add_parsers(subparsers: Any) -> None:
     e.add_argument(
         "--split", default="test", help="test, validation, train or all (test)"
     )
-    e.add_argument("--bin", type=positive_float, default=0.1, help="dz bin width (um)")
+    e.add_argument(
+        "--bin", type=positive_float, default=0.1, help="dz bin width (um; 0.1)"
+    )
     e.add_argument("--no-crlb", action="store_true", help="skip the CRLB")
     e.set_defaults(func=cmd_evaluate)
 
@@ -267,113 +315,90 @@ def _rig_of(data: Any) -> dict[str, Any]:
     }
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Handler of ``axialtrack train``."""
-    from .bundle import BUNDLE_SUFFIX
-    from .config import ModelConfig
-    from .train import load_calibration, train
+def _settings(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of ``axialtrack train``'s options."""
+    return TrainConfig(
+        steps=args.steps if args.steps is not None else _D.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        patience=args.patience,
+        augmentation=not args.no_augment,
+        max_time_s=args.max_time,
+        ema_decay=(
+            "auto"
+            if args.ema_decay is None
+            else (args.ema_decay if args.ema_decay > 0 else None)
+        ),
+        lr_schedule=args.lr_schedule,
+        recalibrate=args.recalibrate,
+        recalibrate_dz_max_um=args.recalibrate_dz_max,
+        neighbours=args.neighbours,
+        synthetic=args.synthetic,
+        synthetic_fraction=args.synthetic_fraction,
+        photons=tuple(args.photons),
+        background=tuple(args.background),
+        match=args.match,
+        synthetic_neighbours=args.synthetic_neighbours,
+        neighbour_radius_px=args.neighbour_radius,
+        diffusion_um2_s=args.diffusion,
+        exposure_s=args.exposure,
+        finetune_steps=args.finetune,
+        physics_weight=args.physics,
+        ensemble=args.ensemble,
+    )
 
-    out = Path(args.out).expanduser()
-    if out.suffix != BUNDLE_SUFFIX:
-        out = out.with_name(out.name + BUNDLE_SUFFIX)
-    from axialtrack._cli import fail
-    from axialtrack.store.replace import refusal
 
-    # only a bundle of ours is replaced: checked before hours of training
-    why = refusal(out, args.overwrite, "bundle")
-    if why is not None:
-        return fail(why)
-    try:
-        data = load_calibration(args.calibration)
-    except (FileNotFoundError, KeyError) as exc:
-        console.print(f"[red]Cannot read the calibration:[/red] {exc}")
-        return 2
+def _rig_refusal(calibration: str, data: Any) -> tuple[str, str] | None:
+    """Why a bundle trained on ``data`` could not record the rig, and the fix."""
     from .bundle import missing_rig_fields
 
-    # the bundle must record the rig: checked before minutes of training
     lacking = [
         m
         for m in missing_rig_fields(_rig_of(data))
         if not m.startswith(("crop_size", "z_convention"))
     ]
-    if lacking:
-        return fail(
-            f"{args.calibration} does not record the rig the model needs: "
-            f"{lacking[0]}"
-            + (f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else "")
-            + ".",
-            f"Analyze it again with this axialtrack: `axialtrack calibrate --from "
-            f"{args.calibration}` (with --pixel-size, --plane-offset, --camera or "
-            "--camera-* where the run does not record them).",
-        )
-    if args.finetune and args.ensemble > 1:
-        return fail("--finetune works on one network; drop --ensemble or --finetune")
-    if args.finetune and args.contamination:
-        return fail(
-            "--finetune ends on the beads alone, which cannot train --contamination; "
-            "drop one of them"
-        )
-    synthetic = None
-    auto = args.synthetic is None
-    if auto:
-        has_psf = data.psf_fit is not None or data.optics is not None
-        args.synthetic = DEFAULT_SYNTHETIC if has_psf else 0
-        if not has_psf:
-            console.print(
-                "Training on the bead examples only: the calibration carries no "
-                "fitted PSF to render synthetic examples from"
-            )
-    if args.synthetic < 0:
+    if not lacking:
+        return None
+    return (
+        f"{calibration} does not record the rig the model needs: {lacking[0]}"
+        + (f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else "")
+        + ".",
+        f"Analyze it again with this axialtrack: `axialtrack calibrate --from "
+        f"{calibration}` (with --pixel-size, --plane-offset, --camera or "
+        "--camera-* where the run does not record them).",
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Handler of ``axialtrack train``."""
+    from axialtrack._cli import fail
+    from axialtrack.store.replace import refusal
+
+    from . import BUNDLE_SUFFIX, RecipeError, load_calibration, train_from_config
+
+    out = Path(args.out).expanduser()
+    if out.suffix != BUNDLE_SUFFIX:
+        out = out.with_name(out.name + BUNDLE_SUFFIX)
+    # only a bundle of ours is replaced: checked before hours of training
+    why = refusal(out, args.overwrite, "bundle")
+    if why is not None:
+        return fail(why)
+    if args.synthetic is not None and args.synthetic < 0:
         return fail(f"--synthetic {args.synthetic}: give a number of examples >= 0")
-    if args.synthetic > 0:
-        from axialtrack.sim.synthetic import Distribution, SyntheticConfig, match_run
-
-        from .train import synthetic_examples
-
-        try:
-            if args.match is not None:
-                photons, background = match_run(args.match)
-            else:
-                photons = Distribution(
-                    kind="loguniform", low=args.photons[0], high=args.photons[1]
-                )
-                background = Distribution(
-                    kind="uniform", low=args.background[0], high=args.background[1]
-                )
-            syn_cfg = SyntheticConfig(
-                crop_size=int(data.examples.crops.shape[-1]),
-                photons=photons,
-                background=background,
-                neighbours_mean=args.synthetic_neighbours,
-                neighbour_radius_px=args.neighbour_radius,
-                diffusion_um2_s=args.diffusion,
-                exposure_s=args.exposure,
-            )
-            synthetic = synthetic_examples(
-                data, args.synthetic, config=syn_cfg, seed=args.seed
-            )
-        except FileNotFoundError as exc:
-            return fail(f"--match: {exc}.", "Give a run store with localizations.")
-        except ValueError as exc:
-            msg = " ".join(str(exc).split())
-            if auto and args.match is None:
-                console.print(
-                    f"[yellow]Training on the bead examples only: no synthetic "
-                    f"examples ({msg})[/yellow]"
-                )
-                args.synthetic = 0
-                synthetic = None
-            else:
-                return fail(
-                    f"cannot render synthetic examples from {args.calibration}: {msg}.",
-                    "Check --match, --photons and --background, or pass --synthetic 0.",
-                )
-        if synthetic is not None:
-            console.print(
-                f"Rendered {len(synthetic)} synthetic examples: photons "
-                f"{photons.describe()}, background {background.describe()}"
-            )
     try:
+        data = load_calibration(args.calibration)
+    except (FileNotFoundError, KeyError) as exc:
+        console.print(f"[red]Cannot read the calibration:[/red] {exc}")
+        return 2
+    # the bundle must record the rig: checked before minutes of training
+    rig = _rig_refusal(args.calibration, data)
+    if rig is not None:
+        return fail(*rig)
+    try:
+        settings = _settings(args)
         config = ModelConfig(
             crop_size=int(data.examples.crops.shape[-1]),
             dense_width=args.dense,
@@ -383,81 +408,28 @@ def cmd_train(args: argparse.Namespace) -> int:
             subpixel=args.subpixel,
             contamination=args.contamination,
         )
-        kw: dict[str, Any] = {}
-        fn: Any = train
-        if args.ensemble > 1:
-            from .train import train_ensemble
-
-            fn, kw = train_ensemble, {"members": args.ensemble}
-        if args.steps is not None:
-            kw["steps"] = args.steps
-        result = fn(
+        result = train_from_config(
             data,
-            **kw,
-            config=config,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            max_time_s=args.max_time,
-            lr=args.lr,
-            seed=args.seed,
-            device=args.device,
+            settings,
+            config,
             progress=not args.no_progress,
-            patience=args.patience,
-            augmentation=not args.no_augment,
-            ema_decay=(
-                "auto"
-                if args.ema_decay is None
-                else (args.ema_decay if args.ema_decay > 0 else None)
-            ),
-            lr_schedule=args.lr_schedule,
-            recalibrate=args.recalibrate,
-            recalibrate_dz_max_um=args.recalibrate_dz_max,
-            neighbours=args.neighbours,
-            synthetic=synthetic,
-            synthetic_fraction=args.synthetic_fraction,
-            physics_weight=args.physics,
+            log=lambda line: console.print(line, highlight=False),
         )
-        if args.finetune:
-            first = result
-            result = train(
-                data,
-                config=config,
-                steps=args.finetune,
-                batch_size=args.batch_size,
-                lr=args.lr / 10,
-                seed=args.seed,
-                device=args.device,
-                progress=not args.no_progress,
-                augmentation=not args.no_augment,
-                lr_schedule=args.lr_schedule,
-                recalibrate=args.recalibrate,
-                recalibrate_dz_max_um=args.recalibrate_dz_max,
-                neighbours=args.neighbours,
-                init=first.model,
-            )
-            result.metrics["pretraining"] = {
-                k: first.metrics.get(k)
-                for k in ("val_rmse_nm", "test_rmse_nm", "epochs_run", "train_time_s")
-            }
-            result.settings["synthetic_examples"] = first.settings["synthetic_examples"]
-            result.settings["synthetic_fraction"] = first.settings["synthetic_fraction"]
-        if synthetic is not None:
-            result.settings["synthetic"] = {
-                "n": len(synthetic),
-                "photons": syn_cfg.photons.describe(),
-                "background": syn_cfg.background.describe(),
-                "match": args.match,
-                "neighbours_mean": syn_cfg.neighbours_mean,
-                "neighbour_radius_px": syn_cfg.neighbour_radius_px,
-                "diffusion_um2_s": syn_cfg.diffusion_um2_s,
-                "exposure_s": syn_cfg.exposure_s,
-                "finetune_steps": args.finetune,
-            }
+    except FileNotFoundError as exc:
+        return fail(f"--match: {exc}.", "Give a run store with localizations.")
+    except RecipeError as exc:
+        return fail(str(exc))
     except ValueError as exc:
         console.print(f"[red]Training failed:[/red] {exc}")
         return 2
     path = result.save(out, overwrite=args.overwrite)
-    m = result.metrics
+    _report(result.metrics, config)
+    console.print(f"Model bundle: {path}")
+    return 0
+
+
+def _report(m: dict[str, Any], config: ModelConfig) -> None:
+    """Print the training's outcome: epochs, RMSE, recalibration, warnings."""
     console.print(
         f"Trained {m['epochs_run']} of {m.get('epochs_planned', m['epochs_run'])} "
         f"epochs ({m.get('stopped_by', 'done')}) in {m['train_time_s']:.1f} s "
@@ -482,14 +454,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             "[yellow]No sub-pixel targets in this calibration; dx, dy heads are "
             "untrained.[/yellow]"
         )
-    console.print(f"Model bundle: {path}")
-    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Handler of ``axialtrack evaluate``."""
-    from .bundle import BundleError
-    from .evaluate import evaluate
+    from . import BundleError, evaluate
 
     split = None if args.split == "all" else args.split
     try:

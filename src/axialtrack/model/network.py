@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .config import ModelConfig
 
-__all__ = ["AxialEnsemble", "AxialNet", "Network", "PairNormalization"]
+__all__ = ["AxialEnsemble", "AxialNet", "Network", "PairNormalization", "predict"]
 
 #: Smallest predicted sigma_z (um).
 MIN_SIGMA_UM = 1e-3
@@ -180,3 +181,30 @@ class AxialEnsemble(nn.Module):
 
 #: A trained model: one network or an ensemble of them (same call signature).
 Network = AxialNet | AxialEnsemble
+
+
+def predict(
+    model: Network,
+    images: np.ndarray | torch.Tensor,
+    xy: np.ndarray | torch.Tensor | None = None,
+    *,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Run ``model`` in eval mode on ``(N, 2, S, S)`` crops; returns ``(N, K)``."""
+    model.eval()
+    dev = next(model.parameters()).device
+    img = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    n = img.shape[0]
+    pos = (
+        torch.zeros((n, 2))
+        if xy is None
+        else torch.as_tensor(np.asarray(xy, dtype=np.float32))
+    )
+    out = []
+    with torch.no_grad():
+        for i in range(0, n, batch_size):
+            xb = pos[i : i + batch_size].to(dev) if model.config.field_branch else None
+            out.append(model(img[i : i + batch_size].to(dev), xb).cpu())
+    if not out:
+        return np.zeros((0, len(model.output_names)), np.float32)
+    return torch.cat(out).numpy()

@@ -202,10 +202,12 @@ def add_parsers(subparsers: Any) -> None:
     )
     q.add_argument(
         "--refine",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="refine every localization by maximum likelihood on both planes "
         "with the bundle's PSF (x, y, z, photons, background; sigma from the "
-        "Fisher information, llr and misfit columns)",
+        "Fisher information, llr and misfit columns); default: on when the "
+        "bundle carries its calibration's fitted PSF",
     )
     r = q.add_argument_group("refinement (--refine)")
     r.add_argument(
@@ -320,7 +322,7 @@ def _load_analyzer(
                 fail(_model_error(bundle, why))
                 return None
             if name == "SampledPSFError":
-                fail(_model_error(bundle, why), "Leave out --refine.")
+                fail(_model_error(bundle, why), "Leave out --refine (--no-refine).")
                 return None
             if name == "EngineError":
                 fail(_engine_error(engine, why))
@@ -334,7 +336,7 @@ def _load_analyzer(
     except BundleError as exc:
         fail(_model_error(bundle, exc))
     except SampledPSFError as exc:
-        fail(_model_error(bundle, exc), "Leave out --refine.")
+        fail(_model_error(bundle, exc), "Leave out --refine (--no-refine).")
     except EngineError as exc:
         fail(_engine_error(engine, exc))
     except FileNotFoundError as exc:
@@ -699,6 +701,18 @@ def _analyze_all(
     return pd.concat(parts, ignore_index=True) if parts else None
 
 
+def _has_psf_fit(model: str) -> bool:
+    """Whether the bundle's model.json carries a fitted PSF (``localize``
+    refines by default then); an unreadable bundle is reported by its loader."""
+    import json
+
+    try:
+        meta = json.loads((Path(model).expanduser() / "model.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("psf_fit") is not None
+
+
 def cmd_localize(args: argparse.Namespace) -> int:
     """Handler of ``axialtrack localize``."""
     from rich.progress import Progress
@@ -843,7 +857,10 @@ def _localizer_config(args: argparse.Namespace, camera: Any, run: Any) -> Any:
 
     from axialtrack.pipeline import CameraMapError, load_camera_maps
 
-    refine = bool(getattr(args, "refine", False))
+    refine = getattr(args, "refine", False)
+    if refine is None:  # default: refine when the bundle carries a fitted PSF
+        refine = _has_psf_fit(args.model)
+    refine = bool(refine)
     if args.camera_map is not None and not refine:
         return fail(
             "--camera-map is used by the refinement only.",

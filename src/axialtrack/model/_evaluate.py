@@ -12,9 +12,9 @@ import pandas as pd
 
 from axialtrack.calibrate.examples import Examples
 
+from ._data import CalibrationData, load_calibration
 from .bundle import Bundle, load_bundle
-from .network import Network
-from .train import CalibrationData, load_calibration, predict
+from .network import Network, predict
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -294,69 +294,21 @@ def evaluate(
     ex = d.examples if split is None else d.examples.subset(split)
     if len(ex) == 0:
         raise ValueError(f"no examples in split {split!r}")
-    dz_true = np.asarray(ex.dz_um, dtype=float)
-    ref = "labels"
-    beads = d.beads
-    if (
-        reference in ("auto", "truth")
-        and beads is not None
-        and "z_true_um" in beads.columns
-        and np.isin(ex.bead, beads["bead"].to_numpy()).all()
-    ):
-        zt = beads.set_index("bead").loc[ex.bead, "z_true_um"].to_numpy(float)
-        if np.all(np.isfinite(zt)):
-            dz_true = zt - np.asarray(ex.stage_z_um, dtype=float)
-            ref = "truth"
-    if reference == "truth" and ref != "truth":
-        raise ValueError("reference='truth' needs a bead table with z_true_um")
+    dz_true, ref = _true_dz(ex, d.beads, reference)
     sel = np.ones(len(ex), bool)
     if dz_max_um is not None:
         sel = np.abs(dz_true) <= dz_max_um + 1e-9
-    out_pred = predict(model, ex.crops[sel], ex.xy_norm[sel])
     dz_true = dz_true[sel]
-    pred = out_pred[:, 0].astype(float)
-    err_nm = (pred - dz_true) * 1000
-    preds = pd.DataFrame(
-        {
-            "bead": ex.bead[sel],
-            "field": ex.field[sel],
-            "stage_z_um": ex.stage_z_um[sel],
-            "dz_true_um": dz_true,
-            "dz_pred_um": pred,
-            "error_nm": err_nm,
-        }
-    )
-    names = model.output_names
-    for i, name in enumerate(names[1:], start=1):
-        preds[name] = out_pred[:, i]
+    preds = _predictions(model, ex, sel, dz_true)
+    err_nm = preds["error_nm"].to_numpy(float)
     lim = float(np.max(np.abs(dz_true))) if dz_max_um is None else dz_max_um
-    nb = max(1, int(np.ceil(2 * lim / bin_width_um - 1e-9)))
-    edges = np.linspace(-nb * bin_width_um / 2, nb * bin_width_um / 2, nb + 1)
-    idx = np.clip(np.digitize(dz_true, edges) - 1, 0, nb - 1)
-    rows = []
-    for b in range(nb):
-        e = err_nm[idx == b]
-        rows.append(
-            {
-                "dz_lo_um": edges[b],
-                "dz_hi_um": edges[b + 1],
-                "dz_center_um": (edges[b] + edges[b + 1]) / 2,
-                "n": int(e.size),
-                "bias_nm": float(e.mean()) if e.size else np.nan,
-                "precision_nm": float(e.std(ddof=1)) if e.size > 1 else np.nan,
-                "rmse_nm": float(np.sqrt(np.mean(e**2))) if e.size else np.nan,
-            }
-        )
-    bins = pd.DataFrame(rows)
+    bins, idx = _bins(err_nm, dz_true, lim, bin_width_um)
     spec: CRLBSpec | None = None
     if crlb == "auto":
         if isinstance(data, (str, Path)):
             spec = sim_crlb_spec(data, d)
     else:
         spec = crlb
-    crlb_note: str | None = None
-    if spec is None:
-        crlb_note = _no_crlb_reason(crlb, data)
     summary: dict[str, Any] = {
         "n": int(err_nm.size),
         "n_beads": int(np.unique(preds["bead"]).size),
@@ -370,36 +322,12 @@ def evaluate(
     }
     if ref == "labels":
         summary["reference_note"] = _LABELS_NOTE
-    if crlb_note is not None:
-        summary["crlb_note"] = crlb_note
+    note = _no_crlb_reason(crlb, data) if spec is None else None
+    if note is not None:
+        summary["crlb_note"] = note
     if spec is not None:
-        center = crlb_stage_um(spec, bins["dz_center_um"].to_numpy()) * 1000
-        if bead_photons is None:
-            bins["crlb_nm"] = center
-        else:
-            lookup = pd.Series(bead_photons, dtype=float)
-            ids = np.asarray(ex.bead[sel])
-            if not np.isin(ids, lookup.index.to_numpy()).all():
-                raise ValueError("bead_photons lacks some of the evaluated beads")
-            phot = lookup.loc[ids].to_numpy(float)
-            if not np.all(np.isfinite(phot) & (phot > 0)):
-                raise ValueError("bead_photons must be finite and positive")
-            bins["crlb_center_nm"] = center
-            bins["crlb_nm"] = matched_crlb_nm(spec, dz_true, phot, idx, nb)
-            summary["median_ratio_center"] = float(
-                np.nanmedian(bins["precision_nm"] / center)
-            )
-        bins["ratio"] = bins["precision_nm"] / bins["crlb_nm"]
-        summary["median_ratio"] = float(np.nanmedian(bins["ratio"]))
-        summary["crlb_matched"] = bead_photons is not None
-        summary["crlb"] = {
-            "plane_offset_um": spec.plane_offset_um,
-            "photons": spec.photons,
-            "background": spec.background,
-            "depth_um": spec.depth_um,
-            "read_noise_e": spec.read_noise_e,
-            "roi_size": spec.roi_size,
-        }
+        ids = np.asarray(ex.bead[sel])
+        _add_spec_crlb(bins, summary, spec, dz_true, idx, ids, bead_photons)
     if spec is None and crlb == "auto" and d.psf_fit is not None:
         # any calibration with a fitted PSF: the bound of the fitted model at
         # the evaluated beads' fitted photons and backgrounds
@@ -416,6 +344,114 @@ def evaluate(
     if out is not None:
         result.files = _write(result, Path(out))
     return result
+
+
+def _true_dz(
+    ex: Examples, beads: pd.DataFrame | None, reference: Reference
+) -> tuple[np.ndarray, str]:
+    """The true ``dz`` of each example and where it comes from (``"labels"``
+    or ``"truth"``: the bead table's ``z_true_um`` minus the stage Z)."""
+    dz_true = np.asarray(ex.dz_um, dtype=float)
+    ref = "labels"
+    if (
+        reference in ("auto", "truth")
+        and beads is not None
+        and "z_true_um" in beads.columns
+        and np.isin(ex.bead, beads["bead"].to_numpy()).all()
+    ):
+        zt = beads.set_index("bead").loc[ex.bead, "z_true_um"].to_numpy(float)
+        if np.all(np.isfinite(zt)):
+            dz_true = zt - np.asarray(ex.stage_z_um, dtype=float)
+            ref = "truth"
+    if reference == "truth" and ref != "truth":
+        raise ValueError("reference='truth' needs a bead table with z_true_um")
+    return dz_true, ref
+
+
+def _predictions(
+    model: Network, ex: Examples, sel: np.ndarray, dz_true: np.ndarray
+) -> pd.DataFrame:
+    """One row per selected example: true and predicted ``dz``, error, the
+    network's other outputs."""
+    out_pred = predict(model, ex.crops[sel], ex.xy_norm[sel])
+    pred = out_pred[:, 0].astype(float)
+    preds = pd.DataFrame(
+        {
+            "bead": ex.bead[sel],
+            "field": ex.field[sel],
+            "stage_z_um": ex.stage_z_um[sel],
+            "dz_true_um": dz_true,
+            "dz_pred_um": pred,
+            "error_nm": (pred - dz_true) * 1000,
+        }
+    )
+    for i, name in enumerate(model.output_names[1:], start=1):
+        preds[name] = out_pred[:, i]
+    return preds
+
+
+def _bins(
+    err_nm: np.ndarray, dz_true: np.ndarray, lim: float, width: float
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Bias, precision and RMSE per ``dz`` bin over ``[-lim, lim]``, and each
+    example's bin."""
+    nb = max(1, int(np.ceil(2 * lim / width - 1e-9)))
+    edges = np.linspace(-nb * width / 2, nb * width / 2, nb + 1)
+    idx = np.clip(np.digitize(dz_true, edges) - 1, 0, nb - 1)
+    rows = []
+    for b in range(nb):
+        e = err_nm[idx == b]
+        rows.append(
+            {
+                "dz_lo_um": edges[b],
+                "dz_hi_um": edges[b + 1],
+                "dz_center_um": (edges[b] + edges[b + 1]) / 2,
+                "n": int(e.size),
+                "bias_nm": float(e.mean()) if e.size else np.nan,
+                "precision_nm": float(e.std(ddof=1)) if e.size > 1 else np.nan,
+                "rmse_nm": float(np.sqrt(np.mean(e**2))) if e.size else np.nan,
+            }
+        )
+    return pd.DataFrame(rows), idx
+
+
+def _add_spec_crlb(
+    bins: pd.DataFrame,
+    summary: dict[str, Any],
+    spec: CRLBSpec,
+    dz_true: np.ndarray,
+    idx: np.ndarray,
+    ids: np.ndarray,
+    bead_photons: pd.Series | dict[int, float] | None,
+) -> None:
+    """The CRLB of ``spec`` per bin (at the bin centre, or matched to the
+    examples' brightness) and the precision/CRLB ratios."""
+    center = crlb_stage_um(spec, bins["dz_center_um"].to_numpy()) * 1000
+    if bead_photons is None:
+        bins["crlb_nm"] = center
+    else:
+        lookup = pd.Series(bead_photons, dtype=float)
+        if not np.isin(ids, lookup.index.to_numpy()).all():
+            raise ValueError("bead_photons lacks some of the evaluated beads")
+        phot = lookup.loc[ids].to_numpy(float)
+        if not np.all(np.isfinite(phot) & (phot > 0)):
+            raise ValueError("bead_photons must be finite and positive")
+        bins["crlb_center_nm"] = center
+        bins["crlb_nm"] = matched_crlb_nm(spec, dz_true, phot, idx, len(bins))
+        summary["median_ratio_center"] = float(
+            np.nanmedian(bins["precision_nm"] / center)
+        )
+    bins["ratio"] = bins["precision_nm"] / bins["crlb_nm"]
+    summary["median_ratio"] = float(np.nanmedian(bins["ratio"]))
+    summary["crlb_matched"] = bead_photons is not None
+    summary["crlb"] = {
+        "plane_offset_um": spec.plane_offset_um,
+        "photons": spec.photons,
+        "background": spec.background,
+        "depth_um": spec.depth_um,
+        "read_noise_e": spec.read_noise_e,
+        "roi_size": spec.roi_size,
+    }
 
 
 _LABELS_NOTE = (
