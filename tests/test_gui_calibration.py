@@ -137,3 +137,59 @@ def test_import_refusals_write_nothing(
     assert not panel.import_stacks()
     assert sorted(p.name for p in existing.iterdir()) == ["keep.txt"]
     assert np.asarray(rendered.raw[0]).ndim == 3
+
+
+def test_fitted_psf_slices_and_residuals_are_shown(panel: Any) -> None:
+    """A calibration with a PSF fit: the worker renders the report's measured
+    vs model slices and residuals, and the panel shows them in their tabs
+    beside the bead map (a calibration without one clears those tabs)."""
+    import dataclasses
+    import sys
+
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from calib_sim import make_stack
+    from test_model_synthetic import aberrated_fit
+
+    from axialtrack.calibrate import analyze
+    from axialtrack.gui._backend import CalibrationOutcome, qc_images
+
+    stack = make_stack(n_fields=1, n_beads=12, seed=0)
+    result = analyze(stack)
+    ids = np.unique(result.examples.bead)
+    beads = pd.DataFrame(
+        {
+            "bead": ids,
+            "x_um": 0.0,
+            "y_um": 0.0,
+            "dx1_um": 0.0,
+            "dy1_um": 0.0,
+            "coverslip_um": 0.0,
+            "photons": np.linspace(3000.0, 6000.0, len(ids)),
+            "background0": 10.0,
+            "background1": 10.0,
+            "used": True,
+            "outlier": False,
+            "reduced_deviance": 1.0,
+        }
+    )
+    camera = {"offset_adu": 100.0, "e_per_adu": 0.5, "qe": 0.8, "read_noise_e": 1.0}
+    fit = dataclasses.replace(aberrated_fit(), beads=beads, camera=camera)
+    figures = qc_images(result, stack, psf_fit=fit)
+    assert set(figures) == {"beads", "psf_slices", "psf_residuals"}
+    for img in figures.values():
+        assert img.ndim == 3
+        assert img.shape[2] == 4
+        assert img[..., :3].std() > 10  # drawn, not blank
+    qc = dict(result.qc, psf_fit=True)
+    panel.show_qc(CalibrationOutcome(Path("c.zarr"), {}, qc=qc, figures=figures))
+    for name in ("beads", "psf_slices", "psf_residuals"):
+        assert panel.figures[name].shape == figures[name].shape
+    assert "PSF fit" in panel.report.toHtml()
+    plain = qc_images(result, stack)
+    panel.show_qc(
+        CalibrationOutcome(Path("c.zarr"), {}, qc=dict(result.qc), figures=plain)
+    )
+    assert panel.figures["psf_slices"].shape == ()
+    assert panel.figures["beads"].shape == plain["beads"].shape
