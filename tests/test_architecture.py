@@ -142,3 +142,71 @@ def test_engine_is_the_one_name_old_ones_warn(bundle: Path) -> None:
         an = make_analyzer(bundle, engine_prefer="onnxruntime", **kw)
     assert an.engine.name == "onnxruntime"
     an.engine.close()
+
+
+def _runtime_import_graph() -> dict[str, set[str]]:
+    """Module -> the ``axialtrack`` modules it imports when run (at the top or
+    in a function; imports under ``if TYPE_CHECKING:`` are for the type
+    checker only and left out). Imports of a module's own package and of the
+    root package are left out too."""
+    mods: dict[str, Path] = {}
+    for p in SRC.rglob("*.py"):
+        parts = p.relative_to(SRC.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        mods[name] = p
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        tree = ast.parse(path.read_text())
+        typing_only = {
+            id(x)
+            for n in ast.walk(tree)
+            if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)
+            for x in ast.walk(n)
+        }
+        pkg = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+        for n in ast.walk(tree):
+            if id(n) in typing_only:
+                continue
+            targets: list[str] = []
+            if isinstance(n, ast.Import):
+                targets = [a.name for a in n.names]
+            elif isinstance(n, ast.ImportFrom):
+                base = n.module or ""
+                if n.level:
+                    up = pkg[: len(pkg) - (n.level - 1)]
+                    base = ".".join([*up, base] if base else up)
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base
+                    for a in n.names
+                ]
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t not in (mod, "axialtrack") and not mod.startswith(t + "."):
+                    graph[mod].add(t)
+    return graph
+
+
+def test_the_runtime_import_graph_has_no_cycle() -> None:
+    """No module imports, directly or through others, a module that imports it
+    back when the code runs (type-checking-only imports aside)."""
+    graph = _runtime_import_graph()
+    assert len(graph) > 150
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                cycles.append([*stack[stack.index(n) :], n])
+            elif n not in state:
+                visit(n, stack)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    assert not cycles, [" -> ".join(c) for c in cycles[:5]]

@@ -389,7 +389,7 @@ def test_calibrate_cli_fits_psfmodels_beads(
 def test_psf_for_bundle_returns_the_fitted_psf(tmp_path) -> None:
     from types import SimpleNamespace
 
-    from axialtrack.optics.sampled import psf_for_bundle
+    from axialtrack.optics import psf_for_bundle
 
     fit = plain_fit({5: 0.05, 7: -0.03})
     bundle = SimpleNamespace(

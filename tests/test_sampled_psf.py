@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from axialtrack.optics import Optics, PSFModel, crlb
-from axialtrack.optics.sampled import SampledPSF, SampledPSFError, psf_for_bundle
+from axialtrack.optics import (
+    Optics,
+    PSFModel,
+    SampledPSF,
+    SampledPSFError,
+    crlb,
+    psf_for_bundle,
+)
 
 DEPTH = 1.0
 CROP = 11

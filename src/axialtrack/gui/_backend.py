@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from axialtrack.errors import AxialtrackError
 from axialtrack.events import CalibrationSignals, RunSignals
+
+from ._errors import InputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,11 +44,6 @@ __all__ = [
     "request_from_sequence",
     "run_calibration_job",
 ]
-
-
-class InputError(AxialtrackError, ValueError):
-    """A value given in the window cannot be used (one line: what and the fix);
-    nothing was written."""
 
 
 def prepare_core(core: Any) -> None:

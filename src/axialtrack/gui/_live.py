@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 
 from axialtrack.live import LiveOutcome
 
-from ._backend import InputError
+from ._errors import InputError
 from ._widgets import (
     DualPlaneView,
     PanelJob,

@@ -110,7 +110,7 @@ def run_training(
 
     bundle_output(out, overwrite)  # refused here at once, before the child starts
     if not Path(calibration).expanduser().exists():
-        from ._backend import InputError
+        from ._errors import InputError
 
         raise InputError(f"Calibration: {calibration} does not exist.")
     ctx = mp.get_context("spawn")

@@ -15,7 +15,7 @@ def bundle_output(out: Path, overwrite: bool) -> Path:
     from axialtrack.model import BUNDLE_SUFFIX
     from axialtrack.store.replace import refusal
 
-    from ._backend import InputError
+    from ._errors import InputError
 
     out = Path(out).expanduser()
     if out.suffix != BUNDLE_SUFFIX:
@@ -42,7 +42,7 @@ def train_bundle(
     written)."""
     from axialtrack.model import TrainConfig, load_calibration, train_from_config
 
-    from ._backend import InputError
+    from ._errors import InputError
 
     out = bundle_output(out, overwrite)
     if not Path(calibration).expanduser().exists():

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from ._bundle_psf import psf_for_bundle
 from ._crlb import (
     CRLBResult,
     PSFDerivatives,
@@ -30,7 +31,7 @@ from ._zernike import NOLL_NAMES, noll_to_nm, zernike
 from .focal_shift import axial_scale
 from .params import Optics
 from .psf import PSFModel
-from .sampled import SampledPSF, SampledPSFError, psf_for_bundle
+from .sampled import SampledPSF, SampledPSFError
 
 __all__ = [
     "NOLL_NAMES",

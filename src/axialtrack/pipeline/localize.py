@@ -346,7 +346,7 @@ class Localizer:
 
     def _resolve_psf(self, psf: SampledPSF | None, bundle: Any) -> SampledPSF | None:
         """The PSF of the uncertainty and the refinement, or ``None``."""
-        from axialtrack.optics.sampled import SampledPSFError, psf_for_bundle
+        from axialtrack.optics import SampledPSFError, psf_for_bundle
 
         cfg = self.config
         if psf is None and (cfg.refine or cfg.uncertainty) and bundle is not None:

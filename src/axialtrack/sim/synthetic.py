@@ -244,7 +244,7 @@ class SyntheticRenderer:
     ----------
     psf
         Two-plane :class:`SampledPSF` whose ``z`` is ``dz_um`` (what
-        :func:`axialtrack.optics.sampled.psf_for_bundle` and
+        :func:`axialtrack.optics.psf_for_bundle` and
         :func:`psf_for_calibration` give).
     camera
         The camera: an object or mapping with ``offset_adu``, ``e_per_adu``,
@@ -486,7 +486,7 @@ def psf_for_calibration(
     The fitted pupil (``psf_fit``: :meth:`axialtrack.optics.fit.PSFFit.to_json`)
     when the calibration carries one, else the nominal optics a simulated
     calibration records (``optics``: ``{"optics": Optics fields, "depth_um",
-    "transmission"}``), sampled as :func:`axialtrack.optics.sampled.psf_for_bundle`
+    "transmission"}``), sampled as :func:`axialtrack.optics.psf_for_bundle`
     samples them: ``dz_range_um`` plus ``margin_um`` each side in ``step_um``
     steps, 2 sub-pixel offsets per pixel, ``size`` px.
 

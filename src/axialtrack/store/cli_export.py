@@ -35,8 +35,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from axialtrack.cli import console
+    from rich.console import Console
+
     from axialtrack.store.export import export_run
+
+    console = Console()
 
     written = export_run(args.run, args.to, args.out, overwrite=args.overwrite)
     for path in written:
