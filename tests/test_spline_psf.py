@@ -235,3 +235,19 @@ def test_bundle_with_a_spline_refines_with_it(tmp_path) -> None:
         < 3 * float(np.median(res.sigma_z_um[ok])) / np.sqrt(ok.sum()) + 0.002
     )
     assert float(np.std(err)) < 1.3 * float(np.sqrt(np.mean(res.sigma_z_um[ok] ** 2)))
+
+
+def test_info_names_the_psf_model_and_shows_zernikes_only_for_a_pupil() -> None:
+    """``axialtrack info``'s PSF row says which model was chosen; a spline has
+    no Zernike coefficients, so none (and no unit) is printed for it."""
+    from axialtrack.store.calibration_qc import calibration_lines
+
+    base = {"n_beads": 8, "n_used": 7, "median_reduced_deviance": 1.02}
+    spline = dict(calibration_lines({"psf_fit": {**base, "model": "spline"}}))
+    assert spline["PSF fit (spline)"] == "7 of 8 beads, deviance/px 1.02"
+    pupil = dict(
+        calibration_lines(
+            {"psf_fit": {**base, "model": "pupil", "zernike": {"5": 0.04, "6": -0.01}}}
+        )
+    )
+    assert pupil["PSF fit (pupil)"].endswith("Z5 +0.040, Z6 -0.010 waves")

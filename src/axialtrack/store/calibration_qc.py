@@ -159,13 +159,17 @@ def calibration_lines(qc: dict[str, Any] | None) -> list[tuple[str, str]]:
     if isinstance(psf, dict):
         z = {str(k): v for k, v in (psf.get("zernike") or {}).items()}
         big = sorted(z, key=lambda j: -abs(float(z[j])))[:3]
+        kind = str(psf.get("model") or "pupil")
         rows.append(
             (
-                "PSF fit",
+                f"PSF fit ({kind})",
                 f"{psf.get('n_used', '?')} of {psf.get('n_beads', '?')} beads, "
-                f"deviance/px {_num(psf.get('median_reduced_deviance'), '.2f')}, "
-                + ", ".join(f"Z{j} {float(z[j]):+.3f}" for j in big)
-                + " waves"
+                f"deviance/px {_num(psf.get('median_reduced_deviance'), '.2f')}"
+                + (
+                    ", " + ", ".join(f"Z{j} {float(z[j]):+.3f}" for j in big) + " waves"
+                    if big
+                    else ""
+                )
                 + (f"; outlier beads {psf['outliers']}" if psf.get("outliers") else ""),
             )
         )
